@@ -1,0 +1,3 @@
+from mailpipe.cli import main
+
+raise SystemExit(main())

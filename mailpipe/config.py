@@ -1,0 +1,292 @@
+"""Typed, validated configuration: embedded defaults with one operator file merged over them.
+
+Other modules never read TOML: the composition root (``mailpipe.daemon``) loads a ``Config``
+here and hands each part the section it needs. Every error names the file and the dotted key
+(and the line for TOML syntax errors). Every bad key is reported at once, then the checks that
+span several keys, so ``check-config`` and a refused SIGHUP reload list what is wrong together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from mailpipe.addresses import syntax_problem
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
+EMBEDDED = "<embedded defaults>"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "KI": 1024, "MI": 1024**2, "GI": 1024**3}
+_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class Seconds(float):
+    """A duration; config accepts 30, "30s", "5m", "2h" or "5d"."""
+
+
+class Bytes(int):
+    """A size; config accepts 1048576, "1MiB" or "1M"."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    listen: Endpoint
+    hostname: str
+    addresses: tuple[str, ...]
+    max_message_size: Bytes
+    max_recipients: int
+    max_connections: int
+    max_connections_per_ip: int
+    idle_timeout: Seconds
+    data_timeout: Seconds
+    tls_certificate: str
+    tls_key: str
+
+    @property
+    def domains(self) -> frozenset[str]:
+        return frozenset(address.rpartition("@")[2] for address in self.addresses)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    workers: int
+    retry_initial: Seconds
+    retry_max: Seconds
+    max_lifetime: Seconds
+    max_stage_failures: int
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    method: Literal["maildir", "smtp", "lmtp"]
+    maildir_root: str
+    host: str
+    port: int
+    starttls: bool
+    username: str
+    password: str
+    timeout: Seconds
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: Endpoint
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    name: str
+    address: str
+    phone: str = ""
+    tier: Literal["support", "tech", "dev"] = "support"
+
+
+@dataclass(frozen=True)
+class Config:
+    state_directory: str
+    log_level: Literal["debug", "info", "warning", "error"]
+    shutdown_timeout: Seconds
+    inbound: InboundConfig
+    spool: SpoolConfig
+    delivery: DeliveryConfig
+    metrics: MetricsConfig
+    agents: tuple[Agent, ...]
+    source: str = field(default=EMBEDDED, compare=False)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_directory or os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var")
+
+    @property
+    def spool_path(self) -> Path:
+        return self.state_path / "spool"
+
+    @property
+    def maildir_root(self) -> Path:
+        return Path(self.delivery.maildir_root) if self.delivery.maildir_root else self.state_path / "mailboxes"
+
+
+class ConfigError(Exception):
+    """One or more problems, each already phrased as ``file: key: reason``."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load(path: Path | None = None) -> Config:
+    """Defaults merged with ``path`` (or /etc/mailpipe/mailpipe.toml when it exists)."""
+    defaults = tomllib.loads(resources.files("mailpipe").joinpath("defaults.toml").read_text("utf-8"))
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is None:
+        return _build(defaults, EMBEDDED)
+    source = str(path)
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: not UTF-8 text"]) from None
+    try:
+        overrides = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: TOML syntax: {exc}"]) from None
+    return _build(_merge(defaults, overrides), source)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(data: dict[str, Any], source: str) -> Config:
+    problems: list[str] = []
+    config = _convert(Config, data, "", source, problems)
+    if not problems:
+        problems.extend(_check(config, source))
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(config, source=source)
+
+
+def _check(config: Config, source: str) -> list[str]:
+    """Rules that span several keys, which the type-driven conversion cannot see."""
+    problems = []
+    if not config.agents:
+        problems.append(f"{source}: agents: at least one agent is required to receive mail")
+    seen: set[str] = set()
+    for index, agent in enumerate(config.agents):
+        if not _AGENT_ID.match(agent.id):
+            problems.append(f"{source}: agents[{index}].id: {agent.id!r} must be lowercase letters, digits, . _ -")
+        if agent.id in seen:
+            problems.append(f"{source}: agents[{index}].id: duplicate agent id {agent.id!r}")
+        seen.add(agent.id)
+    inbound = config.inbound
+    for index, address in enumerate(inbound.addresses):
+        if reason := syntax_problem(address):
+            problems.append(f"{source}: inbound.addresses[{index}]: {address!r}: {reason}")
+    for index, agent in enumerate(config.agents):
+        if reason := syntax_problem(agent.address):
+            problems.append(f"{source}: agents[{index}].address: {agent.address!r}: {reason}")
+    if bool(inbound.tls_certificate) != bool(inbound.tls_key):
+        problems.append(f"{source}: inbound.tls_key: tls_certificate and tls_key must be set together")
+    for key in ("tls_certificate", "tls_key"):
+        value = getattr(inbound, key)
+        if value and not Path(value).is_file():
+            problems.append(f"{source}: inbound.{key}: no such file {value!r}")
+    if config.spool.retry_max < config.spool.retry_initial:
+        problems.append(f"{source}: spool.retry_max: must not be shorter than spool.retry_initial")
+    return problems
+
+
+def _convert(kind: Any, value: Any, key: str, source: str, problems: list[str]) -> Any:
+    """Build ``kind`` from TOML ``value``, appending a problem per bad key instead of raising."""
+
+    def bad(reason: str) -> None:
+        problems.append(f"{source}: {key or '(top level)'}: {reason}")
+
+    origin = typing.get_origin(kind)
+    if kind is Endpoint:
+        return _endpoint(value, bad)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            return bad("must be a table")
+        hints = typing.get_type_hints(kind)
+        fields = {f.name: f for f in dataclasses.fields(kind) if f.name != "source"}
+        for unknown in sorted(set(value) - set(fields)):
+            problems.append(f"{source}: {_join(key, unknown)}: unknown key")
+        args = {}
+        for name, spec in fields.items():
+            if name in value:
+                args[name] = _convert(hints[name], value[name], _join(key, name), source, problems)
+            elif spec.default is dataclasses.MISSING:
+                problems.append(f"{source}: {_join(key, name)}: missing")
+        try:
+            return kind(**args)
+        except TypeError:
+            return None
+    if origin is tuple:
+        if not isinstance(value, list):
+            return bad("must be an array")
+        (item,) = [a for a in typing.get_args(kind) if a is not Ellipsis]
+        return tuple(_convert(item, v, f"{key}[{i}]", source, problems) for i, v in enumerate(value))
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            return bad(f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return bad("unsupported type")
+    return _scalar(kind, value, bad)
+
+
+def _scalar(kind: Any, value: Any, bad: Any) -> Any:
+    if kind is Seconds:
+        match = _DURATION.match(str(value)) if isinstance(value, (int, float, str)) else None
+        if not match or isinstance(value, bool):
+            return bad(f"{value!r} is not a duration (e.g. 30, \"30s\", \"5m\", \"5d\")")
+        return Seconds(float(match[1]) * _DURATION_UNITS[match[2]])
+    if kind is Bytes:
+        match = _SIZE.match(str(value)) if isinstance(value, (int, str)) else None
+        if not match or isinstance(value, bool):
+            return bad(f"{value!r} is not a size (e.g. 1048576, \"25MiB\")")
+        unit = (match[2] or "").upper().rstrip("B")
+        return Bytes(int(match[1]) * _SIZE_UNITS[unit])
+    if kind is bool:
+        return value if isinstance(value, bool) else bad(f"{value!r} is not true or false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return bad(f"{value!r} is not a non-negative integer")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            return bad(f"{value!r} is not a string")
+        if any(ch in value for ch in "\r\n\0"):
+            return bad("must not contain line breaks or NUL (header injection)")
+        return value
+    return bad(f"unsupported type {kind!r}")
+
+
+def _endpoint(value: Any, bad: Any) -> Endpoint | None:
+    match = re.match(r"^\[?([^\]]+?)\]?:(\d{1,5})$", value) if isinstance(value, str) else None
+    if not match or not 0 < int(match[2]) < 65536:
+        return bad(f"{value!r} is not HOST:PORT")
+    host = match[1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            return bad(f"{host!r} is not an IP address (or localhost)")
+    return Endpoint(host, int(match[2]))
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,81 @@
+"""Maildir delivery, exactly once per queue id.
+
+The file name is derived from the queue id, not made unique per attempt, so a message that is
+delivered again after a crash (delivered, but the spool never heard) finds its earlier copy in
+``new/`` or, once the agent's client has seen it, in ``cur/`` with flags, and is not written
+twice. Write to ``tmp/``, fsync, rename into ``new/``, fsync the directory: the order the
+Maildir specification and a crash both require.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from pathlib import Path
+
+from mailpipe.config import Agent
+from mailpipe.deliver import TemporaryFailure
+from mailpipe.spool import Message
+
+_SUBDIRS = ("tmp", "new", "cur")
+
+
+class MaildirDeliverer:
+    method = "maildir"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+    def mailbox(self, owner: Agent) -> Path:
+        return self.root / owner.id
+
+    async def deliver(self, message: Message, owner: Agent, headers: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._write, message, owner, headers)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES):
+                raise TemporaryFailure(f"maildir {self.mailbox(owner)}: {exc.strerror}") from exc
+            raise
+
+    def _write(self, message: Message, owner: Agent, headers: bytes) -> None:
+        box = self.mailbox(owner)
+        for sub in _SUBDIRS:
+            (box / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        name = f"{int(message.entry.received_at)}.M{message.id}.{self._host}"
+        if self._already_delivered(box, name, message.entry.recovered):
+            return
+        tmp = box / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        return_path = f"Return-Path: <{message.entry.envelope.mail_from}>\r\n".encode("utf-8", "replace")
+        try:
+            os.write(fd, return_path + headers)
+            view = memoryview(message.data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, box / "new" / name)
+        _fsync_dir(box / "new")
+
+    @staticmethod
+    def _already_delivered(box: Path, name: str, recovered: bool) -> bool:
+        if (box / "new" / name).exists():
+            return True
+        if not recovered:
+            return False
+        # Only after a crash: a full listing of cur/ is too slow for every message.
+        prefix = name + ":"
+        with os.scandir(box / "cur") as found:
+            return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,63 @@
+"""Every Prometheus metric mailpipe exports, with its help text, in one registry.
+
+Names follow Prometheus conventions: ``mailpipe_`` prefix, base units (seconds, bytes),
+``_total`` on counters (prometheus-client appends it), and only bounded labels — listener,
+state, result, reply code — never addresses or message ids. Creating ``Metrics`` registers
+nothing globally; the daemon makes one and hands it to the parts that count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from mailpipe import __version__
+
+disable_created_metrics()
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Gauge("mailpipe_build_info", "Always 1; labelled with the running version.",
+                                ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        self.connections = Counter(
+            "mailpipe_smtp_connections", "SMTP connections by listener and outcome "
+            "(accepted, or refused because a connection limit was reached).", ["listener", "result"], registry=r)
+        self.sessions = Gauge("mailpipe_smtp_sessions", "SMTP sessions open now.", ["listener"], registry=r)
+        self.messages = Counter(
+            "mailpipe_smtp_messages", "Messages at end of DATA by listener and result "
+            "(queued, rejected, failed).", ["listener", "result"], registry=r)
+        self.received_bytes = Counter("mailpipe_smtp_received_bytes", "Bytes of message data queued.",
+                                      ["listener"], registry=r)
+        self.replies = Counter("mailpipe_smtp_replies", "SMTP replies sent, by listener and reply code.",
+                               ["listener", "code"], registry=r)
+        self.accept_seconds = Histogram(
+            "mailpipe_smtp_accept_seconds", "Time from end of DATA to the 250 reply, which includes "
+            "the durable spool write.", ["listener"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.spool_messages = Gauge("mailpipe_spool_messages", "Messages in the spool by queue and state.",
+                                    ["queue", "state"], registry=r)
+        self.spool_oldest = Gauge(
+            "mailpipe_spool_oldest_message_age_seconds", "Age of the oldest message by queue and state.",
+            ["queue", "state"], registry=r)
+        self.spool_commits = Counter("mailpipe_spool_commits", "Spool transactions (each one fsync).",
+                                     ["queue"], registry=r)
+        self.spool_operations = Counter(
+            "mailpipe_spool_operations", "Spool operations; divided by commits it is the group-commit factor.",
+            ["queue"], registry=r)
+        self.handoffs = Counter(
+            "mailpipe_handoffs", "Hand-offs of spooled messages to the next hop by result "
+            "(delivered, deferred, quarantined).", ["queue", "result"], registry=r)
+        self.handoff_seconds = Histogram(
+            "mailpipe_handoff_seconds", "Time from the 250 to the next hop accepting the message.",
+            ["queue"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
+                                      ["result"], registry=r)
+        self.config_last_reload = Gauge(
+            "mailpipe_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded.", registry=r)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)

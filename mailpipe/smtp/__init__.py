@@ -1,0 +1,1 @@
+"""SMTP listeners: protocol limits and policy replies, never message content beyond sanity."""

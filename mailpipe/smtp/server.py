@@ -1,0 +1,203 @@
+"""An SMTP listener on the daemon's own event loop.
+
+aiosmtpd owns the protocol; this module adds what a production listener needs around it:
+limits on concurrent and per-address connections (``421 4.7.0``), an idle timeout that says
+``421`` before closing, a separate DATA timeout, enhanced status codes on every reply, a
+count of every reply code, and a drain that lets in-flight transactions finish on shutdown.
+Which recipients and messages are accepted is the handler's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from mailpipe.metrics import Metrics
+from mailpipe.smtp import replies
+
+log = logging.getLogger("mailpipe.smtp")
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    name: str
+    host: str
+    port: int
+    hostname: str
+    max_message_size: int
+    max_connections: int
+    max_connections_per_ip: int
+    idle_timeout: float
+    data_timeout: float
+    tls_context: ssl.SSLContext | None
+
+
+class ConnectionGate:
+    """Counts open connections, in total and per client address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._per_ip: Counter[str] = Counter()
+
+    def admit(self, ip: str, settings: ListenerSettings) -> str | None:
+        """None when the connection may proceed, else the 421 reply to send before closing."""
+        if self.total >= settings.max_connections:
+            return replies.TOO_MANY_CONNECTIONS.format(host=settings.hostname)
+        if self._per_ip[ip] >= settings.max_connections_per_ip:
+            return replies.TOO_MANY_FROM_YOU.format(host=settings.hostname)
+        self.total += 1
+        self._per_ip[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
+
+
+class Session(SMTP):
+    """One client connection."""
+
+    # Long lines are legal in practice (unwrapped HTML); RFC 5322's 998 is a SHOULD for senders.
+    line_length_limit = 65536
+
+    def __init__(self, handler: Any, listener: Listener):
+        settings = listener.settings
+        super().__init__(
+            handler,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=settings.hostname,
+            ident="mailpipe ESMTP",
+            tls_context=settings.tls_context,
+            timeout=settings.idle_timeout,
+        )
+        self._listener = listener
+        self._settings = settings
+        self._admitted_ip: str | None = None
+        self._in_data = False
+        self._in_ehlo = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:  # the same session after STARTTLS
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        metrics = self._listener.metrics
+        refusal = self._listener.gate.admit(peer[0], self._settings)
+        if refusal is not None or self._listener.draining:
+            reply = refusal or replies.SHUTTING_DOWN.format(host=self._settings.hostname)
+            metrics.connections.labels(self._settings.name, "refused").inc()
+            metrics.replies.labels(self._settings.name, reply[:3]).inc()
+            log.warning("connection refused", extra={"listener": self._settings.name, "peer": peer[0],
+                                                     "reply": reply})
+            transport.write(reply.encode() + b"\r\n")
+            transport.close()
+            return
+        self._admitted_ip = peer[0]
+        self._listener.sessions.add(self)
+        metrics.connections.labels(self._settings.name, "accepted").inc()
+        metrics.sessions.labels(self._settings.name).inc()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted_ip is None:
+            return
+        self._listener.gate.release(self._admitted_ip)
+        self._listener.sessions.discard(self)
+        self._listener.metrics.sessions.labels(self._settings.name).dec()
+        self._admitted_ip = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._admitted_ip is None:
+            return False
+        return super().eof_received()
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034: EHLO's own reply lines carry no enhanced code, the final "250 HELP" included.
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def push(self, status: str | bytes) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if not self._in_ehlo:
+            text = replies.enhance(text)
+        self._listener.metrics.replies.labels(self._settings.name, text[:3]).inc()
+        await super().push(text)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.TIMEOUT.format(host=self._settings.hostname).encode() + b"\r\n")
+            self._listener.metrics.replies.labels(self._settings.name, "421").inc()
+        super()._timeout_cb()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        self._reset_timeout(self._settings.data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+        if self._listener.draining:
+            self.close_for_shutdown()
+
+    def close_for_shutdown(self) -> None:
+        """Says 421 and hangs up, unless a transaction is still being received or stored."""
+        if self._in_data or self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(replies.SHUTTING_DOWN.format(host=self._settings.hostname).encode() + b"\r\n")
+        self.transport.close()
+
+
+class Listener:
+    def __init__(self, settings: ListenerSettings, handler: Any, metrics: Metrics):
+        self.settings = settings
+        self.handler = handler
+        self.metrics = metrics
+        self.gate = ConnectionGate()
+        self.sessions: set[Session] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Session(self.handler, self), self.settings.host, self.settings.port,
+            reuse_address=True, backlog=1024)
+        log.info("listening", extra={"listener": self.settings.name,
+                                     "address": f"{self.settings.host}:{self.settings.port}",
+                                     "starttls": self.settings.tls_context is not None})
+
+    def reconfigure(self, settings: ListenerSettings) -> None:
+        """New limits apply to new connections; the bound address needs a restart."""
+        if (settings.host, settings.port) != (self.settings.host, self.settings.port):
+            log.warning("listen address change needs a restart", extra={"listener": settings.name})
+            settings = ListenerSettings(**{**settings.__dict__, "host": self.settings.host,
+                                           "port": self.settings.port})
+        self.settings = settings
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let transactions in DATA finish, then close what is left."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.close_for_shutdown()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.abort()
+        log.info("listener closed", extra={"listener": self.settings.name, "cut_off": len(self.sessions)})

@@ -1,0 +1,375 @@
+"""The durable queue between "250 Ok" and the next hop.
+
+A spool is one SQLite file in WAL mode with ``synchronous=FULL``: a committed transaction has
+been fsync'ed, so ``enqueue`` returning means the message survives a crash or power loss.
+All writes go through one committer thread that applies every operation waiting at that moment
+in one transaction (each in its own savepoint), so a single fsync acknowledges a whole group of
+concurrent SMTP sessions — the group commit that lets a Python daemon keep up with Postfix.
+
+States: ``incoming`` (new) and ``deferred`` (failed before, waiting for ``next_attempt``) are
+ready to be claimed; ``active`` is claimed by a worker; ``hold`` is parked by the operator;
+``quarantine`` holds poison messages with their reason. A message leaves the spool only when
+the next hop accepted it (``ack``). ``recover`` returns ``active`` messages to the queue after a
+crash; hand-offs must be idempotent because such a message may already have been delivered.
+
+This module knows nothing of SMTP or of what a worker does with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+READY_STATES = ("incoming", "deferred")
+STATES = ("incoming", "deferred", "active", "hold", "quarantine")
+_MAX_GROUP = 512
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    listener TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    rcpt_tos TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    helo TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    stage_failures INTEGER NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    held_from TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (next_attempt) WHERE state IN ('incoming', 'deferred');
+CREATE INDEX IF NOT EXISTS messages_state ON messages (state, received_at);
+CREATE TABLE IF NOT EXISTS bodies (id TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+_COLUMNS = (
+    "id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size, attempts, "
+    "stage_failures, claims, next_attempt, last_error"
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    peer: str
+    helo: str
+    listener: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One spooled message's envelope and bookkeeping, without its bytes."""
+
+    id: str
+    state: str
+    envelope: Envelope
+    received_at: float
+    size: int
+    attempts: int
+    stage_failures: int
+    claims: int
+    next_attempt: float
+    last_error: str
+
+    @property
+    def recovered(self) -> bool:
+        """Claimed before: a previous hand-off may have completed before a crash."""
+        return self.claims > 1
+
+
+@dataclass(frozen=True)
+class Message:
+    entry: Entry
+    data: bytes
+
+    @property
+    def id(self) -> str:
+        return self.entry.id
+
+
+@dataclass(frozen=True)
+class Stats:
+    depth: dict[str, int]
+    oldest_age: dict[str, float]
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """16 Crockford base32 characters: 48 bits of milliseconds then 32 random bits, so ids sort
+    by arrival like Postfix's long queue ids and never repeat across restarts."""
+    value = (int((now if now is not None else time.time()) * 1000) << 32) | secrets.randbits(32)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(75, -1, -5))
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    (qid, state, listener, mail_from, rcpts, peer, helo, received_at, size, attempts, stage_failures,
+     claims, next_attempt, last_error) = row
+    return Entry(qid, state, Envelope(mail_from, tuple(json.loads(rcpts)), peer, helo, listener),
+                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error)
+
+
+# Operations: plain functions of a connection, shared by the daemon's committer and the CLI.
+
+def insert(conn: sqlite3.Connection, qid: str, envelope: Envelope, data: bytes, now: float) -> str:
+    conn.execute(
+        "INSERT INTO messages (id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size,"
+        " next_attempt) VALUES (?, 'incoming', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (qid, envelope.listener, envelope.mail_from, json.dumps(list(envelope.rcpt_tos)), envelope.peer,
+         envelope.helo, now, len(data), now),
+    )
+    conn.execute("INSERT INTO bodies (id, data) VALUES (?, ?)", (qid, data))
+    return qid
+
+
+def claim(conn: sqlite3.Connection, limit: int, now: float) -> list[Message]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM messages WHERE state IN ('incoming', 'deferred') AND next_attempt <= ?"
+        " ORDER BY next_attempt LIMIT ?", (now, limit)).fetchall()
+    claimed = []
+    for row in rows:
+        conn.execute("UPDATE messages SET state = 'active', claims = claims + 1 WHERE id = ?", (row[0],))
+        (data,) = conn.execute("SELECT data FROM bodies WHERE id = ?", (row[0],)).fetchone()
+        entry = _entry(row)
+        claimed.append(Message(Entry(**{**entry.__dict__, "state": "active", "claims": entry.claims + 1}),
+                               bytes(data)))
+    return claimed
+
+
+def remove(conn: sqlite3.Connection, qid: str) -> bool:
+    deleted = conn.execute("DELETE FROM messages WHERE id = ?", (qid,)).rowcount
+    conn.execute("DELETE FROM bodies WHERE id = ?", (qid,))
+    return deleted > 0
+
+
+def defer(conn: sqlite3.Connection, qid: str, reason: str, next_attempt: float, stage_failure: bool) -> None:
+    conn.execute(
+        "UPDATE messages SET state = 'deferred', next_attempt = ?, last_error = ?, attempts = attempts + ?,"
+        " stage_failures = stage_failures + ? WHERE id = ? AND state = 'active'",
+        (next_attempt, reason, int(not stage_failure), int(stage_failure), qid))
+
+
+def quarantine(conn: sqlite3.Connection, qid: str, reason: str) -> None:
+    conn.execute("UPDATE messages SET state = 'quarantine', last_error = ? WHERE id = ?", (reason, qid))
+
+
+def hold(conn: sqlite3.Connection, qid: str) -> bool:
+    return conn.execute(
+        "UPDATE messages SET held_from = state, state = 'hold' WHERE id = ? AND state IN ('incoming', 'deferred')",
+        (qid,)).rowcount > 0
+
+
+def release(conn: sqlite3.Connection, qid: str, now: float) -> bool:
+    """Back to the queue, ready now; also how an operator retries a quarantined message."""
+    return conn.execute(
+        "UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'incoming' END,"
+        " held_from = NULL, stage_failures = 0, next_attempt = ? WHERE id = ? AND state IN ('hold', 'quarantine')",
+        (now, qid)).rowcount > 0
+
+
+def flush(conn: sqlite3.Connection, now: float) -> int:
+    return conn.execute("UPDATE messages SET next_attempt = ? WHERE state = 'deferred' AND next_attempt > ?",
+                        (now, now)).rowcount
+
+
+def recover(conn: sqlite3.Connection) -> int:
+    return conn.execute(
+        "UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'incoming' END"
+        " WHERE state = 'active'").rowcount
+
+
+def stats(conn: sqlite3.Connection, now: float) -> Stats:
+    depth = dict.fromkeys(STATES, 0)
+    oldest = dict.fromkeys(STATES, 0.0)
+    for state, count, first in conn.execute(
+            "SELECT state, count(*), min(received_at) FROM messages GROUP BY state"):
+        depth[state] = count
+        oldest[state] = max(0.0, now - first)
+    return Stats(depth, oldest)
+
+
+def entries(conn: sqlite3.Connection, ids: Iterable[str] = ()) -> list[Entry]:
+    wanted = list(ids)
+    if wanted:
+        marks = ",".join("?" * len(wanted))
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE id IN ({marks}) ORDER BY id", wanted)
+    else:
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM messages ORDER BY id")
+    return [_entry(row) for row in rows]
+
+
+def body(conn: sqlite3.Connection, qid: str) -> bytes | None:
+    row = conn.execute("SELECT data FROM bodies WHERE id = ?", (qid,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+class Committer:
+    """One thread owning one connection; applies queued operations a group per transaction."""
+
+    def __init__(self, path: Path):
+        self._conn = connect(path)
+        self._ops: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None]
+        self._ops = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"spool:{path.name}", daemon=True)
+        self._thread.start()
+        self.groups = 0
+        self.operations = 0
+
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._ops.put((op, future))
+        return future
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        self._ops.put(None)
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._ops.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    item = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._ops.put(None)
+                    break
+                group.append(item)
+            self._apply(group)
+
+    def _apply(self, group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for op, future in group:
+                self._conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((future, op(self._conn), None))
+                except Exception as exc:
+                    self._conn.execute("ROLLBACK TO op")
+                    outcomes.append((future, None, exc))
+                self._conn.execute("RELEASE op")
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            outcomes = [(future, None, exc) for _, future in group]
+        self.groups += 1
+        self.operations += len(group)
+        for future, result, error in outcomes:
+            future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Spool:
+    """The daemon's asynchronous view of one spool file."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        self.path = path
+        self._clock = clock
+        self._committer = Committer(path)
+        self.arrived = asyncio.Event()
+
+    async def enqueue(self, envelope: Envelope, data: bytes, queue_id: str | None = None) -> str:
+        """Returns the queue id once the message is durable on disk."""
+        now = self._clock()
+        qid = await self._committer.submit(
+            lambda conn: insert(conn, queue_id or new_queue_id(now), envelope, data, now))
+        self.arrived.set()
+        return qid
+
+    async def claim(self, limit: int) -> list[Message]:
+        now = self._clock()
+        return await self._committer.submit(lambda conn: claim(conn, limit, now))
+
+    async def ack(self, qid: str) -> None:
+        await self._committer.submit(lambda conn: remove(conn, qid))
+
+    async def defer(self, qid: str, reason: str, delay: float, *, stage_failure: bool = False) -> None:
+        when = self._clock() + delay
+        await self._committer.submit(lambda conn: defer(conn, qid, reason, when, stage_failure))
+
+    async def quarantine(self, qid: str, reason: str) -> None:
+        await self._committer.submit(lambda conn: quarantine(conn, qid, reason))
+
+    async def recover(self) -> int:
+        return await self._committer.submit(recover)
+
+    async def stats(self) -> Stats:
+        now = self._clock()
+        return await self._committer.submit(lambda conn: stats(conn, now))
+
+    @property
+    def healthy(self) -> bool:
+        return self._committer.alive
+
+    @property
+    def commit_groups(self) -> tuple[int, int]:
+        """(transactions, operations) so far: their ratio is the group-commit factor."""
+        return self._committer.groups, self._committer.operations
+
+    def close(self) -> None:
+        self._committer.close()
+
+
+class SpoolLock:
+    """Refuses a second daemon on the same state directory; released by the kernel on any exit."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise RuntimeError(f"another mailpipe daemon holds {directory / 'lock'}") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        os.close(self._fd)
