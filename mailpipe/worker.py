@@ -93,7 +93,7 @@ class Worker:
             current = "deliver"
             assert work.owner is not None
             fields = b"".join(headers.field(name, value) for name, value in work.fields)
-            await route.deliverer.deliver(message, work.owner, fields)
+            await route.deliverer.deliver(message, work.owner, headers.with_headers(message.data, fields))
         except TemporaryFailure as exc:
             await self._retry_later(message, route.settings, str(exc))
         except PermanentFailure as exc:

@@ -1,5 +1,6 @@
 """Hand a message to its owner's mailbox: Maildir on this machine, or SMTP/LMTP to the
-company's mail server. Deliverers prepend headers and never alter the original body bytes.
+company's mail server. The worker passes the spooled bytes with mailpipe's headers on top (``headers.with_headers``);
+deliverers never alter them.
 
 A deliverer raises ``TemporaryFailure`` (retry later) or ``PermanentFailure`` (quarantine);
 anything else it raises is treated by the worker as a crash of the stage.
@@ -24,5 +25,7 @@ class PermanentFailure(Exception):
 class Deliverer(Protocol):
     method: str
 
-    async def deliver(self, message: Message, owner: Agent, headers: bytes) -> None:
-        """Hand ``headers`` + the spooled bytes to ``owner``'s mailbox; idempotent per queue id."""
+    async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
+        """Hand ``content`` (the spooled bytes with our headers) to ``owner``'s mailbox.
+
+        Idempotent per queue id where the mailbox allows it."""

@@ -32,15 +32,15 @@ class MaildirDeliverer:
     def mailbox(self, owner: Agent) -> Path:
         return self.root / owner.id
 
-    async def deliver(self, message: Message, owner: Agent, headers: bytes) -> None:
+    async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
         try:
-            await asyncio.to_thread(self._write, message, owner, headers)
+            await asyncio.to_thread(self._write, message, owner, content)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES):
                 raise TemporaryFailure(f"maildir {self.mailbox(owner)}: {exc.strerror}") from exc
             raise
 
-    def _write(self, message: Message, owner: Agent, headers: bytes) -> None:
+    def _write(self, message: Message, owner: Agent, content: bytes) -> None:
         box = self.mailbox(owner)
         for sub in _SUBDIRS:
             (box / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -51,8 +51,8 @@ class MaildirDeliverer:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         return_path = f"Return-Path: <{message.entry.envelope.mail_from}>\r\n".encode("utf-8", "replace")
         try:
-            os.write(fd, return_path + headers)
-            view = memoryview(message.data)
+            os.write(fd, return_path)
+            view = memoryview(content)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)

@@ -24,10 +24,10 @@ class RelayDeliverer:
         self._settings = settings
         self._tls = tls_context or ssl.create_default_context()
 
-    async def deliver(self, message: Message, owner: Agent, headers: bytes) -> None:
-        await asyncio.to_thread(self._send, message, owner, headers)
+    async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
+        await asyncio.to_thread(self._send, message, owner, content)
 
-    def _send(self, message: Message, owner: Agent, headers: bytes) -> None:
+    def _send(self, message: Message, owner: Agent, content: bytes) -> None:
         s = self._settings
         client_class = smtplib.LMTP if s.method == "lmtp" else smtplib.SMTP
         try:
@@ -38,8 +38,7 @@ class RelayDeliverer:
                     client.ehlo()
                 if s.username:
                     client.login(s.username, s.password)
-                refused = client.sendmail(message.entry.envelope.mail_from, [owner.address],
-                                          headers + message.data)
+                refused = client.sendmail(message.entry.envelope.mail_from, [owner.address], content)
         except smtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients
         except smtplib.SMTPResponseException as exc:

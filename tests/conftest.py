@@ -1,0 +1,195 @@
+"""Shared test peers: the daemon as a real subprocess, with its sd_notify socket and mailboxes."""
+
+from __future__ import annotations
+
+import email
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML writing for test configs: scalars, arrays, tables, arrays of tables."""
+    lines, tables = [], []
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            tables.append(f"[{name}]\n" + toml(value, name))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            tables.extend(f"[[{name}]]\n" + toml(item, name) for item in value)
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n" + "\n".join(tables)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@dataclass
+class Daemon:
+    """A running ``mailpipe serve`` and what a test needs to talk to it."""
+
+    directory: Path
+    settings: dict[str, Any]
+    process: subprocess.Popen[bytes] | None = None
+    notify: socket.socket | None = None
+    notifications: list[str] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "mailpipe.toml"
+
+    @property
+    def port(self) -> int:
+        return int(self.settings["inbound"]["listen"].rsplit(":", 1)[1])
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.settings['metrics']['listen']}"
+
+    @property
+    def state(self) -> Path:
+        return Path(self.settings["state_directory"])
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "daemon.log"
+
+    def write_config(self, settings: dict[str, Any] | None = None) -> None:
+        if settings is not None:
+            self.settings = settings
+        self.config_path.write_text(toml(self.settings), "utf-8")
+
+    def start(self, *, wait: bool = True) -> Daemon:
+        self.write_config()
+        if self.notify is None:
+            self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.notify.bind(str(self.directory / "notify.sock"))
+            self.notify.settimeout(0.1)
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.directory / "notify.sock"), "PYTHONUNBUFFERED": "1"}
+        env.pop("STATE_DIRECTORY", None)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailpipe", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=log, env=env, cwd=self.directory)
+        if wait:
+            self.wait_for("READY=1")
+        return self
+
+    def read_notifications(self) -> list[str]:
+        assert self.notify is not None
+        while True:
+            try:
+                self.notifications.extend(self.notify.recv(4096).decode().split("\n"))
+            except (TimeoutError, BlockingIOError):
+                return self.notifications
+
+    def wait_for(self, state: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.notifications)
+        while time.monotonic() < deadline:
+            if state in self.read_notifications()[start:]:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log()}")
+        raise AssertionError(f"no {state} within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def mailbox(self, agent: str) -> Path:
+        return self.state / "mailboxes" / agent
+
+    def delivered(self, timeout: float = 10.0, expect: int = 1) -> list[email.message.Message]:
+        """Messages in all agents' Maildirs, waiting until at least ``expect`` are there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            files = sorted(self.state.glob("mailboxes/*/new/*")) + sorted(self.state.glob("mailboxes/*/cur/*"))
+            if len(files) >= expect or time.monotonic() > deadline:
+                return [email.message_from_bytes(path.read_bytes()) for path in files]
+            time.sleep(0.05)
+
+
+def base_settings(directory: Path) -> dict[str, Any]:
+    return {
+        "state_directory": str(directory / "state"),
+        "log_level": "info",
+        "shutdown_timeout": "10s",
+        "inbound": {"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.example.test",
+                    "addresses": ["support@example.test", "help@example.test"]},
+        "spool": {"retry_initial": "1s", "retry_max": "2s"},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "agents": [
+            {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678"},
+            {"id": "smith", "name": "Alex Smith", "address": "smith@example.test", "phone": "03-1234-5679"},
+        ],
+    }
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Any]:
+    started: list[Daemon] = []
+
+    def make(overrides: dict[str, Any] | None = None, *, start: bool = True, name: str = "d") -> Daemon:
+        directory = tmp_path / name
+        directory.mkdir()
+        daemon = Daemon(directory, merge(base_settings(directory), overrides or {}))
+        started.append(daemon)
+        return daemon.start() if start else daemon
+
+    yield make
+    for daemon in started:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.kill()
+        if daemon.notify is not None:
+            daemon.notify.close()
+
+
+@pytest.fixture
+def daemon(make_daemon: Any) -> Daemon:
+    return make_daemon()

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs the Debian packages the tests and benchmarks talk to, when they are missing and we are
+# root: Postfix (smtp-sink, smtp-source as real SMTP peers), swaks (a real SMTP client),
+# systemd (systemd-analyze for the unit checks). Arguments name extra packages (python3-venv).
+set -eu
+missing=""
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing="$missing $3"; }
+need swaks /usr/bin/swaks swaks
+need smtp-sink /usr/sbin/smtp-sink postfix
+need systemd-analyze /usr/bin/systemd-analyze systemd
+for pkg in "$@"; do missing="$missing $pkg"; done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "tests need Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
+    exit 1
+fi
+echo "installing:$missing" >&2
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
