@@ -84,6 +84,7 @@ class DeliveryConfig:
     host: str
     port: int
     starttls: bool
+    ca_file: str
     username: str
     password: str
     timeout: Seconds
@@ -198,10 +199,11 @@ def _check(config: Config, source: str) -> list[str]:
             problems.append(f"{source}: agents[{index}].address: {agent.address!r}: {reason}")
     if bool(inbound.tls_certificate) != bool(inbound.tls_key):
         problems.append(f"{source}: inbound.tls_key: tls_certificate and tls_key must be set together")
-    for key in ("tls_certificate", "tls_key"):
-        value = getattr(inbound, key)
+    files = {"inbound.tls_certificate": inbound.tls_certificate, "inbound.tls_key": inbound.tls_key,
+             "delivery.ca_file": config.delivery.ca_file}
+    for key, value in files.items():
         if value and not Path(value).is_file():
-            problems.append(f"{source}: inbound.{key}: no such file {value!r}")
+            problems.append(f"{source}: {key}: no such file {value!r}")
     if config.spool.retry_max < config.spool.retry_initial:
         problems.append(f"{source}: spool.retry_max: must not be shorter than spool.retry_initial")
     return problems

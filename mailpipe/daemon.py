@@ -129,6 +129,7 @@ class Daemon:
         try:
             new = await asyncio.to_thread(configuration.load, self._config_path)
             settings = listener_settings(new)
+            route = inbound_route(new)
         except (configuration.ConfigError, OSError, ssl.SSLError) as exc:
             self._metrics.config_reloads.labels("failure").inc()
             problems = exc.problems if isinstance(exc, configuration.ConfigError) else [str(exc)]
@@ -143,7 +144,7 @@ class Daemon:
         self._listener.reconfigure(settings)
         self._handler.policy = RecipientPolicy.from_config(new.inbound)
         self._handler.hostname = new.inbound.hostname
-        self._worker.route = inbound_route(new)
+        self._worker.route = route
         logging.getLogger().setLevel(new.log_level.upper())
         self.config = new
         self._metrics.config_reloads.labels("success").inc()

@@ -64,6 +64,7 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
     notifications: list[str] = field(default_factory=list)
+    seen: int = 0
 
     @property
     def config_path(self) -> Path:
@@ -115,10 +116,12 @@ class Daemon:
                 return self.notifications
 
     def wait_for(self, state: str, timeout: float = 20.0) -> None:
+        """Waits for ``state`` among the notifications not yet waited for."""
         deadline = time.monotonic() + timeout
-        start = len(self.notifications)
         while time.monotonic() < deadline:
-            if state in self.read_notifications()[start:]:
+            unseen = self.read_notifications()[self.seen:]
+            if state in unseen:
+                self.seen += unseen.index(state) + 1
                 return
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log()}")

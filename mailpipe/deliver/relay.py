@@ -19,10 +19,10 @@ from mailpipe.spool import Message
 
 
 class RelayDeliverer:
-    def __init__(self, settings: DeliveryConfig, tls_context: ssl.SSLContext | None = None):
+    def __init__(self, settings: DeliveryConfig):
         self.method = settings.method
         self._settings = settings
-        self._tls = tls_context or ssl.create_default_context()
+        self._tls = ssl.create_default_context(cafile=settings.ca_file or None)
 
     async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
         await asyncio.to_thread(self._send, message, owner, content)

@@ -1,0 +1,208 @@
+"""Hand-off to the owner's mailbox: Maildir exactly once, SMTP/LMTP relays, retries, quarantine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+
+from mailpipe.config import Agent, SpoolConfig
+from mailpipe.deliver.maildir import MaildirDeliverer
+from mailpipe.metrics import Metrics
+from mailpipe.pipeline import annotate, route
+from mailpipe.spool import Entry, Envelope, Message, Spool
+from mailpipe.worker import Route, Worker
+from tests.conftest import Daemon, free_port
+from tests.peers import SmtpSink
+
+AGENT = Agent("yamada", "山田 太郎", "yamada@example.test", "03-1234-5678")
+ENVELOPE = Envelope("customer@example.org", ("support@example.test",), "127.0.0.1", "client", "inbound")
+
+
+def send(daemon: Daemon, subject: str = "hello") -> None:
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("customer@example.org", ["support@example.test"],
+                        f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+
+
+def queue_list(daemon: Daemon) -> list[dict]:
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "queue", "list", "--json", "--config",
+                             str(daemon.config_path)], capture_output=True, text=True, check=True)
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def message(qid: str, claims: int = 1) -> Message:
+    entry = Entry(qid, "active", ENVELOPE, 1_700_000_000.0, 10, 0, 0, claims, 0.0, "")
+    return Message(entry, b"Subject: x\r\n\r\nbody\r\n")
+
+
+def test_maildir_delivery_of_a_recovered_message_does_not_write_it_twice(tmp_path: Path) -> None:
+    deliverer = MaildirDeliverer(tmp_path)
+    asyncio.run(deliverer.deliver(message("Q1"), AGENT, b"Subject: x\r\n\r\nbody\r\n"))
+    asyncio.run(deliverer.deliver(message("Q1", claims=2), AGENT, b"Subject: x\r\n\r\nbody\r\n"))
+    assert len(list((tmp_path / "yamada" / "new").iterdir())) == 1
+    assert list((tmp_path / "yamada" / "tmp").iterdir()) == []
+
+
+def test_maildir_delivery_recognises_a_copy_the_agent_has_already_read(tmp_path: Path) -> None:
+    deliverer = MaildirDeliverer(tmp_path)
+    asyncio.run(deliverer.deliver(message("Q2"), AGENT, b"x"))
+    (delivered,) = (tmp_path / "yamada" / "new").iterdir()
+    delivered.rename(tmp_path / "yamada" / "cur" / (delivered.name + ":2,S"))
+    asyncio.run(deliverer.deliver(message("Q2", claims=2), AGENT, b"x"))
+    assert list((tmp_path / "yamada" / "new").iterdir()) == []
+    assert len(list((tmp_path / "yamada" / "cur").iterdir())) == 1
+
+
+def test_maildir_files_start_with_return_path_and_keep_the_content_byte_for_byte(tmp_path: Path) -> None:
+    content = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=abc\r\nSubject: x\r\n\r\n\xe3\x81\x82 body \r\n"
+    asyncio.run(MaildirDeliverer(tmp_path).deliver(message("Q3"), AGENT, content))
+    (delivered,) = (tmp_path / "yamada" / "new").iterdir()
+    assert delivered.read_bytes() == b"Return-Path: <customer@example.org>\r\n" + content
+
+
+def test_a_message_that_crashes_a_stage_is_quarantined_and_does_not_block_the_queue(tmp_path: Path) -> None:
+    def poison(work):
+        if b"poison" in work.message.data:
+            raise ValueError("cannot parse")
+        return work
+
+    async def scenario():
+        spool = Spool(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=2, retry_initial=0.05, retry_max=0.1, max_lifetime=60, max_stage_failures=3)
+        stages = (("parse", poison), ("route", route([AGENT])), ("annotate", annotate))
+        worker = Worker("inbound", spool, Route(stages, MaildirDeliverer(tmp_path / "mail"), settings), Metrics())
+        runner = asyncio.create_task(worker.run())
+        await spool.enqueue(ENVELOPE, b"Subject: poison\r\n\r\npoison\r\n")
+        for n in range(5):
+            await spool.enqueue(ENVELOPE, f"Subject: good {n}\r\n\r\nfine\r\n".encode())
+        for _ in range(200):
+            stats = await spool.stats()
+            if stats.depth["quarantine"] == 1 and sum(stats.depth.values()) == 1:
+                break
+            await asyncio.sleep(0.05)
+        await worker.stop(5)
+        runner.cancel()
+        spool.close()
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats.depth["quarantine"] == 1
+    assert len(list((tmp_path / "mail" / "yamada" / "new").iterdir())) == 5
+
+
+def test_smtp_delivery_hands_the_message_to_the_mail_server_for_the_owners_address(make_daemon) -> None:
+    sink = SmtpSink()
+    try:
+        daemon = make_daemon({"delivery": {"method": "smtp", "port": sink.port}})
+        send(daemon, "relay me")
+        (received,) = sink.messages()
+    finally:
+        sink.stop()
+    assert b"X-Mail-Args: <customer@example.org>" in received
+    assert b"X-Rcpt-Args: <yamada@example.test>" in received or b"X-Rcpt-Args: <smith@example.test>" in received
+    assert b"X-Mailpipe-Owner: " in received
+    assert b"Subject: relay me\r\n\r\nbody\r\n" in received.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
+
+
+def test_a_4xx_from_the_mail_server_defers_and_the_message_is_delivered_once_it_recovers(make_daemon) -> None:
+    refusing = SmtpSink(soft="RCPT")
+    daemon = make_daemon({"delivery": {"method": "smtp", "port": refusing.port}})
+    try:
+        send(daemon)
+        wait_until(lambda: any(e["state"] == "deferred" for e in queue_list(daemon)))
+        (entry,) = queue_list(daemon)
+        assert entry["reason"].startswith(f"smtp 127.0.0.1:{refusing.port} said 4")
+    finally:
+        refusing.stop()
+    healthy = SmtpSink(port=refusing.port)
+    try:
+        assert len(healthy.messages(timeout=15)) == 1
+        wait_until(lambda: queue_list(daemon) == [])
+    finally:
+        healthy.stop()
+
+
+def test_a_5xx_from_the_mail_server_quarantines_the_message_with_the_reply(make_daemon) -> None:
+    sink = SmtpSink(hard="RCPT")
+    try:
+        daemon = make_daemon({"delivery": {"method": "smtp", "port": sink.port}})
+        send(daemon)
+        wait_until(lambda: any(e["state"] == "quarantine" for e in queue_list(daemon)))
+    finally:
+        sink.stop()
+    (entry,) = queue_list(daemon)
+    assert " said 5" in entry["reason"]
+
+
+def test_an_unreachable_mail_server_defers(make_daemon) -> None:
+    daemon = make_daemon({"delivery": {"method": "smtp", "port": free_port()}})
+    send(daemon)
+    wait_until(lambda: any(e["state"] == "deferred" for e in queue_list(daemon)))
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 Ok"
+
+
+class _LMTPController(Controller):
+    def factory(self):
+        return LMTP(self.handler)
+
+
+def test_lmtp_delivery_reaches_an_lmtp_server(make_daemon) -> None:
+    collector = _Collect()
+    port = free_port()
+    controller = _LMTPController(collector, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        daemon = make_daemon({"delivery": {"method": "lmtp", "port": port}})
+        send(daemon, "via lmtp")
+        wait_until(lambda: len(collector.received) == 1)
+    finally:
+        controller.stop()
+    (mail_from, rcpts, content) = collector.received[0]
+    assert mail_from == "customer@example.org"
+    assert rcpts[0] in ("yamada@example.test", "smith@example.test")
+    assert b"Subject: via lmtp" in content
+
+
+def test_relay_delivery_verifies_the_servers_certificate_over_starttls(make_daemon, tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    collector = _Collect()
+    port = free_port()
+    controller = Controller(collector, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True)
+    controller.start()
+    try:
+        daemon = make_daemon({"delivery": {"method": "smtp", "port": port, "starttls": True,
+                                           "ca_file": str(tmp_path / "ca.pem")}})
+        send(daemon, "over tls")
+        wait_until(lambda: len(collector.received) == 1)
+    finally:
+        controller.stop()

@@ -1,0 +1,131 @@
+"""The daemon's life cycle: systemd notifications, reload, graceful stop, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Daemon, merge
+
+
+def send(daemon: Daemon, rcpt: str = "support@example.test") -> None:
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("customer@example.org", [rcpt], b"Subject: x\r\n\r\nbody\r\n")
+
+
+def metrics(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(daemon.metrics_url + "/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_ready_is_notified_once_listening_and_stopping_on_sigterm(daemon: Daemon) -> None:
+    assert "READY=1" in daemon.notifications
+    send(daemon)
+    assert daemon.stop() == 0
+    daemon.wait_for("STOPPING=1", timeout=2)
+
+
+def test_sighup_applies_a_valid_new_config(daemon: Daemon) -> None:
+    settings = merge(daemon.settings, {"inbound": {"addresses": ["support@example.test", "sales@example.test"]}})
+    daemon.write_config(settings)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for("RELOADING=1")
+    daemon.wait_for("READY=1")
+    send(daemon, "sales@example.test")
+    assert metrics(daemon)[("mailpipe_config_reloads_total", (("result", "success"),))] == 1
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_one(daemon: Daemon) -> None:
+    daemon.config_path.write_text('[inbound]\naddresses = "not a list"\n')
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for("RELOADING=1")
+    daemon.wait_for("READY=1")
+    send(daemon)
+    assert metrics(daemon)[("mailpipe_config_reloads_total", (("result", "failure"),))] == 1
+    assert "reload refused, keeping the running config" in daemon.log()
+    assert "inbound.addresses" in daemon.log()
+    assert len(daemon.delivered()) == 1
+
+
+def test_sigterm_lets_a_transaction_in_data_finish_then_exits_0(daemon: Daemon) -> None:
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        for line in (b"EHLO c\r\n", b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<support@example.test>\r\n",
+                     b"DATA\r\n"):
+            sock.sendall(line)
+            reply = reader.readline()
+            while reply[3:4] == b"-":
+                reply = reader.readline()
+        assert reply.startswith(b"354")
+        sock.sendall(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_for("STOPPING=1")
+        with socket.socket() as late:
+            assert late.connect_ex(("127.0.0.1", daemon.port)) != 0
+        sock.sendall(b"second half\r\n.\r\n")
+        assert reader.readline().startswith(b"250 2.0.0 Ok: queued as")
+        assert reader.readline().startswith(b"421 4.3.2")
+    assert daemon.process.wait(20) == 0
+    daemon.start()
+    (delivered,) = daemon.delivered()
+    assert delivered["Subject"] == "in flight"
+
+
+def test_healthz_reports_ok(daemon: Daemon) -> None:
+    response = urllib.request.urlopen(daemon.metrics_url + "/healthz", timeout=5)
+    assert response.status == 200
+    assert json.loads(response.read()) == {"status": "ok", "problems": {}}
+
+
+def test_unknown_http_paths_get_404(daemon: Daemon) -> None:
+    try:
+        urllib.request.urlopen(daemon.metrics_url + "/nope", timeout=5)
+    except urllib.error.HTTPError as error:
+        assert error.code == 404
+    else:
+        raise AssertionError("expected 404")
+
+
+def test_metrics_count_connections_messages_replies_and_spool_depth(daemon: Daemon) -> None:
+    send(daemon)
+    daemon.delivered()
+    time.sleep(2.5)
+    found = metrics(daemon)
+    assert found[("mailpipe_smtp_connections_total", (("listener", "inbound"), ("result", "accepted")))] == 1
+    assert found[("mailpipe_smtp_messages_total", (("listener", "inbound"), ("result", "queued")))] == 1
+    assert found[("mailpipe_smtp_replies_total", (("code", "250"), ("listener", "inbound")))] >= 3
+    assert found[("mailpipe_handoffs_total", (("queue", "inbound"), ("result", "delivered")))] == 1
+    assert found[("mailpipe_handoff_seconds_count", (("queue", "inbound"),))] == 1
+    assert found[("mailpipe_smtp_accept_seconds_count", (("listener", "inbound"),))] == 1
+    assert found[("mailpipe_spool_messages", (("queue", "inbound"), ("state", "incoming")))] == 0
+    assert ("mailpipe_spool_oldest_message_age_seconds", (("queue", "inbound"), ("state", "deferred"))) in found
+    assert found[("mailpipe_spool_operations_total", (("queue", "inbound"),))] >= 3
+
+
+def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(daemon: Daemon, make_daemon) -> None:
+    other = make_daemon({"state_directory": daemon.settings["state_directory"]}, start=False, name="other")
+    other.write_config()
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "serve", "--config", str(other.config_path)],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1
+    assert "another mailpipe daemon holds" in result.stderr
+
+
+def test_a_broken_config_at_start_exits_1_naming_the_key(make_daemon) -> None:
+    daemon = make_daemon({"inbound": {"max_connections": "many"}}, start=False)
+    daemon.write_config()
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "serve", "--config", str(daemon.config_path)],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1
+    assert "inbound.max_connections" in result.stderr

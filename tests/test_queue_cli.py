@@ -1,0 +1,123 @@
+"""``mailpipe queue``: the postqueue/postsuper of mailpipe, on a spool with real entries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailpipe.spool import Envelope, Spool
+
+ENVELOPE = Envelope("customer@example.org", ("support@example.test",), "192.0.2.1", "client", "inbound")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "mailpipe.toml"
+    path.write_text(f'state_directory = "{tmp_path / "state"}"\n')
+    return path
+
+
+def enqueue(config: Path, *bodies: bytes) -> list[str]:
+    async def body() -> list[str]:
+        spool = Spool(config.parent / "state" / "spool" / "inbound.sqlite")
+        try:
+            return [await spool.enqueue(ENVELOPE, data) for data in bodies]
+        finally:
+            spool.close()
+
+    return asyncio.run(body())
+
+
+def mailpipe(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailpipe", "queue", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def listed(config: Path) -> dict[str, dict]:
+    result = mailpipe(config, "list", "--json")
+    assert result.returncode == 0, result.stderr
+    return {entry["id"]: entry for entry in map(json.loads, result.stdout.splitlines())}
+
+
+def test_list_shows_each_message_like_postqueue(config: Path) -> None:
+    (qid,) = enqueue(config, b"Subject: x\r\n\r\nbody\r\n")
+    result = mailpipe(config, "list")
+    assert result.returncode == 0
+    assert qid in result.stdout
+    assert "customer@example.org" in result.stdout and "support@example.test" in result.stdout
+    assert "in 1 Request." in result.stdout
+
+
+def test_list_of_an_empty_queue_says_so(config: Path) -> None:
+    assert "Mail queue is empty" in mailpipe(config, "list").stdout
+
+
+def test_list_json_has_one_object_per_message(config: Path) -> None:
+    ids = enqueue(config, b"a", b"b")
+    entries = listed(config)
+    assert sorted(entries) == sorted(ids)
+    assert entries[ids[0]]["state"] == "incoming"
+    assert entries[ids[0]]["recipients"] == ["support@example.test"]
+
+
+def test_show_prints_envelope_and_content(config: Path) -> None:
+    (qid,) = enqueue(config, b"Subject: show me\r\n\r\nbody\r\n")
+    result = mailpipe(config, "show", qid)
+    assert result.returncode == 0
+    assert f"inbound/{qid}" in result.stdout
+    assert "Subject: show me\n" in result.stdout
+
+
+def test_show_of_an_unknown_id_exits_1(config: Path) -> None:
+    enqueue(config, b"x")
+    result = mailpipe(config, "show", "NOSUCHID")
+    assert result.returncode == 1
+    assert "not found" in result.stderr
+
+
+def test_hold_and_release(config: Path) -> None:
+    (qid,) = enqueue(config, b"x")
+    assert mailpipe(config, "hold", qid).returncode == 0
+    assert listed(config)[qid]["state"] == "hold"
+    assert mailpipe(config, "release", qid).returncode == 0
+    assert listed(config)[qid]["state"] == "incoming"
+
+
+def test_delete_all(config: Path) -> None:
+    enqueue(config, b"a", b"b", b"c")
+    result = mailpipe(config, "delete", "ALL")
+    assert result.returncode == 0
+    assert result.stdout.count(": delete") == 3
+    assert listed(config) == {}
+
+
+def test_an_unknown_id_among_known_ones_exits_1_after_acting_on_the_rest(config: Path) -> None:
+    (qid,) = enqueue(config, b"x")
+    result = mailpipe(config, "delete", qid, "NOSUCHID")
+    assert result.returncode == 1
+    assert "NOSUCHID" in result.stderr
+    assert listed(config) == {}
+
+
+def test_flush_reports_how_many_deferred_messages_it_made_due(config: Path) -> None:
+    enqueue(config, b"x")
+    result = mailpipe(config, "flush")
+    assert result.returncode == 0
+    assert "0 deferred" in result.stdout
+
+
+def test_a_running_daemon_delivers_a_message_once_it_is_released(make_daemon) -> None:
+    daemon = make_daemon(start=False)
+    daemon.write_config()
+    (qid,) = enqueue(daemon.config_path, b"Subject: held\r\n\r\nbody\r\n")
+    assert mailpipe(daemon.config_path, "hold", qid).returncode == 0
+    daemon.start()
+    assert daemon.delivered(timeout=1.5) == []
+    assert mailpipe(daemon.config_path, "release", qid).returncode == 0
+    (delivered,) = daemon.delivered(timeout=5)
+    assert delivered["Subject"] == "held"

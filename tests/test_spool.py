@@ -1,0 +1,222 @@
+"""The spool: durability, claiming, retry bookkeeping, operator actions, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from mailpipe import spool
+from mailpipe.spool import Envelope, Spool
+
+ENVELOPE = Envelope("customer@example.org", ("support@example.test",), "127.0.0.1", "client", "inbound")
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def with_spool(path: Path, body):
+    queue = Spool(path)
+    try:
+        return await body(queue)
+    finally:
+        queue.close()
+
+
+def fresh_entries(path: Path) -> list[spool.Entry]:
+    """What a new process (the CLI, the daemon after a crash) sees."""
+    with closing(sqlite3.connect(path)) as conn:
+        return spool.entries(conn)
+
+
+def test_an_enqueued_message_is_visible_to_another_connection_once_enqueue_returns(tmp_path: Path) -> None:
+    path = tmp_path / "inbound.sqlite"
+    qid = run(with_spool(path, lambda q: q.enqueue(ENVELOPE, b"Subject: x\r\n\r\nbody\r\n")))
+    (entry,) = fresh_entries(path)
+    assert entry.id == qid
+    assert entry.state == "incoming"
+    assert entry.envelope == ENVELOPE
+    with closing(sqlite3.connect(path)) as conn:
+        assert spool.body(conn, qid) == b"Subject: x\r\n\r\nbody\r\n"
+
+
+def test_the_spool_runs_in_wal_mode_with_full_synchronous_commits(tmp_path: Path) -> None:
+    conn = spool.connect(tmp_path / "s.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_concurrent_enqueues_share_commits(tmp_path: Path) -> None:
+    async def body(queue: Spool):
+        ids = await asyncio.gather(*(queue.enqueue(ENVELOPE, b"x" * 5000) for _ in range(200)))
+        return ids, queue.commit_groups
+
+    ids, (commits, operations) = run(with_spool(tmp_path / "s.sqlite", body))
+    assert len(set(ids)) == 200
+    assert operations == 200
+    assert commits < 100
+
+
+def test_queue_ids_are_unique_and_sort_by_arrival() -> None:
+    ids = [spool.new_queue_id(1_700_000_000 + i) for i in range(100)]
+    assert ids == sorted(ids)
+    assert len({spool.new_queue_id(1_700_000_000) for _ in range(1000)}) == 1000
+    assert all(len(i) == 16 and i.isalnum() for i in ids)
+
+
+def test_a_claimed_message_is_not_claimed_again(tmp_path: Path) -> None:
+    async def body(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"one")
+        first = await queue.claim(10)
+        second = await queue.claim(10)
+        return first, second
+
+    first, second = run(with_spool(tmp_path / "s.sqlite", body))
+    assert [m.data for m in first] == [b"one"]
+    assert first[0].entry.state == "active" and first[0].entry.claims == 1
+    assert second == []
+
+
+def test_ack_removes_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"one")
+        (message,) = await queue.claim(1)
+        await queue.ack(message.id)
+
+    run(with_spool(path, body))
+    assert fresh_entries(path) == []
+
+
+def test_a_deferred_message_waits_for_its_next_attempt(tmp_path: Path) -> None:
+    clock = [1000.0]
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"one")
+        (message,) = await queue.claim(1)
+        await queue.defer(message.id, "451 try later", 60)
+        clock[0] += 30
+        early = await queue.claim(1)
+        clock[0] += 31
+        due = await queue.claim(1)
+        return early, due
+
+    queue = Spool(path, clock=lambda: clock[0])
+    try:
+        early, due = asyncio.run(body(queue))
+    finally:
+        queue.close()
+    assert early == []
+    assert due[0].entry.attempts == 1
+    assert due[0].entry.last_error == "451 try later"
+
+
+def test_a_stage_failure_is_counted_apart_from_delivery_attempts(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"one")
+        (message,) = await queue.claim(1)
+        await queue.defer(message.id, "boom", 0, stage_failure=True)
+
+    run(with_spool(path, body))
+    (entry,) = fresh_entries(path)
+    assert (entry.state, entry.attempts, entry.stage_failures) == ("deferred", 0, 1)
+
+
+def test_recover_returns_claimed_messages_to_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def crash(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"one")
+        await queue.claim(1)
+
+    async def restart(queue: Spool):
+        recovered = await queue.recover()
+        return recovered, await queue.claim(1)
+
+    run(with_spool(path, crash))
+    recovered, (message,) = run(with_spool(path, restart))
+    assert recovered == 1
+    assert message.entry.recovered
+
+
+def test_quarantined_messages_are_not_claimed_until_released(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"poison")
+        (message,) = await queue.claim(1)
+        await queue.quarantine(message.id, "stage parse raised ValueError")
+        return message.id, await queue.claim(1)
+
+    qid, claimed = run(with_spool(path, body))
+    assert claimed == []
+    (entry,) = fresh_entries(path)
+    assert (entry.state, entry.last_error) == ("quarantine", "stage parse raised ValueError")
+    with closing(spool.connect(path)) as conn:
+        assert spool.release(conn, qid, 0)
+    assert fresh_entries(path)[0].state == "incoming"
+
+
+def test_hold_parks_a_message_and_release_returns_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    qid = run(with_spool(path, lambda q: q.enqueue(ENVELOPE, b"one")))
+    with closing(spool.connect(path)) as conn:
+        assert spool.hold(conn, qid)
+        assert not spool.hold(conn, qid)
+        assert spool.entries(conn)[0].state == "hold"
+        assert run(with_spool(path, lambda q: q.claim(1))) == []
+        assert spool.release(conn, qid, 0)
+    assert fresh_entries(path)[0].state == "incoming"
+
+
+def test_flush_makes_deferred_messages_due_now(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"one")
+        (message,) = await queue.claim(1)
+        await queue.defer(message.id, "later", 3600)
+
+    run(with_spool(path, body))
+    assert run(with_spool(path, lambda q: q.claim(1))) == []
+    with closing(spool.connect(path)) as conn:
+        assert spool.flush(conn, time.time()) == 1
+    assert len(run(with_spool(path, lambda q: q.claim(1)))) == 1
+
+
+def test_stats_count_messages_by_state_and_age(tmp_path: Path) -> None:
+    clock = [1000.0]
+    queue = Spool(tmp_path / "s.sqlite", clock=lambda: clock[0])
+
+    async def body():
+        await queue.enqueue(ENVELOPE, b"one")
+        clock[0] += 5
+        await queue.enqueue(ENVELOPE, b"two")
+        clock[0] += 5
+        return await queue.stats()
+
+    try:
+        stats = asyncio.run(body())
+    finally:
+        queue.close()
+    assert stats.depth["incoming"] == 2
+    assert stats.oldest_age["incoming"] == pytest.approx(10)
+
+
+def test_a_second_daemon_cannot_lock_the_same_spool(tmp_path: Path) -> None:
+    lock = spool.SpoolLock(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="another mailpipe daemon"):
+            spool.SpoolLock(tmp_path)
+    finally:
+        lock.release()
+    spool.SpoolLock(tmp_path).release()
