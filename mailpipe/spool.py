@@ -54,11 +54,11 @@ CREATE TABLE IF NOT EXISTS messages (
     claims INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
-    held_from TEXT
+    held_from TEXT,
+    data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (next_attempt) WHERE state IN ('incoming', 'deferred');
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, received_at);
-CREATE TABLE IF NOT EXISTS bodies (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 _COLUMNS = (
@@ -142,32 +142,23 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 def insert(conn: sqlite3.Connection, qid: str, envelope: Envelope, data: bytes, now: float) -> str:
     conn.execute(
         "INSERT INTO messages (id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size,"
-        " next_attempt) VALUES (?, 'incoming', ?, ?, ?, ?, ?, ?, ?, ?)",
+        " next_attempt, data) VALUES (?, 'incoming', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (qid, envelope.listener, envelope.mail_from, json.dumps(list(envelope.rcpt_tos)), envelope.peer,
-         envelope.helo, now, len(data), now),
+         envelope.helo, now, len(data), now, data),
     )
-    conn.execute("INSERT INTO bodies (id, data) VALUES (?, ?)", (qid, data))
     return qid
 
 
 def claim(conn: sqlite3.Connection, limit: int, now: float) -> list[Message]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM messages WHERE state IN ('incoming', 'deferred') AND next_attempt <= ?"
-        " ORDER BY next_attempt LIMIT ?", (now, limit)).fetchall()
-    claimed = []
-    for row in rows:
-        conn.execute("UPDATE messages SET state = 'active', claims = claims + 1 WHERE id = ?", (row[0],))
-        (data,) = conn.execute("SELECT data FROM bodies WHERE id = ?", (row[0],)).fetchone()
-        entry = _entry(row)
-        claimed.append(Message(Entry(**{**entry.__dict__, "state": "active", "claims": entry.claims + 1}),
-                               bytes(data)))
-    return claimed
+        "UPDATE messages SET state = 'active', claims = claims + 1 WHERE id IN ("
+        " SELECT id FROM messages WHERE state IN ('incoming', 'deferred') AND next_attempt <= ?"
+        f" ORDER BY next_attempt LIMIT ?) RETURNING {_COLUMNS}, data", (now, limit)).fetchall()
+    return sorted((Message(_entry(row[:-1]), bytes(row[-1])) for row in rows), key=lambda m: m.entry.next_attempt)
 
 
 def remove(conn: sqlite3.Connection, qid: str) -> bool:
-    deleted = conn.execute("DELETE FROM messages WHERE id = ?", (qid,)).rowcount
-    conn.execute("DELETE FROM bodies WHERE id = ?", (qid,))
-    return deleted > 0
+    return conn.execute("DELETE FROM messages WHERE id = ?", (qid,)).rowcount > 0
 
 
 def defer(conn: sqlite3.Connection, qid: str, reason: str, next_attempt: float, stage_failure: bool) -> None:
@@ -227,7 +218,7 @@ def entries(conn: sqlite3.Connection, ids: Iterable[str] = ()) -> list[Entry]:
 
 
 def body(conn: sqlite3.Connection, qid: str) -> bytes | None:
-    row = conn.execute("SELECT data FROM bodies WHERE id = ?", (qid,)).fetchone()
+    row = conn.execute("SELECT data FROM messages WHERE id = ?", (qid,)).fetchone()
     return bytes(row[0]) if row else None
 
 

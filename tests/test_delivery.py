@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import smtplib
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +42,6 @@ def queue_list(daemon: Daemon) -> list[dict]:
 
 
 def wait_until(predicate, timeout: float = 15.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -206,3 +206,11 @@ def test_relay_delivery_verifies_the_servers_certificate_over_starttls(make_daem
         wait_until(lambda: len(collector.received) == 1)
     finally:
         controller.stop()
+
+
+def test_maildir_delivery_recreates_a_mailbox_removed_while_running(tmp_path: Path) -> None:
+    deliverer = MaildirDeliverer(tmp_path)
+    asyncio.run(deliverer.deliver(message("Q4"), AGENT, b"x"))
+    shutil.rmtree(tmp_path / "yamada")
+    asyncio.run(deliverer.deliver(message("Q5"), AGENT, b"y"))
+    assert len(list((tmp_path / "yamada" / "new").iterdir())) == 1

@@ -27,6 +27,7 @@ class MaildirDeliverer:
 
     def __init__(self, root: Path):
         self.root = root
+        self._ready: set[Path] = set()
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
     def mailbox(self, owner: Agent) -> Path:
@@ -34,16 +35,26 @@ class MaildirDeliverer:
 
     async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
         try:
-            await asyncio.to_thread(self._write, message, owner, content)
+            await asyncio.to_thread(self._write_creating_mailbox, message, owner, content)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES):
                 raise TemporaryFailure(f"maildir {self.mailbox(owner)}: {exc.strerror}") from exc
             raise
 
+    def _write_creating_mailbox(self, message: Message, owner: Agent, content: bytes) -> None:
+        try:
+            self._write(message, owner, content)
+        except FileNotFoundError:
+            # Someone removed the mailbox since we created it: create it again, once.
+            self._ready.discard(self.mailbox(owner))
+            self._write(message, owner, content)
+
     def _write(self, message: Message, owner: Agent, content: bytes) -> None:
         box = self.mailbox(owner)
-        for sub in _SUBDIRS:
-            (box / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        if box not in self._ready:
+            for sub in _SUBDIRS:
+                (box / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._ready.add(box)
         name = f"{int(message.entry.received_at)}.M{message.id}.{self._host}"
         if self._already_delivered(box, name, message.entry.recovered):
             return
