@@ -19,9 +19,9 @@ bench: $(VENV)/.installed-test
 	sh tests/system-deps.sh
 	$(BIN)/python bench/ingest.py
 
+# Debian ships venv's pip bootstrap separately (python3-venv): install it when venv fails.
 $(VENV)/bin/python:
-	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || sh tests/system-deps.sh python3-venv
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); sh tests/system-deps.sh python3-venv && $(PYTHON) -m venv $(VENV); }
 
 $(VENV)/.installed-run: pyproject.toml $(VENV)/bin/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .

@@ -91,18 +91,19 @@ class Daemon:
             self.settings = settings
         self.config_path.write_text(toml(self.settings), "utf-8")
 
-    def start(self, *, wait: bool = True) -> Daemon:
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
         self.write_config()
         if self.notify is None:
             self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.notify.bind(str(self.directory / "notify.sock"))
             self.notify.settimeout(0.1)
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.directory / "notify.sock"), "PYTHONUNBUFFERED": "1"}
-        env.pop("STATE_DIRECTORY", None)
+        environ = {**os.environ, "NOTIFY_SOCKET": str(self.directory / "notify.sock"), "PYTHONUNBUFFERED": "1",
+                   **(env or {})}
+        environ.pop("STATE_DIRECTORY", None)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mailpipe", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=log, env=env, cwd=self.directory)
+            stdout=log, stderr=log, env=environ, cwd=self.directory)
         if wait:
             self.wait_for("READY=1")
         return self

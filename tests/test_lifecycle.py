@@ -35,6 +35,15 @@ def test_ready_is_notified_once_listening_and_stopping_on_sigterm(daemon: Daemon
     daemon.wait_for("STOPPING=1", timeout=2)
 
 
+def test_the_watchdog_is_fed_at_half_the_interval_systemd_asks_for(make_daemon) -> None:
+    daemon = make_daemon(start=False)
+    daemon.start(env={"WATCHDOG_USEC": "400000"})
+    started = time.monotonic()
+    daemon.wait_for("WATCHDOG=1", timeout=5)
+    daemon.wait_for("WATCHDOG=1", timeout=5)
+    assert time.monotonic() - started < 2
+
+
 def test_sighup_applies_a_valid_new_config(daemon: Daemon) -> None:
     settings = merge(daemon.settings, {"inbound": {"addresses": ["support@example.test", "sales@example.test"]}})
     daemon.write_config(settings)
