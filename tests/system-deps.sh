@@ -8,6 +8,10 @@ need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing="$missing $3"
 need swaks /usr/bin/swaks swaks
 need smtp-sink /usr/sbin/smtp-sink postfix
 need systemd-analyze /usr/bin/systemd-analyze systemd
+# CPython's own e-mail test corpus, which the parser is tested against (Debian ships it apart).
+if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isdir(os.path.join(sysconfig.get_paths()["stdlib"], "test", "test_email", "data")))'; then
+    missing="$missing libpython3.$(python3 -c 'import sys; print(sys.version_info.minor)')-testsuite"
+fi
 for pkg in "$@"; do missing="$missing $pkg"; done
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then

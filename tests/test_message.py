@@ -1,0 +1,191 @@
+"""Parsing that never fails: real corpora, mutated mail, and the encodings Japanese mail uses."""
+
+from __future__ import annotations
+
+import base64
+import random
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from mailpipe.message import decode_header, parse
+from mailpipe.message.charsets import decode
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RUBY_MAIL = sorted((FIXTURES / "ruby-mail").rglob("*.eml"))
+CPYTHON_EMAIL = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "data"
+
+# ① and ㈱ (NEC row 13) and ｶﾀ (half-width katakana) as CP50221 ISO-2022-JP writes them.
+CP50221_SAMPLE = b"\x1b$B\x2d\x21\x2d\x6a\x1b(B \x1b(I\x36\x40\x1b(B"
+
+
+def mail(body: bytes, content_type: str = "text/plain; charset=utf-8", headers: str = "",
+         encoding: str = "8bit") -> bytes:
+    return (f"From: =?UTF-8?B?5bGx55Sw?= <yamada@example.jp>\r\nTo: support@example.test\r\n"
+            f"Subject: test\r\nMessage-ID: <m1@example.jp>\r\n{headers}MIME-Version: 1.0\r\n"
+            f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n").encode() + body
+
+
+def test_every_message_of_cpythons_email_corpus_parses() -> None:
+    files = sorted(CPYTHON_EMAIL.iterdir())
+    assert len(files) > 50, f"CPython's test_email corpus missing at {CPYTHON_EMAIL}: `make test` installs it"
+    for path in files:
+        parsed = parse(path.read_bytes())
+        assert not any(d.startswith("unparseable") for d in parsed.defects), (path.name, parsed.defects)
+
+
+def test_every_message_of_the_ruby_mail_corpus_parses_broken_ones_included() -> None:
+    assert len(RUBY_MAIL) >= 100
+    for path in RUBY_MAIL:
+        parsed = parse(path.read_bytes())
+        assert isinstance(parsed.text, str)
+        assert not any(d.startswith("unparseable") for d in parsed.defects), (path.name, parsed.defects)
+
+
+def _mutations(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    sources = [p.read_bytes() for p in RUBY_MAIL[:40]] + [mail(CP50221_SAMPLE, "text/plain; charset=iso-2022-jp")]
+    out = []
+    for _ in range(count):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 8)):
+            action = rng.randrange(5)
+            if action == 0 and data:
+                del data[rng.randrange(len(data)):]  # truncated mid-transfer
+            elif action == 1 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)  # a flipped byte
+            elif action == 2:
+                junk = [b"\x1b$B", b"=?utf-8?B?@@@?=", b"\r\n--", b"Content-Type: multipart/mixed\r\n", b"\0", b"\xfe"]
+                data[rng.randrange(len(data) + 1):0] = rng.choice(junk)
+            elif action == 3 and data:
+                start = rng.randrange(len(data))
+                del data[start:start + rng.randint(1, 200)]
+            else:
+                data = data.replace(b"charset=", b"charset=x-bogus-", 1)
+        out.append(bytes(data))
+    return out
+
+
+def test_a_thousand_mutated_messages_never_raise() -> None:
+    for data in _mutations(seed=2026, count=1000):
+        parsed = parse(data)
+        assert isinstance(parsed.text, str) and isinstance(parsed.subject, str)
+
+
+def test_iso_2022_jp_decodes_nec_special_characters_like_cp50221() -> None:
+    assert decode(CP50221_SAMPLE, "iso-2022-jp") == "①㈱ ｶﾀ"
+
+
+def test_iso_2022_jp_body_and_rfc2047_subject() -> None:
+    subject = "=?ISO-2022-JP?B?" + base64.b64encode("至急：配信できません".encode("iso2022_jp")).decode() + "?="
+    parsed = parse(mail("メールが届きません。\r\n".encode("iso2022_jp"), "text/plain; charset=ISO-2022-JP",
+                        encoding="7bit").replace(b"Subject: test", f"Subject: {subject}".encode()))
+    assert parsed.subject == "至急：配信できません"
+    assert parsed.new_text == "メールが届きません。"
+    assert parsed.language == "ja"
+
+
+def test_shift_jis_is_read_as_cp932_so_nec_and_ibm_characters_survive() -> None:
+    parsed = parse(mail("①㈱髙橋です。".encode("cp932"), "text/plain; charset=Shift_JIS"))
+    assert parsed.text == "①㈱髙橋です。"
+
+
+def test_euc_jp_body() -> None:
+    assert parse(mail("請求が二重です".encode("euc_jp"), "text/plain; charset=EUC-JP")).text == "請求が二重です"
+
+
+def test_an_undeclared_charset_is_detected() -> None:
+    assert parse(mail("解約したいです".encode("cp932"), "text/plain")).text == "解約したいです"
+    assert parse(mail("解約したいです".encode("euc_jp"), "text/plain")).text == "解約したいです"
+
+
+def test_utf8_mislabelled_as_latin1_is_read_as_utf8() -> None:
+    assert parse(mail("返金してください".encode(), "text/plain; charset=iso-8859-1")).text == "返金してください"
+
+
+def test_latin1_stays_latin1() -> None:
+    assert parse(mail("café crème".encode("latin-1"), "text/plain; charset=iso-8859-1")).text == "café crème"
+
+
+def test_quoted_printable_and_base64_bodies() -> None:
+    qp = parse(mail(b"=E8=87=B3=E6=80=A5", encoding="quoted-printable"))
+    b64 = parse(mail(base64.b64encode("至急".encode()), encoding="base64"))
+    assert qp.text == b64.text == "至急"
+
+
+def test_raw_8bit_utf8_in_a_header_is_decoded() -> None:
+    assert parse("Subject: ログインできない\r\n\r\nx".encode()).subject == "ログインできない"
+
+
+def test_html_only_mail_becomes_text_without_markup_or_scripts() -> None:
+    body = b"<html><style>p{color:red}</style><body><p>Refund&nbsp;please</p><script>x()</script></body></html>"
+    parsed = parse(mail(body, "text/html; charset=utf-8"))
+    assert parsed.text == "Refund please"
+
+
+def test_text_plain_is_preferred_over_its_html_alternative() -> None:
+    body = (b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain words\r\n"
+            b"--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>html words</p>\r\n--b--\r\n")
+    assert parse(mail(body, 'multipart/alternative; boundary="b"')).text.strip() == "plain words"
+
+
+def test_nested_multiparts_and_attachments() -> None:
+    body = (b"--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+            b"--inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsee attached\r\n--inner--\r\n"
+            b"--outer\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n"
+            b"Content-Disposition: attachment; filename=\"invoice.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            b"JVBERi0=\r\n--outer--\r\n")
+    parsed = parse(mail(body, 'multipart/mixed; boundary="outer"'))
+    assert parsed.text.strip() == "see attached"
+    assert parsed.attachments == ("invoice.pdf",)
+
+
+def test_a_forwarded_message_is_text_but_not_new_text() -> None:
+    inner = b"Subject: old\r\nContent-Type: text/plain\r\n\r\nour service is down\r\n"
+    body = (b"--f\r\nContent-Type: text/plain\r\n\r\nPlease look at this.\r\n"
+            b"--f\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--f--\r\n")
+    parsed = parse(mail(body, 'multipart/mixed; boundary="f"'))
+    assert parsed.new_text == "Please look at this."
+    assert "our service is down" in parsed.text
+
+
+@pytest.mark.parametrize("reply", [
+    "Still broken!\n\nOn Mon, 5 Jan 2026 at 10:00, Support <support@example.test> wrote:\n> We fixed it. Refund?",
+    "Still broken!\n\n-----Original Message-----\nFrom: Support\nSent: Monday\n\nRefund?",
+    "Still broken!\n\nFrom: Support <support@example.test>\nSent: Monday, January 5, 2026\nTo: me\n\nRefund?",
+    "Still broken!\n\n2026年1月5日(月) 10:00 サポート <support@example.test>:\n> 返金しました",
+    "Still broken!\n\nサポート さんは書きました:\n> 返金しました",
+    "Still broken!\n> Refund?\n> 返金",
+], ids=["gmail-en", "outlook-original", "outlook-headers", "gmail-ja", "thunderbird-ja", "bare-quotes"])
+def test_quoted_history_is_not_new_text(reply: str) -> None:
+    assert parse(mail(reply.encode())).new_text == "Still broken!"
+
+
+def test_thread_keys() -> None:
+    parsed = parse(mail(b"x", headers="In-Reply-To: <a@example.test>\r\nReferences: <r1@x> <a@example.test>\r\n")
+                   .replace(b"Subject: test", "Subject: Re: 返信: [#123] ログインできません".encode()))
+    assert parsed.message_id == "m1@example.jp"
+    assert parsed.in_reply_to == ("a@example.test",)
+    assert parsed.references == ("r1@x", "a@example.test")
+    assert parsed.case_token == 123
+    assert parsed.base_subject == "ログインできません"
+
+
+def test_sender_name_and_address_are_decoded() -> None:
+    parsed = parse(mail(b"x"))
+    assert (parsed.sender_name, parsed.sender) == ("山田", "yamada@example.jp")
+
+
+def test_a_malformed_encoded_word_does_not_break_the_rest_of_the_header() -> None:
+    assert decode_header("=?utf-8?B?@@@?= tail") == "tail"
+    assert decode_header("=?x-unknown?Q?caf=E9?= ok") == "café ok"
+
+
+def test_a_message_without_headers_or_body_separator_still_yields_text() -> None:
+    assert "just words" in parse(b"just words without any header").text
+
+
+def test_parsing_large_mail_is_bounded() -> None:
+    parsed = parse(mail(b"x" * (3 * 1024 * 1024)))
+    assert len(parsed.text) <= 1_000_000
