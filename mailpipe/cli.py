@@ -1,7 +1,9 @@
 """``mailpipe``: the daemon and the operator's commands, in the manner of postqueue/postsuper.
 
     mailpipe serve [--config PATH]
-    mailpipe check-config [PATH]
+    mailpipe check-config [PATH]            the config and the rules it names
+    mailpipe score [--json] FILE...|-       explain a message's urgency, like rspamc
+    mailpipe rules test                     run every rule's examples
     mailpipe queue list [--json]            like postqueue -p
     mailpipe queue show ID                  like postcat -q: envelope, then the message
     mailpipe queue flush                    like postqueue -f: retry deferred mail now
@@ -22,10 +24,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mailpipe import __version__, spool
 from mailpipe import config as configuration
+from mailpipe.message import parse
+from mailpipe.triage import examples
+from mailpipe.triage import load as triage_load
+from mailpipe.triage.context import Context
+from mailpipe.triage.hours import within_business_hours
+from mailpipe.triage.rules import RulesError
+from mailpipe.triage.score import evaluate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except configuration.ConfigError as exc:
+    except (configuration.ConfigError, RulesError) as exc:
         for problem in exc.problems:
             print(f"mailpipe: {problem}", file=sys.stderr)
         return 1
@@ -54,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common], help="run the daemon in the foreground")
     serve.set_defaults(run=_serve)
+
+    score = commands.add_parser("score", parents=[common], help="explain the urgency score of messages")
+    score.add_argument("files", nargs="+", metavar="FILE", help="message files, or - for standard input")
+    score.add_argument("--json", action="store_true", help="one JSON object per line, per message")
+    score.set_defaults(run=_score)
+
+    rules_command = commands.add_parser("rules", help="urgency rules").add_subparsers(metavar="ACTION")
+    rules_command.add_parser("test", parents=[common], help="check every rule's examples").set_defaults(
+        run=_rules_test)
 
     check = commands.add_parser("check-config", help="validate a config file; exit 0 when valid")
     check.add_argument("path", nargs="?", type=Path)
@@ -86,8 +105,52 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.path)
-    print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen})")
+    ruleset = triage_load.ruleset(loaded.triage)
+    print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, "
+          f"{len(ruleset.rules)} rules from {len(ruleset.sources)} files)")
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    ruleset = triage_load.ruleset(loaded.triage)
+    for name in args.files:
+        raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        started = time.perf_counter()
+        parsed = parse(raw)
+        moment = parsed.date if parsed.date and parsed.date.tzinfo else datetime.now(UTC)
+        context = Context(parsed, moment, business_hours=within_business_hours(moment, loaded.triage))
+        verdict = evaluate(ruleset, context)
+        elapsed = time.perf_counter() - started
+        if args.json:
+            print(json.dumps({"file": name, "score": verdict.score, "level": verdict.level,
+                              "escalate": verdict.escalate, "subject": parsed.subject,
+                              "rules": [{"name": h.name, "score": h.score, "description": h.description,
+                                         "matched": h.matched} for h in verdict.hits]}, ensure_ascii=False))
+            continue
+        print(f"Results for file: {name} ({elapsed:.3f} seconds)")
+        print(f"[Level]: {verdict.level}")
+        print(f"[Score]: {verdict.score:g} / {ruleset.levels['critical']:g}")
+        print(f"[Subject]: {parsed.subject}")
+        for hit in verdict.hits:
+            print(f"Symbol: {hit.name} ({hit.score:.2f})[{hit.matched}]")
+        if verdict.escalate:
+            print(f"Escalate: {verdict.escalate}")
+        print()
+    return 0
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    ruleset = triage_load.ruleset(loaded.triage)
+    checked, failures = examples.run(ruleset)
+    for failure in failures:
+        want = "fire" if failure.expected else "not fire"
+        print(f"{failure.source}: rule {failure.rule}: examples[{failure.index}] should {want}: "
+              f"{json.dumps(failure.example, ensure_ascii=False)}", file=sys.stderr)
+    print(f"{checked} examples in {len(ruleset.rules)} rules: "
+          + (f"{len(failures)} failed" if failures else "all pass"))
+    return 1 if failures else 0
 
 
 def _spool_files(args: argparse.Namespace) -> list[Path]:

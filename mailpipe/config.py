@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 EMBEDDED = "<embedded defaults>"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -96,6 +98,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TriageConfig:
+    rules_directory: str
+    rules_overrides: str
+    timezone: str
+    business_hours: str
+    business_days: tuple[str, ...]
+    subject_tags: bool
+
+    @property
+    def rules_path(self) -> Path:
+        from mailpipe.data import shipped
+
+        return Path(self.rules_directory) if self.rules_directory else shipped("rules")
+
+
+@dataclass(frozen=True)
 class Agent:
     id: str
     name: str
@@ -113,6 +131,7 @@ class Config:
     spool: SpoolConfig
     delivery: DeliveryConfig
     metrics: MetricsConfig
+    triage: TriageConfig
     agents: tuple[Agent, ...]
     source: str = field(default=EMBEDDED, compare=False)
 
@@ -204,6 +223,16 @@ def _check(config: Config, source: str) -> list[str]:
     for key, value in files.items():
         if value and not Path(value).is_file():
             problems.append(f"{source}: {key}: no such file {value!r}")
+    triage = config.triage
+    try:
+        ZoneInfo(triage.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"{source}: triage.timezone: unknown time zone {triage.timezone!r}")
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d", triage.business_hours):
+        problems.append(f"{source}: triage.business_hours: {triage.business_hours!r} is not HH:MM-HH:MM")
+    for index, day in enumerate(triage.business_days):
+        if day not in WEEKDAYS:
+            problems.append(f"{source}: triage.business_days[{index}]: {day!r} is not one of {', '.join(WEEKDAYS)}")
     if config.spool.retry_max < config.spool.retry_initial:
         problems.append(f"{source}: spool.retry_max: must not be shorter than spool.retry_initial")
     return problems

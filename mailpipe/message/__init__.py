@@ -60,6 +60,10 @@ class ParsedMessage:
         return int(match[1]) if match else None
 
     @property
+    def is_reply(self) -> bool:
+        return bool(self.in_reply_to) or bool(_REPLY_PREFIX.match(self.subject))
+
+    @property
     def base_subject(self) -> str:
         """The subject without Re:/Fwd:/返信: prefixes and case tags, for threading and display."""
         return _CASE_TOKEN.sub("", _REPLY_PREFIX.sub("", self.subject)).strip()

@@ -1,0 +1,1 @@
+"""Triage: rules loaded from rules/ (policy as data), scoring with explanation, ownership."""

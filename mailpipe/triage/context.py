@@ -1,0 +1,75 @@
+"""Everything a rule may look at, gathered before scoring so rules stay pure functions.
+
+The parsed message, what the store knows of the customer and their history, what inbound
+authentication concluded of DMARC, and the clock. Text is folded once here (NFKC, casefold)
+for every keyword rule.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+
+from mailpipe.message import ParsedMessage
+
+
+def fold(text: str) -> str:
+    """What keywords are compared on: NFKC (full-width ASCII and half-width kana unified), casefolded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+@dataclass(frozen=True)
+class Customer:
+    address: str
+    name: str = ""
+    company: str = ""
+    plan: str = ""
+    vip: bool = False
+    phone: str = ""
+    notes: str = ""
+
+    def trusted_vip(self, dmarc: str) -> bool:
+        """A VIP address that fails DMARC is somebody else using it: not a VIP."""
+        return self.vip and dmarc != "fail"
+
+
+@dataclass(frozen=True)
+class History:
+    contacts: tuple[datetime, ...] = ()
+    open_case_since: datetime | None = None
+
+    def contacts_within(self, hours: float, now: datetime) -> int:
+        since = now - timedelta(hours=hours)
+        return sum(1 for moment in self.contacts if since <= moment <= now)
+
+    def open_case_age_hours(self, now: datetime) -> float | None:
+        if self.open_case_since is None:
+            return None
+        return (now - self.open_case_since).total_seconds() / 3600
+
+
+@dataclass(frozen=True)
+class Context:
+    message: ParsedMessage
+    now: datetime
+    customer: Customer | None = None
+    history: History = field(default_factory=History)
+    dmarc: str = "none"
+    business_hours: bool = True
+
+    @cached_property
+    def folded_subject(self) -> str:
+        return fold(self.message.subject)
+
+    @cached_property
+    def folded_body(self) -> str:
+        return fold(self.message.new_text)
+
+    @cached_property
+    def folded_all(self) -> str:
+        """Subject and new text; a reply's subject repeats the old topic, so only its new text."""
+        if self.message.is_reply:
+            return self.folded_body
+        return self.folded_subject + "\n" + self.folded_body

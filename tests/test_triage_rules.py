@@ -1,0 +1,218 @@
+"""Urgency rules: loading and refusing, matching Japanese and English, composites, overrides,
+the shipped examples, and the default ruleset's quality on labelled mail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mailpipe.config import TriageConfig
+from mailpipe.data import shipped
+from mailpipe.message import parse
+from mailpipe.triage import examples, rules
+from mailpipe.triage.context import Context, Customer, History
+from mailpipe.triage.hours import within_business_hours
+from mailpipe.triage.rules import RulesError
+from mailpipe.triage.score import evaluate
+from tests.triage_corpus import HOLDOUT, LABELLED, build, precision_recall, score_all
+
+NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
+LEVELS = "[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n"
+
+
+def ruleset(tmp_path: Path, text: str, overrides: str | None = None) -> rules.RuleSet:
+    base = tmp_path / "rules"
+    base.mkdir(exist_ok=True)
+    (base / "r.toml").write_text(LEVELS + text, "utf-8")
+    layer = None
+    if overrides is not None:
+        layer = tmp_path / "rules.d"
+        layer.mkdir(exist_ok=True)
+        (layer / "site.toml").write_text(overrides, "utf-8")
+    return rules.load(base, layer)
+
+
+def context(subject: str = "", body: str = "", **kwargs) -> Context:
+    raw = (f"From: c@example.org\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           f"{body}\r\n").encode()
+    return Context(parse(raw), kwargs.pop("now", NOW), **kwargs)
+
+
+def fired(rules_: rules.RuleSet, ctx: Context) -> tuple[str, ...]:
+    return evaluate(rules_, ctx).rule_names
+
+
+def test_japanese_keywords_match_without_word_boundaries(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "NOT_DELIVERED"\ndescription = "d"\nscore = 5\nany = ["届かない"]\n')
+    assert fired(r, context(body="昨日からGmail宛てのメールが届かないのです")) == ("NOT_DELIVERED",)
+
+
+def test_full_width_and_half_width_forms_are_folded(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "CODE"\ndescription = "d"\nscore = 5\nany = ["TSS04", "エラー"]\n')
+    assert fired(r, context(body="ＴＳＳ０４ が返ってきます")) == ("CODE",)
+    assert fired(r, context(body="ｴﾗｰです")) == ("CODE",)
+
+
+def test_english_keywords_match_whole_words_only(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "REFUND"\ndescription = "d"\nscore = 5\nany = ["refund"]\n')
+    assert fired(r, context(body="Please REFUND me.")) == ("REFUND",)
+    assert fired(r, context(body="Is the plan refundable?")) == ()
+
+
+def test_keywords_in_quoted_history_do_not_fire(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "REFUND"\ndescription = "d"\nscore = 5\nany = ["refund"]\n')
+    assert fired(r, context(body="Thanks!\n\nOn Mon, 1 Jan 2026, Support <s@x> wrote:\n> refund sent")) == ()
+
+
+def test_a_replys_subject_is_not_matched_by_any_keywords(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "LOGIN"\ndescription = "d"\nscore = 5\nany = ["log in"]\n')
+    assert fired(r, context(subject="Re: Can't log in", body="Works now, thanks")) == ()
+    assert fired(r, context(subject="Can't log in", body="Help")) == ("LOGIN",)
+
+
+def test_all_conditions_of_a_rule_must_hold(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "VIP_DOWN"\ndescription = "d"\nscore = 5\nany = ["down"]\n'
+                          'customer = { vip = true }\n')
+    vip = Customer("c@example.org", vip=True)
+    assert fired(r, context(body="site is down", customer=vip)) == ("VIP_DOWN",)
+    assert fired(r, context(body="site is down")) == ()
+
+
+def test_a_vip_address_failing_dmarc_is_not_treated_as_vip(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "VIP"\ndescription = "d"\nscore = 3\ncustomer = { vip = true }\n')
+    vip = Customer("c@example.org", vip=True)
+    assert fired(r, context(customer=vip, dmarc="pass")) == ("VIP",)
+    assert fired(r, context(customer=vip, dmarc="fail")) == ()
+
+
+def test_headers_history_and_time_conditions(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "AUTO"\ndescription = "d"\nscore = -10\n'
+                          'headers = { Auto-Submitted = "^auto-" }\n'
+                          '[[rule]]\nname = "AGAIN"\ndescription = "d"\nscore = 3\n'
+                          'repeat = { within_hours = 24, at_least = 2 }\n'
+                          '[[rule]]\nname = "OLD"\ndescription = "d"\nscore = 2\nopen_case_hours = 48\n'
+                          '[[rule]]\nname = "NIGHT"\ndescription = "d"\nscore = 1\noutside_business_hours = true\n')
+    auto = Context(parse(b"Auto-Submitted: auto-replied\r\nSubject: x\r\n\r\nx"), NOW)
+    assert fired(r, auto) == ("AUTO",)
+    history = History(contacts=(NOW - timedelta(hours=2), NOW - timedelta(hours=5), NOW - timedelta(days=3)),
+                      open_case_since=NOW - timedelta(hours=50))
+    assert fired(r, context(history=history)) == ("AGAIN", "OLD")
+    assert fired(r, context(business_hours=False)) == ("NIGHT",)
+
+
+def test_composites_combine_rules_with_and_or_not(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "DOWN"\ndescription = "d"\nscore = 6\nany = ["down"]\n'
+                          '[[rule]]\nname = "MANY"\ndescription = "d"\nscore = 4\nany = ["everyone"]\n'
+                          '[[rule]]\nname = "THANKS"\ndescription = "d"\nscore = -3\nany = ["thanks"]\n'
+                          '[[rule]]\nname = "OUTAGE"\ndescription = "d"\nscore = 4\nescalate = "dev"\n'
+                          'expression = "DOWN & MANY & !THANKS"\n')
+    verdict = evaluate(r, context(body="down for everyone"))
+    assert verdict.rule_names == ("DOWN", "MANY", "OUTAGE")
+    assert (verdict.score, verdict.level, verdict.escalate) == (14, "critical", "dev")
+    assert "OUTAGE" not in fired(r, context(body="down for everyone, now fixed, thanks"))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[[rule]]\nname = "lower"\ndescription = "d"\nscore = 1\nany = ["x"]\n', "must be UPPER_SNAKE_CASE"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = "high"\nany = ["x"]\n', "rule A: score 'high'"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\n', "rule A: has no condition"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nregex = ["("]\n', "rule A: regex:"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\nbogus = 1\n', "rule A: unknown key 'bogus'"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nexpression = "B & C"\n', "uses unknown (or disabled) rule B"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nexpression = "B"\n'
+     '[[rule]]\nname = "B"\ndescription = "d"\nscore = 1\nexpression = "A"\n', "form a cycle"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\n'
+     '[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["y"]\n', "rule A: defined twice"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\nescalate = "ceo"\n', "escalate 'ceo'"),
+    ('[[rule]\nname = "A"\n', "TOML syntax"),
+])
+def test_a_broken_rule_file_is_refused_naming_file_rule_and_reason(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(RulesError) as error:
+        ruleset(tmp_path, text)
+    where = str(tmp_path / "rules" / "r.toml")
+    assert any(expected in problem and where in problem for problem in error.value.problems), error.value.problems
+
+
+def test_overrides_replace_a_rule_key_by_key_and_can_disable_one(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["alpha"]\n'
+                          '[[rule]]\nname = "B"\ndescription = "d"\nscore = 1\nany = ["beta"]\n',
+                overrides='[[rule]]\nname = "A"\nscore = 7\n[[rule]]\nname = "B"\nenabled = false\n'
+                          '[[rule]]\nname = "C"\ndescription = "site rule"\nscore = 2\nany = ["gamma"]\n'
+                          '[levels]\nhigh = 6\n')
+    verdict = evaluate(r, context(body="alpha beta gamma"))
+    assert verdict.rule_names == ("A", "C")
+    assert verdict.score == 9
+    assert r.levels["high"] == 6
+
+
+def test_thresholds_map_totals_to_levels(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\n')
+    assert [r.level(s) for s in (12, 11.9, 5, 4.5, 0, -0.5)] == ["critical", "high", "high", "normal", "normal", "low"]
+
+
+def test_every_shipped_rule_example_passes() -> None:
+    checked, failures = examples.run(rules.load(shipped("rules")))
+    assert checked >= 60
+    assert failures == []
+
+
+def test_business_hours_follow_the_desks_time_zone_and_days() -> None:
+    settings = TriageConfig("", "", "Asia/Tokyo", "09:00-18:00", ("mon", "tue", "wed", "thu", "fri"), True)
+    assert within_business_hours(datetime(2026, 11, 24, 1, 0, tzinfo=UTC), settings)  # Tue 10:00 JST
+    assert not within_business_hours(datetime(2026, 11, 24, 10, 0, tzinfo=UTC), settings)  # 19:00
+    assert not within_business_hours(datetime(2026, 11, 22, 1, 0, tzinfo=UTC), settings)  # Sunday
+
+
+def test_the_labelled_set_has_120_messages_in_every_level_language_and_encoding() -> None:
+    scored = score_all(LABELLED)
+    assert len(scored) >= 120
+    assert {entry["encoding"] for entry, _, _ in scored} >= {"iso-2022-jp", "shift_jis", "euc-jp", "utf-8", "html"}
+    assert {level for _, level, _ in scored} == set(rules.LEVELS)
+    built = parse(build(scored[0][0]))
+    assert built.language == "ja"
+
+
+def test_default_rules_reach_the_expected_level_on_labelled_and_held_out_mail() -> None:
+    for path, floor in ((LABELLED, 0.95), (HOLDOUT, 0.85)):
+        scored = score_all(path)
+        accuracy = sum(expected == predicted for _, expected, predicted in scored) / len(scored)
+        assert accuracy >= floor, (path.name, accuracy, precision_recall(scored))
+
+
+def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.eml", tmp_path / "b.eml"
+    first.write_bytes("Subject: 至急: 全員ログインできません\r\n\r\n全ユーザーがログインできません。".encode())
+    second.write_bytes(b"Subject: thanks\r\n\r\nThanks for your help, it works now.")
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "--json", str(first), str(second)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(first), str(second)]
+    assert lines[0]["level"] == "critical" and lines[1]["level"] == "low"
+    assert {"name": "LOGIN_BLOCKED", "score": 5.0} in [{k: r[k] for k in ("name", "score")} for r in lines[0]["rules"]]
+
+
+def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "-"], input=b"Subject: refund\r\n\r\nrefund!",
+                            capture_output=True, timeout=30)
+    out = result.stdout.decode()
+    assert "[Level]: high" in out
+    assert "Symbol: CANCEL_REFUND (5.00)[refund]" in out
+
+
+def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path) -> None:
+    directory = tmp_path / "rules"
+    directory.mkdir()
+    (directory / "r.toml").write_text(LEVELS + '[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\n'
+                                      'examples = [{ body = "y", expect = true }]\n')
+    config = tmp_path / "mailpipe.toml"
+    config.write_text(f'[triage]\nrules_directory = "{directory}"\nrules_overrides = ""\n')
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "test", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "rule A: examples[0] should fire" in result.stderr
