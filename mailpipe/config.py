@@ -25,6 +25,7 @@ from mailpipe.addresses import syntax_problem
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d")
 EMBEDDED = "<embedded defaults>"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -120,6 +121,9 @@ class Agent:
     address: str
     phone: str = ""
     tier: Literal["support", "tech", "dev"] = "support"
+    # On duty: these days and hours in the desk's time zone; empty means the desk's business hours.
+    days: tuple[str, ...] = ()
+    hours: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,10 @@ class Config:
     @property
     def spool_path(self) -> Path:
         return self.state_path / "spool"
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_path / "store.sqlite"
 
     @property
     def maildir_root(self) -> Path:
@@ -228,11 +236,14 @@ def _check(config: Config, source: str) -> list[str]:
         ZoneInfo(triage.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"{source}: triage.timezone: unknown time zone {triage.timezone!r}")
-    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d", triage.business_hours):
-        problems.append(f"{source}: triage.business_hours: {triage.business_hours!r} is not HH:MM-HH:MM")
-    for index, day in enumerate(triage.business_days):
-        if day not in WEEKDAYS:
-            problems.append(f"{source}: triage.business_days[{index}]: {day!r} is not one of {', '.join(WEEKDAYS)}")
+    schedules = [("triage.business_hours", triage.business_hours, "triage.business_days", triage.business_days)]
+    schedules += [(f"agents[{i}].hours", a.hours, f"agents[{i}].days", a.days) for i, a in enumerate(config.agents)]
+    for hours_key, hours, days_key, days in schedules:
+        if hours and not _HOURS.fullmatch(hours):
+            problems.append(f"{source}: {hours_key}: {hours!r} is not HH:MM-HH:MM")
+        for index, day in enumerate(days):
+            if day not in WEEKDAYS:
+                problems.append(f"{source}: {days_key}[{index}]: {day!r} is not one of {', '.join(WEEKDAYS)}")
     if config.spool.retry_max < config.spool.retry_initial:
         problems.append(f"{source}: spool.retry_max: must not be shorter than spool.retry_initial")
     return problems

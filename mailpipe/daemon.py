@@ -26,11 +26,15 @@ from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
 from mailpipe.http import StatusServer
 from mailpipe.metrics import Metrics
-from mailpipe.pipeline import inbound_stages
+from mailpipe.pipeline import Triage
 from mailpipe.sdnotify import Notifier
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
 from mailpipe.smtp.server import Listener, ListenerSettings
 from mailpipe.spool import Spool, SpoolLock
+from mailpipe.store import Store
+from mailpipe.store.sqlite import SQLiteStore
+from mailpipe.triage import load as triage_load
+from mailpipe.triage.rules import RulesError
 from mailpipe.worker import Route, Worker
 
 log = logging.getLogger("mailpipe.daemon")
@@ -61,8 +65,10 @@ def deliverer(config: Config) -> Deliverer:
     return RelayDeliverer(config.delivery)
 
 
-def inbound_route(config: Config) -> Route:
-    return Route(inbound_stages(config.agents), deliverer(config), config.spool)
+def inbound_route(config: Config, store: Store) -> Route:
+    """Raises RulesError when the configured rules are broken: a reload then keeps the old route."""
+    triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname)
+    return Route(triage.stages, deliverer(config), config.spool)
 
 
 class Daemon:
@@ -76,12 +82,14 @@ class Daemon:
         self._listener: Listener | None = None
         self._handler: InboundHandler | None = None
         self._worker: Worker | None = None
+        self._store: SQLiteStore | None = None
         self._commits_seen = (0, 0)
 
     async def run(self) -> int:
         config = self.config
         lock = SpoolLock(config.spool_path)
         spool = self._spool = Spool(config.spool_path / "inbound.sqlite")
+        store = self._store = SQLiteStore(config.store_path)
         try:
             recovered = await spool.recover()
             if recovered:
@@ -89,7 +97,7 @@ class Daemon:
             self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), spool, self._metrics,
                                            config.inbound.hostname)
             self._listener = Listener(listener_settings(config), self._handler, self._metrics)
-            self._worker = Worker("inbound", spool, inbound_route(config), self._metrics)
+            self._worker = Worker("inbound", spool, inbound_route(config, store), self._metrics)
             status = StatusServer(config.metrics.listen.host, config.metrics.listen.port, self._metrics,
                                   self._health)
             await self._listener.start()
@@ -114,6 +122,7 @@ class Daemon:
             await status.close()
         finally:
             spool.close()
+            store.close()
             lock.release()
         log.info("stopped")
         return 0
@@ -128,12 +137,13 @@ class Daemon:
         """Swap in a freshly loaded config, or keep the running one if the new one is broken."""
         self._notifier.reloading()
         try:
+            assert self._store is not None
             new = await asyncio.to_thread(configuration.load, self._config_path)
             settings = listener_settings(new)
-            route = inbound_route(new)
-        except (configuration.ConfigError, OSError, ssl.SSLError) as exc:
+            route = await asyncio.to_thread(inbound_route, new, self._store)
+        except (configuration.ConfigError, RulesError, OSError, ssl.SSLError) as exc:
             self._metrics.config_reloads.labels("failure").inc()
-            problems = exc.problems if isinstance(exc, configuration.ConfigError) else [str(exc)]
+            problems = exc.problems if isinstance(exc, (configuration.ConfigError, RulesError)) else [str(exc)]
             for problem in problems:
                 log.error("reload refused, keeping the running config", extra={"problem": problem})
             self._notifier.ready("reload refused; running the previous config")

@@ -1,65 +1,225 @@
-"""What happens to an inbound message between the spool and the owner's mailbox, in order.
+"""What happens to an inbound message between the spool and the owners' mailboxes, in order.
 
-The order lives in one table, ``inbound_stages``; each stage is a plain function of ``Work``
-that returns a new ``Work`` and does no I/O, so tests call stages directly. Triage (parse,
-profile, thread, score, assign) slots into this table; until then ``route`` gives each sender a
-stable owner among the support tier.
+The order lives in one table, ``Triage.stages``: parse → profile → score → assign → record →
+annotate. Pure stages are plain functions of ``Work``; the two that read and write the store
+run in a thread. The recipients come from what ``record`` stored, never from a fresh decision,
+so a message triaged again after a crash goes to the same mailboxes it went to before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from mailpipe.addresses import canonical
-from mailpipe.config import Agent
+from mailpipe.config import Agent, TriageConfig
+from mailpipe.deliver import headers
+from mailpipe.message import ParsedMessage, parse
 from mailpipe.spool import Message
+from mailpipe.store import CustomerRecord, InboundRecord, Profile, Store
+from mailpipe.triage.assign import Decision, assign
+from mailpipe.triage.context import Context, Customer, History
+from mailpipe.triage.hours import within_business_hours
+from mailpipe.triage.rules import RuleSet
+from mailpipe.triage.score import Verdict, evaluate
+
+TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
 
 
 @dataclass(frozen=True)
 class Work:
     message: Message
-    owner: Agent | None = None
-    fields: tuple[tuple[str, str], ...] = field(default=())
+    parsed: ParsedMessage | None = None
+    profile: Profile | None = None
+    previous_owner: str = ""
+    thread_case: int | None = None
+    verdict: Verdict | None = None
+    decision: Decision | None = None
+    record: InboundRecord | None = None
+    recipients: tuple[Agent, ...] = ()
+    fields: tuple[tuple[str, str], ...] = ()
+    subject: str | None = None
+    card: bytes | None = None
 
 
-Stage = Callable[[Work], Work]
+Stage = Callable[[Work], Work | Awaitable[Work]]
 
 
-class NoOwner(Exception):
-    """No agent can take the message; the daemon's config has no support agent."""
+class Triage:
+    """The inbound stages with what they need: rules, roster, desk settings, store, clock."""
+
+    def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: Store, hostname: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.rules = rules
+        self.agents = tuple(agents)
+        self.desk = desk
+        self.store = store
+        self.hostname = hostname
+        self.clock = clock
+
+    @property
+    def stages(self) -> tuple[tuple[str, Stage], ...]:
+        return (
+            ("parse", self.parse),
+            ("profile", self.profile),
+            ("score", self.score),
+            ("assign", self.assign),
+            ("record", self.record),
+            ("annotate", self.annotate),
+        )
+
+    def parse(self, work: Work) -> Work:
+        return dataclasses.replace(work, parsed=parse(work.message.data))
+
+    async def profile(self, work: Work) -> Work:
+        return await asyncio.to_thread(self._profile, work)
+
+    def _profile(self, work: Work) -> Work:
+        parsed = _parsed(work)
+        sender = customer_address(work)
+        profile = self.store.profile(sender, work.message.entry.received_at) if sender else None
+        ids = tuple(dict.fromkeys((*parsed.in_reply_to, *reversed(parsed.references))))
+        case = self.store.find_case(ids, parsed.case_token, sender)
+        previous_owner = case.owner if case else (profile.customer.owner if profile else "")
+        return dataclasses.replace(work, profile=profile, previous_owner=previous_owner,
+                                   thread_case=case.id if case else None)
+
+    def score(self, work: Work) -> Work:
+        parsed = _parsed(work)
+        now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
+        customer, history = None, History()
+        if work.profile is not None:
+            c = work.profile.customer
+            customer = Customer(c.address, c.name, c.company, c.plan, c.vip, c.phone, c.notes)
+            open_since = work.profile.open_case.opened_at if work.profile.open_case else None
+            history = History(tuple(datetime.fromtimestamp(t, UTC) for t in work.profile.contacts),
+                              datetime.fromtimestamp(open_since, UTC) if open_since else None)
+        context = Context(parsed, now, customer=customer, history=history, dmarc=_dmarc(parsed),
+                          business_hours=within_business_hours(now, self.desk))
+        return dataclasses.replace(work, verdict=evaluate(self.rules, context))
+
+    def assign(self, work: Work) -> Work:
+        verdict = _verdict(work)
+        load, away = self.store.open_load(), self.store.away()
+        decision = assign(self.agents, previous_owner=work.previous_owner, escalate=verdict.escalate, load=load,
+                          away=away, now=self.clock(), desk=self.desk)
+        return dataclasses.replace(work, decision=decision)
+
+    async def record(self, work: Work) -> Work:
+        return await asyncio.to_thread(self._record, work)
+
+    def _record(self, work: Work) -> Work:
+        parsed, verdict, decision = _parsed(work), _verdict(work), work.decision
+        assert decision is not None
+        record = self.store.record_inbound(
+            queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
+            message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
+            score=verdict.score, rules=verdict.summary(), case_id=work.thread_case,
+            assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at)
+        by_id = {agent.id: agent for agent in self.agents}
+        roles = {a.role: by_id.get(a.agent) for a in record.assignments}
+        handler = roles.get("handler") or roles.get("owner") or by_id.get(record.case.owner)
+        recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
+        return dataclasses.replace(work, record=record, recipients=recipients)
+
+    def annotate(self, work: Work) -> Work:
+        parsed, verdict, record = _parsed(work), _verdict(work), work.record
+        assert record is not None
+        by_id = {agent.id: agent for agent in self.agents}
+        owner = by_id.get(record.case.owner)
+        customer = record.customer
+        fields = [
+            ("X-Mailpipe-Queue-Id", work.message.id),
+            ("X-Mailpipe-Case", f"{record.case.id}{' (new)' if record.new_case else ''}"),
+            ("X-Mailpipe-Urgency", f"{verdict.level} {verdict.score:g}"),
+            ("X-Mailpipe-Rules", verdict.summary() or "none"),
+            ("X-Mailpipe-Owner", f"{owner.id} ({owner.name}, {owner.phone})" if owner else record.case.owner),
+            ("X-Mailpipe-Customer", _customer_line(customer)),
+        ]
+        escalation = next((a for a in record.assignments if a.role == "escalation"), None)
+        if escalation is not None:
+            fields.append(("X-Mailpipe-Escalation", f"{verdict.escalate or 'escalated'}: {escalation.agent}"))
+        subject = None
+        if self.desk.subject_tags:
+            subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
+        card = triage_card(work, self.hostname, by_id, self.store)
+        return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card)
 
 
-def route(agents: Sequence[Agent]) -> Stage:
-    """The same sender always reaches the same support agent, so a customer has one owner."""
-    support = [agent for agent in agents if agent.tier == "support"] or list(agents)
-
-    def stage(work: Work) -> Work:
-        if not support:
-            raise NoOwner("no agents configured")
-        sender = canonical(work.message.entry.envelope.mail_from)
-        index = int.from_bytes(hashlib.sha256(sender.encode()).digest()[:8], "big") % len(support)
-        return dataclasses.replace(work, owner=support[index])
-
-    return stage
+def customer_address(work: Work) -> str:
+    """The customer is the From address; the envelope sender stands in when From is missing."""
+    parsed = _parsed(work)
+    return canonical(parsed.sender or work.message.entry.envelope.mail_from)
 
 
-def annotate(work: Work) -> Work:
-    """Internal headers for the agent's client: which queue entry and which owner."""
-    assert work.owner is not None
-    owner = work.owner
-    return dataclasses.replace(work, fields=(
-        *work.fields,
-        ("Delivered-To", owner.address),
-        ("X-Mailpipe-Queue-Id", work.message.id),
-        ("X-Mailpipe-Owner", f"{owner.id} ({owner.name})"),
-    ))
+def _parsed(work: Work) -> ParsedMessage:
+    assert work.parsed is not None, "stage order: parse first"
+    return work.parsed
 
 
-def inbound_stages(agents: Sequence[Agent]) -> tuple[tuple[str, Stage], ...]:
-    return (
-        ("route", route(agents)),
-        ("annotate", annotate),
-    )
+def _verdict(work: Work) -> Verdict:
+    assert work.verdict is not None, "stage order: score before this"
+    return work.verdict
+
+
+def _dmarc(parsed: ParsedMessage) -> str:
+    """DMARC as our own inbound check recorded it (authentication is a later stage; until then none)."""
+    for value in parsed.headers.get("authentication-results", ()):
+        lowered = value.lower()
+        for result in ("fail", "pass"):
+            if f"dmarc={result}" in lowered:
+                return result
+    return "none"
+
+
+def _customer_line(c: CustomerRecord) -> str:
+    parts = [c.address]
+    parts += [f"{label}={value}" for label, value in (("name", c.name), ("company", c.company), ("plan", c.plan),
+                                                      ("phone", c.phone)) if value]
+    if c.vip:
+        parts.append("VIP")
+    return "; ".join(parts)
+
+
+def triage_card(work: Work, hostname: str, agents: dict[str, Agent], store: Store) -> bytes:
+    """A short companion message filed next to the original in the agent's mailbox and threaded
+    under it: any mail client shows the profile, history and verdict, and the original message
+    stays byte for byte as the customer sent it."""
+    parsed, verdict, record = _parsed(work), _verdict(work), work.record
+    assert record is not None
+    case, customer = record.case, record.customer
+    lines = [f"Case #{case.id} ({'new' if record.new_case else 'continued'}) — {verdict.level} {verdict.score:g}",
+             ""]
+    for assignment in record.assignments:
+        agent = agents.get(assignment.agent)
+        who = f"{agent.name} ({agent.phone})" if agent else assignment.agent
+        lines.append(f"{assignment.role:<10} {who} — {assignment.reason}")
+    lines += ["", "Rules:"]
+    lines += [f"  {hit.name}({hit.score:g}) {hit.description}: {hit.matched}" for hit in verdict.hits] or ["  none"]
+    lines += ["", f"Customer: {_customer_line(customer)}"]
+    if customer.notes:
+        lines.append(f"Notes: {customer.notes}")
+    earlier = [c for c in store.cases_of(customer.id, 6) if c.id != case.id][:5]
+    lines += ["", "Earlier cases:" if earlier else "First contact: no earlier cases."]
+    for previous in earlier:
+        opened = datetime.fromtimestamp(previous.opened_at, UTC).strftime("%Y-%m-%d")
+        lines.append(f"  #{previous.id} {opened} {previous.status:<8} {previous.level:<8} {previous.subject}")
+    body = "\n".join(lines).replace("\n", "\r\n") + "\r\n"
+    fields = [
+        ("From", f"mailpipe <mailpipe@{hostname}>"),
+        ("Subject", f"[#{case.id}] triage: {parsed.base_subject or parsed.subject}"),
+        ("Date", format_datetime(datetime.fromtimestamp(work.message.entry.received_at, UTC))),
+        ("Message-ID", f"<{work.message.id}.triage@{hostname}>"),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Mailpipe-Case", str(case.id)),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Transfer-Encoding", "8bit"),
+    ]
+    if parsed.message_id:
+        fields += [("In-Reply-To", f"<{parsed.message_id}>"), ("References", f"<{parsed.message_id}>")]
+    return b"".join(headers.field(name, value) for name, value in fields) + b"\r\n" + body.encode()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -27,6 +29,17 @@ from mailpipe.spool import Message, Spool
 log = logging.getLogger("mailpipe.worker")
 
 _IDLE_POLL = 1.0  # picks up `queue flush/release` from the CLI and deferred messages coming due
+
+
+class NoRecipients(Exception):
+    """The stages ended without a mailbox to deliver to."""
+
+
+def triage_card_message(message: Message, card: bytes) -> Message:
+    """The triage card travels as its own message: its own id (so Maildir delivery stays
+    idempotent for it too) and the null envelope sender of an automatic message (RFC 3834)."""
+    envelope = dataclasses.replace(message.entry.envelope, mail_from="")
+    return Message(dataclasses.replace(message.entry, id=message.id + "T", envelope=envelope), card)
 
 
 @dataclass(frozen=True)
@@ -89,11 +102,18 @@ class Worker:
         try:
             for name, stage in route.stages:
                 current = name
-                work = stage(work)
+                result = stage(work)
+                work = await result if inspect.isawaitable(result) else result
             current = "deliver"
-            assert work.owner is not None
+            if not work.recipients:
+                raise NoRecipients("triage chose no mailbox")
             fields = b"".join(headers.field(name, value) for name, value in work.fields)
-            await route.deliverer.deliver(message, work.owner, headers.with_headers(message.data, fields))
+            content = headers.with_headers(message.data, fields, work.subject)
+            card = triage_card_message(message, work.card) if work.card else None
+            for agent in work.recipients:
+                await route.deliverer.deliver(message, agent, content)
+                if card is not None:
+                    await route.deliverer.deliver(card, agent, card.data)
         except TemporaryFailure as exc:
             await self._retry_later(message, route.settings, str(exc))
         except PermanentFailure as exc:
@@ -105,7 +125,9 @@ class Worker:
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(
                 max(0.0, time.time() - message.entry.received_at))
-            log.info("delivered", extra={"queue_id": message.id, "owner": work.owner.id,
+            log.info("delivered", extra={"queue_id": message.id, "to": ",".join(a.id for a in work.recipients),
+                                         "case": work.record.case.id if work.record else "",
+                                         "level": work.verdict.level if work.verdict else "",
                                          "method": route.deliverer.method})
 
     async def _retry_later(self, message: Message, settings: SpoolConfig, reason: str) -> None:

@@ -149,13 +149,16 @@ class Daemon:
     def mailbox(self, agent: str) -> Path:
         return self.state / "mailboxes" / agent
 
-    def delivered(self, timeout: float = 10.0, expect: int = 1) -> list[email.message.Message]:
-        """Messages in all agents' Maildirs, waiting until at least ``expect`` are there."""
+    def delivered(self, timeout: float = 10.0, expect: int = 1, cards: bool = False) -> list[email.message.Message]:
+        """Messages in all agents' Maildirs (the customers' own, or with ``cards`` mailpipe's triage
+        cards), waiting until at least ``expect`` are there."""
         deadline = time.monotonic() + timeout
         while True:
             files = sorted(self.state.glob("mailboxes/*/new/*")) + sorted(self.state.glob("mailboxes/*/cur/*"))
-            if len(files) >= expect or time.monotonic() > deadline:
-                return [email.message_from_bytes(path.read_bytes()) for path in files]
+            found = [m for m in (email.message_from_bytes(path.read_bytes()) for path in files)
+                     if ("triage@" in (m["Message-ID"] or "")) == cards]
+            if len(found) >= expect or time.monotonic() > deadline:
+                return found
             time.sleep(0.05)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import smtplib
@@ -19,7 +20,7 @@ from aiosmtpd.lmtp import LMTP
 from mailpipe.config import Agent, SpoolConfig
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.metrics import Metrics
-from mailpipe.pipeline import annotate, route
+from mailpipe.pipeline import Work
 from mailpipe.spool import Entry, Envelope, Message, Spool
 from mailpipe.worker import Route, Worker
 from tests.conftest import Daemon, free_port
@@ -79,7 +80,7 @@ def test_maildir_files_start_with_return_path_and_keep_the_content_byte_for_byte
 
 
 def test_a_message_that_crashes_a_stage_is_quarantined_and_does_not_block_the_queue(tmp_path: Path) -> None:
-    def poison(work):
+    def poison(work: Work) -> Work:
         if b"poison" in work.message.data:
             raise ValueError("cannot parse")
         return work
@@ -87,7 +88,7 @@ def test_a_message_that_crashes_a_stage_is_quarantined_and_does_not_block_the_qu
     async def scenario():
         spool = Spool(tmp_path / "inbound.sqlite")
         settings = SpoolConfig(workers=2, retry_initial=0.05, retry_max=0.1, max_lifetime=60, max_stage_failures=3)
-        stages = (("parse", poison), ("route", route([AGENT])), ("annotate", annotate))
+        stages = (("parse", poison), ("route", lambda work: dataclasses.replace(work, recipients=(AGENT,))))
         worker = Worker("inbound", spool, Route(stages, MaildirDeliverer(tmp_path / "mail"), settings), Metrics())
         runner = asyncio.create_task(worker.run())
         await spool.enqueue(ENVELOPE, b"Subject: poison\r\n\r\npoison\r\n")
@@ -113,13 +114,14 @@ def test_smtp_delivery_hands_the_message_to_the_mail_server_for_the_owners_addre
     try:
         daemon = make_daemon({"delivery": {"method": "smtp", "port": sink.port}})
         send(daemon, "relay me")
-        (received,) = sink.messages()
+        (received,) = [m for m in sink.messages(expect=2) if b"triage:" not in m]
     finally:
         sink.stop()
     assert b"X-Mail-Args: <customer@example.org>" in received
     assert b"X-Rcpt-Args: <yamada@example.test>" in received or b"X-Rcpt-Args: <smith@example.test>" in received
     assert b"X-Mailpipe-Owner: " in received
-    assert b"Subject: relay me\r\n\r\nbody\r\n" in received.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
+    assert b"Subject: [#1] relay me\n" in received
+    assert received.endswith(b"\n\nbody\n\n")
 
 
 def test_a_4xx_from_the_mail_server_defers_and_the_message_is_delivered_once_it_recovers(make_daemon) -> None:
@@ -134,7 +136,7 @@ def test_a_4xx_from_the_mail_server_defers_and_the_message_is_delivered_once_it_
         refusing.stop()
     healthy = SmtpSink(port=refusing.port)
     try:
-        assert len(healthy.messages(timeout=15)) == 1
+        assert len(healthy.messages(expect=2, timeout=15)) == 2  # the message and its triage card
         wait_until(lambda: queue_list(daemon) == [])
     finally:
         healthy.stop()
@@ -180,13 +182,14 @@ def test_lmtp_delivery_reaches_an_lmtp_server(make_daemon) -> None:
     try:
         daemon = make_daemon({"delivery": {"method": "lmtp", "port": port}})
         send(daemon, "via lmtp")
-        wait_until(lambda: len(collector.received) == 1)
+        wait_until(lambda: len(collector.received) == 2)
     finally:
         controller.stop()
-    (mail_from, rcpts, content) = collector.received[0]
+    (mail_from, rcpts, content), (card_from, _, card) = collector.received
+    assert card_from == "<>" and b"triage:" in card
     assert mail_from == "customer@example.org"
     assert rcpts[0] in ("yamada@example.test", "smith@example.test")
-    assert b"Subject: via lmtp" in content
+    assert b"Subject: [#1] via lmtp" in content
 
 
 def test_relay_delivery_verifies_the_servers_certificate_over_starttls(make_daemon, tmp_path: Path) -> None:
@@ -203,7 +206,7 @@ def test_relay_delivery_verifies_the_servers_certificate_over_starttls(make_daem
         daemon = make_daemon({"delivery": {"method": "smtp", "port": port, "starttls": True,
                                            "ca_file": str(tmp_path / "ca.pem")}})
         send(daemon, "over tls")
-        wait_until(lambda: len(collector.received) == 1)
+        wait_until(lambda: len(collector.received) == 2)
     finally:
         controller.stop()
 

@@ -88,7 +88,7 @@ def test_sigterm_lets_a_transaction_in_data_finish_then_exits_0(daemon: Daemon) 
     assert daemon.process.wait(20) == 0
     daemon.start()
     (delivered,) = daemon.delivered()
-    assert delivered["Subject"] == "in flight"
+    assert delivered["Subject"] == "[#1] in flight"
 
 
 def test_healthz_reports_ok(daemon: Daemon) -> None:

@@ -120,4 +120,4 @@ def test_a_running_daemon_delivers_a_message_once_it_is_released(make_daemon) ->
     assert daemon.delivered(timeout=1.5) == []
     assert mailpipe(daemon.config_path, "release", qid).returncode == 0
     (delivered,) = daemon.delivered(timeout=5)
-    assert delivered["Subject"] == "held"
+    assert delivered["Subject"] == "[#1] held"

