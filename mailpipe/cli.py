@@ -4,6 +4,10 @@
     mailpipe check-config [PATH]            the config and the rules it names
     mailpipe score [--json] FILE...|-       explain a message's urgency, like rspamc
     mailpipe rules test                     run every rule's examples
+    mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
+    mailpipe customers show ADDRESS         profile and case history
+    mailpipe agents list [--json]           roster: tier, phone, on duty now, open cases
+    mailpipe agents away ID | back ID       take an agent out of (or back into) assignment
     mailpipe queue list [--json]            like postqueue -p
     mailpipe queue show ID                  like postcat -q: envelope, then the message
     mailpipe queue flush                    like postqueue -f: retry deferred mail now
@@ -19,6 +23,7 @@ picks up what they change within a second. Exit status: 0 success, 1 failure or 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -29,11 +34,13 @@ from pathlib import Path
 
 from mailpipe import __version__, spool
 from mailpipe import config as configuration
+from mailpipe.addresses import syntax_problem
 from mailpipe.message import parse
+from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import examples
 from mailpipe.triage import load as triage_load
 from mailpipe.triage.context import Context
-from mailpipe.triage.hours import within_business_hours
+from mailpipe.triage.hours import on_duty, within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
 
@@ -73,6 +80,24 @@ def _parser() -> argparse.ArgumentParser:
     rules_command = commands.add_parser("rules", help="urgency rules").add_subparsers(metavar="ACTION")
     rules_command.add_parser("test", parents=[common], help="check every rule's examples").set_defaults(
         run=_rules_test)
+
+    customers = commands.add_parser("customers", help="customer profiles").add_subparsers(metavar="ACTION")
+    importing = customers.add_parser("import", parents=[common], help="create or update customers from CSV")
+    importing.add_argument("file", type=Path)
+    importing.set_defaults(run=_customers_import)
+    showing = customers.add_parser("show", parents=[common], help="a customer's profile and cases")
+    showing.add_argument("address")
+    showing.add_argument("--json", action="store_true")
+    showing.set_defaults(run=_customers_show)
+
+    agents = commands.add_parser("agents", help="the support desk's roster").add_subparsers(metavar="ACTION")
+    roster = agents.add_parser("list", parents=[common], help="agents with duty and load")
+    roster.add_argument("--json", action="store_true")
+    roster.set_defaults(run=_agents_list)
+    for name, away in (("away", True), ("back", False)):
+        command = agents.add_parser(name, parents=[common], help=f"mark an agent {name}")
+        command.add_argument("id")
+        command.set_defaults(run=_agents_away, away=away)
 
     check = commands.add_parser("check-config", help="validate a config file; exit 0 when valid")
     check.add_argument("path", nargs="?", type=Path)
@@ -151,6 +176,98 @@ def _rules_test(args: argparse.Namespace) -> int:
     print(f"{checked} examples in {len(ruleset.rules)} rules: "
           + (f"{len(failures)} failed" if failures else "all pass"))
     return 1 if failures else 0
+
+
+_CSV_FIELDS = ("address", "name", "company", "plan", "vip", "phone", "notes")
+
+
+def _customers_import(args: argparse.Namespace) -> int:
+    """CSV with a header row; ``address`` is required, other known columns are optional."""
+    store = SQLiteStore(configuration.load(args.config).store_path)
+    try:
+        with args.file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or ())
+            if "address" not in columns or not columns <= set(_CSV_FIELDS):
+                print(f"mailpipe: {args.file}: header must have address and only {', '.join(_CSV_FIELDS)}",
+                      file=sys.stderr)
+                return 1
+            imported, problems = 0, 0
+            for line, row in enumerate(reader, start=2):
+                address = (row.pop("address") or "").strip()
+                if reason := syntax_problem(address):
+                    print(f"mailpipe: {args.file}:{line}: {address!r}: {reason}", file=sys.stderr)
+                    problems += 1
+                    continue
+                if "vip" in row:
+                    row["vip"] = (row["vip"] or "").strip().lower() in ("1", "true", "yes", "y", "vip")
+                store.upsert_customer(address, **{k: v for k, v in row.items() if v is not None})
+                imported += 1
+    finally:
+        store.close()
+    print(f"mailpipe: {imported} customers imported, {problems} rows refused")
+    return 1 if problems else 0
+
+
+def _customers_show(args: argparse.Namespace) -> int:
+    store = SQLiteStore(configuration.load(args.config).store_path)
+    try:
+        profile = store.profile(args.address, time.time())
+        cases = store.cases_of(profile.customer.id, 50) if profile else ()
+    finally:
+        store.close()
+    if profile is None:
+        print(f"mailpipe: customers: {args.address}: not found", file=sys.stderr)
+        return 1
+    c = profile.customer
+    if args.json:
+        print(json.dumps({**c.__dict__, "cases": [case.__dict__ for case in cases]}, ensure_ascii=False))
+        return 0
+    for label, value in (("Address", c.address), ("Name", c.name), ("Company", c.company), ("Plan", c.plan),
+                         ("VIP", "yes" if c.vip else "no"), ("Phone", c.phone), ("Owner", c.owner),
+                         ("Notes", c.notes)):
+        print(f"{label + ':':<9} {value}")
+    print(f"Cases ({len(cases)}):" if cases else "Cases: none")
+    for case in cases:
+        opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(case.opened_at))
+        print(f"  #{case.id:<6} {opened} {case.status:<9} {case.level:<8} {case.owner:<10} {case.subject}")
+    return 0
+
+
+def _agents_list(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    store = SQLiteStore(loaded.store_path)
+    try:
+        load, away = store.open_load(), store.away()
+    finally:
+        store.close()
+    now = datetime.now(UTC)
+    rows = [{"id": a.id, "name": a.name, "tier": a.tier, "phone": a.phone, "address": a.address,
+             "away": a.id in away, "on_duty": a.id not in away and on_duty(a, now, loaded.triage),
+             "open_cases": load.get(a.id, 0)} for a in loaded.agents]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    print(f"{'ID':<12} {'TIER':<8} {'ON DUTY':<8} {'OPEN':>4}  {'PHONE':<16} NAME")
+    for row in rows:
+        duty = "away" if row["away"] else ("yes" if row["on_duty"] else "no")
+        print(f"{row['id']:<12} {row['tier']:<8} {duty:<8} {row['open_cases']:>4}  {row['phone']:<16} {row['name']}")
+    return 0
+
+
+def _agents_away(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    if args.id not in {a.id for a in loaded.agents}:
+        print(f"mailpipe: agents: {args.id}: no such agent in {loaded.source}", file=sys.stderr)
+        return 1
+    store = SQLiteStore(loaded.store_path)
+    try:
+        store.set_away(args.id, args.away, time.time())
+    finally:
+        store.close()
+    print(f"mailpipe: agents: {args.id}: {'away' if args.away else 'back'}")
+    return 0
 
 
 def _spool_files(args: argparse.Namespace) -> list[Path]:
