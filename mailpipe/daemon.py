@@ -65,10 +65,11 @@ def deliverer(config: Config) -> Deliverer:
     return RelayDeliverer(config.delivery)
 
 
-def inbound_route(config: Config, store: Store) -> Route:
+def inbound_route(config: Config, store: Store, metrics: Metrics) -> Route:
     """Raises RulesError when the configured rules are broken: a reload then keeps the old route."""
-    triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname)
-    return Route(triage.stages, deliverer(config), config.spool)
+    triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
+                    metrics)
+    return Route(triage.stages, deliverer(config), config.spool, triage.count)
 
 
 class Daemon:
@@ -97,7 +98,7 @@ class Daemon:
             self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), spool, self._metrics,
                                            config.inbound.hostname)
             self._listener = Listener(listener_settings(config), self._handler, self._metrics)
-            self._worker = Worker("inbound", spool, inbound_route(config, store), self._metrics)
+            self._worker = Worker("inbound", spool, inbound_route(config, store, self._metrics), self._metrics)
             status = StatusServer(config.metrics.listen.host, config.metrics.listen.port, self._metrics,
                                   self._health)
             await self._listener.start()
@@ -140,7 +141,7 @@ class Daemon:
             assert self._store is not None
             new = await asyncio.to_thread(configuration.load, self._config_path)
             settings = listener_settings(new)
-            route = await asyncio.to_thread(inbound_route, new, self._store)
+            route = await asyncio.to_thread(inbound_route, new, self._store, self._metrics)
         except (configuration.ConfigError, RulesError, OSError, ssl.SSLError) as exc:
             self._metrics.config_reloads.labels("failure").inc()
             problems = exc.problems if isinstance(exc, (configuration.ConfigError, RulesError)) else [str(exc)]
@@ -181,6 +182,11 @@ class Daemon:
             self._metrics.spool_commits.labels("inbound").inc(commits - self._commits_seen[0])
             self._metrics.spool_operations.labels("inbound").inc(operations - self._commits_seen[1])
             self._commits_seen = (commits, operations)
+            assert self._store is not None
+            now = time.time()
+            for level, (count, oldest) in (await asyncio.to_thread(self._store.open_cases)).items():
+                self._metrics.cases_open.labels(level).set(count)
+                self._metrics.case_oldest_open.labels(level).set(max(0.0, now - oldest) if count else 0)
             await asyncio.sleep(_STATS_INTERVAL)
 
     async def _watchdog(self) -> None:

@@ -54,6 +54,18 @@ class Metrics:
         self.handoff_seconds = Histogram(
             "mailpipe_handoff_seconds", "Time from the 250 to the next hop accepting the message.",
             ["queue"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Histogram(
+            "mailpipe_stage_seconds", "Time each pipeline stage takes per message.", ["queue", "stage"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.cases_opened = Counter("mailpipe_cases_opened", "Cases opened, by urgency level.", ["level"], registry=r)
+        self.cases_open = Gauge("mailpipe_cases_open", "Open (unanswered) cases by urgency level.", ["level"],
+                                registry=r)
+        self.case_oldest_open = Gauge(
+            "mailpipe_case_oldest_open_age_seconds", "Age of the oldest open (unanswered) case by urgency level.",
+            ["level"], registry=r)
+        self.assignments = Counter(
+            "mailpipe_assignments", "Assignments by the agent's tier and the kind of reason "
+            "(sticky, least_loaded, cover, escalation).", ["tier", "reason"], registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(
@@ -61,3 +73,7 @@ class Metrics:
             "When the running configuration was loaded.", registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        for level in ("critical", "high", "normal", "low"):
+            self.cases_opened.labels(level)
+            self.cases_open.labels(level)
+            self.case_oldest_open.labels(level)

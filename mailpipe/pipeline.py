@@ -19,6 +19,7 @@ from mailpipe.addresses import canonical
 from mailpipe.config import Agent, TriageConfig
 from mailpipe.deliver import headers
 from mailpipe.message import ParsedMessage, parse
+from mailpipe.metrics import Metrics
 from mailpipe.spool import Message
 from mailpipe.store import CustomerRecord, InboundRecord, Profile, Store
 from mailpipe.triage.assign import Decision, assign
@@ -53,7 +54,8 @@ class Triage:
     """The inbound stages with what they need: rules, roster, desk settings, store, clock."""
 
     def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: Store, hostname: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 metrics: Metrics, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.metrics = metrics
         self.rules = rules
         self.agents = tuple(agents)
         self.desk = desk
@@ -148,6 +150,19 @@ class Triage:
             subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
         card = triage_card(work, self.hostname, by_id, self.store)
         return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card)
+
+
+    def count(self, work: Work) -> None:
+        """Metrics for a message handed to its mailboxes: cases opened, assignments by kind."""
+        if work.record is None or work.verdict is None:
+            return
+        if work.record.new_case:
+            self.metrics.cases_opened.labels(work.verdict.level).inc()
+        tiers = {agent.id: agent.tier for agent in self.agents}
+        for assignment in work.record.assignments:
+            kind = {"handler": "cover", "escalation": "escalation"}.get(assignment.role) or (
+                "sticky" if assignment.reason.startswith("sticky") else "least_loaded")
+            self.metrics.assignments.labels(tiers.get(assignment.agent, "unknown"), kind).inc()
 
 
 def customer_address(work: Work) -> str:

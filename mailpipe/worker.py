@@ -17,7 +17,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailpipe.config import SpoolConfig
@@ -49,6 +49,7 @@ class Route:
     stages: Sequence[tuple[str, Stage]]
     deliverer: Deliverer
     settings: SpoolConfig
+    delivered: Callable[[Work], None] = lambda work: None  # counts what was handed on
 
 
 class Worker:
@@ -102,8 +103,10 @@ class Worker:
         try:
             for name, stage in route.stages:
                 current = name
+                started = time.perf_counter()
                 result = stage(work)
                 work = await result if inspect.isawaitable(result) else result
+                self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
             current = "deliver"
             if not work.recipients:
                 raise NoRecipients("triage chose no mailbox")
@@ -122,6 +125,7 @@ class Worker:
             await self._stage_failed(message, route.settings, current, exc)
         else:
             await self._spool.ack(message.id)
+            route.delivered(work)
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(
                 max(0.0, time.time() - message.entry.received_at))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import smtplib
 import socket
@@ -14,6 +15,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailpipe.data import shipped
 from tests.conftest import Daemon, merge
 
 
@@ -138,3 +140,31 @@ def test_a_broken_config_at_start_exits_1_naming_the_key(make_daemon) -> None:
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 1
     assert "inbound.max_connections" in result.stderr
+
+
+def test_sighup_with_a_broken_rule_file_keeps_the_running_rules(make_daemon, tmp_path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(shipped("rules"), rules)
+    daemon = make_daemon({"triage": {"rules_directory": str(rules), "rules_overrides": ""}})
+    (rules / "urgency.toml").write_text('[[rule]]\nname = "BROKEN"\nscore = "a lot"\n', "utf-8")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for("RELOADING=1")
+    daemon.wait_for("READY=1")
+    assert metrics(daemon)[("mailpipe_config_reloads_total", (("result", "failure"),))] == 1
+    assert "rule BROKEN" in daemon.log()
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("customer@example.org", ["support@example.test"], b"Subject: refund please\r\n\r\nrefund\r\n")
+    (delivered,) = daemon.delivered()
+    assert "CANCEL_REFUND" in delivered["X-Mailpipe-Rules"]
+
+
+def test_triage_metrics_count_cases_assignments_and_stage_latency(daemon: Daemon) -> None:
+    send(daemon)
+    daemon.delivered()
+    time.sleep(2.5)
+    found = metrics(daemon)
+    assert found[("mailpipe_cases_opened_total", (("level", "normal"),))] == 1
+    assert found[("mailpipe_cases_open", (("level", "normal"),))] == 1
+    assert found[("mailpipe_assignments_total", (("reason", "least_loaded"), ("tier", "support")))] == 1
+    assert found[("mailpipe_stage_seconds_count", (("queue", "inbound"), ("stage", "score")))] == 1
+    assert ("mailpipe_case_oldest_open_age_seconds", (("level", "normal"),)) in found

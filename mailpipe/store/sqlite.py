@@ -265,6 +265,11 @@ class SQLiteStore:
             load[agent] = load.get(agent, 0) + count
         return load
 
+    def open_cases(self) -> dict[str, tuple[int, float]]:
+        """Per urgency level: how many cases are open, and when the oldest was opened."""
+        return {level: (count, oldest) for level, count, oldest in self._conn().execute(
+            "SELECT level, count(*), min(opened_at) FROM cases WHERE status = 'open' GROUP BY level")}
+
     def set_away(self, agent: str, away: bool, at: float) -> None:
         self._conn().execute("INSERT INTO agent_state (agent, away, since) VALUES (?, ?, ?) ON CONFLICT(agent)"
                              " DO UPDATE SET away = excluded.away, since = excluded.since", (agent, int(away), at))
