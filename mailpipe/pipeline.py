@@ -36,6 +36,8 @@ class Work:
     message: Message
     parsed: ParsedMessage | None = None
     profile: Profile | None = None
+    load: dict[str, int] = dataclasses.field(default_factory=dict)
+    away: frozenset[str] = frozenset()
     previous_owner: str = ""
     thread_case: int | None = None
     verdict: Verdict | None = None
@@ -88,7 +90,8 @@ class Triage:
         case = self.store.find_case(ids, parsed.case_token, sender)
         previous_owner = case.owner if case else (profile.customer.owner if profile else "")
         return dataclasses.replace(work, profile=profile, previous_owner=previous_owner,
-                                   thread_case=case.id if case else None)
+                                   thread_case=case.id if case else None, load=self.store.open_load(),
+                                   away=self.store.away())
 
     def score(self, work: Work) -> Work:
         parsed = _parsed(work)
@@ -105,10 +108,8 @@ class Triage:
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
     def assign(self, work: Work) -> Work:
-        verdict = _verdict(work)
-        load, away = self.store.open_load(), self.store.away()
-        decision = assign(self.agents, previous_owner=work.previous_owner, escalate=verdict.escalate, load=load,
-                          away=away, now=self.clock(), desk=self.desk)
+        decision = assign(self.agents, previous_owner=work.previous_owner, escalate=_verdict(work).escalate,
+                          load=work.load, away=work.away, now=self.clock(), desk=self.desk)
         return dataclasses.replace(work, decision=decision)
 
     async def record(self, work: Work) -> Work:
@@ -148,7 +149,7 @@ class Triage:
         subject = None
         if self.desk.subject_tags:
             subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
-        card = triage_card(work, self.hostname, by_id, self.store)
+        card = triage_card(work, self.hostname, by_id)
         return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card)
 
 
@@ -200,7 +201,7 @@ def _customer_line(c: CustomerRecord) -> str:
     return "; ".join(parts)
 
 
-def triage_card(work: Work, hostname: str, agents: dict[str, Agent], store: Store) -> bytes:
+def triage_card(work: Work, hostname: str, agents: dict[str, Agent]) -> bytes:
     """A short companion message filed next to the original in the agent's mailbox and threaded
     under it: any mail client shows the profile, history and verdict, and the original message
     stays byte for byte as the customer sent it."""
@@ -218,7 +219,7 @@ def triage_card(work: Work, hostname: str, agents: dict[str, Agent], store: Stor
     lines += ["", f"Customer: {_customer_line(customer)}"]
     if customer.notes:
         lines.append(f"Notes: {customer.notes}")
-    earlier = [c for c in store.cases_of(customer.id, 6) if c.id != case.id][:5]
+    earlier = [c for c in (work.profile.recent_cases if work.profile else ()) if c.id != case.id][:5]
     lines += ["", "Earlier cases:" if earlier else "First contact: no earlier cases."]
     for previous in earlier:
         opened = datetime.fromtimestamp(previous.opened_at, UTC).strftime("%Y-%m-%d")

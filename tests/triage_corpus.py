@@ -62,9 +62,10 @@ def build(entry: dict[str, Any]) -> bytes:
         subject_field = "=?UTF-8?B?" + base64.b64encode(subject.encode()).decode() + "?="
         payload = body.encode()
         if encoding == "utf-8-base64":
-            payload, transfer = base64.encodebytes(payload), "base64"
+            payload, transfer = base64.encodebytes(payload).replace(b"\n", b"\r\n"), "base64"
         elif encoding == "utf-8-qp":
-            payload, transfer = quopri.encodestring(payload), "quoted-printable"
+            payload, transfer = quopri.encodestring(payload).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), \
+                "quoted-printable"
         elif encoding == "html":
             content_type = "text/html; charset=utf-8"
         elif encoding == "us-ascii":

@@ -47,8 +47,11 @@ def _drop_fields(header_block: bytes, unwanted: Callable[[bytes], bool]) -> byte
 def field(name: str, value: str) -> bytes:
     """One header field, folded, never able to inject a line; only non-ASCII runs are RFC 2047
     encoded, so "yamada (山田 太郎)" still starts with a plain "yamada" for mail filters."""
+    clean = " ".join(value.split())
+    if clean.isascii() and len(name) + len(clean) < 996:  # nothing to encode, within RFC 5322's line limit
+        return f"{name}: {clean}\r\n".encode("ascii")
     header = Header(header_name=name)
-    for ascii_run, words in groupby(value.split(), key=str.isascii):
+    for ascii_run, words in groupby(clean.split(), key=str.isascii):
         header.append(" ".join(words), "us-ascii" if ascii_run else "utf-8")
     return f"{name}: {header.encode(linesep=chr(13) + chr(10))}\r\n".encode("ascii")
 

@@ -37,12 +37,14 @@ MIGRATIONS: tuple[str, ...] = (
         score REAL NOT NULL,
         owner TEXT NOT NULL,
         escalated_to TEXT NOT NULL DEFAULT '',
+        handler TEXT NOT NULL DEFAULT '',
+        escalated_agent TEXT NOT NULL DEFAULT '',
         opened_at REAL NOT NULL,
         updated_at REAL NOT NULL,
         first_response_at REAL
     );
     CREATE INDEX cases_customer ON cases (customer_id, status);
-    CREATE INDEX cases_open ON cases (status, owner);
+    CREATE INDEX cases_open ON cases (status, owner, handler, escalated_agent, level, opened_at);
     CREATE TABLE messages (
         id INTEGER PRIMARY KEY,
         case_id INTEGER NOT NULL REFERENCES cases(id),
@@ -109,6 +111,9 @@ class SQLiteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # One writer at a time inside this process: SQLite's own busy handler would make the
+        # others sleep in steps of up to 100 ms; a lock hands over the moment a commit is done.
+        self._writing = threading.Lock()
         migrate(self._conn())
 
     def _conn(self) -> sqlite3.Connection:
@@ -143,6 +148,14 @@ class SQLiteStore:
         if unknown:
             raise StoreError(f"unknown customer fields: {', '.join(sorted(unknown))}")
         conn = self._conn()
+        with self._writing:
+            self._upsert(conn, address, fields)
+        found = self.customer(address)
+        assert found is not None
+        return found
+
+    @staticmethod
+    def _upsert(conn: sqlite3.Connection, address: str, fields: dict[str, object]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("INSERT INTO customers (address, created_at) VALUES (?, strftime('%s','now'))"
@@ -154,9 +167,6 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        found = self.customer(address)
-        assert found is not None
-        return found
 
     def profile(self, address: str, now: float) -> Profile | None:
         customer = self.customer(address)
@@ -212,6 +222,14 @@ class SQLiteStore:
                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float) -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
         message, and the assignments with their reasons. Idempotent per queue id."""
+        with self._writing:
+            return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
+                                        subject=subject, level=level, score=score, rules=rules, case_id=case_id,
+                                        assignments=assignments, escalated_to=escalated_to, at=at)
+
+    def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
+                        level: str, score: float, rules: str, case_id: int | None,
+                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float) -> InboundRecord:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -225,18 +243,20 @@ class SQLiteStore:
                          " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
                          " ELSE customers.name END", (address, name, at))
             customer_id = conn.execute("SELECT id FROM customers WHERE address = ?", (address,)).fetchone()[0]
-            owner = next((agent for agent, role, _ in assignments if role == "owner"), "")
+            roles = {role: agent for agent, role, _ in assignments}
+            owner, handler, escalated = roles.get("owner", ""), roles.get("handler", ""), roles.get("escalation", "")
             if case_id is None:
                 case_id = conn.execute(
-                    "INSERT INTO cases (customer_id, subject, status, level, score, owner, escalated_to, opened_at,"
-                    " updated_at) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
-                    (customer_id, subject, level, score, owner, escalated_to, at, at)).lastrowid
+                    "INSERT INTO cases (customer_id, subject, status, level, score, owner, handler, escalated_to,"
+                    " escalated_agent, opened_at, updated_at) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (customer_id, subject, level, score, owner, handler, escalated_to, escalated, at, at)).lastrowid
             else:
                 conn.execute(
                     "UPDATE cases SET status = 'open', updated_at = ?, score = max(score, ?),"
-                    " level = CASE WHEN ? > score THEN ? ELSE level END,"
-                    " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END WHERE id = ?",
-                    (at, score, score, level, escalated_to, escalated_to, case_id))
+                    " level = CASE WHEN ? > score THEN ? ELSE level END, handler = ?,"
+                    " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END,"
+                    " escalated_agent = CASE WHEN ? != '' THEN ? ELSE escalated_agent END WHERE id = ?",
+                    (at, score, score, level, handler, escalated_to, escalated_to, escalated, escalated, case_id))
             if owner:
                 conn.execute("UPDATE customers SET owner = ? WHERE id = ? AND owner = ''", (owner, customer_id))
             conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, level, score, rules,"
@@ -255,15 +275,12 @@ class SQLiteStore:
         return found
 
     def open_load(self) -> dict[str, int]:
-        """Open cases per agent: the cases they own plus those they handle or were escalated to."""
-        load: dict[str, int] = {}
-        rows = self._conn().execute(
-            "SELECT a.agent, count(DISTINCT a.case_id) FROM assignments a JOIN cases c ON c.id = a.case_id"
-            " WHERE c.status = 'open' AND a.role IN ('handler', 'escalation') GROUP BY a.agent"
-            " UNION ALL SELECT owner, count(*) FROM cases WHERE status = 'open' AND owner != '' GROUP BY owner")
-        for agent, count in rows:
-            load[agent] = load.get(agent, 0) + count
-        return load
+        """Open cases per agent: those they own, handle for an away owner, or were escalated to.
+        Reads only the open cases (an index on status), however long the history grows."""
+        return dict(self._conn().execute(
+            "SELECT agent, count(*) FROM (SELECT id, owner AS agent FROM cases WHERE status = 'open'"
+            " UNION SELECT id, handler FROM cases WHERE status = 'open'"
+            " UNION SELECT id, escalated_agent FROM cases WHERE status = 'open') WHERE agent != '' GROUP BY agent"))
 
     def open_cases(self) -> dict[str, tuple[int, float]]:
         """Per urgency level: how many cases are open, and when the oldest was opened."""
@@ -271,8 +288,9 @@ class SQLiteStore:
             "SELECT level, count(*), min(opened_at) FROM cases WHERE status = 'open' GROUP BY level")}
 
     def set_away(self, agent: str, away: bool, at: float) -> None:
-        self._conn().execute("INSERT INTO agent_state (agent, away, since) VALUES (?, ?, ?) ON CONFLICT(agent)"
-                             " DO UPDATE SET away = excluded.away, since = excluded.since", (agent, int(away), at))
+        with self._writing:
+            self._conn().execute("INSERT INTO agent_state (agent, away, since) VALUES (?, ?, ?) ON CONFLICT(agent)"
+                                 " DO UPDATE SET away = excluded.away, since = excluded.since", (agent, int(away), at))
 
     def away(self) -> frozenset[str]:
         return frozenset(agent for (agent,) in self._conn().execute("SELECT agent FROM agent_state WHERE away = 1"))

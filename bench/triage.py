@@ -1,0 +1,194 @@
+"""Triage speed: is triage ever the bottleneck, and how soon is mail in the owner's mailbox?
+
+1. Throughput, in process: the labelled ja/en fixtures (tests/fixtures/triage) run through the
+   real stage table (parse → profile → score → assign → record → annotate) and Maildir delivery,
+   against a store holding 100,000 customers, beside a baseline in the same run: the same Maildir
+   delivery with no triage at all.
+2. Latency over SMTP: the real daemon, the same 100,000-customer store, a steady offered load of
+   100 messages/s for 20 s; for every message the time from its 250 to its file in the owner's
+   Maildir (the file's own timestamp), as p50/p99.
+
+Prints figures and ratios; asserts nothing. Run: python bench/triage.py [--messages N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import smtplib
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from mailpipe import config as configuration  # noqa: E402
+from mailpipe.deliver import headers  # noqa: E402
+from mailpipe.deliver.maildir import MaildirDeliverer  # noqa: E402
+from mailpipe.metrics import Metrics  # noqa: E402
+from mailpipe.pipeline import Triage, Work  # noqa: E402
+from mailpipe.spool import Entry, Envelope, Message, new_queue_id  # noqa: E402
+from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
+from mailpipe.triage import load as triage_load  # noqa: E402
+from tests.triage_corpus import build, entries  # noqa: E402
+
+CUSTOMERS = 100_000
+
+
+def populate(path: Path, count: int = CUSTOMERS) -> None:
+    """A store as a desk would have after some years: customers, each with one closed case."""
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO customers (address, name, plan, vip, owner, created_at)"
+                         " VALUES (?, ?, ?, ?, ?, 0)",
+                         ((f"customer{n}@example{n % 97}.jp", f"顧客 {n}", "standard", int(n % 500 == 0),
+                           "yamada" if n % 2 else "smith") for n in range(count)))
+        conn.executemany("INSERT INTO cases (customer_id, subject, status, level, score, owner, opened_at, updated_at)"
+                         " VALUES (?, 'old question', 'closed', 'normal', 0.5, 'yamada', 0, 0)",
+                         ((n + 1,) for n in range(count)))
+
+
+def corpus(count: int) -> list[bytes]:
+    samples = [build(entry) for entry in entries()]
+    out = []
+    for n in range(count):
+        raw = samples[n % len(samples)]
+        sender = f"customer{(n * 7919) % (CUSTOMERS * 2)}@example{n % 97}.jp"  # half known, half new
+        out.append(raw.replace(b"From: <customer@example.org>", f"From: <{sender}>".encode())
+                   .replace(b"<fixture@example.org>", f"<bench{n}@example.org>".encode()))
+    return out
+
+
+def message(raw: bytes) -> Message:
+    qid = new_queue_id()
+    envelope = Envelope("bench@example.org", ("support@localhost",), "127.0.0.1", "bench", "inbound")
+    return Message(Entry(qid, "active", envelope, time.time(), len(raw), 0, 0, 1, 0.0, ""), raw)
+
+
+async def throughput(messages: list[bytes], work_dir: Path, with_triage: bool) -> float:
+    config = configuration.load(None)
+    store_path = work_dir / "store.sqlite"
+    store = SQLiteStore(store_path)
+    deliverer = MaildirDeliverer(work_dir / ("mail-triage" if with_triage else "mail-plain"))
+    triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, "bench", Metrics())
+    slots = asyncio.Semaphore(config.spool.workers)  # as many in flight as the daemon's worker allows
+
+    async def one(raw: bytes) -> None:
+        async with slots:
+            spooled = message(raw)
+            if not with_triage:
+                await deliverer.deliver(spooled, config.agents[0], raw)
+                return
+            work = Work(spooled)
+            for _, stage in triage.stages:
+                result = stage(work)
+                work = await result if asyncio.iscoroutine(result) else result
+            content = headers.with_headers(raw, b"".join(headers.field(k, v) for k, v in work.fields), work.subject)
+            for agent in work.recipients:
+                await deliverer.deliver(spooled, agent, content)
+                if work.card:
+                    card = Message(dataclasses.replace(spooled.entry, id=spooled.id + "T"), work.card)
+                    await deliverer.deliver(card, agent, work.card)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(raw) for raw in messages))
+    elapsed = time.perf_counter() - started
+    store.close()
+    return len(messages) / elapsed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def latency(work_dir: Path, rate: float, seconds: float) -> tuple[float, float, int]:
+    state = work_dir / "daemon-state"
+    state.mkdir()
+    populate(state / "store.sqlite")
+    port, metrics_port = free_port(), free_port()
+    config = work_dir / "mailpipe.toml"
+    config.write_text(f'state_directory = "{state}"\nlog_level = "warning"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    log = (work_dir / "daemon.log").open("wb")
+    daemon = subprocess.Popen([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)],
+                              cwd=HERE.parent, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.1)
+        accepted: dict[str, float] = {}
+        lock = threading.Lock()
+        samples = corpus(int(rate * seconds))
+
+        def sender(offset: int, step: int) -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.ehlo()
+                start = time.monotonic()
+                for n in range(offset, len(samples), step):
+                    delay = start + n / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    client.mail("bench@example.org")
+                    client.rcpt("support@localhost")
+                    code, reply = client.data(samples[n])
+                    when = time.time()
+                    if code == 250:
+                        with lock:
+                            accepted[reply.split()[-1].decode()] = when
+
+        threads = [threading.Thread(target=sender, args=(i, 4)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(3)
+        delays = []
+        for path in (state / "mailboxes").glob("*/new/*"):
+            qid = path.name.split(".")[1][1:]
+            if qid in accepted:
+                delays.append(max(0.0, path.stat().st_mtime - accepted[qid]))
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        log.close()
+    print(f"  ({len(accepted)} accepted; daemon warnings: {(work_dir / 'daemon.log').read_text()[-600:]!r})")
+    cuts = statistics.quantiles(delays, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000, len(delays)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-triage-") as tmp:
+        work = Path(tmp)
+        print(f"store: {CUSTOMERS:,} customers; {os.cpu_count()} CPUs")
+        populate(work / "store.sqlite")
+        messages = corpus(args.messages)
+        plain = asyncio.run(throughput(messages, work, with_triage=False))
+        triaged = asyncio.run(throughput(messages, work, with_triage=True))
+        print(f"Maildir delivery alone, 8 in flight (baseline):          {plain:8.0f} msgs/s")
+        print(f"parse+profile+score+assign+record+Maildir, 8 in flight:  {triaged:8.0f} msgs/s")
+        print(f"triage / baseline = {triaged / plain:.2f}")
+        p50, p99, count = latency(work, args.rate, args.seconds)
+        print(f"SMTP at {args.rate:g} msgs/s for {args.seconds:g} s: 250 -> owner's Maildir p50 {p50:.1f} ms, "
+              f"p99 {p99:.1f} ms ({count} messages)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
