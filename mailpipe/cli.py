@@ -36,12 +36,12 @@ from mailpipe import __version__, spool
 from mailpipe import config as configuration
 from mailpipe.addresses import syntax_problem
 from mailpipe.message import parse
+from mailpipe.pipeline import triage_context
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import examples
 from mailpipe.triage import load as triage_load
-from mailpipe.triage.context import Context
-from mailpipe.triage.hours import on_duty, within_business_hours
-from mailpipe.triage.rules import RulesError
+from mailpipe.triage.hours import on_duty
+from mailpipe.triage.rules import RulesError, RuleSet
 from mailpipe.triage.score import evaluate
 
 
@@ -139,30 +139,45 @@ def _check_config(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
     ruleset = triage_load.ruleset(loaded.triage)
-    for name in args.files:
-        raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        started = time.perf_counter()
-        parsed = parse(raw)
-        moment = parsed.date if parsed.date and parsed.date.tzinfo else datetime.now(UTC)
-        context = Context(parsed, moment, business_hours=within_business_hours(moment, loaded.triage))
-        verdict = evaluate(ruleset, context)
-        elapsed = time.perf_counter() - started
-        if args.json:
-            print(json.dumps({"file": name, "score": verdict.score, "level": verdict.level,
-                              "escalate": verdict.escalate, "subject": parsed.subject,
-                              "rules": [{"name": h.name, "score": h.score, "description": h.description,
-                                         "matched": h.matched} for h in verdict.hits]}, ensure_ascii=False))
-            continue
-        print(f"Results for file: {name} ({elapsed:.3f} seconds)")
-        print(f"[Level]: {verdict.level}")
-        print(f"[Score]: {verdict.score:g} / {ruleset.levels['critical']:g}")
-        print(f"[Subject]: {parsed.subject}")
-        for hit in verdict.hits:
-            print(f"Symbol: {hit.name} ({hit.score:.2f})[{hit.matched}]")
-        if verdict.escalate:
-            print(f"Escalate: {verdict.escalate}")
-        print()
+    store = SQLiteStore(loaded.store_path) if loaded.store_path.exists() else None
+    try:
+        for name in args.files:
+            _score_one(name, args.json, loaded, ruleset, store)
+    finally:
+        if store is not None:
+            store.close()
     return 0
+
+
+def _score_one(name: str, as_json: bool, loaded: configuration.Config, ruleset: RuleSet,
+               store: SQLiteStore | None) -> None:
+    """One message, with the customer's context when the daemon's store knows the sender."""
+    raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    started = time.perf_counter()
+    parsed = parse(raw)
+    moment = parsed.date if parsed.date and parsed.date.tzinfo else datetime.now(UTC)
+    profile = store.profile(parsed.sender, moment.timestamp()) if store is not None and parsed.sender else None
+    verdict = evaluate(ruleset, triage_context(parsed, profile, moment, loaded.triage, loaded.inbound.hostname))
+    elapsed = time.perf_counter() - started
+    if as_json:
+        print(json.dumps({"file": name, "score": verdict.score, "level": verdict.level, "escalate": verdict.escalate,
+                          "subject": parsed.subject, "customer_known": profile is not None,
+                          "rules": [{"name": h.name, "score": h.score, "description": h.description,
+                                     "matched": h.matched} for h in verdict.hits]}, ensure_ascii=False))
+        return
+    print(f"Results for file: {name} ({elapsed:.3f} seconds)")
+    print(f"[Level]: {verdict.level}")
+    print(f"[Score]: {verdict.score:g} / {ruleset.levels['critical']:g}")
+    print(f"[Subject]: {parsed.subject}")
+    if profile is not None:
+        known = profile.customer
+        print(f"[Customer]: {known.address} (VIP={known.vip}, plan={known.plan or '-'}, "
+              f"{len(profile.contacts)} contacts)")
+    for hit in verdict.hits:
+        print(f"Symbol: {hit.name} ({hit.score:.2f})[{hit.matched}]")
+    if verdict.escalate:
+        print(f"Escalate: {verdict.escalate}")
+    print()
 
 
 def _rules_test(args: argparse.Namespace) -> int:

@@ -94,17 +94,8 @@ class Triage:
                                    away=self.store.away())
 
     def score(self, work: Work) -> Work:
-        parsed = _parsed(work)
         now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
-        customer, history = None, History()
-        if work.profile is not None:
-            c = work.profile.customer
-            customer = Customer(c.address, c.name, c.company, c.plan, c.vip, c.phone, c.notes)
-            open_since = work.profile.open_case.opened_at if work.profile.open_case else None
-            history = History(tuple(datetime.fromtimestamp(t, UTC) for t in work.profile.contacts),
-                              datetime.fromtimestamp(open_since, UTC) if open_since else None)
-        context = Context(parsed, now, customer=customer, history=history, dmarc=_dmarc(parsed),
-                          business_hours=within_business_hours(now, self.desk))
+        context = triage_context(_parsed(work), work.profile, now, self.desk, self.hostname)
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
     def assign(self, work: Work) -> Work:
@@ -166,6 +157,21 @@ class Triage:
             self.metrics.assignments.labels(tiers.get(assignment.agent, "unknown"), kind).inc()
 
 
+def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
+                   authserv_id: str) -> Context:
+    """What the rules see: the message, the customer and their history from the store, our own
+    DMARC verdict and the clock. Shared by the daemon and ``mailpipe score``."""
+    customer, history = None, History()
+    if profile is not None:
+        c = profile.customer
+        customer = Customer(c.address, c.name, c.company, c.plan, c.vip, c.phone, c.notes)
+        open_since = profile.open_case.opened_at if profile.open_case else None
+        history = History(tuple(datetime.fromtimestamp(t, UTC) for t in profile.contacts),
+                          datetime.fromtimestamp(open_since, UTC) if open_since else None)
+    return Context(parsed, now, customer=customer, history=history, dmarc=_dmarc(parsed, authserv_id),
+                   business_hours=within_business_hours(now, desk))
+
+
 def customer_address(work: Work) -> str:
     """The customer is the From address; the envelope sender stands in when From is missing."""
     parsed = _parsed(work)
@@ -182,12 +188,15 @@ def _verdict(work: Work) -> Verdict:
     return work.verdict
 
 
-def _dmarc(parsed: ParsedMessage) -> str:
-    """DMARC as our own inbound check recorded it (authentication is a later stage; until then none)."""
+def _dmarc(parsed: ParsedMessage, authserv_id: str) -> str:
+    """DMARC as recorded by an Authentication-Results header of our own authserv-id (RFC 8601:
+    anybody else's claims are not to be trusted); "none" when there is no such verdict."""
     for value in parsed.headers.get("authentication-results", ()):
-        lowered = value.lower()
+        server, _, results = value.partition(";")
+        if server.strip().split()[0:1] != [authserv_id]:
+            continue
         for result in ("fail", "pass"):
-            if f"dmarc={result}" in lowered:
+            if f"dmarc={result}" in results.lower():
                 return result
     return "none"
 

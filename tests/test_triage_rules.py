@@ -14,6 +14,8 @@ import pytest
 from mailpipe.config import TriageConfig
 from mailpipe.data import shipped
 from mailpipe.message import parse
+from mailpipe.pipeline import _dmarc
+from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import examples, rules
 from mailpipe.triage.context import Context, Customer, History
 from mailpipe.triage.hours import within_business_hours
@@ -216,3 +218,26 @@ def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path) -> No
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "rule A: examples[0] should fire" in result.stderr
+
+
+def test_score_cli_uses_the_stores_customer_context_when_present(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = SQLiteStore(state / "store.sqlite")
+    store.upsert_customer("vip@example.co.jp", vip=True, plan="enterprise")
+    store.close()
+    config = tmp_path / "mailpipe.toml"
+    config.write_text(f'state_directory = "{state}"\n')
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"From: <vip@example.co.jp>\r\nSubject: question\r\n\r\nHow do I add a user?")
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "--json", "--config", str(config),
+                             str(message)], capture_output=True, text=True, timeout=30)
+    (line,) = map(json.loads, result.stdout.splitlines())
+    assert line["customer_known"] is True
+    assert {"VIP_CUSTOMER", "ENTERPRISE_PLAN"} <= {r["name"] for r in line["rules"]}
+
+
+def test_only_our_own_authentication_results_count_for_dmarc() -> None:
+    ours = parse(b"Authentication-Results: mx.example.test; dmarc=fail header.from=x\r\n\r\nx")
+    forged = parse(b"Authentication-Results: evil.example; dmarc=fail\r\n\r\nx")
+    assert _dmarc(ours, "mx.example.test") == "fail"
+    assert _dmarc(forged, "mx.example.test") == "none"
