@@ -18,6 +18,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	sh tests/system-deps.sh
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/triage.py
 
 # Debian ships venv's pip bootstrap separately (python3-venv): install it when venv fails.
 $(VENV)/bin/python:

@@ -168,7 +168,7 @@ def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime
         open_since = profile.open_case.opened_at if profile.open_case else None
         history = History(tuple(datetime.fromtimestamp(t, UTC) for t in profile.contacts),
                           datetime.fromtimestamp(open_since, UTC) if open_since else None)
-    return Context(parsed, now, customer=customer, history=history, dmarc=_dmarc(parsed, authserv_id),
+    return Context(parsed, now, customer=customer, history=history, dmarc=dmarc_verdict(parsed, authserv_id),
                    business_hours=within_business_hours(now, desk))
 
 
@@ -188,7 +188,7 @@ def _verdict(work: Work) -> Verdict:
     return work.verdict
 
 
-def _dmarc(parsed: ParsedMessage, authserv_id: str) -> str:
+def dmarc_verdict(parsed: ParsedMessage, authserv_id: str) -> str:
     """DMARC as recorded by an Authentication-Results header of our own authserv-id (RFC 8601:
     anybody else's claims are not to be trusted); "none" when there is no such verdict."""
     for value in parsed.headers.get("authentication-results", ()):

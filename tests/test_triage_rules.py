@@ -14,7 +14,7 @@ import pytest
 from mailpipe.config import TriageConfig
 from mailpipe.data import shipped
 from mailpipe.message import parse
-from mailpipe.pipeline import _dmarc
+from mailpipe.pipeline import dmarc_verdict
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import examples, rules
 from mailpipe.triage.context import Context, Customer, History
@@ -239,5 +239,5 @@ def test_score_cli_uses_the_stores_customer_context_when_present(tmp_path: Path)
 def test_only_our_own_authentication_results_count_for_dmarc() -> None:
     ours = parse(b"Authentication-Results: mx.example.test; dmarc=fail header.from=x\r\n\r\nx")
     forged = parse(b"Authentication-Results: evil.example; dmarc=fail\r\n\r\nx")
-    assert _dmarc(ours, "mx.example.test") == "fail"
-    assert _dmarc(forged, "mx.example.test") == "none"
+    assert dmarc_verdict(ours, "mx.example.test") == "fail"
+    assert dmarc_verdict(forged, "mx.example.test") == "none"
