@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import smtplib
 import socket
@@ -39,6 +38,7 @@ from mailpipe.pipeline import Triage, Work  # noqa: E402
 from mailpipe.spool import Entry, Envelope, Message, new_queue_id  # noqa: E402
 from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
 from mailpipe.triage import load as triage_load  # noqa: E402
+from mailpipe.worker import triage_card_message  # noqa: E402
 from tests.triage_corpus import build, entries  # noqa: E402
 
 CUSTOMERS = 100_000
@@ -86,18 +86,19 @@ async def throughput(messages: list[bytes], work_dir: Path, with_triage: bool) -
         async with slots:
             spooled = message(raw)
             if not with_triage:
-                await deliverer.deliver(spooled, config.agents[0], raw)
+                await deliverer.deliver(config.agents[0], [(spooled, raw)])
                 return
             work = Work(spooled)
             for _, stage in triage.stages:
                 result = stage(work)
                 work = await result if asyncio.iscoroutine(result) else result
             content = headers.with_headers(raw, b"".join(headers.field(k, v) for k, v in work.fields), work.subject)
+            items = [(spooled, content)]
+            if work.card:
+                card = triage_card_message(spooled, work.card)
+                items.append((card, card.data))
             for agent in work.recipients:
-                await deliverer.deliver(spooled, agent, content)
-                if work.card:
-                    card = Message(dataclasses.replace(spooled.entry, id=spooled.id + "T"), work.card)
-                    await deliverer.deliver(card, agent, work.card)
+                await deliverer.deliver(agent, items)
 
     started = time.perf_counter()
     await asyncio.gather(*(one(raw) for raw in messages))

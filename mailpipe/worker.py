@@ -112,11 +112,12 @@ class Worker:
                 raise NoRecipients("triage chose no mailbox")
             fields = b"".join(headers.field(name, value) for name, value in work.fields)
             content = headers.with_headers(message.data, fields, work.subject)
-            card = triage_card_message(message, work.card) if work.card else None
+            items = [(message, content)]
+            if work.card:
+                card = triage_card_message(message, work.card)
+                items.append((card, card.data))
             for agent in work.recipients:
-                await route.deliverer.deliver(message, agent, content)
-                if card is not None:
-                    await route.deliverer.deliver(card, agent, card.data)
+                await route.deliverer.deliver(agent, items)
         except TemporaryFailure as exc:
             await self._retry_later(message, route.settings, str(exc))
         except PermanentFailure as exc:

@@ -56,25 +56,25 @@ def message(qid: str, claims: int = 1) -> Message:
 
 def test_maildir_delivery_of_a_recovered_message_does_not_write_it_twice(tmp_path: Path) -> None:
     deliverer = MaildirDeliverer(tmp_path)
-    asyncio.run(deliverer.deliver(message("Q1"), AGENT, b"Subject: x\r\n\r\nbody\r\n"))
-    asyncio.run(deliverer.deliver(message("Q1", claims=2), AGENT, b"Subject: x\r\n\r\nbody\r\n"))
+    asyncio.run(deliverer.deliver(AGENT, [(message("Q1"), b"Subject: x\r\n\r\nbody\r\n")]))
+    asyncio.run(deliverer.deliver(AGENT, [(message("Q1", claims=2), b"Subject: x\r\n\r\nbody\r\n")]))
     assert len(list((tmp_path / "yamada" / "new").iterdir())) == 1
     assert list((tmp_path / "yamada" / "tmp").iterdir()) == []
 
 
 def test_maildir_delivery_recognises_a_copy_the_agent_has_already_read(tmp_path: Path) -> None:
     deliverer = MaildirDeliverer(tmp_path)
-    asyncio.run(deliverer.deliver(message("Q2"), AGENT, b"x"))
+    asyncio.run(deliverer.deliver(AGENT, [(message("Q2"), b"x")]))
     (delivered,) = (tmp_path / "yamada" / "new").iterdir()
     delivered.rename(tmp_path / "yamada" / "cur" / (delivered.name + ":2,S"))
-    asyncio.run(deliverer.deliver(message("Q2", claims=2), AGENT, b"x"))
+    asyncio.run(deliverer.deliver(AGENT, [(message("Q2", claims=2), b"x")]))
     assert list((tmp_path / "yamada" / "new").iterdir()) == []
     assert len(list((tmp_path / "yamada" / "cur").iterdir())) == 1
 
 
 def test_maildir_files_start_with_return_path_and_keep_the_content_byte_for_byte(tmp_path: Path) -> None:
     content = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=abc\r\nSubject: x\r\n\r\n\xe3\x81\x82 body \r\n"
-    asyncio.run(MaildirDeliverer(tmp_path).deliver(message("Q3"), AGENT, content))
+    asyncio.run(MaildirDeliverer(tmp_path).deliver(AGENT, [(message("Q3"), content)]))
     (delivered,) = (tmp_path / "yamada" / "new").iterdir()
     assert delivered.read_bytes() == b"Return-Path: <customer@example.org>\r\n" + content
 
@@ -213,7 +213,7 @@ def test_relay_delivery_verifies_the_servers_certificate_over_starttls(make_daem
 
 def test_maildir_delivery_recreates_a_mailbox_removed_while_running(tmp_path: Path) -> None:
     deliverer = MaildirDeliverer(tmp_path)
-    asyncio.run(deliverer.deliver(message("Q4"), AGENT, b"x"))
+    asyncio.run(deliverer.deliver(AGENT, [(message("Q4"), b"x")]))
     shutil.rmtree(tmp_path / "yamada")
-    asyncio.run(deliverer.deliver(message("Q5"), AGENT, b"y"))
+    asyncio.run(deliverer.deliver(AGENT, [(message("Q5"), b"y")]))
     assert len(list((tmp_path / "yamada" / "new").iterdir())) == 1

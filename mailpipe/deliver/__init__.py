@@ -8,6 +8,7 @@ anything else it raises is treated by the worker as a crash of the stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from mailpipe.config import Agent
@@ -25,7 +26,6 @@ class PermanentFailure(Exception):
 class Deliverer(Protocol):
     method: str
 
-    async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
-        """Hand ``content`` (the spooled bytes with our headers) to ``owner``'s mailbox.
-
-        Idempotent per queue id where the mailbox allows it."""
+    async def deliver(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
+        """Hand each message's content (the spooled bytes with our headers) to ``owner``'s
+        mailbox, in one hand-off; idempotent per queue id where the mailbox allows it."""

@@ -13,6 +13,7 @@ import asyncio
 import errno
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailpipe.config import Agent
@@ -33,44 +34,39 @@ class MaildirDeliverer:
     def mailbox(self, owner: Agent) -> Path:
         return self.root / owner.id
 
-    async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
+    async def deliver(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
         try:
-            await asyncio.to_thread(self._write_creating_mailbox, message, owner, content)
+            await asyncio.to_thread(self._write_creating_mailbox, owner, items)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES):
                 raise TemporaryFailure(f"maildir {self.mailbox(owner)}: {exc.strerror}") from exc
             raise
 
-    def _write_creating_mailbox(self, message: Message, owner: Agent, content: bytes) -> None:
+    def _write_creating_mailbox(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
         try:
-            self._write(message, owner, content)
+            self._write(owner, items)
         except FileNotFoundError:
             # Someone removed the mailbox since we created it: create it again, once.
             self._ready.discard(self.mailbox(owner))
-            self._write(message, owner, content)
+            self._write(owner, items)
 
-    def _write(self, message: Message, owner: Agent, content: bytes) -> None:
+    def _write(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
+        """Every file written and fsync'ed in tmp/, then renamed into new/, then one fsync of new/."""
         box = self.mailbox(owner)
         if box not in self._ready:
             for sub in _SUBDIRS:
                 (box / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
             self._ready.add(box)
-        name = f"{int(message.entry.received_at)}.M{message.id}.{self._host}"
-        if self._already_delivered(box, name, message.entry.recovered):
-            return
-        tmp = box / "tmp" / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        return_path = f"Return-Path: <{message.entry.envelope.mail_from}>\r\n".encode("utf-8", "replace")
-        try:
-            os.write(fd, return_path)
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, box / "new" / name)
-        _fsync_dir(box / "new")
+        names = []
+        for message, content in items:
+            name = f"{int(message.entry.received_at)}.M{message.id}.{self._host}"
+            if not self._already_delivered(box, name, message.entry.recovered):
+                _write_synced(box / "tmp" / name, message, content)
+                names.append(name)
+        for name in names:
+            os.rename(box / "tmp" / name, box / "new" / name)
+        if names:
+            _fsync_dir(box / "new")
 
     @staticmethod
     def _already_delivered(box: Path, name: str, recovered: bool) -> bool:
@@ -82,6 +78,18 @@ class MaildirDeliverer:
         prefix = name + ":"
         with os.scandir(box / "cur") as found:
             return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
+
+
+def _write_synced(path: Path, message: Message, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"Return-Path: <{message.entry.envelope.mail_from}>\r\n".encode("utf-8", "replace"))
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
+from collections.abc import Sequence
 
 from mailpipe.config import Agent, DeliveryConfig
 from mailpipe.deliver import PermanentFailure, TemporaryFailure
@@ -24,10 +25,11 @@ class RelayDeliverer:
         self._settings = settings
         self._tls = ssl.create_default_context(cafile=settings.ca_file or None)
 
-    async def deliver(self, message: Message, owner: Agent, content: bytes) -> None:
-        await asyncio.to_thread(self._send, message, owner, content)
+    async def deliver(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
+        await asyncio.to_thread(self._send, owner, items)
 
-    def _send(self, message: Message, owner: Agent, content: bytes) -> None:
+    def _send(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
+        """One connection, one transaction per message."""
         s = self._settings
         client_class = smtplib.LMTP if s.method == "lmtp" else smtplib.SMTP
         try:
@@ -38,15 +40,17 @@ class RelayDeliverer:
                     client.ehlo()
                 if s.username:
                     client.login(s.username, s.password)
-                refused = client.sendmail(message.entry.envelope.mail_from, [owner.address], content)
+                for message, content in items:
+                    refused = client.sendmail(message.entry.envelope.mail_from, [owner.address], content)
+                    for code, text in refused.values():
+                        _raise_for(code, text, s)
         except smtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients
+            for code, text in exc.recipients.values():
+                _raise_for(code, text, s)
         except smtplib.SMTPResponseException as exc:
             _raise_for(exc.smtp_code, exc.smtp_error, s)
         except (OSError, smtplib.SMTPException) as exc:
             raise TemporaryFailure(f"{s.method} {s.host}:{s.port}: {exc}") from exc
-        for code, text in refused.values():
-            _raise_for(code, text, s)
 
 
 def _raise_for(code: int, text: bytes | str, s: DeliveryConfig) -> None:

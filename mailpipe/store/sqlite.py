@@ -243,6 +243,7 @@ class SQLiteStore:
                          " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
                          " ELSE customers.name END", (address, name, at))
             customer_id = conn.execute("SELECT id FROM customers WHERE address = ?", (address,)).fetchone()[0]
+            new_case = case_id is None
             roles = {role: agent for agent, role, _ in assignments}
             owner, handler, escalated = roles.get("owner", ""), roles.get("handler", ""), roles.get("escalation", "")
             if case_id is None:
@@ -265,14 +266,16 @@ class SQLiteStore:
             conn.executemany("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
                              " VALUES (?, ?, ?, ?, ?, ?)",
                              [(case_id, queue_id, agent, role, reason, at) for agent, role, reason in assignments])
+            case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
+            customer = _customer(conn.execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
+                                              (customer_id,)).fetchone())
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        found = self.inbound(queue_id)
-        assert found is not None
-        return found
+        recorded = tuple(Assignment(case.id, agent, role, reason, at) for agent, role, reason in assignments)
+        return InboundRecord(queue_id, case, customer, new_case, recorded)
 
     def open_load(self) -> dict[str, int]:
         """Open cases per agent: those they own, handle for an away owner, or were escalated to.
