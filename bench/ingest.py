@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -56,28 +56,26 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def smtp_sink(work: Path) -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1024"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait()
+def serving(command: list[str], port: int, log: Path | None = None) -> Iterator[int]:
+    """A server process listening on ``port`` for the duration of the block; output to ``log``."""
+    with (log.open("wb") if log else open(os.devnull, "wb")) as output:
+        process = subprocess.Popen(command, stdout=output, stderr=output)
+        try:
+            wait_for_port(port)
+            yield port
+        finally:
+            process.terminate()
+            process.wait()
 
 
-@contextmanager
-def bare_aiosmtpd(work: Path) -> Iterator[int]:
+def smtp_sink(work: Path) -> AbstractContextManager[int]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(HERE / "bare_aiosmtpd.py"), str(port)])
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait()
+    return serving(["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1024"], port)
+
+
+def bare_aiosmtpd(work: Path) -> AbstractContextManager[int]:
+    port = free_port()
+    return serving([sys.executable, str(HERE / "bare_aiosmtpd.py"), str(port)], port)
 
 
 @contextmanager
@@ -123,23 +121,14 @@ maillog_file_prefixes = {work}
         subprocess.run(["postfix", "-c", str(conf), "stop"], capture_output=True)
 
 
-@contextmanager
-def mailpipe(work: Path, workers: int = 8) -> Iterator[int]:
+def mailpipe(work: Path, workers: int = 8) -> AbstractContextManager[int]:
     port, metrics = free_port(), free_port()
     state = work / "mailpipe-state"
     config = work / "mailpipe.toml"
     config.write_text(f'state_directory = "{state}"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
                       f'max_connections = 1000\nmax_connections_per_ip = 1000\n'
                       f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n[spool]\nworkers = {workers}\n')
-    with (work / "mailpipe.log").open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)],
-                                   stdout=log, stderr=log)
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait()
+    return serving([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)], port, work / "mailpipe.log")
 
 
 @dataclass
@@ -176,7 +165,7 @@ def probe(port: int, stop: threading.Event, samples: list[float]) -> None:
             time.sleep(0.01)
 
 
-def measure(name: str, server: Callable[[Path], contextmanager], args: argparse.Namespace) -> Result:
+def measure(name: str, server: Callable[[Path], AbstractContextManager[int]], args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)

@@ -23,7 +23,7 @@ from mailpipe.metrics import Metrics
 from mailpipe.spool import Message
 from mailpipe.store import CustomerRecord, InboundRecord, Profile, Store
 from mailpipe.triage.assign import Decision, assign
-from mailpipe.triage.context import Context, Customer, History
+from mailpipe.triage.context import Context, History
 from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import Verdict, evaluate
@@ -163,8 +163,7 @@ def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime
     DMARC verdict and the clock. Shared by the daemon and ``mailpipe score``."""
     customer, history = None, History()
     if profile is not None:
-        c = profile.customer
-        customer = Customer(c.address, c.name, c.company, c.plan, c.vip, c.phone, c.notes)
+        customer = profile.customer
         open_since = profile.open_case.opened_at if profile.open_case else None
         history = History(tuple(datetime.fromtimestamp(t, UTC) for t in profile.contacts),
                           datetime.fromtimestamp(open_since, UTC) if open_since else None)

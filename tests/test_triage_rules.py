@@ -15,9 +15,10 @@ from mailpipe.config import TriageConfig
 from mailpipe.data import shipped
 from mailpipe.message import parse
 from mailpipe.pipeline import dmarc_verdict
+from mailpipe.store import CustomerRecord
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import examples, rules
-from mailpipe.triage.context import Context, Customer, History
+from mailpipe.triage.context import Context, History
 from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
@@ -80,14 +81,14 @@ def test_a_replys_subject_is_not_matched_by_any_keywords(tmp_path: Path) -> None
 def test_all_conditions_of_a_rule_must_hold(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "VIP_DOWN"\ndescription = "d"\nscore = 5\nany = ["down"]\n'
                           'customer = { vip = true }\n')
-    vip = Customer("c@example.org", vip=True)
+    vip = CustomerRecord(1, "c@example.org", vip=True)
     assert fired(r, context(body="site is down", customer=vip)) == ("VIP_DOWN",)
     assert fired(r, context(body="site is down")) == ()
 
 
 def test_a_vip_address_failing_dmarc_is_not_treated_as_vip(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "VIP"\ndescription = "d"\nscore = 3\ncustomer = { vip = true }\n')
-    vip = Customer("c@example.org", vip=True)
+    vip = CustomerRecord(1, "c@example.org", vip=True)
     assert fired(r, context(customer=vip, dmarc="pass")) == ("VIP",)
     assert fired(r, context(customer=vip, dmarc="fail")) == ()
 

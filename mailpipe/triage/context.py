@@ -13,26 +13,12 @@ from datetime import datetime, timedelta
 from functools import cached_property
 
 from mailpipe.message import ParsedMessage
+from mailpipe.store import CustomerRecord
 
 
 def fold(text: str) -> str:
     """What keywords are compared on: NFKC (full-width ASCII and half-width kana unified), casefolded."""
     return unicodedata.normalize("NFKC", text).casefold()
-
-
-@dataclass(frozen=True)
-class Customer:
-    address: str
-    name: str = ""
-    company: str = ""
-    plan: str = ""
-    vip: bool = False
-    phone: str = ""
-    notes: str = ""
-
-    def trusted_vip(self, dmarc: str) -> bool:
-        """A VIP address that fails DMARC is somebody else using it: not a VIP."""
-        return self.vip and dmarc != "fail"
 
 
 @dataclass(frozen=True)
@@ -54,10 +40,15 @@ class History:
 class Context:
     message: ParsedMessage
     now: datetime
-    customer: Customer | None = None
+    customer: CustomerRecord | None = None
     history: History = field(default_factory=History)
     dmarc: str = "none"
     business_hours: bool = True
+
+    @property
+    def trusted_vip(self) -> bool:
+        """A VIP address that fails DMARC is somebody else using it: not a VIP."""
+        return self.customer is not None and self.customer.vip and self.dmarc != "fail"
 
     @cached_property
     def folded_subject(self) -> str:

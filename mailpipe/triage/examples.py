@@ -13,7 +13,8 @@ from email.header import Header
 from typing import Any
 
 from mailpipe.message import parse
-from mailpipe.triage.context import Context, Customer
+from mailpipe.store import CustomerRecord
+from mailpipe.triage.context import Context
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
 
@@ -41,7 +42,8 @@ def run(rules: RuleSet) -> tuple[int, list[Failure]]:
     for rule in rules.rules:
         for index, example in enumerate(rule.examples):
             checked += 1
-            customer = Customer("customer@example.org", **example["customer"]) if "customer" in example else None
+            customer = CustomerRecord(0, "customer@example.org", **example["customer"]) if "customer" in example \
+                else None
             context = Context(parse(example_message(example)), datetime.now(UTC), customer=customer,
                               dmarc=example.get("dmarc", "none"))
             fired = rule.name in evaluate(rules, context).rule_names

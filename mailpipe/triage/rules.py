@@ -295,7 +295,7 @@ def _customer(value: Any) -> Condition:
         customer = context.customer
         if customer is None:
             return None
-        if vip is not None and customer.trusted_vip(context.dmarc) != vip:
+        if vip is not None and context.trusted_vip != vip:
             return None
         if plans is not None and customer.plan.casefold() not in plans:
             return None
