@@ -99,6 +99,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    # DNS servers for SPF, DKIM and DMARC lookups; empty: the system's resolver.
+    nameservers: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
 class TriageConfig:
     rules_directory: str
     rules_overrides: str
@@ -135,6 +141,7 @@ class Config:
     spool: SpoolConfig
     delivery: DeliveryConfig
     metrics: MetricsConfig
+    auth: AuthConfig
     triage: TriageConfig
     agents: tuple[Agent, ...]
     source: str = field(default=EMBEDDED, compare=False)

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from mailpipe import auth, logs
 from mailpipe import config as configuration
-from mailpipe import logs
 from mailpipe.config import Config
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
@@ -210,6 +210,7 @@ _GIL_SWITCH_INTERVAL = 0.0005
 def serve(config_path: Path | None) -> int:
     config = configuration.load(config_path)
     logs.setup(config.log_level)
+    auth.configure_resolver([(ns.host, ns.port) for ns in config.auth.nameservers])
     sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
     started = time.monotonic()
     code = asyncio.run(Daemon(config, config_path).run())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from mailpipe import auth
 from mailpipe.addresses import canonical
 from mailpipe.config import Agent, TriageConfig
 from mailpipe.deliver import headers
@@ -35,6 +36,7 @@ TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
 class Work:
     message: Message
     parsed: ParsedMessage | None = None
+    auth: auth.Verdict | None = None
     profile: Profile | None = None
     load: dict[str, int] = dataclasses.field(default_factory=dict)
     away: frozenset[str] = frozenset()
@@ -46,6 +48,7 @@ class Work:
     recipients: tuple[Agent, ...] = ()
     fields: tuple[tuple[str, str], ...] = ()
     subject: str | None = None
+    authserv_id: str = ""  # Authentication-Results claiming this id are ours alone
     card: bytes | None = None
 
 
@@ -69,6 +72,7 @@ class Triage:
     def stages(self) -> tuple[tuple[str, Stage], ...]:
         return (
             ("parse", self.parse),
+            ("authenticate", self.authenticate),
             ("profile", self.profile),
             ("score", self.score),
             ("assign", self.assign),
@@ -78,6 +82,12 @@ class Triage:
 
     def parse(self, work: Work) -> Work:
         return dataclasses.replace(work, parsed=parse(work.message.data))
+
+    async def authenticate(self, work: Work) -> Work:
+        envelope, parsed = work.message.entry.envelope, _parsed(work)
+        verdict = await asyncio.to_thread(auth.verify, work.message.data, envelope.mail_from, envelope.peer,
+                                          envelope.helo, parsed.sender)
+        return dataclasses.replace(work, auth=verdict)
 
     async def profile(self, work: Work) -> Work:
         return await asyncio.to_thread(self._profile, work)
@@ -95,7 +105,7 @@ class Triage:
 
     def score(self, work: Work) -> Work:
         now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
-        context = triage_context(_parsed(work), work.profile, now, self.desk, self.hostname)
+        context = triage_context(_parsed(work), work.profile, now, self.desk, self.hostname, work.auth)
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
     def assign(self, work: Work) -> Work:
@@ -126,7 +136,8 @@ class Triage:
         by_id = {agent.id: agent for agent in self.agents}
         owner = by_id.get(record.case.owner)
         customer = record.customer
-        fields = [
+        fields = [("Authentication-Results", work.auth.header(self.hostname))] if work.auth else []
+        fields += [
             ("X-Mailpipe-Queue-Id", work.message.id),
             ("X-Mailpipe-Case", f"{record.case.id}{' (new)' if record.new_case else ''}"),
             ("X-Mailpipe-Urgency", f"{verdict.level} {verdict.score:g}"),
@@ -141,7 +152,8 @@ class Triage:
         if self.desk.subject_tags:
             subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
         card = triage_card(work, self.hostname, by_id)
-        return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card)
+        return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card,
+                                   authserv_id=self.hostname)
 
 
     def count(self, work: Work) -> None:
@@ -158,16 +170,18 @@ class Triage:
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
-                   authserv_id: str) -> Context:
-    """What the rules see: the message, the customer and their history from the store, our own
-    DMARC verdict and the clock. Shared by the daemon and ``mailpipe score``."""
+                   authserv_id: str, verified: auth.Verdict | None = None) -> Context:
+    """What the rules see: the message, the customer and their history from the store, DMARC
+    (verified now, or as our own earlier Authentication-Results recorded it) and the clock.
+    Shared by the daemon and ``mailpipe score``."""
     customer, history = None, History()
     if profile is not None:
         customer = profile.customer
         open_since = profile.open_case.opened_at if profile.open_case else None
         history = History(tuple(datetime.fromtimestamp(t, UTC) for t in profile.contacts),
                           datetime.fromtimestamp(open_since, UTC) if open_since else None)
-    return Context(parsed, now, customer=customer, history=history, dmarc=dmarc_verdict(parsed, authserv_id),
+    dmarc = verified.dmarc if verified is not None else dmarc_verdict(parsed, authserv_id)
+    return Context(parsed, now, customer=customer, history=history, dmarc=dmarc,
                    business_hours=within_business_hours(now, desk))
 
 

@@ -111,7 +111,7 @@ class Worker:
             if not work.recipients:
                 raise NoRecipients("triage chose no mailbox")
             fields = b"".join(headers.field(name, value) for name, value in work.fields)
-            content = headers.with_headers(message.data, fields, work.subject)
+            content = headers.with_headers(message.data, fields, work.subject, work.authserv_id)
             items = [(message, content)]
             if work.card:
                 card = triage_card_message(message, work.card)

@@ -162,7 +162,7 @@ class Daemon:
             time.sleep(0.05)
 
 
-def base_settings(directory: Path) -> dict[str, Any]:
+def base_settings(directory: Path, nameserver: str) -> dict[str, Any]:
     return {
         "state_directory": str(directory / "state"),
         "log_level": "info",
@@ -171,6 +171,7 @@ def base_settings(directory: Path) -> dict[str, Any]:
                     "addresses": ["support@example.test", "help@example.test"]},
         "spool": {"retry_initial": "1s", "retry_max": "2s"},
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "auth": {"nameservers": [nameserver]},
         "agents": [
             {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678"},
             {"id": "smith", "name": "Alex Smith", "address": "smith@example.test", "phone": "03-1234-5679"},
@@ -178,14 +179,24 @@ def base_settings(directory: Path) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[Any]:
+    """unbound serving the test zones; every daemon in the tests resolves through it."""
+    from tests.dns_peer import Unbound, test_zones
+
+    server = Unbound(test_zones())
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Any]:
+def make_daemon(tmp_path: Path, dns_server: Any) -> Iterator[Any]:
     started: list[Daemon] = []
 
     def make(overrides: dict[str, Any] | None = None, *, start: bool = True, name: str = "d") -> Daemon:
         directory = tmp_path / name
         directory.mkdir()
-        daemon = Daemon(directory, merge(base_settings(directory), overrides or {}))
+        daemon = Daemon(directory, merge(base_settings(directory, dns_server.address), overrides or {}))
         started.append(daemon)
         return daemon.start() if start else daemon
 

@@ -1,13 +1,14 @@
 #!/bin/sh
 # Installs the Debian packages the tests and benchmarks talk to, when they are missing and we are
 # root: Postfix (smtp-sink, smtp-source as real SMTP peers), swaks (a real SMTP client),
-# systemd (systemd-analyze for the unit checks). Arguments name extra packages (python3-venv).
+# systemd (systemd-analyze for the unit checks), unbound (a real DNS server for the test zones). Arguments name extra packages (python3-venv).
 set -eu
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing="$missing $3"; }
 need swaks /usr/bin/swaks swaks
 need smtp-sink /usr/sbin/smtp-sink postfix
 need systemd-analyze /usr/bin/systemd-analyze systemd
+need unbound /usr/sbin/unbound unbound
 # CPython's own e-mail test corpus, which the parser is tested against (Debian ships it apart).
 if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isdir(os.path.join(sysconfig.get_paths()["stdlib"], "test", "test_email", "data")))'; then
     missing="$missing libpython3.$(python3 -c 'import sys; print(sys.version_info.minor)')-testsuite"

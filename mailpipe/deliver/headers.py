@@ -26,10 +26,11 @@ def split(raw: bytes) -> tuple[bytes, bytes]:
 def strip_internal(header_block: bytes) -> bytes:
     """Removes X-Mailpipe-* fields (with their folded lines): a customer must not be able to
     forge our triage verdict, and our verdict must not leak to customers."""
-    return _drop_fields(header_block, lambda name: name.startswith(INTERNAL_PREFIX))
+    return _drop_fields(header_block, lambda name, line: name.startswith(INTERNAL_PREFIX))
 
 
-def _drop_fields(header_block: bytes, unwanted: Callable[[bytes], bool]) -> bytes:
+def _drop_fields(header_block: bytes, unwanted: Callable[[bytes, bytes], bool]) -> bytes:
+    """Removes the fields (with their folded lines) for which ``unwanted(lowercased name, first line)``."""
     kept: list[bytes] = []
     dropping = False
     for line in header_block.splitlines(keepends=True):
@@ -38,7 +39,7 @@ def _drop_fields(header_block: bytes, unwanted: Callable[[bytes], bool]) -> byte
                 kept.append(line)
             continue
         match = _FIELD_NAME.match(line)
-        dropping = bool(match and unwanted(match[1].lower()))
+        dropping = bool(match and unwanted(match[1].lower(), line))
         if not dropping:
             kept.append(line)
     return b"".join(kept)
@@ -56,12 +57,17 @@ def field(name: str, value: str) -> bytes:
     return f"{name}: {header.encode(linesep=chr(13) + chr(10))}\r\n".encode("ascii")
 
 
-def with_headers(raw: bytes, fields: bytes, subject: str | None = None) -> bytes:
-    """Our fields on top, forged internal ones gone, and the Subject replaced when ``subject`` is
-    given (the subject tag; it alters a header the sender may have DKIM-signed, never the body)."""
+def with_headers(raw: bytes, fields: bytes, subject: str | None = None, authserv_id: str = "") -> bytes:
+    """Our fields on top, forged internal ones gone, Authentication-Results claiming to be ours
+    gone (RFC 8601 section 5), and the Subject replaced when ``subject`` is given (the subject tag;
+    it alters a header the sender may have DKIM-signed, never the body)."""
     head, rest = split(raw)
     head = strip_internal(head)
+    if authserv_id:
+        ours = authserv_id.encode("ascii", "replace").lower()
+        head = _drop_fields(head, lambda name, line: name == b"authentication-results"
+                            and line.partition(b":")[2].split(b";")[0].strip().lower() == ours)
     if subject is not None:
-        head = _drop_fields(head, lambda name: name == b"subject")
+        head = _drop_fields(head, lambda name, line: name == b"subject")
         fields += field("Subject", subject)
     return fields + head + rest

@@ -1,0 +1,128 @@
+"""Inbound SPF, DKIM and DMARC, summed up as an RFC 8601 Authentication-Results header.
+
+pyspf evaluates SPF for the connecting IP and envelope sender; dkimpy verifies every
+DKIM-Signature; DMARC is the From domain's published policy (the organisational domain's when
+the From domain has none, found with the public suffix list) and whether a passing SPF or DKIM
+domain aligns with From (relaxed or strict, as the record says). DNS goes through dnspython's
+default resolver, which the daemon points at the configured nameservers. A DNS failure or
+timeout yields ``temperror``; verification never raises and never blocks mail: the verdict is
+an input to triage (a VIP whose DMARC fails is not trusted as a VIP), not a gate.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import dkim
+import dns.exception
+import dns.resolver
+import spf
+from publicsuffixlist import PublicSuffixList
+
+_PSL = PublicSuffixList()
+_DNS_TIMEOUT = 5.0
+_SIGNATURE = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    spf: str
+    spf_domain: str
+    dkim: tuple[tuple[str, str], ...]  # (result, signing domain) per signature
+    dmarc: str
+    dmarc_policy: str
+    from_domain: str
+
+    def header(self, authserv_id: str) -> str:
+        """The Authentication-Results value: ``authserv-id; spf=…; dkim=…; dmarc=…``."""
+        parts = [authserv_id, f"spf={self.spf} smtp.mailfrom={self.spf_domain or 'unknown'}"]
+        parts += [f"dkim={result} header.d={domain}" for result, domain in self.dkim] or ["dkim=none"]
+        policy = f" policy.dmarc={self.dmarc_policy}" if self.dmarc_policy else ""
+        parts.append(f"dmarc={self.dmarc}{policy} header.from={self.from_domain or 'unknown'}")
+        return "; ".join(parts)
+
+
+def configure_resolver(nameservers: list[tuple[str, int]]) -> None:
+    """Point dnspython's default resolver (used by pyspf and dkimpy too) at these servers."""
+    if not nameservers:
+        return
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [host for host, _ in nameservers]
+    resolver.port = nameservers[0][1]
+    resolver.lifetime = _DNS_TIMEOUT
+    dns.resolver.default_resolver = resolver
+
+
+def verify(raw: bytes, mail_from: str, client_ip: str, helo: str, from_address: str) -> Verdict:
+    from_domain = from_address.rpartition("@")[2].lower().rstrip(".")
+    spf_result, spf_domain = _spf(mail_from, client_ip, helo)
+    signatures = _dkim(raw)
+    dmarc, policy = _dmarc(from_domain, spf_result, spf_domain, signatures)
+    return Verdict(spf_result, spf_domain, signatures, dmarc, policy, from_domain)
+
+
+def _spf(mail_from: str, client_ip: str, helo: str) -> tuple[str, str]:
+    sender = mail_from or f"postmaster@{helo}"
+    domain = sender.rpartition("@")[2].lower()
+    try:
+        result, _ = spf.check2(i=client_ip, s=sender, h=helo, timeout=_DNS_TIMEOUT, querytime=_DNS_TIMEOUT)
+    except Exception:  # pyspf raises on malformed input it should have judged
+        return "permerror", domain
+    return str(result), domain
+
+
+def _dkim(raw: bytes) -> tuple[tuple[str, str], ...]:
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    results = []
+    for index in range(len(_SIGNATURE.findall(head))):
+        checker = dkim.DKIM(raw, timeout=_DNS_TIMEOUT)
+        try:
+            result = "pass" if checker.verify(idx=index) else "fail"
+        except (dkim.DnsTimeoutError, dns.exception.DNSException):
+            result = "temperror"
+        except dkim.ValidationError:
+            result = "fail"  # a body or header hash that does not match
+        except Exception:  # a signature dkimpy cannot even read
+            result = "permerror"
+        results.append((result, (checker.domain or b"").decode("ascii", "replace").lower()))
+    return tuple(results)
+
+
+def _dmarc(from_domain: str, spf_result: str, spf_domain: str,
+           signatures: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    if not from_domain:
+        return "none", ""
+    organisational = _PSL.privatesuffix(from_domain) or from_domain
+    try:
+        record = _dmarc_record(from_domain) or (_dmarc_record(organisational) if organisational != from_domain
+                                                 else None)
+    except dns.exception.DNSException:
+        return "temperror", ""
+    if record is None:
+        return "none", ""
+    policy = record.get("p", "none")
+
+    def aligned(domain: str, mode: str) -> bool:
+        if mode == "s":
+            return domain == from_domain
+        return (_PSL.privatesuffix(domain) or domain) == organisational
+
+    if spf_result == "pass" and aligned(spf_domain, record.get("aspf", "r")):
+        return "pass", policy
+    if any(result == "pass" and aligned(domain, record.get("adkim", "r")) for result, domain in signatures):
+        return "pass", policy
+    return "fail", policy
+
+
+def _dmarc_record(domain: str) -> dict[str, str] | None:
+    try:
+        answer = dns.resolver.resolve(f"_dmarc.{domain}", "TXT", lifetime=_DNS_TIMEOUT)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return None
+    for rdata in answer:
+        text = b"".join(rdata.strings).decode("ascii", "replace")
+        if text.lower().startswith("v=dmarc1"):
+            tags = (part.strip().partition("=") for part in text.split(";"))
+            return {key.strip().lower(): value.strip().lower() for key, _, value in tags if key.strip()}
+    return None

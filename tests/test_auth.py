@@ -1,0 +1,90 @@
+"""Inbound SPF, DKIM and DMARC against a real DNS server serving the test zones."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+from email.header import decode_header, make_header
+
+import dns.resolver
+import pytest
+
+from mailpipe import auth
+from tests.dns_peer import sign
+
+MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: support@example.test\r\nSubject: hello\r\n"
+           b"Message-ID: <a1@example.test>\r\n\r\nHello.\r\n")
+SPOOFED = (b"From: CEO <ceo@bank.test>\r\nTo: support@example.test\r\nSubject: urgent wire\r\n"
+           b"Message-ID: <s1@bank.test>\r\n\r\nPay now.\r\n")
+
+
+@pytest.fixture
+def resolver(dns_server):
+    previous = dns.resolver.default_resolver
+    auth.configure_resolver([("127.0.0.1", dns_server.port)])
+    yield
+    dns.resolver.default_resolver = previous
+
+
+def test_aligned_spf_and_dkim_pass_dmarc(resolver) -> None:
+    verdict = auth.verify(sign(MESSAGE), "alice@example.test", "127.0.0.1", "mx.example.test", "alice@example.test")
+    assert (verdict.spf, verdict.dkim, verdict.dmarc) == ("pass", (("pass", "example.test"),), "pass")
+    assert verdict.header("mx.local") == ("mx.local; spf=pass smtp.mailfrom=example.test; "
+                                          "dkim=pass header.d=example.test; dmarc=pass policy.dmarc=reject "
+                                          "header.from=example.test")
+
+
+def test_dkim_alone_aligns_when_the_envelope_sender_is_elsewhere(resolver) -> None:
+    verdict = auth.verify(sign(MESSAGE), "bounces@other.example", "127.0.0.1", "mx", "alice@example.test")
+    assert verdict.spf == "none"
+    assert verdict.dmarc == "pass"
+
+
+def test_a_tampered_body_fails_dkim(resolver) -> None:
+    tampered = sign(MESSAGE).replace(b"Hello.", b"Hullo.")
+    verdict = auth.verify(tampered, "", "127.0.0.2", "mx", "alice@example.test")
+    assert verdict.dkim == (("fail", "example.test"),)
+    assert verdict.dmarc == "fail"
+
+
+def test_a_spoofed_from_fails_spf_and_dmarc_with_the_published_policy(resolver) -> None:
+    verdict = auth.verify(SPOOFED, "ceo@bank.test", "127.0.0.1", "mx", "ceo@bank.test")
+    assert (verdict.spf, verdict.dkim, verdict.dmarc, verdict.dmarc_policy) == ("fail", (), "fail", "reject")
+
+
+def test_a_domain_without_records_is_none_not_an_error(resolver) -> None:
+    verdict = auth.verify(MESSAGE, "bob@example.org", "127.0.0.1", "mx", "bob@example.org")
+    assert (verdict.spf, verdict.dmarc) == ("none", "none")
+
+
+def _text(value: str | None) -> str:
+    return str(make_header(decode_header(value or "")))
+
+
+def test_a_vip_address_failing_dmarc_is_not_treated_as_vip(make_daemon, tmp_path) -> None:
+    daemon = make_daemon()
+    customers = tmp_path / "vip.csv"
+    customers.write_text("address,name,vip\nceo@bank.test,The CEO,yes\n")
+    subprocess.run([sys.executable, "-m", "mailpipe", "customers", "import", str(customers), "--config",
+                    str(daemon.config_path)], check=True, capture_output=True)
+    forged_result = b"Authentication-Results: mx.example.test; dmarc=pass header.from=bank.test\r\n"
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("ceo@bank.test", ["support@example.test"], forged_result + SPOOFED)
+    (delivered,) = daemon.delivered()
+    (result,) = delivered.get_all("Authentication-Results")
+    assert result.startswith("mx.example.test; spf=fail") and "dmarc=fail policy.dmarc=reject" in result
+    assert "VIP_CUSTOMER" not in _text(delivered["X-Mailpipe-Rules"])
+
+
+def test_a_signed_aligned_mail_from_a_vip_counts_as_vip(make_daemon, tmp_path) -> None:
+    daemon = make_daemon()
+    customers = tmp_path / "vip.csv"
+    customers.write_text("address,name,vip\nalice@example.test,Alice,yes\n")
+    subprocess.run([sys.executable, "-m", "mailpipe", "customers", "import", str(customers), "--config",
+                    str(daemon.config_path)], check=True, capture_output=True)
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("alice@example.test", ["support@example.test"], sign(MESSAGE))
+    (delivered,) = daemon.delivered()
+    assert "dkim=pass header.d=example.test" in delivered["Authentication-Results"]
+    assert "VIP_CUSTOMER(3)" in _text(delivered["X-Mailpipe-Rules"])
