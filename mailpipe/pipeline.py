@@ -30,6 +30,7 @@ from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import Verdict, evaluate
 
 TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
+AUTH_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,16 @@ class Triage:
         return dataclasses.replace(work, parsed=parse(work.message.data))
 
     async def authenticate(self, work: Work) -> Work:
+        """Bounded as a whole: slow DNS delays a message by at most AUTH_TIMEOUT, never holds it."""
         envelope, parsed = work.message.entry.envelope, _parsed(work)
-        verdict = await asyncio.to_thread(auth.verify, work.message.data, envelope.mail_from, envelope.peer,
-                                          envelope.helo, parsed.sender)
+        try:
+            verdict = await asyncio.wait_for(asyncio.to_thread(
+                auth.verify, work.message.data, envelope.mail_from, envelope.peer, envelope.helo, parsed.sender),
+                AUTH_TIMEOUT)
+        except TimeoutError:
+            from_domain = parsed.sender.rpartition("@")[2].lower()
+            verdict = auth.Verdict("temperror", envelope.mail_from.rpartition("@")[2].lower(), (), "temperror", "",
+                                   from_domain)
         return dataclasses.replace(work, auth=verdict)
 
     async def profile(self, work: Work) -> Work:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
+import socket
 import subprocess
 import sys
+import time
 from email.header import decode_header, make_header
 
 import dns.resolver
 import pytest
 
-from mailpipe import auth
+from mailpipe import auth, pipeline
+from mailpipe import config as configuration
+from mailpipe.data import shipped
+from mailpipe.metrics import Metrics
+from mailpipe.spool import Entry, Envelope, Message
+from mailpipe.store.sqlite import SQLiteStore
+from mailpipe.triage import rules
 from tests.dns_peer import sign
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: support@example.test\r\nSubject: hello\r\n"
@@ -88,3 +97,30 @@ def test_a_signed_aligned_mail_from_a_vip_counts_as_vip(make_daemon, tmp_path) -
     (delivered,) = daemon.delivered()
     assert "dkim=pass header.d=example.test" in delivered["Authentication-Results"]
     assert "VIP_CUSTOMER(3)" in _text(delivered["X-Mailpipe-Rules"])
+
+
+def test_authentication_outlasting_its_bound_gives_temperror_and_the_mail_goes_on(monkeypatch, tmp_path) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a DNS server that never answers
+    silent.bind(("127.0.0.1", 0))
+    previous = dns.resolver.default_resolver
+    monkeypatch.setattr(auth, "_DNS_TIMEOUT", 1.0)
+    monkeypatch.setattr(pipeline, "AUTH_TIMEOUT", 0.3)
+    auth.configure_resolver([("127.0.0.1", silent.getsockname()[1])])
+    config = configuration.load(None)
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    triage = pipeline.Triage(rules.load(shipped("rules")), config.agents, config.triage, store, "mx", Metrics())
+    entry = Entry("Q1", "active", Envelope("ceo@bank.test", ("support@localhost",), "127.0.0.1", "mx", "inbound"),
+                  time.time(), len(SPOOFED), 0, 0, 1, 0.0, "")
+
+    async def run() -> pipeline.Work:
+        return await triage.authenticate(triage.parse(pipeline.Work(Message(entry, SPOOFED))))
+
+    try:
+        started = time.monotonic()
+        work = asyncio.run(run())
+    finally:
+        dns.resolver.default_resolver = previous
+        store.close()
+        silent.close()
+    assert (work.auth.spf, work.auth.dmarc) == ("temperror", "temperror")
+    assert time.monotonic() - started < 10
