@@ -64,6 +64,9 @@ class Worker:
 
     async def run(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before looking, so an arrival during the claim still wakes the wait below.
+            self._spool.arrived.clear()
+            self._slot_free.clear()
             free = self.route.settings.workers - len(self._tasks)
             batch = await self._spool.claim(free) if free > 0 else []
             for message in batch:
@@ -77,8 +80,6 @@ class Worker:
         waiters = [asyncio.ensure_future(self._stopping.wait())]
         waiters.append(asyncio.ensure_future(
             self._spool.arrived.wait() if have_slots else self._slot_free.wait()))
-        self._spool.arrived.clear()
-        self._slot_free.clear()
         await asyncio.wait(waiters, timeout=_IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
