@@ -64,6 +64,7 @@ class Triage:
         self.metrics = metrics
         self.rules = rules
         self.agents = tuple(agents)
+        self._by_id = {agent.id: agent for agent in self.agents}
         self.desk = desk
         self.store = store
         self.hostname = hostname
@@ -132,17 +133,15 @@ class Triage:
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case,
             assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at)
-        by_id = {agent.id: agent for agent in self.agents}
-        roles = {a.role: by_id.get(a.agent) for a in record.assignments}
-        handler = roles.get("handler") or roles.get("owner") or by_id.get(record.case.owner)
+        roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
+        handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
         return dataclasses.replace(work, record=record, recipients=recipients)
 
     def annotate(self, work: Work) -> Work:
         parsed, verdict, record = _parsed(work), _verdict(work), work.record
         assert record is not None
-        by_id = {agent.id: agent for agent in self.agents}
-        owner = by_id.get(record.case.owner)
+        owner = self._by_id.get(record.case.owner)
         customer = record.customer
         fields = [("Authentication-Results", work.auth.header(self.hostname))] if work.auth else []
         fields += [
@@ -159,10 +158,9 @@ class Triage:
         subject = None
         if self.desk.subject_tags:
             subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
-        card = triage_card(work, self.hostname, by_id)
+        card = triage_card(work, self.hostname, self._by_id)
         return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card,
                                    authserv_id=self.hostname)
-
 
     def count(self, work: Work) -> None:
         """Metrics for a message handed to its mailboxes: cases opened, assignments by kind."""
@@ -170,11 +168,11 @@ class Triage:
             return
         if work.record.new_case:
             self.metrics.cases_opened.labels(work.verdict.level).inc()
-        tiers = {agent.id: agent.tier for agent in self.agents}
         for assignment in work.record.assignments:
             kind = {"handler": "cover", "escalation": "escalation"}.get(assignment.role) or (
                 "sticky" if assignment.reason.startswith("sticky") else "least_loaded")
-            self.metrics.assignments.labels(tiers.get(assignment.agent, "unknown"), kind).inc()
+            agent = self._by_id.get(assignment.agent)
+            self.metrics.assignments.labels(agent.tier if agent else "unknown", kind).inc()
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
