@@ -1,5 +1,8 @@
 """Triage speed: is triage ever the bottleneck, and how soon is mail in the owner's mailbox?
 
+DNS for the SPF/DKIM/DMARC stage is a local unbound serving the test zones (tests/dns_peer.py),
+as a production host would have a local caching resolver.
+
 1. Throughput, in process: the labelled ja/en fixtures (tests/fixtures/triage) run through the
    real stage table (parse → profile → score → assign → record → annotate) and Maildir delivery,
    against a store holding 100,000 customers, beside a baseline in the same run: the same Maildir
@@ -30,6 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from mailpipe import auth  # noqa: E402
 from mailpipe import config as configuration  # noqa: E402
 from mailpipe.deliver import headers  # noqa: E402
 from mailpipe.deliver.maildir import MaildirDeliverer  # noqa: E402
@@ -39,6 +43,7 @@ from mailpipe.spool import Entry, Envelope, Message, new_queue_id  # noqa: E402
 from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
 from mailpipe.triage import load as triage_load  # noqa: E402
 from mailpipe.worker import triage_card_message  # noqa: E402
+from tests.dns_peer import Unbound, test_zones  # noqa: E402
 from tests.triage_corpus import build, entries  # noqa: E402
 
 CUSTOMERS = 100_000
@@ -113,14 +118,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def latency(work_dir: Path, rate: float, seconds: float) -> tuple[float, float, int]:
+def latency(work_dir: Path, rate: float, seconds: float, nameserver: str) -> tuple[float, float, int]:
     state = work_dir / "daemon-state"
     state.mkdir()
     populate(state / "store.sqlite")
     port, metrics_port = free_port(), free_port()
     config = work_dir / "mailpipe.toml"
     config.write_text(f'state_directory = "{state}"\nlog_level = "warning"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+                      f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n[auth]\nnameservers = ["{nameserver}"]\n')
     log = (work_dir / "daemon.log").open("wb")
     daemon = subprocess.Popen([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)],
                               cwd=HERE.parent, stderr=log)
@@ -175,6 +180,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
+    dns_server = Unbound(test_zones())
+    auth.configure_resolver([("127.0.0.1", dns_server.port)])
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as tmp:
         work = Path(tmp)
         print(f"store: {CUSTOMERS:,} customers; {os.cpu_count()} CPUs")
@@ -185,9 +192,10 @@ def main() -> int:
         print(f"Maildir delivery alone, 8 in flight (baseline):          {plain:8.0f} msgs/s")
         print(f"parse+profile+score+assign+record+Maildir, 8 in flight:  {triaged:8.0f} msgs/s")
         print(f"triage / baseline = {triaged / plain:.2f}")
-        p50, p99, count = latency(work, args.rate, args.seconds)
+        p50, p99, count = latency(work, args.rate, args.seconds, dns_server.address)
         print(f"SMTP at {args.rate:g} msgs/s for {args.seconds:g} s: 250 -> owner's Maildir p50 {p50:.1f} ms, "
               f"p99 {p99:.1f} ms ({count} messages)")
+    dns_server.stop()
     return 0
 
 

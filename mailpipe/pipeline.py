@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -31,6 +32,9 @@ from mailpipe.triage.score import Verdict, evaluate
 
 TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
 AUTH_TIMEOUT = 15.0
+# DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
+# must not starve the store and Maildir work of the default pool. Threads start on first use.
+_AUTH_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="auth")
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,9 @@ class Triage:
         """Bounded as a whole: slow DNS delays a message by at most AUTH_TIMEOUT, never holds it."""
         envelope, parsed = work.message.entry.envelope, _parsed(work)
         try:
-            verdict = await asyncio.wait_for(asyncio.to_thread(
-                auth.verify, work.message.data, envelope.mail_from, envelope.peer, envelope.helo, parsed.sender),
-                AUTH_TIMEOUT)
+            verdict = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                _AUTH_THREADS, auth.verify, work.message.data, envelope.mail_from, envelope.peer, envelope.helo,
+                parsed.sender), AUTH_TIMEOUT)
         except TimeoutError:
             from_domain = parsed.sender.rpartition("@")[2].lower()
             verdict = auth.Verdict("temperror", envelope.mail_from.rpartition("@")[2].lower(), (), "temperror", "",
