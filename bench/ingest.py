@@ -10,7 +10,8 @@ a time over its own connection and times end of DATA to the reply. Servers:
   (mail is put on hold so no delivery competes);
 - ``mailpipe-intake``: the real daemon with hand-offs paused (``spool.workers = 0``): durable
   intake alone, what Postfix's column measures too;
-- ``mailpipe``: the real daemon, spool fsync'ed before 250, delivering to Maildir meanwhile.
+- ``mailpipe``: the real daemon, spool fsync'ed before 250, triaging (SPF/DKIM/DMARC through a
+  local unbound, rules, store) and delivering to Maildir meanwhile.
 
 Prints messages/s and probe p50/p99 for each, then mailpipe/bare-aiosmtpd and mailpipe/postfix.
 Needs root (Postfix runs as its own user) and the Debian packages postfix and swaks' peers;
@@ -36,6 +37,10 @@ from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.dns_peer import Unbound, test_zones  # noqa: E402
+
 RECIPIENT = "support@localhost"
 
 
@@ -121,13 +126,25 @@ maillog_file_prefixes = {work}
         subprocess.run(["postfix", "-c", str(conf), "stop"], capture_output=True)
 
 
-def mailpipe(work: Path, workers: int = 8) -> AbstractContextManager[int]:
+@contextmanager
+def mailpipe(work: Path, workers: int = 8) -> Iterator[int]:
+    """The daemon, resolving through a local unbound (as a production MX has a local resolver)."""
+    dns_server = Unbound(test_zones())
+    try:
+        with _mailpipe(work, workers, dns_server.address) as port:
+            yield port
+    finally:
+        dns_server.stop()
+
+
+def _mailpipe(work: Path, workers: int, nameserver: str) -> AbstractContextManager[int]:
     port, metrics = free_port(), free_port()
     state = work / "mailpipe-state"
     config = work / "mailpipe.toml"
     config.write_text(f'state_directory = "{state}"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
                       f'max_connections = 1000\nmax_connections_per_ip = 1000\n'
-                      f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n[spool]\nworkers = {workers}\n')
+                      f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n[spool]\nworkers = {workers}\n'
+                      f'[auth]\nnameservers = ["{nameserver}"]\n')
     return serving([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)], port, work / "mailpipe.log")
 
 
