@@ -6,6 +6,8 @@
     mailpipe rules test                     run every rule's examples
     mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
     mailpipe customers show ADDRESS         profile and case history
+    mailpipe cases list [--open] [--json]   cases, newest first
+    mailpipe cases close ID... | reopen ID...
     mailpipe agents list [--json]           roster: tier, phone, on duty now, open cases
     mailpipe agents away ID | back ID       take an agent out of (or back into) assignment
     mailpipe queue list [--json]            like postqueue -p
@@ -89,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     showing.add_argument("address")
     showing.add_argument("--json", action="store_true")
     showing.set_defaults(run=_customers_show)
+
+    cases = commands.add_parser("cases", help="support cases").add_subparsers(metavar="ACTION")
+    listing_cases = cases.add_parser("list", parents=[common], help="cases, newest first")
+    listing_cases.add_argument("--open", action="store_true", help="only open cases")
+    listing_cases.add_argument("--json", action="store_true")
+    listing_cases.add_argument("--limit", type=int, default=100)
+    listing_cases.set_defaults(run=_cases_list)
+    for name, status in (("close", "closed"), ("reopen", "open")):
+        command = cases.add_parser(name, parents=[common], help=f"mark cases {status}")
+        command.add_argument("ids", nargs="+", type=int, metavar="ID")
+        command.set_defaults(run=_cases_status, status=status)
 
     agents = commands.add_parser("agents", help="the support desk's roster").add_subparsers(metavar="ACTION")
     roster = agents.add_parser("list", parents=[common], help="agents with duty and load")
@@ -247,6 +260,40 @@ def _customers_show(args: argparse.Namespace) -> int:
         opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(case.opened_at))
         print(f"  #{case.id:<6} {opened} {case.status:<9} {case.level:<8} {case.owner:<10} {case.subject}")
     return 0
+
+
+def _cases_list(args: argparse.Namespace) -> int:
+    store = SQLiteStore(configuration.load(args.config).store_path)
+    try:
+        found = store.cases("open" if args.open else None, args.limit)
+    finally:
+        store.close()
+    if args.json:
+        for case in found:
+            print(json.dumps(case.__dict__, ensure_ascii=False))
+        return 0
+    print(f"{'CASE':<7} {'OPENED':<16} {'STATUS':<8} {'LEVEL':<8} {'SCORE':>6} {'OWNER':<10} SUBJECT")
+    for case in found:
+        opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(case.opened_at))
+        print(f"#{case.id:<6} {opened:<16} {case.status:<8} {case.level:<8} {case.score:>6g} {case.owner:<10} "
+              f"{case.subject}")
+    return 0
+
+
+def _cases_status(args: argparse.Namespace) -> int:
+    store = SQLiteStore(configuration.load(args.config).store_path)
+    missing = []
+    try:
+        for case_id in args.ids:
+            if store.set_status(case_id, args.status, time.time()):
+                print(f"mailpipe: cases: #{case_id}: {args.status}")
+            else:
+                missing.append(case_id)
+    finally:
+        store.close()
+    for case_id in missing:
+        print(f"mailpipe: cases: #{case_id}: not found", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def _agents_list(args: argparse.Namespace) -> int:

@@ -89,3 +89,13 @@ def test_open_cases_by_level_and_away_agents(store: SQLiteStore) -> None:
     assert store.away() == {"yamada"}
     store.set_away("yamada", False, 1)
     assert store.away() == frozenset()
+
+
+def test_a_closed_case_no_longer_counts_as_load_or_open(store: SQLiteStore) -> None:
+    record(store, "Q1")
+    assert store.set_status(1, "closed", 2000.0)
+    assert store.open_load() == {}
+    assert store.open_cases() == {}
+    assert [c.status for c in store.cases()] == ["closed"]
+    assert store.cases("open") == ()
+    assert not store.set_status(99, "closed", 0)

@@ -207,3 +207,19 @@ def test_subject_tags_alter_a_signed_header_so_the_signature_no_longer_verifies(
     delivered = _deliver_signed(daemon, signed)
     assert b"Please check my account.\r\n" in delivered
     assert not dkim.verify(delivered, dnsfunc=lambda name, timeout=5: record)
+
+
+def test_cases_list_and_close_from_the_cli(make_daemon) -> None:
+    daemon = make_daemon(ROSTER)
+    send(daemon, "Question", "How do I add a user?")
+    daemon.delivered()
+    cli = [sys.executable, "-m", "mailpipe", "cases"]
+    listed = subprocess.run([*cli, "list", "--open", "--json", "--config", str(daemon.config_path)],
+                            capture_output=True, text=True)
+    (case,) = map(json.loads, listed.stdout.splitlines())
+    assert (case["id"], case["status"], case["subject"]) == (1, "open", "Question")
+    closed = subprocess.run([*cli, "close", "1", "--config", str(daemon.config_path)], capture_output=True, text=True)
+    assert closed.returncode == 0
+    again = subprocess.run([*cli, "list", "--open", "--config", str(daemon.config_path)], capture_output=True,
+                           text=True)
+    assert "#1 " not in again.stdout

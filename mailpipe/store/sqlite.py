@@ -285,6 +285,18 @@ class SQLiteStore:
             " UNION SELECT id, handler FROM cases WHERE status = 'open'"
             " UNION SELECT id, escalated_agent FROM cases WHERE status = 'open') WHERE agent != '' GROUP BY agent"))
 
+    def cases(self, status: str | None = None, limit: int = 100) -> tuple[CaseRecord, ...]:
+        """Newest first; only those with ``status`` when given."""
+        where, args = ("WHERE status = ?", (status, limit)) if status else ("", (limit,))
+        return tuple(_case(row) for row in self._conn().execute(
+            f"SELECT {_CASE_COLUMNS} FROM cases {where} ORDER BY id DESC LIMIT ?", args))
+
+    def set_status(self, case_id: int, status: str, at: float) -> bool:
+        """Closes or reopens a case; False when there is no such case."""
+        with self._writing:
+            return self._conn().execute("UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
+                                        (status, at, case_id)).rowcount > 0
+
     def open_cases(self) -> dict[str, tuple[int, float]]:
         """Per urgency level: how many cases are open, and when the oldest was opened."""
         return {level: (count, oldest) for level, count, oldest in self._conn().execute(
