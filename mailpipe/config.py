@@ -22,6 +22,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
+from mailpipe.data import shipped
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -115,8 +116,6 @@ class TriageConfig:
 
     @property
     def rules_path(self) -> Path:
-        from mailpipe.data import shipped
-
         return Path(self.rules_directory) if self.rules_directory else shipped("rules")
 
 

@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-READY_STATES = ("incoming", "deferred")
 STATES = ("incoming", "deferred", "active", "hold", "quarantine")
 _MAX_GROUP = 512
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-OK = "250 2.0.0 Ok"
 SENDER_OK = "250 2.1.0 Ok"
 RECIPIENT_OK = "250 2.1.5 Ok"
 RELAY_DENIED = "550 5.7.1 Relay access denied: this server accepts mail only for its own domains"
