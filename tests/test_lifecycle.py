@@ -24,6 +24,18 @@ def send(daemon: Daemon, rcpt: str = "support@example.test") -> None:
         client.sendmail("customer@example.org", [rcpt], b"Subject: x\r\n\r\nbody\r\n")
 
 
+def metrics_once_ready(daemon: Daemon, key: tuple[str, tuple[tuple[str, str], ...]], at_least: float,
+                       timeout: float = 15.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The metrics, once ``key`` reaches ``at_least`` (spool and case gauges are refreshed every
+    couple of seconds, not at each event)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = metrics(daemon)
+        if found.get(key, 0) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def metrics(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = urllib.request.urlopen(daemon.metrics_url + "/metrics", timeout=5).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -111,8 +123,7 @@ def test_unknown_http_paths_get_404(daemon: Daemon) -> None:
 def test_metrics_count_connections_messages_replies_and_spool_depth(daemon: Daemon) -> None:
     send(daemon)
     daemon.delivered()
-    time.sleep(2.5)
-    found = metrics(daemon)
+    found = metrics_once_ready(daemon, ("mailpipe_spool_operations_total", (("queue", "inbound"),)), 3)
     assert found[("mailpipe_smtp_connections_total", (("listener", "inbound"), ("result", "accepted")))] == 1
     assert found[("mailpipe_smtp_messages_total", (("listener", "inbound"), ("result", "queued")))] == 1
     assert found[("mailpipe_smtp_replies_total", (("code", "250"), ("listener", "inbound")))] >= 3
@@ -161,8 +172,7 @@ def test_sighup_with_a_broken_rule_file_keeps_the_running_rules(make_daemon, tmp
 def test_triage_metrics_count_cases_assignments_and_stage_latency(daemon: Daemon) -> None:
     send(daemon)
     daemon.delivered()
-    time.sleep(2.5)
-    found = metrics(daemon)
+    found = metrics_once_ready(daemon, ("mailpipe_cases_open", (("level", "normal"),)), 1)
     assert found[("mailpipe_cases_opened_total", (("level", "normal"),))] == 1
     assert found[("mailpipe_cases_open", (("level", "normal"),))] == 1
     assert found[("mailpipe_assignments_total", (("reason", "least_loaded"), ("tier", "support")))] == 1
