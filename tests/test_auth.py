@@ -71,12 +71,17 @@ def _text(value: str | None) -> str:
     return str(make_header(decode_header(value or "")))
 
 
-def test_a_vip_address_failing_dmarc_is_not_treated_as_vip(make_daemon, tmp_path) -> None:
+def _daemon_with_vip(make_daemon, tmp_path, address: str):
     daemon = make_daemon()
     customers = tmp_path / "vip.csv"
-    customers.write_text("address,name,vip\nceo@bank.test,The CEO,yes\n")
+    customers.write_text(f"address,name,vip\n{address},A VIP,yes\n")
     subprocess.run([sys.executable, "-m", "mailpipe", "customers", "import", str(customers), "--config",
                     str(daemon.config_path)], check=True, capture_output=True)
+    return daemon
+
+
+def test_a_vip_address_failing_dmarc_is_not_treated_as_vip(make_daemon, tmp_path) -> None:
+    daemon = _daemon_with_vip(make_daemon, tmp_path, "ceo@bank.test")
     forged_result = b"Authentication-Results: mx.example.test; dmarc=pass header.from=bank.test\r\n"
     with smtplib.SMTP("127.0.0.1", daemon.port) as client:
         client.sendmail("ceo@bank.test", ["support@example.test"], forged_result + SPOOFED)
@@ -87,11 +92,7 @@ def test_a_vip_address_failing_dmarc_is_not_treated_as_vip(make_daemon, tmp_path
 
 
 def test_a_signed_aligned_mail_from_a_vip_counts_as_vip(make_daemon, tmp_path) -> None:
-    daemon = make_daemon()
-    customers = tmp_path / "vip.csv"
-    customers.write_text("address,name,vip\nalice@example.test,Alice,yes\n")
-    subprocess.run([sys.executable, "-m", "mailpipe", "customers", "import", str(customers), "--config",
-                    str(daemon.config_path)], check=True, capture_output=True)
+    daemon = _daemon_with_vip(make_daemon, tmp_path, "alice@example.test")
     with smtplib.SMTP("127.0.0.1", daemon.port) as client:
         client.sendmail("alice@example.test", ["support@example.test"], sign(MESSAGE))
     (delivered,) = daemon.delivered()
