@@ -35,14 +35,12 @@ sys.path.insert(0, str(HERE.parent))
 
 from mailpipe import auth  # noqa: E402
 from mailpipe import config as configuration  # noqa: E402
-from mailpipe.deliver import headers  # noqa: E402
 from mailpipe.deliver.maildir import MaildirDeliverer  # noqa: E402
 from mailpipe.metrics import Metrics  # noqa: E402
 from mailpipe.pipeline import Triage, Work  # noqa: E402
 from mailpipe.spool import Entry, Envelope, Message, new_queue_id  # noqa: E402
 from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
 from mailpipe.triage import load as triage_load  # noqa: E402
-from mailpipe.worker import triage_card_message  # noqa: E402
 from tests.dns_peer import Unbound, test_zones  # noqa: E402
 from tests.triage_corpus import build, entries  # noqa: E402
 
@@ -84,7 +82,8 @@ async def throughput(messages: list[bytes], work_dir: Path, with_triage: bool) -
     store_path = work_dir / "store.sqlite"
     store = SQLiteStore(store_path)
     deliverer = MaildirDeliverer(work_dir / ("mail-triage" if with_triage else "mail-plain"))
-    triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, "bench", Metrics())
+    triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, "bench", Metrics(),
+                    deliverer)
     slots = asyncio.Semaphore(config.spool.workers)  # as many in flight as the daemon's worker allows
 
     async def one(raw: bytes) -> None:
@@ -97,13 +96,7 @@ async def throughput(messages: list[bytes], work_dir: Path, with_triage: bool) -
             for _, stage in triage.stages:
                 result = stage(work)
                 work = await result if asyncio.iscoroutine(result) else result
-            content = headers.with_headers(raw, b"".join(headers.field(k, v) for k, v in work.fields), work.subject)
-            items = [(spooled, content)]
-            if work.card:
-                card = triage_card_message(spooled, work.card)
-                items.append((card, card.data))
-            for agent in work.recipients:
-                await deliverer.deliver(agent, items)
+            await triage.hand_off(work)
 
     started = time.perf_counter()
     await asyncio.gather(*(one(raw) for raw in messages))

@@ -26,7 +26,7 @@ from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
 from mailpipe.http import StatusServer
 from mailpipe.metrics import Metrics
-from mailpipe.pipeline import Triage
+from mailpipe.pipeline import Triage, Work
 from mailpipe.sdnotify import Notifier
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
 from mailpipe.smtp.server import Listener, ListenerSettings
@@ -67,9 +67,10 @@ def deliverer(config: Config) -> Deliverer:
 
 def inbound_route(config: Config, store: Store, metrics: Metrics) -> Route:
     """Raises RulesError when the configured rules are broken: a reload then keeps the old route."""
+    to_mailbox = deliverer(config)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics)
-    return Route(triage.stages, deliverer(config), config.spool, triage.count)
+                    metrics, to_mailbox)
+    return Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary)
 
 
 class Daemon:

@@ -19,7 +19,7 @@ from email.utils import format_datetime
 from mailpipe import auth
 from mailpipe.addresses import canonical
 from mailpipe.config import Agent, TriageConfig
-from mailpipe.deliver import headers
+from mailpipe.deliver import Deliverer, headers
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Message
@@ -60,12 +60,24 @@ class Work:
 Stage = Callable[[Work], Work | Awaitable[Work]]
 
 
+class NoRecipients(Exception):
+    """The stages ended without a mailbox to deliver to."""
+
+
+def triage_card_message(message: Message, card: bytes) -> Message:
+    """The triage card travels as its own message: its own id (so Maildir delivery stays
+    idempotent for it too) and the null envelope sender of an automatic message (RFC 3834)."""
+    envelope = dataclasses.replace(message.entry.envelope, mail_from="")
+    return Message(dataclasses.replace(message.entry, id=message.id + "T", envelope=envelope), card)
+
+
 class Triage:
     """The inbound stages with what they need: rules, roster, desk settings, store, clock."""
 
     def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: Store, hostname: str,
-                 metrics: Metrics, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 metrics: Metrics, deliverer: Deliverer, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.metrics = metrics
+        self.deliverer = deliverer
         self.rules = rules
         self.agents = tuple(agents)
         self._by_id = {agent.id: agent for agent in self.agents}
@@ -165,6 +177,25 @@ class Triage:
         card = triage_card(work, self.hostname, self._by_id)
         return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card,
                                    authserv_id=self.hostname)
+
+    async def hand_off(self, work: Work) -> None:
+        """The original with our headers on top, then its triage card, to each recipient's
+        mailbox in one hand-off per mailbox."""
+        if not work.recipients:
+            raise NoRecipients("triage chose no mailbox")
+        message = work.message
+        fields = b"".join(headers.field(name, value) for name, value in work.fields)
+        items = [(message, headers.with_headers(message.data, fields, work.subject, work.authserv_id))]
+        if work.card:
+            card = triage_card_message(message, work.card)
+            items.append((card, card.data))
+        for agent in work.recipients:
+            await self.deliverer.deliver(agent, items)
+
+    @staticmethod
+    def summary(work: Work) -> dict[str, str]:
+        return {"to": ",".join(a.id for a in work.recipients), "case": str(work.record.case.id) if work.record else "",
+                "level": work.verdict.level if work.verdict else ""}
 
     def count(self, work: Work) -> None:
         """Metrics for a message handed to its mailboxes: cases opened, assignments by kind."""

@@ -7,8 +7,14 @@ in one transaction (each in its own savepoint), so a single fsync acknowledges a
 concurrent SMTP sessions — the group commit that lets a Python daemon keep up with Postfix.
 
 States: ``incoming`` (new) and ``deferred`` (failed before, waiting for ``next_attempt``) are
-ready to be claimed; ``active`` is claimed by a worker; ``hold`` is parked by the operator;
-``quarantine`` holds poison messages with their reason. A message leaves the spool only when
+ready to be claimed; ``active`` is claimed by a worker; ``hold`` is parked by the operator, or by
+a worker that wants a person to decide (``hold_active``, with the reason); ``quarantine`` holds
+poison messages with their reason. A message released from ``hold`` is marked ``overridden``: the
+operator said "send it anyway", and the worker must not hold it again for the same reason.
+
+One file may hold several queues (the ``listener`` column: ``submission`` and ``outbound`` share
+``outbound.sqlite``), so that handing a message from one to the next (``replace``) is one
+transaction: it is in exactly one queue at every instant. A message leaves the spool only when
 the next hop accepted it (``ack``). ``recover`` returns ``active`` messages to the queue after a
 crash; hand-offs must be idempotent because such a message may already have been delivered.
 
@@ -54,15 +60,20 @@ CREATE TABLE IF NOT EXISTS messages (
     next_attempt REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
     held_from TEXT,
+    submitter TEXT NOT NULL DEFAULT '',
+    overridden INTEGER NOT NULL DEFAULT 0,
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (next_attempt) WHERE state IN ('incoming', 'deferred');
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, received_at);
 """
 
+# Columns added after the first release, for spool files written by an older mailpipe.
+_ADDED_COLUMNS = {"submitter": "TEXT NOT NULL DEFAULT ''", "overridden": "INTEGER NOT NULL DEFAULT 0"}
+
 _COLUMNS = (
     "id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size, attempts, "
-    "stage_failures, claims, next_attempt, last_error"
+    "stage_failures, claims, next_attempt, last_error, submitter, overridden"
 )
 
 
@@ -73,6 +84,7 @@ class Envelope:
     peer: str
     helo: str
     listener: str
+    submitter: str = ""  # the agent who authenticated on submission; empty for inbound mail
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,7 @@ class Entry:
     claims: int
     next_attempt: float
     last_error: str
+    overridden: bool = False
 
     @property
     def recovered(self) -> bool:
@@ -126,14 +139,18 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(_SCHEMA)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    for column, declaration in _ADDED_COLUMNS.items():
+        if column not in present:
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {column} {declaration}")
     return conn
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
     (qid, state, listener, mail_from, rcpts, peer, helo, received_at, size, attempts, stage_failures,
-     claims, next_attempt, last_error) = row
-    return Entry(qid, state, Envelope(mail_from, tuple(json.loads(rcpts)), peer, helo, listener),
-                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error)
+     claims, next_attempt, last_error, submitter, overridden) = row
+    return Entry(qid, state, Envelope(mail_from, tuple(json.loads(rcpts)), peer, helo, listener, submitter),
+                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error, bool(overridden))
 
 
 # Operations: plain functions of a connection, shared by the daemon's committer and the CLI.
@@ -141,18 +158,28 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 def insert(conn: sqlite3.Connection, qid: str, envelope: Envelope, data: bytes, now: float) -> str:
     conn.execute(
         "INSERT INTO messages (id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size,"
-        " next_attempt, data) VALUES (?, 'incoming', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " next_attempt, submitter, data) VALUES (?, 'incoming', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (qid, envelope.listener, envelope.mail_from, json.dumps(list(envelope.rcpt_tos)), envelope.peer,
-         envelope.helo, now, len(data), now, data),
+         envelope.helo, now, len(data), now, envelope.submitter, data),
     )
     return qid
 
 
-def claim(conn: sqlite3.Connection, limit: int, now: float) -> list[Message]:
+def replace(conn: sqlite3.Connection, qid: str, successors: Iterable[tuple[str, Envelope, bytes]], now: float) -> None:
+    """Hands ``qid`` on to the next queue in this file as ``successors``, in the caller's
+    transaction. Idempotent: a successor id that exists already is kept as it is."""
+    for successor, envelope, data in successors:
+        if not conn.execute("SELECT 1 FROM messages WHERE id = ?", (successor,)).fetchone():
+            insert(conn, successor, envelope, data, now)
+    remove(conn, qid)
+
+
+def claim(conn: sqlite3.Connection, limit: int, now: float, listener: str | None = None) -> list[Message]:
+    which, args = ("AND listener = ?", (listener,)) if listener else ("", ())
     rows = conn.execute(
         "UPDATE messages SET state = 'active', claims = claims + 1 WHERE id IN ("
-        " SELECT id FROM messages WHERE state IN ('incoming', 'deferred') AND next_attempt <= ?"
-        f" ORDER BY next_attempt LIMIT ?) RETURNING {_COLUMNS}, data", (now, limit)).fetchall()
+        f" SELECT id FROM messages WHERE state IN ('incoming', 'deferred') AND next_attempt <= ? {which}"
+        f" ORDER BY next_attempt LIMIT ?) RETURNING {_COLUMNS}, data", (now, *args, limit)).fetchall()
     return sorted((Message(_entry(row[:-1]), bytes(row[-1])) for row in rows), key=lambda m: m.entry.next_attempt)
 
 
@@ -165,6 +192,20 @@ def defer(conn: sqlite3.Connection, qid: str, reason: str, next_attempt: float, 
         "UPDATE messages SET state = 'deferred', next_attempt = ?, last_error = ?, attempts = attempts + ?,"
         " stage_failures = stage_failures + ? WHERE id = ? AND state = 'active'",
         (next_attempt, reason, int(not stage_failure), int(stage_failure), qid))
+
+
+def narrow(conn: sqlite3.Connection, qid: str, rcpt_tos: Iterable[str], reason: str, next_attempt: float) -> None:
+    """Defers a message for some of its recipients only: the others are done with."""
+    conn.execute(
+        "UPDATE messages SET state = 'deferred', rcpt_tos = ?, next_attempt = ?, last_error = ?,"
+        " attempts = attempts + 1 WHERE id = ? AND state = 'active'",
+        (json.dumps(list(rcpt_tos)), next_attempt, reason, qid))
+
+
+def hold_active(conn: sqlite3.Connection, qid: str, reason: str) -> None:
+    """A worker parks a claimed message for a person to decide (``queue release`` sends it)."""
+    conn.execute("UPDATE messages SET state = 'hold', held_from = 'incoming', last_error = ? WHERE id = ?"
+                 " AND state = 'active'", (reason, qid))
 
 
 def quarantine(conn: sqlite3.Connection, qid: str, reason: str) -> None:
@@ -181,7 +222,8 @@ def release(conn: sqlite3.Connection, qid: str, now: float) -> bool:
     """Back to the queue, ready now; also how an operator retries a quarantined message."""
     return conn.execute(
         "UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'incoming' END,"
-        " held_from = NULL, stage_failures = 0, next_attempt = ? WHERE id = ? AND state IN ('hold', 'quarantine')",
+        " overridden = overridden OR state = 'hold', held_from = NULL, stage_failures = 0, next_attempt = ?"
+        " WHERE id = ? AND state IN ('hold', 'quarantine')",
         (now, qid)).rowcount > 0
 
 
@@ -196,11 +238,12 @@ def recover(conn: sqlite3.Connection) -> int:
         " WHERE state = 'active'").rowcount
 
 
-def stats(conn: sqlite3.Connection, now: float) -> Stats:
+def stats(conn: sqlite3.Connection, now: float, listener: str | None = None) -> Stats:
     depth = dict.fromkeys(STATES, 0)
     oldest = dict.fromkeys(STATES, 0.0)
+    which, args = ("WHERE listener = ?", (listener,)) if listener else ("", ())
     for state, count, first in conn.execute(
-            "SELECT state, count(*), min(received_at) FROM messages GROUP BY state"):
+            f"SELECT state, count(*), min(received_at) FROM messages {which} GROUP BY state", args):
         depth[state] = count
         oldest[state] = max(0.0, now - first)
     return Stats(depth, oldest)
@@ -303,19 +346,38 @@ class Spool:
         self.path = path
         self._clock = clock
         self._committer = Committer(path)
-        self.arrived = asyncio.Event()
+        self._arrivals: dict[str, asyncio.Event] = {}
+
+    def arrival(self, listener: str) -> asyncio.Event:
+        """Set when a message enters ``listener``'s queue: one event per queue, so the worker of
+        one queue clearing it never hides an arrival from the worker of another."""
+        return self._arrivals.setdefault(listener, asyncio.Event())
 
     async def enqueue(self, envelope: Envelope, data: bytes, queue_id: str | None = None) -> str:
         """Returns the queue id once the message is durable on disk."""
         now = self._clock()
         qid = await self._committer.submit(
             lambda conn: insert(conn, queue_id or new_queue_id(now), envelope, data, now))
-        self.arrived.set()
+        self.arrival(envelope.listener).set()
         return qid
 
-    async def claim(self, limit: int) -> list[Message]:
+    async def claim(self, limit: int, listener: str | None = None) -> list[Message]:
         now = self._clock()
-        return await self._committer.submit(lambda conn: claim(conn, limit, now))
+        return await self._committer.submit(lambda conn: claim(conn, limit, now, listener))
+
+    async def replace(self, qid: str, successors: list[tuple[str, Envelope, bytes]]) -> None:
+        """``qid`` leaves this queue and ``successors`` enter the next, in one commit."""
+        now = self._clock()
+        await self._committer.submit(lambda conn: replace(conn, qid, successors, now))
+        for _, envelope, _ in successors:
+            self.arrival(envelope.listener).set()
+
+    async def narrow(self, qid: str, rcpt_tos: list[str], reason: str, delay: float) -> None:
+        when = self._clock() + delay
+        await self._committer.submit(lambda conn: narrow(conn, qid, rcpt_tos, reason, when))
+
+    async def hold(self, qid: str, reason: str) -> None:
+        await self._committer.submit(lambda conn: hold_active(conn, qid, reason))
 
     async def ack(self, qid: str) -> None:
         await self._committer.submit(lambda conn: remove(conn, qid))
@@ -330,9 +392,9 @@ class Spool:
     async def recover(self) -> int:
         return await self._committer.submit(recover)
 
-    async def stats(self) -> Stats:
+    async def stats(self, listener: str | None = None) -> Stats:
         now = self._clock()
-        return await self._committer.submit(lambda conn: stats(conn, now))
+        return await self._committer.submit(lambda conn: stats(conn, now, listener))
 
     @property
     def healthy(self) -> bool:

@@ -4,6 +4,7 @@ Outcomes, and what the spool does with each:
 - delivered: removed from the spool (only now: the next hop has the message);
 - ``TemporaryFailure``: deferred with exponential backoff, quarantined after ``max_lifetime``;
 - ``PermanentFailure``: quarantined with the next hop's answer;
+- ``Held``: parked in ``hold`` with the reason, for a person to release or delete;
 - anything a stage raises: deferred, and quarantined after ``max_stage_failures`` (a poison
   message never blocks the queue).
 A shutdown leaves unfinished messages claimed; the next start puts them back in the queue.
@@ -13,47 +14,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from mailpipe.config import SpoolConfig
-from mailpipe.deliver import Deliverer, PermanentFailure, TemporaryFailure, headers
+from mailpipe.deliver import PermanentFailure, TemporaryFailure
 from mailpipe.metrics import Metrics
-from mailpipe.pipeline import Stage, Work
 from mailpipe.spool import Message, Spool
 
 log = logging.getLogger("mailpipe.worker")
 
 _IDLE_POLL = 1.0  # picks up `queue flush/release` from the CLI and deferred messages coming due
 
-
-class NoRecipients(Exception):
-    """The stages ended without a mailbox to deliver to."""
+W = TypeVar("W")
 
 
-def triage_card_message(message: Message, card: bytes) -> Message:
-    """The triage card travels as its own message: its own id (so Maildir delivery stays
-    idempotent for it too) and the null envelope sender of an automatic message (RFC 3834)."""
-    envelope = dataclasses.replace(message.entry.envelope, mail_from="")
-    return Message(dataclasses.replace(message.entry, id=message.id + "T", envelope=envelope), card)
+class Held(Exception):
+    """A stage wants a person to decide: the message is parked in ``hold`` with this reason
+    until ``mailpipe queue release`` (which marks it overridden) or ``delete``."""
 
 
 @dataclass(frozen=True)
-class Route:
-    """What a reload swaps as one unit: the stages and where their result goes."""
+class Route(Generic[W]):
+    """What a reload swaps as one unit: how a message becomes work, the stages in order, and
+    the hand-off of the result to the next hop (which must be idempotent per queue id)."""
 
-    stages: Sequence[tuple[str, Stage]]
-    deliverer: Deliverer
+    start: Callable[[Message], W]
+    stages: Sequence[tuple[str, Callable[[W], W | Awaitable[W]]]]
+    hand_off: Callable[[W], Awaitable[None]]
     settings: SpoolConfig
-    delivered: Callable[[Work], None] = lambda work: None  # counts what was handed on
+    method: str
+    delivered: Callable[[W], None] = lambda work: None  # counts what was handed on
+    summary: Callable[[W], Mapping[str, Any]] = lambda work: {}  # for the "delivered" log line
 
 
 class Worker:
-    def __init__(self, name: str, spool: Spool, route: Route, metrics: Metrics):
+    def __init__(self, name: str, spool: Spool, route: Route[Any], metrics: Metrics):
         self.name = name
         self.route = route
         self._spool = spool
@@ -65,10 +65,10 @@ class Worker:
     async def run(self) -> None:
         while not self._stopping.is_set():
             # Cleared before looking, so an arrival during the claim still wakes the wait below.
-            self._spool.arrived.clear()
+            self._spool.arrival(self.name).clear()
             self._slot_free.clear()
             free = self.route.settings.workers - len(self._tasks)
-            batch = await self._spool.claim(free) if free > 0 else []
+            batch = await self._spool.claim(free, self.name) if free > 0 else []
             for message in batch:
                 task = asyncio.create_task(self._process(message, self.route))
                 self._tasks.add(task)
@@ -79,7 +79,7 @@ class Worker:
     async def _wait_for_work(self, have_slots: bool) -> None:
         waiters = [asyncio.ensure_future(self._stopping.wait())]
         waiters.append(asyncio.ensure_future(
-            self._spool.arrived.wait() if have_slots else self._slot_free.wait()))
+            self._spool.arrival(self.name).wait() if have_slots else self._slot_free.wait()))
         await asyncio.wait(waiters, timeout=_IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
@@ -98,8 +98,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _process(self, message: Message, route: Route) -> None:
-        work = Work(message)
+    async def _process(self, message: Message, route: Route[Any]) -> None:
+        work = route.start(message)
         current = "start"
         try:
             for name, stage in route.stages:
@@ -108,21 +108,16 @@ class Worker:
                 result = stage(work)
                 work = await result if inspect.isawaitable(result) else result
                 self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
-            current = "deliver"
-            if not work.recipients:
-                raise NoRecipients("triage chose no mailbox")
-            fields = b"".join(headers.field(name, value) for name, value in work.fields)
-            content = headers.with_headers(message.data, fields, work.subject, work.authserv_id)
-            items = [(message, content)]
-            if work.card:
-                card = triage_card_message(message, work.card)
-                items.append((card, card.data))
-            for agent in work.recipients:
-                await route.deliverer.deliver(agent, items)
+            current = "hand-off"
+            await route.hand_off(work)
+        except Held as exc:
+            await self._spool.hold(message.id, str(exc))
+            self._metrics.handoffs.labels(self.name, "held").inc()
+            log.warning("held", extra={"queue_id": message.id, "reason": str(exc)})
         except TemporaryFailure as exc:
             await self._retry_later(message, route.settings, str(exc))
         except PermanentFailure as exc:
-            await self._quarantine(message, f"{route.deliverer.method}: {exc}")
+            await self._quarantine(message, f"{route.method}: {exc}")
         except Exception as exc:
             await self._stage_failed(message, route.settings, current, exc)
         else:
@@ -131,10 +126,7 @@ class Worker:
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(
                 max(0.0, time.time() - message.entry.received_at))
-            log.info("delivered", extra={"queue_id": message.id, "to": ",".join(a.id for a in work.recipients),
-                                         "case": work.record.case.id if work.record else "",
-                                         "level": work.verdict.level if work.verdict else "",
-                                         "method": route.deliverer.method})
+            log.info("delivered", extra={"queue_id": message.id, **route.summary(work), "method": route.method})
 
     async def _retry_later(self, message: Message, settings: SpoolConfig, reason: str) -> None:
         entry = message.entry

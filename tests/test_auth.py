@@ -16,6 +16,7 @@ import pytest
 from mailpipe import auth, pipeline
 from mailpipe import config as configuration
 from mailpipe.data import shipped
+from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Entry, Envelope, Message
 from mailpipe.store.sqlite import SQLiteStore
@@ -109,7 +110,8 @@ def test_authentication_outlasting_its_bound_gives_temperror_and_the_mail_goes_o
     auth.configure_resolver([("127.0.0.1", silent.getsockname()[1])])
     config = configuration.load(None)
     store = SQLiteStore(tmp_path / "store.sqlite")
-    triage = pipeline.Triage(rules.load(shipped("rules")), config.agents, config.triage, store, "mx", Metrics())
+    triage = pipeline.Triage(rules.load(shipped("rules")), config.agents, config.triage, store, "mx", Metrics(),
+                             MaildirDeliverer(tmp_path / "mail"))
     entry = Entry("Q1", "active", Envelope("ceo@bank.test", ("support@localhost",), "127.0.0.1", "mx", "inbound"),
                   time.time(), len(SPOOFED), 0, 0, 1, 0.0, "")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import shutil
 import smtplib
@@ -88,8 +87,12 @@ def test_a_message_that_crashes_a_stage_is_quarantined_and_does_not_block_the_qu
     async def scenario():
         spool = Spool(tmp_path / "inbound.sqlite")
         settings = SpoolConfig(workers=2, retry_initial=0.05, retry_max=0.1, max_lifetime=60, max_stage_failures=3)
-        stages = (("parse", poison), ("route", lambda work: dataclasses.replace(work, recipients=(AGENT,))))
-        worker = Worker("inbound", spool, Route(stages, MaildirDeliverer(tmp_path / "mail"), settings), Metrics())
+        mailboxes = MaildirDeliverer(tmp_path / "mail")
+
+        async def hand_off(work: Work) -> None:
+            await mailboxes.deliver(AGENT, [(work.message, work.message.data)])
+
+        worker = Worker("inbound", spool, Route(Work, (("parse", poison),), hand_off, settings, "maildir"), Metrics())
         runner = asyncio.create_task(worker.run())
         await spool.enqueue(ENVELOPE, b"Subject: poison\r\n\r\npoison\r\n")
         for n in range(5):

@@ -220,3 +220,82 @@ def test_a_second_daemon_cannot_lock_the_same_spool(tmp_path: Path) -> None:
     finally:
         lock.release()
     spool.SpoolLock(tmp_path).release()
+
+
+SUBMISSION = Envelope("yamada@example.test", ("customer@example.org",), "127.0.0.1", "client", "submission", "yamada")
+
+
+def test_queues_sharing_a_file_are_claimed_apart(tmp_path: Path) -> None:
+    async def body(queue: Spool):
+        await queue.enqueue(SUBMISSION, b"reply")
+        await queue.enqueue(ENVELOPE, b"other")
+        return await queue.claim(10, "submission")
+
+    (claimed,) = run(with_spool(tmp_path / "outbound.sqlite", body))
+    assert claimed.data == b"reply"
+    assert claimed.entry.envelope.submitter == "yamada"
+
+
+def test_replace_hands_a_message_to_the_next_queue_in_one_commit(tmp_path: Path) -> None:
+    path = tmp_path / "outbound.sqlite"
+    onward = Envelope("yamada@example.test", ("customer@example.org",), "", "", "outbound", "yamada")
+
+    async def body(queue: Spool):
+        qid = await queue.enqueue(SUBMISSION, b"reply")
+        await queue.claim(10, "submission")
+        await queue.replace(qid, [(qid + ".1", onward, b"signed reply")])
+        await queue.replace(qid, [(qid + ".1", onward, b"signed again")])  # a repeat after a crash
+        return qid
+
+    qid = run(with_spool(path, body))
+    (entry,) = fresh_entries(path)
+    assert (entry.id, entry.envelope.listener, entry.state) == (qid + ".1", "outbound", "incoming")
+    with closing(sqlite3.connect(path)) as conn:
+        assert spool.body(conn, entry.id) == b"signed reply"
+
+
+def test_a_message_a_worker_holds_keeps_its_reason_and_release_marks_it_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "outbound.sqlite"
+
+    async def body(queue: Spool):
+        qid = await queue.enqueue(SUBMISSION, b"reply")
+        await queue.claim(10, "submission")
+        await queue.hold(qid, "double reply: smith answered 2 minutes ago")
+        return qid
+
+    qid = run(with_spool(path, body))
+    (held,) = fresh_entries(path)
+    assert (held.state, held.last_error, held.overridden) == ("hold", "double reply: smith answered 2 minutes ago",
+                                                              False)
+    with closing(spool.connect(path)) as conn:
+        assert spool.release(conn, qid, time.time())
+    (released,) = fresh_entries(path)
+    assert (released.state, released.overridden) == ("incoming", True)
+
+
+def test_narrow_defers_a_message_for_its_remaining_recipients_only(tmp_path: Path) -> None:
+    path = tmp_path / "outbound.sqlite"
+    both = Envelope("", ("a@example.org", "b@example.org"), "", "", "outbound")
+
+    async def body(queue: Spool):
+        qid = await queue.enqueue(both, b"x")
+        await queue.claim(10, "outbound")
+        await queue.narrow(qid, ["b@example.org"], "451 4.7.0 try later", 60)
+
+    run(with_spool(path, body))
+    (entry,) = fresh_entries(path)
+    assert (entry.state, entry.envelope.rcpt_tos, entry.attempts) == ("deferred", ("b@example.org",), 1)
+    assert entry.last_error == "451 4.7.0 try later"
+
+
+def test_a_spool_file_from_before_the_submitter_column_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "inbound.sqlite"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(spool._SCHEMA.replace("    submitter TEXT NOT NULL DEFAULT '',\n", "")
+                           .replace("    overridden INTEGER NOT NULL DEFAULT 0,\n", ""))
+        conn.execute("INSERT INTO messages (id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size,"
+                     " next_attempt, data) VALUES ('OLD', 'incoming', 'inbound', 'a@b', '[]', '', '', 0, 1, 0, x'00')")
+        conn.commit()
+    with closing(spool.connect(path)) as conn:
+        (entry,) = spool.entries(conn)
+    assert (entry.id, entry.envelope.submitter, entry.overridden) == ("OLD", "", False)
