@@ -29,6 +29,12 @@ def strip_internal(header_block: bytes) -> bytes:
     return _drop_fields(header_block, lambda name, line: name.startswith(INTERNAL_PREFIX))
 
 
+def drop(header_block: bytes, name: str) -> bytes:
+    """Removes every field called ``name`` (case-insensitive), folded lines included."""
+    wanted = name.lower().encode("ascii")
+    return _drop_fields(header_block, lambda field_name, line: field_name == wanted)
+
+
 def _drop_fields(header_block: bytes, unwanted: Callable[[bytes, bytes], bool]) -> bytes:
     """Removes the fields (with their folded lines) for which ``unwanted(lowercased name, first line)``."""
     kept: list[bytes] = []
@@ -68,6 +74,6 @@ def with_headers(raw: bytes, fields: bytes, subject: str | None = None, authserv
         head = _drop_fields(head, lambda name, line: name == b"authentication-results"
                             and line.partition(b":")[2].split(b";")[0].strip().lower() == ours)
     if subject is not None:
-        head = _drop_fields(head, lambda name, line: name == b"subject")
+        head = drop(head, "subject")
         fields += field("Subject", subject)
     return fields + head + rest
