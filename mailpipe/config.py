@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
 from mailpipe.data import shipped
+from mailpipe.outbound.signing import SigningKeyError, load_key
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -120,6 +121,77 @@ class TriageConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    listen: Endpoint
+    # Empty: inbound.hostname, and inbound's certificate.
+    hostname: str
+    tls_certificate: str
+    tls_key: str
+    plaintext_auth_on_loopback: bool
+    max_message_size: Bytes
+    max_recipients: int
+    max_connections: int
+    max_connections_per_ip: int
+    idle_timeout: Seconds
+    data_timeout: Seconds
+    max_auth_failures: int
+    auth_failure_window: Seconds
+    lockout: Seconds
+    double_reply_window: Seconds
+
+    @property
+    def on_loopback(self) -> bool:
+        return self.listen.host == "localhost" or ipaddress.ip_address(self.listen.host).is_loopback
+
+
+@dataclass(frozen=True)
+class ResponseTimes:
+    critical: Seconds
+    high: Seconds
+    normal: Seconds
+    low: Seconds
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    hostname: str
+    smarthost: str
+    smarthost_port: int
+    smarthost_username: str
+    smarthost_password: str
+    remote_port: int
+    tls_required_domains: tuple[str, ...]
+    ca_file: str
+    workers: int
+    max_per_destination: int
+    retry_initial: Seconds
+    retry_max: Seconds
+    max_lifetime: Seconds
+    timeout: Seconds
+    footer_ja: str
+    footer_en: str
+    autoreply: bool
+    autoreply_window: Seconds
+    replies_overrides: str
+    response_times: ResponseTimes
+
+    @property
+    def replies_overrides_path(self) -> Path | None:
+        return Path(self.replies_overrides) if self.replies_overrides else None
+
+    def spool(self, max_stage_failures: int) -> SpoolConfig:
+        return SpoolConfig(self.workers, self.retry_initial, self.retry_max, self.max_lifetime, max_stage_failures)
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str
+    selector: str
+    key_file: str
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+
+@dataclass(frozen=True)
 class Agent:
     id: str
     name: str
@@ -142,6 +214,9 @@ class Config:
     metrics: MetricsConfig
     auth: AuthConfig
     triage: TriageConfig
+    submission: SubmissionConfig
+    outbound: OutboundConfig
+    dkim: tuple[DkimKey, ...]
     agents: tuple[Agent, ...]
     source: str = field(default=EMBEDDED, compare=False)
 
@@ -156,6 +231,20 @@ class Config:
     @property
     def store_path(self) -> Path:
         return self.state_path / "store.sqlite"
+
+    @property
+    def submission_hostname(self) -> str:
+        return self.submission.hostname or self.inbound.hostname
+
+    @property
+    def submission_tls(self) -> tuple[str, str]:
+        if self.submission.tls_certificate:
+            return self.submission.tls_certificate, self.submission.tls_key
+        return self.inbound.tls_certificate, self.inbound.tls_key
+
+    @property
+    def outbound_hostname(self) -> str:
+        return self.outbound.hostname or self.inbound.hostname
 
     @property
     def maildir_root(self) -> Path:
@@ -232,8 +321,16 @@ def _check(config: Config, source: str) -> list[str]:
             problems.append(f"{source}: agents[{index}].address: {agent.address!r}: {reason}")
     if bool(inbound.tls_certificate) != bool(inbound.tls_key):
         problems.append(f"{source}: inbound.tls_key: tls_certificate and tls_key must be set together")
+    submission = config.submission
+    if bool(submission.tls_certificate) != bool(submission.tls_key):
+        problems.append(f"{source}: submission.tls_key: tls_certificate and tls_key must be set together")
+    if not config.submission_tls[0] and not (submission.plaintext_auth_on_loopback and submission.on_loopback):
+        problems.append(f"{source}: submission.tls_certificate: submission on {submission.listen} needs a"
+                        " certificate: passwords are only accepted over TLS off loopback")
     files = {"inbound.tls_certificate": inbound.tls_certificate, "inbound.tls_key": inbound.tls_key,
-             "delivery.ca_file": config.delivery.ca_file}
+             "delivery.ca_file": config.delivery.ca_file, "submission.tls_certificate": submission.tls_certificate,
+             "submission.tls_key": submission.tls_key, "outbound.ca_file": config.outbound.ca_file}
+    files.update({f"dkim[{i}].key_file": key.key_file for i, key in enumerate(config.dkim)})
     for key, value in files.items():
         if value and not Path(value).is_file():
             problems.append(f"{source}: {key}: no such file {value!r}")
@@ -250,8 +347,18 @@ def _check(config: Config, source: str) -> list[str]:
         for index, day in enumerate(days):
             if day not in WEEKDAYS:
                 problems.append(f"{source}: {days_key}[{index}]: {day!r} is not one of {', '.join(WEEKDAYS)}")
-    if config.spool.retry_max < config.spool.retry_initial:
-        problems.append(f"{source}: spool.retry_max: must not be shorter than spool.retry_initial")
+    for section in ("spool", "outbound"):
+        settings = getattr(config, section)
+        if settings.retry_max < settings.retry_initial:
+            problems.append(f"{source}: {section}.retry_max: must not be shorter than {section}.retry_initial")
+    if config.outbound.max_per_destination < 1:
+        problems.append(f"{source}: outbound.max_per_destination: must be at least 1")
+    for index, key in enumerate(config.dkim):
+        if key.key_file and Path(key.key_file).is_file():
+            try:
+                load_key(key.domain, key.selector, key.algorithm, Path(key.key_file))
+            except SigningKeyError as exc:
+                problems.append(f"{source}: dkim[{index}].key_file: {exc}")
     return problems
 
 

@@ -16,25 +16,34 @@ import signal
 import ssl
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from mailpipe import auth, logs
+from mailpipe import auth, credentials, logs
 from mailpipe import config as configuration
 from mailpipe.config import Config
+from mailpipe.data import shipped
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
 from mailpipe.http import StatusServer
 from mailpipe.metrics import Metrics
+from mailpipe.outbound import classify
+from mailpipe.outbound.acknowledge import Acknowledger
+from mailpipe.outbound.queue import SendQueue
+from mailpipe.outbound.replies import Replies, Reply
+from mailpipe.outbound.send import Transport, resolver
+from mailpipe.outbound.signing import Signer, SigningKeyError, load_key
 from mailpipe.pipeline import Triage, Work
 from mailpipe.sdnotify import Notifier
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
 from mailpipe.smtp.server import Listener, ListenerSettings
-from mailpipe.spool import Spool, SpoolLock
+from mailpipe.smtp.submission import SubmissionHandler
+from mailpipe.spool import Message, Spool, SpoolLock
 from mailpipe.store import Store
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import load as triage_load
-from mailpipe.triage.rules import RulesError
+from mailpipe.triage.rules import LEVELS, RulesError
 from mailpipe.worker import Route, Worker
 
 log = logging.getLogger("mailpipe.daemon")
@@ -59,18 +68,64 @@ def server_tls(certificate: str, key: str) -> ssl.SSLContext | None:
     return context
 
 
+def submission_settings(config: Config) -> ListenerSettings:
+    submission = config.submission
+    return ListenerSettings(
+        name="submission", host=submission.listen.host, port=submission.listen.port,
+        hostname=config.submission_hostname, max_message_size=submission.max_message_size,
+        max_connections=submission.max_connections, max_connections_per_ip=submission.max_connections_per_ip,
+        idle_timeout=submission.idle_timeout, data_timeout=submission.data_timeout,
+        tls_context=server_tls(*config.submission_tls), auth_required=True,
+        plaintext_auth_on_loopback=submission.plaintext_auth_on_loopback)
+
+
 def deliverer(config: Config) -> Deliverer:
     if config.delivery.method == "maildir":
         return MaildirDeliverer(config.maildir_root)
     return RelayDeliverer(config.delivery)
 
 
-def inbound_route(config: Config, store: Store, metrics: Metrics) -> Route:
-    """Raises RulesError when the configured rules are broken: a reload then keeps the old route."""
+def signer(config: Config) -> Signer:
+    return Signer(load_key(k.domain, k.selector, k.algorithm, Path(k.key_file)) for k in config.dkim)
+
+
+def reply_catalog(config: Config) -> classify.Catalog:
+    return classify.load(shipped("monitors") / "replies.toml", config.outbound.replies_overrides_path)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The three queues' routes, built from one config and swapped together on reload."""
+
+    inbound: Route[Work]
+    submission: Route[Reply]
+    outbound: Route[Message]
+
+
+def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool) -> Routes:
+    """Raises RulesError or CatalogError when policy files are broken, SigningKeyError for a
+    bad key: a reload then keeps the routes already running."""
     to_mailbox = deliverer(config)
+    sign = signer(config)
+    hostname = config.outbound_hostname
+    acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, store, sign, hostname,
+                                metrics)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox)
-    return Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary)
+                    metrics, to_mailbox, acknowledger, outbound)
+    replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
+                      to_mailbox, hostname, metrics)
+    nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
+    transport = Transport(config.outbound, hostname, resolver(nameservers), reply_catalog(config))
+    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics)
+    sending = config.outbound.spool(config.spool.max_stage_failures)
+    return Routes(
+        Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary),
+        Route(Reply, replies.stages, replies.hand_off, config.spool, "outbound", summary=replies.summary),
+        Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary))
+
+
+def _itself(message: Message) -> Message:
+    return message
 
 
 class Daemon:
@@ -80,54 +135,75 @@ class Daemon:
         self._notifier = Notifier()
         self._metrics = Metrics()
         self._stop = asyncio.Event()
-        self._spool: Spool | None = None
-        self._listener: Listener | None = None
+        self._spools: dict[str, Spool] = {}
+        self._listeners: dict[str, Listener] = {}
         self._handler: InboundHandler | None = None
-        self._worker: Worker | None = None
+        self._submission: SubmissionHandler | None = None
+        self._workers: dict[str, Worker] = {}
         self._store: SQLiteStore | None = None
-        self._commits_seen = (0, 0)
+        self._commits_seen: dict[str, tuple[int, int]] = {}
 
     async def run(self) -> int:
         config = self.config
         lock = SpoolLock(config.spool_path)
-        spool = self._spool = Spool(config.spool_path / "inbound.sqlite")
+        inbound = Spool(config.spool_path / "inbound.sqlite")
+        outbound = Spool(config.spool_path / "outbound.sqlite")
+        self._spools = {"inbound": inbound, "outbound": outbound}
         store = self._store = SQLiteStore(config.store_path)
         try:
-            recovered = await spool.recover()
-            if recovered:
-                log.warning("recovered messages claimed before a crash", extra={"count": recovered})
-            self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), spool, self._metrics,
+            for name, spool in self._spools.items():
+                recovered = await spool.recover()
+                if recovered:
+                    log.warning("recovered messages claimed before a crash", extra={"spool": name, "count": recovered})
+            built = routes(config, store, self._metrics, outbound)
+            self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), inbound, self._metrics,
                                            config.inbound.hostname)
-            self._listener = Listener(listener_settings(config), self._handler, self._metrics)
-            self._worker = Worker("inbound", spool, inbound_route(config, store, self._metrics), self._metrics)
+            submission = config.submission
+            self._submission = SubmissionHandler(
+                config.agents, config.inbound.addresses, store,
+                credentials.Lockout(submission.max_auth_failures, submission.auth_failure_window, submission.lockout),
+                outbound, self._metrics, config.submission_hostname, submission.max_recipients)
+            self._listeners = {"inbound": Listener(listener_settings(config), self._handler, self._metrics),
+                               "submission": Listener(submission_settings(config), self._submission, self._metrics)}
+            self._workers = {"inbound": Worker("inbound", inbound, built.inbound, self._metrics),
+                             "submission": Worker("submission", outbound, built.submission, self._metrics),
+                             "outbound": Worker("outbound", outbound, built.outbound, self._metrics)}
             status = StatusServer(config.metrics.listen.host, config.metrics.listen.port, self._metrics,
                                   self._health)
-            await self._listener.start()
+            for listener in self._listeners.values():
+                await listener.start()
             await status.start()
             self._metrics.config_last_reload.set_to_current_time()
-            background = [asyncio.create_task(self._worker.run(), name="worker"),
-                          asyncio.create_task(self._export_stats(), name="stats"),
-                          asyncio.create_task(self._watchdog(), name="watchdog")]
+            background = [asyncio.create_task(worker.run(), name=f"worker:{name}")
+                          for name, worker in self._workers.items()]
+            background += [asyncio.create_task(self._export_stats(), name="stats"),
+                           asyncio.create_task(self._watchdog(), name="watchdog")]
             self._install_signals()
-            self._notifier.ready(f"accepting mail on {config.inbound.listen}")
+            self._notifier.ready(self._status_line(config))
             log.info("ready", extra={"config": config.source, "state": str(config.state_path)})
             await self._stop.wait()
 
             self._notifier.stopping()
             log.info("stopping", extra={"timeout": config.shutdown_timeout})
-            await self._listener.drain(self.config.shutdown_timeout)
-            await self._worker.stop(self.config.shutdown_timeout)
+            await asyncio.gather(*(listener.drain(self.config.shutdown_timeout)
+                                   for listener in self._listeners.values()))
+            await asyncio.gather(*(worker.stop(self.config.shutdown_timeout) for worker in self._workers.values()))
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await status.close()
         finally:
-            spool.close()
+            for spool in self._spools.values():
+                spool.close()
             store.close()
             lock.release()
         log.info("stopped")
         return 0
+
+    @staticmethod
+    def _status_line(config: Config) -> str:
+        return f"accepting mail on {config.inbound.listen}, submission on {config.submission.listen}"
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -141,51 +217,68 @@ class Daemon:
         try:
             assert self._store is not None
             new = await asyncio.to_thread(configuration.load, self._config_path)
-            settings = listener_settings(new)
-            route = await asyncio.to_thread(inbound_route, new, self._store, self._metrics)
-        except (configuration.ConfigError, RulesError, OSError, ssl.SSLError) as exc:
-            self._metrics.config_reloads.labels("failure").inc()
-            problems = exc.problems if isinstance(exc, (configuration.ConfigError, RulesError)) else [str(exc)]
-            for problem in problems:
-                log.error("reload refused, keeping the running config", extra={"problem": problem})
-            self._notifier.ready("reload refused; running the previous config")
-            return False
+            settings = {"inbound": listener_settings(new), "submission": submission_settings(new)}
+            built = await asyncio.to_thread(routes, new, self._store, self._metrics, self._spools["outbound"])
+        except (configuration.ConfigError, RulesError, classify.CatalogError) as exc:
+            return self._refuse(exc.problems)
+        except (SigningKeyError, OSError, ssl.SSLError) as exc:
+            return self._refuse([str(exc)])
         for key in ("state_directory", "metrics"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("setting needs a restart", extra={"key": key})
-        assert self._listener and self._handler and self._worker
-        self._listener.reconfigure(settings)
+        assert self._handler and self._submission
+        for name, listener in self._listeners.items():
+            listener.reconfigure(settings[name])
         self._handler.policy = RecipientPolicy.from_config(new.inbound)
         self._handler.hostname = new.inbound.hostname
-        self._worker.route = route
+        self._submission.reconfigure(new.agents, new.inbound.addresses, new.submission.max_recipients)
+        self._submission.hostname = new.submission_hostname
+        for name, route in (("inbound", built.inbound), ("submission", built.submission),
+                            ("outbound", built.outbound)):
+            self._workers[name].route = route
         logging.getLogger().setLevel(new.log_level.upper())
         self.config = new
         self._metrics.config_reloads.labels("success").inc()
         self._metrics.config_last_reload.set_to_current_time()
         log.info("reloaded", extra={"config": new.source})
-        self._notifier.ready(f"accepting mail on {new.inbound.listen}")
+        self._notifier.ready(self._status_line(new))
         return True
+
+    def _refuse(self, problems: list[str]) -> bool:
+        self._metrics.config_reloads.labels("failure").inc()
+        for problem in problems:
+            log.error("reload refused, keeping the running config", extra={"problem": problem})
+        self._notifier.ready("reload refused; running the previous config")
+        return False
 
     def _health(self) -> dict[str, str]:
         problems = {}
-        if self._spool is None or not self._spool.healthy:
+        for name, spool in self._spools.items():
+            if not spool.healthy:
+                problems[f"spool:{name}"] = f"{name} spool writer is not running"
+        if not self._spools:
             problems["spool"] = "spool writer is not running"
         return problems
 
     async def _export_stats(self) -> None:
-        assert self._spool is not None
+        queues = (("inbound", "inbound"), ("outbound", "submission"), ("outbound", "outbound"))
         while True:
-            stats = await self._spool.stats()
-            for state, depth in stats.depth.items():
-                self._metrics.spool_messages.labels("inbound", state).set(depth)
-                self._metrics.spool_oldest.labels("inbound", state).set(stats.oldest_age[state])
-            commits, operations = self._spool.commit_groups
-            self._metrics.spool_commits.labels("inbound").inc(commits - self._commits_seen[0])
-            self._metrics.spool_operations.labels("inbound").inc(operations - self._commits_seen[1])
-            self._commits_seen = (commits, operations)
+            for spool_name, queue in queues:
+                stats = await self._spools[spool_name].stats(queue)
+                for state, depth in stats.depth.items():
+                    self._metrics.spool_messages.labels(queue, state).set(depth)
+                    self._metrics.spool_oldest.labels(queue, state).set(stats.oldest_age[state])
+            for name, spool in self._spools.items():
+                commits, operations = spool.commit_groups
+                seen_commits, seen_operations = self._commits_seen.get(name, (0, 0))
+                self._metrics.spool_commits.labels(name).inc(commits - seen_commits)
+                self._metrics.spool_operations.labels(name).inc(operations - seen_operations)
+                self._commits_seen[name] = (commits, operations)
             assert self._store is not None
             now = time.time()
-            for level, (count, oldest) in (await asyncio.to_thread(self._store.open_cases)).items():
+            open_cases = await asyncio.to_thread(self._store.open_cases)
+            for level in LEVELS:  # a level whose last open case was answered drops to 0
+                count, oldest = open_cases.get(level, (0, now))
                 self._metrics.cases_open.labels(level).set(count)
                 self._metrics.case_oldest_open.labels(level).set(max(0.0, now - oldest) if count else 0)
             await asyncio.sleep(_STATS_INTERVAL)

@@ -1,4 +1,4 @@
-"""Where mailpipe's shipped policy files are: rules/ (and later monitors/).
+"""Where mailpipe's shipped policy files are: rules/ and monitors/.
 
 In a wheel they are package data under ``mailpipe/_data/``; in a source checkout (and an
 editable install) they are the repository's top-level directories.

@@ -15,6 +15,8 @@ from mailpipe import __version__
 disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DELIVERY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+_RESPONSE_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 86400, 2 * 86400, 5 * 86400)
 
 
 class Metrics:
@@ -66,6 +68,29 @@ class Metrics:
         self.assignments = Counter(
             "mailpipe_assignments", "Assignments by the agent's tier and the kind of reason "
             "(sticky, least_loaded, cover, escalation).", ["tier", "reason"], registry=r)
+        self.outbound_replies = Counter(
+            "mailpipe_outbound_replies", "Replies of remote mail servers to our outbound mail, per recipient, by "
+            "provider (recognised from the MX host) and class (accepted, authentication, reputation, content, "
+            "recipient, policy, other, unknown = a text the catalog does not know from a known provider).",
+            ["provider", "class"], registry=r)
+        self.outbound_connection_failures = Counter(
+            "mailpipe_outbound_connection_failures", "Delivery attempts in which no mail server of the "
+            "destination could be reached, by provider.", ["provider"], registry=r)
+        self.outbound_delivery_seconds = Histogram(
+            "mailpipe_outbound_delivery_seconds", "Time from entering the send queue to a remote server "
+            "accepting the message, by provider.", ["provider"], buckets=_DELIVERY_BUCKETS, registry=r)
+        self.outbound_dsns = Counter("mailpipe_outbound_dsns", "Delivery status notifications sent to agents, by "
+                                     "action (failed).", ["action"], registry=r)
+        self.first_response_seconds = Histogram(
+            "mailpipe_case_first_response_seconds", "Time from a case opening to its first reply, by urgency level.",
+            ["level"], buckets=_RESPONSE_BUCKETS, registry=r)
+        self.replies_held = Counter("mailpipe_replies_held", "Replies held by the double-reply guard.", registry=r)
+        self.submission_auth = Counter(
+            "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked).",
+            ["result"], registry=r)
+        self.autoreplies = Counter(
+            "mailpipe_autoreplies", "Automatic acknowledgements of new cases by result (queued, or the reason "
+            "one was not sent: automatic, list, bounce, noreply, ours, recent, disabled).", ["result"], registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(
@@ -73,7 +98,10 @@ class Metrics:
             "When the running configuration was loaded.", registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        for result in ("success", "failure", "locked"):
+            self.submission_auth.labels(result)
         for level in ("critical", "high", "normal", "low"):
+            self.first_response_seconds.labels(level)
             self.cases_opened.labels(level)
             self.cases_open.labels(level)
             self.case_oldest_open.labels(level)

@@ -22,7 +22,8 @@ from mailpipe.config import Agent, TriageConfig
 from mailpipe.deliver import Deliverer, headers
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
-from mailpipe.spool import Message
+from mailpipe.outbound.acknowledge import Acknowledgement, Acknowledger
+from mailpipe.spool import Message, Spool
 from mailpipe.store import CustomerRecord, InboundRecord, Profile, Store
 from mailpipe.triage.assign import Decision, assign
 from mailpipe.triage.context import Context, History
@@ -55,6 +56,7 @@ class Work:
     subject: str | None = None
     authserv_id: str = ""  # Authentication-Results claiming this id are ours alone
     card: bytes | None = None
+    acknowledgement: Acknowledgement | None = None
 
 
 Stage = Callable[[Work], Work | Awaitable[Work]]
@@ -75,9 +77,12 @@ class Triage:
     """The inbound stages with what they need: rules, roster, desk settings, store, clock."""
 
     def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: Store, hostname: str,
-                 metrics: Metrics, deliverer: Deliverer, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
+                 outbound: Spool | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.metrics = metrics
         self.deliverer = deliverer
+        self.acknowledger = acknowledger
+        self.outbound = outbound
         self.rules = rules
         self.agents = tuple(agents)
         self._by_id = {agent.id: agent for agent in self.agents}
@@ -95,6 +100,7 @@ class Triage:
             ("score", self.score),
             ("assign", self.assign),
             ("record", self.record),
+            ("acknowledge", self.acknowledge),
             ("annotate", self.annotate),
         )
 
@@ -148,11 +154,20 @@ class Triage:
             queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case,
-            assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at)
+            assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at,
+            language=parsed.language)
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
         return dataclasses.replace(work, record=record, recipients=recipients)
+
+    async def acknowledge(self, work: Work) -> Work:
+        if self.acknowledger is None or work.record is None:
+            return work
+        owner = self._by_id.get(work.record.case.owner)
+        decided = await asyncio.to_thread(self.acknowledger.decide, work.message, _parsed(work), work.record, owner,
+                                          _verdict(work).level)
+        return dataclasses.replace(work, acknowledgement=decided)
 
     def annotate(self, work: Work) -> Work:
         parsed, verdict, record = _parsed(work), _verdict(work), work.record
@@ -183,6 +198,9 @@ class Triage:
         mailbox in one hand-off per mailbox."""
         if not work.recipients:
             raise NoRecipients("triage chose no mailbox")
+        if work.acknowledgement is not None and self.outbound is not None:
+            ack = work.acknowledgement
+            await self.outbound.enqueue_once(ack.envelope, ack.data, ack.queue_id)
         message = work.message
         fields = b"".join(headers.field(name, value) for name, value in work.fields)
         items = [(message, headers.with_headers(message.data, fields, work.subject, work.authserv_id))]

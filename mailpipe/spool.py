@@ -361,6 +361,11 @@ class Spool:
         self.arrival(envelope.listener).set()
         return qid
 
+    async def enqueue_once(self, envelope: Envelope, data: bytes, queue_id: str) -> None:
+        """Like ``enqueue`` with a fixed id, for a message derived from another: queuing it again
+        (a repeat after a crash) keeps the one already there."""
+        await self.replace("", [(queue_id, envelope, data)])
+
     async def claim(self, limit: int, listener: str | None = None) -> list[Message]:
         now = self._clock()
         return await self._committer.submit(lambda conn: claim(conn, limit, now, listener))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from mailpipe.config import SpoolConfig
-from mailpipe.deliver import PermanentFailure, TemporaryFailure
+from mailpipe.deliver import PartlyDeferred, PermanentFailure, TemporaryFailure
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Message, Spool
 
@@ -115,7 +115,7 @@ class Worker:
             self._metrics.handoffs.labels(self.name, "held").inc()
             log.warning("held", extra={"queue_id": message.id, "reason": str(exc)})
         except TemporaryFailure as exc:
-            await self._retry_later(message, route.settings, str(exc))
+            await self._retry_later(message, route.settings, exc)
         except PermanentFailure as exc:
             await self._quarantine(message, f"{route.method}: {exc}")
         except Exception as exc:
@@ -128,13 +128,16 @@ class Worker:
                 max(0.0, time.time() - message.entry.received_at))
             log.info("delivered", extra={"queue_id": message.id, **route.summary(work), "method": route.method})
 
-    async def _retry_later(self, message: Message, settings: SpoolConfig, reason: str) -> None:
-        entry = message.entry
+    async def _retry_later(self, message: Message, settings: SpoolConfig, failure: TemporaryFailure) -> None:
+        entry, reason = message.entry, str(failure)
         if time.time() - entry.received_at > settings.max_lifetime:
             await self._quarantine(message, f"expired after {entry.attempts + 1} attempts: {reason}")
             return
         delay = min(settings.retry_max, settings.retry_initial * 2 ** entry.attempts)
-        await self._spool.defer(message.id, reason, delay)
+        if isinstance(failure, PartlyDeferred):
+            await self._spool.narrow(message.id, list(failure.recipients), reason, delay)
+        else:
+            await self._spool.defer(message.id, reason, delay)
         self._metrics.handoffs.labels(self.name, "deferred").inc()
         log.warning("deferred", extra={"queue_id": message.id, "delay": round(delay, 1), "reason": reason})
 

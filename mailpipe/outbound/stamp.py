@@ -48,13 +48,14 @@ HTML_CLASS = "mailpipe-footer"
 class Stamped:
     data: bytes
     stamped: int  # body parts that received the footer now
+    message_id: str  # without angle brackets; made up when the message had none
     skipped: tuple[str, ...] = field(default=())  # why parts were left alone (signed, encrypted)
 
 
 def stamp(raw: bytes, footer: str, hostname: str, now_timestamp: float) -> Stamped:
     """``raw`` with ``footer`` in every body part and its header block cleaned for a customer."""
     head, rest = headers.split(raw)
-    head = _clean_header_block(head, hostname, now_timestamp)
+    head, message_id = _clean_header_block(head, hostname, now_timestamp)
     message = email.message_from_bytes(head + rest, policy=_POLICY)
     skipped: list[str] = []
     stamped = 0
@@ -62,10 +63,10 @@ def stamp(raw: bytes, footer: str, hostname: str, now_timestamp: float) -> Stamp
         if _stamp_part(part, footer):
             stamped += 1
     if not stamped:
-        return Stamped(head + rest, 0, tuple(skipped))
+        return Stamped(head + rest, 0, message_id, tuple(skipped))
     out = io.BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
-    return Stamped(out.getvalue(), stamped, tuple(skipped))
+    return Stamped(out.getvalue(), stamped, message_id, tuple(skipped))
 
 
 def render(template: str, **values: str) -> str:
@@ -78,7 +79,7 @@ def customer_subject(subject: str) -> str:
     return _URGENCY_TAG.sub("", subject).strip()
 
 
-def _clean_header_block(head: bytes, hostname: str, now_timestamp: float) -> bytes:
+def _clean_header_block(head: bytes, hostname: str, now_timestamp: float) -> tuple[bytes, str]:
     head = headers.strip_internal(head)
     message = email.message_from_bytes(head + b"\r\n", policy=_POLICY)
     extra = b""
@@ -86,11 +87,13 @@ def _clean_header_block(head: bytes, hostname: str, now_timestamp: float) -> byt
     if _URGENCY_TAG.search(subject):
         head = headers.drop(head, "subject")
         extra += headers.field("Subject", customer_subject(subject))
-    if not message.get("Message-ID"):
-        extra += headers.field("Message-ID", make_msgid(domain=hostname))
+    message_id = str(message.get("Message-ID", "")).strip()
+    if not message_id:
+        message_id = make_msgid(domain=hostname)
+        extra += headers.field("Message-ID", message_id)
     if not message.get("Date"):
         extra += headers.field("Date", format_datetime(datetime.fromtimestamp(now_timestamp, UTC)))
-    return extra + head
+    return extra + head, message_id.strip("<>")
 
 
 def _body_parts(message: email.message.Message, skipped: list[str]) -> Iterator[email.message.Message]:

@@ -62,12 +62,15 @@ def content_refusal(data: bytes) -> str | None:
 
 
 def received_header(session: Session, envelope: Envelope, queue_id: str, hostname: str) -> bytes:
-    """The trace line RFC 5321 4.4 requires of every SMTP server that accepts a message."""
+    """The trace line RFC 5321 4.4 requires of every SMTP server that accepts a message, with
+    the protocol names of RFC 3848 (ESMTPS: TLS, ESMTPA: authenticated)."""
     peer_ip = session.peer[0] if session.peer else "unknown"
     helo = _printable(session.host_name or "unknown")
     protocol = "ESMTP" if session.extended_smtp else "SMTP"
     if session.ssl is not None:
         protocol += "S"
+    if session.authenticated:
+        protocol += "A"
     for_clause = f"\r\n\tfor <{_printable(envelope.rcpt_tos[0])}>" if len(envelope.rcpt_tos) == 1 else ""
     line = (f"Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (mailpipe) with {protocol} "
             f"id {queue_id}{for_clause};\r\n\t{formatdate(localtime=True)}\r\n")
@@ -112,10 +115,17 @@ class InboundHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
+    def refusal(self, session: Session, data: bytes) -> str | None:
+        """Why the message as a whole is refused, or None."""
+        return content_refusal(data)
+
+    def submitter(self, session: Session) -> str:
+        return ""
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         started = time.perf_counter()
         data: bytes = envelope.original_content or b""
-        refusal = content_refusal(data)
+        refusal = self.refusal(session, data)
         if refusal is not None:
             self._metrics.messages.labels(self._listener, "rejected").inc()
             log.warning("message refused", extra={"peer": session.peer[0], "reply": refusal})
@@ -125,7 +135,7 @@ class InboundHandler:
         spool_envelope = SpoolEnvelope(
             mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos),
             peer=session.peer[0] if session.peer else "", helo=session.host_name or "",
-            listener=self._listener)
+            listener=self._listener, submitter=self.submitter(session))
         try:
             await self._spool.enqueue(spool_envelope, stored, queue_id=queue_id)
         except Exception:

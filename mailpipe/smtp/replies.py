@@ -22,6 +22,14 @@ BARE_LINE_END = ("554 5.6.0 Message contains a bare CR or LF; lines must end in 
 NUL_BYTES = "554 5.6.0 Message contains NUL bytes, which RFC 5322 does not allow"
 SPOOL_FAILED = "451 4.3.0 Temporary local problem storing the message, try again later"
 QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
+SENDER_NOT_OWNED = "553 5.7.1 Sender address rejected: not owned by user {user}"
+FROM_NOT_OWNED = "553 5.7.1 From header {address} is not an address you may send as"
+FROM_MISSING = "550 5.6.0 Message has no From header (RFC 5322 requires one)"
+NULL_SENDER = "553 5.7.1 Agents may not send with a null sender"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _DEFAULT_ENHANCED = {

@@ -10,13 +10,14 @@ Which recipients and messages are accepted is the handler's business, not this m
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from mailpipe.metrics import Metrics
 from mailpipe.smtp import replies
@@ -36,6 +37,10 @@ class ListenerSettings:
     idle_timeout: float
     data_timeout: float
     tls_context: ssl.SSLContext | None
+    # Submission: AUTH required before MAIL, verified by the handler's ``authenticate``;
+    # without TLS only from loopback clients, and only when this is set.
+    auth_required: bool = False
+    plaintext_auth_on_loopback: bool = False
 
 
 class ConnectionGate:
@@ -78,6 +83,8 @@ class Session(SMTP):
             ident="mailpipe ESMTP",
             tls_context=settings.tls_context,
             timeout=settings.idle_timeout,
+            auth_required=settings.auth_required,
+            authenticator=_credentials if settings.auth_required else None,
         )
         self._listener = listener
         self._settings = settings
@@ -102,6 +109,8 @@ class Session(SMTP):
             transport.close()
             return
         self._admitted_ip = peer[0]
+        if self._settings.plaintext_auth_on_loopback and _is_loopback(peer[0]):
+            self._auth_require_tls = False
         self._listener.sessions.add(self)
         metrics.connections.labels(self._settings.name, "accepted").inc()
         metrics.sessions.labels(self._settings.name).inc()
@@ -142,6 +151,20 @@ class Session(SMTP):
             self._listener.metrics.replies.labels(self._settings.name, "421").inc()
         super()._timeout_cb()
 
+    # aiosmtpd asks its authenticator synchronously; a password hash costs too much CPU time
+    # for the event loop, so the built-in mechanisms only collect the credentials (below) and
+    # the handler verifies them in a thread.
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verified(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verified(await super().auth_LOGIN(_, args))
+
+    async def _verified(self, collected: AuthResult) -> AuthResult:
+        if not collected.success or not isinstance(collected.auth_data, LoginPassword):
+            return collected
+        return await self.event_handler.authenticate(self.session, collected.auth_data)
+
     async def smtp_DATA(self, arg: str) -> None:
         self._in_data = True
         self._reset_timeout(self._settings.data_timeout)
@@ -158,6 +181,18 @@ class Session(SMTP):
             return
         self.transport.write(replies.SHUTTING_DOWN.format(host=self._settings.hostname).encode() + b"\r\n")
         self.transport.close()
+
+
+def _credentials(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    """Hands the decoded credentials on to ``Session._verified``; decides nothing."""
+    return AuthResult(success=True, auth_data=data)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class Listener:

@@ -40,6 +40,7 @@ class CaseRecord:
     updated_at: float
     escalated_to: str = ""
     first_response_at: float | None = None
+    language: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,22 @@ class InboundRecord:
     customer: CustomerRecord
     new_case: bool
     assignments: tuple[Assignment, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ReplyRecord:
+    """What recording an agent's reply did to its case."""
+
+    case: CaseRecord
+    first_response: bool  # this reply set the case's first response time
+    already_recorded: bool = False  # the same queue id was recorded before (a retry)
+
+
+@dataclass(frozen=True)
+class EarlierReply:
+    agent: str
+    at: float
+    message_id: str
 
 
 @dataclass(frozen=True)
@@ -87,7 +104,8 @@ class Store(Protocol):
 
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
-                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float) -> InboundRecord:
+                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
+                       language: str = "") -> InboundRecord:
         ...
 
     def open_load(self) -> dict[str, int]: ...
@@ -103,5 +121,25 @@ class Store(Protocol):
     def away(self) -> frozenset[str]: ...
 
     def cases_of(self, customer_id: int, limit: int = 10) -> tuple[CaseRecord, ...]: ...
+
+    def case(self, case_id: int) -> CaseRecord | None: ...
+
+    def customer_of(self, case_id: int) -> CustomerRecord | None: ...
+
+    def answered_message(self, case_id: int, in_reply_to: tuple[str, ...]) -> str: ...
+
+    def earlier_reply(self, case_id: int, answers: str, other_than: str, since: float,
+                      queue_id: str) -> EarlierReply | None:
+        ...
+
+    def record_reply(self, *, queue_id: str, case_id: int, agent: str, message_id: str, answers: str, subject: str,
+                     at: float) -> ReplyRecord:
+        ...
+
+    def claim_autoreply(self, address: str, queue_id: str, at: float, window: float) -> bool: ...
+
+    def set_password(self, agent: str, password_hash: str, at: float) -> None: ...
+
+    def password_hash(self, agent: str) -> str | None: ...
 
     def close(self) -> None: ...

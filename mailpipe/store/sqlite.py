@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from mailpipe.addresses import canonical
-from mailpipe.store import Assignment, CaseRecord, CustomerRecord, InboundRecord, Profile
+from mailpipe.store import Assignment, CaseRecord, CustomerRecord, EarlierReply, InboundRecord, Profile, ReplyRecord
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -75,10 +75,23 @@ MIGRATIONS: tuple[str, ...] = (
         since REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE cases ADD COLUMN language TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN agent TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN in_reply_to TEXT NOT NULL DEFAULT '';
+    CREATE INDEX messages_answers ON messages (case_id, in_reply_to, direction, at);
+    ALTER TABLE customers ADD COLUMN last_autoreply_at REAL;
+    ALTER TABLE customers ADD COLUMN last_autoreply_queue_id TEXT NOT NULL DEFAULT '';
+    CREATE TABLE credentials (
+        agent TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        changed_at REAL NOT NULL
+    );
+    """,
 )
 
 _CASE_COLUMNS = ("id, customer_id, subject, status, level, score, owner, opened_at, updated_at, escalated_to, "
-                 "first_response_at")
+                 "first_response_at, language")
 _CUSTOMER_COLUMNS = "id, address, name, company, plan, vip, phone, notes, owner, created_at"
 
 
@@ -219,17 +232,19 @@ class SQLiteStore:
 
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
-                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float) -> InboundRecord:
+                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
+                       language: str = "") -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
         message, and the assignments with their reasons. Idempotent per queue id."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
-                                        assignments=assignments, escalated_to=escalated_to, at=at)
+                                        assignments=assignments, escalated_to=escalated_to, at=at, language=language)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None,
-                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float) -> InboundRecord:
+                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
+                        language: str) -> InboundRecord:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -249,8 +264,10 @@ class SQLiteStore:
             if case_id is None:
                 case_id = conn.execute(
                     "INSERT INTO cases (customer_id, subject, status, level, score, owner, handler, escalated_to,"
-                    " escalated_agent, opened_at, updated_at) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (customer_id, subject, level, score, owner, handler, escalated_to, escalated, at, at)).lastrowid
+                    " escalated_agent, opened_at, updated_at, language)"
+                    " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (customer_id, subject, level, score, owner, handler, escalated_to, escalated, at, at,
+                     language)).lastrowid
             else:
                 conn.execute(
                     "UPDATE cases SET status = 'open', updated_at = ?, score = max(score, ?),"
@@ -309,3 +326,83 @@ class SQLiteStore:
 
     def away(self) -> frozenset[str]:
         return frozenset(agent for (agent,) in self._conn().execute("SELECT agent FROM agent_state WHERE away = 1"))
+
+    def case(self, case_id: int) -> CaseRecord | None:
+        row = self._conn().execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone()
+        return _case(row) if row else None
+
+    def customer_of(self, case_id: int) -> CustomerRecord | None:
+        row = self._conn().execute(f"SELECT {', '.join('u.' + c.strip() for c in _CUSTOMER_COLUMNS.split(','))}"
+                                   " FROM customers u JOIN cases c ON c.customer_id = u.id WHERE c.id = ?",
+                                   (case_id,)).fetchone()
+        return _customer(row) if row else None
+
+    def answered_message(self, case_id: int, in_reply_to: tuple[str, ...]) -> str:
+        """The customer message a reply answers: the newest of ``in_reply_to`` that the customer
+        sent in this case, else the case's newest message from the customer."""
+        conn = self._conn()
+        if in_reply_to:
+            marks = ",".join("?" * len(in_reply_to))
+            row = conn.execute(f"SELECT message_id FROM messages WHERE case_id = ? AND direction = 'in'"
+                               f" AND message_id IN ({marks}) ORDER BY at DESC LIMIT 1",
+                               (case_id, *in_reply_to)).fetchone()
+            if row:
+                return row[0]
+        row = conn.execute("SELECT message_id FROM messages WHERE case_id = ? AND direction = 'in'"
+                           " ORDER BY at DESC, id DESC LIMIT 1", (case_id,)).fetchone()
+        return row[0] if row else ""
+
+    def earlier_reply(self, case_id: int, answers: str, other_than: str, since: float,
+                      queue_id: str) -> EarlierReply | None:
+        """A reply to the same customer message by another agent since ``since`` (the double-reply
+        guard); replies that are this very message, recorded before a crash, do not count."""
+        row = self._conn().execute(
+            "SELECT agent, at, message_id FROM messages WHERE case_id = ? AND in_reply_to = ? AND direction = 'out'"
+            " AND agent != ? AND at >= ? AND queue_id != ? ORDER BY at DESC LIMIT 1",
+            (case_id, answers, other_than, since, queue_id)).fetchone()
+        return EarlierReply(*row) if row else None
+
+    def record_reply(self, *, queue_id: str, case_id: int, agent: str, message_id: str, answers: str, subject: str,
+                     at: float) -> ReplyRecord:
+        """The reply joins its case's history; the case becomes answered and its first response
+        time is set once. Idempotent per queue id."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done = conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+                first = False
+                if not done:
+                    conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, agent,"
+                                 " in_reply_to, at) VALUES (?, ?, ?, 'out', ?, ?, ?, ?)",
+                                 (case_id, queue_id, message_id, subject, agent, answers, at))
+                    first = conn.execute("UPDATE cases SET first_response_at = ? WHERE id = ?"
+                                         " AND first_response_at IS NULL", (at, case_id)).rowcount > 0
+                    conn.execute("UPDATE cases SET status = 'answered', updated_at = ? WHERE id = ?"
+                                 " AND status = 'open'", (at, case_id))
+                case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return ReplyRecord(case, first_response=first, already_recorded=bool(done))
+
+    def claim_autoreply(self, address: str, queue_id: str, at: float, window: float) -> bool:
+        """True when ``queue_id`` may acknowledge this customer: none was sent within ``window``,
+        or this message claimed it before (asking again after a crash gives the same answer)."""
+        with self._writing:
+            return self._conn().execute(
+                "UPDATE customers SET last_autoreply_at = ?, last_autoreply_queue_id = ? WHERE address = ?"
+                " AND (last_autoreply_at IS NULL OR last_autoreply_at <= ? OR last_autoreply_queue_id = ?)",
+                (at, queue_id, canonical(address), at - window, queue_id)).rowcount > 0
+
+    def set_password(self, agent: str, password_hash: str, at: float) -> None:
+        with self._writing:
+            self._conn().execute("INSERT INTO credentials (agent, hash, changed_at) VALUES (?, ?, ?)"
+                                 " ON CONFLICT(agent) DO UPDATE SET hash = excluded.hash,"
+                                 " changed_at = excluded.changed_at", (agent, password_hash, at))
+
+    def password_hash(self, agent: str) -> str | None:
+        row = self._conn().execute("SELECT hash FROM credentials WHERE agent = ?", (agent,)).fetchone()
+        return row[0] if row else None

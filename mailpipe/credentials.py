@@ -1,0 +1,82 @@
+"""Agents' submission passwords: scrypt hashes, and the failed-attempt lockout.
+
+A hash is stored as ``$scrypt$ln=17,r=8,p=1$SALT$HASH`` (base64), the parameters OWASP
+recommends (128 MiB, a few hundred milliseconds), so a stolen store is expensive to attack and
+the cost can be raised later without invalidating old hashes. Verification runs in a thread and
+compares in constant time; an unknown login costs as much as a known one.
+
+``Lockout`` counts failures per client address and per login in a sliding window; once either
+reaches the limit, that address or login is refused — right passwords included — until the
+lockout ends. It lives in the daemon's memory: a restart forgives, which is what an operator
+who restarts to let a locked-out agent in expects.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+_LOG_N, _R, _P = 17, 8, 1
+_MAXMEM = 256 * 1024 * 1024
+_DUMMY = ""
+
+
+def hash_password(password: str, log_n: int = _LOG_N) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**log_n, r=_R, p=_P, maxmem=_MAXMEM, dklen=32)
+    return f"$scrypt$ln={log_n},r={_R},p={_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """Constant-time; a missing or malformed hash verifies nothing but costs the same time."""
+    global _DUMMY
+    if not _DUMMY:
+        _DUMMY = hash_password(secrets.token_hex(8))
+    try:
+        _, scheme, params, salt, digest = (stored or _DUMMY).split("$")
+        settings = dict(item.split("=") for item in params.split(","))
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=2 ** int(settings["ln"]),
+                                r=int(settings["r"]), p=int(settings["p"]), maxmem=_MAXMEM, dklen=len(expected))
+    except (ValueError, KeyError):
+        return False
+    return scheme == "scrypt" and stored is not None and hmac.compare_digest(actual, expected)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class Lockout:
+    def __init__(self, max_failures: int, window: float, lockout: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self._clock = clock
+        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._locked_until: dict[str, float] = {}
+
+    def locked(self, *keys: str) -> bool:
+        now = self._clock()
+        return any(self._locked_until.get(key, 0.0) > now for key in keys)
+
+    def failed(self, *keys: str) -> None:
+        now = self._clock()
+        for key in keys:
+            recent = self._failures[key]
+            recent.append(now)
+            while recent and recent[0] <= now - self.window:
+                recent.popleft()
+            if len(recent) >= self.max_failures:
+                self._locked_until[key] = now + self.lockout
+                recent.clear()
+
+    def succeeded(self, *keys: str) -> None:
+        for key in keys:
+            self._failures.pop(key, None)

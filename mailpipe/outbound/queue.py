@@ -1,0 +1,102 @@
+"""The send queue's hand-off: one attempt per claimed message, then each recipient's fate.
+
+A message in the ``outbound`` queue is final bytes (stamped and signed) for the recipients of
+one domain. After an attempt: accepted recipients are done; a permanent refusal, or temporary
+ones that outlived ``max_lifetime``, produce one DSN to the sending agent's mailbox (null
+senders, like our automatic acknowledgements, get none: RFC 3464 2.2); recipients still
+deferred are retried alone (``PartlyDeferred``) with the worker's exponential backoff. Every
+reply is counted by provider and class, and a reply the catalog does not know from a known
+provider is logged with its full text — the earliest sign of a provider's rule change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from mailpipe.addresses import canonical, domain_of
+from mailpipe.config import Agent, OutboundConfig
+from mailpipe.deliver import Deliverer, PartlyDeferred
+from mailpipe.metrics import Metrics
+from mailpipe.outbound import dsn
+from mailpipe.outbound.classify import ACCEPTED, CLASSES, UNKNOWN
+from mailpipe.outbound.send import Attempt, Reply, Transport
+from mailpipe.spool import Message
+
+log = logging.getLogger("mailpipe.outbound")
+
+
+class SendQueue:
+    def __init__(self, transport: Transport, settings: OutboundConfig, agents: Sequence[Agent], mailboxes: Deliverer,
+                 reporting_mta: str, metrics: Metrics, clock: Callable[[], float] = time.time):
+        self.transport = transport
+        self.settings = settings
+        self.mailboxes = mailboxes
+        self.reporting_mta = reporting_mta
+        self.metrics = metrics
+        self._clock = clock
+        self._agents = {agent.id: agent for agent in agents}
+        self._by_address = {canonical(agent.address): agent for agent in agents}
+        for provider in transport.catalog.provider_names:
+            for klass in (ACCEPTED, UNKNOWN, *CLASSES):
+                metrics.outbound_replies.labels(provider, klass)
+
+    async def hand_off(self, message: Message) -> None:
+        envelope = message.entry.envelope
+        domain = domain_of(envelope.rcpt_tos[0])
+        attempt = await self.transport.send(envelope.mail_from, domain, envelope.rcpt_tos, message.data)
+        self._count(message, attempt)
+        failed = {r: reply for r, reply in attempt.replies.items() if reply.permanent}
+        deferred = {r: reply for r, reply in attempt.replies.items() if not reply.accepted and not reply.permanent}
+        expired = bool(deferred) and self._clock() - message.entry.received_at > self.settings.max_lifetime
+        if expired:
+            failed.update(deferred)
+            deferred = {}
+        if failed:
+            await self._report(message, failed, expired)
+        if deferred:
+            raise PartlyDeferred(str(next(iter(deferred.values()))), list(deferred))
+
+    def _count(self, message: Message, attempt: Attempt) -> None:
+        if not attempt.connected:
+            self.metrics.outbound_connection_failures.labels(attempt.provider).inc()
+        for recipient, reply in attempt.replies.items():
+            classification = reply.classification
+            klass = classification.klass if classification else UNKNOWN
+            self.metrics.outbound_replies.labels(attempt.provider, klass).inc()
+            if reply.accepted:
+                self.metrics.outbound_delivery_seconds.labels(attempt.provider).observe(
+                    max(0.0, self._clock() - message.entry.received_at))
+                log.info("sent", extra={"queue_id": message.id, "to": recipient, "provider": attempt.provider,
+                                        "reply": str(reply)})
+            elif klass == UNKNOWN:
+                log.warning("unknown reply from a known provider: add it to the reply catalog", extra={
+                    "queue_id": message.id, "to": recipient, "provider": attempt.provider, "reply": str(reply)})
+            else:
+                log.warning("refused" if reply.permanent else "deferred", extra={
+                    "queue_id": message.id, "to": recipient, "provider": attempt.provider, "class": klass,
+                    "meaning": classification.meaning if classification else "", "reply": str(reply)})
+
+    async def _report(self, message: Message, failed: Mapping[str, Reply], expired: bool) -> None:
+        entry = message.entry
+        agent = self._agents.get(entry.envelope.submitter) or self._by_address.get(canonical(entry.envelope.mail_from))
+        if agent is None or not entry.envelope.mail_from:
+            log.warning("undeliverable, nobody to notify",
+                        extra={"queue_id": message.id, "to": ",".join(failed), "sender": entry.envelope.mail_from})
+            return
+        now = self._clock()
+        report = dsn.report(reporting_mta=self.reporting_mta, agent_address=agent.address, original=message.data,
+                            failed=failed, queue_id=message.id, arrival=entry.received_at, now=now, expired=expired)
+        # Its own id per attempt, so that a repeat of this hand-off after a crash files it once.
+        notice = Message(dataclasses.replace(entry, id=f"{message.id}D{entry.attempts}",
+                                             envelope=dataclasses.replace(entry.envelope, mail_from="")), report)
+        await self.mailboxes.deliver(agent, [(notice, report)])
+        self.metrics.outbound_dsns.labels("failed").inc()
+        log.warning("delivery status notification", extra={"queue_id": message.id, "agent": agent.id,
+                                                            "to": ",".join(failed), "expired": expired})
+
+    @staticmethod
+    def summary(message: Message) -> dict[str, str]:
+        return {"to": ",".join(message.entry.envelope.rcpt_tos)}

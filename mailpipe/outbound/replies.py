@@ -1,0 +1,169 @@
+"""What happens to an agent's reply between the submission 250 and the send queue, in order.
+
+``Replies.stages``: parse → thread → guard → stamp → sign. ``thread`` finds the case (the
+reply's In-Reply-To/References, or its ``[#N]`` token for one of its recipients) and the
+customer message it answers; ``guard`` holds a second answer to the same customer message by
+another agent within ``double_reply_window`` (Mail Dealer's double-reply guard) and tells its
+author why, unless an operator released it; ``stamp`` adds the case owner's name and phone
+(the author's own for mail outside any case); ``sign`` adds DKIM last. The hand-off records the
+reply in the case (answered, first response time) and moves the message, in one spool commit,
+into the ``outbound`` queue as one entry per recipient domain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from mailpipe.addresses import domain_of
+from mailpipe.config import Agent, OutboundConfig
+from mailpipe.deliver import Deliverer, headers
+from mailpipe.message import ParsedMessage, parse
+from mailpipe.metrics import Metrics
+from mailpipe.outbound.signing import Signer
+from mailpipe.outbound.stamp import Stamped, render, stamp
+from mailpipe.spool import Message, Spool
+from mailpipe.store import CaseRecord, Store
+from mailpipe.worker import Held
+
+log = logging.getLogger("mailpipe.outbound")
+
+
+@dataclass(frozen=True)
+class Reply:
+    message: Message
+    parsed: ParsedMessage | None = None
+    case: CaseRecord | None = None
+    answers: str = ""  # Message-ID of the customer message this reply answers
+    stamped: Stamped | None = None
+    data: bytes = b""
+
+
+class Replies:
+    def __init__(self, agents: Sequence[Agent], settings: OutboundConfig, double_reply_window: float, store: Store,
+                 signer: Signer, spool: Spool, mailboxes: Deliverer, hostname: str, metrics: Metrics,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.window = double_reply_window
+        self.store = store
+        self.signer = signer
+        self.spool = spool
+        self.mailboxes = mailboxes
+        self.hostname = hostname
+        self.metrics = metrics
+        self.clock = clock
+        self._agents = {agent.id: agent for agent in agents}
+
+    @property
+    def stages(self) -> tuple[tuple[str, Callable[[Reply], Reply]], ...]:
+        return (("parse", self.parse), ("thread", self.thread), ("guard", self.guard), ("stamp", self.stamp),
+                ("sign", self.sign))
+
+    def parse(self, work: Reply) -> Reply:
+        return dataclasses.replace(work, parsed=parse(work.message.data))
+
+    async def thread(self, work: Reply) -> Reply:
+        return await asyncio.to_thread(self._thread, work)
+
+    def _thread(self, work: Reply) -> Reply:
+        parsed = _parsed(work)
+        ids = tuple(dict.fromkeys((*parsed.in_reply_to, *reversed(parsed.references))))
+        for customer in work.message.entry.envelope.rcpt_tos:
+            case = self.store.find_case(ids, parsed.case_token, customer)
+            if case is not None:
+                return dataclasses.replace(work, case=case,
+                                           answers=self.store.answered_message(case.id, parsed.in_reply_to))
+        return work
+
+    async def guard(self, work: Reply) -> Reply:
+        entry = work.message.entry
+        if work.case is None or not self.window or entry.overridden:
+            return work
+        earlier = await asyncio.to_thread(self.store.earlier_reply, work.case.id, work.answers,
+                                          entry.envelope.submitter, self.clock() - self.window, work.message.id)
+        if earlier is None:
+            return work
+        when = datetime.fromtimestamp(earlier.at, UTC).strftime("%H:%M:%S UTC")
+        reason = (f"double reply: {earlier.agent} already answered this message of case #{work.case.id} at {when};"
+                  f" mailpipe queue release {work.message.id} sends it anyway")
+        author = self._agents.get(entry.envelope.submitter)
+        if author is not None:
+            await self._tell(author, work, reason)
+        self.metrics.replies_held.inc()
+        raise Held(reason)
+
+    def stamp(self, work: Reply) -> Reply:
+        parsed, entry = _parsed(work), work.message.entry
+        owner = self._agents.get(work.case.owner) if work.case else None
+        owner = owner or self._agents.get(entry.envelope.submitter)
+        language = (work.case.language if work.case else "") or parsed.language
+        template = self.settings.footer_ja if language == "ja" else self.settings.footer_en
+        footer = render(template, name=owner.name if owner else "", phone=owner.phone if owner else "",
+                        case=str(work.case.id) if work.case else "")
+        stamped = stamp(work.message.data, footer, self.hostname, self.clock())
+        for reason in stamped.skipped:
+            log.warning("part not stamped", extra={"queue_id": work.message.id, "reason": reason})
+        return dataclasses.replace(work, stamped=stamped, data=stamped.data)
+
+    def sign(self, work: Reply) -> Reply:
+        domain = domain_of(_parsed(work).sender or work.message.entry.envelope.mail_from)
+        return dataclasses.replace(work, data=self.signer.sign(work.data, domain))
+
+    async def hand_off(self, work: Reply) -> None:
+        entry = work.message.entry
+        if work.case is not None:
+            recorded = await asyncio.to_thread(
+                self.store.record_reply, queue_id=work.message.id, case_id=work.case.id,
+                agent=entry.envelope.submitter, message_id=_stamped(work).message_id, answers=work.answers,
+                subject=_parsed(work).base_subject, at=entry.received_at)
+            if recorded.first_response and recorded.case.first_response_at is not None:
+                self.metrics.first_response_seconds.labels(recorded.case.level).observe(
+                    max(0.0, recorded.case.first_response_at - recorded.case.opened_at))
+        by_domain: dict[str, list[str]] = {}
+        for recipient in entry.envelope.rcpt_tos:
+            by_domain.setdefault(domain_of(recipient), []).append(recipient)
+        successors = [(f"{work.message.id}-{index}",
+                       dataclasses.replace(entry.envelope, rcpt_tos=tuple(rcpts), listener="outbound"), work.data)
+                      for index, (_, rcpts) in enumerate(sorted(by_domain.items()))]
+        await self.spool.replace(work.message.id, successors)
+
+    async def _tell(self, author: Agent, work: Reply, reason: str) -> None:
+        """A note in the author's mailbox, threaded under their own held reply."""
+        parsed = _parsed(work)
+        body = (f"あなたの返信は送信を保留しました / Your reply was held, not sent.\r\n\r\n{reason}\r\n\r\n"
+                f"送信を取りやめる場合 / to drop it: mailpipe queue delete {work.message.id}\r\n")
+        fields = [("From", f"mailpipe <mailpipe@{self.hostname}>"), ("To", author.address),
+                  ("Subject", f"[#{work.case.id if work.case else ''}] held: {parsed.subject}"),
+                  ("Date", format_datetime(datetime.fromtimestamp(self.clock(), UTC))),
+                  ("Message-ID", f"<{work.message.id}.held@{self.hostname}>"), ("Auto-Submitted", "auto-generated"),
+                  ("MIME-Version", "1.0"), ("Content-Type", "text/plain; charset=utf-8"),
+                  ("Content-Transfer-Encoding", "8bit")]
+        if parsed.message_id:
+            fields += [("In-Reply-To", f"<{parsed.message_id}>"), ("References", f"<{parsed.message_id}>")]
+        note = b"".join(headers.field(name, value) for name, value in fields) + b"\r\n" + body.encode()
+        entry = work.message.entry
+        notice = Message(dataclasses.replace(entry, id=f"{work.message.id}H",
+                                             envelope=dataclasses.replace(entry.envelope, mail_from="")), note)
+        await self.mailboxes.deliver(author, [(notice, note)])
+
+    @staticmethod
+    def summary(work: Reply) -> dict[str, str]:
+        return {"case": str(work.case.id) if work.case else "", "agent": work.message.entry.envelope.submitter,
+                "to": ",".join(work.message.entry.envelope.rcpt_tos)}
+
+
+def _stamped(work: Reply) -> Stamped:
+    assert work.stamped is not None, "stage order: stamp before this"
+    return work.stamped
+
+
+def _parsed(work: Reply) -> ParsedMessage:
+    assert work.parsed is not None, "stage order: parse first"
+    return work.parsed
+

@@ -1,0 +1,122 @@
+"""The submission (port 587) policy: who may send, as whom, and the durable write before 250.
+
+Agents log in with SMTP AUTH PLAIN or LOGIN as their agent id or address; the listener offers
+AUTH only over TLS (or from loopback when ``plaintext_auth_on_loopback``), and MAIL before AUTH
+gets ``530 5.7.0``, so nobody relays through us unauthenticated. Failed logins are counted per
+client address and per login; past ``max_auth_failures`` both are locked out (``454 4.7.0``).
+An agent may send only as the desk's support addresses or as itself, in the envelope and in
+the From header (``553 5.7.1``). Accepted replies go to the ``submission`` queue of the
+outbound spool with the agent's id; everything after the 250 (threading, stamping, signing,
+sending) happens in the outbound worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import logging
+from collections.abc import Sequence
+from email.utils import getaddresses
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from mailpipe import credentials
+from mailpipe.addresses import canonical, syntax_problem
+from mailpipe.config import Agent
+from mailpipe.deliver.headers import split
+from mailpipe.message import decode_header
+from mailpipe.metrics import Metrics
+from mailpipe.smtp import replies
+from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy, content_refusal
+from mailpipe.spool import Spool
+from mailpipe.store import Store
+
+log = logging.getLogger("mailpipe.submission")
+
+
+class SubmissionHandler(InboundHandler):
+    def __init__(self, agents: Sequence[Agent], support_addresses: Sequence[str], store: Store,
+                 lockout: credentials.Lockout, spool: Spool, metrics: Metrics, hostname: str, max_recipients: int):
+        super().__init__(RecipientPolicy(frozenset(), frozenset(), max_recipients), spool, metrics, hostname,
+                         listener="submission")
+        self.lockout = lockout
+        self._store = store
+        self._agents = {agent.id: agent for agent in agents}
+        self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
+        self._support = frozenset(canonical(address) for address in support_addresses)
+
+    def reconfigure(self, agents: Sequence[Agent], support_addresses: Sequence[str], max_recipients: int) -> None:
+        self._agents = {agent.id: agent for agent in agents}
+        self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
+        self._support = frozenset(canonical(address) for address in support_addresses)
+        self.policy = RecipientPolicy(frozenset(), frozenset(), max_recipients)
+
+    async def authenticate(self, session: Session, given: LoginPassword) -> AuthResult:
+        login = given.login.decode("utf-8", "replace").strip()
+        peer = session.peer[0] if session.peer else ""
+        keys = (f"ip:{peer}", f"login:{canonical(login)}")
+        if self.lockout.locked(*keys):
+            self._metrics.submission_auth.labels("locked").inc()
+            log.warning("authentication locked out", extra={"peer": peer, "login": login})
+            return AuthResult(success=False, handled=False, message=replies.AUTH_LOCKED)
+        agent = self._logins.get(canonical(login))
+        stored = await asyncio.to_thread(self._store.password_hash, agent.id) if agent else None
+        password = given.password.decode("utf-8", "replace")
+        if agent is not None and await asyncio.to_thread(credentials.verify_password, password, stored):
+            self.lockout.succeeded(*keys)
+            self._metrics.submission_auth.labels("success").inc()
+            log.info("authenticated", extra={"peer": peer, "agent": agent.id})
+            return AuthResult(success=True, auth_data=agent.id, message=replies.AUTH_OK)
+        if agent is None:  # as slow as a wrong password, so logins cannot be probed by timing
+            await asyncio.to_thread(credentials.verify_password, password, None)
+        self.lockout.failed(*keys)
+        self._metrics.submission_auth.labels("failure").inc()
+        log.warning("authentication failed", extra={"peer": peer, "login": login})
+        return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+
+    def _agent(self, session: Session) -> Agent | None:
+        return self._agents.get(session.auth_data) if session.authenticated else None
+
+    def _may_send_as(self, agent: Agent, address: str) -> bool:
+        wanted = canonical(address)
+        return wanted in self._support or wanted == canonical(agent.address)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        agent = self._agent(session)
+        if agent is None:  # the agent was removed from the roster since it logged in
+            return "530 5.7.0 Authentication required"
+        if not address:
+            return replies.NULL_SENDER
+        if not self._may_send_as(agent, address):
+            log.warning("sender refused", extra={"agent": agent.id, "from": address})
+            return replies.SENDER_NOT_OWNED.format(user=agent.id)
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        if syntax_problem(address):
+            return replies.BAD_RECIPIENT
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    def refusal(self, session: Session, data: bytes) -> str | None:
+        refused = content_refusal(data)
+        agent = self._agent(session)
+        if refused is not None or agent is None:
+            return refused
+        head, _ = split(data)
+        froms = email.message_from_bytes(head + b"\r\n").get_all("From") or []
+        if not froms:
+            return replies.FROM_MISSING
+        for _, address in getaddresses([decode_header(value) for value in froms]):
+            if not self._may_send_as(agent, address):
+                return replies.FROM_NOT_OWNED.format(address=address or "(empty)")
+        return None
+
+    def submitter(self, session: Session) -> str:
+        agent = self._agent(session)
+        return agent.id if agent else ""
