@@ -10,6 +10,9 @@
     mailpipe cases close ID... | reopen ID...
     mailpipe agents list [--json]           roster: tier, phone, on duty now, open cases
     mailpipe agents away ID | back ID       take an agent out of (or back into) assignment
+    mailpipe agents passwd ID [--password-stdin]   set the agent's submission password
+    mailpipe stamp --owner ID FILE|-        preview what a customer gets: the stamped reply
+    mailpipe dkim keygen --domain D --selector S [--algorithm A] [--bits N] [--directory DIR]
     mailpipe queue list [--json]            like postqueue -p
     mailpipe queue show ID                  like postcat -q: envelope, then the message
     mailpipe queue flush                    like postqueue -f: retry deferred mail now
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
 import sys
 import time
@@ -34,10 +38,13 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailpipe import __version__, spool
+from mailpipe import __version__, credentials, spool
 from mailpipe import config as configuration
 from mailpipe.addresses import syntax_problem
+from mailpipe.data import shipped
 from mailpipe.message import parse
+from mailpipe.outbound import classify, signing
+from mailpipe.outbound.stamp import render, stamp
 from mailpipe.pipeline import triage_context
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import examples
@@ -55,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (configuration.ConfigError, RulesError) as exc:
+    except (configuration.ConfigError, RulesError, classify.CatalogError) as exc:
         for problem in exc.problems:
             print(f"mailpipe: {problem}", file=sys.stderr)
         return 1
@@ -111,6 +118,25 @@ def _parser() -> argparse.ArgumentParser:
         command = agents.add_parser(name, parents=[common], help=f"mark an agent {name}")
         command.add_argument("id")
         command.set_defaults(run=_agents_away, away=away)
+    passwd = agents.add_parser("passwd", parents=[common], help="set an agent's submission (SMTP AUTH) password")
+    passwd.add_argument("id")
+    passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    passwd.set_defaults(run=_agents_passwd)
+
+    stamping = commands.add_parser("stamp", parents=[common], help="print a reply as the customer will get it")
+    stamping.add_argument("file", metavar="FILE", help="message file, or - for standard input")
+    stamping.add_argument("--owner", required=True, metavar="AGENT_ID", help="the case owner named in the footer")
+    stamping.add_argument("--language", choices=("ja", "en"), help="footer language (default: the message's)")
+    stamping.set_defaults(run=_stamp)
+
+    dkim_command = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
+    keygen = dkim_command.add_parser("keygen", help="write a signing key and print the DNS record to publish")
+    keygen.add_argument("--domain", required=True)
+    keygen.add_argument("--selector", required=True)
+    keygen.add_argument("--algorithm", choices=("rsa-sha256", "ed25519-sha256"), default="rsa-sha256")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    keygen.add_argument("--directory", type=Path, default=Path("/etc/mailpipe/dkim"))
+    keygen.set_defaults(run=_dkim_keygen)
 
     check = commands.add_parser("check-config", help="validate a config file; exit 0 when valid")
     check.add_argument("path", nargs="?", type=Path)
@@ -144,8 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.path)
     ruleset = triage_load.ruleset(loaded.triage)
-    print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, "
-          f"{len(ruleset.rules)} rules from {len(ruleset.sources)} files)")
+    catalog = classify.load(shipped("monitors") / "replies.toml", loaded.outbound.replies_overrides_path)
+    print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, submission on "
+          f"{loaded.submission.listen}, {len(ruleset.rules)} rules from {len(ruleset.sources)} files, "
+          f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys)")
     return 0
 
 
@@ -329,6 +357,68 @@ def _agents_away(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"mailpipe: agents: {args.id}: {'away' if args.away else 'back'}")
+    return 0
+
+
+def _agents_passwd(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    if args.id not in {a.id for a in loaded.agents}:
+        print(f"mailpipe: agents: {args.id}: no such agent in {loaded.source}", file=sys.stderr)
+        return 1
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"New password for {args.id}: ")
+        if getpass.getpass("Again: ") != password:
+            print("mailpipe: agents: passwords differ, nothing changed", file=sys.stderr)
+            return 1
+    if len(password) < 12:
+        print("mailpipe: agents: a password needs at least 12 characters", file=sys.stderr)
+        return 1
+    store = SQLiteStore(loaded.store_path)
+    try:
+        store.set_password(args.id, credentials.hash_password(password), time.time())
+    finally:
+        store.close()
+    print(f"mailpipe: agents: {args.id}: password set")
+    return 0
+
+
+def _stamp(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    owner = next((a for a in loaded.agents if a.id == args.owner), None)
+    if owner is None:
+        print(f"mailpipe: stamp: {args.owner}: no such agent in {loaded.source}", file=sys.stderr)
+        return 1
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    language = args.language or parse(raw).language
+    template = loaded.outbound.footer_ja if language == "ja" else loaded.outbound.footer_en
+    stamped = stamp(raw, render(template, name=owner.name, phone=owner.phone), loaded.outbound_hostname, time.time())
+    for reason in stamped.skipped:
+        print(f"mailpipe: stamp: {reason}", file=sys.stderr)
+    sys.stdout.buffer.write(stamped.data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    domain = args.domain.lower().rstrip(".")
+    if args.algorithm == "rsa-sha256" and not 1024 <= args.bits <= 4096:
+        print("mailpipe: dkim: --bits must be between 1024 and 4096 (2048 recommended)", file=sys.stderr)
+        return 2
+    path = args.directory / f"{domain}.{args.selector}.key"
+    try:
+        signing.write_key(path, signing.generate(args.algorithm, args.bits))
+    except FileExistsError:
+        print(f"mailpipe: dkim: {path} exists; choose a new selector to rotate keys", file=sys.stderr)
+        return 1
+    key = signing.load_key(domain, args.selector, args.algorithm, path)
+    print(f"; publish in the DNS of {domain}, then add the [[dkim]] table below to mailpipe.toml")
+    print(signing.zone_line(key))
+    print()
+    print(f'[[dkim]]\ndomain = "{domain}"\nselector = "{args.selector}"\nkey_file = "{path}"\n'
+          f'algorithm = "{args.algorithm}"')
     return 0
 
 

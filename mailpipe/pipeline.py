@@ -24,7 +24,7 @@ from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
 from mailpipe.outbound.acknowledge import Acknowledgement, Acknowledger
 from mailpipe.spool import Message, Spool
-from mailpipe.store import CustomerRecord, InboundRecord, Profile, Store
+from mailpipe.store import CustomerRecord, InboundRecord, Profile, StaleDecision, Store
 from mailpipe.triage.assign import Decision, assign
 from mailpipe.triage.context import Context, History
 from mailpipe.triage.hours import within_business_hours
@@ -32,6 +32,7 @@ from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import Verdict, evaluate
 
 TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
+_RECORD_TRIES = 3
 AUTH_TIMEOUT = 15.0
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
 # must not starve the store and Maildir work of the default pool. Threads start on first use.
@@ -148,6 +149,16 @@ class Triage:
         return await asyncio.to_thread(self._record, work)
 
     def _record(self, work: Work) -> Work:
+        """Optimistic: a decision made on an owner that a concurrent message of the same new
+        customer has changed since is made again (profile, score, assign) on the stored state."""
+        for _ in range(_RECORD_TRIES - 1):
+            try:
+                return self._record_once(work)
+            except StaleDecision:
+                work = self.assign(self.score(self._profile(work)))
+        return self._record_once(work)
+
+    def _record_once(self, work: Work) -> Work:
         parsed, verdict, decision = _parsed(work), _verdict(work), work.decision
         assert decision is not None
         record = self.store.record_inbound(
@@ -155,7 +166,7 @@ class Triage:
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case,
             assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at,
-            language=parsed.language)
+            language=parsed.language, decided_owner=work.previous_owner)
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))

@@ -75,6 +75,10 @@ class Daemon:
         return int(self.settings["inbound"]["listen"].rsplit(":", 1)[1])
 
     @property
+    def submission_port(self) -> int:
+        return int(self.settings["submission"]["listen"].rsplit(":", 1)[1])
+
+    @property
     def metrics_url(self) -> str:
         return f"http://{self.settings['metrics']['listen']}"
 
@@ -170,6 +174,7 @@ def base_settings(directory: Path, nameserver: str) -> dict[str, Any]:
         "inbound": {"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.example.test",
                     "addresses": ["support@example.test", "help@example.test"]},
         "spool": {"retry_initial": "1s", "retry_max": "2s"},
+        "submission": {"listen": f"127.0.0.1:{free_port()}"},
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         "auth": {"nameservers": [nameserver]},
         "agents": [

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import dkim
 import dns.resolver
+import nacl.encoding
+import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -33,15 +35,39 @@ def dkim_key() -> tuple[bytes, str]:
 
 
 _KEY = dkim_key()
+ED25519_SELECTOR = "ed"
+ED25519_SEED = base64.b64encode(bytes(range(32))).decode()  # a fixed test key: dkimpy's base64 seed
+
+
+def ed25519_record() -> str:
+    public = nacl.signing.SigningKey(bytes(range(32))).verify_key.encode(nacl.encoding.Base64Encoder).decode()
+    return f"v=DKIM1; k=ed25519; p={public}"
+
+
+def dkim_private_key() -> bytes:
+    """The private half of the ``sel._domainkey.example.test`` record, for the daemon's signing key."""
+    return _KEY[0]
 
 
 def test_zones() -> dict[str, list[str]]:
-    """example.test sends from 127.0.0.1 and signs with ``sel``; bank.test sends only from
-    192.0.2.1 and publishes p=reject, so mail in its name from loopback fails DMARC."""
+    """example.test sends from 127.0.0.1 and signs with ``sel`` (RSA) and ``ed`` (Ed25519);
+    bank.test sends only from 192.0.2.1 and publishes p=reject, so mail in its name from loopback
+    fails DMARC. Recipients' domains: customer.test (its own MX), gmail.test and yahoo.test
+    (whose MX names are Google's and Yahoo's, served here by this server, so the provider is
+    recognised as in production), nullmx.test (a null MX, RFC 7505) and fallback.test (no MX:
+    its own address)."""
     return {
         "example.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', f"{DKIM_SELECTOR}._domainkey IN TXT {txt(_KEY[1])}",
+                         f"{ED25519_SELECTOR}._domainkey IN TXT {txt(ed25519_record())}",
                          '_dmarc IN TXT "v=DMARC1; p=reject"'],
         "bank.test": ['@ IN TXT "v=spf1 ip4:192.0.2.1 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"'],
+        "customer.test": ["@ IN MX 10 mx.customer.test.", "mx IN A 127.0.0.1"],
+        "gmail.test": ["@ IN MX 5 gmail-smtp-in.l.google.com."],
+        "google.com": ["gmail-smtp-in.l IN A 127.0.0.1"],
+        "yahoo.test": ["@ IN MX 1 mta5.am0.yahoodns.net."],
+        "yahoodns.net": ["mta5.am0 IN A 127.0.0.1"],
+        "nullmx.test": ["@ IN MX 0 ."],
+        "fallback.test": ["@ IN A 127.0.0.1"],
     }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailpipe.store import StaleDecision
 from mailpipe.store.sqlite import MIGRATIONS, SQLiteStore, StoreError
 
 
@@ -99,3 +100,51 @@ def test_a_closed_case_no_longer_counts_as_load_or_open(store: SQLiteStore) -> N
     assert [c.status for c in store.cases()] == ["closed"]
     assert store.cases("open") == ()
     assert not store.set_status(99, "closed", 0)
+
+
+def test_a_new_case_decided_on_a_stale_owner_is_refused(store: SQLiteStore) -> None:
+    record(store, "Q1", owner="yamada")
+    with pytest.raises(StaleDecision, match="owned by yamada"):
+        store.record_inbound(queue_id="Q2", address="c@example.org", name="C", message_id="Q2@x", subject="s",
+                             level="normal", score=1, rules="", case_id=None,
+                             assignments=(("smith", "owner", "new customer; least loaded (0 open)"),),
+                             escalated_to="", at=1001.0, decided_owner="")
+
+
+def test_a_reply_answers_its_case_once_and_sets_the_first_response_time(store: SQLiteStore) -> None:
+    record(store, "Q1", at=1000.0)
+    first = store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x",
+                               subject="s", at=1600.0)
+    again = store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x",
+                               subject="s", at=1600.0)
+    later = store.record_reply(queue_id="R2", case_id=1, agent="smith", message_id="r2@x", answers="Q1@x",
+                               subject="s", at=1700.0)
+    assert (first.first_response, first.case.status, first.case.first_response_at) == (True, "answered", 1600.0)
+    assert (again.already_recorded, again.first_response) == (True, False)
+    assert (later.first_response, later.case.first_response_at) == (False, 1600.0)
+
+
+def test_an_earlier_reply_by_another_agent_to_the_same_message_is_found(store: SQLiteStore) -> None:
+    record(store, "Q1", at=1000.0)
+    assert store.answered_message(1, ("unknown@x",)) == "Q1@x"
+    store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x", subject="s",
+                       at=1600.0)
+    found = store.earlier_reply(1, "Q1@x", other_than="smith", since=1500.0, queue_id="R2")
+    assert (found.agent, found.at) == ("yamada", 1600.0)
+    assert store.earlier_reply(1, "Q1@x", other_than="yamada", since=1500.0, queue_id="R2") is None
+    assert store.earlier_reply(1, "Q1@x", other_than="smith", since=1601.0, queue_id="R2") is None
+
+
+def test_one_automatic_acknowledgement_per_customer_per_window(store: SQLiteStore) -> None:
+    record(store, "Q1")
+    assert store.claim_autoreply("c@example.org", "Q1", at=1000.0, window=86400)
+    assert store.claim_autoreply("c@example.org", "Q1", at=1000.0, window=86400)  # the same message, after a crash
+    assert not store.claim_autoreply("c@example.org", "Q2", at=2000.0, window=86400)
+    assert store.claim_autoreply("c@example.org", "Q3", at=90000.0, window=86400)
+
+
+def test_passwords_are_stored_per_agent(store: SQLiteStore) -> None:
+    assert store.password_hash("yamada") is None
+    store.set_password("yamada", "$scrypt$x", 1.0)
+    store.set_password("yamada", "$scrypt$y", 2.0)
+    assert store.password_hash("yamada") == "$scrypt$y"

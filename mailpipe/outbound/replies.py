@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -61,9 +61,9 @@ class Replies:
         self._agents = {agent.id: agent for agent in agents}
 
     @property
-    def stages(self) -> tuple[tuple[str, Callable[[Reply], Reply]], ...]:
+    def stages(self) -> tuple[tuple[str, Callable[[Reply], Reply | Awaitable[Reply]]], ...]:
         return (("parse", self.parse), ("thread", self.thread), ("guard", self.guard), ("stamp", self.stamp),
-                ("sign", self.sign))
+                ("sign", self.sign_off_loop))
 
     def parse(self, work: Reply) -> Reply:
         return dataclasses.replace(work, parsed=parse(work.message.data))
@@ -110,6 +110,10 @@ class Replies:
         for reason in stamped.skipped:
             log.warning("part not stamped", extra={"queue_id": work.message.id, "reason": reason})
         return dataclasses.replace(work, stamped=stamped, data=stamped.data)
+
+    async def sign_off_loop(self, work: Reply) -> Reply:
+        """dkimpy's RSA takes milliseconds of CPU: a thread keeps SMTP sessions answered meanwhile."""
+        return await asyncio.to_thread(self.sign, work)
 
     def sign(self, work: Reply) -> Reply:
         domain = domain_of(_parsed(work).sender or work.message.entry.envelope.mail_from)

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+class StaleDecision(Exception):
+    """The customer got an owner after the decision being recorded was made (a concurrent
+    message of the same customer won): decide again with what the store holds now."""
+
+
 @dataclass(frozen=True)
 class CustomerRecord:
     id: int
@@ -105,7 +110,9 @@ class Store(Protocol):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "") -> InboundRecord:
+                       language: str = "", decided_owner: str | None = None) -> InboundRecord:
+        """Raises StaleDecision when a new case is recorded for a customer whose owner is no
+        longer ``decided_owner`` (the owner the assignment was decided on; None: no check)."""
         ...
 
     def open_load(self) -> dict[str, int]: ...

@@ -12,7 +12,16 @@ import threading
 from pathlib import Path
 
 from mailpipe.addresses import canonical
-from mailpipe.store import Assignment, CaseRecord, CustomerRecord, EarlierReply, InboundRecord, Profile, ReplyRecord
+from mailpipe.store import (
+    Assignment,
+    CaseRecord,
+    CustomerRecord,
+    EarlierReply,
+    InboundRecord,
+    Profile,
+    ReplyRecord,
+    StaleDecision,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -233,18 +242,20 @@ class SQLiteStore:
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "") -> InboundRecord:
+                       language: str = "", decided_owner: str | None = None) -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
-        message, and the assignments with their reasons. Idempotent per queue id."""
+        message, and the assignments with their reasons. Idempotent per queue id. A new case
+        for a customer who got an owner since the decision raises StaleDecision."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
-                                        assignments=assignments, escalated_to=escalated_to, at=at, language=language)
+                                        assignments=assignments, escalated_to=escalated_to, at=at, language=language,
+                                        decided_owner=decided_owner)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None,
                         assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                        language: str) -> InboundRecord:
+                        language: str, decided_owner: str | None) -> InboundRecord:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -254,6 +265,10 @@ class SQLiteStore:
                 assert found is not None
                 return found
             address = canonical(address)
+            if case_id is None and decided_owner is not None:
+                current = conn.execute("SELECT owner FROM customers WHERE address = ?", (address,)).fetchone()
+                if current and current[0] and current[0] != decided_owner:
+                    raise StaleDecision(f"{address} is owned by {current[0]} now")
             conn.execute("INSERT INTO customers (address, name, created_at) VALUES (?, ?, ?)"
                          " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
                          " ELSE customers.name END", (address, name, at))

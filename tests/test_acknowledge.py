@@ -1,0 +1,54 @@
+"""When a new case is acknowledged automatically (RFC 3834), and what the customer reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailpipe.config import Agent
+from mailpipe.message import parse
+from mailpipe.outbound.acknowledge import acknowledgement, suppression, within
+
+OWN = ("support@example.test", "yamada@example.test")
+
+
+def message(extra: str = "", sender: str = "customer@example.org") -> bytes:
+    return (f"From: {sender}\r\nTo: support@example.test\r\nSubject: help\r\nMessage-ID: <m1@example.org>\r\n"
+            f"{extra}\r\nbody\r\n").encode()
+
+
+@pytest.mark.parametrize(("extra", "mail_from", "reason"), [
+    ("", "", "bounce"),
+    ("Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n", "a@example.org", "bounce"),
+    ("Auto-Submitted: auto-replied\r\n", "a@example.org", "automatic"),
+    ("X-Auto-Response-Suppress: All\r\n", "a@example.org", "automatic"),
+    ("Precedence: bulk\r\n", "a@example.org", "list"),
+    ("List-Id: <news.example.org>\r\n", "a@example.org", "list"),
+    ("List-Unsubscribe: <mailto:u@example.org>\r\n", "a@example.org", "list"),
+    ("", "no-reply@example.org", "noreply"),
+    ("", "mailer-daemon@example.org", "bounce"),
+    ("Auto-Submitted: no\r\n", "customer@example.org", None),
+])
+def test_automatic_bulk_list_bounce_and_noreply_mail_gets_no_acknowledgement(extra, mail_from, reason) -> None:
+    assert suppression(parse(message(extra)), mail_from, OWN) == reason
+
+
+def test_our_own_addresses_get_no_acknowledgement() -> None:
+    assert suppression(parse(message(sender="yamada@example.test")), "yamada@example.test", OWN) == "ours"
+
+
+def test_response_times_read_naturally_in_both_languages() -> None:
+    assert within(3600, "ja") == "1時間以内" and within(86400 * 3, "ja") == "3日以内"
+    assert within(1800, "en") == "within 30 minutes" and within(4 * 3600, "en") == "within 4 hours"
+
+
+def test_the_acknowledgement_names_case_owner_phone_and_threads_under_the_customers_mail() -> None:
+    owner = Agent("yamada", "山田 太郎", "y@x", "03-1234-5678")
+    raw = acknowledgement(parsed=parse(message()), case_id=42, owner=owner, language="ja",
+                          support_address="support@example.test", customer="customer@example.org",
+                          customer_name="田中", response_time=3600, hostname="mx.example.test", queue_id="Q1",
+                          now=1_790_000_000)
+    ack = parse(raw)
+    assert ack.subject == "[#42] お問い合わせを受け付けました: help"
+    assert "受付番号 [#42]" in ack.text and "山田 太郎（03-1234-5678）" in ack.text and "1時間以内" in ack.text
+    assert ack.in_reply_to == ("m1@example.org",)
+    assert ack.header("auto-submitted") == "auto-replied"

@@ -1,0 +1,404 @@
+"""The outbound path end to end, with real peers on loopback: a customer writes in, the owner
+replies through submission with AUTH, and the recipient domain's MX — found through unbound
+serving the test zones — receives the reply stamped, clean and DKIM-signed."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.utils
+import json
+import smtplib
+import ssl
+import subprocess
+import sys
+import time
+from email import policy
+from email.header import Header
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+import trustme
+
+from mailpipe.credentials import hash_password
+from mailpipe.message import charsets, parse
+from mailpipe.store.sqlite import SQLiteStore
+from tests.conftest import Daemon
+from tests.dns_peer import ED25519_SEED, dkim_private_key
+from tests.mx_peer import Delivery, RecordingMX
+from tests.test_delivery import queue_list, wait_until
+from tests.test_lifecycle import metrics
+
+PASSWORD = "correct horse battery staple"
+FOOTER_START = "このメールについてお電話でのお問い合わせは、担当 "
+CUSTOMER = "customer@customer.test"
+
+
+@pytest.fixture
+def mx(tmp_path: Path):
+    server = RecordingMX(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def desk(make_daemon, mx: RecordingMX, tmp_path: Path):
+    """A daemon that signs for example.test and sends to the test MX; agents have passwords."""
+
+    def start(overrides: dict[str, Any] | None = None, *, name: str = "d") -> Daemon:
+        rsa_key, ed_key = tmp_path / f"{name}-sel.key", tmp_path / f"{name}-ed.key"
+        rsa_key.write_bytes(dkim_private_key())
+        ed_key.write_text(ED25519_SEED)
+        settings = {
+            "outbound": {"remote_port": mx.port, "retry_initial": "1s", "retry_max": "2s", "ca_file": str(mx.ca_file)},
+            "dkim": [{"domain": "example.test", "selector": "sel", "key_file": str(rsa_key)},
+                     {"domain": "example.test", "selector": "ed", "key_file": str(ed_key),
+                      "algorithm": "ed25519-sha256"}],
+        }
+        daemon = make_daemon(_merge(settings, overrides or {}), start=False, name=name)
+        store = SQLiteStore(daemon.state / "store.sqlite")
+        for agent in ("yamada", "smith"):
+            store.set_password(agent, hash_password(PASSWORD), time.time())
+        store.close()
+        return daemon.start()
+
+    return start
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def customer_writes(daemon: Daemon, subject: str = "メールが届きません", extra: str = "") -> str:
+    message_id = f"{time.monotonic_ns()}@customer.test"
+    raw = (f"From: Customer <{CUSTOMER}>\r\nTo: support@example.test\r\nSubject: "
+           f"{Header(subject, 'utf-8').encode(linesep=chr(13) + chr(10))}\r\nMessage-ID: <{message_id}>\r\n{extra}"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           "全ユーザーのメールがGmailに届きません。\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail(CUSTOMER, ["support@example.test"], raw)
+    return message_id
+
+
+def delivered_to_owner(daemon: Daemon, count: int = 1) -> list[email.message.Message]:
+    found = daemon.delivered(expect=count)
+    assert len(found) >= count, daemon.log()
+    return found
+
+
+def owner_reply(in_reply_to: str, case: int, *, sender: str = "support@example.test", name: str = "山田 太郎",
+                to: str = CUSTOMER, text: str = "①ご不便をおかけしております。確認いたします。") -> bytes:
+    """What a Japanese mail client sends: ISO-2022-JP text and HTML alternatives, an encoded
+    subject still carrying triage's tags."""
+    message = email.message.EmailMessage(policy=policy.SMTP)
+    message["From"] = f"{Header(name, 'iso-2022-jp').encode()} <{sender}>"
+    message["To"] = to
+    message["Subject"] = Header(f"Re: [URGENT][#{case}] メールが届きません", "iso-2022-jp").encode()
+    message["In-Reply-To"] = f"<{in_reply_to}>"
+    message["References"] = f"<{in_reply_to}>"
+    message["Message-ID"] = f"<reply-{time.monotonic_ns()}@example.test>"
+    message["Date"] = email.utils.formatdate(localtime=True)
+    message["X-Mailpipe-Case"] = "leaked internal header"
+    message.set_content(_jis(text + "\n\n山田\n"), maintype="text", subtype="plain", cte="7bit",
+                        params={"charset": "ISO-2022-JP"})
+    message.add_alternative(_jis(f"<html><body><p>{text}</p></body></html>\n"), maintype="text", subtype="html",
+                            cte="7bit", params={"charset": "ISO-2022-JP"})
+    return message.as_bytes()
+
+
+def _jis(text: str) -> bytes:
+    """ISO-2022-JP as CP50220: ① (NEC row 13) encoded through Shift_JIS, which Python's strict
+    codec refuses."""
+    out = b""
+    for char in text:
+        try:
+            out += char.encode("iso2022_jp")
+        except UnicodeEncodeError:
+            sjis = char.encode("cp932")
+            j1, j2 = _sjis_to_jis(sjis[0], sjis[1])
+            out += b"\x1b$B" + bytes((j1, j2)) + b"\x1b(B"
+    return out
+
+
+def _sjis_to_jis(s1: int, s2: int) -> tuple[int, int]:
+    row = (s1 - 0x70 if s1 < 0xA0 else s1 - 0xB0) * 2
+    if s2 < 0x9F:
+        return row - 1, s2 - 0x1F - (1 if s2 >= 0x80 else 0)
+    return row, s2 - 0x7E
+
+
+def submit(daemon: Daemon, raw: bytes, *, user: str = "yamada", sender: str = "support@example.test",
+           rcpts: tuple[str, ...] = (CUSTOMER,)) -> str:
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.login(user, PASSWORD)
+        client.sendmail(sender, list(rcpts), raw)
+        return client.noop()[1].decode()
+
+
+def replies_at_mx(mx: RecordingMX, count: int = 1) -> list[Delivery]:
+    """What the MX got, without the automatic acknowledgements of new cases."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = [d for d in mx.received if b"Auto-Submitted: auto-replied" not in d.data]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def dns_txt(unbound):
+    resolver = unbound.resolver()
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes:
+        return b"".join(b"".join(r.strings) for r in resolver.resolve(name.decode().rstrip("."), "TXT"))
+
+    return lookup
+
+
+def texts(raw: bytes) -> list[tuple[str, str, str]]:
+    parts = [p for p in email.message_from_bytes(raw).walk() if not p.is_multipart()]
+    return [(p.get_content_type(), p.get_content_charset(),
+             charsets.decode(p.get_payload(decode=True), charsets.normalise(p.get_content_charset()))) for p in parts]
+
+
+def case_of(message: email.message.Message) -> int:
+    return int(str(message["X-Mailpipe-Case"]).split()[0])
+
+
+def start_case(daemon: Daemon) -> tuple[str, int]:
+    message_id = customer_writes(daemon)
+    (original,) = delivered_to_owner(daemon)
+    return message_id, case_of(original)
+
+
+def test_the_owners_reply_reaches_the_customers_mx_stamped_once_clean_and_signed(desk, mx, dns_server) -> None:
+    daemon = desk()
+    message_id, case = start_case(daemon)
+    submit(daemon, owner_reply(message_id, case))
+    (reply,) = replies_at_mx(mx)
+    assert reply.rcpt_tos == (CUSTOMER,) and reply.mail_from == "support@example.test"
+    assert reply.tls
+    plain, html = texts(reply.data)
+    assert plain[1] == html[1] == "iso-2022-jp"
+    for _, _, text in (plain, html):
+        assert text.count(FOOTER_START) == 1
+        assert "（03-1234-5678）" in text or "（03-1234-5679）" in text
+        assert text.startswith("①ご不便") or "<p>①ご不便" in text
+    assert html[2].index(FOOTER_START) < html[2].index("</body>")
+    assert b"x-mailpipe" not in reply.data.lower()
+    assert parse(reply.data).subject == f"Re: [#{case}] メールが届きません"
+    lookup = dns_txt(dns_server)
+    signed = dkim.DKIM(reply.data)
+    assert signed.verify(idx=0, dnsfunc=lookup) and signed.verify(idx=1, dnsfunc=lookup)
+
+
+def test_the_reply_marks_the_case_answered_with_its_first_response_time(desk, mx) -> None:
+    daemon = desk()
+    message_id, case = start_case(daemon)
+    submit(daemon, owner_reply(message_id, case))
+    replies_at_mx(mx)
+    cases = subprocess.run([sys.executable, "-m", "mailpipe", "cases", "list", "--json", "--config",
+                            str(daemon.config_path)], capture_output=True, text=True, check=True).stdout
+    (record,) = [json.loads(line) for line in cases.splitlines()]
+    assert record["status"] == "answered"
+    assert record["first_response_at"] >= record["opened_at"]
+    assert metrics(daemon)[("mailpipe_case_first_response_seconds_count", (("level", record["level"]),))] == 1
+
+
+def test_the_customer_gets_an_acknowledgement_naming_the_case_owner_and_phone(desk, mx, dns_server) -> None:
+    daemon = desk()
+    _, case = start_case(daemon)
+    (ack,) = mx.wait()
+    assert ack.mail_from == "<>" and ack.rcpt_tos == (CUSTOMER,)
+    parsed = parse(ack.data)
+    assert parsed.subject.startswith(f"[#{case}] お問い合わせを受け付けました")
+    assert "1時間以内" in parsed.text and ("03-1234-5678" in parsed.text or "03-1234-5679" in parsed.text)
+    assert parsed.header("auto-submitted") == "auto-replied"
+    assert dkim.verify(ack.data, dnsfunc=dns_txt(dns_server))
+
+
+def test_no_second_acknowledgement_within_the_window_and_none_to_automatic_mail(desk, mx) -> None:
+    daemon = desk()
+    start_case(daemon)
+    mx.wait(1)
+    subprocess.run([sys.executable, "-m", "mailpipe", "cases", "close", "1", "--config", str(daemon.config_path)],
+                   check=True, capture_output=True)
+    customer_writes(daemon, "別件です")  # a new case, within the window
+    customer_writes(daemon, "Out of office", extra="Auto-Submitted: auto-replied\r\n")
+    delivered_to_owner(daemon, 3)
+    time.sleep(1.5)
+    assert len(mx.received) == 1
+    counted = metrics(daemon)
+    assert counted[("mailpipe_autoreplies_total", (("result", "recent"),))] == 1
+
+
+def test_submission_refuses_mail_before_authentication(desk) -> None:
+    daemon = desk()
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.ehlo()
+        code, text = client.mail("support@example.test")
+    assert code == 530 and b"5.7.0 Authentication required" in text
+
+
+def auth_plain(daemon: Daemon, user: str, password: str) -> int:
+    """One AUTH PLAIN (smtplib's login() would try LOGIN too after a failure)."""
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.ehlo()
+        client.user, client.password = user, password
+        try:
+            return client.auth("PLAIN", client.auth_plain)[0]
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code
+
+
+def test_a_wrong_password_is_refused_and_repeated_failures_lock_the_login_out(desk) -> None:
+    daemon = desk({"submission": {"max_auth_failures": 3}})
+    assert [auth_plain(daemon, "yamada", "wrong password!") for _ in range(3)] == [535, 535, 535]
+    assert auth_plain(daemon, "yamada", PASSWORD) == 454
+    assert auth_plain(daemon, "smith", PASSWORD) == 454  # the client address is locked out too
+
+
+def test_an_agent_may_not_send_as_another_address(desk) -> None:
+    daemon = desk()
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.login("yamada", PASSWORD)
+        code, text = client.mail("smith@example.test")
+        assert code == 553 and b"not owned by user yamada" in text
+        client.rset()
+        client.mail("yamada@example.test")
+        client.rcpt(CUSTOMER)
+        code, text = client.data(b"From: ceo@example.test\r\nSubject: x\r\n\r\nbody\r\n")
+    assert code == 553 and b"ceo@example.test" in text
+
+
+def test_without_plaintext_on_loopback_auth_needs_starttls(desk, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "submission.pem"))
+    pem = str(tmp_path / "submission.pem")
+    daemon = desk({"submission": {"plaintext_auth_on_loopback": False, "tls_certificate": pem, "tls_key": pem}})
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.ehlo()
+        assert not client.has_extn("auth")
+        code, _ = client.docmd("AUTH", "PLAIN AHlhbWFkYQB4")
+        assert code == 538
+        client.starttls(context=context)
+        client.ehlo()
+        client.login("yamada", PASSWORD)
+
+
+def test_a_4xx_from_the_mx_is_retried_until_accepted(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    message_id, case = start_case(daemon)
+    mx.refuse("RCPT", "451 4.3.0 Temporary local problem", times=2)
+    submit(daemon, owner_reply(message_id, case))
+    assert len(replies_at_mx(mx)) == 1
+    assert mx.answers == ["451 4.3.0 Temporary local problem"] * 2
+    assert queue_list(daemon) == []
+
+
+def test_a_5xx_from_the_mx_gives_the_sending_agent_a_delivery_status_notification(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    message_id, case = start_case(daemon)
+    mx.refuse_always("RCPT", "550 5.1.1 The email account that you tried to reach does not exist")
+    submit(daemon, owner_reply(message_id, case, sender="smith@example.test", name="Alex Smith"), user="smith",
+           sender="smith@example.test")
+    wait_until(lambda: list(daemon.mailbox("smith").glob("new/*D0*")))
+    (path,) = daemon.mailbox("smith").glob("new/*D0*")
+    report = email.message_from_bytes(path.read_bytes())
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    status = report.get_payload()[1].as_string()
+    assert f"Final-Recipient: rfc822; {CUSTOMER}" in status and "Status: 5.1.1" in status
+    assert "Remote-MTA: dns; mx.customer.test" in status
+    assert queue_list(daemon) == []
+
+
+def test_mail_to_a_null_mx_domain_is_refused_at_once(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    submit(daemon, b"From: support@example.test\r\nTo: someone@nullmx.test\r\nSubject: hi\r\n\r\nhello\r\n",
+           rcpts=("someone@nullmx.test",))
+    wait_until(lambda: list(daemon.mailbox("yamada").glob("new/*D0*")))
+    assert "Status: 5.1.10" in next(daemon.mailbox("yamada").glob("new/*D0*")).read_text()
+
+
+def test_a_domain_without_mx_is_reached_at_its_own_address(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    submit(daemon, b"From: support@example.test\r\nTo: a@fallback.test\r\nSubject: hi\r\n\r\nhello\r\n",
+           rcpts=("a@fallback.test",))
+    (delivery,) = replies_at_mx(mx)
+    assert delivery.rcpt_tos == ("a@fallback.test",)
+
+
+def test_replies_are_counted_by_provider_and_class_and_unknown_texts_logged(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    mx.refuse("RCPT", "550 5.7.26 This mail has been blocked because the sender is unauthenticated.")
+    mx.refuse("RCPT", "421 4.7.0 [TSS99] Something Yahoo never said before")
+    submit(daemon, b"From: support@example.test\r\nTo: a@gmail.test\r\nSubject: hi\r\n\r\nhello\r\n",
+           rcpts=("a@gmail.test",))
+    submit(daemon, b"From: support@example.test\r\nTo: b@yahoo.test\r\nSubject: hi\r\n\r\nhello\r\n",
+           rcpts=("b@yahoo.test",))
+    replies_at_mx(mx, 1)
+    wait_until(lambda: metrics(daemon).get(
+        ("mailpipe_outbound_replies_total", (("class", "accepted"), ("provider", "yahoo")))) == 1)
+    counted = metrics(daemon)
+    assert counted[("mailpipe_outbound_replies_total", (("class", "authentication"), ("provider", "google")))] == 1
+    assert counted[("mailpipe_outbound_replies_total", (("class", "unknown"), ("provider", "yahoo")))] == 1
+    assert "unknown reply from a known provider" in daemon.log()
+    assert "[TSS99] Something Yahoo never said" in daemon.log()
+
+
+def test_tls_required_for_a_domain_is_verified_and_refused_without_a_trusted_certificate(desk, mx,
+                                                                                       tmp_path: Path) -> None:
+    daemon = desk({"outbound": {"autoreply": False, "tls_required_domains": ["customer.test"]}})
+    submit(daemon, b"From: support@example.test\r\nTo: customer@customer.test\r\nSubject: hi\r\n\r\nhello\r\n")
+    (delivery,) = replies_at_mx(mx)
+    assert delivery.tls
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "unrelated-ca.pem"))
+    untrusting = desk({"outbound": {"autoreply": False, "tls_required_domains": ["customer.test"],
+                                    "ca_file": str(tmp_path / "unrelated-ca.pem")}}, name="untrusting")
+    submit(untrusting, b"From: support@example.test\r\nTo: customer@customer.test\r\nSubject: hi\r\n\r\nhello\r\n")
+    wait_until(lambda: any(e["state"] == "deferred" for e in queue_list(untrusting)))
+    (entry,) = queue_list(untrusting)
+    assert "4.7.5 TLS with mx.customer.test failed" in entry["reason"]
+    assert len(mx.received) == 1
+
+
+def test_a_second_reply_by_another_agent_is_held_and_its_author_told_until_released(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    message_id, case = start_case(daemon)
+    submit(daemon, owner_reply(message_id, case))
+    replies_at_mx(mx)
+    submit(daemon, owner_reply(message_id, case, sender="smith@example.test", name="Alex Smith"), user="smith",
+           sender="smith@example.test")
+    wait_until(lambda: any(e["state"] == "hold" for e in queue_list(daemon)))
+    (held,) = queue_list(daemon)
+    assert "double reply: yamada already answered" in held["reason"]
+    wait_until(lambda: list(daemon.mailbox("smith").glob("new/*H*")))
+    subprocess.run([sys.executable, "-m", "mailpipe", "queue", "release", held["id"], "--config",
+                    str(daemon.config_path)], check=True, capture_output=True)
+    assert len(replies_at_mx(mx, 2)) == 2
+
+
+def test_a_crash_between_queue_and_send_loses_nothing_and_sends_nothing_twice(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    mx.refuse_always("RCPT", "451 4.7.0 try again later")
+    ids = []
+    for n in range(10):
+        raw = (f"From: support@example.test\r\nTo: {CUSTOMER}\r\nSubject: reply {n}\r\n"
+               f"Message-ID: <crash-{n}@example.test>\r\n\r\nbody {n}\r\n").encode()
+        submit(daemon, raw)
+        ids.append(f"crash-{n}@example.test")
+    wait_until(lambda: sum(e["state"] == "deferred" for e in queue_list(daemon)) == 10)
+    daemon.kill()
+    mx.always.clear()
+    daemon.start()
+    replies_at_mx(mx, 10)
+    time.sleep(1)
+    assert sorted(parse(d.data).message_id for d in mx.received) == sorted(ids)
