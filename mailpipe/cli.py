@@ -431,7 +431,8 @@ def _queue_list(args: argparse.Namespace) -> int:
     now = time.time()
     total_size = count = 0
     if not args.json:
-        print(f"{'-Queue ID-':<17} {'--Size--':>8} {'----Arrival Time----':<20} {'-State-':<10} -Sender/Recipient-")
+        print(f"{'-Queue ID-':<19} {'--Size--':>8} {'----Arrival Time----':<20} {'-Queue-':<10} {'-State-':<10} "
+              "-Sender/Recipient-")
     for path in _spool_files(args):
         with closing(spool.connect(path)) as conn:
             listed = spool.entries(conn)
@@ -439,28 +440,29 @@ def _queue_list(args: argparse.Namespace) -> int:
             count += 1
             total_size += entry.size
             if args.json:
-                print(json.dumps(_entry_json(path.stem, entry, now), ensure_ascii=False))
+                print(json.dumps(_entry_json(entry, now), ensure_ascii=False))
                 continue
             arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(entry.received_at))
-            print(f"{entry.id:<17} {entry.size:>8} {arrival:<20} {entry.state:<10} "
+            print(f"{entry.id:<19} {entry.size:>8} {arrival:<20} {entry.envelope.listener:<10} {entry.state:<10} "
                   f"{entry.envelope.mail_from or '<>'}")
             if entry.last_error:
-                print(f"{'':>58}({entry.last_error})")
+                print(f"{'':>71}({entry.last_error})")
             for rcpt in entry.envelope.rcpt_tos:
-                print(f"{'':>58}{rcpt}")
+                print(f"{'':>71}{rcpt}")
     if not args.json:
         print(f"-- {(total_size + 1023) // 1024} Kbytes in {count} Request{'s' if count != 1 else ''}."
               if count else "Mail queue is empty")
     return 0
 
 
-def _entry_json(queue_name: str, entry: spool.Entry, now: float) -> dict[str, object]:
+def _entry_json(entry: spool.Entry, now: float) -> dict[str, object]:
     return {
-        "queue": queue_name, "id": entry.id, "state": entry.state, "size": entry.size,
+        "queue": entry.envelope.listener, "id": entry.id, "state": entry.state, "size": entry.size,
         "arrival_time": entry.received_at, "age_seconds": round(now - entry.received_at, 3),
         "sender": entry.envelope.mail_from, "recipients": list(entry.envelope.rcpt_tos),
         "attempts": entry.attempts, "stage_failures": entry.stage_failures,
         "next_attempt": entry.next_attempt, "reason": entry.last_error, "client": entry.envelope.peer,
+        "agent": entry.envelope.submitter,
     }
 
 
@@ -472,8 +474,8 @@ def _queue_show(args: argparse.Namespace) -> int:
         if found and data is not None:
             entry = found[0]
             out = sys.stdout.buffer
-            out.write(f"*** ENVELOPE RECORDS {path.stem}/{entry.id} ***\n".encode())
-            for key, value in _entry_json(path.stem, entry, time.time()).items():
+            out.write(f"*** ENVELOPE RECORDS {entry.envelope.listener}/{entry.id} ***\n".encode())
+            for key, value in _entry_json(entry, time.time()).items():
                 out.write(f"{key}: {value}\n".encode())
             out.write(b"*** MESSAGE CONTENTS ***\n")
             out.write(data.replace(b"\r\n", b"\n"))

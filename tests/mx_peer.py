@@ -5,6 +5,7 @@ sends to this server's port (``outbound.remote_port``)."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 import time
@@ -40,6 +41,9 @@ class RecordingMX:
         self.scripted: dict[str, deque[str]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
         self.always: dict[str, str] = {}
         self.answers: list[str] = []
+        self.slow = 0.0  # seconds each DATA takes, to see how many conversations overlap
+        self.in_data = 0
+        self.most_in_data = 0
         self._lock = threading.Lock()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port, tls_context=context)
         self._controller.start()
@@ -77,6 +81,10 @@ class RecordingMX:
         if refusal:
             self.answers.append(refusal)
             return refusal
+        self.in_data += 1
+        self.most_in_data = max(self.most_in_data, self.in_data)
+        await asyncio.sleep(self.slow)
+        self.in_data -= 1
         with self._lock:
             self.received.append(Delivery(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content,
                                           session.ssl is not None))

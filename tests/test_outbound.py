@@ -402,3 +402,66 @@ def test_a_crash_between_queue_and_send_loses_nothing_and_sends_nothing_twice(de
     replies_at_mx(mx, 10)
     time.sleep(1)
     assert sorted(parse(d.data).message_id for d in mx.received) == sorted(ids)
+
+
+def test_no_more_than_max_per_destination_conversations_run_at_once_per_domain(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False, "max_per_destination": 2}})
+    mx.slow = 0.5
+    for n in range(6):
+        submit(daemon, f"From: support@example.test\r\nTo: {CUSTOMER}\r\nSubject: {n}\r\n\r\nbody\r\n".encode())
+    replies_at_mx(mx, 6)
+    assert mx.most_in_data == 2
+
+
+def test_mail_deferred_past_its_lifetime_gives_the_agent_a_notification(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False, "max_lifetime": "2s"}})
+    mx.refuse_always("RCPT", "450 4.2.1 The user you are trying to contact is receiving mail too quickly")
+    submit(daemon, f"From: support@example.test\r\nTo: {CUSTOMER}\r\nSubject: late\r\n\r\nbody\r\n".encode())
+    wait_until(lambda: list(daemon.mailbox("yamada").glob("new/*D*")), timeout=20)
+    report = next(daemon.mailbox("yamada").glob("new/*D*")).read_bytes().decode()
+    assert "expired from the queue" in report and "Status: 4.2.1" in report
+    wait_until(lambda: queue_list(daemon) == [])
+
+
+class _AuthenticatingRelay:
+    """A smarthost: AUTH required, only after STARTTLS."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, bool]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.received.append((session.auth_data.login.decode(), session.ssl is not None))
+        return "250 2.0.0 Ok"
+
+
+def test_a_smarthost_gets_everything_over_verified_tls_with_auth(desk, tmp_path: Path) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from tests.conftest import free_port
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "relay-ca.pem"))
+    relay, port = _AuthenticatingRelay(), free_port()
+
+    def check(server, session, envelope, mechanism, data) -> AuthResult:
+        return AuthResult(success=(data.login, data.password) == (b"mailpipe", b"relay secret"), auth_data=data)
+
+    controller = Controller(relay, hostname="127.0.0.1", port=port, tls_context=context, auth_required=True,
+                            auth_require_tls=True, authenticator=check)
+    controller.start()
+    try:
+        daemon = desk({"outbound": {"autoreply": False, "smarthost": "127.0.0.1", "smarthost_port": port,
+                                    "smarthost_username": "mailpipe", "smarthost_password": "relay secret",
+                                    "ca_file": str(tmp_path / "relay-ca.pem")}})
+        submit(daemon, b"From: support@example.test\r\nTo: a@gmail.com\r\nSubject: hi\r\n\r\nhello\r\n",
+               rcpts=("a@gmail.com",))
+        wait_until(lambda: relay.received)
+    finally:
+        controller.stop()
+    assert relay.received == [("mailpipe", True)]
+    # The provider behind a smarthost is known from the recipient's domain.
+    wait_until(lambda: metrics(daemon)[("mailpipe_outbound_replies_total",
+                                        (("class", "accepted"), ("provider", "google")))] == 1)
