@@ -19,6 +19,7 @@ bench: $(VENV)/.installed-test
 	sh tests/system-deps.sh
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/triage.py
+	$(BIN)/python bench/outbound.py
 
 # Debian ships venv's pip bootstrap separately (python3-venv): install it when venv fails.
 $(VENV)/bin/python:
