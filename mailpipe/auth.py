@@ -93,9 +93,9 @@ def _dmarc(from_domain: str, spf_result: str, spf_domain: str,
            signatures: tuple[tuple[str, str], ...]) -> tuple[str, str]:
     if not from_domain:
         return "none", ""
-    organisational = _PSL.privatesuffix(from_domain) or from_domain
+    organisational = organisational_domain(from_domain)
     try:
-        record = _dmarc_record(from_domain) or (_dmarc_record(organisational) if organisational != from_domain
+        record = dmarc_record(from_domain) or (dmarc_record(organisational) if organisational != from_domain
                                                  else None)
     except dns.exception.DNSException:
         return "temperror", ""
@@ -115,7 +115,13 @@ def _dmarc(from_domain: str, spf_result: str, spf_domain: str,
     return "fail", policy
 
 
-def _dmarc_record(domain: str) -> dict[str, str] | None:
+def organisational_domain(domain: str) -> str:
+    """The registrable domain (public suffix list), which DMARC's relaxed alignment compares."""
+    return _PSL.privatesuffix(domain) or domain
+
+
+def dmarc_record(domain: str) -> dict[str, str] | None:
+    """The DMARC tags published at ``_dmarc.<domain>``, lowercased; None when there is none."""
     try:
         answer = dns.resolver.resolve(f"_dmarc.{domain}", "TXT", lifetime=_DNS_TIMEOUT)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):

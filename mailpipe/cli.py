@@ -13,6 +13,8 @@
     mailpipe agents passwd ID [--password-stdin]   set the agent's submission password
     mailpipe stamp --owner ID FILE|-        preview what a customer gets: the stamped reply
     mailpipe dkim keygen --domain D --selector S [--algorithm A] [--bits N] [--directory DIR]
+    mailpipe doctor DOMAIN [--provider gmail] [--nameserver HOST:PORT] [--ip IP...] [--json]
+                                            SPF, DKIM, DMARC, PTR, MX and a provider's requirements
     mailpipe queue list [--json]            like postqueue -p
     mailpipe queue show ID                  like postcat -q: envelope, then the message
     mailpipe queue flush                    like postqueue -f: retry deferred mail now
@@ -38,11 +40,12 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailpipe import __version__, credentials, spool
+from mailpipe import __version__, auth, credentials, spool
 from mailpipe import config as configuration
 from mailpipe.addresses import syntax_problem
 from mailpipe.data import shipped
 from mailpipe.message import parse
+from mailpipe.monitors import dns_checks, profiles
 from mailpipe.outbound import classify, signing
 from mailpipe.outbound.stamp import render, stamp
 from mailpipe.pipeline import triage_context
@@ -62,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (configuration.ConfigError, RulesError, classify.CatalogError) as exc:
+    except (configuration.ConfigError, RulesError, classify.CatalogError, profiles.ProfileError) as exc:
         for problem in exc.problems:
             print(f"mailpipe: {problem}", file=sys.stderr)
         return 1
@@ -137,6 +140,16 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     keygen.add_argument("--directory", type=Path, default=Path("/etc/mailpipe/dkim"))
     keygen.set_defaults(run=_dkim_keygen)
+
+    doctor = commands.add_parser("doctor", parents=[common],
+                                 help="check a sending domain's DNS authentication; exit 0 when all pass")
+    doctor.add_argument("domain")
+    doctor.add_argument("--provider", help="also judge a provider's requirements (gmail, yahoo, outlook)")
+    doctor.add_argument("--nameserver", metavar="HOST:PORT", help="ask this DNS server (default: the config's)")
+    doctor.add_argument("--ip", action="append", default=None, metavar="IP",
+                        help="a sending IP to check SPF and PTR for (default: monitors.sending_ips)")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(run=_doctor)
 
     check = commands.add_parser("check-config", help="validate a config file; exit 0 when valid")
     check.add_argument("path", nargs="?", type=Path)
@@ -420,6 +433,55 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     print(f'[[dkim]]\ndomain = "{domain}"\nselector = "{args.selector}"\nkey_file = "{path}"\n'
           f'algorithm = "{args.algorithm}"')
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    if args.nameserver:
+        host, _, port = args.nameserver.rpartition(":")
+        auth.configure_resolver([(host.strip("[]"), int(port or 53))])
+    else:
+        auth.configure_resolver([(ns.host, ns.port) for ns in loaded.auth.nameservers])
+    keys = [signing.load_key(k.domain, k.selector, k.algorithm, Path(k.key_file)) for k in loaded.dkim]
+    ips = args.ip if args.ip is not None else list(loaded.monitors.sending_ips)
+    report = dns_checks.check_domain(args.domain, sending_ips=ips, keys=keys, helo=loaded.outbound_hostname)
+    outcomes: list[profiles.Outcome] = []
+    profile = None
+    if args.provider:
+        known = profiles.load(loaded.monitors.providers_path)
+        profile = next((p for p in known if args.provider.lower() in (p.key, p.provider)), None)
+        if profile is None:
+            print(f"mailpipe: doctor: no provider profile {args.provider!r} (have: "
+                  f"{', '.join(p.key for p in known)})", file=sys.stderr)
+            return 2
+        results = {check.name: check.ok for check in report.checks}
+        outcomes = profiles.evaluate(profile, results, bulk=loaded.monitors.bulk_sender)
+    ok = report.ok and all(o.ok is not False for o in outcomes)
+    if args.json:
+        document = {**report.as_json(), "ok": ok}
+        if profile is not None:
+            document["provider"] = profile.key
+            document["requirements"] = [{"id": o.requirement.id, "ok": o.ok, "detail": o.detail,
+                                         "since": o.requirement.since, "source": o.requirement.source}
+                                        for o in outcomes]
+        print(json.dumps(document, ensure_ascii=False))
+        return 0 if ok else 1
+    print(f"{report.domain}" + (f" (requirements of {profile.name})" if profile else ""))
+    for check in report.checks:
+        print(f"  {'ok' if check.ok else 'FAIL':<5} {check.name:<26} {check.detail}")
+        if check.fix:
+            print(f"  {'':<5} {'':<26} fix: {check.fix}")
+    if profile is not None:
+        print(f"{profile.name}:")
+        for outcome in outcomes:
+            mark = {True: "ok", False: "FAIL", None: "?"}[outcome.ok]
+            print(f"  {mark:<5} {outcome.requirement.id:<26} {outcome.requirement.description}"
+                  f" (since {outcome.requirement.since})")
+            if outcome.ok is not True:
+                print(f"  {'':<5} {'':<26} {outcome.detail}")
+    problems = sum(not c.ok for c in report.checks) + sum(o.ok is False for o in outcomes)
+    print("all checks pass" if ok else f"{problems} problem{'s' if problems != 1 else ''}")
+    return 0 if ok else 1
 
 
 def _spool_files(args: argparse.Namespace) -> list[Path]:

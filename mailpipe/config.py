@@ -184,6 +184,25 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class MonitorsConfig:
+    # Sending domains to check; empty: the domains of inbound.addresses and of the DKIM keys.
+    domains: tuple[str, ...]
+    # The public addresses our mail leaves from (SPF authorisation, PTR); empty: not checked.
+    sending_ips: tuple[str, ...]
+    dns_interval: Seconds
+    # Provider requirement profiles. Empty: the shipped monitors/providers/.
+    providers_directory: str
+    # Requirements with scope = "bulk" apply only to a bulk sender (Gmail: ~5,000+ a day).
+    bulk_sender: bool
+    # Where DMARC aggregate reports (rua) arrive: mail to these goes to the report parser.
+    dmarc_report_addresses: tuple[str, ...]
+
+    @property
+    def providers_path(self) -> Path:
+        return Path(self.providers_directory) if self.providers_directory else shipped("monitors") / "providers"
+
+
+@dataclass(frozen=True)
 class DkimKey:
     domain: str
     selector: str
@@ -217,6 +236,7 @@ class Config:
     submission: SubmissionConfig
     outbound: OutboundConfig
     dkim: tuple[DkimKey, ...]
+    monitors: MonitorsConfig
     agents: tuple[Agent, ...]
     source: str = field(default=EMBEDDED, compare=False)
 
@@ -245,6 +265,13 @@ class Config:
     @property
     def outbound_hostname(self) -> str:
         return self.outbound.hostname or self.inbound.hostname
+
+    @property
+    def sending_domains(self) -> tuple[str, ...]:
+        if self.monitors.domains:
+            return tuple(d.lower() for d in self.monitors.domains)
+        found = [a.rpartition("@")[2].lower() for a in self.inbound.addresses] + [k.domain.lower() for k in self.dkim]
+        return tuple(dict.fromkeys(found))
 
     @property
     def maildir_root(self) -> Path:
@@ -353,6 +380,11 @@ def _check(config: Config, source: str) -> list[str]:
             problems.append(f"{source}: {section}.retry_max: must not be shorter than {section}.retry_initial")
     if config.outbound.max_per_destination < 1:
         problems.append(f"{source}: outbound.max_per_destination: must be at least 1")
+    for index, ip in enumerate(config.monitors.sending_ips):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            problems.append(f"{source}: monitors.sending_ips[{index}]: {ip!r} is not an IP address")
     for index, key in enumerate(config.dkim):
         if key.key_file and Path(key.key_file).is_file():
             try:

@@ -28,12 +28,15 @@ from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
 from mailpipe.http import StatusServer
 from mailpipe.metrics import Metrics
+from mailpipe.monitors import profiles
+from mailpipe.monitors.runner import Monitors, MonitorSettings
+from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import classify
 from mailpipe.outbound.acknowledge import Acknowledger
 from mailpipe.outbound.queue import SendQueue
 from mailpipe.outbound.replies import Replies, Reply
 from mailpipe.outbound.send import Transport, resolver
-from mailpipe.outbound.signing import Signer, SigningKeyError, load_key
+from mailpipe.outbound.signing import Signer, SigningKey, SigningKeyError, load_key
 from mailpipe.pipeline import Triage, Work
 from mailpipe.sdnotify import Notifier
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
@@ -85,8 +88,16 @@ def deliverer(config: Config) -> Deliverer:
     return RelayDeliverer(config.delivery)
 
 
-def signer(config: Config) -> Signer:
-    return Signer(load_key(k.domain, k.selector, k.algorithm, Path(k.key_file)) for k in config.dkim)
+def signing_keys(config: Config) -> tuple[SigningKey, ...]:
+    return tuple(load_key(k.domain, k.selector, k.algorithm, Path(k.key_file)) for k in config.dkim)
+
+
+def monitor_settings(config: Config) -> MonitorSettings:
+    """Raises ProfileError for a broken provider profile, SigningKeyError for a bad key."""
+    monitors = config.monitors
+    return MonitorSettings(config.sending_domains, monitors.sending_ips, signing_keys(config),
+                           config.outbound_hostname, monitors.dns_interval, profiles.load(monitors.providers_path),
+                           monitors.bulk_sender)
 
 
 def reply_catalog(config: Config) -> classify.Catalog:
@@ -102,11 +113,11 @@ class Routes:
     outbound: Route[Message]
 
 
-def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool) -> Routes:
+def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool, traffic: Traffic) -> Routes:
     """Raises RulesError or CatalogError when policy files are broken, SigningKeyError for a
     bad key: a reload then keeps the routes already running."""
     to_mailbox = deliverer(config)
-    sign = signer(config)
+    sign = Signer(signing_keys(config))
     hostname = config.outbound_hostname
     acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, store, sign, hostname,
                                 metrics)
@@ -116,7 +127,7 @@ def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool) -> R
                       to_mailbox, hostname, metrics)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
     transport = Transport(config.outbound, hostname, resolver(nameservers), reply_catalog(config))
-    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics)
+    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic)
     sending = config.outbound.spool(config.spool.max_stage_failures)
     return Routes(
         Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary),
@@ -142,6 +153,8 @@ class Daemon:
         self._workers: dict[str, Worker] = {}
         self._store: SQLiteStore | None = None
         self._commits_seen: dict[str, tuple[int, int]] = {}
+        self._traffic = Traffic()
+        self._monitors: Monitors | None = None
 
     async def run(self) -> int:
         config = self.config
@@ -155,7 +168,8 @@ class Daemon:
                 recovered = await spool.recover()
                 if recovered:
                     log.warning("recovered messages claimed before a crash", extra={"spool": name, "count": recovered})
-            built = routes(config, store, self._metrics, outbound)
+            built = routes(config, store, self._metrics, outbound, self._traffic)
+            self._monitors = Monitors(monitor_settings(config), self._traffic, self._metrics)
             self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), inbound, self._metrics,
                                            config.inbound.hostname)
             submission = config.submission
@@ -177,6 +191,7 @@ class Daemon:
             background = [asyncio.create_task(worker.run(), name=f"worker:{name}")
                           for name, worker in self._workers.items()]
             background += [asyncio.create_task(self._export_stats(), name="stats"),
+                           asyncio.create_task(self._monitors.run(), name="monitors"),
                            asyncio.create_task(self._watchdog(), name="watchdog")]
             self._install_signals()
             self._notifier.ready(self._status_line(config))
@@ -218,8 +233,10 @@ class Daemon:
             assert self._store is not None
             new = await asyncio.to_thread(configuration.load, self._config_path)
             settings = {"inbound": listener_settings(new), "submission": submission_settings(new)}
-            built = await asyncio.to_thread(routes, new, self._store, self._metrics, self._spools["outbound"])
-        except (configuration.ConfigError, RulesError, classify.CatalogError) as exc:
+            built = await asyncio.to_thread(routes, new, self._store, self._metrics, self._spools["outbound"],
+                                            self._traffic)
+            watching = await asyncio.to_thread(monitor_settings, new)
+        except (configuration.ConfigError, RulesError, classify.CatalogError, profiles.ProfileError) as exc:
             return self._refuse(exc.problems)
         except (SigningKeyError, OSError, ssl.SSLError) as exc:
             return self._refuse([str(exc)])
@@ -236,6 +253,8 @@ class Daemon:
         for name, route in (("inbound", built.inbound), ("submission", built.submission),
                             ("outbound", built.outbound)):
             self._workers[name].route = route
+        assert self._monitors is not None
+        self._monitors.reconfigure(watching)
         logging.getLogger().setLevel(new.log_level.upper())
         self.config = new
         self._metrics.config_reloads.labels("success").inc()

@@ -91,6 +91,16 @@ class Metrics:
         self.autoreplies = Counter(
             "mailpipe_autoreplies", "Automatic acknowledgements of new cases by result (queued, or the reason "
             "one was not sent: automatic, list, bounce, noreply, ours, recent, disabled).", ["result"], registry=r)
+        self.dns_check_ok = Gauge(
+            "mailpipe_dns_check_ok", "1 when a DNS authentication check of a sending domain passes, 0 when it fails "
+            "(spf.*, dkim.*, dmarc.*, ptr.<ip>, mx; `mailpipe doctor DOMAIN` shows the fix).", ["domain", "check"],
+            registry=r)
+        self.dns_checks_last_run = Gauge("mailpipe_dns_checks_last_run_timestamp_seconds",
+                                         "When the DNS checks last completed.", registry=r)
+        self.provider_requirement_ok = Gauge(
+            "mailpipe_provider_requirement_ok", "1 when a provider's published requirement is met by every sending "
+            "domain, 0 when not (absent while unknown), from monitors/providers/*.toml.", ["provider", "requirement"],
+            registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(

@@ -35,6 +35,7 @@ def dkim_key() -> tuple[bytes, str]:
 
 
 _KEY = dkim_key()
+_OTHER_KEY = dkim_key()  # published by misconfigured.test, where mailpipe signs with _KEY
 ED25519_SELECTOR = "ed"
 ED25519_SEED = base64.b64encode(bytes(range(32))).decode()  # a fixed test key: dkimpy's base64 seed
 
@@ -59,7 +60,15 @@ def test_zones() -> dict[str, list[str]]:
     return {
         "example.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', f"{DKIM_SELECTOR}._domainkey IN TXT {txt(_KEY[1])}",
                          f"{ED25519_SELECTOR}._domainkey IN TXT {txt(ed25519_record())}",
-                         '_dmarc IN TXT "v=DMARC1; p=reject"'],
+                         '_dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:dmarc@example.test"',
+                         "@ IN MX 10 mx.example.test.", "mx IN A 127.0.0.1"],
+        # Everything a sender gets wrong: 11 DNS-querying SPF terms, a DKIM key that is not the
+        # one used for signing, no DMARC, a null MX.
+        "misconfigured.test": ["@ IN TXT " + txt("v=spf1 " + " ".join(f"include:i{n}.misconfigured.test"
+                                                                       for n in range(11)) + " ~all"),
+                               *(f'i{n} IN TXT "v=spf1 ip4:192.0.2.{n} -all"' for n in range(11)),
+                               f"{DKIM_SELECTOR}._domainkey IN TXT {txt(_OTHER_KEY[1])}", "@ IN MX 0 ."],
+        "twospf.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', '@ IN TXT "v=spf1 mx -all"'],
         "bank.test": ['@ IN TXT "v=spf1 ip4:192.0.2.1 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"'],
         "customer.test": ["@ IN MX 10 mx.customer.test.", "mx IN A 127.0.0.1"],
         "gmail.test": ["@ IN MX 5 gmail-smtp-in.l.google.com."],

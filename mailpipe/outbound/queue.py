@@ -20,6 +20,7 @@ from mailpipe.addresses import canonical, domain_of
 from mailpipe.config import Agent, OutboundConfig
 from mailpipe.deliver import Deliverer, PartlyDeferred
 from mailpipe.metrics import Metrics
+from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import dsn
 from mailpipe.outbound.classify import ACCEPTED, CLASSES, UNKNOWN
 from mailpipe.outbound.send import Attempt, Reply, Transport
@@ -30,8 +31,9 @@ log = logging.getLogger("mailpipe.outbound")
 
 class SendQueue:
     def __init__(self, transport: Transport, settings: OutboundConfig, agents: Sequence[Agent], mailboxes: Deliverer,
-                 reporting_mta: str, metrics: Metrics, clock: Callable[[], float] = time.time):
+                 reporting_mta: str, metrics: Metrics, traffic: Traffic, clock: Callable[[], float] = time.time):
         self.transport = transport
+        self.traffic = traffic
         self.settings = settings
         self.mailboxes = mailboxes
         self.reporting_mta = reporting_mta
@@ -62,6 +64,8 @@ class SendQueue:
     def _count(self, message: Message, attempt: Attempt) -> None:
         if not attempt.connected:
             self.metrics.outbound_connection_failures.labels(attempt.provider).inc()
+        if any(reply.accepted for reply in attempt.replies.values()):
+            self.traffic.observe(attempt.provider, attempt.tls, message.data)
         for recipient, reply in attempt.replies.items():
             classification = reply.classification
             klass = classification.klass if classification else UNKNOWN

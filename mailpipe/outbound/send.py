@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import ssl
@@ -67,6 +68,7 @@ class Attempt:
     provider: str
     replies: dict[str, Reply]  # recipient -> the reply that decides its fate this time
     connected: bool  # whether any server answered at all
+    tls: bool = False  # whether the conversation that decided was encrypted
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,9 @@ class Transport:
                     return (*TLS_MISSING, hop.name)
                 if self.settings.smarthost_username:
                     await client.login(self.settings.smarthost_username, self.settings.smarthost_password)
-                return await self._transaction(client, hop, provider, mail_from, recipients, data)
+                encrypted = client.get_transport_info("sslcontext") is not None
+                attempt = await self._transaction(client, hop, provider, mail_from, recipients, data)
+                return dataclasses.replace(attempt, tls=encrypted)
             except aiosmtplib.SMTPResponseException as exc:
                 if exc.code >= 500:  # a permanent refusal before any recipient: it applies to all
                     reply = self._reply(provider, exc.code, exc.message, hop.name)

@@ -1,0 +1,112 @@
+"""The periodic deliverability checks inside the daemon, exported as gauges.
+
+Every ``dns_interval`` the DNS checks of each sending domain run in a thread (dnspython and
+pyspf are synchronous); every few seconds the provider profiles are evaluated again over the
+latest DNS results and the traffic facts, so a profile edited and reloaded, or a provider's
+first non-TLS delivery, shows within seconds. A reload replaces the settings and runs
+everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import dns.resolver
+
+from mailpipe.metrics import Metrics
+from mailpipe.monitors import dns_checks, profiles
+from mailpipe.monitors.traffic import Traffic
+from mailpipe.outbound.signing import SigningKey
+
+log = logging.getLogger("mailpipe.monitors")
+
+_EVALUATE_EVERY = 5.0
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    domains: tuple[str, ...]
+    sending_ips: tuple[str, ...]
+    keys: tuple[SigningKey, ...]
+    helo: str
+    interval: float
+    profiles: tuple[profiles.Profile, ...]
+    bulk: bool
+
+
+class Monitors:
+    def __init__(self, settings: MonitorSettings, traffic: Traffic, metrics: Metrics):
+        self.settings = settings
+        self.traffic = traffic
+        self.metrics = metrics
+        self.reports: dict[str, dns_checks.Report] = {}
+        self._wake = asyncio.Event()
+        self._exported: set[tuple[str, str]] = set()
+        self._requirements: set[tuple[str, str]] = set()
+
+    def reconfigure(self, settings: MonitorSettings) -> None:
+        self.settings = settings
+        self._wake.set()
+
+    async def run(self) -> None:
+        next_dns = 0.0
+        while True:
+            self._wake.clear()
+            if time.monotonic() >= next_dns or not self.reports:
+                await self.check_dns()
+                next_dns = time.monotonic() + self.settings.interval
+            self.evaluate()
+            try:
+                await asyncio.wait_for(self._wake.wait(), _EVALUATE_EVERY)
+                next_dns = 0.0  # reconfigured: check everything again now
+            except TimeoutError:
+                pass
+
+    async def check_dns(self) -> None:
+        settings = self.settings
+        reports = await asyncio.to_thread(self._check_all, settings)
+        self.reports = reports
+        seen = set()
+        for domain, report in reports.items():
+            for check in report.checks:
+                self.metrics.dns_check_ok.labels(domain, check.name).set(1 if check.ok else 0)
+                seen.add((domain, check.name))
+                if not check.ok:
+                    log.warning("dns check failed", extra={"domain": domain, "check": check.name,
+                                                           "detail": check.detail, "fix": check.fix})
+        for stale in self._exported - seen:
+            self.metrics.dns_check_ok.remove(*stale)
+        self._exported = seen
+        self.metrics.dns_checks_last_run.set_to_current_time()
+
+    @staticmethod
+    def _check_all(settings: MonitorSettings) -> dict[str, dns_checks.Report]:
+        resolver = dns.resolver.get_default_resolver()
+        return {domain: dns_checks.check_domain(domain, sending_ips=settings.sending_ips, keys=settings.keys,
+                                                helo=settings.helo, resolver=resolver)
+                for domain in settings.domains}
+
+    def evaluate(self) -> None:
+        seen = set()
+        for profile in self.settings.profiles:
+            facts = self.traffic.facts(profile.provider)
+            per_domain = [profiles.evaluate(profile, {**_results(report), **facts}, bulk=self.settings.bulk)
+                          for report in self.reports.values()]
+            for index, requirement in enumerate(r for r in profile.requirements
+                                                if r.scope == "all" or self.settings.bulk):
+                verdict = profiles.combine([outcomes[index] for outcomes in per_domain])
+                if verdict is None:
+                    continue
+                self.metrics.provider_requirement_ok.labels(profile.provider, requirement.id).set(int(verdict))
+                seen.add((profile.provider, requirement.id))
+        for stale in self._requirements - seen:
+            self.metrics.provider_requirement_ok.remove(*stale)
+        self._requirements = seen
+
+
+def _results(report: dns_checks.Report) -> dict[str, bool]:
+    return {check.name: check.ok for check in report.checks}
+

@@ -1,0 +1,102 @@
+"""Provider requirement profiles: loading, evaluation over checks, and the traffic facts."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mailpipe.data import shipped
+from mailpipe.monitors import profiles
+from mailpipe.monitors.traffic import Traffic, inspect
+from tests.test_lifecycle import metrics
+
+SHIPPED = profiles.load(shipped("monitors") / "providers")
+GMAIL = next(p for p in SHIPPED if p.key == "gmail")
+GOOD = {"spf.record": True, "spf.syntax": True, "spf.lookups": True, "spf.authorized.192.0.2.1": True,
+        "dkim.configured": True, "dkim.s1": True, "dmarc.record": True, "dmarc.policy": True,
+        "dmarc.alignment": True, "ptr.192.0.2.1": True, "mx": True, "traffic.tls": True, "traffic.format": True}
+
+
+def outcome(checks: dict[str, bool], requirement: str, bulk: bool = False) -> bool | None:
+    found = {o.requirement.id: o for o in profiles.evaluate(GMAIL, checks, bulk=bulk)}
+    return found[requirement].ok if requirement in found else "not applicable"
+
+
+def test_the_shipped_profiles_cover_gmail_yahoo_and_outlook_with_dates_and_sources() -> None:
+    assert {(p.key, p.provider) for p in SHIPPED} == {("gmail", "google"), ("yahoo", "yahoo"),
+                                                     ("outlook", "microsoft")}
+    assert all(r.since and r.source.startswith("https://") for p in SHIPPED for r in p.requirements)
+
+
+def test_a_requirement_holds_when_its_checks_pass() -> None:
+    assert outcome(GOOD, "spf_or_dkim") is True and outcome(GOOD, "tls") is True
+
+
+def test_any_of_holds_with_one_passing_group() -> None:
+    assert outcome({**GOOD, "dkim.s1": False}, "spf_or_dkim") is True
+    assert outcome({**GOOD, "dkim.s1": False, "spf.authorized.192.0.2.1": False}, "spf_or_dkim") is False
+
+
+def test_a_prefix_with_no_checks_is_unknown_not_failed() -> None:
+    without_ptr = {k: v for k, v in GOOD.items() if not k.startswith("ptr")}
+    assert outcome(without_ptr, "ptr") is None
+
+
+def test_bulk_requirements_apply_only_to_bulk_senders() -> None:
+    assert outcome(GOOD, "one_click_unsubscribe") == "not applicable"
+    assert outcome({**GOOD, "traffic.unsubscribe": False}, "one_click_unsubscribe", bulk=True) is False
+
+
+def test_a_broken_profile_names_file_requirement_and_key(tmp_path: Path) -> None:
+    (tmp_path / "new.toml").write_text('provider = "google"\n[[requirements]]\nid = "x"\ndescription = "d"\n'
+                                       'since = "2026-12-01"\nsource = "https://x"\nscope = "sometimes"\n')
+    with pytest.raises(profiles.ProfileError) as error:
+        profiles.load(tmp_path)
+    assert error.value.problems == [f"{tmp_path / 'new.toml'}: requirement x: scope: must be all or bulk",
+                                    f"{tmp_path / 'new.toml'}: requirement x: needs all or any"]
+
+
+def test_headers_are_judged_for_format_and_one_click_unsubscribe() -> None:
+    good = b"From: a@x\r\nDate: d\r\nMessage-ID: <1@x>\r\n\r\nbody"
+    assert inspect(good) == (True, False, False)
+    assert inspect(b"From: a@x\r\nFrom: b@x\r\nDate: d\r\nMessage-ID: <1@x>\r\n\r\n")[0] is False
+    bulk = (b"From: a@x\r\nDate: d\r\nMessage-ID: <1@x>\r\nList-Id: <news.x>\r\nList-Unsubscribe: <https://x/u>\r\n"
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\n")
+    assert inspect(bulk) == (True, True, True)
+
+
+def test_traffic_facts_cover_the_recent_window_only() -> None:
+    now = [1000.0]
+    traffic = Traffic(window=60, clock=lambda: now[0])
+    assert traffic.facts("google") == {}
+    traffic.observe("google", False, b"From: a@x\r\nDate: d\r\nMessage-ID: <1@x>\r\n\r\n")
+    assert traffic.facts("google") == {"traffic.tls": False, "traffic.format": True}
+    now[0] += 61
+    assert traffic.facts("google") == {}
+
+
+def test_the_daemon_exports_checks_and_requirements_and_a_reloaded_profile_counts_at_once(make_daemon,
+                                                                                          tmp_path: Path) -> None:
+    directory = tmp_path / "providers"
+    directory.mkdir()
+    (directory / "gmail.toml").write_text((shipped("monitors") / "providers" / "gmail.toml").read_text())
+    daemon = make_daemon({"monitors": {"domains": ["misconfigured.test"], "providers_directory": str(directory)}})
+    deadline = time.monotonic() + 20
+    while ("mailpipe_dns_check_ok", (("check", "spf.lookups"), ("domain", "misconfigured.test"))) not in (
+            found := metrics(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found[("mailpipe_dns_check_ok", (("check", "spf.lookups"), ("domain", "misconfigured.test")))] == 0
+    assert found[("mailpipe_provider_requirement_ok", (("provider", "google"), ("requirement", "spf_record")))] == 0
+    with (directory / "gmail.toml").open("a") as profile:  # Google announces a new rule
+        profile.write('\n[[requirements]]\nid = "dmarc_everyone"\ndescription = "All senders publish DMARC"\n'
+                      'scope = "all"\nsince = "2026-12-01"\nsource = "https://support.google.com/a/answer/81126"\n'
+                      'all = ["dmarc.record"]\n')
+    reloaded = time.monotonic()
+    daemon.signal(signal.SIGHUP)
+    key = ("mailpipe_provider_requirement_ok", (("provider", "google"), ("requirement", "dmarc_everyone")))
+    while key not in (found := metrics(daemon)) and time.monotonic() < reloaded + 20:
+        time.sleep(0.1)
+    assert found[key] == 0 and time.monotonic() - reloaded < 10
