@@ -13,6 +13,7 @@
     mailpipe agents passwd ID [--password-stdin]   set the agent's submission password
     mailpipe stamp --owner ID FILE|-        preview what a customer gets: the stamped reply
     mailpipe dkim keygen --domain D --selector S [--algorithm A] [--bits N] [--directory DIR]
+    mailpipe dmarc import FILE... [--json]  DMARC aggregate reports (XML, .gz, .zip or the e-mail)
     mailpipe doctor DOMAIN [--provider gmail] [--nameserver HOST:PORT] [--ip IP...] [--json]
                                             SPF, DKIM, DMARC, PTR, MX and a provider's requirements
     mailpipe queue list [--json]            like postqueue -p
@@ -45,7 +46,7 @@ from mailpipe import config as configuration
 from mailpipe.addresses import syntax_problem
 from mailpipe.data import shipped
 from mailpipe.message import parse
-from mailpipe.monitors import dns_checks, profiles
+from mailpipe.monitors import dmarc_reports, dns_checks, profiles
 from mailpipe.outbound import classify, signing
 from mailpipe.outbound.stamp import render, stamp
 from mailpipe.pipeline import triage_context
@@ -140,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     keygen.add_argument("--directory", type=Path, default=Path("/etc/mailpipe/dkim"))
     keygen.set_defaults(run=_dkim_keygen)
+
+    dmarc = commands.add_parser("dmarc", help="DMARC aggregate reports").add_subparsers(metavar="ACTION")
+    importing_reports = dmarc.add_parser("import", parents=[common], help="read reports into the store")
+    importing_reports.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    importing_reports.add_argument("--json", action="store_true", help="one JSON object per report")
+    importing_reports.set_defaults(run=_dmarc_import)
 
     doctor = commands.add_parser("doctor", parents=[common],
                                  help="check a sending domain's DNS authentication; exit 0 when all pass")
@@ -433,6 +440,34 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     print(f'[[dkim]]\ndomain = "{domain}"\nselector = "{args.selector}"\nkey_file = "{path}"\n'
           f'algorithm = "{args.algorithm}"')
     return 0
+
+
+def _dmarc_import(args: argparse.Namespace) -> int:
+    store = SQLiteStore(configuration.load(args.config).store_path)
+    failed = 0
+    try:
+        for path in args.files:
+            try:
+                found = dmarc_reports.reports(path.read_bytes())
+            except (dmarc_reports.ReportError, OSError) as exc:
+                print(f"mailpipe: dmarc: {path}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            for report in found:
+                new = dmarc_reports.store_report(store, report, time.time())
+                if args.json:
+                    print(json.dumps({**report.as_json(), "file": str(path), "new": new}, ensure_ascii=False))
+                    continue
+                records = report.records
+                aligned = sum(r.count for r in records if r.dkim_aligned or r.spf_aligned)
+                window = (f"{datetime.fromtimestamp(report.begin, UTC):%Y-%m-%d %H:%M} – "
+                          f"{datetime.fromtimestamp(report.end, UTC):%Y-%m-%d %H:%M} UTC")
+                print(f"{report.org_name} {report.report_id} {report.domain} p={report.policy} {window}: "
+                      f"{report.messages} messages from {len({r.source_ip for r in records})} IPs, "
+                      f"{aligned}/{report.messages} passed DMARC{'' if new else ' (imported before)'}")
+    finally:
+        store.close()
+    return 1 if failed else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

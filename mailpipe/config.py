@@ -380,6 +380,11 @@ def _check(config: Config, source: str) -> list[str]:
             problems.append(f"{source}: {section}.retry_max: must not be shorter than {section}.retry_initial")
     if config.outbound.max_per_destination < 1:
         problems.append(f"{source}: outbound.max_per_destination: must be at least 1")
+    accepted = {a.casefold() for a in inbound.addresses}
+    for index, address in enumerate(config.monitors.dmarc_report_addresses):
+        if address.casefold() not in accepted:
+            problems.append(f"{source}: monitors.dmarc_report_addresses[{index}]: {address!r} must also be one of"
+                            " inbound.addresses, or reports for it are refused")
     for index, ip in enumerate(config.monitors.sending_ips):
         try:
             ipaddress.ip_address(ip)

@@ -122,7 +122,7 @@ def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool, traf
     acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, store, sign, hostname,
                                 metrics)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound)
+                    metrics, to_mailbox, acknowledger, outbound, config.monitors.dmarc_report_addresses)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
                       to_mailbox, hostname, metrics)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
@@ -169,7 +169,7 @@ class Daemon:
                 if recovered:
                     log.warning("recovered messages claimed before a crash", extra={"spool": name, "count": recovered})
             built = routes(config, store, self._metrics, outbound, self._traffic)
-            self._monitors = Monitors(monitor_settings(config), self._traffic, self._metrics)
+            self._monitors = Monitors(monitor_settings(config), self._traffic, self._metrics, store)
             self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), inbound, self._metrics,
                                            config.inbound.hostname)
             submission = config.submission

@@ -101,6 +101,22 @@ class Metrics:
             "mailpipe_provider_requirement_ok", "1 when a provider's published requirement is met by every sending "
             "domain, 0 when not (absent while unknown), from monitors/providers/*.toml.", ["provider", "requirement"],
             registry=r)
+        self.dmarc_reports = Counter(
+            "mailpipe_dmarc_reports", "DMARC aggregate reports received by mail, by result (new, duplicate, invalid).",
+            ["result"], registry=r)
+        self.dmarc_messages = Gauge(
+            "mailpipe_dmarc_messages", "Messages in DMARC aggregate reports of the last 7 days, by reporter and source "
+            "IP (the 20 largest sources per reporter; the rest as source_ip=\"other\").", ["reporter", "source_ip"],
+            registry=r)
+        self.dmarc_pass_ratio = Gauge(
+            "mailpipe_dmarc_pass_ratio", "Share of those messages that passed DMARC (aligned DKIM or SPF).",
+            ["reporter", "source_ip"], registry=r)
+        self.dmarc_dkim_aligned_ratio = Gauge(
+            "mailpipe_dmarc_dkim_aligned_ratio", "Share of those messages with aligned, passing DKIM.",
+            ["reporter", "source_ip"], registry=r)
+        self.dmarc_spf_aligned_ratio = Gauge(
+            "mailpipe_dmarc_spf_aligned_ratio", "Share of those messages with aligned, passing SPF.",
+            ["reporter", "source_ip"], registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(
@@ -110,6 +126,8 @@ class Metrics:
             self.config_reloads.labels(result)
         for result in ("success", "failure", "locked"):
             self.submission_auth.labels(result)
+        for result in ("new", "duplicate", "invalid"):
+            self.dmarc_reports.labels(result)
         for level in ("critical", "high", "normal", "low"):
             self.first_response_seconds.labels(level)
             self.cases_opened.labels(level)

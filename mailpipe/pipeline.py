@@ -22,6 +22,7 @@ from mailpipe.config import Agent, TriageConfig
 from mailpipe.deliver import Deliverer, headers
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
+from mailpipe.monitors import dmarc_reports
 from mailpipe.outbound.acknowledge import Acknowledgement, Acknowledger
 from mailpipe.spool import Message, Spool
 from mailpipe.store import CustomerRecord, InboundRecord, Profile, StaleDecision, Store
@@ -30,6 +31,7 @@ from mailpipe.triage.context import Context, History
 from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import Verdict, evaluate
+from mailpipe.worker import Consumed
 
 TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
 _RECORD_TRIES = 3
@@ -79,8 +81,10 @@ class Triage:
 
     def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: Store, hostname: str,
                  metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
-                 outbound: Spool | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 outbound: Spool | None = None, report_addresses: Sequence[str] = (),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.metrics = metrics
+        self.report_addresses = frozenset(canonical(a) for a in report_addresses)
         self.deliverer = deliverer
         self.acknowledger = acknowledger
         self.outbound = outbound
@@ -95,6 +99,7 @@ class Triage:
     @property
     def stages(self) -> tuple[tuple[str, Stage], ...]:
         return (
+            ("route", self.route),
             ("parse", self.parse),
             ("authenticate", self.authenticate),
             ("profile", self.profile),
@@ -104,6 +109,22 @@ class Triage:
             ("acknowledge", self.acknowledge),
             ("annotate", self.annotate),
         )
+
+    async def route(self, work: Work) -> Work:
+        """Mail to the DMARC report addresses (rua) goes to the report parser, never to agents."""
+        if not self.report_addresses.intersection(canonical(r) for r in work.message.entry.envelope.rcpt_tos):
+            return work
+        try:
+            found = await asyncio.to_thread(dmarc_reports.reports, work.message.data)
+        except dmarc_reports.ReportError as exc:
+            self.metrics.dmarc_reports.labels("invalid").inc()
+            raise Consumed(f"DMARC report address; unreadable report dropped: {exc}") from None
+        at = work.message.entry.received_at
+        for report in found:
+            new = await asyncio.to_thread(dmarc_reports.store_report, self.store, report, at)
+            self.metrics.dmarc_reports.labels("new" if new else "duplicate").inc()
+        names = ", ".join(f"{r.org_name} {r.report_id} ({r.messages} messages)" for r in found)
+        raise Consumed(f"DMARC aggregate report: {names}")
 
     def parse(self, work: Work) -> Work:
         return dataclasses.replace(work, parsed=parse(work.message.data))

@@ -5,6 +5,7 @@ Outcomes, and what the spool does with each:
 - ``TemporaryFailure``: deferred with exponential backoff, quarantined after ``max_lifetime``;
 - ``PermanentFailure``: quarantined with the next hop's answer;
 - ``Held``: parked in ``hold`` with the reason, for a person to release or delete;
+- ``Consumed``: a stage was the message's destination (a report parser): removed;
 - anything a stage raises: deferred, and quarantined after ``max_stage_failures`` (a poison
   message never blocks the queue).
 A shutdown leaves unfinished messages claimed; the next start puts them back in the queue.
@@ -31,6 +32,10 @@ log = logging.getLogger("mailpipe.worker")
 _IDLE_POLL = 1.0  # picks up `queue flush/release` from the CLI and deferred messages coming due
 
 W = TypeVar("W")
+
+
+class Consumed(Exception):
+    """A stage was this message's destination (a report parser): acknowledged, nothing more to do."""
 
 
 class Held(Exception):
@@ -110,6 +115,10 @@ class Worker:
                 self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
             current = "hand-off"
             await route.hand_off(work)
+        except Consumed as exc:
+            await self._spool.ack(message.id)
+            self._metrics.handoffs.labels(self.name, "consumed").inc()
+            log.info("consumed", extra={"queue_id": message.id, "by": str(exc)})
         except Held as exc:
             await self._spool.hold(message.id, str(exc))
             self._metrics.handoffs.labels(self.name, "held").inc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.resolver
@@ -20,10 +21,13 @@ from mailpipe.metrics import Metrics
 from mailpipe.monitors import dns_checks, profiles
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound.signing import SigningKey
+from mailpipe.store import DmarcSummary, Store
 
 log = logging.getLogger("mailpipe.monitors")
 
 _EVALUATE_EVERY = 5.0
+_DMARC_WINDOW = 7 * 86400
+_DMARC_TOP_SOURCES = 20  # per reporter; the rest are summed as source_ip="other"
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,12 @@ class MonitorSettings:
 
 
 class Monitors:
-    def __init__(self, settings: MonitorSettings, traffic: Traffic, metrics: Metrics):
+    def __init__(self, settings: MonitorSettings, traffic: Traffic, metrics: Metrics, store: Store):
         self.settings = settings
         self.traffic = traffic
         self.metrics = metrics
+        self.store = store
+        self._dmarc_series: set[tuple[str, str]] = set()
         self.reports: dict[str, dns_checks.Report] = {}
         self._wake = asyncio.Event()
         self._exported: set[tuple[str, str]] = set()
@@ -59,6 +65,7 @@ class Monitors:
                 await self.check_dns()
                 next_dns = time.monotonic() + self.settings.interval
             self.evaluate()
+            await self.export_dmarc()
             try:
                 await asyncio.wait_for(self._wake.wait(), _EVALUATE_EVERY)
                 next_dns = 0.0  # reconfigured: check everything again now
@@ -89,6 +96,20 @@ class Monitors:
                                                 helo=settings.helo, resolver=resolver)
                 for domain in settings.domains}
 
+    async def export_dmarc(self) -> None:
+        summaries = await asyncio.to_thread(self.store.dmarc_summary, int(time.time()) - _DMARC_WINDOW)
+        series = dmarc_series(summaries)
+        gauges = (self.metrics.dmarc_pass_ratio, self.metrics.dmarc_dkim_aligned_ratio,
+                  self.metrics.dmarc_spf_aligned_ratio)
+        for key, (messages, *aligned) in series.items():
+            self.metrics.dmarc_messages.labels(*key).set(messages)
+            for gauge, count in zip(gauges, aligned, strict=True):
+                gauge.labels(*key).set(count / messages if messages else 0)
+        for stale in self._dmarc_series - set(series):
+            for gauge in (self.metrics.dmarc_messages, *gauges):
+                gauge.remove(*stale)
+        self._dmarc_series = set(series)
+
     def evaluate(self) -> None:
         seen = set()
         for profile in self.settings.profiles:
@@ -105,6 +126,24 @@ class Monitors:
         for stale in self._requirements - seen:
             self.metrics.provider_requirement_ok.remove(*stale)
         self._requirements = seen
+
+
+def dmarc_series(summaries: Sequence[DmarcSummary],
+                 top: int = _DMARC_TOP_SOURCES) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    """(reporter, source IP) -> (messages, passed, dkim aligned, spf aligned), the largest
+    ``top`` sources of each reporter kept apart and the rest summed as "other"."""
+    by_reporter: dict[str, list[DmarcSummary]] = {}
+    for summary in summaries:
+        by_reporter.setdefault(summary.reporter, []).append(summary)
+    series: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+    for reporter, rows in by_reporter.items():
+        rows.sort(key=lambda row: row.messages, reverse=True)
+        for index, row in enumerate(rows):
+            key = (reporter, row.source_ip if index < top else "other")
+            totals = series.get(key, (0, 0, 0, 0))
+            series[key] = (totals[0] + row.messages, totals[1] + row.passed, totals[2] + row.dkim_aligned,
+                           totals[3] + row.spf_aligned)
+    return series
 
 
 def _results(report: dns_checks.Report) -> dict[str, bool]:

@@ -9,6 +9,7 @@ case.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,6 +86,28 @@ class EarlierReply:
 
 
 @dataclass(frozen=True)
+class DmarcRow:
+    """One record of a DMARC aggregate report: messages from one source IP, as judged."""
+
+    source_ip: str
+    count: int
+    dkim_aligned: bool
+    spf_aligned: bool
+    disposition: str
+
+
+@dataclass(frozen=True)
+class DmarcSummary:
+    reporter: str
+    source_ip: str
+    messages: int
+    dkim_aligned: int
+    spf_aligned: int
+    passed: int  # DMARC pass: DKIM or SPF aligned
+    last_end: int
+
+
+@dataclass(frozen=True)
 class Profile:
     """A customer with the history rules and agents look at."""
 
@@ -144,6 +167,12 @@ class Store(Protocol):
         ...
 
     def claim_autoreply(self, address: str, queue_id: str, at: float, window: float) -> bool: ...
+
+    def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
+                            records: Sequence[DmarcRow], at: float) -> bool:
+        ...
+
+    def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]: ...
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailpipe.addresses import canonical
@@ -16,6 +17,8 @@ from mailpipe.store import (
     Assignment,
     CaseRecord,
     CustomerRecord,
+    DmarcRow,
+    DmarcSummary,
     EarlierReply,
     InboundRecord,
     Profile,
@@ -96,6 +99,29 @@ MIGRATIONS: tuple[str, ...] = (
         hash TEXT NOT NULL,
         changed_at REAL NOT NULL
     );
+    """,
+    """
+    CREATE TABLE dmarc_reports (
+        reporter TEXT NOT NULL,
+        report_id TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        begin_at INTEGER NOT NULL,
+        end_at INTEGER NOT NULL,
+        imported_at REAL NOT NULL,
+        PRIMARY KEY (reporter, report_id)
+    );
+    CREATE INDEX dmarc_reports_end ON dmarc_reports (end_at);
+    CREATE TABLE dmarc_records (
+        reporter TEXT NOT NULL,
+        report_id TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        dkim_aligned INTEGER NOT NULL,
+        spf_aligned INTEGER NOT NULL,
+        disposition TEXT NOT NULL,
+        FOREIGN KEY (reporter, report_id) REFERENCES dmarc_reports (reporter, report_id)
+    );
+    CREATE INDEX dmarc_records_report ON dmarc_records (reporter, report_id);
     """,
 )
 
@@ -411,6 +437,38 @@ class SQLiteStore:
                 "UPDATE customers SET last_autoreply_at = ?, last_autoreply_queue_id = ? WHERE address = ?"
                 " AND (last_autoreply_at IS NULL OR last_autoreply_at <= ? OR last_autoreply_queue_id = ?)",
                 (at, queue_id, canonical(address), at - window, queue_id)).rowcount > 0
+
+    def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
+                            records: Sequence[DmarcRow], at: float) -> bool:
+        """False when this reporter's report was imported before (reports are re-sent, and the
+        same file may be imported by hand too)."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new = conn.execute("INSERT INTO dmarc_reports (reporter, report_id, domain, begin_at, end_at,"
+                                   " imported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                   (reporter, report_id, domain, begin, end, at)).rowcount > 0
+                if new:
+                    conn.executemany("INSERT INTO dmarc_records (reporter, report_id, source_ip, count, dkim_aligned,"
+                                     " spf_aligned, disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [(reporter, report_id, r.source_ip, r.count, int(r.dkim_aligned),
+                                       int(r.spf_aligned), r.disposition) for r in records])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return new
+
+    def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]:
+        """Per reporter and source IP, over reports whose period ended after ``since``."""
+        rows = self._conn().execute(
+            "SELECT r.reporter, r.source_ip, sum(r.count), sum(r.count * r.dkim_aligned), sum(r.count * r.spf_aligned),"
+            " sum(CASE WHEN r.dkim_aligned OR r.spf_aligned THEN r.count ELSE 0 END), max(d.end_at)"
+            " FROM dmarc_records r JOIN dmarc_reports d USING (reporter, report_id) WHERE d.end_at >= ?"
+            " GROUP BY r.reporter, r.source_ip", (since,))
+        return tuple(DmarcSummary(*row) for row in rows)
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None:
         with self._writing:
