@@ -121,12 +121,13 @@ def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool, traf
     hostname = config.outbound_hostname
     acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, store, sign, hostname,
                                 metrics)
+    catalog = reply_catalog(config)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound, config.monitors.dmarc_report_addresses)
+                    metrics, to_mailbox, acknowledger, outbound, config.monitors.dmarc_report_addresses, catalog)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
                       to_mailbox, hostname, metrics)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
-    transport = Transport(config.outbound, hostname, resolver(nameservers), reply_catalog(config))
+    transport = Transport(config.outbound, hostname, resolver(nameservers), catalog)
     sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic)
     sending = config.outbound.spool(config.spool.max_stage_failures)
     return Routes(

@@ -101,6 +101,9 @@ class Metrics:
             "mailpipe_provider_requirement_ok", "1 when a provider's published requirement is met by every sending "
             "domain, 0 when not (absent while unknown), from monitors/providers/*.toml.", ["provider", "requirement"],
             registry=r)
+        self.bounces = Counter(
+            "mailpipe_bounces", "Bounces of our mail received later (RFC 3464 or plain text), per failed recipient, "
+            "by provider and class (as for mailpipe_outbound_replies_total).", ["provider", "class"], registry=r)
         self.dmarc_reports = Counter(
             "mailpipe_dmarc_reports", "DMARC aggregate reports received by mail, by result (new, duplicate, invalid).",
             ["result"], registry=r)

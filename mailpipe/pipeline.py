@@ -19,11 +19,12 @@ from email.utils import format_datetime
 from mailpipe import auth
 from mailpipe.addresses import canonical
 from mailpipe.config import Agent, TriageConfig
-from mailpipe.deliver import Deliverer, headers
+from mailpipe.deliver import Deliverer, headers, notice
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
-from mailpipe.monitors import dmarc_reports
+from mailpipe.monitors import bounces, dmarc_reports
 from mailpipe.outbound.acknowledge import Acknowledgement, Acknowledger
+from mailpipe.outbound.classify import Catalog
 from mailpipe.spool import Message, Spool
 from mailpipe.store import CustomerRecord, InboundRecord, Profile, StaleDecision, Store
 from mailpipe.triage.assign import Decision, assign
@@ -82,8 +83,9 @@ class Triage:
     def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: Store, hostname: str,
                  metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
                  outbound: Spool | None = None, report_addresses: Sequence[str] = (),
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 catalog: Catalog | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.metrics = metrics
+        self.catalog = catalog
         self.report_addresses = frozenset(canonical(a) for a in report_addresses)
         self.deliverer = deliverer
         self.acknowledger = acknowledger
@@ -111,8 +113,13 @@ class Triage:
         )
 
     async def route(self, work: Work) -> Work:
-        """Mail to the DMARC report addresses (rua) goes to the report parser, never to agents."""
-        if not self.report_addresses.intersection(canonical(r) for r in work.message.entry.envelope.rcpt_tos):
+        """Mail to the DMARC report addresses (rua) goes to the report parser and bounces of our
+        own mail to the bounce parser, never to agents as customer mail."""
+        envelope = work.message.entry.envelope
+        if not self.report_addresses.intersection(canonical(r) for r in envelope.rcpt_tos):
+            bounce = bounces.parse_bounce(work.message.data, envelope.mail_from) if self.catalog else None
+            if bounce is not None:
+                await self._bounced(work, bounce)
             return work
         try:
             found = await asyncio.to_thread(dmarc_reports.reports, work.message.data)
@@ -125,6 +132,42 @@ class Triage:
             self.metrics.dmarc_reports.labels("new" if new else "duplicate").inc()
         names = ", ".join(f"{r.org_name} {r.report_id} ({r.messages} messages)" for r in found)
         raise Consumed(f"DMARC aggregate report: {names}")
+
+    async def _bounced(self, work: Work, bounce: bounces.Bounce) -> None:
+        """Counts each failure by provider and class, notes it on the case the bounced message
+        belongs to and tells the case owner; then the bounce is done with."""
+        assert self.catalog is not None
+        lines = []
+        for failure in bounce.failures:
+            provider = self.catalog.provider(failure.remote_mta or None, failure.recipient.rpartition("@")[2])
+            classification = self.catalog.classify(provider, failure.code, failure.text)
+            self.metrics.bounces.labels(provider, classification.klass).inc()
+            meaning = f": {classification.meaning}" if classification.meaning else ""
+            lines.append(f"{failure.recipient}: {failure.action} {failure.code} {failure.text}"
+                         f" ({provider}, {classification.klass}{meaning})")
+        case = (await asyncio.to_thread(self.store.find_case, (bounce.original_message_id,), None, "")
+                if bounce.original_message_id else None)
+        summary = "; ".join(lines) or "a bounce mailpipe could not read a recipient from"
+        if case is not None:
+            at = work.message.entry.received_at
+            if await asyncio.to_thread(self.store.add_case_note, case.id, "bounce", summary, work.message.id, at):
+                owner = self._by_id.get(case.owner)
+                if owner is not None:
+                    await self._tell_owner(work, owner, case.id, bounce, summary)
+        raise Consumed(f"bounce of {bounce.original_message_id or 'an unknown message'}"
+                       f"{f' (case #{case.id})' if case else ''}: {summary}")
+
+    async def _tell_owner(self, work: Work, owner: Agent, case_id: int, bounce: bounces.Bounce, summary: str) -> None:
+        body = (f"ケース #{case_id} のお客様宛てのメールが届きませんでした。お電話など別の手段でご連絡ください。\n"
+                f"Mail to the customer of case #{case_id} bounced; please reach them another way.\n\n"
+                + summary.replace("; ", "\n") + "\n")
+        note = notice.compose(hostname=self.hostname, to=owner.address, subject=f"[#{case_id}] bounced", body=body,
+                              message_id=f"{work.message.id}.bounce@{self.hostname}",
+                              about=bounce.original_message_id, at=work.message.entry.received_at)
+        entry = work.message.entry
+        bounced = Message(dataclasses.replace(entry, id=f"{work.message.id}B",
+                                              envelope=dataclasses.replace(entry.envelope, mail_from="")), note)
+        await self.deliverer.deliver(owner, [(bounced, note)])
 
     def parse(self, work: Work) -> Work:
         return dataclasses.replace(work, parsed=parse(work.message.data))

@@ -19,11 +19,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
 
 from mailpipe.addresses import domain_of
 from mailpipe.config import Agent, OutboundConfig
-from mailpipe.deliver import Deliverer, headers
+from mailpipe.deliver import Deliverer, notice
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
 from mailpipe.outbound.signing import Signer
@@ -140,21 +139,16 @@ class Replies:
     async def _tell(self, author: Agent, work: Reply, reason: str) -> None:
         """A note in the author's mailbox, threaded under their own held reply."""
         parsed = _parsed(work)
-        body = (f"あなたの返信は送信を保留しました / Your reply was held, not sent.\r\n\r\n{reason}\r\n\r\n"
-                f"送信を取りやめる場合 / to drop it: mailpipe queue delete {work.message.id}\r\n")
-        fields = [("From", f"mailpipe <mailpipe@{self.hostname}>"), ("To", author.address),
-                  ("Subject", f"[#{work.case.id if work.case else ''}] held: {parsed.subject}"),
-                  ("Date", format_datetime(datetime.fromtimestamp(self.clock(), UTC))),
-                  ("Message-ID", f"<{work.message.id}.held@{self.hostname}>"), ("Auto-Submitted", "auto-generated"),
-                  ("MIME-Version", "1.0"), ("Content-Type", "text/plain; charset=utf-8"),
-                  ("Content-Transfer-Encoding", "8bit")]
-        if parsed.message_id:
-            fields += [("In-Reply-To", f"<{parsed.message_id}>"), ("References", f"<{parsed.message_id}>")]
-        note = b"".join(headers.field(name, value) for name, value in fields) + b"\r\n" + body.encode()
+        body = (f"あなたの返信は送信を保留しました / Your reply was held, not sent.\n\n{reason}\n\n"
+                f"送信を取りやめる場合 / to drop it: mailpipe queue delete {work.message.id}\n")
+        note = notice.compose(hostname=self.hostname, to=author.address,
+                              subject=f"[#{work.case.id if work.case else ''}] held: {parsed.subject}", body=body,
+                              message_id=f"{work.message.id}.held@{self.hostname}", about=parsed.message_id,
+                              at=self.clock())
         entry = work.message.entry
-        notice = Message(dataclasses.replace(entry, id=f"{work.message.id}H",
-                                             envelope=dataclasses.replace(entry.envelope, mail_from="")), note)
-        await self.mailboxes.deliver(author, [(notice, note)])
+        held = Message(dataclasses.replace(entry, id=f"{work.message.id}H",
+                                           envelope=dataclasses.replace(entry.envelope, mail_from="")), note)
+        await self.mailboxes.deliver(author, [(held, note)])
 
     @staticmethod
     def summary(work: Reply) -> dict[str, str]:

@@ -86,6 +86,14 @@ class EarlierReply:
 
 
 @dataclass(frozen=True)
+class CaseNote:
+    case_id: int
+    kind: str  # bounce, ...
+    text: str
+    at: float
+
+
+@dataclass(frozen=True)
 class DmarcRow:
     """One record of a DMARC aggregate report: messages from one source IP, as judged."""
 
@@ -173,6 +181,10 @@ class Store(Protocol):
         ...
 
     def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]: ...
+
+    def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool: ...
+
+    def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None: ...
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from mailpipe.addresses import canonical
 from mailpipe.store import (
     Assignment,
+    CaseNote,
     CaseRecord,
     CustomerRecord,
     DmarcRow,
@@ -122,6 +123,17 @@ MIGRATIONS: tuple[str, ...] = (
         FOREIGN KEY (reporter, report_id) REFERENCES dmarc_reports (reporter, report_id)
     );
     CREATE INDEX dmarc_records_report ON dmarc_records (reporter, report_id);
+    """,
+    """
+    CREATE TABLE case_notes (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        queue_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        text TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX case_notes_case ON case_notes (case_id, at);
     """,
 )
 
@@ -469,6 +481,17 @@ class SQLiteStore:
             " FROM dmarc_records r JOIN dmarc_reports d USING (reporter, report_id) WHERE d.end_at >= ?"
             " GROUP BY r.reporter, r.source_ip", (since,))
         return tuple(DmarcSummary(*row) for row in rows)
+
+    def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool:
+        """False when the message ``queue_id`` already left its note (a repeat after a crash)."""
+        with self._writing:
+            return self._conn().execute("INSERT INTO case_notes (case_id, queue_id, kind, text, at)"
+                                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(queue_id) DO NOTHING",
+                                        (case_id, queue_id, kind, text, at)).rowcount > 0
+
+    def case_notes(self, case_id: int) -> tuple[CaseNote, ...]:
+        return tuple(CaseNote(*row) for row in self._conn().execute(
+            "SELECT case_id, kind, text, at FROM case_notes WHERE case_id = ? ORDER BY at, id", (case_id,)))
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None:
         with self._writing:
