@@ -73,6 +73,9 @@ class Metrics:
             "provider (recognised from the MX host) and class (accepted, authentication, reputation, content, "
             "recipient, policy, other, unknown = a text the catalog does not know from a known provider).",
             ["provider", "class"], registry=r)
+        self.outbound_deferrals = Counter(
+            "mailpipe_outbound_deferrals", "Temporary (4xx) refusals of our outbound mail, per recipient, by provider "
+            "and class: a rise is the first sign of throttling.", ["provider", "class"], registry=r)
         self.outbound_connection_failures = Counter(
             "mailpipe_outbound_connection_failures", "Delivery attempts in which no mail server of the "
             "destination could be reached, by provider.", ["provider"], registry=r)

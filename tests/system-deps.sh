@@ -1,7 +1,10 @@
 #!/bin/sh
 # Installs the Debian packages the tests and benchmarks talk to, when they are missing and we are
 # root: Postfix (smtp-sink, smtp-source as real SMTP peers), swaks (a real SMTP client),
-# systemd (systemd-analyze for the unit checks), unbound (a real DNS server for the test zones). Arguments name extra packages (python3-venv).
+# systemd (systemd-analyze for the unit checks), unbound (a real DNS server for the test zones),
+# and promtool from the prometheus package (the alert rules' unit tests) — only that binary is
+# extracted, so no Prometheus server is installed or started. Arguments name extra packages
+# (python3-venv).
 set -eu
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing="$missing $3"; }
@@ -14,14 +17,25 @@ if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isdir(os.path.j
     missing="$missing libpython3.$(python3 -c 'import sys; print(sys.version_info.minor)')-testsuite"
 fi
 for pkg in "$@"; do missing="$missing $pkg"; done
-[ -z "$missing" ] && exit 0
+need_promtool=""
+command -v promtool >/dev/null 2>&1 || need_promtool=yes
+[ -z "$missing" ] && [ -z "$need_promtool" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
-    echo "tests need Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
+    echo "tests need Debian packages:$missing${need_promtool:+ prometheus (for promtool)} (run as root, or: sudo apt-get install$missing${need_promtool:+ prometheus})" >&2
     exit 1
 fi
-echo "installing:$missing" >&2
+echo "installing:$missing${need_promtool:+ promtool}" >&2
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+if [ -n "$need_promtool" ]; then
+    work=$(mktemp -d)
+    chmod 777 "$work"  # apt downloads as the _apt user
+    (cd "$work" && apt-get download -qq prometheus >/dev/null && dpkg-deb -x prometheus_*.deb root)
+    install -m 755 "$work/root/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$work"
+fi

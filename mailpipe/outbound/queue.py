@@ -42,8 +42,11 @@ class SendQueue:
         self._agents = {agent.id: agent for agent in agents}
         self._by_address = {canonical(agent.address): agent for agent in agents}
         for provider in transport.catalog.provider_names:
+            metrics.outbound_connection_failures.labels(provider)
             for klass in (ACCEPTED, UNKNOWN, *CLASSES):
                 metrics.outbound_replies.labels(provider, klass)
+                metrics.outbound_deferrals.labels(provider, klass)
+                metrics.bounces.labels(provider, klass)
 
     async def hand_off(self, message: Message) -> None:
         envelope = message.entry.envelope
@@ -70,6 +73,8 @@ class SendQueue:
             classification = reply.classification
             klass = classification.klass if classification else UNKNOWN
             self.metrics.outbound_replies.labels(attempt.provider, klass).inc()
+            if not reply.accepted and not reply.permanent:
+                self.metrics.outbound_deferrals.labels(attempt.provider, klass).inc()
             if reply.accepted:
                 self.metrics.outbound_delivery_seconds.labels(attempt.provider).observe(
                     max(0.0, self._clock() - message.entry.received_at))
