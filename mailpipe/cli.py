@@ -14,6 +14,7 @@
     mailpipe stamp --owner ID FILE|-        preview what a customer gets: the stamped reply
     mailpipe dkim keygen --domain D --selector S [--algorithm A] [--bits N] [--directory DIR]
     mailpipe dmarc import FILE... [--json]  DMARC aggregate reports (XML, .gz, .zip or the e-mail)
+    mailpipe incidents [--days N] [--json]  providers refusing our mail, now and lately, with the customers hit
     mailpipe doctor DOMAIN [--provider gmail] [--nameserver HOST:PORT] [--ip IP...] [--json]
                                             SPF, DKIM, DMARC, PTR, MX and a provider's requirements
     mailpipe queue list [--json]            like postqueue -p
@@ -147,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     importing_reports.add_argument("files", nargs="+", type=Path, metavar="FILE")
     importing_reports.add_argument("--json", action="store_true", help="one JSON object per report")
     importing_reports.set_defaults(run=_dmarc_import)
+
+    incidents = commands.add_parser("incidents", parents=[common],
+                                    help="active and recent provider incidents with the customers affected")
+    incidents.add_argument("--days", type=float, default=7, help="also incidents that ended this recently")
+    incidents.add_argument("--json", action="store_true", help="one JSON object per incident")
+    incidents.set_defaults(run=_incidents)
 
     doctor = commands.add_parser("doctor", parents=[common],
                                  help="check a sending domain's DNS authentication; exit 0 when all pass")
@@ -468,6 +475,29 @@ def _dmarc_import(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 1 if failed else 0
+
+
+def _incidents(args: argparse.Namespace) -> int:
+    store = SQLiteStore(configuration.load(args.config).store_path)
+    try:
+        found = store.incidents(since=time.time() - args.days * 86400)
+    finally:
+        store.close()
+    if args.json:
+        for record in found:
+            print(json.dumps({**record.__dict__, "active": record.ended is None, "customers": list(record.customers)},
+                             ensure_ascii=False))
+        return 0
+    if not found:
+        print("mailpipe: no provider incidents")
+        return 0
+    for record in found:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started))
+        state = "ACTIVE" if record.ended is None else f"ended {time.strftime('%H:%M', time.localtime(record.ended))}"
+        print(f"#{record.id} {record.provider:<12} {state:<12} since {started}  {record.klass}: {record.sample}")
+        print(f"    {record.refusals} refusals; customers to phone ({len(record.customers)}): "
+              + (", ".join(record.customers) or "none yet"))
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -196,6 +196,11 @@ class MonitorsConfig:
     bulk_sender: bool
     # Where DMARC aggregate reports (rua) arrive: mail to these goes to the report parser.
     dmarc_report_addresses: tuple[str, ...]
+    # This many refusals for authentication, reputation, policy or content from one provider
+    # within incident_window open an incident; incident_quiet without one ends it.
+    incident_threshold: int
+    incident_window: Seconds
+    incident_quiet: Seconds
 
     @property
     def providers_path(self) -> Path:

@@ -29,6 +29,7 @@ from mailpipe.deliver.relay import RelayDeliverer
 from mailpipe.http import StatusServer
 from mailpipe.metrics import Metrics
 from mailpipe.monitors import profiles
+from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.runner import Monitors, MonitorSettings
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import classify
@@ -113,7 +114,8 @@ class Routes:
     outbound: Route[Message]
 
 
-def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool, traffic: Traffic) -> Routes:
+def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool, traffic: Traffic,
+           incidents: Incidents) -> Routes:
     """Raises RulesError or CatalogError when policy files are broken, SigningKeyError for a
     bad key: a reload then keeps the routes already running."""
     to_mailbox = deliverer(config)
@@ -123,12 +125,13 @@ def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool, traf
                                 metrics)
     catalog = reply_catalog(config)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound, config.monitors.dmarc_report_addresses, catalog)
+                    metrics, to_mailbox, acknowledger, outbound, config.monitors.dmarc_report_addresses, catalog,
+                    incidents)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
                       to_mailbox, hostname, metrics)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
     transport = Transport(config.outbound, hostname, resolver(nameservers), catalog)
-    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic)
+    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents)
     sending = config.outbound.spool(config.spool.max_stage_failures)
     return Routes(
         Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary),
@@ -156,6 +159,7 @@ class Daemon:
         self._commits_seen: dict[str, tuple[int, int]] = {}
         self._traffic = Traffic()
         self._monitors: Monitors | None = None
+        self._incidents: Incidents | None = None
 
     async def run(self) -> int:
         config = self.config
@@ -169,8 +173,10 @@ class Daemon:
                 recovered = await spool.recover()
                 if recovered:
                     log.warning("recovered messages claimed before a crash", extra={"spool": name, "count": recovered})
-            built = routes(config, store, self._metrics, outbound, self._traffic)
-            self._monitors = Monitors(monitor_settings(config), self._traffic, self._metrics, store)
+            self._incidents = Incidents(store, self._metrics, threshold=config.monitors.incident_threshold,
+                                        window=config.monitors.incident_window, quiet=config.monitors.incident_quiet)
+            built = routes(config, store, self._metrics, outbound, self._traffic, self._incidents)
+            self._monitors = Monitors(monitor_settings(config), self._traffic, self._metrics, store, self._incidents)
             self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), inbound, self._metrics,
                                            config.inbound.hostname)
             submission = config.submission
@@ -234,8 +240,9 @@ class Daemon:
             assert self._store is not None
             new = await asyncio.to_thread(configuration.load, self._config_path)
             settings = {"inbound": listener_settings(new), "submission": submission_settings(new)}
+            assert self._incidents is not None
             built = await asyncio.to_thread(routes, new, self._store, self._metrics, self._spools["outbound"],
-                                            self._traffic)
+                                            self._traffic, self._incidents)
             watching = await asyncio.to_thread(monitor_settings, new)
         except (configuration.ConfigError, RulesError, classify.CatalogError, profiles.ProfileError) as exc:
             return self._refuse(exc.problems)

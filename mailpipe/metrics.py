@@ -107,6 +107,11 @@ class Metrics:
         self.bounces = Counter(
             "mailpipe_bounces", "Bounces of our mail received later (RFC 3464 or plain text), per failed recipient, "
             "by provider and class (as for mailpipe_outbound_replies_total).", ["provider", "class"], registry=r)
+        self.incident_active = Gauge(
+            "mailpipe_incident_active", "1 while a provider is refusing our mail for authentication, reputation, "
+            "policy or content (an incident; see mailpipe incidents).", ["provider"], registry=r)
+        self.incidents_opened = Counter("mailpipe_incidents_opened", "Provider incidents opened.", ["provider"],
+                                        registry=r)
         self.dmarc_reports = Counter(
             "mailpipe_dmarc_reports", "DMARC aggregate reports received by mail, by result (new, duplicate, invalid).",
             ["result"], registry=r)

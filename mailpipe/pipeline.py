@@ -23,6 +23,7 @@ from mailpipe.deliver import Deliverer, headers, notice
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
 from mailpipe.monitors import bounces, dmarc_reports
+from mailpipe.monitors.incidents import MENTIONS, Incidents
 from mailpipe.outbound.acknowledge import Acknowledgement, Acknowledger
 from mailpipe.outbound.classify import Catalog
 from mailpipe.spool import Message, Spool
@@ -83,9 +84,11 @@ class Triage:
     def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: Store, hostname: str,
                  metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
                  outbound: Spool | None = None, report_addresses: Sequence[str] = (),
-                 catalog: Catalog | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 catalog: Catalog | None = None, incidents: Incidents | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.metrics = metrics
         self.catalog = catalog
+        self.incidents = incidents
         self.report_addresses = frozenset(canonical(a) for a in report_addresses)
         self.deliverer = deliverer
         self.acknowledger = acknowledger
@@ -142,6 +145,9 @@ class Triage:
             provider = self.catalog.provider(failure.remote_mta or None, failure.recipient.rpartition("@")[2])
             classification = self.catalog.classify(provider, failure.code, failure.text)
             self.metrics.bounces.labels(provider, classification.klass).inc()
+            if self.incidents is not None:
+                await asyncio.to_thread(self.incidents.observe, provider, classification.klass,
+                                        f"{failure.code} {failure.text}", failure.recipient)
             meaning = f": {classification.meaning}" if classification.meaning else ""
             lines.append(f"{failure.recipient}: {failure.action} {failure.code} {failure.text}"
                          f" ({provider}, {classification.klass}{meaning})")
@@ -201,7 +207,8 @@ class Triage:
 
     def score(self, work: Work) -> Work:
         now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
-        context = triage_context(_parsed(work), work.profile, now, self.desk, self.hostname, work.auth)
+        active = self.incidents.active() if self.incidents else frozenset()
+        context = triage_context(_parsed(work), work.profile, now, self.desk, self.hostname, work.auth, active)
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
     def assign(self, work: Work) -> Work:
@@ -264,9 +271,25 @@ class Triage:
         subject = None
         if self.desk.subject_tags:
             subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
-        card = triage_card(work, self.hostname, self._by_id)
+        card = triage_card(work, self.hostname, self._by_id, self._incident_lines(parsed))
         return dataclasses.replace(work, fields=tuple(fields), subject=subject, card=card,
                                    authserv_id=self.hostname)
+
+    def _incident_lines(self, parsed: ParsedMessage) -> list[str]:
+        """The active incidents of providers this message names, for the agent's card."""
+        if self.incidents is None:
+            return []
+        text = parsed.subject + "\n" + parsed.new_text
+        lines = []
+        for provider in sorted(self.incidents.active()):
+            record = self.incidents.describe(provider)
+            if record is None or not MENTIONS[provider].search(text):
+                continue
+            since = datetime.fromtimestamp(record.started, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            lines.append(f"Incident: {provider} is refusing our mail since {since} ({record.klass}: {record.sample});"
+                         f" {record.refusals} refusals, {len(record.customers)} customers affected"
+                         " (mailpipe incidents)")
+        return lines
 
     async def hand_off(self, work: Work) -> None:
         """The original with our headers on top, then its triage card, to each recipient's
@@ -304,7 +327,8 @@ class Triage:
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
-                   authserv_id: str, verified: auth.Verdict | None = None) -> Context:
+                   authserv_id: str, verified: auth.Verdict | None = None,
+                   incidents: frozenset[str] = frozenset()) -> Context:
     """What the rules see: the message, the customer and their history from the store, DMARC
     (verified now, or as our own earlier Authentication-Results recorded it) and the clock.
     Shared by the daemon and ``mailpipe score``."""
@@ -316,7 +340,7 @@ def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime
                           datetime.fromtimestamp(open_since, UTC) if open_since else None)
     dmarc = verified.dmarc if verified is not None else dmarc_verdict(parsed, authserv_id)
     return Context(parsed, now, customer=customer, history=history, dmarc=dmarc,
-                   business_hours=within_business_hours(now, desk))
+                   business_hours=within_business_hours(now, desk), incidents=incidents)
 
 
 def customer_address(work: Work) -> str:
@@ -357,7 +381,7 @@ def _customer_line(c: CustomerRecord) -> str:
     return "; ".join(parts)
 
 
-def triage_card(work: Work, hostname: str, agents: dict[str, Agent]) -> bytes:
+def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: Sequence[str] = ()) -> bytes:
     """A short companion message filed next to the original in the agent's mailbox and threaded
     under it: any mail client shows the profile, history and verdict, and the original message
     stays byte for byte as the customer sent it."""
@@ -365,7 +389,7 @@ def triage_card(work: Work, hostname: str, agents: dict[str, Agent]) -> bytes:
     assert record is not None
     case, customer = record.case, record.customer
     lines = [f"Case #{case.id} ({'new' if record.new_case else 'continued'}) — {verdict.level} {verdict.score:g}",
-             ""]
+             "", *incidents, *([""] if incidents else [])]
     for assignment in record.assignments:
         agent = agents.get(assignment.agent)
         who = f"{agent.name} ({agent.phone})" if agent else assignment.agent

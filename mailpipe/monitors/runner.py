@@ -19,6 +19,7 @@ import dns.resolver
 
 from mailpipe.metrics import Metrics
 from mailpipe.monitors import dns_checks, profiles
+from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound.signing import SigningKey
 from mailpipe.store import DmarcSummary, Store
@@ -42,8 +43,10 @@ class MonitorSettings:
 
 
 class Monitors:
-    def __init__(self, settings: MonitorSettings, traffic: Traffic, metrics: Metrics, store: Store):
+    def __init__(self, settings: MonitorSettings, traffic: Traffic, metrics: Metrics, store: Store,
+                 incidents: Incidents | None = None):
         self.settings = settings
+        self.incidents = incidents
         self.traffic = traffic
         self.metrics = metrics
         self.store = store
@@ -66,6 +69,8 @@ class Monitors:
                 next_dns = time.monotonic() + self.settings.interval
             self.evaluate()
             await self.export_dmarc()
+            if self.incidents is not None:
+                await asyncio.to_thread(self.incidents.end_quiet)
             try:
                 await asyncio.wait_for(self._wake.wait(), _EVALUATE_EVERY)
                 next_dns = 0.0  # reconfigured: check everything again now

@@ -11,6 +11,7 @@ provider is logged with its full text — the earliest sign of a provider's rule
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -20,6 +21,7 @@ from mailpipe.addresses import canonical, domain_of
 from mailpipe.config import Agent, OutboundConfig
 from mailpipe.deliver import Deliverer, PartlyDeferred
 from mailpipe.metrics import Metrics
+from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import dsn
 from mailpipe.outbound.classify import ACCEPTED, CLASSES, UNKNOWN
@@ -31,9 +33,11 @@ log = logging.getLogger("mailpipe.outbound")
 
 class SendQueue:
     def __init__(self, transport: Transport, settings: OutboundConfig, agents: Sequence[Agent], mailboxes: Deliverer,
-                 reporting_mta: str, metrics: Metrics, traffic: Traffic, clock: Callable[[], float] = time.time):
+                 reporting_mta: str, metrics: Metrics, traffic: Traffic, incidents: Incidents | None = None,
+                 clock: Callable[[], float] = time.time):
         self.transport = transport
         self.traffic = traffic
+        self.incidents = incidents
         self.settings = settings
         self.mailboxes = mailboxes
         self.reporting_mta = reporting_mta
@@ -53,6 +57,11 @@ class SendQueue:
         domain = domain_of(envelope.rcpt_tos[0])
         attempt = await self.transport.send(envelope.mail_from, domain, envelope.rcpt_tos, message.data)
         self._count(message, attempt)
+        if self.incidents is not None:
+            for recipient, reply in attempt.replies.items():
+                if not reply.accepted and reply.classification is not None:
+                    await asyncio.to_thread(self.incidents.observe, attempt.provider, reply.classification.klass,
+                                            str(reply), recipient)
         failed = {r: reply for r, reply in attempt.replies.items() if reply.permanent}
         deferred = {r: reply for r, reply in attempt.replies.items() if not reply.accepted and not reply.permanent}
         expired = bool(deferred) and self._clock() - message.entry.received_at > self.settings.max_lifetime

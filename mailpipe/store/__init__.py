@@ -94,6 +94,19 @@ class CaseNote:
 
 
 @dataclass(frozen=True)
+class IncidentRecord:
+    id: int
+    provider: str
+    klass: str
+    sample: str  # the refusal that opened it
+    started: float
+    last_seen: float
+    ended: float | None
+    refusals: int
+    customers: tuple[str, ...] = ()  # whose mail to this provider was refused meanwhile
+
+
+@dataclass(frozen=True)
 class DmarcRow:
     """One record of a DMARC aggregate report: messages from one source IP, as judged."""
 
@@ -185,6 +198,14 @@ class Store(Protocol):
     def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool: ...
 
     def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
+
+    def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord: ...
+
+    def touch_incident(self, incident_id: int, at: float, customer: str) -> IncidentRecord: ...
+
+    def end_incident(self, incident_id: int, at: float) -> None: ...
+
+    def incidents(self, *, active: bool = False, since: float = 0.0) -> tuple[IncidentRecord, ...]: ...
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None: ...
 

@@ -22,6 +22,7 @@ from mailpipe.store import (
     DmarcSummary,
     EarlierReply,
     InboundRecord,
+    IncidentRecord,
     Profile,
     ReplyRecord,
     StaleDecision,
@@ -134,6 +135,24 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     CREATE INDEX case_notes_case ON case_notes (case_id, at);
+    """,
+    """
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        class TEXT NOT NULL,
+        sample TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL,
+        ended_at REAL,
+        refusals INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX incidents_active ON incidents (ended_at, provider);
+    CREATE TABLE incident_customers (
+        incident_id INTEGER NOT NULL REFERENCES incidents(id),
+        address TEXT NOT NULL,
+        PRIMARY KEY (incident_id, address)
+    );
     """,
 )
 
@@ -492,6 +511,56 @@ class SQLiteStore:
     def case_notes(self, case_id: int) -> tuple[CaseNote, ...]:
         return tuple(CaseNote(*row) for row in self._conn().execute(
             "SELECT case_id, kind, text, at FROM case_notes WHERE case_id = ? ORDER BY at, id", (case_id,)))
+
+    def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord:
+        with self._writing:
+            incident_id = self._conn().execute(
+                "INSERT INTO incidents (provider, class, sample, started_at, last_seen_at) VALUES (?, ?, ?, ?, ?)",
+                (provider, klass, sample, at, at)).lastrowid
+        found = self._incident(incident_id)
+        assert found is not None
+        return found
+
+    def touch_incident(self, incident_id: int, at: float, customer: str) -> IncidentRecord:
+        """One more refusal in this incident, to ``customer``'s mail."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("UPDATE incidents SET last_seen_at = max(last_seen_at, ?), refusals = refusals + 1"
+                             " WHERE id = ?", (at, incident_id))
+                if customer:
+                    conn.execute("INSERT INTO incident_customers (incident_id, address) VALUES (?, ?)"
+                                 " ON CONFLICT DO NOTHING", (incident_id, canonical(customer)))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        found = self._incident(incident_id)
+        assert found is not None
+        return found
+
+    def end_incident(self, incident_id: int, at: float) -> None:
+        with self._writing:
+            self._conn().execute("UPDATE incidents SET ended_at = ? WHERE id = ?", (at, incident_id))
+
+    def incidents(self, *, active: bool = False, since: float = 0.0) -> tuple[IncidentRecord, ...]:
+        """Active ones, or all that were still going at ``since``; newest first."""
+        where = "ended_at IS NULL" if active else "(ended_at IS NULL OR ended_at >= ?)"
+        rows = self._conn().execute(f"SELECT id FROM incidents WHERE {where} ORDER BY started_at DESC",
+                                    () if active else (since,)).fetchall()
+        return tuple(record for (incident_id,) in rows if (record := self._incident(incident_id)) is not None)
+
+    def _incident(self, incident_id: int) -> IncidentRecord | None:
+        conn = self._conn()
+        row = conn.execute("SELECT id, provider, class, sample, started_at, last_seen_at, ended_at, refusals"
+                           " FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        if row is None:
+            return None
+        customers = tuple(a for (a,) in conn.execute("SELECT address FROM incident_customers WHERE incident_id = ?"
+                                                     " ORDER BY address", (incident_id,)))
+        return IncidentRecord(*row, customers=customers)
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None:
         with self._writing:

@@ -1,8 +1,8 @@
 """Everything a rule may look at, gathered before scoring so rules stay pure functions.
 
 The parsed message, what the store knows of the customer and their history, what inbound
-authentication concluded of DMARC, and the clock. Text is folded once here (NFKC, casefold)
-for every keyword rule.
+authentication concluded of DMARC, the providers with an active incident, and the clock. Text
+is folded once here (NFKC, casefold) for every keyword rule.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Context:
     history: History = field(default_factory=History)
     dmarc: str = "none"
     business_hours: bool = True
+    incidents: frozenset[str] = frozenset()  # providers refusing our mail right now (reply catalog names)
 
     @property
     def trusted_vip(self) -> bool:

@@ -1,8 +1,9 @@
 """``mailpipe rules test``: every rule's examples, run through the real parser and scorer.
 
-An example is a small message (subject, body, headers, sender, customer, dmarc) and whether its
-rule must fire. Rule files carry their examples, as SpamAssassin's regression tests do, so a
-changed keyword list that breaks an example fails CI and ``check`` before a reload.
+An example is a small message (subject, body, headers, sender, customer, dmarc, the providers
+with an active incident) and whether its rule must fire. Rule files carry their examples, as
+SpamAssassin's regression tests do, so a changed keyword list that breaks an example fails CI
+and ``check`` before a reload.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from email.header import Header
 from typing import Any
 
 from mailpipe.message import parse
+from mailpipe.monitors.incidents import provider_of
 from mailpipe.store import CustomerRecord
 from mailpipe.triage.context import Context
 from mailpipe.triage.rules import RuleSet
@@ -45,7 +47,8 @@ def run(rules: RuleSet) -> tuple[int, list[Failure]]:
             customer = CustomerRecord(0, "customer@example.org", **example["customer"]) if "customer" in example \
                 else None
             context = Context(parse(example_message(example)), datetime.now(UTC), customer=customer,
-                              dmarc=example.get("dmarc", "none"))
+                              dmarc=example.get("dmarc", "none"),
+                              incidents=frozenset(provider_of(p) for p in example.get("incident", ())))
             fired = rule.name in evaluate(rules, context).rule_names
             if fired != example["expect"]:
                 failures.append(Failure(rule.name, rule.source, index, example["expect"], example))

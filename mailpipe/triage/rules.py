@@ -14,6 +14,7 @@ conditions that must all hold:
     open_case_hours = 48                      the customer's open case is at least this old
     dmarc = "fail"                            what Authentication-Results said of DMARC
     outside_business_hours = true
+    incident = true | ["gmail", ...]          a provider the message names has an active incident
     expression = "NOT_DELIVERED & VIP & !AUTO_REPLY"  a composite: only this condition
 
 and optionally ``escalate = "tech"`` or ``"dev"`` and ``examples`` that ``mailpipe rules test``
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailpipe.monitors.incidents import MENTIONS, provider_of
 from mailpipe.triage.context import Context, fold
 from mailpipe.triage.expression import ExpressionError, Predicate, compile_expression
 
@@ -40,9 +42,9 @@ LEVELS = ("critical", "high", "normal", "low")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _TEXT_KEYS = ("any", "subject", "body")
 _CONDITION_KEYS = (*_TEXT_KEYS, "regex", "headers", "sender", "customer", "repeat", "open_case_hours", "dmarc",
-                   "outside_business_hours", "expression")
+                   "outside_business_hours", "incident", "expression")
 _KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled"})
-_EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc"})
+_EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc", "incident"})
 
 Condition = Callable[[Context], str | None]
 
@@ -340,6 +342,26 @@ def _outside_business_hours(value: Any) -> Condition:
         "within business hours" if context.business_hours else None)
 
 
+def _incident(value: Any) -> Condition:
+    """Fires when the message names a provider (Gmail, ヤフー, Outlook, …) that is refusing our
+    mail right now; ``true`` for any provider, or a list to restrict it."""
+    if value is True:
+        providers = frozenset(MENTIONS)
+    elif isinstance(value, list):
+        providers = frozenset(provider_of(name) for name in _strings(value))
+    else:
+        raise TypeError("must be true or an array of providers")
+
+    def condition(context: Context) -> str | None:
+        for provider in sorted(providers & context.incidents):
+            mention = MENTIONS[provider].search(context.folded_all)
+            if mention:
+                return f"incident.{provider} active; the message names {mention[0]}"
+        return None
+
+    return condition
+
+
 def _strings(value: Any) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise TypeError("must be a non-empty array of strings")
@@ -358,4 +380,5 @@ _CONDITIONS: dict[str, Callable[[Any], Condition]] = {
     "open_case_hours": _open_case_hours,
     "dmarc": _dmarc,
     "outside_business_hours": _outside_business_hours,
+    "incident": _incident,
 }
