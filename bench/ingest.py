@@ -39,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests.dns_peer import Unbound, test_zones  # noqa: E402
+from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
 
 RECIPIENT = "support@localhost"
 
@@ -129,7 +129,7 @@ maillog_file_prefixes = {work}
 @contextmanager
 def mailpipe(work: Path, workers: int = 8) -> Iterator[int]:
     """The daemon, resolving through a local unbound (as a production MX has a local resolver)."""
-    dns_server = Unbound(test_zones())
+    dns_server = Unbound(zones_for_tests())
     try:
         with _mailpipe(work, workers, dns_server.address) as port:
             yield port

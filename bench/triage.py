@@ -41,7 +41,7 @@ from mailpipe.pipeline import Triage, Work  # noqa: E402
 from mailpipe.spool import Entry, Envelope, Message, new_queue_id  # noqa: E402
 from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
 from mailpipe.triage import load as triage_load  # noqa: E402
-from tests.dns_peer import Unbound, test_zones  # noqa: E402
+from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
 from tests.triage_corpus import build, entries  # noqa: E402
 
 CUSTOMERS = 100_000
@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    dns_server = Unbound(test_zones())
+    dns_server = Unbound(zones_for_tests())
     auth.configure_resolver([("127.0.0.1", dns_server.port)])
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as tmp:
         work = Path(tmp)

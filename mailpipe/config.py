@@ -184,6 +184,21 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class Seed:
+    """A mailbox at a provider that placement probes are sent to and looked for in."""
+
+    provider: str  # the reply catalog's name (google, yahoo, microsoft) or an alias (gmail, outlook)
+    address: str
+    imap_host: str
+    username: str
+    password: str
+    imap_port: int = 993
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    inbox: str = "INBOX"
+    spam: str = "Junk"
+
+
+@dataclass(frozen=True)
 class MonitorsConfig:
     # Sending domains to check; empty: the domains of inbound.addresses and of the DKIM keys.
     domains: tuple[str, ...]
@@ -201,6 +216,15 @@ class MonitorsConfig:
     incident_threshold: int
     incident_window: Seconds
     incident_quiet: Seconds
+    # Placement probes: every probe_interval a tokened message goes to each seed mailbox through
+    # the outbound path; found in its inbox, its spam folder, or not within probe_timeout.
+    seeds: tuple[Seed, ...]
+    probe_interval: Seconds
+    probe_timeout: Seconds
+    probe_poll: Seconds
+    # The probe's sender (default: the first inbound address) and the agent it is stamped for.
+    probe_from: str
+    probe_agent: str
 
     @property
     def providers_path(self) -> Path:
@@ -385,6 +409,14 @@ def _check(config: Config, source: str) -> list[str]:
             problems.append(f"{source}: {section}.retry_max: must not be shorter than {section}.retry_initial")
     if config.outbound.max_per_destination < 1:
         problems.append(f"{source}: outbound.max_per_destination: must be at least 1")
+    for index, seed in enumerate(config.monitors.seeds):
+        if seed.provider.lower() not in ("google", "yahoo", "microsoft", "yahoo_japan", "gmail", "outlook",
+                                         "hotmail", "aol"):
+            problems.append(f"{source}: monitors.seeds[{index}].provider: {seed.provider!r} is not a known provider")
+        if reason := syntax_problem(seed.address):
+            problems.append(f"{source}: monitors.seeds[{index}].address: {seed.address!r}: {reason}")
+    if config.monitors.probe_agent and config.monitors.probe_agent not in {a.id for a in config.agents}:
+        problems.append(f"{source}: monitors.probe_agent: no agent {config.monitors.probe_agent!r}")
     accepted = {a.casefold() for a in inbound.addresses}
     for index, address in enumerate(config.monitors.dmarc_report_addresses):
         if address.casefold() not in accepted:

@@ -30,6 +30,7 @@ from mailpipe.http import StatusServer
 from mailpipe.metrics import Metrics
 from mailpipe.monitors import profiles
 from mailpipe.monitors.incidents import Incidents
+from mailpipe.monitors.probes import Prober, ProbeSettings
 from mailpipe.monitors.runner import Monitors, MonitorSettings
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import classify
@@ -91,6 +92,14 @@ def deliverer(config: Config) -> Deliverer:
 
 def signing_keys(config: Config) -> tuple[SigningKey, ...]:
     return tuple(load_key(k.domain, k.selector, k.algorithm, Path(k.key_file)) for k in config.dkim)
+
+
+def probe_settings(config: Config) -> ProbeSettings:
+    monitors = config.monitors
+    support = [a for a in config.agents if a.tier == "support"] or list(config.agents)
+    return ProbeSettings(monitors.seeds, monitors.probe_interval, monitors.probe_timeout, monitors.probe_poll,
+                         monitors.probe_from or config.inbound.addresses[0], monitors.probe_agent or support[0].id,
+                         config.outbound_hostname)
 
 
 def monitor_settings(config: Config) -> MonitorSettings:
@@ -160,6 +169,7 @@ class Daemon:
         self._traffic = Traffic()
         self._monitors: Monitors | None = None
         self._incidents: Incidents | None = None
+        self._prober: Prober | None = None
 
     async def run(self) -> int:
         config = self.config
@@ -177,6 +187,7 @@ class Daemon:
                                         window=config.monitors.incident_window, quiet=config.monitors.incident_quiet)
             built = routes(config, store, self._metrics, outbound, self._traffic, self._incidents)
             self._monitors = Monitors(monitor_settings(config), self._traffic, self._metrics, store, self._incidents)
+            self._prober = Prober(probe_settings(config), outbound, self._metrics)
             self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), inbound, self._metrics,
                                            config.inbound.hostname)
             submission = config.submission
@@ -199,6 +210,7 @@ class Daemon:
                           for name, worker in self._workers.items()]
             background += [asyncio.create_task(self._export_stats(), name="stats"),
                            asyncio.create_task(self._monitors.run(), name="monitors"),
+                           asyncio.create_task(self._prober.run(), name="probes"),
                            asyncio.create_task(self._watchdog(), name="watchdog")]
             self._install_signals()
             self._notifier.ready(self._status_line(config))
@@ -261,8 +273,9 @@ class Daemon:
         for name, route in (("inbound", built.inbound), ("submission", built.submission),
                             ("outbound", built.outbound)):
             self._workers[name].route = route
-        assert self._monitors is not None
+        assert self._monitors is not None and self._prober is not None
         self._monitors.reconfigure(watching)
+        self._prober.reconfigure(probe_settings(new))
         logging.getLogger().setLevel(new.log_level.upper())
         self.config = new
         self._metrics.config_reloads.labels("success").inc()

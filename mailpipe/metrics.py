@@ -107,6 +107,18 @@ class Metrics:
         self.bounces = Counter(
             "mailpipe_bounces", "Bounces of our mail received later (RFC 3464 or plain text), per failed recipient, "
             "by provider and class (as for mailpipe_outbound_replies_total).", ["provider", "class"], registry=r)
+        self.probe_placements = Counter(
+            "mailpipe_probe_placements", "Placement probes by provider and where they landed (inbox, spam, missing).",
+            ["provider", "result"], registry=r)
+        self.probe_last_placement = Gauge(
+            "mailpipe_probe_last_placement", "1 for where the latest probe to a provider landed (inbox, spam or "
+            "missing), 0 for the others.", ["provider", "result"], registry=r)
+        self.probe_delivery_seconds = Histogram(
+            "mailpipe_probe_delivery_seconds", "From sending a probe to finding it in the seed mailbox.", ["provider"],
+            buckets=_DELIVERY_BUCKETS, registry=r)
+        self.probe_auth_pass = Gauge(
+            "mailpipe_probe_auth_pass", "1 when the provider's own Authentication-Results on the latest probe say "
+            "pass for the method (spf, dkim, dmarc), 0 otherwise.", ["provider", "method"], registry=r)
         self.incident_active = Gauge(
             "mailpipe_incident_active", "1 while a provider is refusing our mail for authentication, reputation, "
             "policy or content (an incident; see mailpipe incidents).", ["provider"], registry=r)

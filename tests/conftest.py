@@ -187,9 +187,9 @@ def base_settings(directory: Path, nameserver: str) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def dns_server() -> Iterator[Any]:
     """unbound serving the test zones; every daemon in the tests resolves through it."""
-    from tests.dns_peer import Unbound, test_zones
+    from tests.dns_peer import Unbound, zones_for_tests
 
-    server = Unbound(test_zones())
+    server = Unbound(zones_for_tests())
     yield server
     server.stop()
 

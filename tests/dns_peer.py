@@ -50,7 +50,7 @@ def dkim_private_key() -> bytes:
     return _KEY[0]
 
 
-def test_zones() -> dict[str, list[str]]:
+def zones_for_tests() -> dict[str, list[str]]:
     """example.test sends from 127.0.0.1 and signs with ``sel`` (RSA) and ``ed`` (Ed25519);
     bank.test sends only from 192.0.2.1 and publishes p=reject, so mail in its name from loopback
     fails DMARC. Recipients' domains: customer.test (its own MX), gmail.test and yahoo.test
@@ -80,6 +80,11 @@ def test_zones() -> dict[str, list[str]]:
     }
 
 
+def without_dkim(zones: dict[str, list[str]], domain: str = "example.test") -> dict[str, list[str]]:
+    """The zones after ``domain`` rotated its DKIM keys out of DNS."""
+    return {**zones, domain: [r for r in zones[domain] if "._domainkey" not in r]}
+
+
 def sign(message: bytes, domain: str = "example.test") -> bytes:
     """``message`` with a DKIM signature of ``domain`` made with the key the test zone publishes."""
     return dkim.sign(message, DKIM_SELECTOR.encode(), domain.encode(), _KEY[0],
@@ -92,8 +97,9 @@ def txt(value: str) -> str:
 
 
 class Unbound:
-    def __init__(self, zones: dict[str, list[str]]):
-        self.port = free_port()
+    def __init__(self, zones: dict[str, list[str]], port: int | None = None):
+        """``port``: listen where a stopped server did, to serve changed zones at the same address."""
+        self.port = port or free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="mailpipe-dns-"))
         config = [
             "server:", "  interface: 127.0.0.1", f"  port: {self.port}", '  username: ""', '  chroot: ""',

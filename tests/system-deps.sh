@@ -2,6 +2,7 @@
 # Installs the Debian packages the tests and benchmarks talk to, when they are missing and we are
 # root: Postfix (smtp-sink, smtp-source as real SMTP peers), swaks (a real SMTP client),
 # systemd (systemd-analyze for the unit checks), unbound (a real DNS server for the test zones),
+# Dovecot (a real IMAP server holding the seed mailboxes placement probes look in),
 # and promtool from the prometheus package (the alert rules' unit tests) — only that binary is
 # extracted, so no Prometheus server is installed or started. Arguments name extra packages
 # (python3-venv).
@@ -12,6 +13,7 @@ need swaks /usr/bin/swaks swaks
 need smtp-sink /usr/sbin/smtp-sink postfix
 need systemd-analyze /usr/bin/systemd-analyze systemd
 need unbound /usr/sbin/unbound unbound
+need dovecot /usr/sbin/dovecot "dovecot-imapd"
 # CPython's own e-mail test corpus, which the parser is tested against (Debian ships it apart).
 if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isdir(os.path.join(sysconfig.get_paths()["stdlib"], "test", "test_email", "data")))'; then
     missing="$missing libpython3.$(python3 -c 'import sys; print(sys.version_info.minor)')-testsuite"

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from mailpipe.config import Seed
 from mailpipe.data import shipped
+from mailpipe.message import parse
 from mailpipe.monitors import profiles
+from mailpipe.monitors.probes import probe_message, provider_verdicts
 from mailpipe.monitors.traffic import Traffic, inspect
 from tests.test_lifecycle import metrics
 
@@ -100,3 +103,17 @@ def test_the_daemon_exports_checks_and_requirements_and_a_reloaded_profile_count
     while key not in (found := metrics(daemon)) and time.monotonic() < reloaded + 20:
         time.sleep(0.1)
     assert found[key] == 0 and time.monotonic() - reloaded < 10
+
+
+def test_the_providers_own_verdicts_are_read_from_its_authentication_results() -> None:
+    header = (" mx.google.com;\r\n dkim=pass header.i=@example.test;\r\n spf=softfail smtp.mailfrom=a@example.test;"
+              "\r\n dmarc=pass (p=REJECT) header.from=example.test")
+    assert provider_verdicts([header]) == {"dkim": "pass", "spf": "softfail", "dmarc": "pass"}
+
+
+def test_a_probe_is_an_ordinary_message_with_its_token_in_the_subject() -> None:
+    raw = probe_message("mp-1234", Seed("gmail", "seed@gmail.test", "imap", "u", "p"), "support@example.test", "mx",
+                        1_790_000_000)
+    parsed = parse(raw)
+    assert parsed.subject == "Delivery check mp-1234" and parsed.message_id == "probe-mp-1234@mx"
+    assert b"X-Mailpipe" not in raw
