@@ -33,6 +33,8 @@ apt-get update -qq
 if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    # The tests start their own Dovecot on a loopback port; the packaged system service is not wanted.
+    case "$missing" in *dovecot*) systemctl disable --now dovecot >/dev/null 2>&1 || true ;; esac
 fi
 if [ -n "$need_promtool" ]; then
     work=$(mktemp -d)
