@@ -37,8 +37,8 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -188,6 +188,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _store(config: configuration.Config) -> Iterator[SQLiteStore]:
+    """The daemon's store, for one command."""
+    store = SQLiteStore(config.store_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from mailpipe.daemon import serve
 
@@ -266,39 +276,32 @@ _CSV_FIELDS = ("address", "name", "company", "plan", "vip", "phone", "notes")
 
 def _customers_import(args: argparse.Namespace) -> int:
     """CSV with a header row; ``address`` is required, other known columns are optional."""
-    store = SQLiteStore(configuration.load(args.config).store_path)
-    try:
-        with args.file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = set(reader.fieldnames or ())
-            if "address" not in columns or not columns <= set(_CSV_FIELDS):
-                print(f"mailpipe: {args.file}: header must have address and only {', '.join(_CSV_FIELDS)}",
-                      file=sys.stderr)
-                return 1
-            imported, problems = 0, 0
-            for line, row in enumerate(reader, start=2):
-                address = (row.pop("address") or "").strip()
-                if reason := syntax_problem(address):
-                    print(f"mailpipe: {args.file}:{line}: {address!r}: {reason}", file=sys.stderr)
-                    problems += 1
-                    continue
-                if "vip" in row:
-                    row["vip"] = (row["vip"] or "").strip().lower() in ("1", "true", "yes", "y", "vip")
-                store.upsert_customer(address, **{k: v for k, v in row.items() if v is not None})
-                imported += 1
-    finally:
-        store.close()
+    with _store(configuration.load(args.config)) as store, args.file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        if "address" not in columns or not columns <= set(_CSV_FIELDS):
+            print(f"mailpipe: {args.file}: header must have address and only {', '.join(_CSV_FIELDS)}",
+                  file=sys.stderr)
+            return 1
+        imported, problems = 0, 0
+        for line, row in enumerate(reader, start=2):
+            address = (row.pop("address") or "").strip()
+            if reason := syntax_problem(address):
+                print(f"mailpipe: {args.file}:{line}: {address!r}: {reason}", file=sys.stderr)
+                problems += 1
+                continue
+            if "vip" in row:
+                row["vip"] = (row["vip"] or "").strip().lower() in ("1", "true", "yes", "y", "vip")
+            store.upsert_customer(address, **{k: v for k, v in row.items() if v is not None})
+            imported += 1
     print(f"mailpipe: {imported} customers imported, {problems} rows refused")
     return 1 if problems else 0
 
 
 def _customers_show(args: argparse.Namespace) -> int:
-    store = SQLiteStore(configuration.load(args.config).store_path)
-    try:
+    with _store(configuration.load(args.config)) as store:
         profile = store.profile(args.address, time.time())
         cases = store.cases_of(profile.customer.id, 50) if profile else ()
-    finally:
-        store.close()
     if profile is None:
         print(f"mailpipe: customers: {args.address}: not found", file=sys.stderr)
         return 1
@@ -318,11 +321,8 @@ def _customers_show(args: argparse.Namespace) -> int:
 
 
 def _cases_list(args: argparse.Namespace) -> int:
-    store = SQLiteStore(configuration.load(args.config).store_path)
-    try:
+    with _store(configuration.load(args.config)) as store:
         found = store.cases("open" if args.open else None, args.limit)
-    finally:
-        store.close()
     if args.json:
         for case in found:
             print(json.dumps(case.__dict__, ensure_ascii=False))
@@ -336,16 +336,13 @@ def _cases_list(args: argparse.Namespace) -> int:
 
 
 def _cases_status(args: argparse.Namespace) -> int:
-    store = SQLiteStore(configuration.load(args.config).store_path)
     missing = []
-    try:
+    with _store(configuration.load(args.config)) as store:
         for case_id in args.ids:
             if store.set_status(case_id, args.status, time.time()):
                 print(f"mailpipe: cases: #{case_id}: {args.status}")
             else:
                 missing.append(case_id)
-    finally:
-        store.close()
     for case_id in missing:
         print(f"mailpipe: cases: #{case_id}: not found", file=sys.stderr)
     return 1 if missing else 0
@@ -353,11 +350,8 @@ def _cases_status(args: argparse.Namespace) -> int:
 
 def _agents_list(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
-    store = SQLiteStore(loaded.store_path)
-    try:
+    with _store(loaded) as store:
         load, away = store.open_load(), store.away()
-    finally:
-        store.close()
     now = datetime.now(UTC)
     rows = [{"id": a.id, "name": a.name, "tier": a.tier, "phone": a.phone, "address": a.address,
              "away": a.id in away, "on_duty": a.id not in away and on_duty(a, now, loaded.triage),
@@ -378,11 +372,8 @@ def _agents_away(args: argparse.Namespace) -> int:
     if args.id not in {a.id for a in loaded.agents}:
         print(f"mailpipe: agents: {args.id}: no such agent in {loaded.source}", file=sys.stderr)
         return 1
-    store = SQLiteStore(loaded.store_path)
-    try:
+    with _store(loaded) as store:
         store.set_away(args.id, args.away, time.time())
-    finally:
-        store.close()
     print(f"mailpipe: agents: {args.id}: {'away' if args.away else 'back'}")
     return 0
 
@@ -402,11 +393,8 @@ def _agents_passwd(args: argparse.Namespace) -> int:
     if len(password) < 12:
         print("mailpipe: agents: a password needs at least 12 characters", file=sys.stderr)
         return 1
-    store = SQLiteStore(loaded.store_path)
-    try:
+    with _store(loaded) as store:
         store.set_password(args.id, credentials.hash_password(password), time.time())
-    finally:
-        store.close()
     print(f"mailpipe: agents: {args.id}: password set")
     return 0
 
@@ -450,9 +438,8 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
 
 
 def _dmarc_import(args: argparse.Namespace) -> int:
-    store = SQLiteStore(configuration.load(args.config).store_path)
     failed = 0
-    try:
+    with _store(configuration.load(args.config)) as store:
         for path in args.files:
             try:
                 found = dmarc_reports.reports(path.read_bytes())
@@ -472,17 +459,12 @@ def _dmarc_import(args: argparse.Namespace) -> int:
                 print(f"{report.org_name} {report.report_id} {report.domain} p={report.policy} {window}: "
                       f"{report.messages} messages from {len({r.source_ip for r in records})} IPs, "
                       f"{aligned}/{report.messages} passed DMARC{'' if new else ' (imported before)'}")
-    finally:
-        store.close()
     return 1 if failed else 0
 
 
 def _incidents(args: argparse.Namespace) -> int:
-    store = SQLiteStore(configuration.load(args.config).store_path)
-    try:
+    with _store(configuration.load(args.config)) as store:
         found = store.incidents(since=time.time() - args.days * 86400)
-    finally:
-        store.close()
     if args.json:
         for record in found:
             print(json.dumps({**record.__dict__, "active": record.ended is None, "customers": list(record.customers)},

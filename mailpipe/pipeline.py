@@ -71,11 +71,6 @@ class NoRecipients(Exception):
     """The stages ended without a mailbox to deliver to."""
 
 
-def triage_card_message(message: Message, card: bytes) -> Message:
-    """The triage card travels as its own message: its own id (so Maildir delivery stays
-    idempotent for it too) and the null envelope sender of an automatic message (RFC 3834)."""
-    envelope = dataclasses.replace(message.entry.envelope, mail_from="")
-    return Message(dataclasses.replace(message.entry, id=message.id + "T", envelope=envelope), card)
 
 
 class Triage:
@@ -156,7 +151,8 @@ class Triage:
         summary = "; ".join(lines) or "a bounce mailpipe could not read a recipient from"
         if case is not None:
             at = work.message.entry.received_at
-            if await asyncio.to_thread(self.store.add_case_note, case.id, "bounce", summary, work.message.id, at):
+            noted = await asyncio.to_thread(self.store.add_case_note, case.id, "bounce", summary, work.message.id, at)
+            if noted or work.message.entry.recovered:  # a crash may have come between note and notice
                 owner = self._by_id.get(case.owner)
                 if owner is not None:
                     await self._tell_owner(work, owner, case.id, bounce, summary)
@@ -170,9 +166,7 @@ class Triage:
         note = notice.compose(hostname=self.hostname, to=owner.address, subject=f"[#{case_id}] bounced", body=body,
                               message_id=f"{work.message.id}.bounce@{self.hostname}",
                               about=bounce.original_message_id, at=work.message.entry.received_at)
-        entry = work.message.entry
-        bounced = Message(dataclasses.replace(entry, id=f"{work.message.id}B",
-                                              envelope=dataclasses.replace(entry.envelope, mail_from="")), note)
+        bounced = notice.derived(work.message, "B", note)
         await self.deliverer.deliver(owner, [(bounced, note)])
 
     def parse(self, work: Work) -> Work:
@@ -303,7 +297,7 @@ class Triage:
         fields = b"".join(headers.field(name, value) for name, value in work.fields)
         items = [(message, headers.with_headers(message.data, fields, work.subject, work.authserv_id))]
         if work.card:
-            card = triage_card_message(message, work.card)
+            card = notice.derived(message, "T", work.card)
             items.append((card, card.data))
         for agent in work.recipients:
             await self.deliverer.deliver(agent, items)

@@ -1,16 +1,28 @@
-"""Short notes from mailpipe to an agent's mailbox, threaded under the message they are about.
+"""Messages mailpipe writes about another message, for an agent's mailbox.
 
-Used for a held reply, a bounce of the agent's mail, and the like: a plain UTF-8 text from
-``mailpipe@<hostname>``, ``Auto-Submitted: auto-generated``, with In-Reply-To and References
-pointing at the message concerned so mail clients show it in that thread.
+``compose`` writes a short note (a held reply, a bounce of the agent's mail): plain UTF-8 text
+from ``mailpipe@<hostname>``, ``Auto-Submitted: auto-generated``, with In-Reply-To and
+References pointing at the message concerned so mail clients show it in that thread.
+``derived`` wraps such a note (or a triage card, or a DSN) for delivery.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from mailpipe.deliver import headers
+from mailpipe.spool import Message
+
+
+def derived(message: Message, suffix: str, data: bytes) -> Message:
+    """``data`` as a message of its own about ``message``: its own id (the spooled id plus
+    ``suffix``, so Maildir delivery stays idempotent for it too) and the null envelope sender
+    of an automatic message (RFC 3834), so nothing ever bounces back to it."""
+    entry = message.entry
+    return Message(dataclasses.replace(entry, id=message.id + suffix,
+                                       envelope=dataclasses.replace(entry.envelope, mail_from="")), data)
 
 
 def compose(*, hostname: str, to: str, subject: str, body: str, message_id: str, about: str, at: float) -> bytes:

@@ -12,14 +12,13 @@ provider is logged with its full text — the earliest sign of a provider's rule
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from mailpipe.addresses import canonical, domain_of
 from mailpipe.config import Agent, OutboundConfig
-from mailpipe.deliver import Deliverer, PartlyDeferred
+from mailpipe.deliver import Deliverer, PartlyDeferred, notice
 from mailpipe.metrics import Metrics
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.traffic import Traffic
@@ -108,9 +107,8 @@ class SendQueue:
         report = dsn.report(reporting_mta=self.reporting_mta, agent_address=agent.address, original=message.data,
                             failed=failed, queue_id=message.id, arrival=entry.received_at, now=now, expired=expired)
         # Its own id per attempt, so that a repeat of this hand-off after a crash files it once.
-        notice = Message(dataclasses.replace(entry, id=f"{message.id}D{entry.attempts}",
-                                             envelope=dataclasses.replace(entry.envelope, mail_from="")), report)
-        await self.mailboxes.deliver(agent, [(notice, report)])
+        returned = notice.derived(message, f"D{entry.attempts}", report)
+        await self.mailboxes.deliver(agent, [(returned, report)])
         self.metrics.outbound_dsns.labels("failed").inc()
         log.warning("delivery status notification", extra={"queue_id": message.id, "agent": agent.id,
                                                             "to": ",".join(failed), "expired": expired})

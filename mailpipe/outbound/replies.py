@@ -145,9 +145,7 @@ class Replies:
                               subject=f"[#{work.case.id if work.case else ''}] held: {parsed.subject}", body=body,
                               message_id=f"{work.message.id}.held@{self.hostname}", about=parsed.message_id,
                               at=self.clock())
-        entry = work.message.entry
-        held = Message(dataclasses.replace(entry, id=f"{work.message.id}H",
-                                           envelope=dataclasses.replace(entry.envelope, mail_from="")), note)
+        held = notice.derived(work.message, "H", note)
         await self.mailboxes.deliver(author, [(held, note)])
 
     @staticmethod
