@@ -465,3 +465,17 @@ def test_a_smarthost_gets_everything_over_verified_tls_with_auth(desk, tmp_path:
     # The provider behind a smarthost is known from the recipient's domain.
     wait_until(lambda: metrics(daemon)[("mailpipe_outbound_replies_total",
                                         (("class", "accepted"), ("provider", "google")))] == 1)
+
+
+def test_an_unreachable_provider_is_a_connection_failure_not_an_unknown_reply(desk) -> None:
+    from tests.conftest import free_port
+
+    daemon = desk({"outbound": {"autoreply": False, "remote_port": free_port()}})
+    submit(daemon, b"From: support@example.test\r\nTo: a@gmail.test\r\nSubject: hi\r\n\r\nhello\r\n",
+           rcpts=("a@gmail.test",))
+    failures = ("mailpipe_outbound_connection_failures_total", (("provider", "google"),))
+    wait_until(lambda: metrics(daemon).get(failures, 0) >= 1)
+    counted = metrics(daemon)
+    assert counted[("mailpipe_outbound_replies_total", (("class", "unknown"), ("provider", "google")))] == 0
+    assert counted[("mailpipe_outbound_replies_total", (("class", "other"), ("provider", "google")))] >= 1
+    assert "unknown reply from a known provider" not in daemon.log()

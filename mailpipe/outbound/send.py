@@ -32,7 +32,7 @@ import dns.exception
 import dns.resolver
 
 from mailpipe.config import OutboundConfig
-from mailpipe.outbound.classify import Catalog, Classification
+from mailpipe.outbound.classify import OTHER_PROVIDER, Catalog, Classification
 
 log = logging.getLogger("mailpipe.outbound")
 
@@ -102,10 +102,11 @@ class Transport:
         else:
             hops = await self._route(domain)
         if isinstance(hops, tuple):
-            provider = self.catalog.provider(None, domain)
-            return Attempt(provider, {r: self._reply(provider, *hops) for r in recipients}, connected=False)
+            return Attempt(self.catalog.provider(None, domain), dict.fromkeys(recipients, self._ours(*hops)),
+                           connected=False)
         require_tls = domain in settings.tls_required_domains or bool(settings.smarthost_username)
-        last: tuple[int, str, str] = (451, "4.4.1 No mail server of the recipient domain answered", "")
+        provider = self.catalog.provider(None, domain)
+        last = self._ours(451, "4.4.1 No mail server of the recipient domain answered")
         for hop in hops:
             provider = self.catalog.provider(None if settings.smarthost else hop.name, domain)
             for address in await self._addresses(hop.name):
@@ -113,9 +114,7 @@ class Transport:
                 if isinstance(outcome, Attempt):
                     return outcome
                 last = outcome
-        provider = self.catalog.provider(hops[-1].name if hops and not settings.smarthost else None, domain)
-        return Attempt(provider, {r: self._reply(provider, last[0], last[1], last[2]) for r in recipients},
-                       connected=bool(last[2]))
+        return Attempt(provider, dict.fromkeys(recipients, last), connected=bool(last.host))
 
     async def _route(self, domain: str) -> list[Hop] | tuple[int, str]:
         port = self.settings.remote_port
@@ -144,9 +143,9 @@ class Transport:
         return found
 
     async def _converse(self, hop: Hop, address: str, provider: str, mail_from: str, recipients: Sequence[str],
-                        data: bytes, require_tls: bool) -> Attempt | tuple[int, str, str]:
+                        data: bytes, require_tls: bool) -> Attempt | Reply:
         """One SMTP conversation. Returns the attempt once a server took responsibility for
-        answering, or (code, text, host) when this host should pass the turn to the next."""
+        answering, or the reason this host passes the turn to the next."""
         for use_tls in (True, False):
             client = aiosmtplib.SMTP(hostname=address, port=hop.port, local_hostname=self.hostname,
                                      timeout=self.settings.timeout, start_tls=False)
@@ -159,12 +158,12 @@ class Transport:
                         await client.starttls(server_hostname=hop.name, tls_context=context)
                     except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
                         if require_tls:
-                            return 451, f"4.7.5 TLS with {hop.name} failed: {exc}", hop.name
+                            return self._ours(451, f"4.7.5 TLS with {hop.name} failed: {exc}", hop.name)
                         log.warning("STARTTLS failed, trying without", extra={"mx": hop.name, "error": str(exc)})
                         continue
                     await client.ehlo()
                 elif require_tls:
-                    return (*TLS_MISSING, hop.name)
+                    return self._ours(*TLS_MISSING, hop.name)
                 if self.settings.smarthost_username:
                     await client.login(self.settings.smarthost_username, self.settings.smarthost_password)
                 encrypted = client.get_transport_info("sslcontext") is not None
@@ -174,12 +173,12 @@ class Transport:
                 if exc.code >= 500:  # a permanent refusal before any recipient: it applies to all
                     reply = self._reply(provider, exc.code, exc.message, hop.name)
                     return Attempt(provider, dict.fromkeys(recipients, reply), connected=True)
-                return exc.code, exc.message, hop.name
+                return self._reply(provider, exc.code, exc.message, hop.name)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                return 451, f"4.4.1 Connection to {hop.name} [{address}] failed: {exc}", ""
+                return self._ours(451, f"4.4.1 Connection to {hop.name} [{address}] failed: {exc}")
             finally:
                 client.close()
-        return 451, f"4.7.5 No usable connection to {hop.name}", hop.name
+        return self._ours(451, f"4.7.5 No usable connection to {hop.name}", hop.name)
 
     async def _transaction(self, client: aiosmtplib.SMTP, hop: Hop, provider: str, mail_from: str,
                            recipients: Sequence[str], data: bytes) -> Attempt:
@@ -209,14 +208,20 @@ class Transport:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 # The server may or may not have the message: retrying risks a duplicate, the
                 # usual SMTP trade (RFC 1047); losing it is worse.
-                final = self._reply(provider, 451, f"4.4.2 Connection lost during DATA: {exc}", hop.name)
+                final = self._ours(451, f"4.4.2 Connection lost during DATA: {exc}", hop.name)
             replies.update(dict.fromkeys(accepted, final))
         with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
             await client.quit()
         return Attempt(provider, replies, connected=True)
 
-    def _reply(self, provider: str, code: int, text: str, host: str = "") -> Reply:
+    def _reply(self, provider: str, code: int, text: str, host: str) -> Reply:
+        """What a provider's server said, classified from the provider's part of the catalog."""
         return Reply(code, text, host, self.catalog.classify(provider, code, text))
+
+    def _ours(self, code: int, text: str, host: str = "") -> Reply:
+        """A reply mailpipe states itself (DNS trouble, no connection, no TLS): classified by its
+        status code alone, never as a provider's new ("unknown") text."""
+        return Reply(code, text, host, self.catalog.classify(OTHER_PROVIDER, code, text))
 
 
 def _is_address(host: str) -> bool:
