@@ -36,7 +36,7 @@ from mailpipe.triage.score import Verdict, evaluate
 from mailpipe.worker import Consumed
 
 TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
-_RECORD_TRIES = 3
+_RECORD_TRIES = 8
 AUTH_TIMEOUT = 15.0
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
 # must not starve the store and Maildir work of the default pool. Threads start on first use.
@@ -226,12 +226,15 @@ class Triage:
     def _record_once(self, work: Work) -> Work:
         parsed, verdict, decision = _parsed(work), _verdict(work), work.decision
         assert decision is not None
+        chosen = next((agent for agent, role, _ in decision.reasons if role == "owner"), "")
+        # A new customer's owner was chosen as least loaded: the store checks that still holds.
+        chosen_load = work.load.get(chosen, 0) if chosen and not work.previous_owner else None
         record = self.store.record_inbound(
             queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case,
             assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at,
-            language=parsed.language, decided_owner=work.previous_owner)
+            language=parsed.language, decided_owner=work.previous_owner, decided_owner_load=chosen_load)
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))

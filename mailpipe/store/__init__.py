@@ -154,9 +154,11 @@ class Store(Protocol):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "", decided_owner: str | None = None) -> InboundRecord:
+                       language: str = "", decided_owner: str | None = None,
+                       decided_owner_load: int | None = None) -> InboundRecord:
         """Raises StaleDecision when a new case is recorded for a customer whose owner is no
-        longer ``decided_owner`` (the owner the assignment was decided on; None: no check)."""
+        longer ``decided_owner`` (the owner the assignment was decided on; None: no check), or
+        whose chosen owner no longer has ``decided_owner_load`` open cases (None: no check)."""
         ...
 
     def open_load(self) -> dict[str, int]: ...

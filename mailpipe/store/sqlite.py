@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -184,6 +185,14 @@ def _case(row: tuple) -> CaseRecord:
 
 
 class SQLiteStore:
+    # How this dialect starts a write transaction, and locks a row it read for the rest of it:
+    # SQLite's IMMEDIATE transaction already holds the only write lock.
+    _BEGIN = "BEGIN IMMEDIATE"
+    _LOCK = ""
+
+    def _lock_assignments(self, conn: sqlite3.Connection) -> None:
+        """Serialises the load check of new assignments (the write lock does it here)."""
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -233,12 +242,11 @@ class SQLiteStore:
         assert found is not None
         return found
 
-    @staticmethod
-    def _upsert(conn: sqlite3.Connection, address: str, fields: dict[str, object]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def _upsert(self, conn: sqlite3.Connection, address: str, fields: dict[str, object]) -> None:
+        conn.execute(self._BEGIN)
         try:
-            conn.execute("INSERT INTO customers (address, created_at) VALUES (?, strftime('%s','now'))"
-                         " ON CONFLICT(address) DO NOTHING", (canonical(address),))
+            conn.execute("INSERT INTO customers (address, created_at) VALUES (?, ?) ON CONFLICT(address) DO NOTHING",
+                         (canonical(address), time.time()))
             for key, value in fields.items():
                 conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
                              (int(bool(value)) if key == "vip" else value, canonical(address)))
@@ -299,22 +307,25 @@ class SQLiteStore:
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "", decided_owner: str | None = None) -> InboundRecord:
+                       language: str = "", decided_owner: str | None = None,
+                       decided_owner_load: int | None = None) -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
-        message, and the assignments with their reasons. Idempotent per queue id. A new case
-        for a customer who got an owner since the decision raises StaleDecision."""
+        message, and the assignments with their reasons. Idempotent per queue id. A new case is
+        refused with StaleDecision when the customer got another owner since the decision, or
+        the chosen owner got more open cases than the decision counted (another worker or
+        daemon assigned one meanwhile): decided again, assignment stays least-loaded."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
                                         assignments=assignments, escalated_to=escalated_to, at=at, language=language,
-                                        decided_owner=decided_owner)
+                                        decided_owner=decided_owner, decided_owner_load=decided_owner_load)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None,
                         assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                        language: str, decided_owner: str | None) -> InboundRecord:
+                        language: str, decided_owner: str | None, decided_owner_load: int | None) -> InboundRecord:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(self._BEGIN)
         try:
             if conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
                 conn.execute("ROLLBACK")
@@ -322,31 +333,39 @@ class SQLiteStore:
                 assert found is not None
                 return found
             address = canonical(address)
-            if case_id is None and decided_owner is not None:
-                current = conn.execute("SELECT owner FROM customers WHERE address = ?", (address,)).fetchone()
-                if current and current[0] and current[0] != decided_owner:
-                    raise StaleDecision(f"{address} is owned by {current[0]} now")
             conn.execute("INSERT INTO customers (address, name, created_at) VALUES (?, ?, ?)"
                          " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
                          " ELSE customers.name END", (address, name, at))
-            customer_id = conn.execute("SELECT id FROM customers WHERE address = ?", (address,)).fetchone()[0]
+            # Locked (PostgreSQL) or written alone (SQLite): the owner read here is the final word.
+            customer_id, current_owner = conn.execute(
+                f"SELECT id, owner FROM customers WHERE address = ?{self._LOCK}", (address,)).fetchone()
             new_case = case_id is None
             roles = {role: agent for agent, role, _ in assignments}
             owner, handler, escalated = roles.get("owner", ""), roles.get("handler", ""), roles.get("escalation", "")
+            if new_case and decided_owner is not None and current_owner and current_owner != decided_owner:
+                raise StaleDecision(f"{address} is owned by {current_owner} now")
+            if new_case and decided_owner_load is not None and owner:
+                self._lock_assignments(conn)
+                now_open = conn.execute("SELECT count(*) FROM cases WHERE status = 'open' AND (owner = ? OR"
+                                        " handler = ? OR escalated_agent = ?)", (owner, owner, owner)).fetchone()[0]
+                if now_open != decided_owner_load:
+                    raise StaleDecision(f"{owner} has {now_open} open cases now, not {decided_owner_load}")
             if case_id is None:
                 case_id = conn.execute(
                     "INSERT INTO cases (customer_id, subject, status, level, score, owner, handler, escalated_to,"
                     " escalated_agent, opened_at, updated_at, language)"
-                    " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (customer_id, subject, level, score, owner, handler, escalated_to, escalated, at, at,
-                     language)).lastrowid
+                     language)).fetchone()[0]
             else:
                 conn.execute(
-                    "UPDATE cases SET status = 'open', updated_at = ?, score = max(score, ?),"
+                    "UPDATE cases SET status = 'open', updated_at = ?,"
+                    " score = CASE WHEN score > ? THEN score ELSE ? END,"
                     " level = CASE WHEN ? > score THEN ? ELSE level END, handler = ?,"
                     " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END,"
                     " escalated_agent = CASE WHEN ? != '' THEN ? ELSE escalated_agent END WHERE id = ?",
-                    (at, score, score, level, handler, escalated_to, escalated_to, escalated, escalated, case_id))
+                    (at, score, score, score, level, handler, escalated_to, escalated_to, escalated, escalated,
+                     case_id))
             if owner:
                 conn.execute("UPDATE customers SET owner = ? WHERE id = ? AND owner = ''", (owner, customer_id))
             conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, level, score, rules,"
@@ -440,7 +459,7 @@ class SQLiteStore:
         time is set once. Idempotent per queue id."""
         with self._writing:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._BEGIN)
             try:
                 done = conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
                 first = False
@@ -475,7 +494,7 @@ class SQLiteStore:
         same file may be imported by hand too)."""
         with self._writing:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._BEGIN)
             try:
                 new = conn.execute("INSERT INTO dmarc_reports (reporter, report_id, domain, begin_at, end_at,"
                                    " imported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -496,7 +515,7 @@ class SQLiteStore:
         """Per reporter and source IP, over reports whose period ended after ``since``."""
         rows = self._conn().execute(
             "SELECT r.reporter, r.source_ip, sum(r.count), sum(r.count * r.dkim_aligned), sum(r.count * r.spf_aligned),"
-            " sum(CASE WHEN r.dkim_aligned OR r.spf_aligned THEN r.count ELSE 0 END), max(d.end_at)"
+            " sum(CASE WHEN r.dkim_aligned + r.spf_aligned > 0 THEN r.count ELSE 0 END), max(d.end_at)"
             " FROM dmarc_records r JOIN dmarc_reports d USING (reporter, report_id) WHERE d.end_at >= ?"
             " GROUP BY r.reporter, r.source_ip", (since,))
         return tuple(DmarcSummary(*row) for row in rows)
@@ -515,8 +534,8 @@ class SQLiteStore:
     def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord:
         with self._writing:
             incident_id = self._conn().execute(
-                "INSERT INTO incidents (provider, class, sample, started_at, last_seen_at) VALUES (?, ?, ?, ?, ?)",
-                (provider, klass, sample, at, at)).lastrowid
+                "INSERT INTO incidents (provider, class, sample, started_at, last_seen_at) VALUES (?, ?, ?, ?, ?)"
+                " RETURNING id", (provider, klass, sample, at, at)).fetchone()[0]
         found = self._incident(incident_id)
         assert found is not None
         return found
@@ -525,7 +544,7 @@ class SQLiteStore:
         """One more refusal in this incident, to ``customer``'s mail."""
         with self._writing:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._BEGIN)
             try:
                 conn.execute("UPDATE incidents SET last_seen_at = max(last_seen_at, ?), refusals = refusals + 1"
                              " WHERE id = ?", (at, incident_id))
