@@ -15,6 +15,8 @@
     mailpipe dkim keygen --domain D --selector S [--algorithm A] [--bits N] [--directory DIR]
     mailpipe dmarc import FILE... [--json]  DMARC aggregate reports (XML, .gz, .zip or the e-mail)
     mailpipe incidents [--days N] [--json]  providers refusing our mail, now and lately, with the customers hit
+    mailpipe store migrate                  create or upgrade the store's schema (SQLite or PostgreSQL)
+    mailpipe store export FILE | import FILE   every row as JSON lines: to move SQLite to PostgreSQL
     mailpipe doctor DOMAIN [--provider gmail] [--nameserver HOST:PORT] [--ip IP...] [--json]
                                             SPF, DKIM, DMARC, PTR, MX and a provider's requirements
     mailpipe queue list [--json]            like postqueue -p
@@ -51,7 +53,9 @@ from mailpipe.monitors import dmarc_reports, dns_checks, profiles
 from mailpipe.outbound import classify, signing
 from mailpipe.outbound.stamp import render, stamp
 from mailpipe.pipeline import triage_context
-from mailpipe.store.sqlite import SQLiteStore
+from mailpipe.store import StoreError, StoreUnavailable
+from mailpipe.store.backends import open_store
+from mailpipe.store.sql import SQLStore
 from mailpipe.triage import examples
 from mailpipe.triage import load as triage_load
 from mailpipe.triage.hours import on_duty
@@ -71,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"mailpipe: {problem}", file=sys.stderr)
         return 1
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, StoreError, StoreUnavailable) as exc:
         print(f"mailpipe: {exc}", file=sys.stderr)
         return 1
 
@@ -149,6 +153,17 @@ def _parser() -> argparse.ArgumentParser:
     importing_reports.add_argument("--json", action="store_true", help="one JSON object per report")
     importing_reports.set_defaults(run=_dmarc_import)
 
+    store_command = commands.add_parser("store", help="the store of customers and cases").add_subparsers(
+        metavar="ACTION")
+    store_command.add_parser("migrate", parents=[common], help="create or upgrade the schema").set_defaults(
+        run=_store_migrate)
+    exporting = store_command.add_parser("export", parents=[common], help="write every row as JSON lines")
+    exporting.add_argument("file", type=Path, help="where to write, or - for standard output")
+    exporting.set_defaults(run=_store_export)
+    importing_store = store_command.add_parser("import", parents=[common], help="read an export into an empty store")
+    importing_store.add_argument("file", type=Path, help="an export, or - for standard input")
+    importing_store.set_defaults(run=_store_import)
+
     incidents = commands.add_parser("incidents", parents=[common],
                                     help="active and recent provider incidents with the customers affected")
     incidents.add_argument("--days", type=float, default=7, help="also incidents that ended this recently")
@@ -189,9 +204,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def _store(config: configuration.Config) -> Iterator[SQLiteStore]:
-    """The daemon's store, for one command."""
-    store = SQLiteStore(config.store_path)
+def _store(config: configuration.Config) -> Iterator[SQLStore]:
+    """The daemon's store (SQLite, or the shared PostgreSQL), for one command."""
+    store = open_store(config)
     try:
         yield store
     finally:
@@ -217,7 +232,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
     ruleset = triage_load.ruleset(loaded.triage)
-    store = SQLiteStore(loaded.store_path) if loaded.store_path.exists() else None
+    store = open_store(loaded) if loaded.store.url or loaded.store_path.exists() else None
     try:
         for name in args.files:
             _score_one(name, args.json, loaded, ruleset, store)
@@ -228,7 +243,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _score_one(name: str, as_json: bool, loaded: configuration.Config, ruleset: RuleSet,
-               store: SQLiteStore | None) -> None:
+               store: SQLStore | None) -> None:
     """One message, with the customer's context when the daemon's store knows the sender."""
     raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     started = time.perf_counter()
@@ -460,6 +475,42 @@ def _dmarc_import(args: argparse.Namespace) -> int:
                       f"{report.messages} messages from {len({r.source_ip for r in records})} IPs, "
                       f"{aligned}/{report.messages} passed DMARC{'' if new else ' (imported before)'}")
     return 1 if failed else 0
+
+
+def _store_migrate(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    with _store(loaded) as store:
+        version = store.migrate()
+    print(f"mailpipe: store: {loaded.store.url.rpartition('@')[2] or loaded.store_path}: schema version {version}")
+    return 0
+
+
+def _store_export(args: argparse.Namespace) -> int:
+    out = sys.stdout if str(args.file) == "-" else args.file.open("w", encoding="utf-8")
+    count = 0
+    try:
+        with _store(configuration.load(args.config)) as store:
+            for table, row in store.dump():
+                out.write(json.dumps({"table": table, "row": row}, ensure_ascii=False) + "\n")
+                count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"mailpipe: store: {count} rows exported", file=sys.stderr)
+    return 0
+
+
+def _store_import(args: argparse.Namespace) -> int:
+    source = sys.stdin if str(args.file) == "-" else args.file.open(encoding="utf-8")
+    try:
+        rows = [(record["table"], record["row"]) for record in map(json.loads, filter(str.strip, source))]
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    with _store(configuration.load(args.config)) as store:
+        count = store.load(rows)
+    print(f"mailpipe: store: {count} rows imported")
+    return 0
 
 
 def _incidents(args: argparse.Namespace) -> int:

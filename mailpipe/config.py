@@ -184,6 +184,12 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    # Empty: SQLite in the state directory. postgresql://user:password@host/db: shared by daemons.
+    url: str
+
+
+@dataclass(frozen=True)
 class Seed:
     """A mailbox at a provider that placement probes are sent to and looked for in."""
 
@@ -266,6 +272,7 @@ class Config:
     outbound: OutboundConfig
     dkim: tuple[DkimKey, ...]
     monitors: MonitorsConfig
+    store: StoreConfig
     agents: tuple[Agent, ...]
     source: str = field(default=EMBEDDED, compare=False)
 
@@ -409,6 +416,8 @@ def _check(config: Config, source: str) -> list[str]:
             problems.append(f"{source}: {section}.retry_max: must not be shorter than {section}.retry_initial")
     if config.outbound.max_per_destination < 1:
         problems.append(f"{source}: outbound.max_per_destination: must be at least 1")
+    if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
+        problems.append(f"{source}: store.url: {config.store.url.split(':')[0]!r} is not postgresql:// (empty: SQLite)")
     for index, seed in enumerate(config.monitors.seeds):
         if seed.provider.lower() not in ("google", "yahoo", "microsoft", "yahoo_japan", "gmail", "outlook",
                                          "hotmail", "aol"):

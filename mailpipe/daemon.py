@@ -45,8 +45,9 @@ from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
 from mailpipe.smtp.server import Listener, ListenerSettings
 from mailpipe.smtp.submission import SubmissionHandler
 from mailpipe.spool import Message, Spool, SpoolLock
-from mailpipe.store import Store
-from mailpipe.store.sqlite import SQLiteStore
+from mailpipe.store import Store, StoreUnavailable
+from mailpipe.store.backends import open_store
+from mailpipe.store.sql import SQLStore
 from mailpipe.triage import load as triage_load
 from mailpipe.triage.rules import LEVELS, RulesError
 from mailpipe.worker import Route, Worker
@@ -164,7 +165,8 @@ class Daemon:
         self._handler: InboundHandler | None = None
         self._submission: SubmissionHandler | None = None
         self._workers: dict[str, Worker] = {}
-        self._store: SQLiteStore | None = None
+        self._store: SQLStore | None = None
+        self._store_problem = ""
         self._commits_seen: dict[str, tuple[int, int]] = {}
         self._traffic = Traffic()
         self._monitors: Monitors | None = None
@@ -177,7 +179,7 @@ class Daemon:
         inbound = Spool(config.spool_path / "inbound.sqlite")
         outbound = Spool(config.spool_path / "outbound.sqlite")
         self._spools = {"inbound": inbound, "outbound": outbound}
-        store = self._store = SQLiteStore(config.store_path)
+        store = self._store = open_store(config)
         try:
             for name, spool in self._spools.items():
                 recovered = await spool.recover()
@@ -292,6 +294,15 @@ class Daemon:
         return False
 
     def _health(self) -> dict[str, str]:
+        """What /healthz reports: the spools, and the store (mail waits in the spool without it)."""
+        problems = self._fatal()
+        if self._store_problem:
+            problems["store"] = self._store_problem
+        return problems
+
+    def _fatal(self) -> dict[str, str]:
+        """What stops the watchdog: a spool that cannot write (a restart may help; an
+        unreachable database would not, and mail is safe in the spool meanwhile)."""
         problems = {}
         for name, spool in self._spools.items():
             if not spool.healthy:
@@ -316,7 +327,19 @@ class Daemon:
                 self._commits_seen[name] = (commits, operations)
             assert self._store is not None
             now = time.time()
-            open_cases = await asyncio.to_thread(self._store.open_cases)
+            try:
+                open_cases = await asyncio.to_thread(self._store.open_cases)
+            except StoreUnavailable as exc:
+                if not self._store_problem:
+                    log.error("store unreachable: mail waits in the spool", extra={"error": str(exc)})
+                self._store_problem = str(exc)
+                self._metrics.store_up.set(0)
+                await asyncio.sleep(_STATS_INTERVAL)
+                continue
+            if self._store_problem:
+                log.warning("store reachable again")
+            self._store_problem = ""
+            self._metrics.store_up.set(1)
             for level in LEVELS:  # a level whose last open case was answered drops to 0
                 count, oldest = open_cases.get(level, (0, now))
                 self._metrics.cases_open.labels(level).set(count)
@@ -330,7 +353,7 @@ class Daemon:
         if interval is None:
             return
         while True:
-            if not self._health():
+            if not self._fatal():
                 self._notifier.watchdog()
             await asyncio.sleep(interval)
 

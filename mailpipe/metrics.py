@@ -140,6 +140,8 @@ class Metrics:
         self.dmarc_spf_aligned_ratio = Gauge(
             "mailpipe_dmarc_spf_aligned_ratio", "Share of those messages with aligned, passing SPF.",
             ["reporter", "source_ip"], registry=r)
+        self.store_up = Gauge("mailpipe_store_up", "1 while the store (SQLite or PostgreSQL) answers; at 0, mail "
+                              "waits in the spool to be triaged.", registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(

@@ -2,7 +2,8 @@
 
 Outcomes, and what the spool does with each:
 - delivered: removed from the spool (only now: the next hop has the message);
-- ``TemporaryFailure``: deferred with exponential backoff, quarantined after ``max_lifetime``;
+- ``TemporaryFailure``, or the store out of reach (``StoreUnavailable``): deferred with
+  exponential backoff, quarantined after ``max_lifetime``;
 - ``PermanentFailure``: quarantined with the next hop's answer;
 - ``Held``: parked in ``hold`` with the reason, for a person to release or delete;
 - ``Consumed``: a stage was the message's destination (a report parser): removed;
@@ -26,6 +27,7 @@ from mailpipe.config import SpoolConfig
 from mailpipe.deliver import PartlyDeferred, PermanentFailure, TemporaryFailure
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Message, Spool
+from mailpipe.store import StoreUnavailable
 
 log = logging.getLogger("mailpipe.worker")
 
@@ -123,7 +125,7 @@ class Worker:
             await self._spool.hold(message.id, str(exc))
             self._metrics.handoffs.labels(self.name, "held").inc()
             log.warning("held", extra={"queue_id": message.id, "reason": str(exc)})
-        except TemporaryFailure as exc:
+        except (TemporaryFailure, StoreUnavailable) as exc:
             await self._retry_later(message, route.settings, exc)
         except PermanentFailure as exc:
             await self._quarantine(message, f"{route.method}: {exc}")
@@ -137,7 +139,7 @@ class Worker:
                 max(0.0, time.time() - message.entry.received_at))
             log.info("delivered", extra={"queue_id": message.id, **route.summary(work), "method": route.method})
 
-    async def _retry_later(self, message: Message, settings: SpoolConfig, failure: TemporaryFailure) -> None:
+    async def _retry_later(self, message: Message, settings: SpoolConfig, failure: Exception) -> None:
         entry, reason = message.entry, str(failure)
         if time.time() - entry.received_at > settings.max_lifetime:
             await self._quarantine(message, f"expired after {entry.attempts + 1} attempts: {reason}")

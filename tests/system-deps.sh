@@ -4,7 +4,9 @@
 # systemd (systemd-analyze for the unit checks), unbound (a real DNS server for the test zones),
 # Dovecot (a real IMAP server holding the seed mailboxes placement probes look in),
 # and promtool from the prometheus package (the alert rules' unit tests) — only that binary is
-# extracted, so no Prometheus server is installed or started. Arguments name extra packages
+# extracted, so no Prometheus server is installed or started. Unless MAILPIPE_TEST_PG_URL names a
+# server, a PostgreSQL must answer on 127.0.0.1:5432 (Debian's is installed and started when none
+# does), with the role mailpipe_test the store tests log in as. Arguments name extra packages
 # (python3-venv).
 set -eu
 missing=""
@@ -21,7 +23,20 @@ fi
 for pkg in "$@"; do missing="$missing $pkg"; done
 need_promtool=""
 command -v promtool >/dev/null 2>&1 || need_promtool=yes
-[ -z "$missing" ] && [ -z "$need_promtool" ] && exit 0
+pg_answers() { python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2)' 2>/dev/null; }
+need_postgres=""
+[ -z "${MAILPIPE_TEST_PG_URL:-}" ] && ! pg_answers && need_postgres=yes
+[ -n "$need_postgres" ] && missing="$missing postgresql"
+ensure_pg_role() {
+    [ -n "${MAILPIPE_TEST_PG_URL:-}" ] && return 0
+    [ "$(id -u)" = 0 ] && command -v psql >/dev/null 2>&1 || return 0
+    su postgres -c "psql -qtAc \"DO \\\$\\\$ BEGIN CREATE ROLE mailpipe_test LOGIN CREATEDB PASSWORD 'mailpipe_test';
+        EXCEPTION WHEN duplicate_object THEN NULL; END \\\$\\\$\"" >/dev/null 2>&1 || true
+}
+if [ -z "$missing" ] && [ -z "$need_promtool" ]; then
+    ensure_pg_role
+    exit 0
+fi
 if [ "$(id -u)" != 0 ]; then
     echo "tests need Debian packages:$missing${need_promtool:+ prometheus (for promtool)} (run as root, or: sudo apt-get install$missing${need_promtool:+ prometheus})" >&2
     exit 1
@@ -36,6 +51,10 @@ if [ -n "$missing" ]; then
     # The tests start their own Dovecot on a loopback port; the packaged system service is not wanted.
     case "$missing" in *dovecot*) systemctl disable --now dovecot >/dev/null 2>&1 || true ;; esac
 fi
+if [ -n "$need_postgres" ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start 2>/dev/null || true
+fi
+ensure_pg_role
 if [ -n "$need_promtool" ]; then
     work=$(mktemp -d)
     chmod 777 "$work"  # apt downloads as the _apt user

@@ -1,21 +1,31 @@
-"""The SQLite store: migrations, customers, cases, assignments, idempotent recording."""
+"""The store, on both backends (SQLite and PostgreSQL): migrations, customers, cases,
+assignments, idempotent recording, and what replies, reports and incidents keep there."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from mailpipe.store import StaleDecision
+from mailpipe.store import StaleDecision, StoreUnavailable
+from mailpipe.store.postgres import PostgresStore
 from mailpipe.store.sqlite import MIGRATIONS, SQLiteStore, StoreError
+from tests.pg_peer import fresh_database
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    opened = SQLiteStore(tmp_path / "store.sqlite")
-    yield opened
-    opened.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path: Path):
+    if request.param == "sqlite":
+        opened = SQLiteStore(tmp_path / "store.sqlite")
+        yield opened
+        opened.close()
+        return
+    with fresh_database() as url:
+        opened = PostgresStore(url)
+        yield opened
+        opened.close()
 
 
 def record(store: SQLiteStore, queue_id: str, *, case_id: int | None = None, owner: str = "yamada",
@@ -26,10 +36,22 @@ def record(store: SQLiteStore, queue_id: str, *, case_id: int | None = None, own
                                 escalated_to="", at=at)
 
 
-def test_a_new_database_is_migrated_to_the_latest_schema(store: SQLiteStore) -> None:
+def test_a_new_sqlite_database_is_migrated_to_the_latest_schema(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    store.close()
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_new_postgresql_database_is_migrated_once_to_the_latest_schema() -> None:
+    with fresh_database() as url:
+        first, second = PostgresStore(url), PostgresStore(url)
+        assert first.migrate() == second.migrate() == len(MIGRATIONS)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT version FROM mailpipe_schema").fetchall() == [(len(MIGRATIONS),)]
+        first.close()
+        second.close()
 
 
 def test_a_database_from_a_newer_mailpipe_is_refused(tmp_path: Path) -> None:
@@ -148,3 +170,34 @@ def test_passwords_are_stored_per_agent(store: SQLiteStore) -> None:
     store.set_password("yamada", "$scrypt$x", 1.0)
     store.set_password("yamada", "$scrypt$y", 2.0)
     assert store.password_hash("yamada") == "$scrypt$y"
+
+
+def test_an_unreachable_postgresql_is_unavailable_not_an_error() -> None:
+    store = PostgresStore("postgresql://nobody@127.0.0.1:9/none", timeout=1)
+    with pytest.raises(StoreUnavailable):
+        store.customer("a@example.org")
+    store.close()
+
+
+def test_a_sqlite_store_moves_to_postgresql_without_losing_anything(tmp_path: Path) -> None:
+    source = SQLiteStore(tmp_path / "store.sqlite")
+    record(source, "Q1", at=1000.0)
+    record(source, "Q2", case_id=1, at=2000.0)
+    source.upsert_customer("c@example.org", vip=True, notes="決裁者")
+    source.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q2@x", subject="s",
+                        at=2100.0)
+    source.set_password("yamada", "$scrypt$x", 1.0)
+    rows = list(source.dump())
+    with fresh_database() as url:
+        target = PostgresStore(url)
+        assert target.load(rows) == len(rows)
+        assert list(target.dump()) == rows
+        profile = target.profile("c@example.org", now=3000.0)
+        assert profile.customer.vip and profile.customer.notes == "決裁者"
+        assert profile.open_case.status == "answered" and profile.open_case.first_response_at == 2100.0
+        record(target, "Q3", address="new@example.org", at=4000.0)  # identities continue after the import
+        assert [c.id for c in target.cases()] == [2, 1]
+        with pytest.raises(StoreError, match="already has customers"):
+            target.load(rows)
+        target.close()
+    source.close()

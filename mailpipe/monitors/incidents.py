@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 
 from mailpipe.metrics import Metrics
-from mailpipe.store import IncidentRecord, Store
+from mailpipe.store import IncidentRecord, Store, StoreUnavailable
 
 log = logging.getLogger("mailpipe.monitors")
 
@@ -53,7 +53,12 @@ class Incidents:
         self.quiet = quiet
         self._clock = clock
         self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
-        self._open: dict[str, IncidentRecord] = {record.provider: record for record in store.incidents(active=True)}
+        try:
+            known = store.incidents(active=True)
+        except StoreUnavailable as exc:
+            log.warning("open incidents unknown until the store answers", extra={"error": str(exc)})
+            known = ()
+        self._open: dict[str, IncidentRecord] = {record.provider: record for record in known}
         for provider in self._open:
             metrics.incident_active.labels(provider).set(1)
 
@@ -64,7 +69,15 @@ class Incidents:
         return self._open.get(provider)
 
     def observe(self, provider: str, klass: str, reply: str, customer: str) -> None:
-        """One refusal of our mail (call from a worker thread: it writes to the store)."""
+        """One refusal of our mail (call from a worker thread: it writes to the store). Never
+        raises for an unreachable store: it is called after the mail left, and must not make
+        the send queue try it again."""
+        try:
+            self._observe(provider, klass, reply, customer)
+        except StoreUnavailable as exc:
+            log.warning("incident not recorded: store unreachable", extra={"provider": provider, "error": str(exc)})
+
+    def _observe(self, provider: str, klass: str, reply: str, customer: str) -> None:
         if klass not in SIGNIFICANT or provider == "other":
             return
         now = self._clock()
@@ -83,6 +96,12 @@ class Incidents:
             self._open[provider] = self.store.touch_incident(record.id, now, customer)
 
     def end_quiet(self) -> None:
+        try:
+            self._end_quiet()
+        except StoreUnavailable as exc:
+            log.warning("incidents not ended: store unreachable", extra={"error": str(exc)})
+
+    def _end_quiet(self) -> None:
         now = self._clock()
         for provider, record in list(self._open.items()):
             if record.last_seen < now - self.quiet:

@@ -22,7 +22,7 @@ from mailpipe.monitors import dns_checks, profiles
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound.signing import SigningKey
-from mailpipe.store import DmarcSummary, Store
+from mailpipe.store import DmarcSummary, Store, StoreUnavailable
 
 log = logging.getLogger("mailpipe.monitors")
 
@@ -102,7 +102,10 @@ class Monitors:
                 for domain in settings.domains}
 
     async def export_dmarc(self) -> None:
-        summaries = await asyncio.to_thread(self.store.dmarc_summary, int(time.time()) - _DMARC_WINDOW)
+        try:
+            summaries = await asyncio.to_thread(self.store.dmarc_summary, int(time.time()) - _DMARC_WINDOW)
+        except StoreUnavailable:
+            return  # the daemon reports the store's state; the gauges keep their last values
         series = dmarc_series(summaries)
         gauges = (self.metrics.dmarc_pass_ratio, self.metrics.dmarc_dkim_aligned_ratio,
                   self.metrics.dmarc_spf_aligned_ratio)

@@ -24,6 +24,7 @@ SPOOL_FAILED = "451 4.3.0 Temporary local problem storing the message, try again
 QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure, try again later"
 AUTH_LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
 SENDER_NOT_OWNED = "553 5.7.1 Sender address rejected: not owned by user {user}"
 FROM_NOT_OWNED = "553 5.7.1 From header {address} is not an address you may send as"

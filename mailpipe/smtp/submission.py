@@ -29,7 +29,7 @@ from mailpipe.metrics import Metrics
 from mailpipe.smtp import replies
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy, content_refusal
 from mailpipe.spool import Spool
-from mailpipe.store import Store
+from mailpipe.store import Store, StoreUnavailable
 
 log = logging.getLogger("mailpipe.submission")
 
@@ -60,7 +60,10 @@ class SubmissionHandler(InboundHandler):
             log.warning("authentication locked out", extra={"peer": peer, "login": login})
             return AuthResult(success=False, handled=False, message=replies.AUTH_LOCKED)
         agent = self._logins.get(canonical(login))
-        stored = await asyncio.to_thread(self._store.password_hash, agent.id) if agent else None
+        try:
+            stored = await asyncio.to_thread(self._store.password_hash, agent.id) if agent else None
+        except StoreUnavailable:
+            return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
         password = given.password.decode("utf-8", "replace")
         if agent is not None and await asyncio.to_thread(credentials.verify_password, password, stored):
             self.lockout.succeeded(*keys)

@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+class StoreError(Exception):
+    """The store cannot be used as asked: a schema from a newer mailpipe, an unknown field."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached now: the message waits in the spool and is tried again."""
+
+
 class StaleDecision(Exception):
     """The customer got an owner after the decision being recorded was made (a concurrent
     message of the same customer won): decide again with what the store holds now."""

@@ -1,0 +1,479 @@
+"""The store's queries, written once for SQLite and PostgreSQL.
+
+``SQLStore`` holds every query; a dialect subclass supplies connections (``_conn``: one per
+thread, speaking sqlite3's ``execute(sql, params)`` with ``?`` placeholders), how a write
+transaction begins (``_BEGIN``), how a read row is locked for the rest of it (``_LOCK``), and
+how new assignments are serialised (``_lock_assignments``). The SQL itself is the subset both
+understand: ``INSERT … ON CONFLICT``, ``RETURNING``, ``CASE``, no dialect functions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from mailpipe.addresses import canonical
+from mailpipe.store import (
+    Assignment,
+    CaseNote,
+    CaseRecord,
+    CustomerRecord,
+    DmarcRow,
+    DmarcSummary,
+    EarlierReply,
+    InboundRecord,
+    IncidentRecord,
+    Profile,
+    ReplyRecord,
+    StaleDecision,
+    StoreError,
+)
+
+Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks like one
+
+_CASE_COLUMNS = ("id, customer_id, subject, status, level, score, owner, opened_at, updated_at, escalated_to, "
+                 "first_response_at, language")
+_CUSTOMER_COLUMNS = "id, address, name, company, plan, vip, phone, notes, owner, created_at"
+
+
+def _customer(row: tuple) -> CustomerRecord:
+    return CustomerRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9])
+
+
+def _case(row: tuple) -> CaseRecord:
+    return CaseRecord(*row)
+
+
+
+# Every table, parents before children: the order export writes and import reads.
+TABLES = ("customers", "cases", "messages", "assignments", "agent_state", "credentials", "dmarc_reports",
+          "dmarc_records", "case_notes", "incidents", "incident_customers")
+
+
+class SQLStore:
+    _BEGIN = "BEGIN"
+    _LOCK = ""
+
+    def __init__(self) -> None:
+        # One writer at a time inside this process: SQLite's own busy handler would make the
+        # others sleep in steps of up to 100 ms; a lock hands over the moment a commit is done.
+        self._writing = threading.Lock()
+
+    def _conn(self) -> Connection:
+        raise NotImplementedError
+
+    def _lock_assignments(self, conn: Connection) -> None:
+        """Serialises the load check of new assignments across every writer of the store."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def migrate(self) -> int:
+        raise NotImplementedError
+
+    def dump(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every row of every table, as (table, row): what ``mailpipe store export`` writes."""
+        conn = self._conn()
+        for table in TABLES:
+            cursor = conn.execute(f"SELECT * FROM {table}")
+            names = [column[0] for column in cursor.description]
+            for row in cursor.fetchall():
+                yield table, dict(zip(names, row, strict=True))
+
+    def load(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Writes dumped rows into this (empty) store in one transaction; returns how many."""
+        count = 0
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                if conn.execute("SELECT count(*) FROM customers").fetchone()[0]:
+                    raise StoreError("the store to import into already has customers: import into an empty one")
+                for table, row in rows:
+                    if table not in TABLES:
+                        raise StoreError(f"unknown table {table!r} in the export")
+                    columns = ", ".join(row)
+                    conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
+                                 tuple(row.values()))
+                    count += 1
+                self._after_load(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return count
+
+    def _after_load(self, conn: Connection) -> None:
+        """Whatever the dialect needs after rows arrived with their own ids."""
+
+    def customer(self, address: str) -> CustomerRecord | None:
+        row = self._conn().execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE address = ?",
+                                   (canonical(address),)).fetchone()
+        return _customer(row) if row else None
+
+    def upsert_customer(self, address: str, **fields: object) -> CustomerRecord:
+        """Creates the customer or updates the given fields (import, first contact)."""
+        allowed = {"name", "company", "plan", "vip", "phone", "notes", "owner"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise StoreError(f"unknown customer fields: {', '.join(sorted(unknown))}")
+        conn = self._conn()
+        with self._writing:
+            self._upsert(conn, address, fields)
+        found = self.customer(address)
+        assert found is not None
+        return found
+
+    def _upsert(self, conn: Connection, address: str, fields: dict[str, object]) -> None:
+        conn.execute(self._BEGIN)
+        try:
+            conn.execute("INSERT INTO customers (address, created_at) VALUES (?, ?) ON CONFLICT(address) DO NOTHING",
+                         (canonical(address), time.time()))
+            for key, value in fields.items():
+                conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
+                             (int(bool(value)) if key == "vip" else value, canonical(address)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def profile(self, address: str, now: float) -> Profile | None:
+        customer = self.customer(address)
+        if customer is None:
+            return None
+        conn = self._conn()
+        contacts = tuple(at for (at,) in conn.execute(
+            "SELECT m.at FROM messages m JOIN cases c ON c.id = m.case_id WHERE c.customer_id = ?"
+            " AND m.direction = 'in' AND m.at >= ? ORDER BY m.at", (customer.id, now - 30 * 86400)))
+        open_row = conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE customer_id = ? AND status != 'closed'"
+                                " ORDER BY opened_at LIMIT 1", (customer.id,)).fetchone()
+        return Profile(customer, contacts, _case(open_row) if open_row else None, self.cases_of(customer.id, 5))
+
+    def cases_of(self, customer_id: int, limit: int = 10) -> tuple[CaseRecord, ...]:
+        rows = self._conn().execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE customer_id = ?"
+                                    " ORDER BY opened_at DESC, id DESC LIMIT ?", (customer_id, limit))
+        return tuple(_case(row) for row in rows)
+
+    def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
+                  customer_address: str) -> CaseRecord | None:
+        conn = self._conn()
+        columns = ", ".join("c." + c.strip() for c in _CASE_COLUMNS.split(","))
+        if message_ids:
+            marks = ",".join("?" * len(message_ids))
+            row = conn.execute(f"SELECT {columns} FROM messages m JOIN cases c ON c.id = m.case_id"
+                               f" WHERE m.message_id IN ({marks}) ORDER BY m.at DESC LIMIT 1", message_ids).fetchone()
+            if row:
+                return _case(row)
+        if case_token is not None:
+            row = conn.execute(f"SELECT {columns} FROM cases c JOIN customers u ON u.id = c.customer_id"
+                               " WHERE c.id = ? AND u.address = ?",
+                               (case_token, canonical(customer_address))).fetchone()
+            if row:
+                return _case(row)
+        return None
+
+    def inbound(self, queue_id: str) -> InboundRecord | None:
+        conn = self._conn()
+        row = conn.execute("SELECT case_id FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+        if row is None:
+            return None
+        case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (row[0],)).fetchone())
+        customer = _customer(conn.execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
+                                          (case.customer_id,)).fetchone())
+        assignments = tuple(Assignment(*r) for r in conn.execute(
+            "SELECT case_id, agent, role, reason, at FROM assignments WHERE queue_id = ? ORDER BY id", (queue_id,)))
+        first = conn.execute("SELECT min(id) FROM messages WHERE case_id = ?", (case.id,)).fetchone()[0]
+        new_case = conn.execute("SELECT queue_id FROM messages WHERE id = ?", (first,)).fetchone()[0] == queue_id
+        return InboundRecord(queue_id, case, customer, new_case, assignments)
+
+    def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
+                       level: str, score: float, rules: str, case_id: int | None,
+                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
+                       language: str = "", decided_owner: str | None = None,
+                       decided_owner_load: int | None = None) -> InboundRecord:
+        """One transaction: customer (created on first contact), case (opened or updated), the
+        message, and the assignments with their reasons. Idempotent per queue id. A new case is
+        refused with StaleDecision when the customer got another owner since the decision, or
+        the chosen owner got more open cases than the decision counted (another worker or
+        daemon assigned one meanwhile): decided again, assignment stays least-loaded."""
+        with self._writing:
+            return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
+                                        subject=subject, level=level, score=score, rules=rules, case_id=case_id,
+                                        assignments=assignments, escalated_to=escalated_to, at=at, language=language,
+                                        decided_owner=decided_owner, decided_owner_load=decided_owner_load)
+
+    def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
+                        level: str, score: float, rules: str, case_id: int | None,
+                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
+                        language: str, decided_owner: str | None, decided_owner_load: int | None) -> InboundRecord:
+        conn = self._conn()
+        conn.execute(self._BEGIN)
+        try:
+            if conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
+                conn.execute("ROLLBACK")
+                found = self.inbound(queue_id)
+                assert found is not None
+                return found
+            address = canonical(address)
+            conn.execute("INSERT INTO customers (address, name, created_at) VALUES (?, ?, ?)"
+                         " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
+                         " ELSE customers.name END", (address, name, at))
+            # Locked (PostgreSQL) or written alone (SQLite): the owner read here is the final word.
+            customer_id, current_owner = conn.execute(
+                f"SELECT id, owner FROM customers WHERE address = ?{self._LOCK}", (address,)).fetchone()
+            new_case = case_id is None
+            roles = {role: agent for agent, role, _ in assignments}
+            owner, handler, escalated = roles.get("owner", ""), roles.get("handler", ""), roles.get("escalation", "")
+            if new_case and decided_owner is not None and current_owner and current_owner != decided_owner:
+                raise StaleDecision(f"{address} is owned by {current_owner} now")
+            if new_case and decided_owner_load is not None and owner:
+                self._lock_assignments(conn)
+                now_open = conn.execute("SELECT count(*) FROM cases WHERE status = 'open' AND (owner = ? OR"
+                                        " handler = ? OR escalated_agent = ?)", (owner, owner, owner)).fetchone()[0]
+                if now_open != decided_owner_load:
+                    raise StaleDecision(f"{owner} has {now_open} open cases now, not {decided_owner_load}")
+            if case_id is None:
+                case_id = conn.execute(
+                    "INSERT INTO cases (customer_id, subject, status, level, score, owner, handler, escalated_to,"
+                    " escalated_agent, opened_at, updated_at, language)"
+                    " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (customer_id, subject, level, score, owner, handler, escalated_to, escalated, at, at,
+                     language)).fetchone()[0]
+            else:
+                conn.execute(
+                    "UPDATE cases SET status = 'open', updated_at = ?,"
+                    " score = CASE WHEN score > ? THEN score ELSE ? END,"
+                    " level = CASE WHEN ? > score THEN ? ELSE level END, handler = ?,"
+                    " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END,"
+                    " escalated_agent = CASE WHEN ? != '' THEN ? ELSE escalated_agent END WHERE id = ?",
+                    (at, score, score, score, level, handler, escalated_to, escalated_to, escalated, escalated,
+                     case_id))
+            if owner:
+                conn.execute("UPDATE customers SET owner = ? WHERE id = ? AND owner = ''", (owner, customer_id))
+            conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, level, score, rules,"
+                         " at) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?)",
+                         (case_id, queue_id, message_id, subject, level, score, rules, at))
+            conn.executemany("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
+                             " VALUES (?, ?, ?, ?, ?, ?)",
+                             [(case_id, queue_id, agent, role, reason, at) for agent, role, reason in assignments])
+            case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
+            customer = _customer(conn.execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
+                                              (customer_id,)).fetchone())
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        recorded = tuple(Assignment(case.id, agent, role, reason, at) for agent, role, reason in assignments)
+        return InboundRecord(queue_id, case, customer, new_case, recorded)
+
+    def open_load(self) -> dict[str, int]:
+        """Open cases per agent: those they own, handle for an away owner, or were escalated to.
+        Reads only the open cases (an index on status), however long the history grows."""
+        return dict(self._conn().execute(
+            "SELECT agent, count(*) FROM (SELECT id, owner AS agent FROM cases WHERE status = 'open'"
+            " UNION SELECT id, handler FROM cases WHERE status = 'open'"
+            " UNION SELECT id, escalated_agent FROM cases WHERE status = 'open') AS loads"
+            " WHERE agent != '' GROUP BY agent"))
+
+    def cases(self, status: str | None = None, limit: int = 100) -> tuple[CaseRecord, ...]:
+        """Newest first; only those with ``status`` when given."""
+        where, args = ("WHERE status = ?", (status, limit)) if status else ("", (limit,))
+        return tuple(_case(row) for row in self._conn().execute(
+            f"SELECT {_CASE_COLUMNS} FROM cases {where} ORDER BY id DESC LIMIT ?", args))
+
+    def set_status(self, case_id: int, status: str, at: float) -> bool:
+        """Closes or reopens a case; False when there is no such case."""
+        with self._writing:
+            return self._conn().execute("UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
+                                        (status, at, case_id)).rowcount > 0
+
+    def open_cases(self) -> dict[str, tuple[int, float]]:
+        """Per urgency level: how many cases are open, and when the oldest was opened."""
+        return {level: (count, oldest) for level, count, oldest in self._conn().execute(
+            "SELECT level, count(*), min(opened_at) FROM cases WHERE status = 'open' GROUP BY level")}
+
+    def set_away(self, agent: str, away: bool, at: float) -> None:
+        with self._writing:
+            self._conn().execute("INSERT INTO agent_state (agent, away, since) VALUES (?, ?, ?) ON CONFLICT(agent)"
+                                 " DO UPDATE SET away = excluded.away, since = excluded.since", (agent, int(away), at))
+
+    def away(self) -> frozenset[str]:
+        return frozenset(agent for (agent,) in self._conn().execute("SELECT agent FROM agent_state WHERE away = 1"))
+
+    def case(self, case_id: int) -> CaseRecord | None:
+        row = self._conn().execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone()
+        return _case(row) if row else None
+
+    def customer_of(self, case_id: int) -> CustomerRecord | None:
+        row = self._conn().execute(f"SELECT {', '.join('u.' + c.strip() for c in _CUSTOMER_COLUMNS.split(','))}"
+                                   " FROM customers u JOIN cases c ON c.customer_id = u.id WHERE c.id = ?",
+                                   (case_id,)).fetchone()
+        return _customer(row) if row else None
+
+    def answered_message(self, case_id: int, in_reply_to: tuple[str, ...]) -> str:
+        """The customer message a reply answers: the newest of ``in_reply_to`` that the customer
+        sent in this case, else the case's newest message from the customer."""
+        conn = self._conn()
+        if in_reply_to:
+            marks = ",".join("?" * len(in_reply_to))
+            row = conn.execute(f"SELECT message_id FROM messages WHERE case_id = ? AND direction = 'in'"
+                               f" AND message_id IN ({marks}) ORDER BY at DESC LIMIT 1",
+                               (case_id, *in_reply_to)).fetchone()
+            if row:
+                return row[0]
+        row = conn.execute("SELECT message_id FROM messages WHERE case_id = ? AND direction = 'in'"
+                           " ORDER BY at DESC, id DESC LIMIT 1", (case_id,)).fetchone()
+        return row[0] if row else ""
+
+    def earlier_reply(self, case_id: int, answers: str, other_than: str, since: float,
+                      queue_id: str) -> EarlierReply | None:
+        """A reply to the same customer message by another agent since ``since`` (the double-reply
+        guard); replies that are this very message, recorded before a crash, do not count."""
+        row = self._conn().execute(
+            "SELECT agent, at, message_id FROM messages WHERE case_id = ? AND in_reply_to = ? AND direction = 'out'"
+            " AND agent != ? AND at >= ? AND queue_id != ? ORDER BY at DESC LIMIT 1",
+            (case_id, answers, other_than, since, queue_id)).fetchone()
+        return EarlierReply(*row) if row else None
+
+    def record_reply(self, *, queue_id: str, case_id: int, agent: str, message_id: str, answers: str, subject: str,
+                     at: float) -> ReplyRecord:
+        """The reply joins its case's history; the case becomes answered and its first response
+        time is set once. Idempotent per queue id."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                done = conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+                first = False
+                if not done:
+                    conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, agent,"
+                                 " in_reply_to, at) VALUES (?, ?, ?, 'out', ?, ?, ?, ?)",
+                                 (case_id, queue_id, message_id, subject, agent, answers, at))
+                    first = conn.execute("UPDATE cases SET first_response_at = ? WHERE id = ?"
+                                         " AND first_response_at IS NULL", (at, case_id)).rowcount > 0
+                    conn.execute("UPDATE cases SET status = 'answered', updated_at = ? WHERE id = ?"
+                                 " AND status = 'open'", (at, case_id))
+                case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return ReplyRecord(case, first_response=first, already_recorded=bool(done))
+
+    def claim_autoreply(self, address: str, queue_id: str, at: float, window: float) -> bool:
+        """True when ``queue_id`` may acknowledge this customer: none was sent within ``window``,
+        or this message claimed it before (asking again after a crash gives the same answer)."""
+        with self._writing:
+            return self._conn().execute(
+                "UPDATE customers SET last_autoreply_at = ?, last_autoreply_queue_id = ? WHERE address = ?"
+                " AND (last_autoreply_at IS NULL OR last_autoreply_at <= ? OR last_autoreply_queue_id = ?)",
+                (at, queue_id, canonical(address), at - window, queue_id)).rowcount > 0
+
+    def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
+                            records: Sequence[DmarcRow], at: float) -> bool:
+        """False when this reporter's report was imported before (reports are re-sent, and the
+        same file may be imported by hand too)."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                new = conn.execute("INSERT INTO dmarc_reports (reporter, report_id, domain, begin_at, end_at,"
+                                   " imported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                   (reporter, report_id, domain, begin, end, at)).rowcount > 0
+                if new:
+                    conn.executemany("INSERT INTO dmarc_records (reporter, report_id, source_ip, count, dkim_aligned,"
+                                     " spf_aligned, disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [(reporter, report_id, r.source_ip, r.count, int(r.dkim_aligned),
+                                       int(r.spf_aligned), r.disposition) for r in records])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return new
+
+    def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]:
+        """Per reporter and source IP, over reports whose period ended after ``since``."""
+        rows = self._conn().execute(
+            "SELECT r.reporter, r.source_ip, CAST(sum(r.count) AS BIGINT),"
+            " CAST(sum(r.count * r.dkim_aligned) AS BIGINT), CAST(sum(r.count * r.spf_aligned) AS BIGINT),"
+            " CAST(sum(CASE WHEN r.dkim_aligned + r.spf_aligned > 0 THEN r.count ELSE 0 END) AS BIGINT), max(d.end_at)"
+            " FROM dmarc_records r JOIN dmarc_reports d USING (reporter, report_id) WHERE d.end_at >= ?"
+            " GROUP BY r.reporter, r.source_ip", (since,))
+        return tuple(DmarcSummary(*row) for row in rows)
+
+    def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool:
+        """False when the message ``queue_id`` already left its note (a repeat after a crash)."""
+        with self._writing:
+            return self._conn().execute("INSERT INTO case_notes (case_id, queue_id, kind, text, at)"
+                                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(queue_id) DO NOTHING",
+                                        (case_id, queue_id, kind, text, at)).rowcount > 0
+
+    def case_notes(self, case_id: int) -> tuple[CaseNote, ...]:
+        return tuple(CaseNote(*row) for row in self._conn().execute(
+            "SELECT case_id, kind, text, at FROM case_notes WHERE case_id = ? ORDER BY at, id", (case_id,)))
+
+    def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord:
+        with self._writing:
+            incident_id = self._conn().execute(
+                "INSERT INTO incidents (provider, class, sample, started_at, last_seen_at) VALUES (?, ?, ?, ?, ?)"
+                " RETURNING id", (provider, klass, sample, at, at)).fetchone()[0]
+        found = self._incident(incident_id)
+        assert found is not None
+        return found
+
+    def touch_incident(self, incident_id: int, at: float, customer: str) -> IncidentRecord:
+        """One more refusal in this incident, to ``customer``'s mail."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                conn.execute("UPDATE incidents SET last_seen_at = max(last_seen_at, ?), refusals = refusals + 1"
+                             " WHERE id = ?", (at, incident_id))
+                if customer:
+                    conn.execute("INSERT INTO incident_customers (incident_id, address) VALUES (?, ?)"
+                                 " ON CONFLICT DO NOTHING", (incident_id, canonical(customer)))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        found = self._incident(incident_id)
+        assert found is not None
+        return found
+
+    def end_incident(self, incident_id: int, at: float) -> None:
+        with self._writing:
+            self._conn().execute("UPDATE incidents SET ended_at = ? WHERE id = ?", (at, incident_id))
+
+    def incidents(self, *, active: bool = False, since: float = 0.0) -> tuple[IncidentRecord, ...]:
+        """Active ones, or all that were still going at ``since``; newest first."""
+        where = "ended_at IS NULL" if active else "(ended_at IS NULL OR ended_at >= ?)"
+        rows = self._conn().execute(f"SELECT id FROM incidents WHERE {where} ORDER BY started_at DESC",
+                                    () if active else (since,)).fetchall()
+        return tuple(record for (incident_id,) in rows if (record := self._incident(incident_id)) is not None)
+
+    def _incident(self, incident_id: int) -> IncidentRecord | None:
+        conn = self._conn()
+        row = conn.execute("SELECT id, provider, class, sample, started_at, last_seen_at, ended_at, refusals"
+                           " FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        if row is None:
+            return None
+        customers = tuple(a for (a,) in conn.execute("SELECT address FROM incident_customers WHERE incident_id = ?"
+                                                     " ORDER BY address", (incident_id,)))
+        return IncidentRecord(*row, customers=customers)
+
+    def set_password(self, agent: str, password_hash: str, at: float) -> None:
+        with self._writing:
+            self._conn().execute("INSERT INTO credentials (agent, hash, changed_at) VALUES (?, ?, ?)"
+                                 " ON CONFLICT(agent) DO UPDATE SET hash = excluded.hash,"
+                                 " changed_at = excluded.changed_at", (agent, password_hash, at))
+
+    def password_hash(self, agent: str) -> str | None:
+        row = self._conn().execute("SELECT hash FROM credentials WHERE agent = ?", (agent,)).fetchone()
+        return row[0] if row else None
