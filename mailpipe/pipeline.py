@@ -27,7 +27,7 @@ from mailpipe.monitors.incidents import MENTIONS, Incidents
 from mailpipe.outbound.acknowledge import Acknowledgement, Acknowledger
 from mailpipe.outbound.classify import Catalog
 from mailpipe.spool import Message, Spool
-from mailpipe.store import CustomerRecord, InboundRecord, Profile, StaleDecision, Store
+from mailpipe.store import CustomerRecord, InboundRecord, Profile, Store
 from mailpipe.triage.assign import Decision, assign
 from mailpipe.triage.context import Context, History
 from mailpipe.triage.hours import within_business_hours
@@ -36,7 +36,6 @@ from mailpipe.triage.score import Verdict, evaluate
 from mailpipe.worker import Consumed
 
 TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
-_RECORD_TRIES = 8
 AUTH_TIMEOUT = 15.0
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
 # must not starve the store and Maildir work of the default pool. Threads start on first use.
@@ -214,27 +213,21 @@ class Triage:
         return await asyncio.to_thread(self._record, work)
 
     def _record(self, work: Work) -> Work:
-        """Optimistic: a decision made on an owner that a concurrent message of the same new
-        customer has changed since is made again (profile, score, assign) on the stored state."""
-        for _ in range(_RECORD_TRIES - 1):
-            try:
-                return self._record_once(work)
-            except StaleDecision:
-                work = self.assign(self.score(self._profile(work)))
-        return self._record_once(work)
-
-    def _record_once(self, work: Work) -> Work:
         parsed, verdict, decision = _parsed(work), _verdict(work), work.decision
         assert decision is not None
-        chosen = next((agent for agent, role, _ in decision.reasons if role == "owner"), "")
-        # A new customer's owner was chosen as least loaded: the store checks that still holds.
-        chosen_load = work.load.get(chosen, 0) if chosen and not work.previous_owner else None
+
+        def decide(owner_now: str, load_now: dict[str, int]) -> tuple[tuple[str, str, str], ...]:
+            """A new case's assignment, made again inside the store's transaction on the owner and
+            load as they are there: another worker or daemon may have assigned meanwhile."""
+            return assign(self.agents, previous_owner=owner_now, escalate=verdict.escalate, load=load_now,
+                          away=work.away, now=self.clock(), desk=self.desk).reasons
+
         record = self.store.record_inbound(
             queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case,
             assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at,
-            language=parsed.language, decided_owner=work.previous_owner, decided_owner_load=chosen_load)
+            language=parsed.language, decide=decide if work.thread_case is None else None)
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mailpipe.store import StaleDecision, StoreUnavailable
+from mailpipe.store import StoreUnavailable
 from mailpipe.store.postgres import PostgresStore
 from mailpipe.store.sqlite import MIGRATIONS, SQLiteStore, StoreError
 from tests.pg_peer import fresh_database
@@ -124,13 +124,20 @@ def test_a_closed_case_no_longer_counts_as_load_or_open(store: SQLiteStore) -> N
     assert not store.set_status(99, "closed", 0)
 
 
-def test_a_new_case_decided_on_a_stale_owner_is_refused(store: SQLiteStore) -> None:
+def test_a_new_case_is_assigned_inside_the_transaction_from_the_owner_and_load_there(store) -> None:
     record(store, "Q1", owner="yamada")
-    with pytest.raises(StaleDecision, match="owned by yamada"):
-        store.record_inbound(queue_id="Q2", address="c@example.org", name="C", message_id="Q2@x", subject="s",
-                             level="normal", score=1, rules="", case_id=None,
-                             assignments=(("smith", "owner", "new customer; least loaded (0 open)"),),
-                             escalated_to="", at=1001.0, decided_owner="")
+    seen = []
+
+    def decide(owner_now: str, load_now: dict[str, int]) -> tuple[tuple[str, str, str], ...]:
+        seen.append((owner_now, load_now))
+        return ((owner_now, "owner", "sticky"),)
+
+    recorded = store.record_inbound(queue_id="Q2", address="c@example.org", name="C", message_id="Q2@x", subject="s",
+                                    level="normal", score=1, rules="", case_id=None,
+                                    assignments=(("smith", "owner", "decided on stale data"),), escalated_to="",
+                                    at=1001.0, decide=decide)
+    assert seen == [("yamada", {"yamada": 1})]
+    assert recorded.case.owner == "yamada" and recorded.assignments[0].reason == "sticky"
 
 
 def test_a_reply_answers_its_case_once_and_sets_the_first_response_time(store: SQLiteStore) -> None:

@@ -9,7 +9,7 @@ case.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,11 +20,6 @@ class StoreError(Exception):
 
 class StoreUnavailable(Exception):
     """The database cannot be reached now: the message waits in the spool and is tried again."""
-
-
-class StaleDecision(Exception):
-    """The customer got an owner after the decision being recorded was made (a concurrent
-    message of the same customer won): decide again with what the store holds now."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +141,10 @@ class Profile:
     recent_cases: tuple[CaseRecord, ...]
 
 
+# (the customer's owner now, open cases per agent now) -> (agent, role, reason) assignments
+Decide = Callable[[str, dict[str, int]], tuple[tuple[str, str, str], ...]]
+
+
 class Store(Protocol):
     def customer(self, address: str) -> CustomerRecord | None: ...
 
@@ -162,11 +161,9 @@ class Store(Protocol):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "", decided_owner: str | None = None,
-                       decided_owner_load: int | None = None) -> InboundRecord:
-        """Raises StaleDecision when a new case is recorded for a customer whose owner is no
-        longer ``decided_owner`` (the owner the assignment was decided on; None: no check), or
-        whose chosen owner no longer has ``decided_owner_load`` open cases (None: no check)."""
+                       language: str = "", decide: Decide | None = None) -> InboundRecord:
+        """``decide``, given for a new case, makes the assignment inside the transaction from
+        the customer's owner and the open load as they are now (instead of ``assignments``)."""
         ...
 
     def open_load(self) -> dict[str, int]: ...

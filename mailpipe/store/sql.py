@@ -20,6 +20,7 @@ from mailpipe.store import (
     CaseNote,
     CaseRecord,
     CustomerRecord,
+    Decide,
     DmarcRow,
     DmarcSummary,
     EarlierReply,
@@ -27,7 +28,6 @@ from mailpipe.store import (
     IncidentRecord,
     Profile,
     ReplyRecord,
-    StaleDecision,
     StoreError,
 )
 
@@ -46,6 +46,11 @@ def _case(row: tuple) -> CaseRecord:
     return CaseRecord(*row)
 
 
+
+_OPEN_LOAD = ("SELECT agent, count(*) FROM (SELECT id, owner AS agent FROM cases WHERE status = 'open'"
+              " UNION SELECT id, handler FROM cases WHERE status = 'open'"
+              " UNION SELECT id, escalated_agent FROM cases WHERE status = 'open') AS loads"
+              " WHERE agent != '' GROUP BY agent")
 
 # Every table, parents before children: the order export writes and import reads.
 TABLES = ("customers", "cases", "messages", "assignments", "agent_state", "credentials", "dmarc_reports",
@@ -192,23 +197,22 @@ class SQLStore:
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None,
                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "", decided_owner: str | None = None,
-                       decided_owner_load: int | None = None) -> InboundRecord:
+                       language: str = "", decide: Decide | None = None) -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
-        message, and the assignments with their reasons. Idempotent per queue id. A new case is
-        refused with StaleDecision when the customer got another owner since the decision, or
-        the chosen owner got more open cases than the decision counted (another worker or
-        daemon assigned one meanwhile): decided again, assignment stays least-loaded."""
+        message, and the assignments with their reasons. Idempotent per queue id. For a new
+        case, ``decide`` chooses the assignments from the customer's owner and the open load
+        read under the customer row's lock and the assignment lock, so concurrent workers and
+        daemons agree on one owner per customer and keep least-loaded assignment balanced."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
                                         assignments=assignments, escalated_to=escalated_to, at=at, language=language,
-                                        decided_owner=decided_owner, decided_owner_load=decided_owner_load)
+                                        decide=decide)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None,
                         assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                        language: str, decided_owner: str | None, decided_owner_load: int | None) -> InboundRecord:
+                        language: str, decide: Decide | None) -> InboundRecord:
         conn = self._conn()
         conn.execute(self._BEGIN)
         try:
@@ -225,16 +229,11 @@ class SQLStore:
             customer_id, current_owner = conn.execute(
                 f"SELECT id, owner FROM customers WHERE address = ?{self._LOCK}", (address,)).fetchone()
             new_case = case_id is None
+            if new_case and decide is not None:
+                self._lock_assignments(conn)
+                assignments = decide(current_owner, dict(conn.execute(_OPEN_LOAD)))
             roles = {role: agent for agent, role, _ in assignments}
             owner, handler, escalated = roles.get("owner", ""), roles.get("handler", ""), roles.get("escalation", "")
-            if new_case and decided_owner is not None and current_owner and current_owner != decided_owner:
-                raise StaleDecision(f"{address} is owned by {current_owner} now")
-            if new_case and decided_owner_load is not None and owner:
-                self._lock_assignments(conn)
-                now_open = conn.execute("SELECT count(*) FROM cases WHERE status = 'open' AND (owner = ? OR"
-                                        " handler = ? OR escalated_agent = ?)", (owner, owner, owner)).fetchone()[0]
-                if now_open != decided_owner_load:
-                    raise StaleDecision(f"{owner} has {now_open} open cases now, not {decided_owner_load}")
             if case_id is None:
                 case_id = conn.execute(
                     "INSERT INTO cases (customer_id, subject, status, level, score, owner, handler, escalated_to,"
@@ -273,11 +272,7 @@ class SQLStore:
     def open_load(self) -> dict[str, int]:
         """Open cases per agent: those they own, handle for an away owner, or were escalated to.
         Reads only the open cases (an index on status), however long the history grows."""
-        return dict(self._conn().execute(
-            "SELECT agent, count(*) FROM (SELECT id, owner AS agent FROM cases WHERE status = 'open'"
-            " UNION SELECT id, handler FROM cases WHERE status = 'open'"
-            " UNION SELECT id, escalated_agent FROM cases WHERE status = 'open') AS loads"
-            " WHERE agent != '' GROUP BY agent"))
+        return dict(self._conn().execute(_OPEN_LOAD))
 
     def cases(self, status: str | None = None, limit: int = 100) -> tuple[CaseRecord, ...]:
         """Newest first; only those with ``status`` when given."""
