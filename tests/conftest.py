@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,9 +19,21 @@ import pytest
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a port the kernel hands out for binding
+    to 0 may be taken by some outgoing connection before the server under test binds it."""
+    try:
+        lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError):
+        lowest_ephemeral = 32768
+    for _ in range(200):
+        port = random.randint(20000, max(20001, lowest_ephemeral - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def toml(data: dict[str, Any], prefix: str = "") -> str:
