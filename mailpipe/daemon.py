@@ -103,10 +103,10 @@ def probe_settings(config: Config) -> ProbeSettings:
                          config.outbound_hostname)
 
 
-def monitor_settings(config: Config) -> MonitorSettings:
-    """Raises ProfileError for a broken provider profile, SigningKeyError for a bad key."""
+def monitor_settings(config: Config, keys: tuple[SigningKey, ...]) -> MonitorSettings:
+    """Raises ProfileError for a broken provider profile."""
     monitors = config.monitors
-    return MonitorSettings(config.sending_domains, monitors.sending_ips, signing_keys(config),
+    return MonitorSettings(config.sending_domains, monitors.sending_ips, keys,
                            config.outbound_hostname, monitors.dns_interval, profiles.load(monitors.providers_path),
                            monitors.bulk_sender)
 
@@ -124,12 +124,12 @@ class Routes:
     outbound: Route[Message]
 
 
-def routes(config: Config, store: Store, metrics: Metrics, outbound: Spool, traffic: Traffic,
-           incidents: Incidents) -> Routes:
-    """Raises RulesError or CatalogError when policy files are broken, SigningKeyError for a
-    bad key: a reload then keeps the routes already running."""
+def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: Metrics, outbound: Spool,
+           traffic: Traffic, incidents: Incidents) -> Routes:
+    """Raises RulesError or CatalogError when policy files are broken: a reload then keeps the
+    routes already running."""
     to_mailbox = deliverer(config)
-    sign = Signer(signing_keys(config))
+    sign = Signer(keys)
     hostname = config.outbound_hostname
     acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, store, sign, hostname,
                                 metrics)
@@ -187,8 +187,10 @@ class Daemon:
                     log.warning("recovered messages claimed before a crash", extra={"spool": name, "count": recovered})
             self._incidents = Incidents(store, self._metrics, threshold=config.monitors.incident_threshold,
                                         window=config.monitors.incident_window, quiet=config.monitors.incident_quiet)
-            built = routes(config, store, self._metrics, outbound, self._traffic, self._incidents)
-            self._monitors = Monitors(monitor_settings(config), self._traffic, self._metrics, store, self._incidents)
+            keys = signing_keys(config)
+            built = routes(config, keys, store, self._metrics, outbound, self._traffic, self._incidents)
+            self._monitors = Monitors(monitor_settings(config, keys), self._traffic, self._metrics, store,
+                                      self._incidents)
             self._prober = Prober(probe_settings(config), outbound, self._metrics)
             self._handler = InboundHandler(RecipientPolicy.from_config(config.inbound), inbound, self._metrics,
                                            config.inbound.hostname)
@@ -255,9 +257,10 @@ class Daemon:
             new = await asyncio.to_thread(configuration.load, self._config_path)
             settings = {"inbound": listener_settings(new), "submission": submission_settings(new)}
             assert self._incidents is not None
-            built = await asyncio.to_thread(routes, new, self._store, self._metrics, self._spools["outbound"],
+            keys = await asyncio.to_thread(signing_keys, new)
+            built = await asyncio.to_thread(routes, new, keys, self._store, self._metrics, self._spools["outbound"],
                                             self._traffic, self._incidents)
-            watching = await asyncio.to_thread(monitor_settings, new)
+            watching = await asyncio.to_thread(monitor_settings, new, keys)
         except (configuration.ConfigError, RulesError, classify.CatalogError, profiles.ProfileError) as exc:
             return self._refuse(exc.problems)
         except (SigningKeyError, OSError, ssl.SSLError) as exc:
