@@ -36,7 +36,7 @@ from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import classify
 from mailpipe.outbound.acknowledge import Acknowledger
 from mailpipe.outbound.queue import SendQueue
-from mailpipe.outbound.replies import Replies, Reply
+from mailpipe.outbound.replies import Replies, ReplyWork
 from mailpipe.outbound.send import Transport, resolver
 from mailpipe.outbound.signing import Signer, SigningKey, SigningKeyError, load_key
 from mailpipe.pipeline import Triage, Work
@@ -120,7 +120,7 @@ class Routes:
     """The three queues' routes, built from one config and swapped together on reload."""
 
     inbound: Route[Work]
-    submission: Route[Reply]
+    submission: Route[ReplyWork]
     outbound: Route[Message]
 
 
@@ -145,7 +145,7 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     sending = config.outbound.spool(config.spool.max_stage_failures)
     return Routes(
         Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary),
-        Route(Reply, replies.stages, replies.hand_off, config.spool, "outbound", summary=replies.summary),
+        Route(ReplyWork, replies.stages, replies.hand_off, config.spool, "outbound", summary=replies.summary),
         Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary))
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger("mailpipe.outbound")
 
 
 @dataclass(frozen=True)
-class Reply:
+class ReplyWork:
     message: Message
     parsed: ParsedMessage | None = None
     case: CaseRecord | None = None
@@ -60,17 +60,17 @@ class Replies:
         self._agents = {agent.id: agent for agent in agents}
 
     @property
-    def stages(self) -> tuple[tuple[str, Callable[[Reply], Reply | Awaitable[Reply]]], ...]:
+    def stages(self) -> tuple[tuple[str, Callable[[ReplyWork], ReplyWork | Awaitable[ReplyWork]]], ...]:
         return (("parse", self.parse), ("thread", self.thread), ("guard", self.guard), ("stamp", self.stamp),
                 ("sign", self.sign_off_loop))
 
-    def parse(self, work: Reply) -> Reply:
+    def parse(self, work: ReplyWork) -> ReplyWork:
         return dataclasses.replace(work, parsed=parse(work.message.data))
 
-    async def thread(self, work: Reply) -> Reply:
+    async def thread(self, work: ReplyWork) -> ReplyWork:
         return await asyncio.to_thread(self._thread, work)
 
-    def _thread(self, work: Reply) -> Reply:
+    def _thread(self, work: ReplyWork) -> ReplyWork:
         parsed = _parsed(work)
         ids = tuple(dict.fromkeys((*parsed.in_reply_to, *reversed(parsed.references))))
         for customer in work.message.entry.envelope.rcpt_tos:
@@ -80,7 +80,7 @@ class Replies:
                                            answers=self.store.answered_message(case.id, parsed.in_reply_to))
         return work
 
-    async def guard(self, work: Reply) -> Reply:
+    async def guard(self, work: ReplyWork) -> ReplyWork:
         entry = work.message.entry
         if work.case is None or not self.window or entry.overridden:
             return work
@@ -97,7 +97,7 @@ class Replies:
         self.metrics.replies_held.inc()
         raise Held(reason)
 
-    def stamp(self, work: Reply) -> Reply:
+    def stamp(self, work: ReplyWork) -> ReplyWork:
         parsed, entry = _parsed(work), work.message.entry
         owner = self._agents.get(work.case.owner) if work.case else None
         owner = owner or self._agents.get(entry.envelope.submitter)
@@ -110,15 +110,15 @@ class Replies:
             log.warning("part not stamped", extra={"queue_id": work.message.id, "reason": reason})
         return dataclasses.replace(work, stamped=stamped, data=stamped.data)
 
-    async def sign_off_loop(self, work: Reply) -> Reply:
+    async def sign_off_loop(self, work: ReplyWork) -> ReplyWork:
         """dkimpy's RSA takes milliseconds of CPU: a thread keeps SMTP sessions answered meanwhile."""
         return await asyncio.to_thread(self.sign, work)
 
-    def sign(self, work: Reply) -> Reply:
+    def sign(self, work: ReplyWork) -> ReplyWork:
         domain = domain_of(_parsed(work).sender or work.message.entry.envelope.mail_from)
         return dataclasses.replace(work, data=self.signer.sign(work.data, domain))
 
-    async def hand_off(self, work: Reply) -> None:
+    async def hand_off(self, work: ReplyWork) -> None:
         entry = work.message.entry
         if work.case is not None:
             recorded = await asyncio.to_thread(
@@ -136,7 +136,7 @@ class Replies:
                       for index, (_, rcpts) in enumerate(sorted(by_domain.items()))]
         await self.spool.replace(work.message.id, successors)
 
-    async def _tell(self, author: Agent, work: Reply, reason: str) -> None:
+    async def _tell(self, author: Agent, work: ReplyWork, reason: str) -> None:
         """A note in the author's mailbox, threaded under their own held reply."""
         parsed = _parsed(work)
         body = (f"あなたの返信は送信を保留しました / Your reply was held, not sent.\n\n{reason}\n\n"
@@ -149,17 +149,17 @@ class Replies:
         await self.mailboxes.deliver(author, [(held, note)])
 
     @staticmethod
-    def summary(work: Reply) -> dict[str, str]:
+    def summary(work: ReplyWork) -> dict[str, str]:
         return {"case": str(work.case.id) if work.case else "", "agent": work.message.entry.envelope.submitter,
                 "to": ",".join(work.message.entry.envelope.rcpt_tos)}
 
 
-def _stamped(work: Reply) -> Stamped:
+def _stamped(work: ReplyWork) -> Stamped:
     assert work.stamped is not None, "stage order: stamp before this"
     return work.stamped
 
 
-def _parsed(work: Reply) -> ParsedMessage:
+def _parsed(work: ReplyWork) -> ParsedMessage:
     assert work.parsed is not None, "stage order: parse first"
     return work.parsed
 
