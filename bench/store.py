@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from tests.pg_peer import fresh_database  # noqa: E402
 AGENTS = ("yamada", "smith", "tanaka", "suzuki")
 
 
-def least_loaded(owner_now: str, load_now: dict[str, int]) -> tuple[tuple[str, str, str], ...]:
+def least_loaded(owner_now: str, load_now: Mapping[str, int]) -> tuple[tuple[str, str, str], ...]:
     chosen = owner_now or min(AGENTS, key=lambda agent: load_now.get(agent, 0))
     return ((chosen, "owner", "least loaded"),)
 
@@ -45,8 +46,8 @@ def least_loaded(owner_now: str, load_now: dict[str, int]) -> tuple[tuple[str, s
 def record_new_customer(store: SQLStore, n: int) -> None:
     """One new customer's first message, assigned as triage does: inside the store's transaction."""
     store.record_inbound(queue_id=f"Q{n}", address=f"c{n}@example.org", name="", message_id=f"m{n}@x",
-                         subject="question", level="normal", score=1, rules="", case_id=None, assignments=(),
-                         escalated_to="", at=time.time(), decide=least_loaded)
+                         subject="question", level="normal", score=1, rules="", case_id=None, decide=least_loaded,
+                         escalated_to="", at=time.time())
 
 
 def operations_per_second(store: SQLStore, count: int) -> float:

@@ -1,16 +1,17 @@
 """What happens to an inbound message between the spool and the owners' mailboxes, in order.
 
-The order lives in one table, ``Triage.stages``: parse → profile → score → assign → record →
-annotate. Pure stages are plain functions of ``Work``; the two that read and write the store
-run in a thread. The recipients come from what ``record`` stored, never from a fresh decision,
-so a message triaged again after a crash goes to the same mailboxes it went to before.
+The order lives in one table, ``Triage.stages``: parse → authenticate → profile → score →
+assign → acknowledge → annotate. Pure stages are plain functions of ``Work``; the two that read
+and write the store run in a thread. ``assign`` decides inside the transaction that records
+customer, case, message and assignments, and the recipients come from what it stored, never
+from a fresh decision, so a message triaged again after a crash goes to the same mailboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from mailpipe.outbound.acknowledge import Acknowledgement, Acknowledger
 from mailpipe.outbound.classify import Catalog
 from mailpipe.spool import Message, Spool
 from mailpipe.store import CustomerRecord, InboundRecord, Profile, Store
-from mailpipe.triage.assign import Decision, assign
+from mailpipe.triage.assign import assign
 from mailpipe.triage.context import Context, History
 from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RuleSet
@@ -48,12 +49,9 @@ class Work:
     parsed: ParsedMessage | None = None
     auth: auth.Verdict | None = None
     profile: Profile | None = None
-    load: dict[str, int] = dataclasses.field(default_factory=dict)
     away: frozenset[str] = frozenset()
-    previous_owner: str = ""
     thread_case: int | None = None
     verdict: Verdict | None = None
-    decision: Decision | None = None
     record: InboundRecord | None = None
     recipients: tuple[Agent, ...] = ()
     fields: tuple[tuple[str, str], ...] = ()
@@ -104,7 +102,6 @@ class Triage:
             ("profile", self.profile),
             ("score", self.score),
             ("assign", self.assign),
-            ("record", self.record),
             ("acknowledge", self.acknowledge),
             ("annotate", self.annotate),
         )
@@ -193,9 +190,7 @@ class Triage:
         profile = self.store.profile(sender, work.message.entry.received_at) if sender else None
         ids = tuple(dict.fromkeys((*parsed.in_reply_to, *reversed(parsed.references))))
         case = self.store.find_case(ids, parsed.case_token, sender)
-        previous_owner = case.owner if case else (profile.customer.owner if profile else "")
-        return dataclasses.replace(work, profile=profile, previous_owner=previous_owner,
-                                   thread_case=case.id if case else None, load=self.store.open_load(),
+        return dataclasses.replace(work, profile=profile, thread_case=case.id if case else None,
                                    away=self.store.away())
 
     def score(self, work: Work) -> Work:
@@ -204,30 +199,23 @@ class Triage:
         context = triage_context(_parsed(work), work.profile, now, self.desk, self.hostname, work.auth, active)
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
-    def assign(self, work: Work) -> Work:
-        decision = assign(self.agents, previous_owner=work.previous_owner, escalate=_verdict(work).escalate,
-                          load=work.load, away=work.away, now=self.clock(), desk=self.desk)
-        return dataclasses.replace(work, decision=decision)
+    async def assign(self, work: Work) -> Work:
+        return await asyncio.to_thread(self._assign, work)
 
-    async def record(self, work: Work) -> Work:
-        return await asyncio.to_thread(self._record, work)
+    def _assign(self, work: Work) -> Work:
+        parsed, verdict = _parsed(work), _verdict(work)
 
-    def _record(self, work: Work) -> Work:
-        parsed, verdict, decision = _parsed(work), _verdict(work), work.decision
-        assert decision is not None
-
-        def decide(owner_now: str, load_now: dict[str, int]) -> tuple[tuple[str, str, str], ...]:
-            """A new case's assignment, made again inside the store's transaction on the owner and
-            load as they are there: another worker or daemon may have assigned meanwhile."""
+        def decide(owner_now: str, load_now: Mapping[str, int]) -> tuple[tuple[str, str, str], ...]:
+            """Made inside the store's transaction on the owner and load as they are there:
+            another worker or daemon may have assigned meanwhile."""
             return assign(self.agents, previous_owner=owner_now, escalate=verdict.escalate, load=load_now,
                           away=work.away, now=self.clock(), desk=self.desk).reasons
 
         record = self.store.record_inbound(
             queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
-            score=verdict.score, rules=verdict.summary(), case_id=work.thread_case,
-            assignments=decision.reasons, escalated_to=verdict.escalate or "", at=work.message.entry.received_at,
-            language=parsed.language, decide=decide if work.thread_case is None else None)
+            score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
+            escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language)
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))

@@ -4,6 +4,7 @@ assignments, idempotent recording, and what replies, reports and incidents keep 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
@@ -32,7 +33,7 @@ def record(store: SQLiteStore, queue_id: str, *, case_id: int | None = None, own
            address: str = "c@example.org", at: float = 1000.0, level: str = "normal", score: float = 1.0):
     return store.record_inbound(queue_id=queue_id, address=address, name="C", message_id=f"{queue_id}@x",
                                 subject="s", level=level, score=score, rules="R(1)", case_id=case_id,
-                                assignments=((owner, "owner", "new customer; least loaded (0 open)"),),
+                                decide=lambda owner_now, load: ((owner, "owner", "new customer; least loaded"),),
                                 escalated_to="", at=at)
 
 
@@ -124,20 +125,42 @@ def test_a_closed_case_no_longer_counts_as_load_or_open(store: SQLiteStore) -> N
     assert not store.set_status(99, "closed", 0)
 
 
-def test_a_new_case_is_assigned_inside_the_transaction_from_the_owner_and_load_there(store) -> None:
+def test_a_new_case_is_assigned_inside_the_transaction_from_the_customers_owner_and_load_there(store) -> None:
     record(store, "Q1", owner="yamada")
     seen = []
 
-    def decide(owner_now: str, load_now: dict[str, int]) -> tuple[tuple[str, str, str], ...]:
-        seen.append((owner_now, load_now))
+    def decide(owner_now: str, load_now: Mapping[str, int]) -> tuple[tuple[str, str, str], ...]:
+        seen.append((owner_now, dict(load_now)))
         return ((owner_now, "owner", "sticky"),)
 
     recorded = store.record_inbound(queue_id="Q2", address="c@example.org", name="C", message_id="Q2@x", subject="s",
-                                    level="normal", score=1, rules="", case_id=None,
-                                    assignments=(("smith", "owner", "decided on stale data"),), escalated_to="",
-                                    at=1001.0, decide=decide)
+                                    level="normal", score=1, rules="", case_id=None, decide=decide, escalated_to="",
+                                    at=1001.0)
     assert seen == [("yamada", {"yamada": 1})]
     assert recorded.case.owner == "yamada" and recorded.assignments[0].reason == "sticky"
+
+
+def test_a_threaded_message_is_assigned_from_its_cases_owner(store) -> None:
+    record(store, "Q1", owner="smith")
+    store.upsert_customer("c@example.org", owner="yamada")  # the customer changed hands since
+    seen = []
+
+    def decide(owner_now: str, load_now: Mapping[str, int]) -> tuple[tuple[str, str, str], ...]:
+        seen.append(owner_now)
+        return ((owner_now, "owner", "sticky"),)
+
+    store.record_inbound(queue_id="Q2", address="c@example.org", name="C", message_id="Q2@x", subject="s",
+                         level="normal", score=1, rules="", case_id=1, decide=decide, escalated_to="", at=1001.0)
+    assert seen == ["smith"]
+
+
+def test_the_open_load_counts_a_case_once_per_agent_in_any_of_its_roles(store) -> None:
+    record(store, "Q1", owner="yamada")
+    store.record_inbound(queue_id="Q2", address="d@example.org", name="D", message_id="Q2@x", subject="s",
+                         level="high", score=5, rules="", case_id=None, escalated_to="tech", at=1001.0,
+                         decide=lambda owner_now, load: (("smith", "owner", "new"), ("sato", "handler", "away"),
+                                                         ("smith", "escalation", "tech")))
+    assert store.open_load() == {"yamada": 1, "smith": 1, "sato": 1}
 
 
 def test_a_reply_answers_its_case_once_and_sets_the_first_response_time(store: SQLiteStore) -> None:

@@ -9,7 +9,7 @@ case.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -141,8 +141,9 @@ class Profile:
     recent_cases: tuple[CaseRecord, ...]
 
 
-# (the customer's owner now, open cases per agent now) -> (agent, role, reason) assignments
-Decide = Callable[[str, dict[str, int]], tuple[tuple[str, str, str], ...]]
+# (the owner now: the case's, or the customer's for a new case; open cases per agent now, read
+# on first use) -> (agent, role, reason) assignments
+Decide = Callable[[str, Mapping[str, int]], tuple[tuple[str, str, str], ...]]
 
 
 class Store(Protocol):
@@ -159,11 +160,10 @@ class Store(Protocol):
     def inbound(self, queue_id: str) -> InboundRecord | None: ...
 
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
-                       level: str, score: float, rules: str, case_id: int | None,
-                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "", decide: Decide | None = None) -> InboundRecord:
-        """``decide``, given for a new case, makes the assignment inside the transaction from
-        the customer's owner and the open load as they are now (instead of ``assignments``)."""
+                       level: str, score: float, rules: str, case_id: int | None, decide: Decide,
+                       escalated_to: str, at: float, language: str = "") -> InboundRecord:
+        """``decide`` makes the assignment inside the transaction from the owner and the open
+        load as they are there, so concurrent workers and daemons agree."""
         ...
 
     def open_load(self) -> dict[str, int]: ...

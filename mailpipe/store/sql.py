@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mailpipe.addresses import canonical
@@ -47,10 +47,36 @@ def _case(row: tuple) -> CaseRecord:
 
 
 
-_OPEN_LOAD = ("SELECT agent, count(*) FROM (SELECT id, owner AS agent FROM cases WHERE status = 'open'"
-              " UNION SELECT id, handler FROM cases WHERE status = 'open'"
-              " UNION SELECT id, escalated_agent FROM cases WHERE status = 'open') AS loads"
-              " WHERE agent != '' GROUP BY agent")
+# A case counts once for each distinct agent among its owner, handler and escalation agent.
+_OPEN_LOAD = ("SELECT agent, count(*) FROM ("
+              "SELECT owner AS agent FROM cases WHERE status = 'open' AND owner != ''"
+              " UNION ALL SELECT handler FROM cases WHERE status = 'open' AND handler NOT IN ('', owner)"
+              " UNION ALL SELECT escalated_agent FROM cases WHERE status = 'open'"
+              " AND escalated_agent NOT IN ('', owner, handler)) AS loads GROUP BY agent")
+
+
+class _LoadOnFirstUse(Mapping[str, int]):
+    """The open load, read when an assignment first asks for it: most messages go to a sticky
+    owner who is present, and need neither the read (it scans every open case) nor its lock."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]):
+        self._read = read
+        self._load: dict[str, int] | None = None
+
+    def _loaded(self) -> dict[str, int]:
+        if self._load is None:
+            self._load = self._read()
+        return self._load
+
+    def __getitem__(self, agent: str) -> int:
+        return self._loaded()[agent]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
 
 # Every table, parents before children: the order export writes and import reads.
 TABLES = ("customers", "cases", "messages", "assignments", "agent_state", "credentials", "dmarc_reports",
@@ -195,24 +221,22 @@ class SQLStore:
         return InboundRecord(queue_id, case, customer, new_case, assignments)
 
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
-                       level: str, score: float, rules: str, case_id: int | None,
-                       assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                       language: str = "", decide: Decide | None = None) -> InboundRecord:
+                       level: str, score: float, rules: str, case_id: int | None, decide: Decide,
+                       escalated_to: str, at: float, language: str = "") -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
-        message, and the assignments with their reasons. Idempotent per queue id. For a new
-        case, ``decide`` chooses the assignments from the customer's owner and the open load
-        read under the customer row's lock and the assignment lock, so concurrent workers and
-        daemons agree on one owner per customer and keep least-loaded assignment balanced."""
+        message, and the assignments with their reasons. Idempotent per queue id. ``decide``
+        chooses the assignments from the owner (the case's, or the customer's for a new case)
+        and the open load, read under the customer row's lock and, when it needs the load, the
+        assignment lock, so concurrent workers and daemons agree on one owner per customer and
+        keep least-loaded assignment balanced."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
-                                        assignments=assignments, escalated_to=escalated_to, at=at, language=language,
-                                        decide=decide)
+                                        decide=decide, escalated_to=escalated_to, at=at, language=language)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
-                        level: str, score: float, rules: str, case_id: int | None,
-                        assignments: tuple[tuple[str, str, str], ...], escalated_to: str, at: float,
-                        language: str, decide: Decide | None) -> InboundRecord:
+                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
+                        escalated_to: str, at: float, language: str) -> InboundRecord:
         conn = self._conn()
         conn.execute(self._BEGIN)
         try:
@@ -226,12 +250,17 @@ class SQLStore:
                          " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
                          " ELSE customers.name END", (address, name, at))
             # Locked (PostgreSQL) or written alone (SQLite): the owner read here is the final word.
-            customer_id, current_owner = conn.execute(
+            customer_id, owner_now = conn.execute(
                 f"SELECT id, owner FROM customers WHERE address = ?{self._LOCK}", (address,)).fetchone()
             new_case = case_id is None
-            if new_case and decide is not None:
+            if not new_case:
+                owner_now = conn.execute("SELECT owner FROM cases WHERE id = ?", (case_id,)).fetchone()[0]
+
+            def read_load() -> dict[str, int]:
                 self._lock_assignments(conn)
-                assignments = decide(current_owner, dict(conn.execute(_OPEN_LOAD)))
+                return dict(conn.execute(_OPEN_LOAD))
+
+            assignments = decide(owner_now, _LoadOnFirstUse(read_load))
             roles = {role: agent for agent, role, _ in assignments}
             owner, handler, escalated = roles.get("owner", ""), roles.get("handler", ""), roles.get("escalation", "")
             if case_id is None:
