@@ -174,7 +174,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     dns_server = Unbound(zones_for_tests())
-    auth.configure_resolver([("127.0.0.1", dns_server.port)])
+    auth.configure_resolver([("127.0.0.1", dns_server.port)], cache=True)  # as the daemon does
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as tmp:
         work = Path(tmp)
         print(f"store: {CUSTOMERS:,} customers; {os.cpu_count()} CPUs")

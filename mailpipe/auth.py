@@ -22,6 +22,7 @@ from publicsuffixlist import PublicSuffixList
 
 _PSL = PublicSuffixList()
 _DNS_TIMEOUT = 5.0
+_CACHE_ENTRIES = 10_000
 _SIGNATURE = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -43,15 +44,36 @@ class Verdict:
         return "; ".join(parts)
 
 
-def configure_resolver(nameservers: list[tuple[str, int]]) -> None:
-    """Point dnspython's default resolver (used by pyspf and dkimpy too) at these servers."""
+def configure_resolver(nameservers: list[tuple[str, int]], *, cache: bool = False) -> None:
+    """Point dnspython's default resolver (used by pyspf and dkimpy too) at these servers, the
+    system's when none are given. With ``cache``, answers, negative ones too, are kept for their
+    TTL, as a daemon that looks up the same senders' domains all day should: the lookups, more
+    than the checks, were most of a message's authentication time (bench/triage.py)."""
+    try:
+        resolver = _resolver(nameservers)
+    except dns.resolver.NoResolverConfiguration:
+        return  # no resolv.conf: every lookup is a temperror, as it would be without us
+    resolver.cache = dns.resolver.LRUCache(_CACHE_ENTRIES) if cache else None
+    dns.resolver.default_resolver = resolver
+
+
+def fresh_resolver() -> dns.resolver.Resolver:
+    """The default resolver's servers without its cache, for monitors that must see a changed
+    record as soon as the servers do."""
+    configured = dns.resolver.get_default_resolver()
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = configured.nameservers, configured.port, _DNS_TIMEOUT
+    return resolver
+
+
+def _resolver(nameservers: list[tuple[str, int]]) -> dns.resolver.Resolver:
     if not nameservers:
-        return
+        return dns.resolver.get_default_resolver()
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [host for host, _ in nameservers]
     resolver.port = nameservers[0][1]
     resolver.lifetime = _DNS_TIMEOUT
-    dns.resolver.default_resolver = resolver
+    return resolver
 
 
 def verify(raw: bytes, mail_from: str, client_ip: str, helo: str, from_address: str) -> Verdict:

@@ -370,7 +370,7 @@ _GIL_SWITCH_INTERVAL = 0.0005
 def serve(config_path: Path | None) -> int:
     config = configuration.load(config_path)
     logs.setup(config.log_level)
-    auth.configure_resolver([(ns.host, ns.port) for ns in config.auth.nameservers])
+    auth.configure_resolver([(ns.host, ns.port) for ns in config.auth.nameservers], cache=True)
     sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
     started = time.monotonic()
     code = asyncio.run(Daemon(config, config_path).run())

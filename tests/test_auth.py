@@ -21,7 +21,7 @@ from mailpipe.metrics import Metrics
 from mailpipe.spool import Entry, Envelope, Message
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import rules
-from tests.dns_peer import sign
+from tests.dns_peer import DKIM_SELECTOR, Unbound, sign, without_dkim, zones_for_tests
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: support@example.test\r\nSubject: hello\r\n"
            b"Message-ID: <a1@example.test>\r\n\r\nHello.\r\n")
@@ -35,6 +35,30 @@ def resolver(dns_server):
     auth.configure_resolver([("127.0.0.1", dns_server.port)])
     yield
     dns.resolver.default_resolver = previous
+
+
+@pytest.fixture
+def key_rotated_after_a_cached_lookup():
+    """A cached resolver that verified a signature, then the signing domain's keys left DNS."""
+    server = Unbound(zones_for_tests())
+    previous = dns.resolver.default_resolver
+    auth.configure_resolver([("127.0.0.1", server.port)], cache=True)
+    auth.verify(sign(MESSAGE), "alice@example.test", "127.0.0.1", "mx.example.test", "alice@example.test")
+    server.stop()
+    server = Unbound(without_dkim(zones_for_tests()), port=server.port)
+    yield
+    dns.resolver.default_resolver = previous
+    server.stop()
+
+
+def test_a_cached_answer_serves_until_its_ttl_ends(key_rotated_after_a_cached_lookup) -> None:
+    verdict = auth.verify(sign(MESSAGE), "alice@example.test", "127.0.0.1", "mx.example.test", "alice@example.test")
+    assert verdict.dkim == (("pass", "example.test"),)
+
+
+def test_monitors_see_a_changed_record_at_once_past_the_cache(key_rotated_after_a_cached_lookup) -> None:
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        auth.fresh_resolver().resolve(f"{DKIM_SELECTOR}._domainkey.example.test", "TXT")
 
 
 def test_aligned_spf_and_dkim_pass_dmarc(resolver) -> None:

@@ -15,8 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dns.resolver
-
+from mailpipe import auth
 from mailpipe.metrics import Metrics
 from mailpipe.monitors import dns_checks, profiles
 from mailpipe.monitors.incidents import Incidents
@@ -96,7 +95,7 @@ class Monitors:
 
     @staticmethod
     def _check_all(settings: MonitorSettings) -> dict[str, dns_checks.Report]:
-        resolver = dns.resolver.get_default_resolver()
+        resolver = auth.fresh_resolver()
         return {domain: dns_checks.check_domain(domain, sending_ips=settings.sending_ips, keys=settings.keys,
                                                 helo=settings.helo, resolver=resolver)
                 for domain in settings.domains}
