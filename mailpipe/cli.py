@@ -53,7 +53,7 @@ from mailpipe.monitors import dmarc_reports, dns_checks, profiles
 from mailpipe.outbound import classify, signing
 from mailpipe.outbound.stamp import render, stamp
 from mailpipe.pipeline import triage_context
-from mailpipe.store import StoreError, StoreUnavailable
+from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT, StoreError, StoreUnavailable
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
 from mailpipe.triage import examples
@@ -265,7 +265,8 @@ def _score_one(name: str, as_json: bool, loaded: configuration.Config, ruleset: 
     if profile is not None:
         known = profile.customer
         print(f"[Customer]: {known.address} (VIP={known.vip}, plan={known.plan or '-'}, "
-              f"{len(profile.contacts)} contacts)")
+              f"{len(profile.contacts)}{'+' if len(profile.contacts) == CONTACTS_KEPT else ''} contacts"
+              f" in {CONTACTS_DAYS} days)")
     for hit in verdict.hits:
         print(f"Symbol: {hit.name} ({hit.score:.2f})[{hit.matched}]")
     if verdict.escalate:

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mailpipe.store import StoreUnavailable
+from mailpipe.store import CONTACTS_KEPT, StoreUnavailable
 from mailpipe.store.postgres import PostgresStore
 from mailpipe.store.sqlite import MIGRATIONS, SQLiteStore, StoreError
 from tests.pg_peer import fresh_database
@@ -94,6 +94,13 @@ def test_the_profile_carries_recent_contacts_the_open_case_and_history(store: SQ
     assert profile.contacts == (1000.0, 2000.0)
     assert profile.open_case.id == 1
     assert [c.id for c in profile.recent_cases] == [2, 1]
+
+
+def test_the_profile_keeps_only_the_latest_contacts_of_a_chatty_sender(store: SQLiteStore) -> None:
+    for n in range(CONTACTS_KEPT + 20):
+        record(store, f"Q{n}", case_id=1 if n else None, at=1000.0 + n)
+    contacts = store.profile("c@example.org", now=5000.0).contacts
+    assert contacts == tuple(1000.0 + n for n in range(20, CONTACTS_KEPT + 20))
 
 
 def test_imported_fields_update_an_existing_customer(store: SQLiteStore) -> None:

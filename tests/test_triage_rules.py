@@ -132,6 +132,8 @@ def test_composites_combine_rules_with_and_or_not(tmp_path: Path) -> None:
     ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\n'
      '[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["y"]\n', "rule A: defined twice"),
     ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\nescalate = "ceo"\n', "escalate 'ceo'"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nrepeat = { within_hours = 24, at_least = 500 }\n',
+     "at_least must be 1 to 100"),
     ('[[rule]\nname = "A"\n', "TOML syntax"),
 ])
 def test_a_broken_rule_file_is_refused_naming_file_rule_and_reason(tmp_path: Path, text: str, expected: str) -> None:

@@ -131,12 +131,19 @@ class DmarcSummary:
     last_end: int
 
 
+# A profile carries the arrival times of a customer's latest messages of the last 30 days, at
+# most this many: a monitoring system that mails support every minute must not make each of its
+# messages read 40,000 rows. Repeat rules count up to it.
+CONTACTS_KEPT = 100
+CONTACTS_DAYS = 30
+
+
 @dataclass(frozen=True)
 class Profile:
     """A customer with the history rules and agents look at."""
 
     customer: CustomerRecord
-    contacts: tuple[float, ...]  # arrival times of earlier messages
+    contacts: tuple[float, ...]  # arrival times of the latest earlier messages, oldest first
     open_case: CaseRecord | None
     recent_cases: tuple[CaseRecord, ...]
 

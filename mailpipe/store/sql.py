@@ -16,6 +16,8 @@ from typing import Any
 
 from mailpipe.addresses import canonical
 from mailpipe.store import (
+    CONTACTS_DAYS,
+    CONTACTS_KEPT,
     Assignment,
     CaseNote,
     CaseRecord,
@@ -176,9 +178,11 @@ class SQLStore:
         if customer is None:
             return None
         conn = self._conn()
-        contacts = tuple(at for (at,) in conn.execute(
+        latest = [at for (at,) in conn.execute(
             "SELECT m.at FROM messages m JOIN cases c ON c.id = m.case_id WHERE c.customer_id = ?"
-            " AND m.direction = 'in' AND m.at >= ? ORDER BY m.at", (customer.id, now - 30 * 86400)))
+            " AND m.direction = 'in' AND m.at >= ? ORDER BY m.at DESC LIMIT ?",
+            (customer.id, now - CONTACTS_DAYS * 86400, CONTACTS_KEPT))]
+        contacts = tuple(reversed(latest))
         open_row = conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE customer_id = ? AND status != 'closed'"
                                 " ORDER BY opened_at LIMIT 1", (customer.id,)).fetchone()
         return Profile(customer, contacts, _case(open_row) if open_row else None, self.cases_of(customer.id, 5))

@@ -10,7 +10,7 @@ conditions that must all hold:
     headers = { Auto-Submitted = "^auto-" }   every listed header matches (regex, decoded)
     sender = ["@bank\\.example$"]             the sender address matches one pattern
     customer = { vip = true, plan = ["enterprise"] }
-    repeat = { within_hours = 24, at_least = 2 }      earlier contacts from this customer
+    repeat = { within_hours = 24, at_least = 2 }      earlier contacts from this customer (up to 720 h, 100)
     open_case_hours = 48                      the customer's open case is at least this old
     dmarc = "fail"                            what Authentication-Results said of DMARC
     outside_business_hours = true
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mailpipe.monitors.incidents import MENTIONS, provider_of
+from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT
 from mailpipe.triage.context import Context, fold
 from mailpipe.triage.expression import ExpressionError, Predicate, compile_expression
 
@@ -310,6 +311,10 @@ def _repeat(value: Any) -> Condition:
     if not isinstance(value, dict) or set(value) != {"within_hours", "at_least"}:
         raise TypeError("must be { within_hours = N, at_least = N }")
     hours, at_least = float(value["within_hours"]), int(value["at_least"])
+    if not 1 <= at_least <= CONTACTS_KEPT:
+        raise ValueError(f"at_least must be 1 to {CONTACTS_KEPT}: a profile keeps the latest {CONTACTS_KEPT} contacts")
+    if hours > CONTACTS_DAYS * 24:
+        raise ValueError(f"within_hours must be at most {CONTACTS_DAYS * 24}: a profile keeps {CONTACTS_DAYS} days")
 
     def condition(context: Context) -> str | None:
         count = context.history.contacts_within(hours, context.now)
