@@ -4,6 +4,7 @@ serving the test zones — receives the reply stamped, clean and DKIM-signed."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.message
 import email.utils
@@ -24,9 +25,10 @@ import trustme
 
 from mailpipe.credentials import hash_password
 from mailpipe.message import charsets, parse
+from mailpipe.outbound import send
 from mailpipe.store.sqlite import SQLiteStore
 from tests.conftest import Daemon
-from tests.dns_peer import ED25519_SEED, dkim_private_key
+from tests.dns_peer import ED25519_SEED, Unbound, dkim_private_key, zones_for_tests
 from tests.mx_peer import Delivery, RecordingMX
 from tests.test_delivery import queue_list, wait_until
 from tests.test_lifecycle import metrics
@@ -479,3 +481,15 @@ def test_an_unreachable_provider_is_a_connection_failure_not_an_unknown_reply(de
     assert counted[("mailpipe_outbound_replies_total", (("class", "unknown"), ("provider", "google")))] == 0
     assert counted[("mailpipe_outbound_replies_total", (("class", "other"), ("provider", "google")))] >= 1
     assert "unknown reply from a known provider" not in daemon.log()
+
+
+def test_the_senders_resolver_keeps_an_mx_answer_for_its_ttl() -> None:
+    server = Unbound(zones_for_tests())
+    resolving = send.resolver([("127.0.0.1", server.port)], lifetime=2.0)
+
+    async def mx() -> list[str]:
+        return [r.to_text() for r in await resolving.resolve("customer.test", "MX")]
+
+    first = asyncio.run(mx())
+    server.stop()
+    assert asyncio.run(mx()) == first == ["10 mx.customer.test."]

@@ -36,6 +36,8 @@ from mailpipe.outbound.classify import OTHER_PROVIDER, Catalog, Classification
 
 log = logging.getLogger("mailpipe.outbound")
 
+_CACHED_ANSWERS = 10_000
+
 # Replies we make up when no server answered, in the form of the ones servers give.
 NULL_MX = (556, "5.1.10 Recipient domain accepts no mail (null MX, RFC 7505)")
 NO_DOMAIN = (550, "5.1.2 Recipient domain does not exist in DNS")
@@ -233,11 +235,15 @@ def _is_address(host: str) -> bool:
 
 
 def resolver(nameservers: Sequence[tuple[str, int]], lifetime: float = 10.0) -> dns.asyncresolver.Resolver:
-    """An async resolver asking these servers (the system's when empty)."""
-    if not nameservers:
-        return dns.asyncresolver.Resolver()
-    configured = dns.asyncresolver.Resolver(configure=False)
-    configured.nameservers = [host for host, _ in nameservers]
-    configured.port = nameservers[0][1]
-    configured.lifetime = lifetime
+    """An async resolver asking these servers (the system's when empty) that keeps answers,
+    negative ones too, for their TTL: replies and acknowledgements go to the same providers'
+    MX hosts all day, and each lookup costs more CPU than the cache."""
+    if nameservers:
+        configured = dns.asyncresolver.Resolver(configure=False)
+        configured.nameservers = [host for host, _ in nameservers]
+        configured.port = nameservers[0][1]
+        configured.lifetime = lifetime
+    else:
+        configured = dns.asyncresolver.Resolver()
+    configured.cache = dns.resolver.LRUCache(_CACHED_ANSWERS)
     return configured
