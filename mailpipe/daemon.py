@@ -131,8 +131,7 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     to_mailbox = deliverer(config)
     sign = Signer(keys)
     hostname = config.outbound_hostname
-    acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, store, sign, hostname,
-                                metrics)
+    acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, sign, hostname, metrics)
     catalog = reply_catalog(config)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
                     metrics, to_mailbox, acknowledger, outbound, config.monitors.dmarc_report_addresses, catalog,

@@ -215,11 +215,18 @@ class Triage:
             queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
-            escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language)
+            escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language,
+            autoreply_window=self._autoreply_window(work))
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
         return dataclasses.replace(work, record=record, recipients=recipients)
+
+    def _autoreply_window(self, work: Work) -> float | None:
+        """The acknowledgement window to take with a new case, unless this message gets none."""
+        if self.acknowledger is None or self.acknowledger.suppressed(work.message, _parsed(work)) is not None:
+            return None
+        return self.acknowledger.settings.autoreply_window
 
     async def acknowledge(self, work: Work) -> Work:
         if self.acknowledger is None or work.record is None:

@@ -194,12 +194,28 @@ def test_an_earlier_reply_by_another_agent_to_the_same_message_is_found(store: S
     assert store.earlier_reply(1, "Q1@x", other_than="smith", since=1601.0, queue_id="R2") is None
 
 
+def acknowledged(store, queue_id: str, at: float, case_id: int | None = None) -> bool:
+    return store.record_inbound(queue_id=queue_id, address="c@example.org", name="C", message_id=f"{queue_id}@x",
+                                subject="s", level="normal", score=1, rules="", case_id=case_id, escalated_to="",
+                                decide=lambda owner_now, load: (("yamada", "owner", "sticky"),), at=at,
+                                autoreply_window=86400).autoreply
+
+
 def test_one_automatic_acknowledgement_per_customer_per_window(store: SQLiteStore) -> None:
-    record(store, "Q1")
-    assert store.claim_autoreply("c@example.org", "Q1", at=1000.0, window=86400)
-    assert store.claim_autoreply("c@example.org", "Q1", at=1000.0, window=86400)  # the same message, after a crash
-    assert not store.claim_autoreply("c@example.org", "Q2", at=2000.0, window=86400)
-    assert store.claim_autoreply("c@example.org", "Q3", at=90000.0, window=86400)
+    assert acknowledged(store, "Q1", at=1000.0)
+    assert not acknowledged(store, "Q2", at=2000.0)
+    assert acknowledged(store, "Q3", at=90000.0)
+
+
+def test_a_message_recorded_again_after_a_crash_keeps_its_acknowledgement(store: SQLiteStore) -> None:
+    assert acknowledged(store, "Q1", at=1000.0)
+    assert acknowledged(store, "Q1", at=1000.0)
+
+
+def test_a_continued_case_takes_no_acknowledgement_window(store: SQLiteStore) -> None:
+    record(store, "Q1", at=1000.0)
+    assert not acknowledged(store, "Q2", at=90000.0, case_id=1)
+    assert acknowledged(store, "Q3", at=90001.0)
 
 
 def test_passwords_are_stored_per_agent(store: SQLiteStore) -> None:

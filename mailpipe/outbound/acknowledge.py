@@ -26,7 +26,7 @@ from mailpipe.message import ParsedMessage
 from mailpipe.metrics import Metrics
 from mailpipe.outbound.signing import Signer
 from mailpipe.spool import Envelope, Message
-from mailpipe.store import InboundRecord, Store
+from mailpipe.store import InboundRecord
 
 _NOREPLY = re.compile(r"^(no-?reply|do-?not-?reply|donotreply|mailer-daemon|postmaster|bounces?|notifications?)"
                       r"([+._-]|$)", re.IGNORECASE)
@@ -109,31 +109,33 @@ class Acknowledgement:
 
 
 class Acknowledger:
-    """Decides (with the store's per-customer window) and writes the acknowledgement of a new
-    case; the inbound hand-off queues it for sending."""
+    """Decides and writes the acknowledgement of a new case; the customer's window is taken in
+    the store with the case (``suppressed`` says whether to ask for it), and the inbound hand-off
+    queues the acknowledgement for sending."""
 
     def __init__(self, settings: OutboundConfig, support_addresses: Sequence[str], agents: Sequence[Agent],
-                 store: Store, signer: Signer, hostname: str, metrics: Metrics):
+                 signer: Signer, hostname: str, metrics: Metrics):
         self.settings = settings
-        self.store = store
         self.signer = signer
         self.hostname = hostname
         self.metrics = metrics
         self._support = tuple(support_addresses)
         self._own = (*support_addresses, *(agent.address for agent in agents))
 
+    def suppressed(self, message: Message, parsed: ParsedMessage) -> str | None:
+        """Why this message gets no acknowledgement whatever the window says, or None."""
+        if not self.settings.autoreply:
+            return "disabled"
+        return suppression(parsed, message.entry.envelope.mail_from, self._own)
+
     def decide(self, message: Message, parsed: ParsedMessage, record: InboundRecord, owner: Agent | None,
                level: str) -> Acknowledgement | None:
-        """Runs in a worker thread (the window lives in the store). Asking again for the same
-        message after a crash gives the same answer, so the acknowledgement is queued once."""
+        """From what was recorded, so asking again for the same message after a crash gives the
+        same answer and the acknowledgement is queued once. Signing makes it worth a thread."""
         if not record.new_case or owner is None:
             return None
         envelope = message.entry.envelope
-        reason = "disabled" if not self.settings.autoreply else suppression(parsed, envelope.mail_from, self._own)
-        if reason is None and not self.store.claim_autoreply(record.customer.address, message.id,
-                                                             message.entry.received_at,
-                                                             self.settings.autoreply_window):
-            reason = "recent"
+        reason = self.suppressed(message, parsed) or (None if record.autoreply else "recent")
         if reason is not None:
             self.metrics.autoreplies.labels(reason).inc()
             return None

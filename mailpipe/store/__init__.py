@@ -70,6 +70,7 @@ class InboundRecord:
     customer: CustomerRecord
     new_case: bool
     assignments: tuple[Assignment, ...] = field(default=())
+    autoreply: bool = False  # this message took the customer's acknowledgement window
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,12 @@ class Store(Protocol):
 
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
-                       escalated_to: str, at: float, language: str = "") -> InboundRecord:
+                       escalated_to: str, at: float, language: str = "",
+                       autoreply_window: float | None = None) -> InboundRecord:
         """``decide`` makes the assignment inside the transaction from the owner and the open
-        load as they are there, so concurrent workers and daemons agree."""
+        load as they are there, so concurrent workers and daemons agree. With
+        ``autoreply_window``, a new case also takes the customer's acknowledgement window when
+        no other message took it within that many seconds."""
         ...
 
     def open_load(self) -> dict[str, int]: ...
@@ -200,8 +204,6 @@ class Store(Protocol):
     def record_reply(self, *, queue_id: str, case_id: int, agent: str, message_id: str, answers: str, subject: str,
                      at: float) -> ReplyRecord:
         ...
-
-    def claim_autoreply(self, address: str, queue_id: str, at: float, window: float) -> bool: ...
 
     def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
                             records: Sequence[DmarcRow], at: float) -> bool:

@@ -222,25 +222,32 @@ class SQLStore:
             "SELECT case_id, agent, role, reason, at FROM assignments WHERE queue_id = ? ORDER BY id", (queue_id,)))
         first = conn.execute("SELECT min(id) FROM messages WHERE case_id = ?", (case.id,)).fetchone()[0]
         new_case = conn.execute("SELECT queue_id FROM messages WHERE id = ?", (first,)).fetchone()[0] == queue_id
-        return InboundRecord(queue_id, case, customer, new_case, assignments)
+        autoreply = conn.execute("SELECT last_autoreply_queue_id FROM customers WHERE id = ?",
+                                 (customer.id,)).fetchone()[0] == queue_id
+        return InboundRecord(queue_id, case, customer, new_case, assignments, autoreply)
 
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
-                       escalated_to: str, at: float, language: str = "") -> InboundRecord:
+                       escalated_to: str, at: float, language: str = "",
+                       autoreply_window: float | None = None) -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
         message, and the assignments with their reasons. Idempotent per queue id. ``decide``
         chooses the assignments from the owner (the case's, or the customer's for a new case)
         and the open load, read under the customer row's lock and, when it needs the load, the
         assignment lock, so concurrent workers and daemons agree on one owner per customer and
-        keep least-loaded assignment balanced."""
+        keep least-loaded assignment balanced. A new case given ``autoreply_window`` takes the
+        customer's acknowledgement window in the same transaction (one write per message, and a
+        message recorded again after a crash finds the same answer)."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
-                                        decide=decide, escalated_to=escalated_to, at=at, language=language)
+                                        decide=decide, escalated_to=escalated_to, at=at, language=language,
+                                        autoreply_window=autoreply_window)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None, decide: Decide,
-                        escalated_to: str, at: float, language: str) -> InboundRecord:
+                        escalated_to: str, at: float, language: str,
+                        autoreply_window: float | None) -> InboundRecord:
         conn = self._conn()
         conn.execute(self._BEGIN)
         try:
@@ -285,6 +292,10 @@ class SQLStore:
                      case_id))
             if owner:
                 conn.execute("UPDATE customers SET owner = ? WHERE id = ? AND owner = ''", (owner, customer_id))
+            autoreply = new_case and autoreply_window is not None and conn.execute(
+                "UPDATE customers SET last_autoreply_at = ?, last_autoreply_queue_id = ? WHERE id = ?"
+                " AND (last_autoreply_at IS NULL OR last_autoreply_at <= ?)",
+                (at, queue_id, customer_id, at - autoreply_window)).rowcount > 0
             conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, level, score, rules,"
                          " at) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?)",
                          (case_id, queue_id, message_id, subject, level, score, rules, at))
@@ -300,7 +311,7 @@ class SQLStore:
                 conn.execute("ROLLBACK")
             raise
         recorded = tuple(Assignment(case.id, agent, role, reason, at) for agent, role, reason in assignments)
-        return InboundRecord(queue_id, case, customer, new_case, recorded)
+        return InboundRecord(queue_id, case, customer, new_case, recorded, autoreply)
 
     def open_load(self) -> dict[str, int]:
         """Open cases per agent: those they own, handle for an away owner, or were escalated to.
@@ -392,15 +403,6 @@ class SQLStore:
                     conn.execute("ROLLBACK")
                 raise
         return ReplyRecord(case, first_response=first, already_recorded=bool(done))
-
-    def claim_autoreply(self, address: str, queue_id: str, at: float, window: float) -> bool:
-        """True when ``queue_id`` may acknowledge this customer: none was sent within ``window``,
-        or this message claimed it before (asking again after a crash gives the same answer)."""
-        with self._writing:
-            return self._conn().execute(
-                "UPDATE customers SET last_autoreply_at = ?, last_autoreply_queue_id = ? WHERE address = ?"
-                " AND (last_autoreply_at IS NULL OR last_autoreply_at <= ? OR last_autoreply_queue_id = ?)",
-                (at, queue_id, canonical(address), at - window, queue_id)).rowcount > 0
 
     def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
                             records: Sequence[DmarcRow], at: float) -> bool:
