@@ -52,7 +52,7 @@ from mailpipe.message import parse
 from mailpipe.monitors import dmarc_reports, dns_checks, profiles
 from mailpipe.outbound import classify, signing
 from mailpipe.outbound.stamp import render, stamp
-from mailpipe.pipeline import triage_context
+from mailpipe.pipeline import customer_line, triage_context
 from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT, StoreError, StoreUnavailable
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     listing_cases.add_argument("--json", action="store_true")
     listing_cases.add_argument("--limit", type=int, default=100)
     listing_cases.set_defaults(run=_cases_list)
+    showing_case = cases.add_parser("show", parents=[common], help="a case: customer, messages, assignments, notes")
+    showing_case.add_argument("id", type=int)
+    showing_case.add_argument("--json", action="store_true")
+    showing_case.set_defaults(run=_cases_show)
     for name, status in (("close", "closed"), ("reopen", "open")):
         command = cases.add_parser(name, parents=[common], help=f"mark cases {status}")
         command.add_argument("ids", nargs="+", type=int, metavar="ID")
@@ -348,6 +352,36 @@ def _cases_list(args: argparse.Namespace) -> int:
         opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(case.opened_at))
         print(f"#{case.id:<6} {opened:<16} {case.status:<8} {case.level:<8} {case.score:>6g} {case.owner:<10} "
               f"{case.subject}")
+    return 0
+
+
+def _cases_show(args: argparse.Namespace) -> int:
+    with _store(configuration.load(args.config)) as store:
+        case = store.case(args.id)
+        if case is None:
+            print(f"mailpipe: cases: #{args.id}: not found", file=sys.stderr)
+            return 1
+        customer = store.customer_of(case.id)
+        messages, assignments = store.case_messages(case.id), store.case_assignments(case.id)
+        notes = store.case_notes(case.id)
+    if args.json:
+        print(json.dumps({**case.__dict__, "customer": customer.__dict__ if customer else None,
+                          "messages": [m.__dict__ for m in messages], "assignments": [a.__dict__ for a in assignments],
+                          "notes": [n.__dict__ for n in notes]}, ensure_ascii=False))
+        return 0
+    print(f"Case #{case.id}: {case.status}, {case.level} {case.score:g} — {case.subject}")
+    if customer is not None:
+        print(f"Customer: {customer_line(customer)}")
+    print(f"Owner:    {case.owner}" + (f" (escalated to {case.escalated_to})" if case.escalated_to else ""))
+    if case.first_response_at is not None:
+        print(f"First response after {(case.first_response_at - case.opened_at) / 60:.0f} min")
+    timeline = [(m.at, 0 if m.direction == "in" else 2,
+                 f"{'in':<10} {m.level} {m.score:g}  {m.subject}" + (f"  [{m.rules}]" if m.rules else "")
+                 if m.direction == "in" else f"{'out':<10} {m.agent}  {m.subject}") for m in messages]
+    timeline += [(a.at, 1, f"{a.role:<10} {a.agent}: {a.reason}") for a in assignments]
+    timeline += [(n.at, 3, f"{'note':<10} {n.kind}: {n.text}") for n in notes]
+    for at, _, line in sorted(timeline, key=lambda entry: entry[:2]):
+        print(f"  {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}  {line}")
     return 0
 
 

@@ -248,7 +248,7 @@ class Triage:
             ("X-Mailpipe-Urgency", f"{verdict.level} {verdict.score:g}"),
             ("X-Mailpipe-Rules", verdict.summary() or "none"),
             ("X-Mailpipe-Owner", f"{owner.id} ({owner.name}, {owner.phone})" if owner else record.case.owner),
-            ("X-Mailpipe-Customer", _customer_line(customer)),
+            ("X-Mailpipe-Customer", customer_line(customer)),
         ]
         escalation = next((a for a in record.assignments if a.role == "escalation"), None)
         if escalation is not None:
@@ -357,7 +357,8 @@ def dmarc_verdict(parsed: ParsedMessage, authserv_id: str) -> str:
     return "none"
 
 
-def _customer_line(c: CustomerRecord) -> str:
+def customer_line(c: CustomerRecord) -> str:
+    """A customer on one line, the same in the X-Mailpipe-Customer header, the card and the CLI."""
     parts = [c.address]
     parts += [f"{label}={value}" for label, value in (("name", c.name), ("company", c.company), ("plan", c.plan),
                                                       ("phone", c.phone)) if value]
@@ -381,7 +382,7 @@ def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: 
         lines.append(f"{assignment.role:<10} {who} — {assignment.reason}")
     lines += ["", "Rules:"]
     lines += [f"  {hit.name}({hit.score:g}) {hit.description}: {hit.matched}" for hit in verdict.hits] or ["  none"]
-    lines += ["", f"Customer: {_customer_line(customer)}"]
+    lines += ["", f"Customer: {customer_line(customer)}"]
     if customer.notes:
         lines.append(f"Notes: {customer.notes}")
     earlier = [c for c in (work.profile.recent_cases if work.profile else ()) if c.id != case.id][:5]

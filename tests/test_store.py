@@ -103,6 +103,18 @@ def test_the_profile_keeps_only_the_latest_contacts_of_a_chatty_sender(store: SQ
     assert contacts == tuple(1000.0 + n for n in range(20, CONTACTS_KEPT + 20))
 
 
+def test_a_cases_thread_lists_its_messages_and_assignments_in_order(store: SQLiteStore) -> None:
+    record(store, "Q1", at=1000.0, level="high", score=6)
+    store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x", subject="Re: s",
+                       at=1600.0)
+    record(store, "Q2", case_id=1, at=2000.0)
+    messages = store.case_messages(1)
+    assert [(m.direction, m.at, m.agent or m.level) for m in messages] == [
+        ("in", 1000.0, "high"), ("out", 1600.0, "yamada"), ("in", 2000.0, "normal")]
+    assert [(a.agent, a.role, a.at) for a in store.case_assignments(1)] == [
+        ("yamada", "owner", 1000.0), ("yamada", "owner", 2000.0)]
+
+
 def test_imported_fields_update_an_existing_customer(store: SQLiteStore) -> None:
     record(store, "Q1")
     updated = store.upsert_customer("C@example.org", vip=True, plan="enterprise", company="株式会社サンプル")

@@ -209,6 +209,22 @@ def test_subject_tags_alter_a_signed_header_so_the_signature_no_longer_verifies(
     assert not dkim.verify(delivered, dnsfunc=lambda name, timeout=5: record)
 
 
+def test_cases_show_tells_a_cases_story_from_the_cli(make_daemon) -> None:
+    daemon = make_daemon(ROSTER)
+    send(daemon, "Question", "How do I add a user?")
+    daemon.delivered()
+    cli = [sys.executable, "-m", "mailpipe", "cases", "show", "1", "--config", str(daemon.config_path)]
+    shown = subprocess.run(cli, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "Case #1: open" in shown.stdout and "Question" in shown.stdout
+    assert "new customer; least loaded" in shown.stdout
+    story = json.loads(subprocess.run([*cli, "--json"], capture_output=True, text=True).stdout)
+    assert [m["direction"] for m in story["messages"]] == ["in"]
+    assert story["assignments"][0]["role"] == "owner" and story["notes"] == []
+    missing = subprocess.run([*cli[:5], "99", *cli[6:]], capture_output=True, text=True)
+    assert missing.returncode == 1 and "#99: not found" in missing.stderr
+
+
 def test_cases_list_and_close_from_the_cli(make_daemon) -> None:
     daemon = make_daemon(ROSTER)
     send(daemon, "Question", "How do I add a user?")

@@ -90,6 +90,20 @@ class EarlierReply:
 
 
 @dataclass(frozen=True)
+class CaseMessage:
+    """One message of a case's thread: the customer's (in, with its verdict) or an agent's reply (out)."""
+
+    direction: str  # in | out
+    at: float
+    subject: str
+    message_id: str
+    level: str = ""
+    score: float = 0.0
+    rules: str = ""
+    agent: str = ""
+
+
+@dataclass(frozen=True)
 class CaseNote:
     case_id: int
     kind: str  # bounce, ...
@@ -214,6 +228,10 @@ class Store(Protocol):
     def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool: ...
 
     def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
+
+    def case_messages(self, case_id: int) -> tuple[CaseMessage, ...]: ...
+
+    def case_assignments(self, case_id: int) -> tuple[Assignment, ...]: ...
 
     def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord: ...
 

@@ -19,6 +19,7 @@ from mailpipe.store import (
     CONTACTS_DAYS,
     CONTACTS_KEPT,
     Assignment,
+    CaseMessage,
     CaseNote,
     CaseRecord,
     CustomerRecord,
@@ -447,6 +448,15 @@ class SQLStore:
     def case_notes(self, case_id: int) -> tuple[CaseNote, ...]:
         return tuple(CaseNote(*row) for row in self._conn().execute(
             "SELECT case_id, kind, text, at FROM case_notes WHERE case_id = ? ORDER BY at, id", (case_id,)))
+
+    def case_messages(self, case_id: int) -> tuple[CaseMessage, ...]:
+        return tuple(CaseMessage(*row) for row in self._conn().execute(
+            "SELECT direction, at, subject, message_id, level, score, rules, agent FROM messages WHERE case_id = ?"
+            " ORDER BY at, id", (case_id,)))
+
+    def case_assignments(self, case_id: int) -> tuple[Assignment, ...]:
+        return tuple(Assignment(*row) for row in self._conn().execute(
+            "SELECT case_id, agent, role, reason, at FROM assignments WHERE case_id = ? ORDER BY at, id", (case_id,)))
 
     def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord:
         with self._writing:
