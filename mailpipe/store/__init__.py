@@ -147,8 +147,8 @@ class DmarcSummary:
 
 
 # A profile carries the arrival times of a customer's latest messages of the last 30 days, at
-# most this many: a monitoring system that mails support every minute must not make each of its
-# messages read 40,000 rows. Repeat rules count up to it.
+# most this many: a monitoring system that mails support every minute must not hand each of its
+# messages 40,000 timestamps to carry through triage. Repeat rules count up to it.
 CONTACTS_KEPT = 100
 CONTACTS_DAYS = 30
 
