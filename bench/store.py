@@ -29,6 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import ingest  # noqa: E402  (bench/ingest.py, beside this file)
+
 from mailpipe.store.postgres import PostgresStore  # noqa: E402
 from mailpipe.store.sql import SQLStore  # noqa: E402
 from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
@@ -57,21 +59,15 @@ def operations_per_second(store: SQLStore, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_daemon(directory: Path, url: str, nameserver: str) -> tuple[subprocess.Popen[bytes], int]:
     directory.mkdir()
-    port = free_port()
+    port = ingest.free_port()
     agents = "".join(f'[[agents]]\nid = "{a}"\nname = "{a}"\naddress = "{a}@localhost"\ndays = ["mon", "tue", "wed",'
                      f' "thu", "fri", "sat", "sun"]\nhours = "00:00-24:00"\n' for a in AGENTS)
     (directory / "mailpipe.toml").write_text(
         f'state_directory = "{directory / "state"}"\nlog_level = "warning"\ndkim = []\n'
-        f'[inbound]\nlisten = "127.0.0.1:{port}"\n[submission]\nlisten = "127.0.0.1:{free_port()}"\n'
-        f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n[auth]\nnameservers = ["{nameserver}"]\n'
+        f'[inbound]\nlisten = "127.0.0.1:{port}"\n[submission]\nlisten = "127.0.0.1:{ingest.free_port()}"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{ingest.free_port()}"\n[auth]\nnameservers = ["{nameserver}"]\n'
         f'[outbound]\nautoreply = false\n[store]\nurl = "{url}"\n{agents}')
     command = [sys.executable, "-m", "mailpipe", "serve", "--config", str(directory / "mailpipe.toml")]
     process = subprocess.Popen(command,

@@ -31,16 +31,13 @@ import functools
 import os
 import shutil
 import smtplib
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -121,32 +118,16 @@ async def throughput(messages: list[bytes], work_dir: Path, with_triage: bool) -
     return len(messages) / elapsed
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def daemon(work_dir: Path, state: Path, nameserver: str, workers: int = 8) -> Iterator[int]:
-    """The real daemon on ``state``, its warnings in daemon.log; yields its SMTP port."""
-    port, metrics_port = free_port(), free_port()
+def daemon(work_dir: Path, state: Path, nameserver: str, workers: int = 8) -> AbstractContextManager[int]:
+    """The real daemon on ``state``, its warnings in daemon.log, while the block runs; yields its
+    SMTP port."""
+    port, metrics_port = ingest.free_port(), ingest.free_port()
     config = work_dir / "mailpipe.toml"
     config.write_text(f'state_directory = "{state}"\nlog_level = "warning"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
                       f'[spool]\nworkers = {workers}\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
                       f'[auth]\nnameservers = ["{nameserver}"]\n')
-    with (work_dir / "daemon.log").open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)],
-                                   cwd=HERE.parent, stderr=log)
-        try:
-            deadline = time.monotonic() + 30
-            while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-                assert time.monotonic() < deadline, "daemon did not start"
-                time.sleep(0.1)
-            yield port
-        finally:
-            process.terminate()
-            process.wait()
+    return ingest.serving([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)], port,
+                          work_dir / "daemon.log")
 
 
 def send(port: int, samples: list[bytes], rate: float | None) -> dict[str, float]:
