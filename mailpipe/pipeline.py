@@ -188,8 +188,7 @@ class Triage:
         parsed = _parsed(work)
         sender = customer_address(work)
         profile = self.store.profile(sender, work.message.entry.received_at) if sender else None
-        ids = tuple(dict.fromkeys((*parsed.in_reply_to, *reversed(parsed.references))))
-        case = self.store.find_case(ids, parsed.case_token, sender)
+        case = self.store.find_case(parsed.thread_ids, parsed.case_token, sender)
         return dataclasses.replace(work, profile=profile, thread_case=case.id if case else None,
                                    away=self.store.away())
 

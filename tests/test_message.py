@@ -189,3 +189,8 @@ def test_a_message_without_headers_or_body_separator_still_yields_text() -> None
 def test_parsing_large_mail_is_bounded() -> None:
     parsed = parse(mail(b"x" * (3 * 1024 * 1024)))
     assert len(parsed.text) <= 1_000_000
+
+
+def test_thread_ids_put_in_reply_to_first_then_references_newest_first_without_repeats() -> None:
+    parsed = parse(b"From: a@example.org\r\nIn-Reply-To: <c@x>\r\nReferences: <a@x> <b@x> <c@x>\r\n\r\nHi\r\n")
+    assert parsed.thread_ids == ("c@x", "b@x", "a@x")

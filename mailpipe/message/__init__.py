@@ -54,6 +54,12 @@ class ParsedMessage:
         return "ja" if _JAPANESE.search(self.subject) or _JAPANESE.search(self.new_text or self.text) else "en"
 
     @property
+    def thread_ids(self) -> tuple[str, ...]:
+        """The Message-IDs this message answers, nearest first (In-Reply-To, then References
+        from the newest), without repeats: what threads it into a case."""
+        return tuple(dict.fromkeys((*self.in_reply_to, *reversed(self.references))))
+
+    @property
     def case_token(self) -> int | None:
         """The case number in a subject tag such as ``[#123]``."""
         match = _CASE_TOKEN.search(self.subject)

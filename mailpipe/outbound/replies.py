@@ -72,9 +72,8 @@ class Replies:
 
     def _thread(self, work: ReplyWork) -> ReplyWork:
         parsed = _parsed(work)
-        ids = tuple(dict.fromkeys((*parsed.in_reply_to, *reversed(parsed.references))))
         for customer in work.message.entry.envelope.rcpt_tos:
-            case = self.store.find_case(ids, parsed.case_token, customer)
+            case = self.store.find_case(parsed.thread_ids, parsed.case_token, customer)
             if case is not None:
                 return dataclasses.replace(work, case=case,
                                            answers=self.store.answered_message(case.id, parsed.in_reply_to))
