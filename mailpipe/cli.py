@@ -335,9 +335,14 @@ def _customers_show(args: argparse.Namespace) -> int:
         print(f"{label + ':':<9} {value}")
     print(f"Cases ({len(cases)}):" if cases else "Cases: none")
     for case in cases:
-        opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(case.opened_at))
+        opened = _local(case.opened_at)
         print(f"  #{case.id:<6} {opened} {case.status:<9} {case.level:<8} {case.owner:<10} {case.subject}")
     return 0
+
+
+def _local(at: float) -> str:
+    """A moment as the operator's clock shows it, to the minute, the same in every listing."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
 
 
 def _cases_list(args: argparse.Namespace) -> int:
@@ -349,7 +354,7 @@ def _cases_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'CASE':<7} {'OPENED':<16} {'STATUS':<8} {'LEVEL':<8} {'SCORE':>6} {'OWNER':<10} SUBJECT")
     for case in found:
-        opened = time.strftime("%Y-%m-%d %H:%M", time.localtime(case.opened_at))
+        opened = _local(case.opened_at)
         print(f"#{case.id:<6} {opened:<16} {case.status:<8} {case.level:<8} {case.score:>6g} {case.owner:<10} "
               f"{case.subject}")
     return 0
@@ -381,7 +386,7 @@ def _cases_show(args: argparse.Namespace) -> int:
     timeline += [(a.at, 1, f"{a.role:<10} {a.agent}: {a.reason}") for a in assignments]
     timeline += [(n.at, 3, f"{'note':<10} {n.kind}: {n.text}") for n in notes]
     for at, _, line in sorted(timeline, key=lambda entry: entry[:2]):
-        print(f"  {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}  {line}")
+        print(f"  {_local(at)}  {line}")
     return 0
 
 
@@ -560,7 +565,7 @@ def _incidents(args: argparse.Namespace) -> int:
         print("mailpipe: no provider incidents")
         return 0
     for record in found:
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started))
+        started = _local(record.started)
         state = "ACTIVE" if record.ended is None else f"ended {time.strftime('%H:%M', time.localtime(record.ended))}"
         print(f"#{record.id} {record.provider:<12} {state:<12} since {started}  {record.klass}: {record.sample}")
         print(f"    {record.refusals} refusals; customers to phone ({len(record.customers)}): "
