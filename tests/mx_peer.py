@@ -41,7 +41,7 @@ class RecordingMX:
         self.scripted: dict[str, deque[str]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
         self.always: dict[str, str] = {}
         self.answers: list[str] = []
-        self.slow = 0.0  # seconds each DATA takes, to see how many conversations overlap
+        self.holding = False  # while True, every DATA waits: how many conversations overlap shows
         self.in_data = 0
         self.most_in_data = 0
         self._lock = threading.Lock()
@@ -83,7 +83,8 @@ class RecordingMX:
             return refusal
         self.in_data += 1
         self.most_in_data = max(self.most_in_data, self.in_data)
-        await asyncio.sleep(self.slow)
+        while self.holding:
+            await asyncio.sleep(0.01)
         self.in_data -= 1
         with self._lock:
             self.received.append(Delivery(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content,

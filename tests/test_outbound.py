@@ -408,9 +408,13 @@ def test_a_crash_between_queue_and_send_loses_nothing_and_sends_nothing_twice(de
 
 def test_no_more_than_max_per_destination_conversations_run_at_once_per_domain(desk, mx) -> None:
     daemon = desk({"outbound": {"autoreply": False, "max_per_destination": 2}})
-    mx.slow = 0.5
+    mx.holding = True
     for n in range(6):
         submit(daemon, f"From: support@example.test\r\nTo: {CUSTOMER}\r\nSubject: {n}\r\n\r\nbody\r\n".encode())
+    wait_until(lambda: mx.in_data == 2)
+    time.sleep(1)  # a third conversation, if the limit let one through, would be in DATA by now
+    assert mx.in_data == 2
+    mx.holding = False
     replies_at_mx(mx, 6)
     assert mx.most_in_data == 2
 
