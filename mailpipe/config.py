@@ -23,7 +23,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
 from mailpipe.data import shipped
-from mailpipe.outbound.signing import SigningKeyError, load_key
+from mailpipe.errors import Problems
+from mailpipe.keys import SigningKeyError, load_key
+from mailpipe.providers import ALIASES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -314,12 +316,8 @@ class Config:
         return Path(self.delivery.maildir_root) if self.delivery.maildir_root else self.state_path / "mailboxes"
 
 
-class ConfigError(Exception):
+class ConfigError(Problems):
     """One or more problems, each already phrased as ``file: key: reason``."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 def load(path: Path | None = None) -> Config:
@@ -419,8 +417,7 @@ def _check(config: Config, source: str) -> list[str]:
     if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
         problems.append(f"{source}: store.url: {config.store.url.split(':')[0]!r} is not postgresql:// (empty: SQLite)")
     for index, seed in enumerate(config.monitors.seeds):
-        if seed.provider.lower() not in ("google", "yahoo", "microsoft", "yahoo_japan", "gmail", "outlook",
-                                         "hotmail", "aol"):
+        if seed.provider.lower() not in ALIASES:
             problems.append(f"{source}: monitors.seeds[{index}].provider: {seed.provider!r} is not a known provider")
         if reason := syntax_problem(seed.address):
             problems.append(f"{source}: monitors.seeds[{index}].address: {seed.address!r}: {reason}")

@@ -24,25 +24,15 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from mailpipe.config import SpoolConfig
-from mailpipe.deliver import PartlyDeferred, PermanentFailure, TemporaryFailure
+from mailpipe.errors import Consumed, Held, PartlyDeferred, PermanentFailure, StoreUnavailable, TemporaryFailure
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Message, Spool
-from mailpipe.store import StoreUnavailable
 
 log = logging.getLogger("mailpipe.worker")
 
 _IDLE_POLL = 1.0  # picks up `queue flush/release` from the CLI and deferred messages coming due
 
 W = TypeVar("W")
-
-
-class Consumed(Exception):
-    """A stage was this message's destination (a report parser): acknowledged, nothing more to do."""
-
-
-class Held(Exception):
-    """A stage wants a person to decide: the message is parked in ``hold`` with this reason
-    until ``mailpipe queue release`` (which marks it overridden) or ``delete``."""
 
 
 @dataclass(frozen=True)

@@ -12,23 +12,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mailpipe.config import Agent
+from mailpipe.errors import PartlyDeferred as PartlyDeferred
+from mailpipe.errors import PermanentFailure as PermanentFailure
+from mailpipe.errors import TemporaryFailure as TemporaryFailure
 from mailpipe.spool import Message
-
-
-class TemporaryFailure(Exception):
-    """The next hop may accept later: a 4xx, a refused connection, a full disk."""
-
-
-class PartlyDeferred(TemporaryFailure):
-    """Some recipients are done with (delivered, or reported as failed); these are to be retried."""
-
-    def __init__(self, reason: str, recipients: Sequence[str]):
-        super().__init__(reason)
-        self.recipients = tuple(recipients)
-
-
-class PermanentFailure(Exception):
-    """The next hop refused for good: a 5xx."""
 
 
 class Deliverer(Protocol):
