@@ -1,6 +1,7 @@
 """Claims spooled messages, runs them through the stage table, hands them on, acks them.
 
-Outcomes, and what the spool does with each:
+One worker per queue (``mailpipe.queues``). Outcomes (``mailpipe.errors``), and what the spool
+does with each:
 - delivered: removed from the spool (only now: the next hop has the message);
 - ``TemporaryFailure``, or the store out of reach (``StoreUnavailable``): deferred with
   exponential backoff, quarantined after ``max_lifetime``;

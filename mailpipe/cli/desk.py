@@ -197,10 +197,17 @@ def _agents_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unknown_agent(loaded: configuration.Config, agent_id: str) -> bool:
+    """Says so when ``agent_id`` is not on the config's roster."""
+    if agent_id in {a.id for a in loaded.agents}:
+        return False
+    complain(f"agents: {agent_id}: no such agent in {loaded.source}")
+    return True
+
+
 def _agents_away(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
-    if args.id not in {a.id for a in loaded.agents}:
-        complain(f"agents: {args.id}: no such agent in {loaded.source}")
+    if _unknown_agent(loaded, args.id):
         return 1
     with opened_store(loaded) as store:
         store.set_away(args.id, args.away, time.time())
@@ -210,8 +217,7 @@ def _agents_away(args: argparse.Namespace) -> int:
 
 def _agents_passwd(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
-    if args.id not in {a.id for a in loaded.agents}:
-        complain(f"agents: {args.id}: no such agent in {loaded.source}")
+    if _unknown_agent(loaded, args.id):
         return 1
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
