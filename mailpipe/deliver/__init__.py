@@ -1,9 +1,12 @@
-"""Hand a message to its owner's mailbox: Maildir on this machine, or SMTP/LMTP to the
-company's mail server. The worker passes the spooled bytes with mailpipe's headers on top (``headers.with_headers``);
-deliverers never alter them.
+"""Hand a message to its owner's mailbox: Maildir on this machine (``maildir``), or SMTP/LMTP
+to the company's mail server (``relay``). The worker passes the spooled bytes with mailpipe's
+headers on top (``headers.with_headers``); deliverers never alter them. ``notice`` composes the
+notes mailpipe itself files about a message (a held reply, a bounce) and wraps them, triage
+cards and DSNs for delivery.
 
-A deliverer raises ``TemporaryFailure`` (retry later) or ``PermanentFailure`` (quarantine);
-anything else it raises is treated by the worker as a crash of the stage.
+A deliverer raises ``TemporaryFailure`` (retry later) or ``PermanentFailure`` (quarantine),
+defined with the other queue outcomes in ``mailpipe.errors`` and re-exported here; anything
+else it raises is treated by the worker as a crash of the stage.
 """
 
 from __future__ import annotations
