@@ -229,3 +229,12 @@ def make_daemon(tmp_path: Path, dns_server: Any) -> Iterator[Any]:
 @pytest.fixture
 def daemon(make_daemon: Any) -> Daemon:
     return make_daemon()
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    """The urgency model trained on the shipped corpus, once per run (training takes seconds)."""
+    from mailpipe.data import shipped
+    from mailpipe.triage import corpus, model, rules
+
+    return model.train(corpus.load([shipped("rules") / "corpus"]), rules.LEVELS)

@@ -159,8 +159,8 @@ def test_thresholds_map_totals_to_levels(tmp_path: Path) -> None:
     assert [r.level(s) for s in (12, 11.9, 5, 4.5, 0, -0.5)] == ["critical", "high", "high", "normal", "normal", "low"]
 
 
-def test_every_shipped_rule_example_passes() -> None:
-    checked, failures = examples.run(rules.load(shipped("rules")))
+def test_every_shipped_rule_example_passes(shipped_model) -> None:
+    checked, failures = examples.run(rules.load(shipped("rules")), shipped_model)
     assert checked >= 60
     assert failures == []
 

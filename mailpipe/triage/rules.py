@@ -15,6 +15,8 @@ conditions that must all hold:
     dmarc = "fail"                            what Authentication-Results said of DMARC
     outside_business_hours = true
     incident = true | ["gmail", ...]          a provider the message names has an active incident
+    model = { level = "critical", at_least = 0.6 }   the learned model's probability of a level
+                                              (or levels = [...] together); never when it is off
     expression = "NOT_DELIVERED & VIP & !AUTO_REPLY"  a composite: only this condition
 
 and optionally ``escalate = "tech"`` or ``"dev"`` and ``examples`` that ``mailpipe rules test``
@@ -44,7 +46,7 @@ LEVELS = ("critical", "high", "normal", "low")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _TEXT_KEYS = ("any", "subject", "body")
 _CONDITION_KEYS = (*_TEXT_KEYS, "regex", "headers", "sender", "customer", "repeat", "open_case_hours", "dmarc",
-                   "outside_business_hours", "incident", "expression")
+                   "outside_business_hours", "incident", "model", "expression")
 _KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled"})
 _EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc", "incident"})
 
@@ -366,6 +368,34 @@ def _incident(value: Any) -> Condition:
     return condition
 
 
+def _model(value: Any) -> Condition:
+    """Fires when the learned model gives the level (or the levels together) at least this
+    probability; shows the probability and the n-grams that weighed most towards it."""
+    if not isinstance(value, dict) or set(value) - {"level", "levels", "at_least"} or "at_least" not in value \
+            or ("level" in value) == ("levels" in value):
+        raise TypeError('must be { level = "critical", at_least = 0.6 } or { levels = [...], at_least = 0.5 }')
+    levels = _strings([value["level"]] if "level" in value else value["levels"])
+    for level in levels:
+        if level not in LEVELS:
+            raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
+    at_least = value["at_least"]
+    if isinstance(at_least, bool) or not isinstance(at_least, (int, float)) or not 0 < at_least <= 1:
+        raise ValueError("at_least must be a probability above 0 and at most 1")
+    shown = "+".join(levels)
+
+    def condition(context: Context) -> str | None:
+        prediction = context.urgency
+        if prediction is None:
+            return None
+        probability = prediction.of(levels)
+        if probability < at_least:
+            return None
+        reasons = ", ".join(f'"{term}"' for term in prediction.reasons(levels))
+        return f"p({shown})={probability:.2f}" + (f": {reasons}" if reasons else "")
+
+    return condition
+
+
 def _strings(value: Any) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise TypeError("must be a non-empty array of strings")
@@ -385,4 +415,5 @@ _CONDITIONS: dict[str, Callable[[Any], Condition]] = {
     "dmarc": _dmarc,
     "outside_business_hours": _outside_business_hours,
     "incident": _incident,
+    "model": _model,
 }
