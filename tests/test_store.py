@@ -30,11 +30,12 @@ def store(request, tmp_path: Path):
 
 
 def record(store: SQLiteStore, queue_id: str, *, case_id: int | None = None, owner: str = "yamada",
-           address: str = "c@example.org", at: float = 1000.0, level: str = "normal", score: float = 1.0):
+           address: str = "c@example.org", at: float = 1000.0, level: str = "normal", score: float = 1.0,
+           document: str = ""):
     return store.record_inbound(queue_id=queue_id, address=address, name="C", message_id=f"{queue_id}@x",
                                 subject="s", level=level, score=score, rules="R(1)", case_id=case_id,
                                 decide=lambda owner_now, load: ((owner, "owner", "new customer; least loaded"),),
-                                escalated_to="", at=at)
+                                escalated_to="", at=at, document=document)
 
 
 def test_a_new_sqlite_database_is_migrated_to_the_latest_schema(tmp_path: Path) -> None:
@@ -252,6 +253,7 @@ def test_a_sqlite_store_moves_to_postgresql_without_losing_anything(tmp_path: Pa
     source.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q2@x", subject="s",
                         at=2100.0)
     source.set_password("yamada", "$scrypt$x", 1.0)
+    source.correct_level(1, "high", "yamada", 2200.0, "全て消えました")
     rows = list(source.dump())
     with fresh_database() as url:
         target = PostgresStore(url)
@@ -262,7 +264,36 @@ def test_a_sqlite_store_moves_to_postgresql_without_losing_anything(tmp_path: Pa
         assert profile.open_case.status == "answered" and profile.open_case.first_response_at == 2100.0
         record(target, "Q3", address="new@example.org", at=4000.0)  # identities continue after the import
         assert [c.id for c in target.cases()] == [2, 1]
+        assert target.corrected() == (("全て消えました", "high", "yamada"),)
         with pytest.raises(StoreError, match="already has customers"):
             target.load(rows)
         target.close()
     source.close()
+
+
+def test_a_correction_sets_the_cases_level_and_is_kept_in_its_history(store: SQLiteStore) -> None:
+    record(store, "Q1", level="normal", document="リストが空です")
+    correction = store.correct_level(1, "critical", "yamada", 2000.0)
+    assert (correction.from_level, correction.to_level, correction.author) == ("normal", "critical", "yamada")
+    assert store.case(1).level == "critical"
+    assert store.case_corrections(1) == (correction,)
+
+
+def test_a_correction_learns_from_the_cases_latest_customer_message_or_the_text_given(store: SQLiteStore) -> None:
+    record(store, "Q1", document="first words")
+    record(store, "Q2", case_id=1, at=2000.0, document="latest words")
+    store.correct_level(1, "high", "yamada", 3000.0)
+    store.correct_level(1, "low", "smith", 3100.0, document="forwarded words")
+    assert store.corrected() == (("latest words", "high", "yamada"), ("forwarded words", "low", "smith"))
+
+
+def test_the_latest_correction_of_a_text_is_the_one_learned(store: SQLiteStore) -> None:
+    record(store, "Q1", document="same words")
+    store.correct_level(1, "high", "yamada", 2000.0)
+    store.correct_level(1, "normal", "smith", 2100.0)
+    assert store.corrected() == (("same words", "normal", "smith"),)
+
+
+def test_correcting_a_case_that_does_not_exist_changes_nothing(store: SQLiteStore) -> None:
+    assert store.correct_level(99, "high", "yamada", 2000.0) is None
+    assert store.corrected() == ()

@@ -25,6 +25,7 @@ from mailpipe.store import (
     CaseMessage,
     CaseNote,
     CaseRecord,
+    Correction,
     CustomerRecord,
     Decide,
     EarlierReply,
@@ -191,7 +192,7 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                        escalated_to: str, at: float, language: str = "",
-                       autoreply_window: float | None = None) -> InboundRecord:
+                       autoreply_window: float | None = None, document: str = "") -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
         message, and the assignments with their reasons. Idempotent per queue id. ``decide``
         chooses the assignments from the owner (the case's, or the customer's for a new case)
@@ -199,17 +200,18 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
         assignment lock, so concurrent workers and daemons agree on one owner per customer and
         keep least-loaded assignment balanced. A new case given ``autoreply_window`` takes the
         customer's acknowledgement window in the same transaction (one write per message, and a
-        message recorded again after a crash finds the same answer)."""
+        message recorded again after a crash finds the same answer). ``document`` is what the
+        urgency model read, kept so an agent's correction of the case can be learned from."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
                                         decide=decide, escalated_to=escalated_to, at=at, language=language,
-                                        autoreply_window=autoreply_window)
+                                        autoreply_window=autoreply_window, document=document)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                         escalated_to: str, at: float, language: str,
-                        autoreply_window: float | None) -> InboundRecord:
+                        autoreply_window: float | None, document: str) -> InboundRecord:
         conn = self._conn()
         conn.execute(self._BEGIN)
         try:
@@ -259,8 +261,8 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
                 " AND (last_autoreply_at IS NULL OR last_autoreply_at <= ?)",
                 (at, queue_id, customer_id, at - autoreply_window)).rowcount > 0
             conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, level, score, rules,"
-                         " at) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?)",
-                         (case_id, queue_id, message_id, subject, level, score, rules, at))
+                         " at, document) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?, ?)",
+                         (case_id, queue_id, message_id, subject, level, score, rules, at, document))
             conn.executemany("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
                              " VALUES (?, ?, ?, ?, ?, ?)",
                              [(case_id, queue_id, agent, role, reason, at) for agent, role, reason in assignments])
@@ -381,6 +383,45 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
         return tuple(CaseMessage(*row) for row in self._conn().execute(
             "SELECT direction, at, subject, message_id, level, score, rules, agent FROM messages WHERE case_id = ?"
             " ORDER BY at, id", (case_id,)))
+
+    def correct_level(self, case_id: int, level: str, author: str, at: float,
+                      document: str | None = None) -> Correction | None:
+        """Sets a case's level on an agent's word and keeps the correction with what to learn
+        from: ``document``, or what the model read of the case's latest customer message.
+        None when there is no such case."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                row = conn.execute(f"SELECT level FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
+                if row is None:
+                    conn.execute("ROLLBACK")
+                    return None
+                if document is None:
+                    latest = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
+                                          " ORDER BY at DESC, id DESC LIMIT 1", (case_id,)).fetchone()
+                    document = latest[0] if latest else ""
+                conn.execute("UPDATE cases SET level = ?, updated_at = ? WHERE id = ?", (level, at, case_id))
+                conn.execute("INSERT INTO corrections (case_id, from_level, to_level, author, document, at)"
+                             " VALUES (?, ?, ?, ?, ?, ?)", (case_id, row[0], level, author, document, at))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return Correction(case_id, row[0], level, author, at)
+
+    def case_corrections(self, case_id: int) -> tuple[Correction, ...]:
+        return tuple(Correction(*row) for row in self._conn().execute(
+            "SELECT case_id, from_level, to_level, author, at FROM corrections WHERE case_id = ? ORDER BY at, id",
+            (case_id,)))
+
+    def corrected(self) -> tuple[tuple[str, str, str], ...]:
+        """(text, level, author) of every correction with text to learn from, the latest word on
+        each text only, oldest first."""
+        return tuple(self._conn().execute(
+            "SELECT document, to_level, author FROM corrections c WHERE document != ''"
+            " AND id = (SELECT max(id) FROM corrections WHERE document = c.document) ORDER BY id"))
 
     def case_assignments(self, case_id: int) -> tuple[Assignment, ...]:
         return tuple(Assignment(*row) for row in self._conn().execute(

@@ -140,6 +140,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (incident_id, address)
     );
     """,
+    """
+    ALTER TABLE messages ADD COLUMN document TEXT NOT NULL DEFAULT '';
+    CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        from_level TEXT NOT NULL,
+        to_level TEXT NOT NULL,
+        author TEXT NOT NULL,
+        document TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX corrections_case ON corrections (case_id, at);
+    """,
 )
 
 def migrate(conn: sqlite3.Connection) -> int:
