@@ -78,13 +78,13 @@ def assess(rules: RuleSet, training: Sequence[tuple[dict[str, Any], Example]],
     training corpus itself by ``folds``-fold cross-validation when ``judged`` is None."""
     if judged is None:
         examples = [example for _, example in training]
-        return judge(rules, _labelled(training), cross_validated(examples, folds), now)
+        return judge(rules, labelled(training), cross_validated(examples, folds), now)
     sources = {example.source for _, example in judged}
     model = train([example for _, example in training if example.source not in sources], LEVELS)
-    return judge(rules, _labelled(judged), [model] * len(judged), now)
+    return judge(rules, labelled(judged), [model] * len(judged), now)
 
 
-def _labelled(pairs: Sequence[tuple[dict[str, Any], Example]]) -> list[Labelled]:
+def labelled(pairs: Sequence[tuple[dict[str, Any], Example]]) -> list[Labelled]:
     return [Labelled(parse(message(entry)), example) for entry, example in pairs]
 
 
