@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from mailpipe.message import html, quotes, reply_subject
+from mailpipe.triage.conditions import LEVELS
 from mailpipe.triage.context import document
 from mailpipe.triage.model import Example, ModelError
-from mailpipe.triage.rules import LEVELS
 
 _KEYS = frozenset({"level", "subject", "body", "encoding", "sender", "headers", "note"})
 

@@ -18,10 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from mailpipe.message import ParsedMessage, parse
+from mailpipe.triage.conditions import LEVELS
 from mailpipe.triage.context import Context
 from mailpipe.triage.corpus import message
 from mailpipe.triage.model import Example, UrgencyModel, train
-from mailpipe.triage.rules import LEVELS, RuleSet
+from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
 
 URGENT = ("critical", "high")
