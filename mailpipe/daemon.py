@@ -26,6 +26,8 @@ from mailpipe.data import shipped
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
+from mailpipe.desk.commands import Commands
+from mailpipe.desk.route import Desk, DeskWork
 from mailpipe.errors import Problems
 from mailpipe.http import StatusServer
 from mailpipe.keys import SigningKey, SigningKeyError, load_key
@@ -42,7 +44,7 @@ from mailpipe.outbound.queue import SendQueue
 from mailpipe.outbound.replies import Replies, ReplyWork
 from mailpipe.outbound.send import Transport, resolver
 from mailpipe.outbound.signing import Signer
-from mailpipe.queues import INBOUND, OUTBOUND, QUEUES, SPOOLS, SUBMISSION
+from mailpipe.queues import DESK, INBOUND, OUTBOUND, QUEUES, SPOOLS, SUBMISSION
 from mailpipe.sdnotify import Notifier
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
 from mailpipe.smtp.server import Listener, ListenerSettings
@@ -52,6 +54,7 @@ from mailpipe.store import Store, StoreUnavailable
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
 from mailpipe.triage import load as triage_load
+from mailpipe.triage.learning import Learner
 from mailpipe.triage.rules import LEVELS
 from mailpipe.triage.stages import Triage
 from mailpipe.triage.work import Work
@@ -121,7 +124,7 @@ def reply_catalog(config: Config) -> classify.Catalog:
 
 
 def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: Metrics, outbound: Spool,
-           traffic: Traffic, incidents: Incidents) -> dict[str, Route[Any]]:
+           traffic: Traffic, incidents: Incidents, learner: Learner) -> dict[str, Route[Any]]:
     """Each queue's route (``mailpipe.queues``), built from one config and swapped together on
     reload. Raises ``Problems`` (RulesError, CatalogError) when policy files are broken: a reload then
     keeps the routes already running."""
@@ -133,7 +136,9 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     returned = Returned(store, metrics, to_mailbox, config.inbound.hostname, config.agents,
                         config.monitors.dmarc_report_addresses, catalog, incidents)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound, returned, incidents)
+                    metrics, to_mailbox, acknowledger, outbound, returned, incidents, model=lambda: learner.current)
+    desk = Desk(config.agents, config.inbound.domains, store, Commands(store, metrics, learner.learn), to_mailbox,
+                config.inbound.hostname)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
                       to_mailbox, hostname, metrics)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
@@ -145,7 +150,9 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     submitted: Route[ReplyWork] = Route(ReplyWork, replies.stages, replies.hand_off, config.spool, OUTBOUND.name,
                                         summary=replies.summary)
     outgoing: Route[Message] = Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary)
-    return {INBOUND.name: inbound, SUBMISSION.name: submitted, OUTBOUND.name: outgoing}
+    commands: Route[DeskWork] = Route(DeskWork, desk.stages, desk.hand_off, config.spool, to_mailbox.method,
+                                      summary=desk.summary)
+    return {INBOUND.name: inbound, SUBMISSION.name: submitted, OUTBOUND.name: outgoing, DESK.name: commands}
 
 
 def _itself(message: Message) -> Message:
@@ -171,6 +178,7 @@ class Daemon:
         self._monitors: Monitors | None = None
         self._incidents: Incidents | None = None
         self._prober: Prober | None = None
+        self._learner: Learner | None = None
 
     async def run(self) -> int:
         config = self.config
@@ -186,7 +194,10 @@ class Daemon:
             self._incidents = Incidents(store, self._metrics, threshold=config.monitors.incident_threshold,
                                         window=config.monitors.incident_window, quiet=config.monitors.incident_quiet)
             keys = signing_keys(config)
-            built = routes(config, keys, store, self._metrics, outbound, self._traffic, self._incidents)
+            self._learner = Learner(config.triage, store, self._metrics)
+            self._learner.install(await self._learner.train(config.triage), config.triage)
+            built = routes(config, keys, store, self._metrics, outbound, self._traffic, self._incidents,
+                           self._learner)
             self._monitors = Monitors(monitor_settings(config, keys), self._traffic, self._metrics, store,
                                       self._incidents)
             self._prober = Prober(probe_settings(config), outbound, self._metrics)
@@ -223,6 +234,7 @@ class Daemon:
             await asyncio.gather(*(listener.drain(self.config.shutdown_timeout)
                                    for listener in self._listeners.values()))
             await asyncio.gather(*(worker.stop(self.config.shutdown_timeout) for worker in self._workers.values()))
+            await self._learner.stop()
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -255,8 +267,11 @@ class Daemon:
             settings = {"inbound": listener_settings(new), "submission": submission_settings(new)}
             assert self._incidents is not None
             keys = await asyncio.to_thread(signing_keys, new)
+            assert self._learner is not None
+            model = await self._learner.train(new.triage)
             built = await asyncio.to_thread(routes, new, keys, self._store, self._metrics,
-                                            self._spools[OUTBOUND.spool], self._traffic, self._incidents)
+                                            self._spools[OUTBOUND.spool], self._traffic, self._incidents,
+                                            self._learner)
             watching = await asyncio.to_thread(monitor_settings, new, keys)
         except Problems as exc:
             return self._refuse(exc.problems)
@@ -272,6 +287,7 @@ class Daemon:
         self._handler.hostname = new.inbound.hostname
         self._submission.reconfigure(new.agents, new.inbound.addresses, new.submission.max_recipients)
         self._submission.hostname = new.submission_hostname
+        self._learner.install(model, new.triage)
         for name, route in built.items():
             self._workers[name].route = route
         assert self._monitors is not None and self._prober is not None

@@ -60,6 +60,13 @@ class Metrics:
             "mailpipe_stage_seconds", "Time each pipeline stage takes per message.", ["queue", "stage"],
             buckets=_LATENCY_BUCKETS, registry=r)
         self.cases_opened = Counter("mailpipe_cases_opened", "Cases opened, by urgency level.", ["level"], registry=r)
+        self.corrections = Counter(
+            "mailpipe_triage_corrections", "Agents' corrections of a case's urgency, from the level triage gave to "
+            "the one the agent gave: the desk's live precision.", ["from", "to"], registry=r)
+        self.model_examples = Gauge("mailpipe_urgency_model_examples",
+                                    "Labelled messages the running urgency model was trained on.", registry=r)
+        self.model_trained = Gauge("mailpipe_urgency_model_trained_timestamp_seconds",
+                                   "When the running urgency model was trained.", registry=r)
         self.cases_open = Gauge("mailpipe_cases_open", "Open (unanswered) cases by urgency level.", ["level"],
                                 registry=r)
         self.case_oldest_open = Gauge(

@@ -190,6 +190,9 @@ def base_settings(directory: Path, nameserver: str) -> dict[str, Any]:
         "submission": {"listen": f"127.0.0.1:{free_port()}"},
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         "auth": {"nameservers": [nameserver]},
+        # Training the urgency model costs seconds of CPU at every start: the tests that are
+        # about urgency switch it on; the rest triage by the keyword rules alone.
+        "triage": {"model": False},
         "agents": [
             {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678"},
             {"id": "smith", "name": "Alex Smith", "address": "smith@example.test", "phone": "03-1234-5679"},

@@ -253,7 +253,7 @@ def test_a_sqlite_store_moves_to_postgresql_without_losing_anything(tmp_path: Pa
     source.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q2@x", subject="s",
                         at=2100.0)
     source.set_password("yamada", "$scrypt$x", 1.0)
-    source.correct_level(1, "high", "yamada", 2200.0, "全て消えました")
+    source.correct_level(1, "high", "yamada", 2200.0, document="全て消えました")
     rows = list(source.dump())
     with fresh_database() as url:
         target = PostgresStore(url)
@@ -297,3 +297,17 @@ def test_the_latest_correction_of_a_text_is_the_one_learned(store: SQLiteStore) 
 def test_correcting_a_case_that_does_not_exist_changes_nothing(store: SQLiteStore) -> None:
     assert store.correct_level(99, "high", "yamada", 2000.0) is None
     assert store.corrected() == ()
+
+
+def test_a_correction_learns_from_the_message_it_names(store: SQLiteStore) -> None:
+    record(store, "Q1", document="first words")
+    record(store, "Q2", case_id=1, at=2000.0, document="latest words")
+    store.correct_level(1, "high", "yamada", 3000.0, message_id="Q1@x")
+    assert store.corrected() == (("first words", "high", "yamada"),)
+
+
+def test_a_correction_mailed_again_after_a_crash_is_recorded_once(store: SQLiteStore) -> None:
+    record(store, "Q1", document="words")
+    first = store.correct_level(1, "critical", "yamada", 3000.0, queue_id="C1")
+    again = store.correct_level(1, "critical", "yamada", 3500.0, queue_id="C1")
+    assert again == first and len(store.case_corrections(1)) == 1

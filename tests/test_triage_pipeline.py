@@ -15,7 +15,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, merge
 
 TECH = {"id": "sato", "name": "佐藤 次郎", "address": "sato@example.test", "phone": "03-9999-0000", "tier": "tech",
         "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "hours": "00:00-24:00"}
@@ -24,6 +24,7 @@ ROSTER = {"agents": [
     {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678", **ALWAYS},
     {"id": "smith", "name": "Alex Smith", "address": "smith@example.test", "phone": "03-1234-5679", **ALWAYS},
     TECH]}
+WITH_MODEL = {"triage": {"model": True}}
 
 
 def send(daemon: Daemon, subject: str, body: str, sender: str = "customer@example.org", extra: str = "",
@@ -59,7 +60,7 @@ def _files(daemon: Daemon, agent: str, cards: bool) -> list[email.message.Messag
 
 
 def test_a_critical_mail_arrives_tagged_with_case_urgency_rules_owner_and_customer(make_daemon) -> None:
-    daemon = make_daemon(ROSTER)
+    daemon = make_daemon(merge(ROSTER, WITH_MODEL))
     send(daemon, "【緊急】全ユーザーのメールが届きません",
          "本日から全ユーザーのメールがGmailに届いていません。550-5.7.26 です。")
     owner_copy, escalated_copy = daemon.delivered(expect=2)  # the owner's, and the tech tier's
@@ -68,7 +69,8 @@ def test_a_critical_mail_arrives_tagged_with_case_urgency_rules_owner_and_custom
     assert text(delivered["Subject"]) == "[URGENT][#1] 【緊急】全ユーザーのメールが届きません"
     assert delivered["X-Mailpipe-Case"] == "1 (new)"
     assert delivered["X-Mailpipe-Urgency"].startswith("critical ")
-    assert "MASS_DELIVERY_FAILURE(3)" in text(delivered["X-Mailpipe-Rules"])
+    assert "MASS_DELIVERY_FAILURE(1.5)" in text(delivered["X-Mailpipe-Rules"])
+    assert "MODEL_CRITICAL(16)" in text(delivered["X-Mailpipe-Rules"])
     assert text(delivered["X-Mailpipe-Owner"]).split()[0] in ("yamada", "smith")
     assert text(delivered["X-Mailpipe-Customer"]).startswith("customer@example.org")
     assert text(delivered["X-Mailpipe-Escalation"]) == "tech: sato"
@@ -96,7 +98,7 @@ def test_the_triage_card_is_threaded_under_the_original_and_shows_the_history(ma
 
 
 def test_a_reply_with_the_case_token_joins_the_case_and_its_owner(make_daemon) -> None:
-    daemon = make_daemon(ROSTER)
+    daemon = make_daemon(merge(ROSTER, WITH_MODEL))
     send(daemon, "ログインできません", "ログインできません。")
     (first,) = daemon.delivered()
     send(daemon, "Re: [#1] ログインできません", "まだログインできません。何度も連絡しています。")

@@ -31,6 +31,8 @@ FROM_NOT_OWNED = "553 5.7.1 From header {address} is not an address you may send
 FROM_MISSING = "550 5.6.0 Message has no From header (RFC 5322 requires one)"
 NULL_SENDER = "553 5.7.1 Agents may not send with a null sender"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+DESK_COMMAND_UNKNOWN = "550 5.1.1 Not a desk command: {usage}"
+DESK_COMMAND_ALONE = "550 5.5.1 Desk commands (urgency+LEVEL@...) go in a message of their own"
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _DEFAULT_ENHANCED = {

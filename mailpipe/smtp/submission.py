@@ -21,12 +21,14 @@ from email.utils import getaddresses
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailpipe import credentials
-from mailpipe.addresses import canonical, syntax_problem
+from mailpipe.addresses import canonical, domain_of, syntax_problem
 from mailpipe.config import Agent
 from mailpipe.deliver.headers import split
+from mailpipe.desk.addresses import command_of
+from mailpipe.desk.commands import USAGES
 from mailpipe.message import decode_header
 from mailpipe.metrics import Metrics
-from mailpipe.queues import SUBMISSION
+from mailpipe.queues import DESK, SUBMISSION
 from mailpipe.smtp import replies
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy, content_refusal
 from mailpipe.spool import Spool
@@ -45,11 +47,13 @@ class SubmissionHandler(InboundHandler):
         self._agents = {agent.id: agent for agent in agents}
         self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
         self._support = frozenset(canonical(address) for address in support_addresses)
+        self._desk_domains = frozenset(domain_of(address) for address in self._support)
 
     def reconfigure(self, agents: Sequence[Agent], support_addresses: Sequence[str], max_recipients: int) -> None:
         self._agents = {agent.id: agent for agent in agents}
         self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
         self._support = frozenset(canonical(address) for address in support_addresses)
+        self._desk_domains = frozenset(domain_of(address) for address in self._support)
         self.policy = RecipientPolicy(frozenset(), frozenset(), max_recipients)
 
     async def authenticate(self, session: Session, given: LoginPassword) -> AuthResult:
@@ -103,15 +107,20 @@ class SubmissionHandler(InboundHandler):
             return replies.TOO_MANY_RECIPIENTS
         if syntax_problem(address):
             return replies.BAD_RECIPIENT
+        command = command_of(address, self._desk_domains, USAGES)
+        if command is not None and (problem := USAGES[command.name].check(command.arguments)):
+            return replies.DESK_COMMAND_UNKNOWN.format(usage=problem)
+        if envelope.rcpt_tos and (command is not None) != (self.queue_for(envelope) == DESK.name):
+            return replies.DESK_COMMAND_ALONE
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
-    def refusal(self, session: Session, data: bytes) -> str | None:
+    def refusal(self, session: Session, envelope: Envelope, data: bytes) -> str | None:
         refused = content_refusal(data)
         agent = self._agent(session)
-        if refused is not None or agent is None:
-            return refused
+        if refused is not None or agent is None or self.queue_for(envelope) == DESK.name:
+            return refused  # a desk command leaves nothing: it may pass on a customer's message as is
         head, _ = split(data)
         froms = email.message_from_bytes(head + b"\r\n").get_all("From") or []
         if not froms:
@@ -120,6 +129,12 @@ class SubmissionHandler(InboundHandler):
             if not self._may_send_as(agent, address):
                 return replies.FROM_NOT_OWNED.format(address=address or "(empty)")
         return None
+
+    def queue_for(self, envelope: Envelope) -> str:
+        """Desk commands (``urgency+high@`` a support domain) go to the desk queue, replies on."""
+        if envelope.rcpt_tos and command_of(envelope.rcpt_tos[0], self._desk_domains, USAGES) is not None:
+            return DESK.name
+        return SUBMISSION.name
 
     def submitter(self, session: Session) -> str:
         agent = self._agent(session)

@@ -231,8 +231,8 @@ class ReplyStore(CaseLookup, Protocol):
 class IncidentStore(Protocol):
     """Provider incidents (``monitors.incidents``)."""
 
-    def correct_level(self, case_id: int, level: str, author: str, at: float,
-                      document: str | None = None) -> Correction | None: ...
+    def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
+                      message_id: str = "", document: str | None = None) -> Correction | None: ...
 
     def case_corrections(self, case_id: int) -> tuple[Correction, ...]: ...
 

@@ -384,26 +384,30 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
             "SELECT direction, at, subject, message_id, level, score, rules, agent FROM messages WHERE case_id = ?"
             " ORDER BY at, id", (case_id,)))
 
-    def correct_level(self, case_id: int, level: str, author: str, at: float,
-                      document: str | None = None) -> Correction | None:
+    def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
+                      message_id: str = "", document: str | None = None) -> Correction | None:
         """Sets a case's level on an agent's word and keeps the correction with what to learn
-        from: ``document``, or what the model read of the case's latest customer message.
-        None when there is no such case."""
+        from: ``document``, else what the model read of the customer message ``message_id`` of
+        the case, else of its latest one. Once per ``queue_id`` (a command mailed again after a
+        crash finds the first answer). None when there is no such case."""
         with self._writing:
             conn = self._conn()
             conn.execute(self._BEGIN)
             try:
+                done = conn.execute("SELECT case_id, from_level, to_level, author, at FROM corrections"
+                                    " WHERE queue_id = ?", (queue_id,)).fetchone() if queue_id else None
                 row = conn.execute(f"SELECT level FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
-                if row is None:
+                if done is not None or row is None:
                     conn.execute("ROLLBACK")
-                    return None
+                    return Correction(*done) if done else None
                 if document is None:
-                    latest = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
-                                          " ORDER BY at DESC, id DESC LIMIT 1", (case_id,)).fetchone()
-                    document = latest[0] if latest else ""
+                    found = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
+                                         " ORDER BY CASE WHEN message_id = ? THEN 0 ELSE 1 END, at DESC, id DESC"
+                                         " LIMIT 1", (case_id, message_id)).fetchone()
+                    document = found[0] if found else ""
                 conn.execute("UPDATE cases SET level = ?, updated_at = ? WHERE id = ?", (level, at, case_id))
-                conn.execute("INSERT INTO corrections (case_id, from_level, to_level, author, document, at)"
-                             " VALUES (?, ?, ?, ?, ?, ?)", (case_id, row[0], level, author, document, at))
+                conn.execute("INSERT INTO corrections (case_id, queue_id, from_level, to_level, author, document, at)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, queue_id, row[0], level, author, document, at))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

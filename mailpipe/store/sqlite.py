@@ -145,6 +145,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE corrections (
         id INTEGER PRIMARY KEY,
         case_id INTEGER NOT NULL REFERENCES cases(id),
+        queue_id TEXT UNIQUE,
         from_level TEXT NOT NULL,
         to_level TEXT NOT NULL,
         author TEXT NOT NULL,

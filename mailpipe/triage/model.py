@@ -27,10 +27,11 @@ from itertools import pairwise
 
 import numpy as np
 
+from mailpipe.errors import Problems
 from mailpipe.triage.context import fold
 
 # Long pasted logs add little after their first lines and cost time: the model reads this much.
-_MAX_CHARS = 3000
+MAX_CHARS = 3000
 _CHAR_SIZES = (2, 3, 4)
 _WORD = re.compile(r"[a-z0-9][a-z0-9'._-]*[a-z0-9]|[a-z]")
 _WORD_PREFIX = "w:"
@@ -41,12 +42,8 @@ _TELLING = re.compile(r"^w:|[^\x00-\x7f].*\w.*\w|\w.*[^\x00-\x7f].*\w|\w.*\w.*[^
 DEFAULT_C = 3.0
 
 
-class ModelError(Exception):
-    """The labelled mail cannot train a model (too little of it, or a level missing)."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class ModelError(Problems):
+    """The labelled mail cannot train a model: a broken corpus file, or a level missing."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ class Example:
 
 def features(text: str) -> list[str]:
     """Character n-grams of the folded text, and its ASCII words and word pairs."""
-    folded = " ".join(fold(text[:_MAX_CHARS]).split())
+    folded = " ".join(fold(text[:MAX_CHARS]).split())
     grams = [folded[i:i + size] for size in _CHAR_SIZES for i in range(len(folded) - size + 1)]
     words = _WORD.findall(folded)
     grams += [_WORD_PREFIX + word for word in words]

@@ -33,7 +33,8 @@ from mailpipe.outbound.acknowledge import Acknowledger
 from mailpipe.spool import Spool
 from mailpipe.store import TriageStore
 from mailpipe.triage.assign import assign
-from mailpipe.triage.context import triage_context
+from mailpipe.triage.context import document, triage_context
+from mailpipe.triage.model import MAX_CHARS, UrgencyModel
 from mailpipe.triage.render import header_fields, incident_lines, triage_card
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
@@ -54,8 +55,10 @@ class Triage:
     def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: TriageStore, hostname: str,
                  metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
                  outbound: Spool | None = None, returned: Returned | None = None,
-                 incidents: Incidents | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 incidents: Incidents | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 model: Callable[[], UrgencyModel | None] = lambda: None):
         self.metrics = metrics
+        self.model = model  # the urgency model running now (a correction may have retrained it)
         self.returned = returned
         self.incidents = incidents
         self.deliverer = deliverer
@@ -119,7 +122,8 @@ class Triage:
     def score(self, work: Work) -> Work:
         now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
         active = self.incidents.active() if self.incidents else frozenset()
-        context = triage_context(parsed_of(work), work.profile, now, self.desk, self.hostname, work.auth, active)
+        context = triage_context(parsed_of(work), work.profile, now, self.desk, self.hostname, work.auth, active,
+                                 self.model())
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
     async def assign(self, work: Work) -> Work:
@@ -139,7 +143,8 @@ class Triage:
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
             escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language,
-            autoreply_window=self._autoreply_window(work))
+            autoreply_window=self._autoreply_window(work),
+            document=document(parsed.subject, parsed.new_text, parsed.is_reply)[:MAX_CHARS])
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
