@@ -69,7 +69,7 @@ def test_a_critical_mail_arrives_tagged_with_case_urgency_rules_owner_and_custom
     assert text(delivered["Subject"]) == "[URGENT][#1] 【緊急】全ユーザーのメールが届きません"
     assert delivered["X-Mailpipe-Case"] == "1 (new)"
     assert delivered["X-Mailpipe-Urgency"].startswith("critical ")
-    assert "MASS_DELIVERY_FAILURE(1.5)" in text(delivered["X-Mailpipe-Rules"])
+    assert "MASS_DELIVERY_FAILURE(3)" in text(delivered["X-Mailpipe-Rules"])
     assert "MODEL_CRITICAL(16)" in text(delivered["X-Mailpipe-Rules"])
     assert text(delivered["X-Mailpipe-Owner"]).split()[0] in ("yamada", "smith")
     assert text(delivered["X-Mailpipe-Customer"]).startswith("customer@example.org")

@@ -203,7 +203,7 @@ def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["file"] for line in lines] == [str(first), str(second)]
     assert lines[0]["level"] == "critical" and lines[1]["level"] == "low"
-    assert {"name": "LOGIN_BLOCKED", "score": 5.0} in [{k: r[k] for k in ("name", "score")} for r in lines[0]["rules"]]
+    assert {"name": "LOGIN_BLOCKED", "score": 2.5} in [{k: r[k] for k in ("name", "score")} for r in lines[0]["rules"]]
 
 
 def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
@@ -211,7 +211,8 @@ def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
                             capture_output=True, timeout=30)
     out = result.stdout.decode()
     assert "[Level]: high" in out
-    assert "Symbol: CANCEL_REFUND (5.00)[refund]" in out
+    assert "Symbol: CANCEL_REFUND (2.50)[refund]" in out
+    assert 'Symbol: MODEL_URGENT (7.00)[p(critical+high)=' in out
 
 
 def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path) -> None:

@@ -15,6 +15,12 @@ INTERNAL_PREFIX = b"x-mailpipe-"
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
+# The tag triage puts before a delivered message's subject, with the case token: [URGENT][#12].
+TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
+URGENCY_TAG = re.compile("|".join(re.escape(tag) for tag in TAGS.values()))
+_DELIVERED_TAG = re.compile(rf"^(?:{URGENCY_TAG.pattern})?\[#\d{{1,9}}\] ")
+
+
 def split(raw: bytes) -> tuple[bytes, bytes]:
     """(header block including its final CRLF, the rest starting at the blank line)."""
     end = raw.find(b"\r\n\r\n")
@@ -77,3 +83,14 @@ def with_headers(raw: bytes, fields: bytes, subject: str | None = None, authserv
         head = drop(head, "subject")
         fields += field("Subject", subject)
     return fields + head + rest
+
+
+def as_received(raw: bytes, subject: str) -> bytes:
+    """A message taken from an agent's mailbox, as the customer sent it, near enough to judge it
+    again (``mailpipe score``, ``mailpipe learn``): our fields gone, and ``subject`` (its decoded
+    Subject) without the tag triage put on it. A message we never delivered is returned as is."""
+    head, rest = split(raw)
+    if not re.search(rb"(?im)^x-mailpipe-case:", head):
+        return raw
+    head = drop(strip_internal(head), "subject")
+    return field("Subject", _DELIVERED_TAG.sub("", subject, count=1)) + head + rest

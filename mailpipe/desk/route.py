@@ -18,13 +18,13 @@ from typing import Protocol
 
 from mailpipe.config import Agent
 from mailpipe.deliver import Deliverer, notice
+from mailpipe.deliver.headers import TAGS
 from mailpipe.desk import forwarded
 from mailpipe.desk.addresses import Command, command_of
 from mailpipe.desk.commands import USAGES, Commands, Outcome, Request
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.spool import Message
 from mailpipe.store import CaseRecord
-from mailpipe.triage.render import TAGS
 
 
 class Cases(Protocol):

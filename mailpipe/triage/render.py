@@ -16,13 +16,12 @@ from email.utils import format_datetime
 
 from mailpipe.config import Agent
 from mailpipe.deliver import headers
+from mailpipe.deliver.headers import TAGS
 from mailpipe.message import ParsedMessage
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.providers import MENTIONS
 from mailpipe.store import CustomerRecord
 from mailpipe.triage.work import Work, parsed_of, verdict_of
-
-TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
 
 
 def header_fields(work: Work, hostname: str, agents: dict[str, Agent],
