@@ -54,6 +54,7 @@ class Learner:
         self._metrics = metrics
         self._again = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
 
     def install(self, model: UrgencyModel | None, settings: TriageConfig) -> None:
         self.current, self.settings = model, settings
@@ -67,7 +68,11 @@ class Learner:
         return await asyncio.to_thread(trained, settings, self._store)
 
     def learn(self) -> None:
-        """A correction arrived: train again soon, once for any number of corrections meanwhile."""
+        """A correction arrived (in a store thread): train again soon, once for any number of
+        corrections meanwhile."""
+        self._loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
         self._again.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._relearn(), name="relearn")
