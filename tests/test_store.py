@@ -311,3 +311,22 @@ def test_a_correction_mailed_again_after_a_crash_is_recorded_once(store: SQLiteS
     first = store.correct_level(1, "critical", "yamada", 3000.0, queue_id="C1")
     again = store.correct_level(1, "critical", "yamada", 3500.0, queue_id="C1")
     assert again == first and len(store.case_corrections(1)) == 1
+
+
+def test_an_automatic_message_files_its_new_case_closed_outside_anyones_load(store: SQLiteStore) -> None:
+    recorded = store.record_inbound(queue_id="A1", address="ooo@example.org", name="", message_id="a1@x",
+                                    subject="Out of office", level="low", score=-8, rules="AUTO_REPLY(-8)",
+                                    case_id=None, decide=lambda owner, load: (("yamada", "owner", "least loaded"),),
+                                    escalated_to="", at=1000.0, automatic=True)
+    assert recorded.case.status == "closed"
+    assert store.open_load() == {}
+
+
+def test_an_automatic_message_does_not_reopen_its_case(store: SQLiteStore) -> None:
+    record(store, "Q1")
+    store.set_status(1, "closed", 1500.0)
+    store.record_inbound(queue_id="A1", address="c@example.org", name="", message_id="a1@x", subject="Re: s",
+                         level="low", score=-8, rules="", case_id=1,
+                         decide=lambda owner, load: ((owner, "owner", "sticky"),), escalated_to="", at=2000.0,
+                         automatic=True)
+    assert store.case(1).status == "closed"

@@ -241,3 +241,14 @@ def test_cases_list_and_close_from_the_cli(make_daemon) -> None:
     again = subprocess.run([*cli, "list", "--open", "--config", str(daemon.config_path)], capture_output=True,
                            text=True)
     assert "#1 " not in again.stdout
+
+
+def test_an_out_of_office_reply_is_filed_closed_and_counts_in_nobodys_load(make_daemon) -> None:
+    daemon = make_daemon(ROSTER)
+    send(daemon, "Automatic reply: your ticket", "I am out of the office until Monday.",
+         extra="Auto-Submitted: auto-replied\r\n")
+    (card,) = daemon.delivered(cards=True)
+    assert "Filed closed" in card.get_payload(decode=True).decode()
+    listing = subprocess.run([sys.executable, "-m", "mailpipe", "cases", "list", "--open", "--json", "--config",
+                              str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and listing.stdout.strip() == ""

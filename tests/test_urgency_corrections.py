@@ -157,7 +157,8 @@ def test_the_lead_corrects_a_case_from_the_shell(desk) -> None:
 
 def test_saved_messages_are_taught_into_the_desks_corpus(tmp_path: Path) -> None:
     saved = tmp_path / "saved.eml"
-    saved.write_bytes("X-Mailpipe-Case: 3 (new)\r\nSubject: [URGENT][#3] 配信停止\r\n\r\n全件止まっています\r\n".encode())
+    saved.write_bytes("X-Mailpipe-Case: 3 (new)\r\nSubject: [URGENT][#3] 配信停止\r\n\r\n"
+                      "全件止まっています\r\n".encode())
     corpus_dir = tmp_path / "corpus.d"
     config = tmp_path / "mailpipe.toml"
     config.write_text(f'state_directory = "{tmp_path / "state"}"\n[triage]\ncorpus_overrides = "{corpus_dir}"\n')
@@ -170,8 +171,9 @@ def test_saved_messages_are_taught_into_the_desks_corpus(tmp_path: Path) -> None
 
 def test_rules_eval_reports_rules_model_and_both_on_labelled_mail(tmp_path: Path) -> None:
     labelled = tmp_path / "mine.toml"
-    labelled.write_text('[[mail]]\nlevel = "critical"\nsubject = "全件エラー"\nbody = "全ユーザーのメールが届きません"\n'
-                        '[[mail]]\nlevel = "low"\nsubject = "お礼"\nbody = "ありがとうございました。返信は不要です。"\n')
+    labelled.write_text('[[mail]]\nlevel = "critical"\nsubject = "全件エラー"\n'
+                        'body = "全ユーザーのメールが届きません"\n[[mail]]\nlevel = "low"\nsubject = "お礼"\n'
+                        'body = "ありがとうございました。返信は不要です。"\n')
     result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "eval", str(labelled), "--json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

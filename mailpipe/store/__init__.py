@@ -199,7 +199,8 @@ class TriageStore(CaseLookup, Protocol):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                        escalated_to: str, at: float, language: str = "",
-                       autoreply_window: float | None = None, document: str = "") -> InboundRecord:
+                       autoreply_window: float | None = None, document: str = "",
+                       automatic: bool = False) -> InboundRecord:
         """``decide`` makes the assignment inside the transaction from the owner and the open
         load as they are there, so concurrent workers and daemons agree. With
         ``autoreply_window``, a new case also takes the customer's acknowledgement window when

@@ -192,7 +192,8 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                        escalated_to: str, at: float, language: str = "",
-                       autoreply_window: float | None = None, document: str = "") -> InboundRecord:
+                       autoreply_window: float | None = None, document: str = "",
+                       automatic: bool = False) -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
         message, and the assignments with their reasons. Idempotent per queue id. ``decide``
         chooses the assignments from the owner (the case's, or the customer's for a new case)
@@ -201,17 +202,20 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
         keep least-loaded assignment balanced. A new case given ``autoreply_window`` takes the
         customer's acknowledgement window in the same transaction (one write per message, and a
         message recorded again after a crash finds the same answer). ``document`` is what the
-        urgency model read, kept so an agent's correction of the case can be learned from."""
+        urgency model read, kept so an agent's correction of the case can be learned from. An
+        ``automatic`` message (an auto-reply, list mail) files its new case closed and leaves an
+        existing case's status alone: it counts in nobody's load and reopens nothing."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
                                         decide=decide, escalated_to=escalated_to, at=at, language=language,
-                                        autoreply_window=autoreply_window, document=document)
+                                        autoreply_window=autoreply_window, document=document,
+                                        automatic=automatic)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                         escalated_to: str, at: float, language: str,
-                        autoreply_window: float | None, document: str) -> InboundRecord:
+                        autoreply_window: float | None, document: str, automatic: bool) -> InboundRecord:
         conn = self._conn()
         conn.execute(self._BEGIN)
         try:
@@ -242,18 +246,18 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
                 case_id = conn.execute(
                     "INSERT INTO cases (customer_id, subject, status, level, score, owner, handler, escalated_to,"
                     " escalated_agent, opened_at, updated_at, language)"
-                    " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (customer_id, subject, level, score, owner, handler, escalated_to, escalated, at, at,
-                     language)).fetchone()[0]
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (customer_id, subject, "closed" if automatic else "open", level, score, owner, handler,
+                     escalated_to, escalated, at, at, language)).fetchone()[0]
             else:
                 conn.execute(
-                    "UPDATE cases SET status = 'open', updated_at = ?,"
+                    "UPDATE cases SET status = CASE WHEN ? THEN status ELSE 'open' END, updated_at = ?,"
                     " score = CASE WHEN score > ? THEN score ELSE ? END,"
                     " level = CASE WHEN ? > score THEN ? ELSE level END, handler = ?,"
                     " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END,"
                     " escalated_agent = CASE WHEN ? != '' THEN ? ELSE escalated_agent END WHERE id = ?",
-                    (at, score, score, score, level, handler, escalated_to, escalated_to, escalated, escalated,
-                     case_id))
+                    (automatic, at, score, score, score, level, handler, escalated_to, escalated_to, escalated,
+                     escalated, case_id))
             if owner:
                 conn.execute("UPDATE customers SET owner = ? WHERE id = ? AND owner = ''", (owner, customer_id))
             autoreply = new_case and autoreply_window is not None and conn.execute(

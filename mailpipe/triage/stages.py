@@ -29,7 +29,7 @@ from mailpipe.message import parse
 from mailpipe.metrics import Metrics
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.returned import Returned
-from mailpipe.outbound.acknowledge import Acknowledger
+from mailpipe.outbound.acknowledge import Acknowledger, suppression
 from mailpipe.spool import Spool
 from mailpipe.store import TriageStore
 from mailpipe.triage.assign import assign
@@ -144,7 +144,8 @@ class Triage:
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
             escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language,
             autoreply_window=self._autoreply_window(work),
-            document=document(parsed.subject, parsed.new_text, parsed.is_reply)[:MAX_CHARS])
+            document=document(parsed.subject, parsed.new_text, parsed.is_reply)[:MAX_CHARS],
+            automatic=automatic(work))
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
@@ -202,6 +203,11 @@ class Triage:
                 "sticky" if assignment.reason.startswith("sticky") else "least_loaded")
             agent = self._by_id.get(assignment.agent)
             self.metrics.assignments.labels(agent.tier if agent else "unknown", kind).inc()
+
+
+def automatic(work: Work) -> bool:
+    """An auto-reply, list mail or a bounce (by its headers, RFC 3834): filed, never a case to work."""
+    return suppression(parsed_of(work), work.message.entry.envelope.mail_from, ()) in ("automatic", "list", "bounce")
 
 
 def customer_address(work: Work) -> str:
