@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,7 @@ from mailpipe.worker import Route, Worker
 log = logging.getLogger("mailpipe.daemon")
 
 _STATS_INTERVAL = 2.0
+_SPOOL_OF = {"inbound": "inbound", "submission": "outbound", "outbound": "outbound"}  # queue -> spool file
 
 
 def listener_settings(config: Config) -> ListenerSettings:
@@ -146,6 +149,11 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
         Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary),
         Route(ReplyWork, replies.stages, replies.hand_off, config.spool, "outbound", summary=replies.summary),
         Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary))
+
+
+def store_failing(workers: Iterable[Worker]) -> bool:
+    """A worker defers mail because the store fails under it (read-only, disk full, corrupt)."""
+    return any("store" in worker.faults for worker in workers)
 
 
 def _itself(message: Message) -> Message:
@@ -300,6 +308,17 @@ class Daemon:
         problems = self._fatal()
         if self._store_problem:
             problems["store"] = self._store_problem
+        problems.update(self._storage_faults())
+        return problems
+
+    def _storage_faults(self) -> dict[str, str]:
+        """Spools, the store and disks failing under the workers (disk full, read-only, corrupt):
+        mail waits, intake may answer 4xx, and all of it resumes by itself once the fault clears."""
+        problems = {f"spool:{name}": spool.fault for name, spool in self._spools.items() if spool.fault}
+        for queue, worker in self._workers.items():
+            for kind, reason in worker.faults.items():
+                key = f"spool:{_SPOOL_OF[queue]}" if kind == "spool" else kind
+                problems.setdefault(key, f"{queue} worker: {reason}")
         return problems
 
     def _fatal(self) -> dict[str, str]:
@@ -313,11 +332,29 @@ class Daemon:
             problems["spool"] = "spool writer is not running"
         return problems
 
+    async def _check_storage(self) -> None:
+        """Probes faulted spools so that they recover with no mail arriving, reopens the store's
+        connections while a worker reports it failing (a read-only open stays read-only), and
+        sets the gauges that say so."""
+        for name, spool in self._spools.items():
+            if spool.fault and await spool.probe():
+                log.warning("spool writable again", extra={"spool": name})
+            self._metrics.spool_up.labels(name).set(0 if spool.fault or not spool.healthy else 1)
+        if store_failing(self._workers.values()) and self._store is not None:
+            self._store.reconnect()
+        for queue, worker in self._workers.items():
+            for kind in ("spool", "store", "disk"):
+                self._metrics.storage_fault.labels(queue, kind).set(int(kind in worker.faults))
+
     async def _export_stats(self) -> None:
         queues = (("inbound", "inbound"), ("outbound", "submission"), ("outbound", "outbound"))
         while True:
+            await self._check_storage()
             for spool_name, queue in queues:
-                stats = await self._spools[spool_name].stats(queue)
+                try:
+                    stats = await self._spools[spool_name].stats(queue)
+                except sqlite3.Error:
+                    continue  # the fault is the spool's, reported by its gauge and /healthz
                 for state, depth in stats.depth.items():
                     self._metrics.spool_messages.labels(queue, state).set(depth)
                     self._metrics.spool_oldest.labels(queue, state).set(stats.oldest_age[state])
@@ -331,7 +368,7 @@ class Daemon:
             now = time.time()
             try:
                 open_cases = await asyncio.to_thread(self._store.open_cases)
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, sqlite3.Error) as exc:
                 if not self._store_problem:
                     log.error("store unreachable: mail waits in the spool", extra={"error": str(exc)})
                 self._store_problem = str(exc)
@@ -341,7 +378,7 @@ class Daemon:
             if self._store_problem:
                 log.warning("store reachable again")
             self._store_problem = ""
-            self._metrics.store_up.set(1)
+            self._metrics.store_up.set(0 if store_failing(self._workers.values()) else 1)
             for level in LEVELS:  # a level whose last open case was answered drops to 0
                 count, oldest = open_cases.get(level, (0, now))
                 self._metrics.cases_open.labels(level).set(count)

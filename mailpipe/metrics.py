@@ -142,6 +142,10 @@ class Metrics:
             ["reporter", "source_ip"], registry=r)
         self.store_up = Gauge("mailpipe_store_up", "1 while the store (SQLite or PostgreSQL) answers; at 0, mail "
                               "waits in the spool to be triaged.", registry=r)
+        self.spool_up = Gauge("mailpipe_spool_up", "1 while the spool file takes writes and reads back whole; at 0, "
+                              "intake answers 4xx and delivery waits.", ["spool"], registry=r)
+        self.storage_fault = Gauge("mailpipe_worker_storage_fault", "1 while a queue's worker defers mail because "
+                                   "the spool, the store or a disk fails under it.", ["queue", "storage"], registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(
