@@ -99,3 +99,20 @@ def test_a_client_half_closing_in_the_middle_of_data_queues_nothing(daemon: Daem
         assert b"250 2.0.0" not in reader.read()
     time.sleep(1)
     assert not daemon.delivered(timeout=0)
+
+
+@pytest.mark.parametrize("claim", [
+    "(c) mx.example.test; dmarc=pass",
+    "(a (nested) comment)\r\n\tMX.Example.Test 1; dmarc=pass",
+    "\r\n mx.example.test;\r\n dmarc=pass header.from=example.org",
+])
+def test_authentication_results_claiming_our_authserv_id_behind_comments_is_removed(daemon: Daemon, claim) -> None:
+    import smtplib
+
+    extra = f"Authentication-Results: {claim}\r\nAuthentication-Results: other.example; dmarc=pass\r\n"
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("customer@example.org", ["support@example.test"], message(extra=extra))
+    (delivered,) = daemon.delivered()
+    results = [" ".join(value.split()) for value in delivered.get_all("Authentication-Results")]
+    assert not any("dmarc=pass" in value and "example.test" in value.lower() for value in results), results
+    assert "other.example; dmarc=pass" in results  # somebody else's claim stays, for what it is worth
