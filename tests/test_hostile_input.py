@@ -3,8 +3,10 @@ hides in, never a 451 after DATA, a traceback or a header carrying it."""
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import time
+from typing import BinaryIO
 
 import pytest
 
@@ -15,6 +17,18 @@ from tests.test_smtp_inbound import message, raw_session
 def no_traceback(daemon: Daemon) -> None:
     log = daemon.log()
     assert "Traceback" not in log and "session error" not in log, log
+
+
+def into_data(sock: socket.socket, sender: bytes = b"<customer@example.org>") -> BinaryIO:
+    """HELO, MAIL, RCPT and DATA, each reply read; returns the reader for what follows."""
+    reader = sock.makefile("rb")
+    replies = [reader.readline()]
+    for line in (b"HELO client.example.org\r\n", b"MAIL FROM:" + sender + b"\r\n",
+                 b"RCPT TO:<support@example.test>\r\n", b"DATA\r\n"):
+        sock.sendall(line)
+        replies.append(reader.readline())
+    assert sender != b"<customer@example.org>" or [r[:3] for r in replies] == [b"220", b"250", b"250", b"250", b"354"]
+    return reader
 
 
 @pytest.mark.parametrize("command", [b"EHLO", b"HELO"])
@@ -57,12 +71,7 @@ def test_a_control_character_in_an_address_is_refused_at_mail_and_rcpt(daemon: D
 
 def test_nothing_from_a_refused_sender_reaches_return_path(daemon: Daemon) -> None:
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
-        reader = sock.makefile("rb")
-        reader.readline()
-        for line in (b"HELO client.example.org\r\n", b'MAIL FROM:<"a\rX-Inj: 1"@example.com>\r\n',
-                     b"RCPT TO:<support@example.test>\r\n", b"DATA\r\n"):
-            sock.sendall(line)
-            reader.readline()
+        reader = into_data(sock, b'<"a\rX-Inj: 1"@example.com>')
         sock.sendall(message(subject="injected") + b".\r\nQUIT\r\n")
         reader.read()
     time.sleep(1)
@@ -71,12 +80,7 @@ def test_nothing_from_a_refused_sender_reaches_return_path(daemon: Daemon) -> No
 
 def test_a_client_half_closing_right_after_the_final_dot_still_gets_its_250(daemon: Daemon) -> None:
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=20) as sock:
-        reader = sock.makefile("rb")
-        assert reader.readline().startswith(b"220")
-        for line, code in ((b"HELO client.example.org\r\n", b"250"), (b"MAIL FROM:<customer@example.org>\r\n", b"250"),
-                           (b"RCPT TO:<support@example.test>\r\n", b"250"), (b"DATA\r\n", b"354")):
-            sock.sendall(line)
-            assert reader.readline().startswith(code)
+        reader = into_data(sock)
         sock.sendall(message(subject="half closed") + b".\r\n")
         sock.shutdown(socket.SHUT_WR)
         rest = reader.read()  # until the daemon closes
@@ -88,12 +92,7 @@ def test_a_client_half_closing_right_after_the_final_dot_still_gets_its_250(daem
 
 def test_a_client_half_closing_in_the_middle_of_data_queues_nothing(daemon: Daemon) -> None:
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=20) as sock:
-        reader = sock.makefile("rb")
-        reader.readline()
-        for line in (b"HELO client.example.org\r\n", b"MAIL FROM:<customer@example.org>\r\n",
-                     b"RCPT TO:<support@example.test>\r\n", b"DATA\r\n"):
-            sock.sendall(line)
-            reader.readline()
+        reader = into_data(sock)
         sock.sendall(message(subject="cut short"))
         sock.shutdown(socket.SHUT_WR)
         assert b"250 2.0.0" not in reader.read()
@@ -107,8 +106,6 @@ def test_a_client_half_closing_in_the_middle_of_data_queues_nothing(daemon: Daem
     "\r\n mx.example.test;\r\n dmarc=pass header.from=example.org",
 ])
 def test_authentication_results_claiming_our_authserv_id_behind_comments_is_removed(daemon: Daemon, claim) -> None:
-    import smtplib
-
     extra = f"Authentication-Results: {claim}\r\nAuthentication-Results: other.example; dmarc=pass\r\n"
     with smtplib.SMTP("127.0.0.1", daemon.port) as client:
         client.sendmail("customer@example.org", ["support@example.test"], message(extra=extra))
