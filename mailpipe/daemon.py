@@ -4,7 +4,8 @@ Life cycle: take the state directory's lock, recover what a crash left claimed, 
 and HTTP listeners, start the worker, then tell systemd READY=1. SIGHUP loads the config again
 and swaps it in only if it is valid (the old one keeps running otherwise); SIGTERM and SIGINT
 stop accepting, let sessions in DATA and hand-offs in flight finish within
-``shutdown_timeout``, and exit 0. No business logic lives here.
+``shutdown_timeout``, and exit 0. SIGHUPs in quick succession reload one after another, the
+newest file last. No business logic lives here.
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ class Daemon:
         self._monitors: Monitors | None = None
         self._incidents: Incidents | None = None
         self._prober: Prober | None = None
+        self._reloading = asyncio.Lock()
 
     async def run(self) -> int:
         config = self.config
@@ -257,7 +259,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.create_task(self.reload()))
 
     async def reload(self) -> bool:
-        """Swap in a freshly loaded config, or keep the running one if the new one is broken."""
+        """Swap in a freshly loaded config, or keep the running one if the new one is broken.
+        Reloads run one at a time in the order asked, each reading the file when its turn comes,
+        so the last SIGHUP always leaves the newest file running."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         self._notifier.reloading()
         try:
             assert self._store is not None
