@@ -89,7 +89,7 @@ class Metrics:
             ["level"], buckets=_RESPONSE_BUCKETS, registry=r)
         self.replies_held = Counter("mailpipe_replies_held", "Replies held by the double-reply guard.", registry=r)
         self.submission_auth = Counter(
-            "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked).",
+            "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked, busy).",
             ["result"], registry=r)
         self.autoreplies = Counter(
             "mailpipe_autoreplies", "Automatic acknowledgements of new cases by result (queued, or the reason "
@@ -153,7 +153,7 @@ class Metrics:
             "When the running configuration was loaded.", registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
-        for result in ("success", "failure", "locked"):
+        for result in ("success", "failure", "locked", "busy"):
             self.submission_auth.labels(result)
         for result in ("new", "duplicate", "invalid"):
             self.dmarc_reports.labels(result)
