@@ -116,7 +116,7 @@ class Triage:
                 await self._bounced(work, bounce)
             return work
         try:
-            found = await asyncio.to_thread(dmarc_reports.reports, work.message.data)
+            found = await dmarc_reports.read_reports(work.message.data)
         except dmarc_reports.ReportError as exc:
             self.metrics.dmarc_reports.labels("invalid").inc()
             raise Consumed(f"DMARC report address; unreadable report dropped: {exc}") from None
