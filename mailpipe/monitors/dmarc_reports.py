@@ -38,6 +38,7 @@ _MAX_RECORDS = 100_000
 _MAX_ELEMENTS = 4_000_000  # in all, records included
 _MAX_HELD = 10_000  # elements in memory at once: one record, the metadata, the policy
 _CHUNK = 64 * 1024
+_MAX_NUMBER = 2**63  # SQLite's and PostgreSQL's BIGINT
 _GZIP, _ZIP = b"\x1f\x8b", b"PK\x03\x04"
 _DECLARED = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._:-]+)[\"']")
 _KEPT = ("report_metadata", "policy_published")
@@ -304,11 +305,15 @@ def _text_of(element: ElementTree.Element, path: str) -> str:
 
 
 def _int(element: ElementTree.Element, path: str) -> int:
+    """A count or a timestamp: a whole number from 0 up to what a database integer holds."""
     value = _text_of(element, path)
     try:
-        return int(float(value)) if value else 0
-    except ValueError:
+        number = int(float(value)) if value else 0
+    except (ValueError, OverflowError):  # "x", "nan", "1e999"
         raise ReportError(f"{path}: {value!r} is not a number") from None
+    if not 0 <= number < _MAX_NUMBER:
+        raise ReportError(f"{path}: {value!r} is out of range")
+    return number
 
 
 def store_report(store: Store, report: Report, at: float) -> bool:

@@ -177,6 +177,7 @@ class Session(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        text = _one_line(text)
         if not self._in_ehlo:
             text = replies.enhance(text)
         self._listener.metrics.replies.labels(self._settings.name, text[:3]).inc()
@@ -221,6 +222,14 @@ class Session(SMTP):
             return
         self.transport.write(replies.SHUTTING_DOWN.format(host=self._settings.hostname).encode() + b"\r\n")
         self.transport.close()
+
+
+def _one_line(reply: str) -> str:
+    """A reply that echoes a client's argument (``502 Could not VRFY …``) stays one line of
+    UTF-8: control characters and undecodable bytes (lone surrogates) become "?"."""
+    if all(" " <= ch < "\x7f" for ch in reply):
+        return reply
+    return "".join("?" if ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff" else ch for ch in reply)
 
 
 def readable(argument: str | None) -> bool:
