@@ -40,6 +40,7 @@ log = logging.getLogger("mailpipe.worker")
 
 _IDLE_POLL = 1.0  # picks up `queue flush/release` from the CLI and deferred messages coming due
 _SPOOL_RETRY_FIRST, _SPOOL_RETRY_MAX = 0.5, 10.0  # backoff while the spool cannot be written
+_STORAGE_RETRY_MAX = 60.0  # mail deferred by a storage fault goes on within a minute of its end
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 W = TypeVar("W")
@@ -236,7 +237,7 @@ class Worker:
             log.error("storage fault: mail waits in the spool", extra={"queue": self.name, "storage": kind,
                                                                        "error": str(exc)})
         self.faults[kind] = reason
-        delay = min(settings.retry_max, settings.retry_initial * 2 ** message.entry.attempts)
+        delay = min(settings.retry_max, _STORAGE_RETRY_MAX, settings.retry_initial * 2 ** message.entry.attempts)
         await self._write(lambda: self._spool.defer(message.id, reason, delay))
         self._metrics.handoffs.labels(self.name, "deferred").inc()
         log.warning("deferred", extra={"queue_id": message.id, "delay": round(delay, 1), "reason": reason})
