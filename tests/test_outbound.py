@@ -308,7 +308,7 @@ def test_a_login_flood_waits_on_its_own_bounded_pool_and_triage_goes_on(desk) ->
     try:
         wait_until(lambda: codes[454] >= 30, timeout=60)  # the pool is full and refusing
         customer_writes(daemon, subject="during the flood")
-        (delivered,) = delivered_to_owner(daemon)  # triaged while the flood goes on
+        (delivered,) = daemon.delivered(timeout=60)  # triaged while the flood goes on
         assert not stop.is_set() and all(thread.is_alive() for thread in flood)
     finally:
         stop.set()
