@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from mailpipe import keys
 from mailpipe.outbound import signing
 from mailpipe.outbound.stamp import stamp
 from mailpipe.spool import Envelope, Spool
@@ -94,8 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     messages = [reply(n) for n in range(args.messages)]
     print(f"{args.messages} replies of {sum(map(len, messages)) // len(messages):,} bytes (ISO-2022-JP text + HTML)")
-    rsa_key = signing.SigningKey("example.com", "rsa", "rsa-sha256", signing.generate("rsa-sha256"))
-    ed_key = signing.SigningKey("example.com", "ed", "ed25519-sha256", signing.generate("ed25519-sha256"))
+    rsa_key = keys.SigningKey("example.com", "rsa", "rsa-sha256", keys.generate("rsa-sha256"))
+    ed_key = keys.SigningKey("example.com", "ed", "ed25519-sha256", keys.generate("ed25519-sha256"))
     openssl_key = serialization.load_pem_private_key(rsa_key.private_key, None)
 
     _, stamped = timed("stamp (footer in both alternatives)", lambda raw: stamp(raw, FOOTER, "mx", 0).data,

@@ -49,10 +49,11 @@ from mailpipe import auth  # noqa: E402
 from mailpipe import config as configuration  # noqa: E402
 from mailpipe.deliver.maildir import MaildirDeliverer  # noqa: E402
 from mailpipe.metrics import Metrics  # noqa: E402
-from mailpipe.pipeline import Triage, Work  # noqa: E402
 from mailpipe.spool import Entry, Envelope, Message, new_queue_id  # noqa: E402
 from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
 from mailpipe.triage import load as triage_load  # noqa: E402
+from mailpipe.triage.stages import Triage  # noqa: E402
+from mailpipe.triage.work import Work  # noqa: E402
 from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
 from tests.triage_corpus import build, entries  # noqa: E402
 

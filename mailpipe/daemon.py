@@ -19,8 +19,8 @@ import ssl
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mailpipe import auth, credentials, logs
 from mailpipe import config as configuration
@@ -29,11 +29,14 @@ from mailpipe.data import shipped
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
+from mailpipe.errors import Problems
 from mailpipe.http import StatusServer
+from mailpipe.keys import SigningKey, SigningKeyError, load_key
 from mailpipe.metrics import Metrics
 from mailpipe.monitors import profiles
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.probes import Prober, ProbeSettings
+from mailpipe.monitors.returned import Returned
 from mailpipe.monitors.runner import Monitors, MonitorSettings
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import classify
@@ -41,8 +44,8 @@ from mailpipe.outbound.acknowledge import Acknowledger
 from mailpipe.outbound.queue import SendQueue
 from mailpipe.outbound.replies import Replies, ReplyWork
 from mailpipe.outbound.send import Transport, resolver
-from mailpipe.outbound.signing import Signer, SigningKey, SigningKeyError, load_key
-from mailpipe.pipeline import Triage, Work
+from mailpipe.outbound.signing import Signer
+from mailpipe.queues import INBOUND, OUTBOUND, QUEUES, SPOOLS, SUBMISSION
 from mailpipe.sdnotify import Notifier
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
 from mailpipe.smtp.server import Listener, ListenerSettings
@@ -52,7 +55,9 @@ from mailpipe.store import Store, StoreUnavailable
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
 from mailpipe.triage import load as triage_load
-from mailpipe.triage.rules import LEVELS, RulesError
+from mailpipe.triage.rules import LEVELS
+from mailpipe.triage.stages import Triage
+from mailpipe.triage.work import Work
 from mailpipe.worker import Route, Worker
 
 log = logging.getLogger("mailpipe.daemon")
@@ -119,37 +124,32 @@ def reply_catalog(config: Config) -> classify.Catalog:
     return classify.load(shipped("monitors") / "replies.toml", config.outbound.replies_overrides_path)
 
 
-@dataclass(frozen=True)
-class Routes:
-    """The three queues' routes, built from one config and swapped together on reload."""
-
-    inbound: Route[Work]
-    submission: Route[ReplyWork]
-    outbound: Route[Message]
-
-
 def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: Metrics, outbound: Spool,
-           traffic: Traffic, incidents: Incidents) -> Routes:
-    """Raises RulesError or CatalogError when policy files are broken: a reload then keeps the
-    routes already running."""
+           traffic: Traffic, incidents: Incidents) -> dict[str, Route[Any]]:
+    """Each queue's route (``mailpipe.queues``), built from one config and swapped together on
+    reload. Raises ``Problems`` (RulesError, CatalogError) when policy files are broken: a reload then
+    keeps the routes already running."""
     to_mailbox = deliverer(config)
     sign = Signer(keys)
     hostname = config.outbound_hostname
     acknowledger = Acknowledger(config.outbound, config.inbound.addresses, config.agents, sign, hostname, metrics)
     catalog = reply_catalog(config)
+    returned = Returned(store, metrics, to_mailbox, config.inbound.hostname, config.agents,
+                        config.monitors.dmarc_report_addresses, catalog, incidents)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound, config.monitors.dmarc_report_addresses, catalog,
-                    incidents)
+                    metrics, to_mailbox, acknowledger, outbound, returned, incidents)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
                       to_mailbox, hostname, metrics)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
     transport = Transport(config.outbound, hostname, resolver(nameservers), catalog)
     sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents)
     sending = config.outbound.spool(config.spool.max_stage_failures)
-    return Routes(
-        Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count, triage.summary),
-        Route(ReplyWork, replies.stages, replies.hand_off, config.spool, "outbound", summary=replies.summary),
-        Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary))
+    inbound: Route[Work] = Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count,
+                                 triage.summary)
+    submitted: Route[ReplyWork] = Route(ReplyWork, replies.stages, replies.hand_off, config.spool, OUTBOUND.name,
+                                        summary=replies.summary)
+    outgoing: Route[Message] = Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary)
+    return {INBOUND.name: inbound, SUBMISSION.name: submitted, OUTBOUND.name: outgoing}
 
 
 def store_failing(workers: Iterable[Worker]) -> bool:
@@ -185,9 +185,8 @@ class Daemon:
     async def run(self) -> int:
         config = self.config
         lock = SpoolLock(config.spool_path)
-        inbound = Spool(config.spool_path / "inbound.sqlite")
-        outbound = Spool(config.spool_path / "outbound.sqlite")
-        self._spools = {"inbound": inbound, "outbound": outbound}
+        self._spools = {name: Spool(config.spool_path / f"{name}.sqlite") for name in SPOOLS}
+        inbound, outbound = self._spools[INBOUND.spool], self._spools[OUTBOUND.spool]
         store = self._store = open_store(config)
         try:
             for name, spool in self._spools.items():
@@ -210,9 +209,8 @@ class Daemon:
                 outbound, self._metrics, config.submission_hostname, submission.max_recipients)
             self._listeners = {"inbound": Listener(listener_settings(config), self._handler, self._metrics),
                                "submission": Listener(submission_settings(config), self._submission, self._metrics)}
-            self._workers = {"inbound": Worker("inbound", inbound, built.inbound, self._metrics),
-                             "submission": Worker("submission", outbound, built.submission, self._metrics),
-                             "outbound": Worker("outbound", outbound, built.outbound, self._metrics)}
+            self._workers = {queue.name: Worker(queue.name, self._spools[queue.spool], built[queue.name], self._metrics)
+                             for queue in QUEUES}
             status = StatusServer(config.metrics.listen.host, config.metrics.listen.port, self._metrics,
                                   self._health)
             for listener in self._listeners.values():
@@ -273,10 +271,10 @@ class Daemon:
             settings = {"inbound": listener_settings(new), "submission": submission_settings(new)}
             assert self._incidents is not None
             keys = await asyncio.to_thread(signing_keys, new)
-            built = await asyncio.to_thread(routes, new, keys, self._store, self._metrics, self._spools["outbound"],
-                                            self._traffic, self._incidents)
+            built = await asyncio.to_thread(routes, new, keys, self._store, self._metrics,
+                                            self._spools[OUTBOUND.spool], self._traffic, self._incidents)
             watching = await asyncio.to_thread(monitor_settings, new, keys)
-        except (configuration.ConfigError, RulesError, classify.CatalogError, profiles.ProfileError) as exc:
+        except Problems as exc:
             return self._refuse(exc.problems)
         except (SigningKeyError, OSError, ssl.SSLError) as exc:
             return self._refuse([str(exc)])
@@ -290,8 +288,7 @@ class Daemon:
         self._handler.hostname = new.inbound.hostname
         self._submission.reconfigure(new.agents, new.inbound.addresses, new.submission.max_recipients)
         self._submission.hostname = new.submission_hostname
-        for name, route in (("inbound", built.inbound), ("submission", built.submission),
-                            ("outbound", built.outbound)):
+        for name, route in built.items():
             self._workers[name].route = route
         assert self._monitors is not None and self._prober is not None
         self._monitors.reconfigure(watching)
@@ -355,17 +352,16 @@ class Daemon:
                 self._metrics.storage_fault.labels(queue, kind).set(int(kind in worker.faults))
 
     async def _export_stats(self) -> None:
-        queues = (("inbound", "inbound"), ("outbound", "submission"), ("outbound", "outbound"))
         while True:
             await self._check_storage()
-            for spool_name, queue in queues:
+            for queue in QUEUES:
                 try:
-                    stats = await self._spools[spool_name].stats(queue)
+                    stats = await self._spools[queue.spool].stats(queue.name)
                 except sqlite3.Error:
                     continue  # the fault is the spool's, reported by its gauge and /healthz
                 for state, depth in stats.depth.items():
-                    self._metrics.spool_messages.labels(queue, state).set(depth)
-                    self._metrics.spool_oldest.labels(queue, state).set(stats.oldest_age[state])
+                    self._metrics.spool_messages.labels(queue.name, state).set(depth)
+                    self._metrics.spool_oldest.labels(queue.name, state).set(stats.oldest_age[state])
             for name, spool in self._spools.items():
                 commits, operations = spool.commit_groups
                 seen_commits, seen_operations = self._commits_seen.get(name, (0, 0))

@@ -1,6 +1,7 @@
 """Claims spooled messages, runs them through the stage table, hands them on, acks them.
 
-Outcomes, and what the spool does with each:
+One worker per queue (``mailpipe.queues``). Outcomes (``mailpipe.errors``), and what the spool
+does with each:
 - delivered: removed from the spool (only now: the next hop has the message);
 - ``TemporaryFailure``: deferred with exponential backoff, quarantined after ``max_lifetime``;
 - ``PermanentFailure``: quarantined with the next hop's answer;
@@ -31,10 +32,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from mailpipe.config import SpoolConfig
-from mailpipe.deliver import PartlyDeferred, PermanentFailure, TemporaryFailure
+from mailpipe.errors import Consumed, Held, PartlyDeferred, PermanentFailure, StoreUnavailable, TemporaryFailure
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Message, Spool, storage_error
-from mailpipe.store import StoreUnavailable
 
 log = logging.getLogger("mailpipe.worker")
 
@@ -54,15 +54,6 @@ def storage_fault(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         return "disk"
     return None
-
-
-class Consumed(Exception):
-    """A stage was this message's destination (a report parser): acknowledged, nothing more to do."""
-
-
-class Held(Exception):
-    """A stage wants a person to decide: the message is parked in ``hold`` with this reason
-    until ``mailpipe queue release`` (which marks it overridden) or ``delete``."""
 
 
 @dataclass(frozen=True)

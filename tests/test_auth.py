@@ -13,14 +13,15 @@ from email.header import decode_header, make_header
 import dns.resolver
 import pytest
 
-from mailpipe import auth, pipeline
+from mailpipe import auth
 from mailpipe import config as configuration
 from mailpipe.data import shipped
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Entry, Envelope, Message
 from mailpipe.store.sqlite import SQLiteStore
-from mailpipe.triage import rules
+from mailpipe.triage import rules, stages
+from mailpipe.triage.work import Work
 from tests.dns_peer import DKIM_SELECTOR, Unbound, sign, without_dkim, zones_for_tests
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: support@example.test\r\nSubject: hello\r\n"
@@ -130,17 +131,17 @@ def test_authentication_outlasting_its_bound_gives_temperror_and_the_mail_goes_o
     silent.bind(("127.0.0.1", 0))
     previous = dns.resolver.default_resolver
     monkeypatch.setattr(auth, "_DNS_TIMEOUT", 1.0)
-    monkeypatch.setattr(pipeline, "AUTH_TIMEOUT", 0.3)
+    monkeypatch.setattr(stages, "AUTH_TIMEOUT", 0.3)
     auth.configure_resolver([("127.0.0.1", silent.getsockname()[1])])
     config = configuration.load(None)
     store = SQLiteStore(tmp_path / "store.sqlite")
-    triage = pipeline.Triage(rules.load(shipped("rules")), config.agents, config.triage, store, "mx", Metrics(),
-                             MaildirDeliverer(tmp_path / "mail"))
+    triage = stages.Triage(rules.load(shipped("rules")), config.agents, config.triage, store, "mx", Metrics(),
+                           MaildirDeliverer(tmp_path / "mail"))
     entry = Entry("Q1", "active", Envelope("ceo@bank.test", ("support@localhost",), "127.0.0.1", "mx", "inbound"),
                   time.time(), len(SPOOFED), 0, 0, 1, 0.0, "")
 
-    async def run() -> pipeline.Work:
-        return await triage.authenticate(triage.parse(pipeline.Work(Message(entry, SPOOFED))))
+    async def run() -> Work:
+        return await triage.authenticate(triage.parse(Work(Message(entry, SPOOFED))))
 
     try:
         started = time.monotonic()

@@ -19,8 +19,8 @@ from aiosmtpd.lmtp import LMTP
 from mailpipe.config import Agent, SpoolConfig
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.metrics import Metrics
-from mailpipe.pipeline import Work
 from mailpipe.spool import Entry, Envelope, Message, Spool
+from mailpipe.triage.work import Work
 from mailpipe.worker import Route, Worker
 from tests.conftest import Daemon, free_port
 from tests.peers import SmtpSink

@@ -14,11 +14,10 @@ import pytest
 from mailpipe.config import TriageConfig
 from mailpipe.data import shipped
 from mailpipe.message import parse
-from mailpipe.pipeline import dmarc_verdict
 from mailpipe.store import CustomerRecord
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import examples, rules
-from mailpipe.triage.context import Context, History
+from mailpipe.triage.context import Context, History, dmarc_verdict
 from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate

@@ -1,9 +1,12 @@
-"""Hand a message to its owner's mailbox: Maildir on this machine, or SMTP/LMTP to the
-company's mail server. The worker passes the spooled bytes with mailpipe's headers on top (``headers.with_headers``);
-deliverers never alter them.
+"""Hand a message to its owner's mailbox: Maildir on this machine (``maildir``), or SMTP/LMTP
+to the company's mail server (``relay``). The worker passes the spooled bytes with mailpipe's
+headers on top (``headers.with_headers``); deliverers never alter them. ``notice`` composes the
+notes mailpipe itself files about a message (a held reply, a bounce) and wraps them, triage
+cards and DSNs for delivery.
 
-A deliverer raises ``TemporaryFailure`` (retry later) or ``PermanentFailure`` (quarantine);
-anything else it raises is treated by the worker as a crash of the stage.
+A deliverer raises ``TemporaryFailure`` (retry later) or ``PermanentFailure`` (quarantine),
+defined with the other queue outcomes in ``mailpipe.errors`` and re-exported here; anything
+else it raises is treated by the worker as a crash of the stage.
 """
 
 from __future__ import annotations
@@ -12,23 +15,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mailpipe.config import Agent
+from mailpipe.errors import PartlyDeferred as PartlyDeferred
+from mailpipe.errors import PermanentFailure as PermanentFailure
+from mailpipe.errors import TemporaryFailure as TemporaryFailure
 from mailpipe.spool import Message
-
-
-class TemporaryFailure(Exception):
-    """The next hop may accept later: a 4xx, a refused connection, a full disk."""
-
-
-class PartlyDeferred(TemporaryFailure):
-    """Some recipients are done with (delivered, or reported as failed); these are to be retried."""
-
-    def __init__(self, reason: str, recipients: Sequence[str]):
-        super().__init__(reason)
-        self.recipients = tuple(recipients)
-
-
-class PermanentFailure(Exception):
-    """The next hop refused for good: a 5xx."""
 
 
 class Deliverer(Protocol):

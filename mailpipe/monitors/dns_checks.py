@@ -25,7 +25,7 @@ import dns.reversename
 import spf
 
 from mailpipe import auth
-from mailpipe.outbound.signing import SigningKey
+from mailpipe.keys import SigningKey
 
 _UNAUTHORISED_PROBE = "192.0.2.255"  # TEST-NET-1: no SPF record should authorise it
 _MAX_LOOKUPS = 10

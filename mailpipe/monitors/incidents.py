@@ -13,38 +13,21 @@ writes "my mail does not arrive at Gmail" during a Google incident is boosted by
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
 from mailpipe.metrics import Metrics
-from mailpipe.store import IncidentRecord, Store, StoreUnavailable
+from mailpipe.providers import OTHER
+from mailpipe.store import IncidentRecord, IncidentStore, StoreUnavailable
 
 log = logging.getLogger("mailpipe.monitors")
 
 SIGNIFICANT = frozenset({"authentication", "reputation", "policy", "content"})
-ALIASES = {"gmail": "google", "google": "google", "yahoo": "yahoo", "aol": "yahoo", "outlook": "microsoft",
-           "hotmail": "microsoft", "microsoft": "microsoft", "yahoo_japan": "yahoo_japan"}
-# How customers name a provider in their mail.
-MENTIONS = {
-    "google": re.compile(r"gmail|google|googlemail|ジーメール|グーグル", re.IGNORECASE),
-    "yahoo": re.compile(r"yahoo|ヤフー|\baol\b", re.IGNORECASE),
-    "microsoft": re.compile(r"outlook|hotmail|microsoft|live\.com|\bmsn\b|マイクロソフト|ホットメール", re.IGNORECASE),
-    "yahoo_japan": re.compile(r"yahoo\.co\.jp|ヤフー", re.IGNORECASE),
-}
-
-
-def provider_of(name: str) -> str:
-    """A provider as rules may spell it ("gmail") to the reply catalog's name ("google")."""
-    key = name.strip().lower()
-    if key not in ALIASES:
-        raise ValueError(f"unknown provider {name!r} (one of {', '.join(sorted(ALIASES))})")
-    return ALIASES[key]
 
 
 class Incidents:
-    def __init__(self, store: Store, metrics: Metrics, *, threshold: int = 3, window: float = 600.0,
+    def __init__(self, store: IncidentStore, metrics: Metrics, *, threshold: int = 3, window: float = 600.0,
                  quiet: float = 1800.0, clock: Callable[[], float] = time.time):
         self.store = store
         self.metrics = metrics
@@ -78,7 +61,7 @@ class Incidents:
             log.warning("incident not recorded: store unreachable", extra={"provider": provider, "error": str(exc)})
 
     def _observe(self, provider: str, klass: str, reply: str, customer: str) -> None:
-        if klass not in SIGNIFICANT or provider == "other":
+        if klass not in SIGNIFICANT or provider == OTHER:
             return
         now = self._clock()
         recent = self._recent[provider]

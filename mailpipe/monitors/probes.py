@@ -27,7 +27,8 @@ from email.utils import format_datetime
 from mailpipe.config import Seed
 from mailpipe.deliver import headers
 from mailpipe.metrics import Metrics
-from mailpipe.monitors.incidents import provider_of
+from mailpipe.providers import provider_of
+from mailpipe.queues import SUBMISSION
 from mailpipe.spool import Envelope, Spool
 
 log = logging.getLogger("mailpipe.monitors")
@@ -162,7 +163,7 @@ class Prober:
             token = f"mp-{secrets.token_hex(8)}"
             now = self._clock()
             data = probe_message(token, seed, settings.sender, settings.hostname, now)
-            envelope = Envelope(settings.sender, (seed.address,), "127.0.0.1", settings.hostname, "submission",
+            envelope = Envelope(settings.sender, (seed.address,), "127.0.0.1", settings.hostname, SUBMISSION.name,
                                 settings.agent)
             await self.spool.enqueue(envelope, data)
             self._pending[token] = Pending(token, seed, now)

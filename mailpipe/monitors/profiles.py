@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailpipe.errors import Problems
+
 _REQUIREMENT_KEYS = frozenset({"id", "description", "scope", "since", "source", "all", "any"})
 _PROFILE_KEYS = frozenset({"provider", "name", "source", "requirements"})
 
 
-class ProfileError(Exception):
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class ProfileError(Problems):
+    """Problems in the provider requirement profiles."""
 
 
 @dataclass(frozen=True)

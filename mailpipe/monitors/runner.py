@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailpipe import auth
+from mailpipe.keys import SigningKey
 from mailpipe.metrics import Metrics
 from mailpipe.monitors import dns_checks, profiles
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.traffic import Traffic
-from mailpipe.outbound.signing import SigningKey
-from mailpipe.store import DmarcSummary, Store, StoreUnavailable
+from mailpipe.store import DmarcStore, DmarcSummary, StoreUnavailable
 
 log = logging.getLogger("mailpipe.monitors")
 
@@ -42,7 +42,7 @@ class MonitorSettings:
 
 
 class Monitors:
-    def __init__(self, settings: MonitorSettings, traffic: Traffic, metrics: Metrics, store: Store,
+    def __init__(self, settings: MonitorSettings, traffic: Traffic, metrics: Metrics, store: DmarcStore,
                  incidents: Incidents | None = None):
         self.settings = settings
         self.incidents = incidents

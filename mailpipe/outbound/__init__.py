@@ -1,8 +1,11 @@
 """The outbound path: what happens to an agent's reply between submission and the recipient's MX.
 
-``stamp`` (owner and phone footer, internal headers and subject tags removed), ``dkim``
-(signing, the last change made to a message), ``classify`` (every remote reply by provider
-and class), ``send`` (MX or smarthost, TLS, per-reply outcomes), ``dsn`` (RFC 3464 reports to
-the agent) and ``submission`` (the stages a reply goes through, in one table). Stamping and
-classifying are pure functions; only ``send`` touches the network.
+``replies`` (the submission queue's stages, in one table: parse → thread → guard → stamp →
+sign), ``stamp`` (owner and phone footer, internal headers and subject tags removed),
+``signing`` (DKIM, the last change made to a message; the keys are ``mailpipe.keys``),
+``acknowledge`` (the automatic first response when a case opens), ``queue`` (the send queue's
+hand-off: one attempt, then each recipient's fate), ``send`` (MX or smarthost, TLS, per-reply
+outcomes), ``classify`` (every remote reply by provider and class, from the reply catalog) and
+``dsn`` (RFC 3464 reports to the agent). Stamping and classifying are pure functions; only
+``send`` touches the network.
 """

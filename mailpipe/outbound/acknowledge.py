@@ -25,6 +25,7 @@ from mailpipe.deliver import headers
 from mailpipe.message import ParsedMessage
 from mailpipe.metrics import Metrics
 from mailpipe.outbound.signing import Signer
+from mailpipe.queues import OUTBOUND
 from mailpipe.spool import Envelope, Message
 from mailpipe.store import InboundRecord
 
@@ -147,6 +148,6 @@ class Acknowledger:
             response_time=getattr(self.settings.response_times, level), hostname=self.hostname,
             queue_id=message.id, now=message.entry.received_at)
         signed = self.signer.sign(data, domain_of(support))
-        onward = Envelope("", (record.customer.address,), "", "", "outbound")
+        onward = Envelope("", (record.customer.address,), "", "", OUTBOUND.name)
         self.metrics.autoreplies.labels("queued").inc()
         return Acknowledgement(f"{message.id}-ack", onward, signed)

@@ -1,8 +1,9 @@
 """Every remote SMTP answer, classified by provider and class, from a catalog kept as data.
 
 The catalog is ``monitors/replies.toml`` (shipped) plus any ``*.toml`` in the override
-directory, whose entries are tried first. A provider is recognised by its MX host names (or, for
-mail relayed through a smarthost, by the recipient's domain). A reply from a recognised
+directory, whose entries are tried first. A provider (``mailpipe.providers``, and any
+``[providers.NAME]`` an override file adds) is recognised by its MX host names (or, for mail
+relayed through a smarthost, by the recipient's domain). A reply from a recognised
 provider that no entry explains is ``unknown``: a text never seen before is how a provider's
 new rule first shows, so the caller logs it whole. Replies from anybody else fall back to the
 class their RFC 3463 enhanced status code implies. Pure: no I/O but reading the files.
@@ -16,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailpipe.errors import Problems
+from mailpipe.providers import OTHER, PROVIDERS, Provider
+
 CLASSES = ("authentication", "reputation", "content", "recipient", "policy", "other")
-ACCEPTED, UNKNOWN, OTHER_PROVIDER = "accepted", "unknown", "other"
+ACCEPTED, UNKNOWN, OTHER_PROVIDER = "accepted", "unknown", OTHER
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 # RFC 3463 subjects: addressing, mailbox, mail system, network, protocol, content, security.
 _BY_SUBJECT = {"1": "recipient", "2": "recipient", "3": "other", "4": "other", "5": "other", "6": "content",
@@ -26,10 +30,8 @@ _REPLY_KEYS = frozenset({"provider", "pattern", "class", "meaning", "source", "s
 _PROVIDER_KEYS = frozenset({"mx", "domains"})
 
 
-class CatalogError(Exception):
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class CatalogError(Problems):
+    """Problems in the reply catalog."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,6 @@ class Known:
     klass: str
     meaning: str
     source: str
-
-
-@dataclass(frozen=True)
-class Provider:
-    name: str
-    mx: tuple[str, ...]
-    domains: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -112,6 +107,8 @@ def load(shipped: Path, overrides: Path | None = None) -> Catalog:
                 entries.append(entry)
         for key in sorted(set(data) - {"providers", "replies"}):
             problems.append(f"{path}: {key}: unknown key")
+    for known in PROVIDERS:  # mailpipe.providers, after any a site declares in its own files
+        providers.setdefault(known.name, known)
     for entry in entries:
         if entry.provider != "*" and entry.provider not in providers:
             problems.append(f"{shipped}: provider {entry.provider!r} has replies but no [providers.{entry.provider}]")

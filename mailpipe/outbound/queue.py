@@ -6,7 +6,9 @@ ones that outlived ``max_lifetime``, produce one DSN to the sending agent's mail
 senders, like our automatic acknowledgements, get none: RFC 3464 2.2); recipients still
 deferred are retried alone (``PartlyDeferred``) with the worker's exponential backoff. Every
 reply is counted by provider and class, and a reply the catalog does not know from a known
-provider is logged with its full text — the earliest sign of a provider's rule change.
+provider is logged with its full text — the earliest sign of a provider's rule change. The
+monitors that watch accepted mail and refusals are handed in (``Traffic``, ``Incidents``): the
+send queue does not import them.
 """
 
 from __future__ import annotations
@@ -15,19 +17,30 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from mailpipe.addresses import canonical, domain_of
 from mailpipe.config import Agent, OutboundConfig
 from mailpipe.deliver import Deliverer, PartlyDeferred, notice
 from mailpipe.metrics import Metrics
-from mailpipe.monitors.incidents import Incidents
-from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import dsn
 from mailpipe.outbound.classify import ACCEPTED, CLASSES, UNKNOWN
 from mailpipe.outbound.send import Attempt, Reply, Transport
 from mailpipe.spool import Message
 
 log = logging.getLogger("mailpipe.outbound")
+
+
+class Traffic(Protocol):
+    """What watches the mail providers accepted (``monitors.traffic.Traffic``)."""
+
+    def observe(self, provider: str, tls: bool, raw: bytes) -> None: ...
+
+
+class Incidents(Protocol):
+    """What counts refusals into provider incidents (``monitors.incidents.Incidents``)."""
+
+    def observe(self, provider: str, klass: str, reply: str, customer: str) -> None: ...
 
 
 class SendQueue:

@@ -23,13 +23,14 @@ from datetime import UTC, datetime
 from mailpipe.addresses import domain_of
 from mailpipe.config import Agent, OutboundConfig
 from mailpipe.deliver import Deliverer, notice
+from mailpipe.errors import Held
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
 from mailpipe.outbound.signing import Signer
 from mailpipe.outbound.stamp import Stamped, render, stamp
+from mailpipe.queues import OUTBOUND
 from mailpipe.spool import Message, Spool
-from mailpipe.store import CaseRecord, Store
-from mailpipe.worker import Held
+from mailpipe.store import CaseRecord, ReplyStore
 
 log = logging.getLogger("mailpipe.outbound")
 
@@ -45,7 +46,7 @@ class ReplyWork:
 
 
 class Replies:
-    def __init__(self, agents: Sequence[Agent], settings: OutboundConfig, double_reply_window: float, store: Store,
+    def __init__(self, agents: Sequence[Agent], settings: OutboundConfig, double_reply_window: float, store: ReplyStore,
                  signer: Signer, spool: Spool, mailboxes: Deliverer, hostname: str, metrics: Metrics,
                  clock: Callable[[], float] = time.time):
         self.settings = settings
@@ -131,7 +132,7 @@ class Replies:
         for recipient in entry.envelope.rcpt_tos:
             by_domain.setdefault(domain_of(recipient), []).append(recipient)
         successors = [(f"{work.message.id}-{index}",
-                       dataclasses.replace(entry.envelope, rcpt_tos=tuple(rcpts), listener="outbound"), work.data)
+                       dataclasses.replace(entry.envelope, rcpt_tos=tuple(rcpts), listener=OUTBOUND.name), work.data)
                       for index, (_, rcpts) in enumerate(sorted(by_domain.items()))]
         await self.spool.replace(work.message.id, successors)
 

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailpipe.addresses import canonical, domain_of
 from mailpipe.config import InboundConfig
 from mailpipe.metrics import Metrics
+from mailpipe.queues import INBOUND
 from mailpipe.smtp import replies
 from mailpipe.spool import Envelope as SpoolEnvelope
 from mailpipe.spool import Spool, new_queue_id
@@ -85,7 +86,7 @@ def _printable(text: str) -> str:
 
 class InboundHandler:
     def __init__(self, policy: RecipientPolicy, spool: Spool, metrics: Metrics, hostname: str,
-                 listener: str = "inbound"):
+                 listener: str = INBOUND.name):
         self.policy = policy
         self.hostname = hostname
         self._spool = spool

@@ -28,6 +28,7 @@ from mailpipe.config import Agent
 from mailpipe.deliver.headers import split
 from mailpipe.message import decode_header
 from mailpipe.metrics import Metrics
+from mailpipe.queues import SUBMISSION
 from mailpipe.smtp import replies
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy, content_refusal
 from mailpipe.spool import Spool
@@ -40,7 +41,7 @@ class SubmissionHandler(InboundHandler):
     def __init__(self, agents: Sequence[Agent], support_addresses: Sequence[str], store: Store,
                  lockout: credentials.Lockout, spool: Spool, metrics: Metrics, hostname: str, max_recipients: int):
         super().__init__(RecipientPolicy(frozenset(), frozenset(), max_recipients), spool, metrics, hostname,
-                         listener="submission")
+                         listener=SUBMISSION.name)
         self.lockout = lockout
         self.hasher = credentials.Hasher()
         self._store = store

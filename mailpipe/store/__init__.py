@@ -1,10 +1,14 @@
-"""Customers, cases, assignments and history: one interface, SQLite by default.
+"""Customers, cases, assignments and history: one interface, SQLite by default, PostgreSQL shared.
 
-Callers see plain dataclasses and the ``Store`` protocol below, never SQL, so a PostgreSQL
-implementation can follow without changing them. Every write that triage makes for one message
-happens in ``record_inbound``, one transaction keyed by the spool's queue id: running the same
-message through triage again after a crash finds the earlier result instead of opening a second
-case.
+Callers see plain dataclasses and the protocols below, never SQL. ``sql.SQLStore`` holds the
+queries both backends run; ``sqlite.SQLiteStore`` (the embedded default, WAL mode) and
+``postgres.PostgresStore`` (several daemons sharing one view) differ only in connecting,
+locking and migrations; ``backends.open_store`` picks one from ``store.url``. A caller types its
+store with the role it uses (``TriageStore``, ``ReplyStore``, ``CaseNotes``,
+``IncidentStore``, ``DmarcStore``); ``Store`` is all of them, for the composition root and the
+CLI. Every write that triage makes for one message happens in ``record_inbound``, one
+transaction keyed by the spool's queue id: running the same message through triage again after
+a crash finds the earlier result instead of opening a second case.
 """
 
 from __future__ import annotations
@@ -13,13 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mailpipe.errors import StoreUnavailable as StoreUnavailable
+
 
 class StoreError(Exception):
     """The store cannot be used as asked: a schema from a newer mailpipe, an unknown field."""
-
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached now: the message waits in the spool and is tried again."""
 
 
 @dataclass(frozen=True)
@@ -168,18 +170,20 @@ class Profile:
 Decide = Callable[[str, Mapping[str, int]], tuple[tuple[str, str, str], ...]]
 
 
-class Store(Protocol):
-    def customer(self, address: str) -> CustomerRecord | None: ...
-
-    def upsert_customer(self, address: str, **fields: object) -> CustomerRecord: ...
-
-    def profile(self, address: str, now: float) -> Profile | None: ...
+class CaseLookup(Protocol):
+    """The case a message belongs to, by thread, token or customer."""
 
     def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
                   customer_address: str) -> CaseRecord | None:
         ...
 
-    def inbound(self, queue_id: str) -> InboundRecord | None: ...
+
+class TriageStore(CaseLookup, Protocol):
+    """What the inbound stages read and write (``triage.stages``)."""
+
+    def profile(self, address: str, now: float) -> Profile | None: ...
+
+    def away(self) -> frozenset[str]: ...
 
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
@@ -191,23 +195,16 @@ class Store(Protocol):
         no other message took it within that many seconds."""
         ...
 
-    def open_load(self) -> dict[str, int]: ...
 
-    def open_cases(self) -> dict[str, tuple[int, float]]: ...
+class CaseNotes(CaseLookup, Protocol):
+    """What a bounce needs: its case, and a note on it (``monitors.returned``)."""
 
-    def cases(self, status: str | None = None, limit: int = 100) -> tuple[CaseRecord, ...]: ...
+    def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool: ...
 
-    def set_status(self, case_id: int, status: str, at: float) -> bool: ...
 
-    def set_away(self, agent: str, away: bool, at: float) -> None: ...
-
-    def away(self) -> frozenset[str]: ...
-
-    def cases_of(self, customer_id: int, limit: int = 10) -> tuple[CaseRecord, ...]: ...
-
-    def case(self, case_id: int) -> CaseRecord | None: ...
-
-    def customer_of(self, case_id: int) -> CustomerRecord | None: ...
+class ReplyStore(CaseLookup, Protocol):
+    """What an agent's reply needs: its case, the message it answers, the double-reply guard
+    and the record of the reply (``outbound.replies``)."""
 
     def answered_message(self, case_id: int, in_reply_to: tuple[str, ...]) -> str: ...
 
@@ -219,19 +216,9 @@ class Store(Protocol):
                      at: float) -> ReplyRecord:
         ...
 
-    def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
-                            records: Sequence[DmarcRow], at: float) -> bool:
-        ...
 
-    def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]: ...
-
-    def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool: ...
-
-    def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
-
-    def case_messages(self, case_id: int) -> tuple[CaseMessage, ...]: ...
-
-    def case_assignments(self, case_id: int) -> tuple[Assignment, ...]: ...
+class IncidentStore(Protocol):
+    """Provider incidents (``monitors.incidents``)."""
 
     def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord: ...
 
@@ -240,6 +227,48 @@ class Store(Protocol):
     def end_incident(self, incident_id: int, at: float) -> None: ...
 
     def incidents(self, *, active: bool = False, since: float = 0.0) -> tuple[IncidentRecord, ...]: ...
+
+
+class DmarcStore(Protocol):
+    """DMARC aggregate reports (``monitors.dmarc_reports``, ``monitors.runner``)."""
+
+    def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
+                            records: Sequence[DmarcRow], at: float) -> bool:
+        ...
+
+    def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]: ...
+
+
+class Store(TriageStore, CaseNotes, ReplyStore, IncidentStore, DmarcStore, Protocol):
+    """Every role at once, as ``sql.SQLStore`` implements it: for the daemon and the CLI."""
+
+    def customer(self, address: str) -> CustomerRecord | None: ...
+
+    def upsert_customer(self, address: str, **fields: object) -> CustomerRecord: ...
+
+    def inbound(self, queue_id: str) -> InboundRecord | None: ...
+
+    def open_load(self) -> dict[str, int]: ...
+
+    def open_cases(self) -> dict[str, tuple[int, float]]: ...
+
+    def cases(self, status: str | None = None, limit: int = 100) -> tuple[CaseRecord, ...]: ...
+
+    def set_status(self, case_id: int, status: str, at: float) -> bool: ...
+
+    def set_away(self, agent: str, away: bool, at: float) -> None: ...
+
+    def cases_of(self, customer_id: int, limit: int = 10) -> tuple[CaseRecord, ...]: ...
+
+    def case(self, case_id: int) -> CaseRecord | None: ...
+
+    def customer_of(self, case_id: int) -> CustomerRecord | None: ...
+
+    def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
+
+    def case_messages(self, case_id: int) -> tuple[CaseMessage, ...]: ...
+
+    def case_assignments(self, case_id: int) -> tuple[Assignment, ...]: ...
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None: ...
 

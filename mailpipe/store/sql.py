@@ -1,17 +1,20 @@
 """The store's queries, written once for SQLite and PostgreSQL.
 
-``SQLStore`` holds every query; a dialect subclass supplies connections (``_conn``: one per
+``SQLStore`` holds the desk's queries (customers, cases, messages, assignments, replies, notes,
+agents' state and passwords); a dialect subclass supplies connections (``_conn``: one per
 thread, speaking sqlite3's ``execute(sql, params)`` with ``?`` placeholders), how a write
 transaction begins (``_BEGIN``), how a read row is locked for the rest of it (``_LOCK``), and
 how new assignments are serialised (``_lock_assignments``). The SQL itself is the subset both
-understand: ``INSERT … ON CONFLICT``, ``RETURNING``, ``CASE``, no dialect functions.
+understand: ``INSERT … ON CONFLICT``, ``RETURNING``, ``CASE``, no dialect functions. The
+queries for DMARC reports and incidents (``deliverability``) and for export and import
+(``transfer``) are written beside it, in classes ``SQLStore`` inherits.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from mailpipe.addresses import canonical
@@ -24,15 +27,14 @@ from mailpipe.store import (
     CaseRecord,
     CustomerRecord,
     Decide,
-    DmarcRow,
-    DmarcSummary,
     EarlierReply,
     InboundRecord,
-    IncidentRecord,
     Profile,
     ReplyRecord,
     StoreError,
 )
+from mailpipe.store.deliverability import DeliverabilityQueries
+from mailpipe.store.transfer import TransferQueries
 
 Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks like one
 
@@ -81,12 +83,7 @@ class _LoadOnFirstUse(Mapping[str, int]):
         return len(self._loaded())
 
 
-# Every table, parents before children: the order export writes and import reads.
-TABLES = ("customers", "cases", "messages", "assignments", "agent_state", "credentials", "dmarc_reports",
-          "dmarc_records", "case_notes", "incidents", "incident_customers")
-
-
-class SQLStore:
+class SQLStore(DeliverabilityQueries, TransferQueries):
     _BEGIN = "BEGIN"
     _LOCK = ""
 
@@ -110,42 +107,6 @@ class SQLStore:
 
     def migrate(self) -> int:
         raise NotImplementedError
-
-    def dump(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every row of every table, as (table, row): what ``mailpipe store export`` writes."""
-        conn = self._conn()
-        for table in TABLES:
-            cursor = conn.execute(f"SELECT * FROM {table}")
-            names = [column[0] for column in cursor.description]
-            for row in cursor.fetchall():
-                yield table, dict(zip(names, row, strict=True))
-
-    def load(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        """Writes dumped rows into this (empty) store in one transaction; returns how many."""
-        count = 0
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                if conn.execute("SELECT count(*) FROM customers").fetchone()[0]:
-                    raise StoreError("the store to import into already has customers: import into an empty one")
-                for table, row in rows:
-                    if table not in TABLES:
-                        raise StoreError(f"unknown table {table!r} in the export")
-                    columns = ", ".join(row)
-                    conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
-                                 tuple(row.values()))
-                    count += 1
-                self._after_load(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        return count
-
-    def _after_load(self, conn: Connection) -> None:
-        """Whatever the dialect needs after rows arrived with their own ids."""
 
     def customer(self, address: str) -> CustomerRecord | None:
         row = self._conn().execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE address = ?",
@@ -409,39 +370,6 @@ class SQLStore:
                 raise
         return ReplyRecord(case, first_response=first, already_recorded=bool(done))
 
-    def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
-                            records: Sequence[DmarcRow], at: float) -> bool:
-        """False when this reporter's report was imported before (reports are re-sent, and the
-        same file may be imported by hand too)."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                new = conn.execute("INSERT INTO dmarc_reports (reporter, report_id, domain, begin_at, end_at,"
-                                   " imported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                                   (reporter, report_id, domain, begin, end, at)).rowcount > 0
-                if new:
-                    conn.executemany("INSERT INTO dmarc_records (reporter, report_id, source_ip, count, dkim_aligned,"
-                                     " spf_aligned, disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     [(reporter, report_id, r.source_ip, r.count, int(r.dkim_aligned),
-                                       int(r.spf_aligned), r.disposition) for r in records])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        return new
-
-    def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]:
-        """Per reporter and source IP, over reports whose period ended after ``since``."""
-        rows = self._conn().execute(
-            "SELECT r.reporter, r.source_ip, CAST(sum(r.count) AS BIGINT),"
-            " CAST(sum(r.count * r.dkim_aligned) AS BIGINT), CAST(sum(r.count * r.spf_aligned) AS BIGINT),"
-            " CAST(sum(CASE WHEN r.dkim_aligned + r.spf_aligned > 0 THEN r.count ELSE 0 END) AS BIGINT), max(d.end_at)"
-            " FROM dmarc_records r JOIN dmarc_reports d USING (reporter, report_id) WHERE d.end_at >= ?"
-            " GROUP BY r.reporter, r.source_ip", (since,))
-        return tuple(DmarcSummary(*row) for row in rows)
-
     def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool:
         """False when the message ``queue_id`` already left its note (a repeat after a crash)."""
         with self._writing:
@@ -461,56 +389,6 @@ class SQLStore:
     def case_assignments(self, case_id: int) -> tuple[Assignment, ...]:
         return tuple(Assignment(*row) for row in self._conn().execute(
             "SELECT case_id, agent, role, reason, at FROM assignments WHERE case_id = ? ORDER BY at, id", (case_id,)))
-
-    def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord:
-        with self._writing:
-            incident_id = self._conn().execute(
-                "INSERT INTO incidents (provider, class, sample, started_at, last_seen_at) VALUES (?, ?, ?, ?, ?)"
-                " RETURNING id", (provider, klass, sample, at, at)).fetchone()[0]
-        found = self._incident(incident_id)
-        assert found is not None
-        return found
-
-    def touch_incident(self, incident_id: int, at: float, customer: str) -> IncidentRecord:
-        """One more refusal in this incident, to ``customer``'s mail."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                conn.execute("UPDATE incidents SET last_seen_at = max(last_seen_at, ?), refusals = refusals + 1"
-                             " WHERE id = ?", (at, incident_id))
-                if customer:
-                    conn.execute("INSERT INTO incident_customers (incident_id, address) VALUES (?, ?)"
-                                 " ON CONFLICT DO NOTHING", (incident_id, canonical(customer)))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        found = self._incident(incident_id)
-        assert found is not None
-        return found
-
-    def end_incident(self, incident_id: int, at: float) -> None:
-        with self._writing:
-            self._conn().execute("UPDATE incidents SET ended_at = ? WHERE id = ?", (at, incident_id))
-
-    def incidents(self, *, active: bool = False, since: float = 0.0) -> tuple[IncidentRecord, ...]:
-        """Active ones, or all that were still going at ``since``; newest first."""
-        where = "ended_at IS NULL" if active else "(ended_at IS NULL OR ended_at >= ?)"
-        rows = self._conn().execute(f"SELECT id FROM incidents WHERE {where} ORDER BY started_at DESC",
-                                    () if active else (since,)).fetchall()
-        return tuple(record for (incident_id,) in rows if (record := self._incident(incident_id)) is not None)
-
-    def _incident(self, incident_id: int) -> IncidentRecord | None:
-        conn = self._conn()
-        row = conn.execute("SELECT id, provider, class, sample, started_at, last_seen_at, ended_at, refusals"
-                           " FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-        if row is None:
-            return None
-        customers = tuple(a for (a,) in conn.execute("SELECT address FROM incident_customers WHERE incident_id = ?"
-                                                     " ORDER BY address", (incident_id,)))
-        return IncidentRecord(*row, customers=customers)
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None:
         with self._writing:

@@ -1,1 +1,8 @@
-"""Triage: rules loaded from rules/ (policy as data), scoring with explanation, ownership."""
+"""Triage: what decides where an inbound message goes and how urgent it is.
+
+The inbound stage table is ``stages`` (route → parse → authenticate → profile → score →
+assign → acknowledge → annotate, over a ``work.Work``); beside it what it calls: ``rules``
+(loaded from rules/, policy as data, by ``load``) with ``expression`` and ``examples``,
+``context`` (what a rule may look at) and ``score``, ``assign`` (ownership and escalation, with
+``hours``), and ``render`` (our header fields and the triage card). Knows nothing of SMTP.
+"""

@@ -2,18 +2,22 @@
 
 The parsed message, what the store knows of the customer and their history, what inbound
 authentication concluded of DMARC, the providers with an active incident, and the clock. Text
-is folded once here (NFKC, casefold) for every keyword rule.
+is folded once here (NFKC, casefold) for every keyword rule. ``triage_context`` builds one
+from what the store returned, for the inbound stages and ``mailpipe score`` alike.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
+from mailpipe import auth
+from mailpipe.config import TriageConfig
 from mailpipe.message import ParsedMessage
-from mailpipe.store import CustomerRecord
+from mailpipe.store import CustomerRecord, Profile
+from mailpipe.triage.hours import within_business_hours
 
 
 def fold(text: str) -> str:
@@ -65,3 +69,33 @@ class Context:
         if self.message.is_reply:
             return self.folded_body
         return self.folded_subject + "\n" + self.folded_body
+
+
+def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
+                   authserv_id: str, verified: auth.Verdict | None = None,
+                   incidents: frozenset[str] = frozenset()) -> Context:
+    """What the rules see: the message, the customer and their history from the store, DMARC
+    (verified now, or as our own earlier Authentication-Results recorded it) and the clock.
+    Shared by the daemon and ``mailpipe score``."""
+    customer, history = None, History()
+    if profile is not None:
+        customer = profile.customer
+        open_since = profile.open_case.opened_at if profile.open_case else None
+        history = History(tuple(datetime.fromtimestamp(t, UTC) for t in profile.contacts),
+                          datetime.fromtimestamp(open_since, UTC) if open_since else None)
+    dmarc = verified.dmarc if verified is not None else dmarc_verdict(parsed, authserv_id)
+    return Context(parsed, now, customer=customer, history=history, dmarc=dmarc,
+                   business_hours=within_business_hours(now, desk), incidents=incidents)
+
+
+def dmarc_verdict(parsed: ParsedMessage, authserv_id: str) -> str:
+    """DMARC as recorded by an Authentication-Results header of our own authserv-id (RFC 8601:
+    anybody else's claims are not to be trusted); "none" when there is no such verdict."""
+    for value in parsed.headers.get("authentication-results", ()):
+        server, _, results = value.partition(";")
+        if server.strip().split()[0:1] != [authserv_id]:
+            continue
+        for result in ("fail", "pass"):
+            if f"dmarc={result}" in results.lower():
+                return result
+    return "none"

@@ -14,7 +14,7 @@ from email.header import Header
 from typing import Any
 
 from mailpipe.message import parse
-from mailpipe.monitors.incidents import provider_of
+from mailpipe.providers import provider_of
 from mailpipe.store import CustomerRecord
 from mailpipe.triage.context import Context
 from mailpipe.triage.rules import RuleSet

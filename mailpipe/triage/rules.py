@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailpipe.monitors.incidents import MENTIONS, provider_of
+from mailpipe.errors import Problems
+from mailpipe.providers import MENTIONS, provider_of
 from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT
 from mailpipe.triage.context import Context, fold
 from mailpipe.triage.expression import ExpressionError, Predicate, compile_expression
@@ -50,10 +51,8 @@ _EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "cu
 Condition = Callable[[Context], str | None]
 
 
-class RulesError(Exception):
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class RulesError(Problems):
+    """Problems in the urgency rules."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Other modules never read TOML: the composition root (``mailpipe.daemon``) loads 
 here and hands each part the section it needs. Every error names the file and the dotted key
 (and the line for TOML syntax errors). Every bad key is reported at once, then the checks that
 span several keys, so ``check-config`` and a refused SIGHUP reload list what is wrong together.
+The sections are declared here as dataclasses; ``convert`` turns TOML into them by their type
+hints (with ``Seconds``, ``Bytes`` and ``Endpoint``), and ``_check`` holds the rules that span
+keys. Provider names come from ``mailpipe.providers``, DKIM key checks from ``mailpipe.keys``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import ipaddress
 import os
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,36 +23,18 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
+from mailpipe.config.convert import Bytes, Endpoint, Seconds, convert
 from mailpipe.data import shipped
-from mailpipe.outbound.signing import SigningKeyError, load_key
+from mailpipe.errors import Problems
+from mailpipe.keys import SigningKeyError, load_key
+from mailpipe.providers import ALIASES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d")
 EMBEDDED = "<embedded defaults>"
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "KI": 1024, "MI": 1024**2, "GI": 1024**3}
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-class Seconds(float):
-    """A duration; config accepts 30, "30s", "5m", "2h" or "5d"."""
-
-
-class Bytes(int):
-    """A size; config accepts 1048576, "1MiB" or "1M"."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -314,12 +297,8 @@ class Config:
         return Path(self.delivery.maildir_root) if self.delivery.maildir_root else self.state_path / "mailboxes"
 
 
-class ConfigError(Exception):
+class ConfigError(Problems):
     """One or more problems, each already phrased as ``file: key: reason``."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 def load(path: Path | None = None) -> Config:
@@ -355,7 +334,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _build(data: dict[str, Any], source: str) -> Config:
     problems: list[str] = []
-    config = _convert(Config, data, "", source, problems)
+    config = convert(Config, data, "", source, problems)
     if not problems:
         problems.extend(_check(config, source))
     if problems:
@@ -419,8 +398,7 @@ def _check(config: Config, source: str) -> list[str]:
     if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
         problems.append(f"{source}: store.url: {config.store.url.split(':')[0]!r} is not postgresql:// (empty: SQLite)")
     for index, seed in enumerate(config.monitors.seeds):
-        if seed.provider.lower() not in ("google", "yahoo", "microsoft", "yahoo_japan", "gmail", "outlook",
-                                         "hotmail", "aol"):
+        if seed.provider.lower() not in ALIASES:
             problems.append(f"{source}: monitors.seeds[{index}].provider: {seed.provider!r} is not a known provider")
         if reason := syntax_problem(seed.address):
             problems.append(f"{source}: monitors.seeds[{index}].address: {seed.address!r}: {reason}")
@@ -443,88 +421,3 @@ def _check(config: Config, source: str) -> list[str]:
             except SigningKeyError as exc:
                 problems.append(f"{source}: dkim[{index}].key_file: {exc}")
     return problems
-
-
-def _convert(kind: Any, value: Any, key: str, source: str, problems: list[str]) -> Any:
-    """Build ``kind`` from TOML ``value``, appending a problem per bad key instead of raising."""
-
-    def bad(reason: str) -> None:
-        problems.append(f"{source}: {key or '(top level)'}: {reason}")
-
-    origin = typing.get_origin(kind)
-    if kind is Endpoint:
-        return _endpoint(value, bad)
-    if dataclasses.is_dataclass(kind):
-        if not isinstance(value, dict):
-            return bad("must be a table")
-        hints = typing.get_type_hints(kind)
-        fields = {f.name: f for f in dataclasses.fields(kind) if f.name != "source"}
-        for unknown in sorted(set(value) - set(fields)):
-            problems.append(f"{source}: {_join(key, unknown)}: unknown key")
-        args = {}
-        for name, spec in fields.items():
-            if name in value:
-                args[name] = _convert(hints[name], value[name], _join(key, name), source, problems)
-            elif spec.default is dataclasses.MISSING:
-                problems.append(f"{source}: {_join(key, name)}: missing")
-        try:
-            return kind(**args)
-        except TypeError:
-            return None
-    if origin is tuple:
-        if not isinstance(value, list):
-            return bad("must be an array")
-        (item,) = [a for a in typing.get_args(kind) if a is not Ellipsis]
-        return tuple(_convert(item, v, f"{key}[{i}]", source, problems) for i, v in enumerate(value))
-    if origin is Literal:
-        choices = typing.get_args(kind)
-        if value not in choices:
-            return bad(f"{value!r} is not one of {', '.join(map(str, choices))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        return bad("unsupported type")
-    return _scalar(kind, value, bad)
-
-
-def _scalar(kind: Any, value: Any, bad: Any) -> Any:
-    if kind is Seconds:
-        match = _DURATION.match(str(value)) if isinstance(value, (int, float, str)) else None
-        if not match or isinstance(value, bool):
-            return bad(f"{value!r} is not a duration (e.g. 30, \"30s\", \"5m\", \"5d\")")
-        return Seconds(float(match[1]) * _DURATION_UNITS[match[2]])
-    if kind is Bytes:
-        match = _SIZE.match(str(value)) if isinstance(value, (int, str)) else None
-        if not match or isinstance(value, bool):
-            return bad(f"{value!r} is not a size (e.g. 1048576, \"25MiB\")")
-        unit = (match[2] or "").upper().rstrip("B")
-        return Bytes(int(match[1]) * _SIZE_UNITS[unit])
-    if kind is bool:
-        return value if isinstance(value, bool) else bad(f"{value!r} is not true or false")
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return bad(f"{value!r} is not a non-negative integer")
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            return bad(f"{value!r} is not a string")
-        if any(ch in value for ch in "\r\n\0"):
-            return bad("must not contain line breaks or NUL (header injection)")
-        return value
-    return bad(f"unsupported type {kind!r}")
-
-
-def _endpoint(value: Any, bad: Any) -> Endpoint | None:
-    match = re.match(r"^\[?([^\]]+?)\]?:(\d{1,5})$", value) if isinstance(value, str) else None
-    if not match or not 0 < int(match[2]) < 65536:
-        return bad(f"{value!r} is not HOST:PORT")
-    host = match[1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            return bad(f"{host!r} is not an IP address (or localhost)")
-    return Endpoint(host, int(match[2]))
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,116 @@
+"""``mailpipe``: the daemon and the operator's commands, in the manner of postqueue/postsuper.
+
+    mailpipe serve [--config PATH]
+    mailpipe check-config [PATH]            the config and the rules it names
+    mailpipe score [--json] FILE...|-       explain a message's urgency, like rspamc
+    mailpipe rules test                     run every rule's examples
+    mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
+    mailpipe customers show ADDRESS         profile and case history
+    mailpipe cases list [--open] [--json]   cases, newest first
+    mailpipe cases close ID... | reopen ID...
+    mailpipe agents list [--json]           roster: tier, phone, on duty now, open cases
+    mailpipe agents away ID | back ID       take an agent out of (or back into) assignment
+    mailpipe agents passwd ID [--password-stdin]   set the agent's submission password
+    mailpipe stamp --owner ID FILE|-        preview what a customer gets: the stamped reply
+    mailpipe dkim keygen --domain D --selector S [--algorithm A] [--bits N] [--directory DIR]
+    mailpipe dmarc import FILE... [--json]  DMARC aggregate reports (XML, .gz, .zip or the e-mail)
+    mailpipe incidents [--days N] [--json]  providers refusing our mail, now and lately, with the customers hit
+    mailpipe store migrate                  create or upgrade the store's schema (SQLite or PostgreSQL)
+    mailpipe store export FILE | import FILE   every row as JSON lines: to move SQLite to PostgreSQL
+    mailpipe doctor DOMAIN [--provider gmail] [--nameserver HOST:PORT] [--ip IP...] [--json]
+                                            SPF, DKIM, DMARC, PTR, MX and a provider's requirements
+    mailpipe queue list [--json]            like postqueue -p
+    mailpipe queue show ID                  like postcat -q: envelope, then the message
+    mailpipe queue flush                    like postqueue -f: retry deferred mail now
+    mailpipe queue hold ID...|ALL           like postsuper -h
+    mailpipe queue release ID...|ALL        like postsuper -H; also retries quarantined mail
+    mailpipe queue delete ID...|ALL         like postsuper -d
+
+Queue commands work on the spool files directly, with or without a running daemon; the daemon
+picks up what they change within a second. Exit status: 0 success, 1 failure or not found,
+2 usage; the problems of a broken config, rules file, reply catalog or provider profile
+(``errors.Problems``) are printed one a line.
+
+This module holds ``serve`` and ``check-config`` and the order of the commands in ``--help``;
+each family of commands lives in its own module, its help text beside it: ``rules`` (score,
+rules test), ``desk`` (customers, cases, agents, stamp), ``deliverability`` (doctor, dkim,
+dmarc, incidents), ``store`` and ``queue``; ``common`` is the output they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailpipe import __version__
+from mailpipe import config as configuration
+from mailpipe.cli import deliverability, desk, queue, rules, store
+from mailpipe.cli.common import Commands, complain
+from mailpipe.data import shipped
+from mailpipe.errors import Problems
+from mailpipe.outbound import classify
+from mailpipe.store import StoreError, StoreUnavailable
+from mailpipe.triage import load as triage_load
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args))
+    except Problems as exc:
+        for problem in exc.problems:
+            complain(problem)
+        return 1
+    except (RuntimeError, OSError, StoreError, StoreUnavailable) as exc:
+        complain(str(exc))
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailpipe", description="Support-mail and deliverability daemon.")
+    parser.add_argument("--version", action="version", version=f"mailpipe {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="config file (default /etc/mailpipe/mailpipe.toml if present)")
+    commands = parser.add_subparsers(metavar="COMMAND")
+    for add in (_serve_command, rules.score, rules.rules, desk.customers, desk.cases, desk.agents, desk.stamping,
+                deliverability.dkim, deliverability.dmarc, store.store, deliverability.incidents,
+                deliverability.doctor, _check_config_command, queue.queue):
+        add(commands, common)
+    return parser
+
+
+def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    serve = commands.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mailpipe.daemon import serve
+
+    return serve(args.config)
+
+
+def _check_config_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    check = commands.add_parser("check-config", help="validate a config file; exit 0 when valid")
+    check.add_argument("path", nargs="?", type=Path)
+    check.set_defaults(run=_check_config, config=None)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.path)
+    ruleset = triage_load.ruleset(loaded.triage)
+    catalog = classify.load(shipped("monitors") / "replies.toml", loaded.outbound.replies_overrides_path)
+    print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, submission on "
+          f"{loaded.submission.listen}, {len(ruleset.rules)} rules from {len(ruleset.sources)} files, "
+          f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""What happens to an inbound message between the spool and the owners' mailboxes, in order.
+
+The order lives in one table, ``Triage.stages``: route → parse → authenticate → profile → score
+→ assign → acknowledge → annotate; ``hand_off`` then files the original and its triage card in
+each recipient's mailbox. ``route`` takes DMARC reports and bounces of our own mail off the
+queue (``monitors.returned``); the outbound twin of this table is ``outbound.replies``. Pure
+stages are plain functions of ``Work`` (``triage.work``); the two that read and write the store
+run in a thread. What the stages call lives beside them in ``triage/``: the rules and scoring,
+``assign``, ``context`` and ``render`` (our header fields and the triage card). ``assign``
+decides inside the transaction that records customer, case, message and assignments, and the
+recipients come from what it stored, never from a fresh decision, so a message triaged again
+after a crash goes to the same mailboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from mailpipe import auth
+from mailpipe.addresses import canonical
+from mailpipe.config import Agent, TriageConfig
+from mailpipe.deliver import Deliverer, headers, notice
+from mailpipe.errors import NoRecipients
+from mailpipe.message import parse
+from mailpipe.metrics import Metrics
+from mailpipe.monitors.incidents import Incidents
+from mailpipe.monitors.returned import Returned
+from mailpipe.outbound.acknowledge import Acknowledger
+from mailpipe.spool import Spool
+from mailpipe.store import TriageStore
+from mailpipe.triage.assign import assign
+from mailpipe.triage.context import triage_context
+from mailpipe.triage.render import header_fields, incident_lines, triage_card
+from mailpipe.triage.rules import RuleSet
+from mailpipe.triage.score import evaluate
+from mailpipe.triage.work import Work, parsed_of, verdict_of
+
+AUTH_TIMEOUT = 15.0
+# DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
+# must not starve the store and Maildir work of the default pool. Threads start on first use.
+_AUTH_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="auth")
+
+
+Stage = Callable[[Work], Work | Awaitable[Work]]
+
+
+class Triage:
+    """The inbound stages with what they need: rules, roster, desk settings, store, clock."""
+
+    def __init__(self, rules: RuleSet, agents: Sequence[Agent], desk: TriageConfig, store: TriageStore, hostname: str,
+                 metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
+                 outbound: Spool | None = None, returned: Returned | None = None,
+                 incidents: Incidents | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.metrics = metrics
+        self.returned = returned
+        self.incidents = incidents
+        self.deliverer = deliverer
+        self.acknowledger = acknowledger
+        self.outbound = outbound
+        self.rules = rules
+        self.agents = tuple(agents)
+        self._by_id = {agent.id: agent for agent in self.agents}
+        self.desk = desk
+        self.store = store
+        self.hostname = hostname
+        self.clock = clock
+
+    @property
+    def stages(self) -> tuple[tuple[str, Stage], ...]:
+        return (
+            ("route", self.route),
+            ("parse", self.parse),
+            ("authenticate", self.authenticate),
+            ("profile", self.profile),
+            ("score", self.score),
+            ("assign", self.assign),
+            ("acknowledge", self.acknowledge),
+            ("annotate", self.annotate),
+        )
+
+    async def route(self, work: Work) -> Work:
+        """DMARC reports and bounces of our own mail go to ``monitors.returned``, which consumes
+        them; everything else is customer mail and goes on to the stages below."""
+        if self.returned is not None:
+            await self.returned.route(work.message)
+        return work
+
+    def parse(self, work: Work) -> Work:
+        return dataclasses.replace(work, parsed=parse(work.message.data))
+
+    async def authenticate(self, work: Work) -> Work:
+        """Bounded as a whole: slow DNS delays a message by at most AUTH_TIMEOUT, never holds it."""
+        envelope, parsed = work.message.entry.envelope, parsed_of(work)
+        try:
+            verdict = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                _AUTH_THREADS, auth.verify, work.message.data, envelope.mail_from, envelope.peer, envelope.helo,
+                parsed.sender), AUTH_TIMEOUT)
+        except TimeoutError:
+            from_domain = parsed.sender.rpartition("@")[2].lower()
+            verdict = auth.Verdict("temperror", envelope.mail_from.rpartition("@")[2].lower(), (), "temperror", "",
+                                   from_domain)
+        return dataclasses.replace(work, auth=verdict)
+
+    async def profile(self, work: Work) -> Work:
+        return await asyncio.to_thread(self._profile, work)
+
+    def _profile(self, work: Work) -> Work:
+        parsed = parsed_of(work)
+        sender = customer_address(work)
+        profile = self.store.profile(sender, work.message.entry.received_at) if sender else None
+        case = self.store.find_case(parsed.thread_ids, parsed.case_token, sender)
+        return dataclasses.replace(work, profile=profile, thread_case=case.id if case else None,
+                                   away=self.store.away())
+
+    def score(self, work: Work) -> Work:
+        now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
+        active = self.incidents.active() if self.incidents else frozenset()
+        context = triage_context(parsed_of(work), work.profile, now, self.desk, self.hostname, work.auth, active)
+        return dataclasses.replace(work, verdict=evaluate(self.rules, context))
+
+    async def assign(self, work: Work) -> Work:
+        return await asyncio.to_thread(self._assign, work)
+
+    def _assign(self, work: Work) -> Work:
+        parsed, verdict = parsed_of(work), verdict_of(work)
+
+        def decide(owner_now: str, load_now: Mapping[str, int]) -> tuple[tuple[str, str, str], ...]:
+            """Made inside the store's transaction on the owner and load as they are there:
+            another worker or daemon may have assigned meanwhile."""
+            return assign(self.agents, previous_owner=owner_now, escalate=verdict.escalate, load=load_now,
+                          away=work.away, now=self.clock(), desk=self.desk).reasons
+
+        record = self.store.record_inbound(
+            queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
+            message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
+            score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
+            escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language,
+            autoreply_window=self._autoreply_window(work))
+        roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
+        handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
+        recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
+        return dataclasses.replace(work, record=record, recipients=recipients)
+
+    def _autoreply_window(self, work: Work) -> float | None:
+        """The acknowledgement window to take with a new case, unless this message gets none."""
+        if self.acknowledger is None or self.acknowledger.suppressed(work.message, parsed_of(work)) is not None:
+            return None
+        return self.acknowledger.settings.autoreply_window
+
+    async def acknowledge(self, work: Work) -> Work:
+        if self.acknowledger is None or work.record is None:
+            return work
+        owner = self._by_id.get(work.record.case.owner)
+        decided = await asyncio.to_thread(self.acknowledger.decide, work.message, parsed_of(work), work.record, owner,
+                                          verdict_of(work).level)
+        return dataclasses.replace(work, acknowledgement=decided)
+
+    def annotate(self, work: Work) -> Work:
+        fields, subject = header_fields(work, self.hostname, self._by_id, self.desk.subject_tags)
+        card = triage_card(work, self.hostname, self._by_id, incident_lines(self.incidents, parsed_of(work)))
+        return dataclasses.replace(work, fields=fields, subject=subject, card=card, authserv_id=self.hostname)
+
+    async def hand_off(self, work: Work) -> None:
+        """The original with our headers on top, then its triage card, to each recipient's
+        mailbox in one hand-off per mailbox."""
+        if not work.recipients:
+            raise NoRecipients("triage chose no mailbox")
+        if work.acknowledgement is not None and self.outbound is not None:
+            ack = work.acknowledgement
+            await self.outbound.enqueue_once(ack.envelope, ack.data, ack.queue_id)
+        message = work.message
+        fields = b"".join(headers.field(name, value) for name, value in work.fields)
+        items = [(message, headers.with_headers(message.data, fields, work.subject, work.authserv_id))]
+        if work.card:
+            card = notice.derived(message, "T", work.card)
+            items.append((card, card.data))
+        for agent in work.recipients:
+            await self.deliverer.deliver(agent, items)
+
+    @staticmethod
+    def summary(work: Work) -> dict[str, str]:
+        return {"to": ",".join(a.id for a in work.recipients), "case": str(work.record.case.id) if work.record else "",
+                "level": work.verdict.level if work.verdict else ""}
+
+    def count(self, work: Work) -> None:
+        """Metrics for a message handed to its mailboxes: cases opened, assignments by kind."""
+        if work.record is None or work.verdict is None:
+            return
+        if work.record.new_case:
+            self.metrics.cases_opened.labels(work.verdict.level).inc()
+        for assignment in work.record.assignments:
+            kind = {"handler": "cover", "escalation": "escalation"}.get(assignment.role) or (
+                "sticky" if assignment.reason.startswith("sticky") else "least_loaded")
+            agent = self._by_id.get(assignment.agent)
+            self.metrics.assignments.labels(agent.tier if agent else "unknown", kind).inc()
+
+
+def customer_address(work: Work) -> str:
+    """The customer is the From address; the envelope sender stands in when From is missing."""
+    parsed = parsed_of(work)
+    return canonical(parsed.sender or work.message.entry.envelope.mail_from)
