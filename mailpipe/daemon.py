@@ -4,7 +4,8 @@ Life cycle: take the state directory's lock, recover what a crash left claimed, 
 and HTTP listeners, start the worker, then tell systemd READY=1. SIGHUP loads the config again
 and swaps it in only if it is valid (the old one keeps running otherwise); SIGTERM and SIGINT
 stop accepting, let sessions in DATA and hand-offs in flight finish within
-``shutdown_timeout``, and exit 0. No business logic lives here.
+``shutdown_timeout``, and exit 0. SIGHUPs in quick succession reload one after another, the
+newest file last. No business logic lives here.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,7 @@ from mailpipe.worker import Route, Worker
 log = logging.getLogger("mailpipe.daemon")
 
 _STATS_INTERVAL = 2.0
+_SPOOL_OF = {"inbound": "inbound", "submission": "outbound", "outbound": "outbound"}  # queue -> spool file
 
 
 def listener_settings(config: Config) -> ListenerSettings:
@@ -155,6 +159,11 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     return {INBOUND.name: inbound, SUBMISSION.name: submitted, OUTBOUND.name: outgoing, DESK.name: commands}
 
 
+def store_failing(workers: Iterable[Worker]) -> bool:
+    """A worker defers mail because the store fails under it (read-only, disk full, corrupt)."""
+    return any("store" in worker.faults for worker in workers)
+
+
 def _itself(message: Message) -> Message:
     return message
 
@@ -179,6 +188,7 @@ class Daemon:
         self._incidents: Incidents | None = None
         self._prober: Prober | None = None
         self._learner: Learner | None = None
+        self._reloading = asyncio.Lock()
 
     async def run(self) -> int:
         config = self.config
@@ -259,7 +269,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.create_task(self.reload()))
 
     async def reload(self) -> bool:
-        """Swap in a freshly loaded config, or keep the running one if the new one is broken."""
+        """Swap in a freshly loaded config, or keep the running one if the new one is broken.
+        Reloads run one at a time in the order asked, each reading the file when its turn comes,
+        so the last SIGHUP always leaves the newest file running."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         self._notifier.reloading()
         try:
             assert self._store is not None
@@ -313,6 +329,17 @@ class Daemon:
         problems = self._fatal()
         if self._store_problem:
             problems["store"] = self._store_problem
+        problems.update(self._storage_faults())
+        return problems
+
+    def _storage_faults(self) -> dict[str, str]:
+        """Spools, the store and disks failing under the workers (disk full, read-only, corrupt):
+        mail waits, intake may answer 4xx, and all of it resumes by itself once the fault clears."""
+        problems = {f"spool:{name}": spool.fault for name, spool in self._spools.items() if spool.fault}
+        for queue, worker in self._workers.items():
+            for kind, reason in worker.faults.items():
+                key = f"spool:{_SPOOL_OF[queue]}" if kind == "spool" else kind
+                problems.setdefault(key, f"{queue} worker: {reason}")
         return problems
 
     def _fatal(self) -> dict[str, str]:
@@ -326,10 +353,28 @@ class Daemon:
             problems["spool"] = "spool writer is not running"
         return problems
 
+    async def _check_storage(self) -> None:
+        """Probes faulted spools so that they recover with no mail arriving, reopens the store's
+        connections while a worker reports it failing (a read-only open stays read-only), and
+        sets the gauges that say so."""
+        for name, spool in self._spools.items():
+            if spool.fault and await spool.probe():
+                log.warning("spool writable again", extra={"spool": name})
+            self._metrics.spool_up.labels(name).set(0 if spool.fault or not spool.healthy else 1)
+        if store_failing(self._workers.values()) and self._store is not None:
+            self._store.reconnect()
+        for queue, worker in self._workers.items():
+            for kind in ("spool", "store", "disk"):
+                self._metrics.storage_fault.labels(queue, kind).set(int(kind in worker.faults))
+
     async def _export_stats(self) -> None:
         while True:
+            await self._check_storage()
             for queue in QUEUES:
-                stats = await self._spools[queue.spool].stats(queue.name)
+                try:
+                    stats = await self._spools[queue.spool].stats(queue.name)
+                except sqlite3.Error:
+                    continue  # the fault is the spool's, reported by its gauge and /healthz
                 for state, depth in stats.depth.items():
                     self._metrics.spool_messages.labels(queue.name, state).set(depth)
                     self._metrics.spool_oldest.labels(queue.name, state).set(stats.oldest_age[state])
@@ -343,7 +388,7 @@ class Daemon:
             now = time.time()
             try:
                 open_cases = await asyncio.to_thread(self._store.open_cases)
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, sqlite3.Error) as exc:
                 if not self._store_problem:
                     log.error("store unreachable: mail waits in the spool", extra={"error": str(exc)})
                 self._store_problem = str(exc)
@@ -353,7 +398,7 @@ class Daemon:
             if self._store_problem:
                 log.warning("store reachable again")
             self._store_problem = ""
-            self._metrics.store_up.set(1)
+            self._metrics.store_up.set(0 if store_failing(self._workers.values()) else 1)
             for level in LEVELS:  # a level whose last open case was answered drops to 0
                 count, oldest = open_cases.get(level, (0, now))
                 self._metrics.cases_open.labels(level).set(count)

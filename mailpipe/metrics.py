@@ -96,7 +96,7 @@ class Metrics:
             ["level"], buckets=_RESPONSE_BUCKETS, registry=r)
         self.replies_held = Counter("mailpipe_replies_held", "Replies held by the double-reply guard.", registry=r)
         self.submission_auth = Counter(
-            "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked).",
+            "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked, busy).",
             ["result"], registry=r)
         self.autoreplies = Counter(
             "mailpipe_autoreplies", "Automatic acknowledgements of new cases by result (queued, or the reason "
@@ -149,6 +149,10 @@ class Metrics:
             ["reporter", "source_ip"], registry=r)
         self.store_up = Gauge("mailpipe_store_up", "1 while the store (SQLite or PostgreSQL) answers; at 0, mail "
                               "waits in the spool to be triaged.", registry=r)
+        self.spool_up = Gauge("mailpipe_spool_up", "1 while the spool file takes writes and reads back whole; at 0, "
+                              "intake answers 4xx and delivery waits.", ["spool"], registry=r)
+        self.storage_fault = Gauge("mailpipe_worker_storage_fault", "1 while a queue's worker defers mail because "
+                                   "the spool, the store or a disk fails under it.", ["queue", "storage"], registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(
@@ -156,7 +160,7 @@ class Metrics:
             "When the running configuration was loaded.", registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
-        for result in ("success", "failure", "locked"):
+        for result in ("success", "failure", "locked", "busy"):
             self.submission_auth.labels(result)
         for result in ("new", "duplicate", "invalid"):
             self.dmarc_reports.labels(result)

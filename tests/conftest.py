@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+_HANDED_OUT: set[int] = set()  # ports free_port returned: never twice in one test run
+
 
 def free_port() -> int:
     """A free port below the kernel's ephemeral range: a port the kernel hands out for binding
@@ -27,11 +29,14 @@ def free_port() -> int:
         lowest_ephemeral = 32768
     for _ in range(200):
         port = random.randint(20000, max(20001, lowest_ephemeral - 1))
+        if port in _HANDED_OUT:  # free still, but promised to a daemon that has not bound it yet
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port below the ephemeral range")
 

@@ -11,6 +11,7 @@ spool said it is on disk.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -143,6 +144,10 @@ class InboundHandler:
             listener=self.queue_for(envelope), submitter=self.submitter(session))
         try:
             await self._spool.enqueue(spool_envelope, stored, queue_id=queue_id)
+        except sqlite3.Error as exc:  # disk full, read-only, corrupt: the spool says why, no traceback
+            self._metrics.messages.labels(self._listener, "failed").inc()
+            log.error("spool write failed", extra={"queue_id": queue_id, "error": f"{type(exc).__name__}: {exc}"})
+            return replies.SPOOL_FAILED
         except Exception:
             self._metrics.messages.labels(self._listener, "failed").inc()
             log.exception("spool write failed", extra={"queue_id": queue_id})

@@ -3,7 +3,9 @@
 Agents log in with SMTP AUTH PLAIN or LOGIN as their agent id or address; the listener offers
 AUTH only over TLS (or from loopback when ``plaintext_auth_on_loopback``), and MAIL before AUTH
 gets ``530 5.7.0``, so nobody relays through us unauthenticated. Failed logins are counted per
-client address and per login; past ``max_auth_failures`` both are locked out (``454 4.7.0``).
+client address and per agent (its id and its address are one login); past ``max_auth_failures``
+both are locked out (``454 4.7.0``). Passwords are verified on a ``credentials.Hasher`` of their
+own, so a login flood waits there (or gets ``454`` past its queue) and triage keeps its threads.
 An agent may send only as the desk's support addresses or as itself, in the envelope and in
 the From header (``553 5.7.1``). Accepted replies go to the ``submission`` queue of the
 outbound spool with the agent's id; everything after the 250 (threading, stamping, signing,
@@ -43,6 +45,7 @@ class SubmissionHandler(InboundHandler):
         super().__init__(RecipientPolicy(frozenset(), frozenset(), max_recipients), spool, metrics, hostname,
                          listener=SUBMISSION.name)
         self.lockout = lockout
+        self.hasher = credentials.Hasher()
         self._store = store
         self._agents = {agent.id: agent for agent in agents}
         self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
@@ -59,24 +62,29 @@ class SubmissionHandler(InboundHandler):
     async def authenticate(self, session: Session, given: LoginPassword) -> AuthResult:
         login = given.login.decode("utf-8", "replace").strip()
         peer = session.peer[0] if session.peer else ""
-        keys = (f"ip:{peer}", f"login:{canonical(login)}")
+        agent = self._logins.get(canonical(login))
+        keys = (f"ip:{peer}", f"agent:{agent.id}" if agent else f"login:{canonical(login)}")
         if self.lockout.locked(*keys):
             self._metrics.submission_auth.labels("locked").inc()
             log.warning("authentication locked out", extra={"peer": peer, "login": login})
             return AuthResult(success=False, handled=False, message=replies.AUTH_LOCKED)
-        agent = self._logins.get(canonical(login))
         try:
             stored = await asyncio.to_thread(self._store.password_hash, agent.id) if agent else None
         except StoreUnavailable:
             return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
         password = given.password.decode("utf-8", "replace")
-        if agent is not None and await asyncio.to_thread(credentials.verify_password, password, stored):
+        try:
+            # an unknown login is as slow as a wrong password, so logins cannot be probed by timing
+            right = await self.hasher.verify(password, stored) and agent is not None
+        except credentials.Busy:
+            self._metrics.submission_auth.labels("busy").inc()
+            log.warning("authentication refused: password checks busy", extra={"peer": peer})
+            return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
+        if right and agent is not None:
             self.lockout.succeeded(*keys)
             self._metrics.submission_auth.labels("success").inc()
             log.info("authenticated", extra={"peer": peer, "agent": agent.id})
             return AuthResult(success=True, auth_data=agent.id, message=replies.AUTH_OK)
-        if agent is None:  # as slow as a wrong password, so logins cannot be probed by timing
-            await asyncio.to_thread(credentials.verify_password, password, None)
         self.lockout.failed(*keys)
         self._metrics.submission_auth.labels("failure").inc()
         log.warning("authentication failed", extra={"peer": peer, "login": login})

@@ -96,6 +96,10 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
     def _conn(self) -> Connection:
         raise NotImplementedError
 
+    def reconnect(self) -> None:
+        """Opens connections afresh from now on (after a storage fault: a file SQLite opened
+        read-only stays read-only on that connection); a pooled backend needs nothing."""
+
     def _lock_assignments(self, conn: Connection) -> None:
         """Serialises the load check of new assignments across every writer of the store."""
 
