@@ -26,7 +26,11 @@ _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 # RFC 3463 subjects: addressing, mailbox, mail system, network, protocol, content, security.
 _BY_SUBJECT = {"1": "recipient", "2": "recipient", "3": "other", "4": "other", "5": "other", "6": "content",
                "7": "policy"}
-_REPLY_KEYS = frozenset({"provider", "pattern", "class", "meaning", "source", "since"})
+_REPLY_KEYS = frozenset({"provider", "pattern", "class", "meaning", "action", "source", "since", "examples"})
+# A reply as an operator pastes it or a bounce quotes it: "550-5.7.26 …", "550 5.7.1 …", "550; 5.7.515 …",
+# "550: 5.7.1 …", or only the text (NDR tables, bounce bodies).
+_CODE = re.compile(r"^\s*([2-5]\d\d)(?:[ \t;:-]+|$)")
+_CONTINUATION = re.compile(r"^\s*[2-5]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}[ \t]+)?", re.MULTILINE)
 _PROVIDER_KEYS = frozenset({"mx", "domains"})
 
 
@@ -41,6 +45,9 @@ class Known:
     klass: str
     meaning: str
     source: str
+    since: str = ""
+    action: str = ""
+    examples: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class Classification:
     provider: str
     klass: str
     meaning: str = ""
+    entry: Known | None = None  # the catalog entry that matched: its source, date and action
 
     @property
     def unknown(self) -> bool:
@@ -75,18 +83,41 @@ class Catalog:
                 return candidate.name
         return OTHER_PROVIDER
 
-    def classify(self, provider: str, code: int, text: str) -> Classification:
-        if 200 <= code < 300:
+    def classify(self, provider: str, code: int | None, text: str) -> Classification:
+        """A reply's class; ``code`` None for a text quoted without its reply code."""
+        if code is not None and 200 <= code < 300:
             return Classification(provider, ACCEPTED)
-        flat = f"{code} " + " ".join(text.split())
+        flat = _flat(code, text)
         for scope in (provider, "*"):
             for entry in self.entries:
                 if entry.provider == scope and entry.pattern.search(flat):
-                    return Classification(provider, entry.klass, entry.meaning)
+                    return Classification(provider, entry.klass, entry.meaning, entry)
         if provider != OTHER_PROVIDER:
             return Classification(provider, UNKNOWN)
         enhanced = _ENHANCED.search(flat)
         return Classification(provider, _BY_SUBJECT.get(enhanced[2], "other") if enhanced else "other")
+
+
+def split_reply(reply: str) -> tuple[int | None, str]:
+    """A reply as pasted or quoted, to its code (None when it has none) and its text. The
+    continuation prefixes of a multi-line reply ("550-5.7.26 ") are dropped at line starts."""
+    stripped = reply.strip()
+    first = _CODE.match(stripped)
+    if first is None:
+        return None, " ".join(stripped.split())
+    lines = stripped.splitlines()
+    rest = [_CONTINUATION.sub("", line, count=1) for line in lines[1:]]
+    text = " ".join(" ".join([lines[0][first.end():], *rest]).split())
+    enhanced = _ENHANCED.match(text)
+    if enhanced:  # a multi-line reply already joined on one line: "… 550-5.7.1 send email …"
+        head, body = text[:enhanced.end()], text[enhanced.end():]
+        text = head + re.sub(rf" {first[1]}[ -]{re.escape(enhanced[0])}(?= )", "", body)
+    return int(first[1]), text
+
+
+def _flat(code: int | None, text: str) -> str:
+    """What patterns are searched in: "CODE TEXT" on one line, or the text alone."""
+    return " ".join(text.split()) if code is None else f"{code} " + " ".join(text.split())
 
 
 def load(shipped: Path, overrides: Path | None = None) -> Catalog:
@@ -158,4 +189,14 @@ def _entry(path: Path, index: int, spec: Any, problems: list[str]) -> Known | No
     except re.error as exc:
         problems.append(f"{where}: pattern: {exc}")
         return None
-    return Known(spec["provider"], pattern, spec["class"], spec["meaning"], spec.get("source", ""))
+    optional = {key: spec.get(key, "") for key in ("source", "since", "action")}
+    examples = spec.get("examples", [])
+    if not all(isinstance(v, str) for v in optional.values()) or not isinstance(examples, list) \
+            or not all(isinstance(x, str) for x in examples):
+        problems.append(f"{where}: source, since and action must be strings, examples an array of strings")
+        return None
+    for example in examples:
+        if not pattern.search(_flat(*split_reply(example))):
+            problems.append(f"{where}: examples: the pattern does not match {example[:60]!r}")
+    return Known(spec["provider"], pattern, spec["class"], spec["meaning"], optional["source"], optional["since"],
+                 optional["action"], tuple(examples))
