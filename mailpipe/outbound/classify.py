@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailpipe.data import shipped
 from mailpipe.errors import Problems
 from mailpipe.providers import OTHER, PROVIDERS, Provider
 
@@ -118,6 +119,11 @@ def split_reply(reply: str) -> tuple[int | None, str]:
 def _flat(code: int | None, text: str) -> str:
     """What patterns are searched in: "CODE TEXT" on one line, or the text alone."""
     return " ".join(text.split()) if code is None else f"{code} " + " ".join(text.split())
+
+
+def configured(overrides: Path | None) -> Catalog:
+    """The shipped catalog with a site's override directory (``outbound.replies_overrides``)."""
+    return load(shipped("monitors") / "replies.toml", overrides)
 
 
 def load(shipped: Path, overrides: Path | None = None) -> Catalog:
