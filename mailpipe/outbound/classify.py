@@ -1,12 +1,14 @@
 """Every remote SMTP answer, classified by provider and class, from a catalog kept as data.
 
 The catalog is ``monitors/replies.toml`` (shipped) plus any ``*.toml`` in the override
-directory, whose entries are tried first. A provider (``mailpipe.providers``, and any
-``[providers.NAME]`` an override file adds) is recognised by its MX host names (or, for mail
-relayed through a smarthost, by the recipient's domain). A reply from a recognised
-provider that no entry explains is ``unknown``: a text never seen before is how a provider's
-new rule first shows, so the caller logs it whole. Replies from anybody else fall back to the
-class their RFC 3463 enhanced status code implies. Pure: no I/O but reading the files.
+directory, whose entries are tried first (``configured``). A provider (``mailpipe.providers``,
+and any ``[providers.NAME]`` an override file adds) is recognised by its MX host names (or, for
+mail relayed through a smarthost, by the recipient's domain). Each entry carries real texts as
+examples, and loading refuses one whose own pattern does not match them. A reply from a
+recognised provider that no entry explains is ``unknown``: a text never seen before is how a
+provider's new rule first shows, so the caller logs it whole. Replies from anybody else fall
+back to the class their RFC 3463 enhanced status code implies. ``split_reply`` reads a reply
+as an operator pastes it or a bounce quotes it. Pure: no I/O but reading the files.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailpipe.data import shipped
+from mailpipe import data
 from mailpipe.errors import Problems
 from mailpipe.providers import OTHER, PROVIDERS, Provider
 
@@ -123,7 +125,7 @@ def _flat(code: int | None, text: str) -> str:
 
 def configured(overrides: Path | None) -> Catalog:
     """The shipped catalog with a site's override directory (``outbound.replies_overrides``)."""
-    return load(shipped("monitors") / "replies.toml", overrides)
+    return load(data.shipped("monitors") / "replies.toml", overrides)
 
 
 def load(shipped: Path, overrides: Path | None = None) -> Catalog:
