@@ -25,7 +25,6 @@ from typing import Any
 from mailpipe import auth, credentials, logs
 from mailpipe import config as configuration
 from mailpipe.config import Config
-from mailpipe.data import shipped
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
@@ -124,7 +123,7 @@ def monitor_settings(config: Config, keys: tuple[SigningKey, ...]) -> MonitorSet
 
 
 def reply_catalog(config: Config) -> classify.Catalog:
-    return classify.load(shipped("monitors") / "replies.toml", config.outbound.replies_overrides_path)
+    return classify.configured(config.outbound.replies_overrides_path)
 
 
 def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: Metrics, outbound: Spool,

@@ -31,7 +31,7 @@ PROVIDERS = (
              aliases=("gmail",),
              mentions=re.compile(r"gmail|google|googlemail|ジーメール|グーグル", re.IGNORECASE)),
     Provider("yahoo", mx=("yahoodns.net", "yahoo.com", "aol.com"),
-             domains=("yahoo.com", "ymail.com", "rocketmail.com", "aol.com", "aim.com"),
+             domains=("yahoo.com", "ymail.com", "rocketmail.com", "aol.com", "aim.com", "aol.jp"),
              aliases=("aol",),
              mentions=re.compile(r"yahoo|ヤフー|\baol\b", re.IGNORECASE)),
     Provider("microsoft", mx=("outlook.com", "hotmail.com", "protection.outlook.com"),
@@ -41,6 +41,24 @@ PROVIDERS = (
                                  re.IGNORECASE)),
     Provider("yahoo_japan", mx=("yahoo.co.jp",), domains=("yahoo.co.jp", "ymail.ne.jp"),
              mentions=re.compile(r"yahoo\.co\.jp|ヤフー", re.IGNORECASE)),
+    Provider("apple", mx=("icloud.com", "me.com"), domains=("icloud.com", "me.com", "mac.com"),
+             aliases=("icloud",), mentions=re.compile(r"icloud|\bme\.com|\bmac\.com|アイクラウド", re.IGNORECASE)),
+    # Japanese carriers and ISPs: MX host names as Sisimai's rhost tables and the carriers' DNS give them
+    # (mfsmax.docomo.ne.jp, lsean.ezweb.ne.jp, msmx.au.com, mx.softbank.ne.jp, mx.ocn.ne.jp, smmx.nifty.com).
+    Provider("docomo", mx=("docomo.ne.jp",), domains=("docomo.ne.jp",),
+             mentions=re.compile(r"docomo|ドコモ", re.IGNORECASE)),
+    Provider("au", mx=("ezweb.ne.jp", "au.com"), domains=("ezweb.ne.jp", "au.com"), aliases=("kddi",),
+             mentions=re.compile(r"ezweb|au\.com|\bau ?(?:mail|メール)|auメール", re.IGNORECASE)),
+    Provider("softbank", mx=("softbank.ne.jp", "softbank.jp"),
+             domains=("softbank.ne.jp", "i.softbank.jp", "ymobile.ne.jp"),
+             mentions=re.compile(r"softbank|ソフトバンク|ymobile|ワイモバイル", re.IGNORECASE)),
+    Provider("biglobe", mx=("biglobe.ne.jp",), domains=("biglobe.ne.jp",),
+             mentions=re.compile(r"biglobe|ビッグローブ", re.IGNORECASE)),
+    Provider("ocn", mx=("ocn.ne.jp",), domains=("ocn.ne.jp",), mentions=re.compile(r"\bocn\b", re.IGNORECASE)),
+    Provider("sonet", mx=("so-net.ne.jp",), domains=("so-net.ne.jp",), aliases=("so-net",),
+             mentions=re.compile(r"so-net|ソネット", re.IGNORECASE)),
+    Provider("nifty", mx=("nifty.com",), domains=("nifty.com",), aliases=("niftymail",),
+             mentions=re.compile(r"@nifty|nifty\.com|ニフティ", re.IGNORECASE)),
 )
 
 # Every spelling to the provider's name, the name itself included.

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mailpipe.metrics import Metrics
+from mailpipe.providers import OTHER, PROVIDERS
 
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "monitors" / "prometheus" / "mailpipe-alerts.yml"
@@ -55,3 +56,9 @@ def test_every_metric_the_rules_and_dashboard_use_is_one_mailpipe_exports() -> N
 
 def test_the_dashboard_asks_for_its_data_source() -> None:
     assert '"${datasource}"' in DASHBOARD.read_text() or '"$datasource"' in DASHBOARD.read_text()
+
+
+def test_every_provider_the_rules_name_is_one_mailpipe_knows() -> None:
+    named = {name for match in re.findall(r'provider(?:=~|!=|=)"([^"]+)"', RULES.read_text())
+             for name in match.split("|")}
+    assert named <= {p.name for p in PROVIDERS} | {OTHER}, named - {p.name for p in PROVIDERS}

@@ -4,11 +4,14 @@ counted, and noted on the case, and never triaged as customer mail."""
 from __future__ import annotations
 
 import smtplib
+from email.header import Header
 from pathlib import Path
 
 import pytest
 
+from mailpipe.data import shipped
 from mailpipe.monitors.bounces import is_bounce, parse_bounce
+from mailpipe.outbound.classify import load
 from mailpipe.store.sqlite import SQLiteStore
 from tests.test_delivery import wait_until
 from tests.test_lifecycle import metrics
@@ -62,6 +65,24 @@ def test_a_plain_text_failure_notice_is_read_for_recipient_and_reply() -> None:
     assert bounce.original_message_id == "reply-1@example.test"
 
 
+def test_an_au_notice_that_quotes_no_smtp_reply_is_read_as_its_own_words() -> None:
+    body = ("次のあて先へのメッセージはエラーのため送信できませんでした。\r\n"
+            "送信先メールアドレスが見つかりませんでした。\r\nメールアドレスをご確認の上、再送信してください。\r\n\r\n"
+            "<taro@ezweb.ne.jp>\r\n\r\n------ Original message ------\r\nMessage-ID: <reply-2@example.test>\r\n")
+    subject = Header("メール配信エラー", "iso-2022-jp").encode().encode()
+    notice = (b"From: Mail Administrator <Postmaster@ezweb.ne.jp>\r\nTo: support@example.test\r\nSubject: " + subject
+              + b"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=ISO-2022-JP\r\n\r\n"
+              + body.encode("iso-2022-jp") + b"\r\n")
+    bounce = parse_bounce(notice, "")
+    (failure,) = bounce.failures
+    assert (failure.recipient, failure.code) == ("taro@ezweb.ne.jp", 550)
+    assert "送信先メールアドレスが見つかりませんでした" in failure.text and "Original message" not in failure.text
+    catalog = load(shipped("monitors") / "replies.toml")
+    provider = catalog.provider(None, "ezweb.ne.jp")
+    assert (provider, catalog.classify(provider, failure.code, failure.text).klass) == ("au", "recipient")
+    assert bounce.original_message_id == "reply-2@example.test"
+
+
 @pytest.mark.parametrize(("headers", "mail_from", "expected"), [
     (b"From: customer@example.org\r\nSubject: Undelivered Mail Returned to Sender\r\n", "customer@example.org", False),
     (b"From: Mail Delivery System <MAILER-DAEMON@x>\r\nSubject: Undelivered Mail Returned to Sender\r\n", "", True),
@@ -109,3 +130,15 @@ def test_a_bounce_of_a_reply_is_counted_noted_on_its_case_and_its_owner_told(des
     store.close()
     assert noted.kind == "bounce" and CUSTOMER in noted.text and "(google, authentication" in noted.text
     assert [c.id for c in opened] == [case]  # the bounce itself opened no case
+
+
+def test_a_bounce_with_a_never_seen_text_is_counted_as_unknown_and_opens_an_incident(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    bounce = _bounce_for("nobody-knows@example.test").replace(
+        b"550-5.7.26 This mail has been blocked because the sender is\r\n unauthenticated.",
+        b"550 5.7.99 A rule Gmail announced this morning")
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("", ["support@example.test"], bounce)
+    wait_until(lambda: metrics(daemon).get(("mailpipe_bounces_total", (("class", "unknown"), ("provider", "google"))))
+               == 1)
+    wait_until(lambda: metrics(daemon).get(("mailpipe_incident_active", (("provider", "google"),))) == 1)

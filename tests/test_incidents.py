@@ -50,6 +50,20 @@ def test_mailbox_problems_and_unknown_providers_open_no_incident(tracker) -> Non
     assert incidents.active() == frozenset()
 
 
+def test_one_unknown_text_from_a_known_provider_opens_an_incident_at_once(tracker) -> None:
+    incidents, store, _ = tracker
+    incidents.observe("softbank", "unknown", "550 5.7.1 なりすましメールの拒否", "s@softbank.ne.jp")
+    (record,) = store.incidents(active=True)
+    assert (record.provider, record.klass, record.sample) == ("softbank", "unknown", "550 5.7.1 なりすましメールの拒否")
+    assert incidents.active() == {"softbank"}
+
+
+def test_an_unknown_text_from_an_unrecognised_server_opens_nothing(tracker) -> None:
+    incidents, _, _ = tracker
+    incidents.observe("other", "unknown", "550 something new", "x@example.org")
+    assert incidents.active() == frozenset()
+
+
 def test_refusals_spread_wider_than_the_window_open_nothing(tracker) -> None:
     incidents, _, now = tracker
     for _ in range(3):
@@ -87,3 +101,18 @@ def test_during_a_gmail_incident_a_customer_naming_gmail_is_boosted_and_the_card
     assert "PROVIDER_INCIDENT(4)" in str(delivered["X-Mailpipe-Rules"])
     (card,) = daemon.delivered(cards=True)
     assert "Incident: google is refusing our mail since" in card.get_payload(decode=True).decode()
+
+
+def test_a_never_seen_gmail_refusal_opens_an_incident_that_triage_shows_the_agent(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    never_seen = "550 5.7.99 A rule Gmail announced this morning"
+    mx.refuse_always("RCPT", never_seen)
+    submit(daemon, b"From: support@example.test\r\nTo: c0@gmail.test\r\nSubject: hi\r\n\r\nhello\r\n",
+           rcpts=("c0@gmail.test",))
+    wait_until(lambda: metrics(daemon).get(("mailpipe_incident_active", (("provider", "google"),))) == 1)
+    customer_writes(daemon, "Gmailに送ったメールが届きません")
+    (delivered,) = [m for m in delivered_to_owner(daemon, 2) if m["X-Mailpipe-Rules"]]  # besides the DSN
+    assert "PROVIDER_INCIDENT(4)" in str(delivered["X-Mailpipe-Rules"])
+    (card,) = daemon.delivered(cards=True)
+    text = card.get_payload(decode=True).decode()
+    assert "Incident: google is refusing our mail since" in text and "(unknown: " in text and never_seen in text

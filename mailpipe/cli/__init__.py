@@ -17,6 +17,8 @@
     mailpipe dkim keygen --domain D --selector S [--algorithm A] [--bits N] [--directory DIR]
     mailpipe dmarc import FILE... [--json]  DMARC aggregate reports (XML, .gz, .zip or the e-mail)
     mailpipe incidents [--days N] [--json]  providers refusing our mail, now and lately, with the customers hit
+    mailpipe replies explain [--mx HOST | --provider NAME] [--json] TEXT|-
+                                            what a remote server's reply means and what to do
     mailpipe store migrate                  create or upgrade the store's schema (SQLite or PostgreSQL)
     mailpipe store export FILE | import FILE   every row as JSON lines: to move SQLite to PostgreSQL
     mailpipe doctor DOMAIN [--provider gmail] [--nameserver HOST:PORT] [--ip IP...] [--json]
@@ -36,7 +38,7 @@ picks up what they change within a second. Exit status: 0 success, 1 failure or 
 This module holds ``serve`` and ``check-config`` and the order of the commands in ``--help``;
 each family of commands lives in its own module, its help text beside it: ``rules`` (score,
 rules test), ``desk`` (customers, cases, agents, stamp), ``deliverability`` (doctor, dkim,
-dmarc, incidents), ``store`` and ``queue``; ``common`` is the output they share.
+dmarc, incidents), ``replies`` (explain), ``store`` and ``queue``; ``common`` is the output they share.
 """
 
 from __future__ import annotations
@@ -48,9 +50,8 @@ from pathlib import Path
 
 from mailpipe import __version__
 from mailpipe import config as configuration
-from mailpipe.cli import deliverability, desk, queue, rules, store, urgency
+from mailpipe.cli import deliverability, desk, queue, replies, rules, store, urgency
 from mailpipe.cli.common import Commands, complain
-from mailpipe.data import shipped
 from mailpipe.errors import Problems
 from mailpipe.outbound import classify
 from mailpipe.store import StoreError, StoreUnavailable
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(metavar="COMMAND")
     for add in (_serve_command, rules.score, rules.rules, urgency.learn, desk.customers, desk.cases, desk.agents,
                 desk.stamping, deliverability.dkim, deliverability.dmarc, store.store, deliverability.incidents,
-                deliverability.doctor, _check_config_command, queue.queue):
+                deliverability.doctor, replies.replies, _check_config_command, queue.queue):
         add(commands, common)
     return parser
 
@@ -107,7 +108,7 @@ def _check_config_command(commands: Commands, common: argparse.ArgumentParser) -
 def _check_config(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.path)
     ruleset = triage_load.ruleset(loaded.triage)
-    catalog = classify.load(shipped("monitors") / "replies.toml", loaded.outbound.replies_overrides_path)
+    catalog = classify.configured(loaded.outbound.replies_overrides_path)
     print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, submission on "
           f"{loaded.submission.listen}, {len(ruleset.rules)} rules from {len(ruleset.sources)} files, "
           f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys)")

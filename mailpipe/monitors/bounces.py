@@ -4,7 +4,8 @@ RFC 3464 reports (``multipart/report; report-type=delivery-status``) are read fi
 Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code. Bounces that predate or ignore
 the standard (qmail's "failure notice", Exchange's and Japanese ISPs' plain-text notices) are
 recognised by a null sender or a mailer-daemon From with a bounce-like subject, and read by
-finding the SMTP reply (``550 5.1.1 …``) and the address it concerns in the text. The bounced
+finding the SMTP reply (``550 5.1.1 …``) and the address it concerns in the text; a notice
+that quotes no reply (au's Japanese notices) is read as its own words, implying 550. The bounced
 message is identified by the Message-ID in its returned headers, which is how the case is found.
 Pure: bytes in, a ``Bounce`` (or None when this is no bounce) out.
 """
@@ -25,6 +26,9 @@ _DAEMON = re.compile(r"mailer-daemon|postmaster|mail delivery (system|subsystem)
 _REPLY = re.compile(r"\b([45]\d\d)[ -]((?:[45]\.\d{1,3}\.\d{1,3}\b)?[^\r\n]*)")
 _ADDRESS = re.compile(r"<?([A-Za-z0-9._%+'=-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+# Where a plain-text notice's own words end and the returned message begins.
+_RETURNED_COPY = re.compile(r"^\s*(?:-{3,}|Received:|Return-Path:|Message-ID:|Original message|元のメッセージ)",
+                            re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def _plain_failures(message: email.message.Message) -> list[Failure]:
                 text += payload.decode(part.get_content_charset() or "utf-8", "replace") + "\n"
     replies = list(_REPLY.finditer(text))
     if not replies:
-        return []
+        return _wordy_failure(text)
     reply = replies[0]
     # The address the reply names, else the nearest one above it (qmail: "<taro@…>:" on its own line).
     named = _ADDRESS.findall(reply[0]) or _ADDRESS.findall(text[max(0, reply.start() - 600):reply.start()])[-1:]
@@ -99,6 +103,18 @@ def _plain_failures(message: email.message.Message) -> list[Failure]:
     code = int(reply[1])
     status = next(iter(re.findall(r"[45]\.\d{1,3}\.\d{1,3}", reply[0])), f"{reply[1][0]}.0.0")
     return [Failure(recipient, "failed" if code >= 500 else "delayed", status, code, reply[2].strip())]
+
+
+def _wordy_failure(text: str) -> list[Failure]:
+    """A notice that quotes no SMTP reply (au's and BIGLOBE's Japanese notices): its own words,
+    before the returned copy, stand for the reply, so that the catalog classes them and a text
+    it does not know is counted as unknown instead of vanishing."""
+    notice = _RETURNED_COPY.split(text, maxsplit=1)[0]
+    words = " ".join(notice.split())[:600]
+    addresses = [a for a in _ADDRESS.findall(text) if not _DAEMON.search(a)]
+    if not words or not addresses:
+        return []
+    return [Failure(addresses[0].lower(), "failed", "5.0.0", 550, words)]
 
 
 def _reply_in(diagnostic: str, status: str, action: str) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 
 from mailpipe.metrics import Metrics
+from mailpipe.outbound.classify import UNKNOWN
 from mailpipe.providers import OTHER
 from mailpipe.store import IncidentRecord, IncidentStore, StoreUnavailable
 
@@ -61,7 +62,7 @@ class Incidents:
             log.warning("incident not recorded: store unreachable", extra={"provider": provider, "error": str(exc)})
 
     def _observe(self, provider: str, klass: str, reply: str, customer: str) -> None:
-        if klass not in SIGNIFICANT or provider == OTHER:
+        if (klass not in SIGNIFICANT and klass != UNKNOWN) or provider == OTHER:
             return
         now = self._clock()
         recent = self._recent[provider]
@@ -69,7 +70,7 @@ class Incidents:
         while recent and recent[0] < now - self.window:
             recent.popleft()
         record = self._open.get(provider)
-        if record is None and len(recent) >= self.threshold:
+        if record is None and (klass == UNKNOWN or len(recent) >= self.threshold):
             record = self.store.open_incident(provider, klass, reply, now)
             self._open[provider] = record
             self.metrics.incident_active.labels(provider).set(1)
