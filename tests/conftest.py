@@ -168,6 +168,16 @@ class Daemon:
         self.process.kill()
         self.process.wait()
 
+    def give_passwords(self, password: str, agents: tuple[str, ...] = ("yamada", "smith")) -> None:
+        """Submission passwords for agents, written into the store before the daemon starts."""
+        from mailpipe.credentials import hash_password
+        from mailpipe.store.sqlite import SQLiteStore
+
+        store = SQLiteStore(self.state / "store.sqlite")
+        for agent in agents:
+            store.set_password(agent, hash_password(password), time.time())
+        store.close()
+
     def mailbox(self, agent: str) -> Path:
         return self.state / "mailboxes" / agent
 

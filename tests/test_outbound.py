@@ -25,10 +25,8 @@ import dkim
 import pytest
 import trustme
 
-from mailpipe.credentials import hash_password
 from mailpipe.message import charsets, parse
 from mailpipe.outbound import send
-from mailpipe.store.sqlite import SQLiteStore
 from tests.conftest import Daemon
 from tests.dns_peer import ED25519_SEED, Unbound, dkim_private_key, zones_for_tests
 from tests.mx_peer import Delivery, RecordingMX
@@ -62,10 +60,7 @@ def desk(make_daemon, mx: RecordingMX, tmp_path: Path):
                       "algorithm": "ed25519-sha256"}],
         }
         daemon = make_daemon(_merge(settings, overrides or {}), start=False, name=name)
-        store = SQLiteStore(daemon.state / "store.sqlite")
-        for agent in ("yamada", "smith"):
-            store.set_password(agent, hash_password(PASSWORD), time.time())
-        store.close()
+        daemon.give_passwords(PASSWORD)
         return daemon.start()
 
     return start

@@ -18,8 +18,6 @@ import dns.resolver
 import pytest
 
 from mailpipe import auth
-from mailpipe.credentials import hash_password
-from mailpipe.store.sqlite import SQLiteStore
 from tests.dns_peer import ED25519_SEED, Unbound, dkim_private_key, without_dkim, zones_for_tests
 from tests.dovecot_peer import Dovecot
 from tests.provider_sim import ProviderSimulator
@@ -72,9 +70,7 @@ def test_a_provider_rule_change_is_detected_by_probes_and_by_the_first_refused_r
         "monitors": {"seeds": [seed], "probe_interval": f"{PROBE_INTERVAL}s", "probe_poll": "0.5s",
                      "probe_timeout": "20s", "dns_interval": "1h"},
     }, start=False)
-    store = SQLiteStore(daemon.state / "store.sqlite")
-    store.set_password("yamada", hash_password(PASSWORD), time.time())
-    store.close()
+    daemon.give_passwords(PASSWORD, ("yamada",))
     daemon.start()
 
     def placed(result: str) -> bool:

@@ -8,14 +8,11 @@ import json
 import smtplib
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from mailpipe.credentials import hash_password
-from mailpipe.store.sqlite import SQLiteStore
 from tests.conftest import Daemon
 from tests.test_delivery import wait_until
 
@@ -30,10 +27,7 @@ def desk(make_daemon, tmp_path: Path):
     def start(overrides: dict | None = None) -> Daemon:
         settings = {**WITH_MODEL, **(overrides or {})}
         daemon = make_daemon(settings, start=False)
-        store = SQLiteStore(daemon.state / "store.sqlite")
-        for agent in ("yamada", "smith"):
-            store.set_password(agent, hash_password(PASSWORD), time.time())
-        store.close()
+        daemon.give_passwords(PASSWORD)
         return daemon.start()
 
     return start
