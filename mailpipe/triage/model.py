@@ -81,13 +81,15 @@ class Prediction:
         return max(self.probabilities, key=lambda level: self.probabilities[level])
 
     def reasons(self, levels: Sequence[str], count: int = 3) -> list[str]:
-        """The n-grams that pushed most towards ``levels``, longest first among overlapping ones."""
+        """The n-grams that pushed most towards ``levels``, one of each overlapping run."""
         rows = [i for i, level in enumerate(self.probabilities) if level in levels]
         if not rows or not self._terms:
             return []
         weight = self._contributions[rows].sum(axis=0)
+        # The strongest few dozen terms are enough to find ``count`` telling ones: no full sort.
+        candidates = np.argpartition(-weight, min(len(weight) - 1, 40))[:41]
         chosen: list[str] = []
-        for index in np.argsort(-weight):
+        for index in candidates[np.argsort(-weight[candidates])]:
             if weight[index] <= 0 or len(chosen) == count:
                 break
             if not _TELLING.search(self._terms[index]):
