@@ -104,6 +104,10 @@ class Metrics:
             "mailpipe_provider_requirement_ok", "1 when a provider's published requirement is met by every sending "
             "domain, 0 when not (absent while unknown), from monitors/providers/*.toml.", ["provider", "requirement"],
             registry=r)
+        self.provider_requirement_unknown = Gauge(
+            "mailpipe_provider_requirement_unknown", "1 while a provider's requirement cannot be judged: data mailpipe "
+            "does not see (e.g. the spam rate, only in Postmaster Tools) or no traffic yet; `mailpipe doctor DOMAIN "
+            "--provider P` names what would supply it.", ["provider", "requirement"], registry=r)
         self.bounces = Counter(
             "mailpipe_bounces", "Bounces of our mail received later (RFC 3464 or plain text), per failed recipient, "
             "by provider and class (as for mailpipe_outbound_replies_total).", ["provider", "class"], registry=r)
