@@ -123,6 +123,13 @@ class Metrics:
         self.probe_auth_pass = Gauge(
             "mailpipe_probe_auth_pass", "1 when the provider's own Authentication-Results on the latest probe say "
             "pass for the method (spf, dkim, dmarc), 0 otherwise.", ["provider", "method"], registry=r)
+        self.probe_login_ok = Gauge(
+            "mailpipe_probe_login_ok", "1 when the latest login to a provider's seed mailbox succeeded, 0 when it "
+            "failed (see mailpipe_probe_login_failures_total for why).", ["provider"], registry=r)
+        self.probe_login_failures = Counter(
+            "mailpipe_probe_login_failures", "Failed logins to seed mailboxes by provider and reason (expired_grant, "
+            "wrong_scope, bad_client, token_endpoint, token_rejected, bad_password).", ["provider", "reason"],
+            registry=r)
         self.incident_active = Gauge(
             "mailpipe_incident_active", "1 while a provider is refusing our mail for authentication, reputation, "
             "policy or content (an incident; see mailpipe incidents).", ["provider"], registry=r)
