@@ -162,13 +162,6 @@ def dmarc_lookup(domain: str) -> Record | None:
 
 def dmarc_record(domain: str) -> dict[str, str] | None:
     """The DMARC tags a receiver applies for ``domain``, lowercased; None when there is no
-    usable record. A record whose only fault is its policy, with a usable ``rua``, counts as
-    p=none (RFC 7489 6.6.3)."""
+    usable record (see ``Record.applied`` for what a flawed record gives)."""
     record = dmarc_lookup(domain)
-    if record is None:
-        return None
-    if record.valid:
-        return record.tags
-    if all(error.startswith(("p:", "p=")) for error in record.errors) and "rua" in record.tags:
-        return {**record.tags, "p": "none"}
-    return None
+    return record.applied() if record is not None else None

@@ -15,8 +15,9 @@ query is the caller's). The rules, each from the RFC:
 - Keywords are case-insensitive (ABNF quoted strings); values come back lowercased except the
   report URIs, whose local parts may be case-sensitive.
 
-What a receiver does with a broken record (6.6.3: p=none when ``rua`` is usable) is not here:
-this module only says whether the record is valid and why not.
+``doctor`` reports every error; inbound verification uses ``Record.applied``, what a receiver
+makes of a flawed record (6.3: bad values give way to defaults; 6.6.3: p=none without a valid p
+when a usable ``rua`` remains).
 """
 
 from __future__ import annotations
@@ -42,10 +43,20 @@ class Record:
 
     tags: dict[str, str] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
+    invalid: frozenset[str] = frozenset()  # known tags whose values are wrong
 
     @property
     def valid(self) -> bool:
         return not self.errors
+
+    def applied(self) -> dict[str, str] | None:
+        """The tags a receiver applies (RFC 7489 6.3, 6.6.3): wrong values other than p's are
+        ignored in favour of the defaults; a wrong or missing p makes it p=none when a usable
+        rua remains, and no record at all otherwise."""
+        usable = {name: value for name, value in self.tags.items() if name not in self.invalid}
+        if "p" in usable:
+            return usable
+        return {**usable, "p": "none"} if "rua" in usable else None
 
 
 def is_dmarc(text: str) -> bool:
@@ -73,11 +84,13 @@ def parse_record(text: str) -> Record:
         tags[name] = value if name in _URI_TAGS else value.lower()
     if "p" not in tags:
         errors.append("p: missing (none, quarantine or reject)")
+    invalid = set()
     for name, value in tags.items():
         problem = _check(name, value)
         if problem:
             errors.append(f"{name}={value}: {problem}")
-    return Record(tags, tuple(errors))
+            invalid.add(name)
+    return Record(tags, tuple(errors), frozenset(invalid))
 
 
 def _check(name: str, value: str) -> str:

@@ -87,3 +87,13 @@ def test_every_error_of_a_record_is_reported_at_once() -> None:
 def test_report_addresses_keep_their_case_and_keywords_are_lowercased() -> None:
     assert parse_record("v=DMARC1; P=Quarantine; RUA=mailto:DMARC@Example.com").tags == {
         "p": "quarantine", "rua": "mailto:DMARC@Example.com"}
+
+
+def test_a_receiver_ignores_a_wrong_value_in_favour_of_the_default() -> None:
+    assert parse_record("v=DMARC1; p=reject; adkim=x; pct=500").applied() == {"p": "reject"}
+
+
+def test_a_receiver_treats_a_wrong_policy_with_a_usable_rua_as_p_none() -> None:
+    assert parse_record("v=DMARC1; p=block; rua=mailto:r@example.com").applied() == {
+        "p": "none", "rua": "mailto:r@example.com"}
+    assert parse_record("v=DMARC1; p=block; rua=r@example.com").applied() is None

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailpipe import config
 from mailpipe.config.seeds import Seed, problems
 from mailpipe.metrics import Metrics
 from mailpipe.monitors.oauth import LoginError, TokenSource
@@ -153,3 +154,29 @@ def test_an_oauth2_seed_needs_its_client_and_refresh_token_and_https() -> None:
     assert problems("f.toml", (Seed("yahoo", USER, "imap.example.test", USER),)) == [
         "f.toml: monitors.seeds[0].password: missing (or password_file, or token_endpoint for OAuth 2.0)"]
 
+
+
+def test_an_oauth2_seed_is_read_from_the_config_file_and_a_wrong_mechanism_named(tmp_path) -> None:
+    path = tmp_path / "mailpipe.toml"
+    seed_table = ('[[monitors.seeds]]\nprovider = "outlook"\naddress = "seed@outlook.test"\nimap_host = "imap.test"\n'
+                  'username = "seed@outlook.test"\ntoken_endpoint = "https://idp.test/token"\nclient_id = "c"\n'
+                  f'refresh_token_file = "{tmp_path / "rt"}"\nscope = "imap"\n')
+    (tmp_path / "rt").write_text("rt-1\n")
+    path.write_text(seed_table + 'mechanism = "oauthbearer"\n')
+    loaded = config.load(path).monitors.seeds[0]
+    assert (loaded.oauth2, loaded.mechanism, loaded.refresh_token_file) == (True, "oauthbearer", str(tmp_path / "rt"))
+    path.write_text(seed_table + 'mechanism = "cram-md5"\n')
+    with pytest.raises(config.ConfigError) as error:
+        config.load(path)
+    assert error.value.problems == [
+        f"{path}: monitors.seeds[0].mechanism: 'cram-md5' is not one of xoauth2, oauthbearer"]
+
+
+def test_a_new_refresh_token_put_in_its_file_is_used_after_an_expired_grant(dovecot, idp, tmp_path) -> None:
+    (tmp_path / "refresh").write_text("rt-revoked\n")
+    target = seed(dovecot, idp, "", refresh_token_file=str(tmp_path / "refresh"))
+    tokens = TokenSource(target)
+    with pytest.raises(LoginError):
+        find(target, tokens)
+    (tmp_path / "refresh").write_text(idp.grant(USER) + "\n")  # the operator authorised the probe again
+    assert find(target, tokens) == {}

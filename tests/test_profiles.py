@@ -137,6 +137,8 @@ def test_the_daemon_exports_checks_and_requirements_and_a_reloaded_profile_count
             found := metrics(daemon)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert found[("mailpipe_dns_check_ok", (("check", "spf.lookups"), ("domain", "misconfigured.test")))] == 0
+    # the EHLO name mx.example.test, which null-sender acknowledgements are SPF-checked against
+    assert found[("mailpipe_dns_check_ok", (("check", "spf.helo.record"), ("domain", "misconfigured.test")))] == 1
     assert found[("mailpipe_provider_requirement_ok", (("provider", "google"), ("requirement", "spf_record")))] == 0
     with (directory / "gmail.toml").open("a") as profile:  # Google announces a new rule
         profile.write('\n[[requirements]]\nid = "dmarc_everyone"\ndescription = "All senders publish DMARC"\n'
@@ -165,3 +167,12 @@ def test_a_probe_is_an_ordinary_message_with_its_token_in_the_subject() -> None:
     parsed = parse(raw)
     assert parsed.subject == "Delivery check mp-1234" and parsed.message_id == "probe-mp-1234@mx"
     assert b"X-Mailpipe" not in raw
+
+
+def test_the_dns_monitors_flag_an_ehlo_name_without_spf_for_null_sender_mail(make_daemon) -> None:
+    daemon = make_daemon({"monitors": {"domains": ["example.test"]}, "outbound": {"hostname": "mx.customer.test"}})
+    key = ("mailpipe_dns_check_ok", (("check", "spf.helo.record"), ("domain", "example.test")))
+    deadline = time.monotonic() + 20
+    while key not in (found := metrics(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found[key] == 0

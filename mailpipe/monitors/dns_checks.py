@@ -174,13 +174,15 @@ def dmarc_checks(domain: str, keys: Sequence[SigningKey], sending_ips: Sequence[
         return [Check("dmarc.record", False, "no DMARC record", f"publish {suggestion}")]
     tags = record.tags
     policy = tags.get("p", "")
+    rua = bool(tags.get("rua")) and "rua" not in record.invalid
     checks = [Check("dmarc.record", True, "; ".join(f"{k}={v}" for k, v in tags.items()) or "(unreadable)"),
               Check("dmarc.syntax", record.valid, "valid (RFC 7489)" if record.valid else "; ".join(record.errors),
                     "" if record.valid else f"correct the record, e.g. {suggestion}"),
               Check("dmarc.policy", policy in ("none", "quarantine", "reject"), f"p={policy or '(missing)'}",
                     "" if policy in ("none", "quarantine", "reject") else f"publish {suggestion}"),
-              Check("dmarc.rua", bool(tags.get("rua")), tags.get("rua") or "no rua: no aggregate reports",
-                    "" if tags.get("rua") else f"add rua=mailto:dmarc-reports@{organisational}")]
+              Check("dmarc.rua", rua, tags["rua"] if rua else f"rua={tags['rua']} is not a URI: no aggregate reports"
+                    if tags.get("rua") else "no rua: no aggregate reports",
+                    "" if rua else f"add rua=mailto:dmarc-reports@{organisational}")]
     signing = [k.domain for k in keys if auth.organisational_domain(k.domain) == organisational]
     dkim_aligned = any(d == domain or tags.get("adkim", "r") == "r" for d in signing)
     ways = ["DKIM d=" + ",".join(sorted(set(signing)))] if dkim_aligned else []

@@ -37,6 +37,7 @@ from mailpipe.config import Seed
 REASONS = ("expired_grant", "wrong_scope", "bad_client", "token_endpoint", "token_rejected", "bad_password")
 _TOKEN_ERRORS = {"invalid_grant": "expired_grant", "invalid_scope": "wrong_scope", "invalid_client": "bad_client",
                  "unauthorized_client": "bad_client"}
+_NOT_ECHOED = frozenset({"offline_access", "openid"})  # Microsoft grants them without listing them back
 _EARLY = 60.0  # refresh this long before the access token expires
 _TIMEOUT = 20.0
 
@@ -60,7 +61,7 @@ class TokenSource:
         self._token = ""
         self._expires = 0.0
         self.granted_scope = ""  # what the token endpoint said the token carries
-        self._refresh_token = _secret(seed.refresh_token, seed.refresh_token_file, "refresh_token")
+        self._refresh_token = ""  # read at the first refresh; replaced when the endpoint rotates it
 
     def access_token(self) -> str:
         with self._lock:
@@ -75,6 +76,8 @@ class TokenSource:
 
     def _refresh(self) -> None:
         seed = self.seed
+        self._refresh_token = self._refresh_token or _secret(seed.refresh_token, seed.refresh_token_file,
+                                                             "refresh_token")
         form = {"grant_type": "refresh_token", "refresh_token": self._refresh_token, "client_id": seed.client_id}
         secret = _secret(seed.client_secret, seed.client_secret_file, "client_secret")
         if secret:
@@ -89,6 +92,8 @@ class TokenSource:
                 answer = _json(response.read())
         except urllib.error.HTTPError as exc:
             code = str(_json(exc.read()).get("error", ""))
+            if code == "invalid_grant":
+                self._refresh_token = ""  # read the file again next time: the operator may have replaced it
             raise LoginError(_TOKEN_ERRORS.get(code, "token_endpoint"),
                              f"token endpoint answered HTTP {exc.code} {code or '(no error code)'}") from None
         except (OSError, ValueError) as exc:
@@ -98,12 +103,12 @@ class TokenSource:
             raise LoginError("token_endpoint", "token endpoint answered without an access_token")
         lifetime = answer.get("expires_in", 3600)
         lifetime = float(lifetime) if isinstance(lifetime, (int, float)) else 3600.0
-        self._token, self._expires = token, self._clock() + max(lifetime - _EARLY, 0.0)
-        self.granted_scope = str(answer.get("scope", seed.scope))
-        if not set(seed.scope.split()) <= set(self.granted_scope.split()):
-            raise LoginError("wrong_scope", f"asked for scope {seed.scope!r}, granted {self.granted_scope!r}")
         if isinstance(answer.get("refresh_token"), str) and answer["refresh_token"]:
             self._refresh_token = answer["refresh_token"]  # rotated (RFC 6749 6): the old one is now spent
+        self.granted_scope = str(answer.get("scope", seed.scope))
+        if not set(seed.scope.split()) - _NOT_ECHOED <= set(self.granted_scope.split()):
+            raise LoginError("wrong_scope", f"asked for scope {seed.scope!r}, granted {self.granted_scope!r}")
+        self._token, self._expires = token, self._clock() + max(lifetime - _EARLY, 0.0)
 
 
 def log_in(client: imaplib.IMAP4, seed: Seed, tokens: TokenSource | None) -> None:
@@ -154,15 +159,18 @@ def initial_response(seed: Seed, token: str) -> bytes:
     return f"user={seed.username}\x01auth=Bearer {token}\x01\x01".encode()
 
 
+_UNREADABLE = {"client_secret": "bad_client", "refresh_token": "expired_grant", "password": "bad_password"}
+
+
 def _secret(value: str, file: str, key: str) -> str:
-    """A secret from the config or from the file it names (first line), so it can live apart."""
+    """A secret from the config or from the file it names (first line), so it can live apart
+    (and be replaced, e.g. a new refresh token, without touching the config)."""
     if value or not file:
         return value
     try:
         return Path(file).read_text("utf-8").strip()
     except OSError as exc:
-        raise LoginError("bad_client" if key == "client_secret" else "expired_grant" if key == "refresh_token"
-                         else "bad_password", f"{key}_file unreadable: {exc.strerror}") from None
+        raise LoginError(_UNREADABLE[key], f"{key}_file unreadable: {exc.strerror}") from None
 
 
 def _json(raw: bytes) -> dict[str, object]:

@@ -151,6 +151,7 @@ class Prober:
 
     def reconfigure(self, settings: ProbeSettings) -> None:
         self.settings = settings
+        self._tokens = {seed: tokens for seed, tokens in self._tokens.items() if seed in settings.seeds}
         self._wake.set()
 
     async def run(self) -> None:
@@ -186,7 +187,9 @@ class Prober:
         for seed, waiting in by_seed.items():
             provider = provider_of(seed.provider)
             readable = True
-            tokens = self._tokens.setdefault(seed, TokenSource(seed)) if seed.oauth2 else None
+            if seed.oauth2 and seed not in self._tokens:
+                self._tokens[seed] = TokenSource(seed)
+            tokens = self._tokens.get(seed)
             try:
                 found = await asyncio.to_thread(Mailbox(seed, tokens).find, [p.token for p in waiting])
                 self.metrics.probe_login_ok.labels(provider).set(1)
