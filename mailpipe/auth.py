@@ -20,6 +20,8 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
+from mailpipe.dmarc_record import Record, is_dmarc, parse_record
+
 _PSL = PublicSuffixList()
 _DNS_TIMEOUT = 5.0
 _CACHE_ENTRIES = 10_000
@@ -142,15 +144,24 @@ def organisational_domain(domain: str) -> str:
     return _PSL.privatesuffix(domain) or domain
 
 
-def dmarc_record(domain: str) -> dict[str, str] | None:
-    """The DMARC tags published at ``_dmarc.<domain>``, lowercased; None when there is none."""
+def dmarc_lookup(domain: str) -> Record | None:
+    """The DMARC record published at ``_dmarc.<domain>``, read by the RFC 7489 grammar; None
+    when there is none. Several records are an error (6.6.3: receivers then ignore them all)."""
     try:
         answer = dns.resolver.resolve(f"_dmarc.{domain}", "TXT", lifetime=_DNS_TIMEOUT)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return None
-    for rdata in answer:
-        text = b"".join(rdata.strings).decode("ascii", "replace")
-        if text.lower().startswith("v=dmarc1"):
-            tags = (part.strip().partition("=") for part in text.split(";"))
-            return {key.strip().lower(): value.strip().lower() for key, _, value in tags if key.strip()}
-    return None
+    texts = [b"".join(rdata.strings).decode("ascii", "replace") for rdata in answer]
+    records = [text for text in texts if is_dmarc(text)]
+    if not records:
+        return None
+    if len(records) > 1:
+        return Record(errors=(f"{len(records)} DMARC records (receivers ignore them all)",))
+    return parse_record(records[0])
+
+
+def dmarc_record(domain: str) -> dict[str, str] | None:
+    """The DMARC tags a receiver applies for ``domain``, lowercased; None when there is no
+    usable record (see ``Record.applied`` for what a flawed record gives)."""
+    record = dmarc_lookup(domain)
+    return record.applied() if record is not None else None

@@ -111,6 +111,10 @@ class Metrics:
             "mailpipe_provider_requirement_ok", "1 when a provider's published requirement is met by every sending "
             "domain, 0 when not (absent while unknown), from monitors/providers/*.toml.", ["provider", "requirement"],
             registry=r)
+        self.provider_requirement_unknown = Gauge(
+            "mailpipe_provider_requirement_unknown", "1 while a provider's requirement cannot be judged: data mailpipe "
+            "does not see (e.g. the spam rate, only in Postmaster Tools) or no traffic yet; `mailpipe doctor DOMAIN "
+            "--provider P` names what would supply it.", ["provider", "requirement"], registry=r)
         self.bounces = Counter(
             "mailpipe_bounces", "Bounces of our mail received later (RFC 3464 or plain text), per failed recipient, "
             "by provider and class (as for mailpipe_outbound_replies_total).", ["provider", "class"], registry=r)
@@ -126,6 +130,13 @@ class Metrics:
         self.probe_auth_pass = Gauge(
             "mailpipe_probe_auth_pass", "1 when the provider's own Authentication-Results on the latest probe say "
             "pass for the method (spf, dkim, dmarc), 0 otherwise.", ["provider", "method"], registry=r)
+        self.probe_login_ok = Gauge(
+            "mailpipe_probe_login_ok", "1 when the latest login to a provider's seed mailbox succeeded, 0 when it "
+            "failed (see mailpipe_probe_login_failures_total for why).", ["provider"], registry=r)
+        self.probe_login_failures = Counter(
+            "mailpipe_probe_login_failures", "Failed logins to seed mailboxes by provider and reason (expired_grant, "
+            "wrong_scope, bad_client, token_endpoint, token_rejected, bad_password).", ["provider", "reason"],
+            registry=r)
         self.incident_active = Gauge(
             "mailpipe_incident_active", "1 while a provider is refusing our mail for authentication, reputation, "
             "policy or content (an incident; see mailpipe incidents).", ["provider"], registry=r)

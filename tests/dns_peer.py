@@ -56,12 +56,13 @@ def zones_for_tests() -> dict[str, list[str]]:
     fails DMARC. Recipients' domains: customer.test (its own MX), gmail.test and yahoo.test
     (whose MX names are Google's and Yahoo's, served here by this server, so the provider is
     recognised as in production), nullmx.test (a null MX, RFC 7505) and fallback.test (no MX:
-    its own address)."""
+    its own address). mx.example.test, the EHLO name, has an SPF record of its own for
+    null-sender mail; news.customer.test has an MX but no SOA of its own (Yahoo refuses it)."""
     return {
         "example.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', f"{DKIM_SELECTOR}._domainkey IN TXT {txt(_KEY[1])}",
                          f"{ED25519_SELECTOR}._domainkey IN TXT {txt(ed25519_record())}",
                          '_dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:dmarc@example.test"',
-                         "@ IN MX 10 mx.example.test.", "mx IN A 127.0.0.1"],
+                         "@ IN MX 10 mx.example.test.", "mx IN A 127.0.0.1", 'mx IN TXT "v=spf1 a -all"'],
         # Everything a sender gets wrong: 11 DNS-querying SPF terms, a DKIM key that is not the
         # one used for signing, no DMARC, a null MX.
         "misconfigured.test": ["@ IN TXT " + txt("v=spf1 " + " ".join(f"include:i{n}.misconfigured.test"
@@ -70,7 +71,13 @@ def zones_for_tests() -> dict[str, list[str]]:
                                f"{DKIM_SELECTOR}._domainkey IN TXT {txt(_OTHER_KEY[1])}", "@ IN MX 0 ."],
         "twospf.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', '@ IN TXT "v=spf1 mx -all"'],
         "bank.test": ['@ IN TXT "v=spf1 ip4:192.0.2.1 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"'],
-        "customer.test": ["@ IN MX 10 mx.customer.test.", "mx IN A 127.0.0.1"],
+        "customer.test": ["@ IN MX 10 mx.customer.test.", "mx IN A 127.0.0.1", "news IN MX 10 mx.customer.test."],
+        # DMARC records by the RFC 7489 grammar: whitespace around "=" is valid, a rua without
+        # a URI scheme is not.
+        "spaced.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', '_dmarc IN TXT "v = DMARC1 ; p = reject"',
+                        "@ IN MX 10 mx.example.test."],
+        "noscheme.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"',
+                          '_dmarc IN TXT "v=DMARC1; p=none; rua=reports@noscheme.test"', "@ IN MX 10 mx.example.test."],
         "gmail.test": ["@ IN MX 5 gmail-smtp-in.l.google.com."],
         "google.com": ["gmail-smtp-in.l IN A 127.0.0.1"],
         "yahoo.test": ["@ IN MX 1 mta5.am0.yahoodns.net."],

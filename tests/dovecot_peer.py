@@ -1,5 +1,7 @@
 """A real IMAP server for tests: Dovecot on loopback with passwd-file users, each with an INBOX
-and a Junk folder (the seed mailboxes placement probes look in)."""
+and a Junk folder (the seed mailboxes placement probes look in). With ``introspection_url``
+it also takes OAuth 2.0 logins (XOAUTH2, OAUTHBEARER), validating each token at that
+introspection endpoint, and, with ``scope``, only tokens carrying that scope."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ _UNPRIVILEGED = 65534  # Dovecot refuses uid 0 for mail; nobody owns the mailbox
 
 
 class Dovecot:
-    def __init__(self, users: dict[str, str]):
+    def __init__(self, users: dict[str, str], introspection_url: str = "", scope: str = ""):
         self.users = users
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="mailpipe-dovecot-"))
@@ -34,13 +36,14 @@ log_path = {self.directory}/dovecot.log
 protocols = imap
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if introspection_url else ""}
 listen = 127.0.0.1
 mail_location = maildir:~/Maildir
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.directory}/users
 }}
+{self._oauth2_passdb() if introspection_url else ""}
 userdb {{
   driver = passwd-file
   args = username_format=%u {self.directory}/users
@@ -60,6 +63,11 @@ namespace inbox {{
   }}
 }}
 """
+        if introspection_url:
+            (self.directory / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {introspection_url}\nusername_attribute = username\n"
+                f"active_attribute = active\nactive_value = true\nforce_introspection = yes\n"
+                + (f"scope = {scope}\n" if scope else ""))
         (self.directory / "dovecot.conf").write_text(config)
         os.chown(home, _UNPRIVILEGED, _UNPRIVILEGED)
         self.process = subprocess.Popen(["dovecot", "-F", "-c", str(self.directory / "dovecot.conf")],
@@ -72,6 +80,10 @@ namespace inbox {{
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"dovecot did not start: {self.log()}")
             time.sleep(0.05)
+
+    def _oauth2_passdb(self) -> str:
+        return (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                f"  args = {self.directory}/oauth2.conf.ext\n}}\n")
 
     def log(self) -> str:
         path = self.directory / "dovecot.log"

@@ -93,6 +93,18 @@ def test_a_domain_without_records_is_none_not_an_error(resolver) -> None:
     assert (verdict.spf, verdict.dmarc) == ("none", "none")
 
 
+def test_a_dmarc_record_with_whitespace_around_the_equals_signs_is_applied(resolver) -> None:
+    spoofed = SPOOFED.replace(b"bank.test", b"spaced.test")
+    verdict = auth.verify(spoofed, "ceo@spaced.test", "127.0.0.2", "mx", "ceo@spaced.test")
+    assert (verdict.dmarc, verdict.dmarc_policy) == ("fail", "reject")
+
+
+def test_a_dmarc_record_whose_rua_lacks_a_scheme_still_applies_its_policy(resolver) -> None:
+    verdict = auth.verify(MESSAGE.replace(b"example.test", b"noscheme.test"), "a@noscheme.test", "127.0.0.2", "mx",
+                          "alice@noscheme.test")
+    assert (verdict.dmarc, verdict.dmarc_policy) == ("fail", "none")
+
+
 def _text(value: str | None) -> str:
     return str(make_header(decode_header(value or "")))
 

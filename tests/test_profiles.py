@@ -28,10 +28,41 @@ def outcome(checks: dict[str, bool], requirement: str, bulk: bool = False) -> bo
     return found[requirement].ok if requirement in found else "not applicable"
 
 
-def test_the_shipped_profiles_cover_gmail_yahoo_and_outlook_with_dates_and_sources() -> None:
-    assert {(p.key, p.provider) for p in SHIPPED} == {("gmail", "google"), ("yahoo", "yahoo"),
-                                                     ("outlook", "microsoft")}
+def test_the_shipped_profiles_cover_the_large_providers_and_japanese_carriers_with_dates_and_sources() -> None:
+    assert {(p.key, p.provider) for p in SHIPPED} == {
+        ("gmail", "google"), ("yahoo", "yahoo"), ("outlook", "microsoft"), ("icloud", "apple"),
+        ("yahoo_japan", "yahoo_japan"), ("docomo", "docomo"), ("au", "au"), ("softbank", "softbank")}
     assert all(r.since and r.source.startswith("https://") for p in SHIPPED for r in p.requirements)
+
+
+def requirement(key: str, requirement_id: str) -> profiles.Requirement:
+    profile = next(p for p in SHIPPED if p.key == key)
+    return next(r for r in profile.requirements if r.id == requirement_id)
+
+
+def test_the_profiles_carry_the_rules_added_since_2024() -> None:
+    assert requirement("gmail", "spam_rate").unknown_without and requirement("yahoo", "spam_rate").unknown_without
+    assert requirement("yahoo", "soa").all_of == ("soa",)
+    assert requirement("outlook", "spf_lookups").all_of == ("spf.lookups",)
+    assert requirement("outlook", "reverse_dns").all_of == ("ptr",)
+    assert requirement("au", "spf_envelope").all_of == ("spf.authorized", "spf.helo")
+    assert requirement("softbank", "dmarc_pass").enforced("2024-05-01").action == "rejection"
+    assert requirement("docomo", "dmarc_warning").enforced("2025-02-12").action == "warning"
+    assert requirement("yahoo_japan", "spf_dkim_or_dmarc").since == "2024-12-11"
+    assert requirement("icloud", "spf_and_dkim").scope == "bulk"
+
+
+def test_enforcement_tells_which_stage_is_in_force_on_a_date() -> None:
+    ptr = requirement("gmail", "ptr")
+    assert ptr.enforced("2024-01-31") is None
+    assert ptr.enforced("2025-10-31").action == "deferral"
+    assert ptr.enforced("2025-11-01").action == "rejection"
+
+
+def test_a_requirement_on_data_mailpipe_cannot_see_is_unknown_never_passed() -> None:
+    found = {o.requirement.id: o for o in profiles.evaluate(GMAIL, GOOD, bulk=True)}
+    assert found["spam_rate"].ok is None and "Postmaster Tools" in found["spam_rate"].detail
+    assert found["visible_unsubscribe_link"].ok is None
 
 
 def test_a_requirement_holds_when_its_checks_pass() -> None:
@@ -59,7 +90,21 @@ def test_a_broken_profile_names_file_requirement_and_key(tmp_path: Path) -> None
     with pytest.raises(profiles.ProfileError) as error:
         profiles.load(tmp_path)
     assert error.value.problems == [f"{tmp_path / 'new.toml'}: requirement x: scope: must be all or bulk",
-                                    f"{tmp_path / 'new.toml'}: requirement x: needs all or any"]
+                                    f"{tmp_path / 'new.toml'}: requirement x: needs all or any (or unknown_without)"]
+
+
+def test_a_broken_enforcement_names_the_stage_and_key(tmp_path: Path) -> None:
+    (tmp_path / "new.toml").write_text('provider = "google"\n[[requirements]]\nid = "x"\ndescription = "d"\n'
+                                       'since = "2026-12-01"\nsource = "https://x"\nall = ["ptr"]\nenforcement = ['
+                                       '{ from = "2026-12-01", action = "bounce" }, '
+                                       '{ from = "soon", action = "junk" }, { from = "2025-01", action = "junk" }]\n')
+    with pytest.raises(profiles.ProfileError) as error:
+        profiles.load(tmp_path)
+    where = f"{tmp_path / 'new.toml'}: requirement x"
+    assert error.value.problems == [
+        f"{where}: enforcement[0]: action: must be one of none, warning, junk, deferral, rejection, no_mitigation",
+        f"{where}: enforcement[1]: from: must be a date, YYYY-MM-DD or YYYY-MM",
+        f"{where}: enforcement: stages must be in date order"]
 
 
 def test_headers_are_judged_for_format_and_one_click_unsubscribe() -> None:
@@ -92,6 +137,8 @@ def test_the_daemon_exports_checks_and_requirements_and_a_reloaded_profile_count
             found := metrics(daemon)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert found[("mailpipe_dns_check_ok", (("check", "spf.lookups"), ("domain", "misconfigured.test")))] == 0
+    # the EHLO name mx.example.test, which null-sender acknowledgements are SPF-checked against
+    assert found[("mailpipe_dns_check_ok", (("check", "spf.helo.record"), ("domain", "misconfigured.test")))] == 1
     assert found[("mailpipe_provider_requirement_ok", (("provider", "google"), ("requirement", "spf_record")))] == 0
     with (directory / "gmail.toml").open("a") as profile:  # Google announces a new rule
         profile.write('\n[[requirements]]\nid = "dmarc_everyone"\ndescription = "All senders publish DMARC"\n'
@@ -103,6 +150,9 @@ def test_the_daemon_exports_checks_and_requirements_and_a_reloaded_profile_count
     while key not in (found := metrics(daemon)) and time.monotonic() < reloaded + 20:
         time.sleep(0.1)
     assert found[key] == 0 and time.monotonic() - reloaded < 10
+    unknown = ("mailpipe_provider_requirement_unknown", (("provider", "google"), ("requirement", "spam_rate")))
+    assert found[unknown] == 1
+    assert ("mailpipe_provider_requirement_ok", unknown[1]) not in found
 
 
 def test_the_providers_own_verdicts_are_read_from_its_authentication_results() -> None:
@@ -117,3 +167,12 @@ def test_a_probe_is_an_ordinary_message_with_its_token_in_the_subject() -> None:
     parsed = parse(raw)
     assert parsed.subject == "Delivery check mp-1234" and parsed.message_id == "probe-mp-1234@mx"
     assert b"X-Mailpipe" not in raw
+
+
+def test_the_dns_monitors_flag_an_ehlo_name_without_spf_for_null_sender_mail(make_daemon) -> None:
+    daemon = make_daemon({"monitors": {"domains": ["example.test"]}, "outbound": {"hostname": "mx.customer.test"}})
+    key = ("mailpipe_dns_check_ok", (("check", "spf.helo.record"), ("domain", "example.test")))
+    deadline = time.monotonic() + 20
+    while key not in (found := metrics(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found[key] == 0

@@ -118,7 +118,8 @@ def doctor(commands: Commands, common: argparse.ArgumentParser) -> None:
     doctor = commands.add_parser("doctor", parents=[common],
                                  help="check a sending domain's DNS authentication; exit 0 when all pass")
     doctor.add_argument("domain")
-    doctor.add_argument("--provider", help="also judge a provider's requirements (gmail, yahoo, outlook)")
+    doctor.add_argument("--provider", help="also judge a provider's requirements (a profile in monitors/providers: "
+                        "gmail, yahoo, outlook, icloud, yahoo_japan, docomo, au, softbank)")
     doctor.add_argument("--nameserver", metavar="HOST:PORT", help="ask this DNS server (default: the config's)")
     doctor.add_argument("--ip", action="append", default=None, metavar="IP",
                         help="a sending IP to check SPF and PTR for (default: monitors.sending_ips)")
@@ -148,13 +149,12 @@ def _doctor(args: argparse.Namespace) -> int:
         results = {check.name: check.ok for check in report.checks}
         outcomes = profiles.evaluate(profile, results, bulk=loaded.monitors.bulk_sender)
     ok = report.ok and all(o.ok is not False for o in outcomes)
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
     if args.json:
         document = {**report.as_json(), "ok": ok}
         if profile is not None:
             document["provider"] = profile.key
-            document["requirements"] = [{"id": o.requirement.id, "ok": o.ok, "detail": o.detail,
-                                         "since": o.requirement.since, "source": o.requirement.source}
-                                        for o in outcomes]
+            document["requirements"] = [_requirement_json(o, today) for o in outcomes]
         json_line(document)
         return 0 if ok else 1
     print(f"{report.domain}" + (f" (requirements of {profile.name})" if profile else ""))
@@ -170,6 +170,21 @@ def _doctor(args: argparse.Namespace) -> int:
                   f" (since {outcome.requirement.since})")
             if outcome.ok is not True:
                 print(f"  {'':<5} {'':<26} {outcome.detail}")
+            stage = outcome.requirement.enforced(today)
+            if outcome.ok is not True and stage is not None:
+                print(f"  {'':<5} {'':<26} enforced by {stage.action} since {stage.start}: {stage.detail}")
     problems = sum(not c.ok for c in report.checks) + sum(o.ok is False for o in outcomes)
-    print("all checks pass" if ok else f"{problems} problem{'s' if problems != 1 else ''}")
+    unknown = sum(o.ok is None for o in outcomes)
+    print(("all checks pass" if ok else f"{problems} problem{'s' if problems != 1 else ''}")
+          + (f"; {unknown} requirement{'s' if unknown != 1 else ''} unknown (not passed)" if unknown else ""))
     return 0 if ok else 1
+
+
+def _requirement_json(outcome: profiles.Outcome, today: str) -> dict[str, object]:
+    """One requirement's verdict for ``doctor --json``: ok is true, false or null (unknown)."""
+    requirement = outcome.requirement
+    stage = requirement.enforced(today)
+    return {"id": requirement.id, "ok": outcome.ok, "detail": outcome.detail, "since": requirement.since,
+            "source": requirement.source, "unknown_without": requirement.unknown_without or None,
+            "enforcement": [{"from": s.start, "action": s.action, "detail": s.detail} for s in requirement.enforcement],
+            "enforced_now": stage.action if stage else None}

@@ -23,11 +23,12 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
+from mailpipe.config import seeds as seed_checks
 from mailpipe.config.convert import Bytes, Endpoint, Seconds, convert
+from mailpipe.config.seeds import Seed
 from mailpipe.data import shipped
 from mailpipe.errors import Problems
 from mailpipe.keys import SigningKeyError, load_key
-from mailpipe.providers import ALIASES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -183,21 +184,6 @@ class OutboundConfig:
 class StoreConfig:
     # Empty: SQLite in the state directory. postgresql://user:password@host/db: shared by daemons.
     url: str
-
-
-@dataclass(frozen=True)
-class Seed:
-    """A mailbox at a provider that placement probes are sent to and looked for in."""
-
-    provider: str  # the reply catalog's name (google, yahoo, microsoft) or an alias (gmail, outlook)
-    address: str
-    imap_host: str
-    username: str
-    password: str
-    imap_port: int = 993
-    imap_security: Literal["tls", "starttls", "none"] = "tls"
-    inbox: str = "INBOX"
-    spam: str = "Junk"
 
 
 @dataclass(frozen=True)
@@ -410,11 +396,7 @@ def _check(config: Config, source: str) -> list[str]:
         problems.append(f"{source}: outbound.max_per_destination: must be at least 1")
     if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
         problems.append(f"{source}: store.url: {config.store.url.split(':')[0]!r} is not postgresql:// (empty: SQLite)")
-    for index, seed in enumerate(config.monitors.seeds):
-        if seed.provider.lower() not in ALIASES:
-            problems.append(f"{source}: monitors.seeds[{index}].provider: {seed.provider!r} is not a known provider")
-        if reason := syntax_problem(seed.address):
-            problems.append(f"{source}: monitors.seeds[{index}].address: {seed.address!r}: {reason}")
+    problems += seed_checks.problems(source, config.monitors.seeds)
     if config.monitors.probe_agent and config.monitors.probe_agent not in {a.id for a in config.agents}:
         problems.append(f"{source}: monitors.probe_agent: no agent {config.monitors.probe_agent!r}")
     accepted = {a.casefold() for a in inbound.addresses}

@@ -5,12 +5,14 @@ raises and returns a ``Check`` — ok or not, what was found, and the record to 
 fails. SPF is evaluated by pyspf itself (the same code receivers run), from an address nothing
 authorises, so that every term is followed and its DNS lookups counted (RFC 7208 4.6.4 allows
 10). DKIM compares each configured selector's published key with the private key mailpipe
-signs with. DMARC uses the same record reader as inbound verification. PTR must resolve
+signs with. DMARC uses the same record reader as inbound verification, the
+RFC 7489 grammar of ``mailpipe.dmarc_record``. PTR must resolve
 forward to the same address (FCrDNS), as Gmail and Yahoo require.
 
 Names: ``spf.record``, ``spf.syntax``, ``spf.lookups``, ``spf.all``, ``spf.authorized.<ip>``,
-``dkim.<selector>``, ``dkim.configured``, ``dmarc.record``, ``dmarc.policy``, ``dmarc.rua``,
-``dmarc.alignment``, ``ptr.<ip>``, ``mx``.
+``spf.helo.record``, ``spf.helo.authorized.<ip>`` (the EHLO name, for null-sender mail),
+``dkim.<selector>``, ``dkim.configured``, ``dmarc.record``, ``dmarc.syntax``, ``dmarc.policy``, ``dmarc.rua``,
+``dmarc.alignment``, ``ptr.<ip>``, ``mx``, ``soa``.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ def check_domain(domain: str, *, sending_ips: Sequence[str], keys: Sequence[Sign
     domain = domain.lower().rstrip(".")
     checks = [*spf_checks(domain, sending_ips, resolver), *dkim_checks(domain, keys, resolver),
               *dmarc_checks(domain, keys, sending_ips, resolver)]
+    checks += helo_checks(helo, sending_ips, resolver)
     checks += [ptr_check(ip, helo, resolver) for ip in sending_ips]
-    checks.append(mx_check(domain, resolver))
+    checks += [mx_check(domain, resolver), soa_check(domain, resolver)]
     return Report(domain, tuple(checks))
 
 
@@ -111,6 +114,30 @@ def spf_checks(domain: str, sending_ips: Sequence[str], resolver: dns.resolver.R
     return checks
 
 
+def helo_checks(helo: str, sending_ips: Sequence[str], resolver: dns.resolver.Resolver) -> list[Check]:
+    """SPF of the EHLO name: with a null sender (acknowledgements, notices) receivers check SPF
+    for postmaster@<EHLO name> (RFC 7208 2.3, 2.4), so that name needs a record of its own."""
+    helo = helo.lower().rstrip(".")
+    suggestion = f'{helo}. IN TXT "v=spf1 {" ".join(_ip_term(ip) for ip in sending_ips) or "a"} -all"'
+    if "." not in helo:
+        return [Check("spf.helo.record", False, f"EHLO name {helo!r} is not a domain: null-sender mail fails SPF",
+                      "set outbound.hostname to the sending host's public name")]
+    records = txt(resolver, helo)
+    if records is None:
+        return [Check("spf.helo.record", False, f"no answer from DNS for TXT {helo}", "check the name servers")]
+    found = [r for r in records if r.lower().startswith("v=spf1")]
+    if len(found) != 1:
+        detail = f"no SPF record for the EHLO name {helo}" if not found else f"{len(found)} SPF records at {helo}"
+        return [Check("spf.helo.record", False, detail + " (null-sender mail is checked against it)",
+                      f"publish exactly one: {suggestion}")]
+    checks = [Check("spf.helo.record", True, f"{helo}: {found[0]}")]
+    for ip in sending_ips:
+        verdict, _, _ = spf.query(i=ip, s=f"postmaster@{helo}", h=helo).check()
+        checks.append(Check(f"spf.helo.authorized.{ip}", verdict == "pass", f"{helo} from {ip}: {verdict}",
+                            "" if verdict == "pass" else f"add {_ip_term(ip)} to the record: {suggestion}"))
+    return checks
+
+
 def dkim_checks(domain: str, keys: Sequence[SigningKey], resolver: dns.resolver.Resolver) -> list[Check]:
     own = [key for key in keys if key.domain == domain]
     if not own:
@@ -139,20 +166,25 @@ def dmarc_checks(domain: str, keys: Sequence[SigningKey], sending_ips: Sequence[
     organisational = auth.organisational_domain(domain)
     suggestion = f'_dmarc.{domain}. IN TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@{organisational}"'
     try:
-        record = auth.dmarc_record(domain) or (auth.dmarc_record(organisational) if organisational != domain
+        record = auth.dmarc_lookup(domain) or (auth.dmarc_lookup(organisational) if organisational != domain
                                                else None)
     except dns.exception.DNSException as exc:
         return [Check("dmarc.record", False, f"no answer from DNS: {exc}", "check the domain's name servers")]
     if record is None:
         return [Check("dmarc.record", False, "no DMARC record", f"publish {suggestion}")]
-    policy = record.get("p", "")
-    checks = [Check("dmarc.record", True, "; ".join(f"{k}={v}" for k, v in record.items())),
+    tags = record.tags
+    policy = tags.get("p", "")
+    rua = bool(tags.get("rua")) and "rua" not in record.invalid
+    checks = [Check("dmarc.record", True, "; ".join(f"{k}={v}" for k, v in tags.items()) or "(unreadable)"),
+              Check("dmarc.syntax", record.valid, "valid (RFC 7489)" if record.valid else "; ".join(record.errors),
+                    "" if record.valid else f"correct the record, e.g. {suggestion}"),
               Check("dmarc.policy", policy in ("none", "quarantine", "reject"), f"p={policy or '(missing)'}",
                     "" if policy in ("none", "quarantine", "reject") else f"publish {suggestion}"),
-              Check("dmarc.rua", bool(record.get("rua")), record.get("rua") or "no rua: no aggregate reports",
-                    "" if record.get("rua") else f"add rua=mailto:dmarc-reports@{organisational}")]
+              Check("dmarc.rua", rua, tags["rua"] if rua else f"rua={tags['rua']} is not a URI: no aggregate reports"
+                    if tags.get("rua") else "no rua: no aggregate reports",
+                    "" if rua else f"add rua=mailto:dmarc-reports@{organisational}")]
     signing = [k.domain for k in keys if auth.organisational_domain(k.domain) == organisational]
-    dkim_aligned = any(d == domain or record.get("adkim", "r") == "r" for d in signing)
+    dkim_aligned = any(d == domain or tags.get("adkim", "r") == "r" for d in signing)
     ways = ["DKIM d=" + ",".join(sorted(set(signing)))] if dkim_aligned else []
     if sending_ips:
         ways.append("SPF of the envelope sender's domain (same as From)")
@@ -191,6 +223,21 @@ def mx_check(domain: str, resolver: dns.resolver.Resolver) -> Check:
     if hosts == ["."]:
         return Check("mx", False, "null MX: the domain accepts no mail, yet sends it (replies bounce)", fix)
     return Check("mx", True, ", ".join(hosts))
+
+
+def soa_check(domain: str, resolver: dns.resolver.Resolver) -> Check:
+    """Yahoo decides whether a MAIL FROM or From domain exists by an SOA query at that very
+    name, so a subdomain with only A or MX records is refused as "unresolvable"."""
+    fix = f"make {domain} a zone of its own (SOA and NS records), or send from a domain that is one"
+    try:
+        answer = resolver.resolve(domain, "SOA")
+    except dns.resolver.NXDOMAIN:
+        return Check("soa", False, f"{domain} does not exist", fix)
+    except dns.resolver.NoAnswer:
+        return Check("soa", False, f"no SOA record at {domain} (Yahoo refuses it as unresolvable)", fix)
+    except dns.exception.DNSException as exc:
+        return Check("soa", False, f"no answer from DNS: {exc}", "check the domain's name servers")
+    return Check("soa", True, str(answer[0].mname).rstrip("."))
 
 
 def _key_of(record: str) -> str:

@@ -7,6 +7,11 @@ mailboxes are searched (stdlib imaplib in a thread) for the tokens still outstan
 the inbox or the spam folder it is placed, with its delivery time and the provider's own
 Authentication-Results (how the provider judged SPF, DKIM and DMARC), then deleted; not found
 within ``probe_timeout`` it is missing (refused, or silently dropped).
+
+Logging in to a seed (OAuth 2.0 or an app password) is ``oauth.log_in``; a failed login is
+counted by reason (``mailpipe_probe_login_failures_total``); probes that time out while their
+mailbox cannot be read are dropped, not counted missing: an unreadable mailbox says nothing
+about where the mail went.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from email.utils import format_datetime
 from mailpipe.config import Seed
 from mailpipe.deliver import headers
 from mailpipe.metrics import Metrics
+from mailpipe.monitors.oauth import LoginError, TokenSource, log_in
 from mailpipe.providers import provider_of
 from mailpipe.queues import SUBMISSION
 from mailpipe.spool import Envelope, Spool
@@ -76,15 +82,16 @@ def provider_verdicts(header_values: Sequence[str]) -> dict[str, str]:
 class Mailbox:
     """One seed's IMAP mailbox (blocking: call from a thread)."""
 
-    def __init__(self, seed: Seed, timeout: float = 30.0):
+    def __init__(self, seed: Seed, tokens: TokenSource | None = None, timeout: float = 30.0):
         self.seed = seed
+        self.tokens = tokens
         self.timeout = timeout
 
     def find(self, tokens: Sequence[str]) -> dict[str, tuple[str, dict[str, str]]]:
         """token -> (inbox|spam, the provider's verdicts) for each token found; found probes are deleted."""
         found: dict[str, tuple[str, dict[str, str]]] = {}
         with self._connect() as client:
-            client.login(self.seed.username, self.seed.password)
+            log_in(client, self.seed, self.tokens)
             for folder, result in ((self.seed.inbox, "inbox"), (self.seed.spam, "spam")):
                 status, _ = client.select(_quote(folder))
                 if status != "OK":
@@ -139,10 +146,12 @@ class Prober:
         self.metrics = metrics
         self._clock = clock
         self._pending: dict[str, Pending] = {}
+        self._tokens: dict[Seed, TokenSource] = {}  # access tokens outlive one poll
         self._wake = asyncio.Event()
 
     def reconfigure(self, settings: ProbeSettings) -> None:
         self.settings = settings
+        self._tokens = {seed: tokens for seed, tokens in self._tokens.items() if seed in settings.seeds}
         self._wake.set()
 
     async def run(self) -> None:
@@ -176,8 +185,20 @@ class Prober:
         for pending in self._pending.values():
             by_seed.setdefault(pending.seed, []).append(pending)
         for seed, waiting in by_seed.items():
+            provider = provider_of(seed.provider)
+            readable = True
+            if seed.oauth2 and seed not in self._tokens:
+                self._tokens[seed] = TokenSource(seed)
+            tokens = self._tokens.get(seed)
             try:
-                found = await asyncio.to_thread(Mailbox(seed).find, [p.token for p in waiting])
+                found = await asyncio.to_thread(Mailbox(seed, tokens).find, [p.token for p in waiting])
+                self.metrics.probe_login_ok.labels(provider).set(1)
+            except LoginError as exc:
+                self.metrics.probe_login_failures.labels(provider, exc.reason).inc()
+                self.metrics.probe_login_ok.labels(provider).set(0)
+                log.error("probe login failed", extra={"provider": provider, "seed": seed.address,
+                                                       "reason": exc.reason, "detail": exc.detail})
+                found, readable = {}, False
             except (OSError, imaplib.IMAP4.error) as exc:
                 log.warning("probe mailbox unreachable", extra={"seed": seed.address, "error": str(exc)})
                 found = {}
@@ -187,7 +208,10 @@ class Prober:
                     result, verdicts = found[pending.token]
                     placements.append(self._placed(pending, result, now - pending.sent_at, verdicts))
                 elif now - pending.sent_at > self.settings.timeout:
-                    placements.append(self._placed(pending, "missing", None, {}))
+                    if readable:
+                        placements.append(self._placed(pending, "missing", None, {}))
+                    else:
+                        del self._pending[pending.token]
         return placements
 
     def _placed(self, pending: Pending, result: str, seconds: float | None, verdicts: dict[str, str]) -> Placement:

@@ -5,11 +5,19 @@ prefixes of check names that must pass (``all``) or of which one must pass (``an
 facts come from the DNS checks and from the daemon's own outgoing traffic. A requirement whose
 checks do not exist (no sending IPs configured, no mail sent to the provider lately) is
 *unknown*, not failed: a gauge that claims a failure nobody can see would page people for
-nothing. Loading never half-succeeds: every problem names the file, requirement and key.
+nothing. Some requirements rest on data mailpipe never sees (the spam rate in Google's
+Postmaster Tools or Yahoo's complaint feedback loop): ``unknown_without`` names what would
+supply it, and such a requirement is always unknown, never passed.
+
+``enforcement`` lists how the provider acts on a failure and since when, in date order
+(``{ from = "2024-02-01", action = "deferral" }, { from = "2025-11-01", action = "rejection" }``
+is Gmail's move from deferring to rejecting), so ``doctor`` says what a failure costs today.
+Loading never half-succeeds: every problem names the file, requirement and key.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,12 +26,25 @@ from typing import Any
 
 from mailpipe.errors import Problems
 
-_REQUIREMENT_KEYS = frozenset({"id", "description", "scope", "since", "source", "all", "any"})
+_REQUIREMENT_KEYS = frozenset({"id", "description", "scope", "since", "source", "all", "any", "enforcement",
+                               "unknown_without"})
+_STAGE_KEYS = frozenset({"from", "action", "detail"})
+ACTIONS = ("none", "warning", "junk", "deferral", "rejection", "no_mitigation")
+_DATE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$")
 _PROFILE_KEYS = frozenset({"provider", "name", "source", "requirements"})
 
 
 class ProfileError(Problems):
     """Problems in the provider requirement profiles."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """From ``start`` (YYYY-MM or YYYY-MM-DD) the provider acts on a failure by ``action``."""
+
+    start: str
+    action: str  # one of ACTIONS
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,13 @@ class Requirement:
     source: str
     all_of: tuple[str, ...]
     any_of: tuple[str, ...]
+    enforcement: tuple[Stage, ...] = ()
+    unknown_without: str = ""  # what would supply data mailpipe cannot see
+
+    def enforced(self, today: str) -> Stage | None:
+        """The stage in force on ``today`` (YYYY-MM-DD); None before the first."""
+        current = [stage for stage in self.enforcement if stage.start <= today]
+        return current[-1] if current else None
 
 
 @dataclass(frozen=True)
@@ -93,15 +121,39 @@ def _profile(path: Path, data: dict[str, Any], problems: list[str]) -> Profile:
         if not all(isinstance(v, list) and all(isinstance(x, str) and x for x in v) for v in lists.values()):
             problems.append(f"{where}: all and any must be arrays of check names")
             continue
-        if not lists["all"] and not lists["any"]:
-            problems.append(f"{where}: needs all or any")
+        unknown_without = spec.get("unknown_without", "")
+        if not isinstance(unknown_without, str):
+            problems.append(f"{where}: unknown_without: must be a string (what would supply the data)")
+            unknown_without = ""
+        if not lists["all"] and not lists["any"] and not unknown_without:
+            problems.append(f"{where}: needs all or any (or unknown_without)")
         if spec.get("id") in seen:
             problems.append(f"{where}: id: duplicate")
         seen.add(str(spec.get("id")))
         requirements.append(Requirement(str(spec.get("id")), str(spec.get("description")), spec.get("scope", "all"),
                                         str(spec.get("since")), str(spec.get("source")), tuple(lists["all"]),
-                                        tuple(lists["any"])))
+                                        tuple(lists["any"]), _stages(where, spec.get("enforcement", []), problems),
+                                        unknown_without))
     return Profile(path.stem, str(data.get("provider", "")), str(data.get("name", path.stem)), tuple(requirements))
+
+
+def _stages(where: str, value: Any, problems: list[str]) -> tuple[Stage, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        problems.append(f"{where}: enforcement: must be an array of {{ from, action, detail }} tables")
+        return ()
+    stages = []
+    for index, item in enumerate(value):
+        at = f"{where}: enforcement[{index}]"
+        for key in sorted(set(item) - _STAGE_KEYS):
+            problems.append(f"{at}: {key}: unknown key")
+        if not isinstance(item.get("from"), str) or not _DATE.match(item["from"]):
+            problems.append(f"{at}: from: must be a date, YYYY-MM-DD or YYYY-MM")
+        if item.get("action") not in ACTIONS:
+            problems.append(f"{at}: action: must be one of {', '.join(ACTIONS)}")
+        stages.append(Stage(str(item.get("from")), str(item.get("action")), str(item.get("detail", ""))))
+    if [s.start for s in stages] != sorted(s.start for s in stages):
+        problems.append(f"{where}: enforcement: stages must be in date order")
+    return tuple(stages)
 
 
 def evaluate(profile: Profile, checks: Mapping[str, bool], *, bulk: bool) -> list[Outcome]:
@@ -120,6 +172,8 @@ def evaluate(profile: Profile, checks: Mapping[str, bool], *, bulk: bool) -> lis
         unknown = [detail for v, detail in [*every, *some] if v is None]
         if False in verdicts:
             outcomes.append(Outcome(requirement, False, "failing: " + ", ".join(failing)))
+        elif requirement.unknown_without:
+            outcomes.append(Outcome(requirement, None, "unknown to mailpipe: needs " + requirement.unknown_without))
         elif None in verdicts:
             outcomes.append(Outcome(requirement, None, "not known yet: " + ", ".join(unknown)))
         else:

@@ -54,6 +54,7 @@ class Monitors:
         self._wake = asyncio.Event()
         self._exported: set[tuple[str, str]] = set()
         self._requirements: set[tuple[str, str]] = set()
+        self._listed: set[tuple[str, str]] = set()
 
     def reconfigure(self, settings: MonitorSettings) -> None:
         self.settings = settings
@@ -118,21 +119,26 @@ class Monitors:
         self._dmarc_series = set(series)
 
     def evaluate(self) -> None:
-        seen = set()
+        """Export each applicable requirement as ok (1/0) or as unknown; never unknown as passed."""
+        judged, listed = set(), set()
         for profile in self.settings.profiles:
             facts = self.traffic.facts(profile.provider)
             per_domain = [profiles.evaluate(profile, {**_results(report), **facts}, bulk=self.settings.bulk)
                           for report in self.reports.values()]
             for index, requirement in enumerate(r for r in profile.requirements
                                                 if r.scope == "all" or self.settings.bulk):
+                key = (profile.provider, requirement.id)
                 verdict = profiles.combine([outcomes[index] for outcomes in per_domain])
-                if verdict is None:
-                    continue
-                self.metrics.provider_requirement_ok.labels(profile.provider, requirement.id).set(int(verdict))
-                seen.add((profile.provider, requirement.id))
-        for stale in self._requirements - seen:
+                self.metrics.provider_requirement_unknown.labels(*key).set(int(verdict is None))
+                listed.add(key)
+                if verdict is not None:
+                    self.metrics.provider_requirement_ok.labels(*key).set(int(verdict))
+                    judged.add(key)
+        for stale in self._requirements - judged:
             self.metrics.provider_requirement_ok.remove(*stale)
-        self._requirements = seen
+        for stale in self._listed - listed:
+            self.metrics.provider_requirement_unknown.remove(*stale)
+        self._requirements, self._listed = judged, listed
 
 
 def dmarc_series(summaries: Sequence[DmarcSummary],
