@@ -54,7 +54,16 @@ def test_list_shows_each_message_like_postqueue(config: Path) -> None:
 
 
 def test_list_of_an_empty_queue_says_so(config: Path) -> None:
+    enqueue(config)
     assert "Mail queue is empty" in mailpipe(config, "list").stdout
+
+
+def test_list_without_a_spool_says_where_it_looked_and_creates_nothing(config: Path) -> None:
+    result = mailpipe(config, "list")
+    assert result.returncode == 1
+    assert f"no spool in {config.parent / 'state' / 'spool'}" in result.stderr
+    assert "runuser -u mailpipe" in result.stderr
+    assert not (config.parent / "state").exists()
 
 
 def test_list_json_has_one_object_per_message(config: Path) -> None:

@@ -40,6 +40,7 @@ dmarc, incidents), ``store`` and ``queue``; ``common`` is the output they share.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ from pathlib import Path
 from mailpipe import __version__
 from mailpipe import config as configuration
 from mailpipe.cli import deliverability, desk, queue, rules, store
-from mailpipe.cli.common import Commands, complain
+from mailpipe.cli.common import SERVICE_USER, Commands, complain
 from mailpipe.data import shipped
 from mailpipe.errors import Problems
 from mailpipe.outbound import classify
@@ -97,18 +98,41 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config_command(commands: Commands, common: argparse.ArgumentParser) -> None:
-    check = commands.add_parser("check-config", help="validate a config file; exit 0 when valid")
-    check.add_argument("path", nargs="?", type=Path)
+    check = commands.add_parser(
+        "check-config", help="validate a config file and the rules it names; exit 0 when valid",
+        description="Lists every problem in one pass: each bad key, the checks spanning keys (time zone,"
+        " hours, certificate and key files, footer placeholders), the urgency rules and the reply catalog."
+        f" Run as root, it also checks that {SERVICE_USER}, who runs the daemon, can read every file named.")
+    check.add_argument("path", nargs="?", type=Path, help="the config file (default /etc/mailpipe/mailpipe.toml)")
+    check.add_argument("--user", default=SERVICE_USER,
+                       help=f"the daemon's user, whose access is checked when run as root (default {SERVICE_USER})")
     check.set_defaults(run=_check_config, config=None)
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    loaded = configuration.load(args.path)
-    ruleset = triage_load.ruleset(loaded.triage)
-    catalog = classify.load(shipped("monitors") / "replies.toml", loaded.outbound.replies_overrides_path)
+    as_user = args.user if os.geteuid() == 0 else None
+    problems: list[str] = []
+    try:
+        loaded = configuration.load(args.path, readable_by=as_user)
+    except Problems as exc:
+        problems.extend(exc.problems)
+        loaded = None
+    triage = loaded.triage if loaded else configuration.load_defaults().triage
+    overrides = loaded.outbound.replies_overrides_path if loaded else None
+    ruleset = catalog = None
+    try:
+        ruleset = triage_load.ruleset(triage)
+    except Problems as exc:
+        problems.extend(exc.problems)
+    try:
+        catalog = classify.load(shipped("monitors") / "replies.toml", overrides)
+    except Problems as exc:
+        problems.extend(exc.problems)
+    if problems or loaded is None or ruleset is None or catalog is None:
+        raise Problems(problems)
     print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, submission on "
           f"{loaded.submission.listen}, {len(ruleset.rules)} rules from {len(ruleset.sources)} files, "
-          f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys)")
+          f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys, state in {loaded.state_path})")
     return 0
 
 

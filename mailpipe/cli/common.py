@@ -8,17 +8,41 @@ to the minute (``local``), the same in every listing.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from mailpipe import config as configuration
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
 
 Commands = Any  # argparse's subparsers action, whose class argparse keeps private
+SERVICE_USER = "mailpipe"  # User= of the shipped unit, created by its sysusers file
+
+
+def owner_of(path: Path) -> str:
+    uid = path.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def chown_needed(path: Path) -> str:
+    """The command that lets the daemon's user read ``path``, or "" when it already owns it."""
+    return "" if owner_of(path) == SERVICE_USER else f"chown {SERVICE_USER}:{SERVICE_USER} {path.absolute()}"
+
+
+def private_file(path: Path) -> TextIO:
+    """A text file for secrets or personal data: owner-only (0600) from the first byte, even when it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def json_line(document: Any) -> None:
@@ -34,9 +58,21 @@ def local(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
 
 
+class StateNotFound(RuntimeError):
+    """A reading command found none of the daemon's state: it says where it looked, and creates nothing."""
+
+    def __init__(self, what: str, config: configuration.Config):
+        _, looked = config.state_search()
+        super().__init__(f"no {what}; looked at: " + "; ".join(looked) + ". Run commands as the daemon's user with"
+                         " its config: runuser -u mailpipe -- mailpipe …, or --config PATH")
+
+
 @contextmanager
-def opened_store(config: configuration.Config) -> Iterator[SQLStore]:
-    """The daemon's store (SQLite, or the shared PostgreSQL), for one command."""
+def opened_store(config: configuration.Config, create: bool = False) -> Iterator[SQLStore]:
+    """The daemon's store (SQLite, or the shared PostgreSQL), for one command. Only commands
+    that bring data in (``create``) make a new SQLite file; the others say where they looked."""
+    if not create and not config.store.url and not config.store_path.exists():
+        raise StateNotFound(f"store at {config.store_path.absolute()}", config)
     store = open_store(config)
     try:
         yield store

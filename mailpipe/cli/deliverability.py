@@ -18,18 +18,25 @@ from pathlib import Path
 from mailpipe import auth
 from mailpipe import config as configuration
 from mailpipe import keys as dkim_keys
-from mailpipe.cli.common import Commands, complain, json_line, local, opened_store
+from mailpipe.cli.common import SERVICE_USER, Commands, chown_needed, complain, json_line, local, opened_store, owner_of
 from mailpipe.monitors import dmarc_reports, dns_checks, profiles
+
+KEY_DIRECTORY = Path("/etc/mailpipe/dkim")
 
 
 def dkim(commands: Commands, common: argparse.ArgumentParser) -> None:
     dkim_command = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
-    keygen = dkim_command.add_parser("keygen", help="write a signing key and print the DNS record to publish")
+    keygen = dkim_command.add_parser(
+        "keygen", help="write a signing key and print the DNS record to publish",
+        description="Writes DIRECTORY/DOMAIN.SELECTOR.key (mode 0600, owned by whoever runs the command; an"
+        " existing key is never overwritten), then prints its path and owner, the chown the daemon's user"
+        " needs to read it, the TXT record to publish and the [[dkim]] table for mailpipe.toml.")
     keygen.add_argument("--domain", required=True)
     keygen.add_argument("--selector", required=True)
     keygen.add_argument("--algorithm", choices=("rsa-sha256", "ed25519-sha256"), default="rsa-sha256")
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
-    keygen.add_argument("--directory", type=Path, default=Path("/etc/mailpipe/dkim"))
+    keygen.add_argument("--directory", type=Path, default=KEY_DIRECTORY,
+                        help=f"where the key file goes (default {KEY_DIRECTORY})")
     keygen.set_defaults(run=_dkim_keygen)
 
 
@@ -45,6 +52,9 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
         complain(f"dkim: {path} exists; choose a new selector to rotate keys")
         return 1
     key = dkim_keys.load_key(domain, args.selector, args.algorithm, path)
+    print(f"; wrote {path.absolute()} (mode 0600, owner {owner_of(path)})")
+    if chown := chown_needed(path):
+        print(f"; the daemon runs as {SERVICE_USER} and must read it: {chown}")
     print(f"; publish in the DNS of {domain}, then add the [[dkim]] table below to mailpipe.toml")
     print(dkim_keys.zone_line(key))
     print()
@@ -63,7 +73,7 @@ def dmarc(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _dmarc_import(args: argparse.Namespace) -> int:
     failed = 0
-    with opened_store(configuration.load(args.config)) as store:
+    with opened_store(configuration.load(args.config), create=True) as store:
         for path in args.files:
             try:
                 found = dmarc_reports.reports(path.read_bytes())

@@ -39,11 +39,13 @@ def customers(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 _CSV_FIELDS = ("address", "name", "company", "plan", "vip", "phone", "notes")
+_YES = ("1", "true", "yes", "y", "vip")
+_NO = ("", "0", "false", "no", "n")
 
 
 def _customers_import(args: argparse.Namespace) -> int:
     """CSV with a header row; ``address`` is required, other known columns are optional."""
-    with (opened_store(configuration.load(args.config)) as store,
+    with (opened_store(configuration.load(args.config), create=True) as store,
           args.file.open(newline="", encoding="utf-8-sig") as handle):
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
@@ -59,7 +61,14 @@ def _customers_import(args: argparse.Namespace) -> int:
                 problems += 1
                 continue
             if "vip" in row:
-                row["vip"] = (row["vip"] or "").strip().lower() in ("1", "true", "yes", "y", "vip")
+                vip = (row["vip"] or "").strip().lower()
+                if vip not in _YES + _NO:
+                    column = reader.fieldnames.index("vip") + 1 if reader.fieldnames else 0
+                    complain(f"{args.file}:{line}: column {column} (vip): {row['vip']!r} is not one of "
+                             f"{', '.join(_YES)} or {', '.join(n for n in _NO if n) or 'empty'}; row refused")
+                    problems += 1
+                    continue
+                row["vip"] = vip in _YES
             store.upsert_customer(address, **{k: v for k, v in row.items() if v is not None})
             imported += 1
     print(f"mailpipe: {imported} customers imported, {problems} rows refused")
@@ -209,7 +218,7 @@ def _agents_away(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
     if _unknown_agent(loaded, args.id):
         return 1
-    with opened_store(loaded) as store:
+    with opened_store(loaded, create=True) as store:
         store.set_away(args.id, args.away, time.time())
     print(f"mailpipe: agents: {args.id}: {'away' if args.away else 'back'}")
     return 0
@@ -229,7 +238,7 @@ def _agents_passwd(args: argparse.Namespace) -> int:
     if len(password) < 12:
         print("mailpipe: agents: a password needs at least 12 characters", file=sys.stderr)
         return 1
-    with opened_store(loaded) as store:
+    with opened_store(loaded, create=True) as store:
         store.set_password(args.id, credentials.hash_password(password), time.time())
     print(f"mailpipe: agents: {args.id}: password set")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mailpipe import config as configuration
 from mailpipe import spool
-from mailpipe.cli.common import Commands, complain, json_line
+from mailpipe.cli.common import Commands, StateNotFound, complain, json_line
 from mailpipe.queues import spool_files
 
 
@@ -39,7 +39,12 @@ def queue(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _spool_files(args: argparse.Namespace) -> list[Path]:
-    return spool_files(configuration.load(args.config).spool_path)
+    """The daemon's spool files; none at all means the wrong place, said with where it looked."""
+    loaded = configuration.load(args.config)
+    found = spool_files(loaded.spool_path)
+    if not found:
+        raise StateNotFound(f"spool in {loaded.spool_path.absolute()}", loaded)
+    return found
 
 
 def _queue_list(args: argparse.Namespace) -> int:
