@@ -3,8 +3,10 @@ files, and CSV values that cannot be read."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import socket
 import stat
 import subprocess
 import sys
@@ -141,3 +143,65 @@ def test_customers_import_refuses_a_vip_value_it_cannot_read_with_row_and_column
     assert f"{csv}:3: column 3 (vip): 'maybe'" in result.stderr
     assert "1 customers imported, 1 rows refused" in result.stdout
     assert mailpipe("customers", "show", "b@example.com", "--config", str(config)).returncode == 1
+
+
+# -- an operator's CLI ----------------------------------------------------------------------------
+
+def test_every_command_has_examples_in_its_help() -> None:
+    from mailpipe.cli import _parser
+    from mailpipe.cli.manual import missing_examples, walk
+
+    parser = _parser()
+    assert missing_examples(parser) == []
+    assert {"queue list", "rules show", "check-config", "help"} <= {name for name, _ in walk(parser)}
+    result = mailpipe("queue", "flush", "--help")
+    assert "examples:\n  mailpipe queue flush" in result.stdout
+
+
+def test_the_manual_page_is_generated_from_the_same_help(tmp_path: Path) -> None:
+    result = mailpipe("help", "--man")
+    assert result.returncode == 0
+    page = result.stdout
+    assert page.startswith(".TH MAILPIPE 8")
+    assert ".SS queue list" in page and ".SS rules show" in page
+    assert "mailpipe queue flush" in page and "runuser \\-u mailpipe" in page
+    manual = tmp_path / "mailpipe.8"
+    manual.write_text(page)
+    rendered = subprocess.run(["man", "-l", str(manual)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "MANWIDTH": "100"})
+    if rendered.returncode == 0:  # man-db is optional here; the roff itself is what ships
+        assert "COMMANDS" in rendered.stdout
+
+
+def test_help_on_one_command() -> None:
+    assert "mailpipe rules show NOT_DELIVERED" in mailpipe("help", "rules", "show").stdout
+    assert mailpipe("help", "nonsense").returncode == 2
+
+
+def test_rules_list_names_every_rule_with_its_score() -> None:
+    result = mailpipe("rules", "list")
+    assert result.returncode == 0
+    assert any(line.split()[:2] == ["NOT_DELIVERED", "5"] for line in result.stdout.splitlines())
+
+
+def test_rules_show_prints_the_rule_as_written_with_its_file() -> None:
+    result = mailpipe("rules", "show", "not_delivered")
+    assert result.returncode == 0
+    assert 'name = "NOT_DELIVERED"' in result.stdout and "urgency.toml" in result.stdout
+    assert "examples = " in result.stdout
+    missing = mailpipe("rules", "show", "NO_SUCH_RULE")
+    assert missing.returncode == 1 and "no such rule" in missing.stderr
+
+
+def test_doctor_against_a_silent_dns_server_names_the_server_not_the_domain() -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a DNS server that never answers
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    try:
+        result = mailpipe("doctor", "example.com", "--nameserver", f"127.0.0.1:{port}", "--json")
+    finally:
+        silent.close()
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert [check["name"] for check in report["checks"]] == ["dns.server"]
+    assert f"127.0.0.1:{port}" in report["checks"][0]["detail"]

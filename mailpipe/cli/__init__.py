@@ -47,13 +47,22 @@ from pathlib import Path
 
 from mailpipe import __version__
 from mailpipe import config as configuration
-from mailpipe.cli import deliverability, desk, queue, rules, store
+from mailpipe.cli import deliverability, desk, manual, queue, rules, store
 from mailpipe.cli.common import SERVICE_USER, Commands, complain
 from mailpipe.data import shipped
 from mailpipe.errors import Problems
 from mailpipe.outbound import classify
 from mailpipe.store import StoreError, StoreUnavailable
 from mailpipe.triage import load as triage_load
+
+EXAMPLES = {
+    "serve": ("mailpipe serve                                  # the quick start: ./var, loopback ports",
+              "mailpipe serve --config /etc/mailpipe/mailpipe.toml",
+              "systemctl start mailpipe                        # in production: the unit runs serve"),
+    "check-config": ("mailpipe check-config                           # /etc/mailpipe/mailpipe.toml",
+                     "mailpipe check-config /etc/mailpipe/mailpipe.toml.new && systemctl reload mailpipe"),
+    "help": ("mailpipe help queue list", "mailpipe help --man > mailpipe.8 && man -l mailpipe.8"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,8 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
+    if args.run is None:
+        return manual.run_help(parser, args, __version__)
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (``queue list --json | head``): say nothing, and exit as a C tool
+        # killed by SIGPIPE would (128 + 13). Python flushes stdout again at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Problems as exc:
         for problem in exc.problems:
             complain(problem)
@@ -81,8 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(metavar="COMMAND")
     for add in (_serve_command, rules.score, rules.rules, desk.customers, desk.cases, desk.agents, desk.stamping,
                 deliverability.dkim, deliverability.dmarc, store.store, deliverability.incidents,
-                deliverability.doctor, _check_config_command, queue.queue):
+                deliverability.doctor, _check_config_command, queue.queue, manual.help_command):
         add(commands, common)
+    manual.attach(parser, {**EXAMPLES, **rules.EXAMPLES, **desk.EXAMPLES, **deliverability.EXAMPLES,
+                           **store.EXAMPLES, **queue.EXAMPLES})
     return parser
 
 

@@ -1,7 +1,7 @@
 """What every command family shares: the ``--config`` option, the store, and how output looks.
 
 Results go to standard output, one JSON object a line with ``--json`` (``json_line``); problems
-go to standard error as ``mailpipe: …`` (``complain``); moments are the operator's local time
+go to standard error as ``mailpipe: …`` (``complain``); moments are the desk's local time
 to the minute (``local``), the same in every listing.
 """
 
@@ -11,11 +11,12 @@ import json
 import os
 import pwd
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 from mailpipe import config as configuration
 from mailpipe.store.backends import open_store
@@ -53,9 +54,10 @@ def complain(text: str) -> None:
     print(f"mailpipe: {text}", file=sys.stderr)
 
 
-def local(at: float) -> str:
-    """A moment as the operator's clock shows it, to the minute, the same in every listing."""
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+def local(at: float, zone: str, spec: str = "%Y-%m-%d %H:%M") -> str:
+    """A moment on the desk's clock (``triage.timezone``, whatever the server's zone), the same
+    in every listing."""
+    return datetime.fromtimestamp(at, ZoneInfo(zone)).strftime(spec)
 
 
 class StateNotFound(RuntimeError):

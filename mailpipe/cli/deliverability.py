@@ -105,7 +105,8 @@ def incidents(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _incidents(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         found = store.incidents(since=time.time() - args.days * 86400)
     if args.json:
         for record in found:
@@ -116,8 +117,8 @@ def _incidents(args: argparse.Namespace) -> int:
         print("mailpipe: no provider incidents")
         return 0
     for record in found:
-        started = local(record.started)
-        state = "ACTIVE" if record.ended is None else f"ended {time.strftime('%H:%M', time.localtime(record.ended))}"
+        started = local(record.started, loaded.triage.timezone)
+        state = "ACTIVE" if record.ended is None else f"ended {local(record.ended, loaded.triage.timezone, '%H:%M')}"
         print(f"#{record.id} {record.provider:<12} {state:<12} since {started}  {record.klass}: {record.sample}")
         print(f"    {record.refusals} refusals; customers to phone ({len(record.customers)}): "
               + (", ".join(record.customers) or "none yet"))
@@ -183,3 +184,14 @@ def _doctor(args: argparse.Namespace) -> int:
     problems = sum(not c.ok for c in report.checks) + sum(o.ok is False for o in outcomes)
     print("all checks pass" if ok else f"{problems} problem{'s' if problems != 1 else ''}")
     return 0 if ok else 1
+
+
+EXAMPLES = {
+    "dkim keygen": ("mailpipe dkim keygen --domain example.com --selector mp2026",
+                    "mailpipe dkim keygen --domain example.com --selector mp2026e --algorithm ed25519-sha256",
+                    "chown mailpipe:mailpipe /etc/mailpipe/dkim/example.com.mp2026.key   # as printed, as root"),
+    "dmarc import": ("mailpipe dmarc import reports/*.xml.gz report.eml", "mailpipe dmarc import report.zip --json"),
+    "incidents": ("mailpipe incidents", "mailpipe incidents --days 30 --json"),
+    "doctor": ("mailpipe doctor example.com", "mailpipe doctor example.com --provider gmail",
+               "mailpipe doctor example.com --ip 192.0.2.10 --nameserver 127.0.0.1:53 --json"),
+}

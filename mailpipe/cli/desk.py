@@ -76,7 +76,8 @@ def _customers_import(args: argparse.Namespace) -> int:
 
 
 def _customers_show(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         profile = store.profile(args.address, time.time())
         cases = store.cases_of(profile.customer.id, 50) if profile else ()
     if profile is None:
@@ -92,7 +93,7 @@ def _customers_show(args: argparse.Namespace) -> int:
         print(f"{label + ':':<9} {value}")
     print(f"Cases ({len(cases)}):" if cases else "Cases: none")
     for case in cases:
-        opened = local(case.opened_at)
+        opened = local(case.opened_at, loaded.triage.timezone)
         print(f"  #{case.id:<6} {opened} {case.status:<9} {case.level:<8} {case.owner:<10} {case.subject}")
     return 0
 
@@ -115,7 +116,8 @@ def cases(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _cases_list(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         found = store.cases("open" if args.open else None, args.limit)
     if args.json:
         for case in found:
@@ -123,14 +125,15 @@ def _cases_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'CASE':<7} {'OPENED':<16} {'STATUS':<8} {'LEVEL':<8} {'SCORE':>6} {'OWNER':<10} SUBJECT")
     for case in found:
-        opened = local(case.opened_at)
+        opened = local(case.opened_at, loaded.triage.timezone)
         print(f"#{case.id:<6} {opened:<16} {case.status:<8} {case.level:<8} {case.score:>6g} {case.owner:<10} "
               f"{case.subject}")
     return 0
 
 
 def _cases_show(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         case = store.case(args.id)
         if case is None:
             complain(f"cases: #{args.id}: not found")
@@ -155,7 +158,7 @@ def _cases_show(args: argparse.Namespace) -> int:
     timeline += [(a.at, 1, f"{a.role:<10} {a.agent}: {a.reason}") for a in assignments]
     timeline += [(n.at, 3, f"{'note':<10} {n.kind}: {n.text}") for n in notes]
     for at, _, line in sorted(timeline, key=lambda entry: entry[:2]):
-        print(f"  {local(at)}  {line}")
+        print(f"  {local(at, loaded.triage.timezone)}  {line}")
     return 0
 
 
@@ -268,3 +271,20 @@ def _stamp(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(stamped.data)
     sys.stdout.buffer.flush()
     return 0
+
+
+EXAMPLES = {
+    "customers import": ("mailpipe customers import customers.csv   # address,name,company,plan,vip,phone,notes",
+                         "  vip: 1/true/yes/y/vip or 0/false/no/n/empty; a row with another value is refused"),
+    "customers show": ("mailpipe customers show tanaka@example.co.jp", "mailpipe customers show a@example.com --json"),
+    "cases list": ("mailpipe cases list --open", "mailpipe cases list --limit 20", "mailpipe cases list --json"),
+    "cases show": ("mailpipe cases show 42", "mailpipe cases show 42 --json"),
+    "cases close": ("mailpipe cases close 42 43",),
+    "cases reopen": ("mailpipe cases reopen 42",),
+    "agents list": ("mailpipe agents list", "mailpipe agents list --json"),
+    "agents away": ("mailpipe agents away yamada   # a teammate handles yamada's customers meanwhile",),
+    "agents back": ("mailpipe agents back yamada",),
+    "agents passwd": ("mailpipe agents passwd yamada            # prompts twice",
+                      "printf '%s\\n' \"$PASSWORD\" | mailpipe agents passwd yamada --password-stdin"),
+    "stamp": ("mailpipe stamp --owner yamada reply.eml", "mailpipe stamp --owner smith --language en - < reply.eml"),
+}

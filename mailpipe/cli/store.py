@@ -61,3 +61,10 @@ def _store_import(args: argparse.Namespace) -> int:
         count = store.load(rows)
     print(f"mailpipe: store: {count} rows imported")
     return 0
+
+
+EXAMPLES = {
+    "store migrate": ("mailpipe store migrate",),
+    "store export": ("mailpipe store export /root/mailpipe-export.jsonl   # written 0600: it holds personal data",),
+    "store import": ("mailpipe store import /root/mailpipe-export.jsonl --config /etc/mailpipe/postgres.toml",),
+}
