@@ -22,6 +22,7 @@ run: $(VENV)/.installed-run
 # after editing $(CONFDIR)/mailpipe.toml (an existing one is kept).
 install:
 	test -x $(DESTDIR)$(PREFIX)/bin/python || $(PYTHON) -m venv $(DESTDIR)$(PREFIX) || { sh tests/system-deps.sh python3-venv && $(PYTHON) -m venv $(DESTDIR)$(PREFIX); }
+	rm -rf build
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet --disable-pip-version-check --upgrade .
 	install -D -m644 systemd/mailpipe.service $(DESTDIR)$(UNITDIR)/mailpipe.service
 	install -D -m644 systemd/mailpipe.sysusers $(DESTDIR)$(SYSUSERSDIR)/mailpipe.conf
