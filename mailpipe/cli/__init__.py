@@ -4,6 +4,7 @@
     mailpipe check-config [PATH]            the config and the rules it names
     mailpipe score [--json] FILE...|-       explain a message's urgency, like rspamc
     mailpipe rules test                     run every rule's examples
+    mailpipe rules list [--json] | show NAME   the rules in force; one rule as written
     mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
     mailpipe customers show ADDRESS         profile and case history
     mailpipe cases list [--open] [--json]   cases, newest first
@@ -25,16 +26,20 @@
     mailpipe queue hold ID...|ALL           like postsuper -h
     mailpipe queue release ID...|ALL        like postsuper -H; also retries quarantined mail
     mailpipe queue delete ID...|ALL         like postsuper -d
+    mailpipe help [COMMAND...] [--man]      a command's help with examples; mailpipe(8) as roff
 
 Queue commands work on the spool files directly, with or without a running daemon; the daemon
-picks up what they change within a second. Exit status: 0 success, 1 failure or not found,
-2 usage; the problems of a broken config, rules file, reply catalog or provider profile
-(``errors.Problems``) are printed one a line.
+picks up what they change within a second. Every command finds the state as the daemon does
+(``Config.state_search``) and a reading command creates nothing. Exit status: 0 success, 1
+failure or not found, 2 usage, 141 when the reader of the output went away; the problems of a
+broken config, rules file, reply catalog or provider profile (``errors.Problems``) are printed
+one a line.
 
 This module holds ``serve`` and ``check-config`` and the order of the commands in ``--help``;
 each family of commands lives in its own module, its help text beside it: ``rules`` (score,
 rules test), ``desk`` (customers, cases, agents, stamp), ``deliverability`` (doctor, dkim,
-dmarc, incidents), ``store`` and ``queue``; ``common`` is the output they share.
+dmarc, incidents), ``store`` and ``queue``; ``common`` is the output they share; ``manual``
+turns the families' ``EXAMPLES`` and the parser into ``--help`` epilogs and mailpipe(8).
 """
 
 from __future__ import annotations
