@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # Production layout (Debian 12, as root): the program in its own venv where the unit's ExecStart
 # points, the unit and sysusers file where systemd looks for local units, config in /etc/mailpipe.
 # DESTDIR stages everything under a scratch root (the install test) and then touches nothing else.
+# The system's Python, not whichever is first on PATH: a pyenv under /root is unreadable to the
+# mailpipe user, and the venv links to its interpreter.
+INSTALL_PYTHON ?= /usr/bin/python3
 PREFIX ?= /opt/mailpipe
 UNITDIR ?= /usr/local/lib/systemd/system
 SYSUSERSDIR ?= /usr/local/lib/sysusers.d
@@ -21,7 +24,7 @@ run: $(VENV)/.installed-run
 # Installs and enables nothing that runs: `systemctl enable --now mailpipe` is the operator's step,
 # after editing $(CONFDIR)/mailpipe.toml (an existing one is kept).
 install:
-	test -x $(DESTDIR)$(PREFIX)/bin/python || $(PYTHON) -m venv $(DESTDIR)$(PREFIX) || { sh tests/system-deps.sh python3-venv && $(PYTHON) -m venv $(DESTDIR)$(PREFIX); }
+	test -x $(DESTDIR)$(PREFIX)/bin/python || $(INSTALL_PYTHON) -m venv $(DESTDIR)$(PREFIX) || { rm -rf $(DESTDIR)$(PREFIX); sh tests/system-deps.sh python3-venv && $(INSTALL_PYTHON) -m venv $(DESTDIR)$(PREFIX); }
 	rm -rf build
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet --disable-pip-version-check --upgrade .
 	install -D -m644 systemd/mailpipe.service $(DESTDIR)$(UNITDIR)/mailpipe.service

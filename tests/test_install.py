@@ -95,3 +95,10 @@ def test_an_existing_config_is_kept_by_a_second_install(staged: Path) -> None:
 def test_the_install_starts_and_enables_nothing(staged: Path) -> None:
     assert not list(staged.rglob("*.wants"))
     assert not (staged / "var").exists()
+
+
+def test_the_installed_program_runs_as_an_unprivileged_user(staged: Path) -> None:
+    """The venv's interpreter must be one the service user can run (not a pyenv under /root)."""
+    interpreter = (staged / "opt/mailpipe/bin/python").resolve()
+    for part in [interpreter, *interpreter.parents]:
+        assert part.stat().st_mode & stat.S_IXOTH, f"{part} is not searchable by other users"
