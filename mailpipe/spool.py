@@ -80,7 +80,7 @@ _COUNTED = "attempts = attempts + CASE WHEN manual THEN 0 ELSE 1 END, manual = 0
 
 _COLUMNS = (
     "id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size, attempts, "
-    "stage_failures, claims, next_attempt, last_error, submitter, overridden"
+    "stage_failures, claims, next_attempt, last_error, submitter, overridden, manual"
 )
 
 
@@ -109,6 +109,7 @@ class Entry:
     next_attempt: float
     last_error: str
     overridden: bool = False
+    manual: bool = False  # this attempt was asked for by an operator (flush, release)
 
     @property
     def recovered(self) -> bool:
@@ -155,9 +156,10 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def _entry(row: tuple[Any, ...]) -> Entry:
     (qid, state, listener, mail_from, rcpts, peer, helo, received_at, size, attempts, stage_failures,
-     claims, next_attempt, last_error, submitter, overridden) = row
+     claims, next_attempt, last_error, submitter, overridden, manual) = row
     return Entry(qid, state, Envelope(mail_from, tuple(json.loads(rcpts)), peer, helo, listener, submitter),
-                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error, bool(overridden))
+                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error, bool(overridden),
+                 bool(manual))
 
 
 # Operations: plain functions of a connection, shared by the daemon's committer and the CLI.

@@ -152,7 +152,9 @@ class Worker:
         if time.time() - entry.received_at > settings.max_lifetime:
             await self._quarantine(message, f"expired after {entry.attempts + 1} attempts: {reason}")
             return
-        delay = min(settings.retry_max, settings.retry_initial * 2 ** entry.attempts)
+        # An attempt the operator asked for keeps the backoff where it was: it is not counted.
+        counted = entry.attempts - 1 if entry.manual and entry.attempts else entry.attempts
+        delay = min(settings.retry_max, settings.retry_initial * 2 ** counted)
         if isinstance(failure, PartlyDeferred):
             await self._spool.narrow(message.id, list(failure.recipients), reason, delay)
         else:

@@ -124,21 +124,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     check = commands.add_parser(
-        "check-config", help="validate a config file and the rules it names; exit 0 when valid",
+        "check-config", parents=[common], help="validate a config file and the rules it names; exit 0 when valid",
         description="Lists every problem in one pass: each bad key, the checks spanning keys (time zone,"
         " hours, certificate and key files, footer placeholders), the urgency rules and the reply catalog."
         f" Run as root, it also checks that {SERVICE_USER}, who runs the daemon, can read every file named.")
     check.add_argument("path", nargs="?", type=Path, help="the config file (default /etc/mailpipe/mailpipe.toml)")
     check.add_argument("--user", default=SERVICE_USER,
                        help=f"the daemon's user, whose access is checked when run as root (default {SERVICE_USER})")
-    check.set_defaults(run=_check_config, config=None)
+    check.set_defaults(run=_check_config)
 
 
 def _check_config(args: argparse.Namespace) -> int:
     as_user = args.user if os.geteuid() == 0 else None
     problems: list[str] = []
     try:
-        loaded = configuration.load(args.path, readable_by=as_user)
+        loaded = configuration.load(args.path or args.config, readable_by=as_user)
     except Problems as exc:
         problems.extend(exc.problems)
         loaded = None
