@@ -2,7 +2,9 @@
 
 Results go to standard output, one JSON object a line with ``--json`` (``json_line``); problems
 go to standard error as ``mailpipe: …`` (``complain``); moments are the desk's local time
-to the minute (``local``), the same in every listing.
+to the minute (``local``), the same in every listing. A reading command that finds no state
+raises ``StateNotFound`` with where it looked; files holding secrets or personal data are
+written owner-only (``private_file``); ``chown_needed`` says how the daemon's user gets a file.
 """
 
 from __future__ import annotations
