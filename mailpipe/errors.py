@@ -14,7 +14,7 @@ table). This module imports nothing of mailpipe's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class Problems(Exception):
@@ -30,11 +30,13 @@ class TemporaryFailure(Exception):
 
 
 class PartlyDeferred(TemporaryFailure):
-    """Some recipients are done with (delivered, or reported as failed); these are to be retried."""
+    """Some recipients are done with (delivered, or reported as failed); these are to be retried.
+    ``details`` (provider, class of the reply) go on the one ``deferred`` log line."""
 
-    def __init__(self, reason: str, recipients: Sequence[str]):
+    def __init__(self, reason: str, recipients: Sequence[str], details: Mapping[str, str] | None = None):
         super().__init__(reason)
         self.recipients = tuple(recipients)
+        self.details = dict(details or {})
 
 
 class PermanentFailure(Exception):
@@ -43,6 +45,11 @@ class PermanentFailure(Exception):
 
 class StoreUnavailable(Exception):
     """The database cannot be reached now: the message waits in the spool and is tried again."""
+
+
+class Refused(Exception):
+    """The next hop refused every recipient for good and the sender has been told (a DSN): the
+    message is done with, and counted as refused, not delivered. The hand-off logged each refusal."""
 
 
 class Consumed(Exception):

@@ -52,7 +52,7 @@ class Metrics:
             ["queue"], registry=r)
         self.handoffs = Counter(
             "mailpipe_handoffs", "Hand-offs of spooled messages to the next hop by result "
-            "(delivered, deferred, quarantined).", ["queue", "result"], registry=r)
+            "(delivered, refused, deferred, held, consumed, quarantined).", ["queue", "result"], registry=r)
         self.handoff_seconds = Histogram(
             "mailpipe_handoff_seconds", "Time from the 250 to the next hop accepting the message.",
             ["queue"], buckets=_LATENCY_BUCKETS, registry=r)

@@ -10,7 +10,9 @@ States: ``incoming`` (new) and ``deferred`` (failed before, waiting for ``next_a
 ready to be claimed; ``active`` is claimed by a worker; ``hold`` is parked by the operator, or by
 a worker that wants a person to decide (``hold_active``, with the reason); ``quarantine`` holds
 poison messages with their reason. A message released from ``hold`` is marked ``overridden``: the
-operator said "send it anyway", and the worker must not hold it again for the same reason.
+operator said "send it anyway", and the worker must not hold it again for the same reason. A
+retry the operator asked for (``flush``, or ``release`` of a message tried before) is ``manual``:
+if it fails, it is not counted in ``attempts``, so it does not double the backoff.
 
 One file may hold several queues (the ``listener`` column: ``submission`` and ``outbound`` share
 ``outbound.sqlite``), so that handing a message from one to the next (``replace``) is one
@@ -67,6 +69,7 @@ CREATE TABLE IF NOT EXISTS messages (
     held_from TEXT,
     submitter TEXT NOT NULL DEFAULT '',
     overridden INTEGER NOT NULL DEFAULT 0,
+    manual INTEGER NOT NULL DEFAULT 0,
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (next_attempt) WHERE state IN ('incoming', 'deferred');
@@ -75,11 +78,15 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 # Columns added after the first release, for spool files written by an older mailpipe.
-_ADDED_COLUMNS = {"submitter": "TEXT NOT NULL DEFAULT ''", "overridden": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {"submitter": "TEXT NOT NULL DEFAULT ''", "overridden": "INTEGER NOT NULL DEFAULT 0",
+                  "manual": "INTEGER NOT NULL DEFAULT 0"}
+# An attempt an operator asked for (``queue flush``/``release``: ``manual``) that fails again is not
+# counted in ``attempts``, so it neither shortens the message's life in retries nor doubles its backoff.
+_COUNTED = "attempts = attempts + CASE WHEN manual THEN 0 ELSE 1 END, manual = 0"
 
 _COLUMNS = (
     "id, state, listener, mail_from, rcpt_tos, peer, helo, received_at, size, attempts, "
-    "stage_failures, claims, next_attempt, last_error, submitter, overridden"
+    "stage_failures, claims, next_attempt, last_error, submitter, overridden, manual"
 )
 
 
@@ -108,6 +115,7 @@ class Entry:
     next_attempt: float
     last_error: str
     overridden: bool = False
+    manual: bool = False  # this attempt was asked for by an operator (flush, release)
 
     @property
     def recovered(self) -> bool:
@@ -169,9 +177,10 @@ def probe(conn: sqlite3.Connection, now: float) -> None:
 
 def _entry(row: tuple[Any, ...]) -> Entry:
     (qid, state, listener, mail_from, rcpts, peer, helo, received_at, size, attempts, stage_failures,
-     claims, next_attempt, last_error, submitter, overridden) = row
+     claims, next_attempt, last_error, submitter, overridden, manual) = row
     return Entry(qid, state, Envelope(mail_from, tuple(json.loads(rcpts)), peer, helo, listener, submitter),
-                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error, bool(overridden))
+                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error, bool(overridden),
+                 bool(manual))
 
 
 # Operations: plain functions of a connection, shared by the daemon's committer and the CLI.
@@ -210,16 +219,17 @@ def remove(conn: sqlite3.Connection, qid: str) -> bool:
 
 def defer(conn: sqlite3.Connection, qid: str, reason: str, next_attempt: float, stage_failure: bool) -> None:
     conn.execute(
-        "UPDATE messages SET state = 'deferred', next_attempt = ?, last_error = ?, attempts = attempts + ?,"
-        " stage_failures = stage_failures + ? WHERE id = ? AND state = 'active'",
-        (next_attempt, reason, int(not stage_failure), int(stage_failure), qid))
+        "UPDATE messages SET state = 'deferred', next_attempt = ?, last_error = ?,"
+        f" {'manual = 0' if stage_failure else _COUNTED}, stage_failures = stage_failures + ?"
+        " WHERE id = ? AND state = 'active'",
+        (next_attempt, reason, int(stage_failure), qid))
 
 
 def narrow(conn: sqlite3.Connection, qid: str, rcpt_tos: Iterable[str], reason: str, next_attempt: float) -> None:
     """Defers a message for some of its recipients only: the others are done with."""
     conn.execute(
-        "UPDATE messages SET state = 'deferred', rcpt_tos = ?, next_attempt = ?, last_error = ?,"
-        " attempts = attempts + 1 WHERE id = ? AND state = 'active'",
+        f"UPDATE messages SET state = 'deferred', rcpt_tos = ?, next_attempt = ?, last_error = ?, {_COUNTED}"
+        " WHERE id = ? AND state = 'active'",
         (json.dumps(list(rcpt_tos)), next_attempt, reason, qid))
 
 
@@ -243,14 +253,14 @@ def release(conn: sqlite3.Connection, qid: str, now: float) -> bool:
     """Back to the queue, ready now; also how an operator retries a quarantined message."""
     return conn.execute(
         "UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'incoming' END,"
-        " overridden = overridden OR state = 'hold', held_from = NULL, stage_failures = 0, next_attempt = ?"
-        " WHERE id = ? AND state IN ('hold', 'quarantine')",
+        " overridden = overridden OR state = 'hold', held_from = NULL, stage_failures = 0, next_attempt = ?,"
+        " manual = attempts > 0 WHERE id = ? AND state IN ('hold', 'quarantine')",
         (now, qid)).rowcount > 0
 
 
 def flush(conn: sqlite3.Connection, now: float) -> int:
-    return conn.execute("UPDATE messages SET next_attempt = ? WHERE state = 'deferred' AND next_attempt > ?",
-                        (now, now)).rowcount
+    return conn.execute("UPDATE messages SET next_attempt = ?, manual = 1"
+                        " WHERE state = 'deferred' AND next_attempt > ?", (now, now)).rowcount
 
 
 def recover(conn: sqlite3.Connection) -> int:

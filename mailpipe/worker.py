@@ -5,6 +5,8 @@ does with each:
 - delivered: removed from the spool (only now: the next hop has the message);
 - ``TemporaryFailure``: deferred with exponential backoff, quarantined after ``max_lifetime``;
 - ``PermanentFailure``: quarantined with the next hop's answer;
+- ``Refused``: the next hop refused for good and the sender was told: removed, counted as
+  ``refused`` (the hand-off logged each recipient's refusal; nothing is logged as delivered);
 - ``Held``: parked in ``hold`` with the reason, for a person to release or delete;
 - ``Consumed``: a stage was the message's destination (a report parser): removed;
 - anything a stage raises: deferred, and quarantined after ``max_stage_failures`` (a poison
@@ -32,7 +34,15 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from mailpipe.config import SpoolConfig
-from mailpipe.errors import Consumed, Held, PartlyDeferred, PermanentFailure, StoreUnavailable, TemporaryFailure
+from mailpipe.errors import (
+    Consumed,
+    Held,
+    PartlyDeferred,
+    PermanentFailure,
+    Refused,
+    StoreUnavailable,
+    TemporaryFailure,
+)
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Message, Spool, storage_error
 
@@ -67,7 +77,11 @@ class Route(Generic[W]):
     settings: SpoolConfig
     method: str
     delivered: Callable[[W], None] = lambda work: None  # counts what was handed on
-    summary: Callable[[W], Mapping[str, Any]] = lambda work: {}  # for the "delivered" log line
+    summary: Callable[[W], Mapping[str, Any]] = lambda work: {}  # for the hand-off's log line
+    # What the log calls a hand-off: "delivered" to a mailbox, "queued for sending" into the send
+    # queue, "removed" (as Postfix says) once the send queue is done with every recipient, each
+    # logged by the hand-off as sent or refused: never "delivered" for mail that was not.
+    event: str = "delivered"
 
 
 class Worker:
@@ -167,6 +181,9 @@ class Worker:
                 self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
             current = "hand-off"
             await route.hand_off(work)
+        except Refused:
+            await self._spool.ack(message.id)
+            self._metrics.handoffs.labels(self.name, "refused").inc()
         except Consumed as exc:
             await self._write(lambda: self._spool.ack(message.id))
             self._metrics.handoffs.labels(self.name, "consumed").inc()
@@ -197,7 +214,7 @@ class Worker:
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(
                 max(0.0, time.time() - message.entry.received_at))
-            log.info("delivered", extra={"queue_id": message.id, **route.summary(work), "method": route.method})
+            log.info(route.event, extra={"queue_id": message.id, **route.summary(work), "method": route.method})
             self._storage_works()
 
     def _storage_works(self) -> None:
@@ -211,14 +228,17 @@ class Worker:
         if time.time() - entry.received_at > settings.max_lifetime:
             await self._quarantine(message, f"expired after {entry.attempts + 1} attempts: {reason}")
             return
-        delay = min(settings.retry_max, settings.retry_initial * 2 ** entry.attempts)
+        # An attempt the operator asked for keeps the backoff where it was: it is not counted.
+        counted = entry.attempts - 1 if entry.manual and entry.attempts else entry.attempts
+        delay = min(settings.retry_max, settings.retry_initial * 2 ** counted)
         if isinstance(failure, PartlyDeferred):
             recipients = list(failure.recipients)
             await self._write(lambda: self._spool.narrow(message.id, recipients, reason, delay))
         else:
             await self._write(lambda: self._spool.defer(message.id, reason, delay))
         self._metrics.handoffs.labels(self.name, "deferred").inc()
-        log.warning("deferred", extra={"queue_id": message.id, "delay": round(delay, 1), "reason": reason})
+        log.warning("deferred", extra={"queue_id": message.id, "delay": round(delay, 1), "reason": reason,
+                                       **getattr(failure, "details", {})})
 
     async def _storage_failed(self, message: Message, settings: SpoolConfig, stage: str, kind: str,
                               exc: Exception) -> None:

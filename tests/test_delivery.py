@@ -16,8 +16,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 
+from mailpipe import spool as spool_ops
 from mailpipe.config import Agent, SpoolConfig
 from mailpipe.deliver.maildir import MaildirDeliverer
+from mailpipe.errors import TemporaryFailure
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Entry, Envelope, Message, Spool
 from mailpipe.triage.work import Work
@@ -110,6 +112,39 @@ def test_a_message_that_crashes_a_stage_is_quarantined_and_does_not_block_the_qu
     stats = asyncio.run(scenario())
     assert stats.depth["quarantine"] == 1
     assert len(list((tmp_path / "mail" / "yamada" / "new").iterdir())) == 5
+
+
+def test_a_failed_retry_asked_for_by_an_operator_keeps_the_backoff_where_it_was(tmp_path: Path) -> None:
+    async def refuse(work: Work) -> None:
+        raise TemporaryFailure("451 try later")
+
+    async def scenario() -> list[float]:
+        spool = Spool(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=1, retry_initial=100, retry_max=10000, max_lifetime=60, max_stage_failures=3)
+        worker = Worker("inbound", spool, Route(Work, (), refuse, settings, "maildir"), Metrics())
+        runner = asyncio.create_task(worker.run())
+        qid = await spool.enqueue(ENVELOPE, b"Subject: x\r\n\r\nbody\r\n")
+        delays = []
+        operator = spool_ops.connect(tmp_path / "inbound.sqlite")  # as `mailpipe queue flush` does
+        for manual in (False, True):
+            for _ in range(200):
+                (entry,) = spool_ops.entries(operator, [qid])
+                if entry.state == "deferred" and not entry.manual and entry.attempts == 1:
+                    break
+                await asyncio.sleep(0.05)
+            delays.append(entry.next_attempt - time.time())
+            if not manual:
+                assert spool_ops.flush(operator, time.time()) == 1
+                await asyncio.sleep(1.5)  # the worker polls each second
+        operator.close()
+        await worker.stop(5)
+        runner.cancel()
+        spool.close()
+        return delays
+
+    first, after_flush = asyncio.run(scenario())
+    assert 90 < first <= 100
+    assert 90 < after_flush <= 100  # not 200: the flushed attempt was not counted
 
 
 def test_smtp_delivery_hands_the_message_to_the_mail_server_for_the_owners_address(make_daemon) -> None:

@@ -374,6 +374,37 @@ def test_a_5xx_from_the_mx_gives_the_sending_agent_a_delivery_status_notificatio
     assert queue_list(daemon) == []
 
 
+def test_a_refusal_is_logged_and_counted_as_a_refusal_once_never_as_delivered(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    mx.refuse_always("RCPT", "550 5.1.2 Bad destination mailbox address")
+    submit(daemon, f"From: support@example.test\r\nTo: {CUSTOMER}\r\nSubject: hi\r\n\r\nhello\r\n".encode())
+    key = ("mailpipe_handoffs_total", (("queue", "outbound"), ("result", "refused")))
+    wait_until(lambda: metrics(daemon).get(key) == 1)
+    assert metrics(daemon).get(("mailpipe_handoffs_total", (("queue", "outbound"), ("result", "delivered")))) in (
+        None, 0)
+    outbound = [line for line in daemon.log().splitlines() if f"to={CUSTOMER}" in line]
+    assert sum("event=refused" in line for line in outbound) == 1, outbound
+    assert not any("event=delivered" in line for line in outbound), outbound
+
+
+def test_each_deferral_is_logged_once_with_its_provider_and_delay(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    mx.refuse("RCPT", "451 4.3.0 Temporary local problem", times=1)
+    submit(daemon, f"From: support@example.test\r\nTo: {CUSTOMER}\r\nSubject: hi\r\n\r\nhello\r\n".encode())
+    assert len(replies_at_mx(mx)) == 1
+    deferred = [line for line in daemon.log().splitlines() if "event=deferred" in line and "4.3.0" in line]
+    assert len(deferred) == 1, deferred
+    assert "provider=" in deferred[0] and "delay=" in deferred[0]
+
+
+def test_a_login_logs_no_library_deprecation_warning(desk) -> None:
+    daemon = desk()
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.login("yamada", PASSWORD)
+    wait_until(lambda: "event=authenticated" in daemon.log())
+    assert "deprecated" not in daemon.log()
+
+
 def test_mail_to_a_null_mx_domain_is_refused_at_once(desk, mx) -> None:
     daemon = desk({"outbound": {"autoreply": False}})
     submit(daemon, b"From: support@example.test\r\nTo: someone@nullmx.test\r\nSubject: hi\r\n\r\nhello\r\n",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,16 @@ def test_list_shows_each_message_like_postqueue(config: Path) -> None:
 
 
 def test_list_of_an_empty_queue_says_so(config: Path) -> None:
+    enqueue(config)
     assert "Mail queue is empty" in mailpipe(config, "list").stdout
+
+
+def test_list_without_a_spool_says_where_it_looked_and_creates_nothing(config: Path) -> None:
+    result = mailpipe(config, "list")
+    assert result.returncode == 1
+    assert f"no spool in {config.parent / 'state' / 'spool'}" in result.stderr
+    assert "runuser -u mailpipe" in result.stderr
+    assert not (config.parent / "state").exists()
 
 
 def test_list_json_has_one_object_per_message(config: Path) -> None:
@@ -121,3 +131,47 @@ def test_a_running_daemon_delivers_a_message_once_it_is_released(make_daemon) ->
     assert mailpipe(daemon.config_path, "release", qid).returncode == 0
     (delivered,) = daemon.delivered(timeout=5)
     assert delivered["Subject"] == "[#1] held"
+
+
+def fail_once(config: Path, qid: str, delay: float = 600) -> None:
+    """The worker's view: claim the message and defer it after a failed attempt."""
+    async def body() -> None:
+        spool = Spool(config.parent / "state" / "spool" / "inbound.sqlite")
+        try:
+            (message,) = await spool.claim(1)
+            assert message.id == qid
+            await spool.defer(qid, "451 try later", delay)
+        finally:
+            spool.close()
+
+    asyncio.run(body())
+
+
+def test_a_manual_flush_is_not_counted_as_a_failed_attempt(config: Path) -> None:
+    (qid,) = enqueue(config, b"Subject: x\r\n\r\nbody\r\n")
+    fail_once(config, qid)
+    assert listed(config)[qid]["attempts"] == 1
+    assert "1 deferred message(s)" in mailpipe(config, "flush").stdout
+    fail_once(config, qid)  # the attempt the operator asked for fails too
+    assert listed(config)[qid]["attempts"] == 1
+
+
+def test_show_prints_local_times_and_ages_not_epoch_seconds(config: Path) -> None:
+    (qid,) = enqueue(config, b"Subject: x\r\n\r\nbody\r\n")
+    fail_once(config, qid)
+    shown = mailpipe(config, "show", qid).stdout
+    envelope = shown.split("*** MESSAGE CONTENTS ***")[0]
+    assert not re.search(r"\b1\d{9}(\.\d+)?\b", envelope), envelope
+    assert re.search(r"arrival_time: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d JST", envelope)  # the desk's zone: Asia/Tokyo
+    assert re.search(r"next_attempt: .* \(in (9|10)m", envelope)
+
+
+def test_a_closed_pipe_ends_the_listing_quietly(config: Path) -> None:
+    enqueue(config, *[b"Subject: x\r\n\r\n" + b"y" * 100 + b"\r\n"] * 300)
+    listing = subprocess.Popen([sys.executable, "-m", "mailpipe", "queue", "list", "--json", "--config", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.readline()
+    listing.stdout.close()  # `| head -1`
+    assert listing.wait(timeout=30) == 141
+    assert listing.stderr.read() == b""

@@ -21,7 +21,7 @@ def unit(tmp_path: Path) -> Path:
     """The shipped unit with ExecStart pointing at this checkout's mailpipe, which verify requires to exist."""
     executable = Path(sys.executable).parent / "mailpipe"
     copy = tmp_path / "mailpipe.service"
-    copy.write_text(UNIT.read_text().replace("/usr/bin/mailpipe", str(executable)))
+    copy.write_text(UNIT.read_text().replace("/opt/mailpipe/bin/mailpipe", str(executable)))
     return copy
 
 

@@ -4,6 +4,7 @@
     mailpipe check-config [PATH]            the config and the rules it names
     mailpipe score [--json] FILE...|-       explain a message's urgency, like rspamc
     mailpipe rules test                     run every rule's examples (with the urgency model)
+    mailpipe rules list [--json] | show NAME   the rules in force; one rule as written
     mailpipe rules eval [LABELLED...] [--folds K] [--json]   precision and recall: rules, model, both
     mailpipe learn --level LEVEL CASE-ID|FILE...   correct a case's urgency, or teach saved messages
     mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
@@ -29,33 +30,49 @@
     mailpipe queue hold ID...|ALL           like postsuper -h
     mailpipe queue release ID...|ALL        like postsuper -H; also retries quarantined mail
     mailpipe queue delete ID...|ALL         like postsuper -d
+    mailpipe help [COMMAND...] [--man]      a command's help with examples; mailpipe(8) as roff
 
 Queue commands work on the spool files directly, with or without a running daemon; the daemon
-picks up what they change within a second. Exit status: 0 success, 1 failure or not found,
-2 usage; the problems of a broken config, rules file, reply catalog or provider profile
-(``errors.Problems``) are printed one a line.
+picks up what they change within a second. Every command finds the state as the daemon does
+(``Config.state_search``) and a reading command creates nothing. Exit status: 0 success, 1
+failure or not found, 2 usage, 141 when the reader of the output went away; the problems of a
+broken config, rules file, reply catalog or provider profile (``errors.Problems``) are printed
+one a line.
 
 This module holds ``serve`` and ``check-config`` and the order of the commands in ``--help``;
 each family of commands lives in its own module, its help text beside it: ``rules`` (score,
 rules test), ``desk`` (customers, cases, agents, stamp), ``deliverability`` (doctor, dkim,
-dmarc, incidents), ``replies`` (explain), ``store`` and ``queue``; ``common`` is the output they share.
+dmarc, incidents), ``replies`` (explain), ``urgency`` (rules eval, learn), ``store`` and ``queue``;
+``common`` is the output they share; ``manual`` turns the families' ``EXAMPLES`` and the parser
+into ``--help`` epilogs and mailpipe(8).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mailpipe import __version__
 from mailpipe import config as configuration
-from mailpipe.cli import deliverability, desk, queue, replies, rules, store, urgency
-from mailpipe.cli.common import Commands, complain
+from mailpipe.cli import deliverability, desk, manual, queue, replies, rules, store, urgency
+from mailpipe.cli.common import SERVICE_USER, Commands, complain
 from mailpipe.errors import Problems
 from mailpipe.outbound import classify
 from mailpipe.store import StoreError, StoreUnavailable
+from mailpipe.triage import corpus
 from mailpipe.triage import load as triage_load
+
+EXAMPLES = {
+    "serve": ("mailpipe serve                                  # the quick start: ./var, loopback ports",
+              "mailpipe serve --config /etc/mailpipe/mailpipe.toml",
+              "systemctl start mailpipe                        # in production: the unit runs serve"),
+    "check-config": ("mailpipe check-config                           # /etc/mailpipe/mailpipe.toml",
+                     "mailpipe check-config /etc/mailpipe/mailpipe.toml.new && systemctl reload mailpipe"),
+    "help": ("mailpipe help queue list", "mailpipe help --man > mailpipe.8 && man -l mailpipe.8"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,8 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
+    if args.run is None:
+        return manual.run_help(parser, args, __version__)
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (``queue list --json | head``): say nothing, and exit as a C tool
+        # killed by SIGPIPE would (128 + 13). Python flushes stdout again at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Problems as exc:
         for problem in exc.problems:
             complain(problem)
@@ -83,8 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(metavar="COMMAND")
     for add in (_serve_command, rules.score, rules.rules, urgency.learn, desk.customers, desk.cases, desk.agents,
                 desk.stamping, deliverability.dkim, deliverability.dmarc, store.store, deliverability.incidents,
-                deliverability.doctor, replies.replies, _check_config_command, queue.queue):
+                deliverability.doctor, replies.replies, _check_config_command, queue.queue, manual.help_command):
         add(commands, common)
+    manual.attach(parser, {**EXAMPLES, **rules.EXAMPLES, **urgency.EXAMPLES, **desk.EXAMPLES,
+                           **deliverability.EXAMPLES, **replies.EXAMPLES, **store.EXAMPLES, **queue.EXAMPLES})
     return parser
 
 
@@ -100,18 +128,45 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config_command(commands: Commands, common: argparse.ArgumentParser) -> None:
-    check = commands.add_parser("check-config", help="validate a config file; exit 0 when valid")
-    check.add_argument("path", nargs="?", type=Path)
-    check.set_defaults(run=_check_config, config=None)
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate a config file and the rules it names; exit 0 when valid",
+        description="Lists every problem in one pass: each bad key, the checks spanning keys (time zone,"
+        " hours, certificate and key files, footer placeholders), the urgency rules and the reply catalog."
+        f" Run as root, it also checks that {SERVICE_USER}, who runs the daemon, can read every file named.")
+    check.add_argument("path", nargs="?", type=Path, help="the config file (default /etc/mailpipe/mailpipe.toml)")
+    check.add_argument("--user", default=SERVICE_USER,
+                       help=f"the daemon's user, whose access is checked when run as root (default {SERVICE_USER})")
+    check.set_defaults(run=_check_config)
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    loaded = configuration.load(args.path)
-    ruleset = triage_load.ruleset(loaded.triage)
-    catalog = classify.configured(loaded.outbound.replies_overrides_path)
+    as_user = args.user if os.geteuid() == 0 else None
+    problems: list[str] = []
+    try:
+        loaded = configuration.load(args.path or args.config, readable_by=as_user)
+    except Problems as exc:
+        problems.extend(exc.problems)
+        loaded = None
+    triage = loaded.triage if loaded else configuration.load_defaults().triage
+    overrides = loaded.outbound.replies_overrides_path if loaded else None
+    ruleset = catalog = None
+    try:
+        ruleset = triage_load.ruleset(triage)
+    except Problems as exc:
+        problems.extend(exc.problems)
+    try:
+        catalog = classify.configured(overrides)
+    except Problems as exc:
+        problems.extend(exc.problems)
+    try:
+        corpus.load(triage.corpus_paths)
+    except Problems as exc:
+        problems.extend(exc.problems)
+    if problems or loaded is None or ruleset is None or catalog is None:
+        raise Problems(problems)
     print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, submission on "
           f"{loaded.submission.listen}, {len(ruleset.rules)} rules from {len(ruleset.sources)} files, "
-          f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys)")
+          f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys, state in {loaded.state_path})")
     return 0
 
 

@@ -18,18 +18,25 @@ from pathlib import Path
 from mailpipe import auth
 from mailpipe import config as configuration
 from mailpipe import keys as dkim_keys
-from mailpipe.cli.common import Commands, complain, json_line, local, opened_store
+from mailpipe.cli.common import SERVICE_USER, Commands, chown_needed, complain, json_line, local, opened_store, owner_of
 from mailpipe.monitors import dmarc_reports, dns_checks, profiles
+
+KEY_DIRECTORY = Path("/etc/mailpipe/dkim")
 
 
 def dkim(commands: Commands, common: argparse.ArgumentParser) -> None:
     dkim_command = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
-    keygen = dkim_command.add_parser("keygen", help="write a signing key and print the DNS record to publish")
+    keygen = dkim_command.add_parser(
+        "keygen", help="write a signing key and print the DNS record to publish",
+        description="Writes DIRECTORY/DOMAIN.SELECTOR.key (mode 0600, owned by whoever runs the command; an"
+        " existing key is never overwritten), then prints its path and owner, the chown the daemon's user"
+        " needs to read it, the TXT record to publish and the [[dkim]] table for mailpipe.toml.")
     keygen.add_argument("--domain", required=True)
     keygen.add_argument("--selector", required=True)
     keygen.add_argument("--algorithm", choices=("rsa-sha256", "ed25519-sha256"), default="rsa-sha256")
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
-    keygen.add_argument("--directory", type=Path, default=Path("/etc/mailpipe/dkim"))
+    keygen.add_argument("--directory", type=Path, default=KEY_DIRECTORY,
+                        help=f"where the key file goes (default {KEY_DIRECTORY})")
     keygen.set_defaults(run=_dkim_keygen)
 
 
@@ -45,6 +52,9 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
         complain(f"dkim: {path} exists; choose a new selector to rotate keys")
         return 1
     key = dkim_keys.load_key(domain, args.selector, args.algorithm, path)
+    print(f"; wrote {path.absolute()} (mode 0600, owner {owner_of(path)})")
+    if chown := chown_needed(path):
+        print(f"; the daemon runs as {SERVICE_USER} and must read it: {chown}")
     print(f"; publish in the DNS of {domain}, then add the [[dkim]] table below to mailpipe.toml")
     print(dkim_keys.zone_line(key))
     print()
@@ -63,7 +73,7 @@ def dmarc(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _dmarc_import(args: argparse.Namespace) -> int:
     failed = 0
-    with opened_store(configuration.load(args.config)) as store:
+    with opened_store(configuration.load(args.config), create=True) as store:
         for path in args.files:
             try:
                 found = dmarc_reports.reports(path.read_bytes())
@@ -95,7 +105,8 @@ def incidents(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _incidents(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         found = store.incidents(since=time.time() - args.days * 86400)
     if args.json:
         for record in found:
@@ -106,8 +117,8 @@ def _incidents(args: argparse.Namespace) -> int:
         print("mailpipe: no provider incidents")
         return 0
     for record in found:
-        started = local(record.started)
-        state = "ACTIVE" if record.ended is None else f"ended {time.strftime('%H:%M', time.localtime(record.ended))}"
+        started = local(record.started, loaded.triage.timezone)
+        state = "ACTIVE" if record.ended is None else f"ended {local(record.ended, loaded.triage.timezone, '%H:%M')}"
         print(f"#{record.id} {record.provider:<12} {state:<12} since {started}  {record.klass}: {record.sample}")
         print(f"    {record.refusals} refusals; customers to phone ({len(record.customers)}): "
               + (", ".join(record.customers) or "none yet"))
@@ -188,3 +199,14 @@ def _requirement_json(outcome: profiles.Outcome, today: str) -> dict[str, object
             "source": requirement.source, "unknown_without": requirement.unknown_without or None,
             "enforcement": [{"from": s.start, "action": s.action, "detail": s.detail} for s in requirement.enforcement],
             "enforced_now": stage.action if stage else None}
+
+
+EXAMPLES = {
+    "dkim keygen": ("mailpipe dkim keygen --domain example.com --selector mp2026",
+                    "mailpipe dkim keygen --domain example.com --selector mp2026e --algorithm ed25519-sha256",
+                    "chown mailpipe:mailpipe /etc/mailpipe/dkim/example.com.mp2026.key   # as printed, as root"),
+    "dmarc import": ("mailpipe dmarc import reports/*.xml.gz report.eml", "mailpipe dmarc import report.zip --json"),
+    "incidents": ("mailpipe incidents", "mailpipe incidents --days 30 --json"),
+    "doctor": ("mailpipe doctor example.com", "mailpipe doctor example.com --provider gmail",
+               "mailpipe doctor example.com --ip 192.0.2.10 --nameserver 127.0.0.1:53 --json"),
+}

@@ -39,11 +39,13 @@ def customers(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 _CSV_FIELDS = ("address", "name", "company", "plan", "vip", "phone", "notes")
+_YES = ("1", "true", "yes", "y", "vip")
+_NO = ("", "0", "false", "no", "n")
 
 
 def _customers_import(args: argparse.Namespace) -> int:
     """CSV with a header row; ``address`` is required, other known columns are optional."""
-    with (opened_store(configuration.load(args.config)) as store,
+    with (opened_store(configuration.load(args.config), create=True) as store,
           args.file.open(newline="", encoding="utf-8-sig") as handle):
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
@@ -59,7 +61,14 @@ def _customers_import(args: argparse.Namespace) -> int:
                 problems += 1
                 continue
             if "vip" in row:
-                row["vip"] = (row["vip"] or "").strip().lower() in ("1", "true", "yes", "y", "vip")
+                vip = (row["vip"] or "").strip().lower()
+                if vip not in _YES + _NO:
+                    column = reader.fieldnames.index("vip") + 1 if reader.fieldnames else 0
+                    complain(f"{args.file}:{line}: column {column} (vip): {row['vip']!r} is not one of "
+                             f"{', '.join(_YES)} or {', '.join(n for n in _NO if n) or 'empty'}; row refused")
+                    problems += 1
+                    continue
+                row["vip"] = vip in _YES
             store.upsert_customer(address, **{k: v for k, v in row.items() if v is not None})
             imported += 1
     print(f"mailpipe: {imported} customers imported, {problems} rows refused")
@@ -67,7 +76,8 @@ def _customers_import(args: argparse.Namespace) -> int:
 
 
 def _customers_show(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         profile = store.profile(args.address, time.time())
         cases = store.cases_of(profile.customer.id, 50) if profile else ()
     if profile is None:
@@ -83,7 +93,7 @@ def _customers_show(args: argparse.Namespace) -> int:
         print(f"{label + ':':<9} {value}")
     print(f"Cases ({len(cases)}):" if cases else "Cases: none")
     for case in cases:
-        opened = local(case.opened_at)
+        opened = local(case.opened_at, loaded.triage.timezone)
         print(f"  #{case.id:<6} {opened} {case.status:<9} {case.level:<8} {case.owner:<10} {case.subject}")
     return 0
 
@@ -106,7 +116,8 @@ def cases(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _cases_list(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         found = store.cases("open" if args.open else None, args.limit)
     if args.json:
         for case in found:
@@ -114,14 +125,15 @@ def _cases_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'CASE':<7} {'OPENED':<16} {'STATUS':<8} {'LEVEL':<8} {'SCORE':>6} {'OWNER':<10} SUBJECT")
     for case in found:
-        opened = local(case.opened_at)
+        opened = local(case.opened_at, loaded.triage.timezone)
         print(f"#{case.id:<6} {opened:<16} {case.status:<8} {case.level:<8} {case.score:>6g} {case.owner:<10} "
               f"{case.subject}")
     return 0
 
 
 def _cases_show(args: argparse.Namespace) -> int:
-    with opened_store(configuration.load(args.config)) as store:
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
         case = store.case(args.id)
         if case is None:
             complain(f"cases: #{args.id}: not found")
@@ -146,7 +158,7 @@ def _cases_show(args: argparse.Namespace) -> int:
     timeline += [(a.at, 1, f"{a.role:<10} {a.agent}: {a.reason}") for a in assignments]
     timeline += [(n.at, 3, f"{'note':<10} {n.kind}: {n.text}") for n in notes]
     for at, _, line in sorted(timeline, key=lambda entry: entry[:2]):
-        print(f"  {local(at)}  {line}")
+        print(f"  {local(at, loaded.triage.timezone)}  {line}")
     return 0
 
 
@@ -209,7 +221,7 @@ def _agents_away(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
     if _unknown_agent(loaded, args.id):
         return 1
-    with opened_store(loaded) as store:
+    with opened_store(loaded, create=True) as store:
         store.set_away(args.id, args.away, time.time())
     print(f"mailpipe: agents: {args.id}: {'away' if args.away else 'back'}")
     return 0
@@ -229,7 +241,7 @@ def _agents_passwd(args: argparse.Namespace) -> int:
     if len(password) < 12:
         print("mailpipe: agents: a password needs at least 12 characters", file=sys.stderr)
         return 1
-    with opened_store(loaded) as store:
+    with opened_store(loaded, create=True) as store:
         store.set_password(args.id, credentials.hash_password(password), time.time())
     print(f"mailpipe: agents: {args.id}: password set")
     return 0
@@ -259,3 +271,20 @@ def _stamp(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(stamped.data)
     sys.stdout.buffer.flush()
     return 0
+
+
+EXAMPLES = {
+    "customers import": ("mailpipe customers import customers.csv   # address,name,company,plan,vip,phone,notes",
+                         "  vip: 1/true/yes/y/vip or 0/false/no/n/empty; a row with another value is refused"),
+    "customers show": ("mailpipe customers show tanaka@example.co.jp", "mailpipe customers show a@example.com --json"),
+    "cases list": ("mailpipe cases list --open", "mailpipe cases list --limit 20", "mailpipe cases list --json"),
+    "cases show": ("mailpipe cases show 42", "mailpipe cases show 42 --json"),
+    "cases close": ("mailpipe cases close 42 43",),
+    "cases reopen": ("mailpipe cases reopen 42",),
+    "agents list": ("mailpipe agents list", "mailpipe agents list --json"),
+    "agents away": ("mailpipe agents away yamada   # a teammate handles yamada's customers meanwhile",),
+    "agents back": ("mailpipe agents back yamada",),
+    "agents passwd": ("mailpipe agents passwd yamada            # prompts twice",
+                      "printf '%s\\n' \"$PASSWORD\" | mailpipe agents passwd yamada --password-stdin"),
+    "stamp": ("mailpipe stamp --owner yamada reply.eml", "mailpipe stamp --owner smith --language en - < reply.eml"),
+}

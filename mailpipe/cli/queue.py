@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mailpipe import config as configuration
 from mailpipe import spool
-from mailpipe.cli.common import Commands, complain, json_line
+from mailpipe.cli.common import Commands, StateNotFound, complain, json_line, local
 from mailpipe.queues import spool_files
 
 
@@ -39,11 +39,17 @@ def queue(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _spool_files(args: argparse.Namespace) -> list[Path]:
-    return spool_files(configuration.load(args.config).spool_path)
+    """The daemon's spool files; none at all means the wrong place, said with where it looked."""
+    loaded = configuration.load(args.config)
+    found = spool_files(loaded.spool_path)
+    if not found:
+        raise StateNotFound(f"spool in {loaded.spool_path.absolute()}", loaded)
+    return found
 
 
 def _queue_list(args: argparse.Namespace) -> int:
     now = time.time()
+    zone = configuration.load(args.config).triage.timezone
     total_size = count = 0
     if not args.json:
         print(f"{'-Queue ID-':<19} {'--Size--':>8} {'----Arrival Time----':<20} {'-Queue-':<10} {'-State-':<10} "
@@ -57,7 +63,7 @@ def _queue_list(args: argparse.Namespace) -> int:
             if args.json:
                 json_line(_entry_json(entry, now))
                 continue
-            arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(entry.received_at))
+            arrival = local(entry.received_at, zone, "%a %b %d %H:%M:%S")
             print(f"{entry.id:<19} {entry.size:>8} {arrival:<20} {entry.envelope.listener:<10} {entry.state:<10} "
                   f"{entry.envelope.mail_from or '<>'}")
             if entry.last_error:
@@ -81,7 +87,30 @@ def _entry_json(entry: spool.Entry, now: float) -> dict[str, object]:
     }
 
 
+def _readable(entry: spool.Entry, now: float, zone: str) -> dict[str, object]:
+    """``queue show``'s envelope: moments on the desk's clock, ages in words, never epoch seconds."""
+    fields = _entry_json(entry, now)
+    fields["arrival_time"] = local(entry.received_at, zone, "%Y-%m-%d %H:%M:%S %Z")
+    fields["age_seconds"] = None
+    fields["age"] = _duration(now - entry.received_at)
+    if entry.state in ("incoming", "deferred"):
+        due = entry.next_attempt - now
+        fields["next_attempt"] = local(entry.next_attempt, zone, "%Y-%m-%d %H:%M:%S %Z") + (
+            f" (in {_duration(due)})" if due > 0 else " (due now)")
+    else:
+        fields["next_attempt"] = None
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _duration(seconds: float) -> str:
+    """``1h 5m``: the two largest units, the way a person reads an age."""
+    whole = max(0, int(seconds))
+    parts = ((whole // 86400, "d"), (whole % 86400 // 3600, "h"), (whole % 3600 // 60, "m"), (whole % 60, "s"))
+    return " ".join([f"{n}{unit}" for n, unit in parts if n][:2]) or "0s"
+
+
 def _queue_show(args: argparse.Namespace) -> int:
+    zone = configuration.load(args.config).triage.timezone
     for path in _spool_files(args):
         with closing(spool.connect(path)) as conn:
             found = spool.entries(conn, [args.id])
@@ -90,7 +119,7 @@ def _queue_show(args: argparse.Namespace) -> int:
             entry = found[0]
             out = sys.stdout.buffer
             out.write(f"*** ENVELOPE RECORDS {entry.envelope.listener}/{entry.id} ***\n".encode())
-            for key, value in _entry_json(entry, time.time()).items():
+            for key, value in _readable(entry, time.time(), zone).items():
                 out.write(f"{key}: {value}\n".encode())
             out.write(b"*** MESSAGE CONTENTS ***\n")
             out.write(data.replace(b"\r\n", b"\n"))
@@ -129,3 +158,14 @@ def _queue_change(args: argparse.Namespace) -> int:
     for qid in missing:
         complain(f"queue: {qid}: not found or not in a state to {args.verb}")
     return 1 if missing else 0
+
+
+EXAMPLES = {
+    "queue list": ("mailpipe queue list", "mailpipe queue list --json | jq -r 'select(.state == \"deferred\") | .id'"),
+    "queue show": ("mailpipe queue show 0A1B2C3D4E5F6G7H | less",),
+    "queue flush": ("mailpipe queue flush   # an attempt asked for this way is not counted against the backoff",),
+    "queue hold": ("mailpipe queue hold 0A1B2C3D4E5F6G7H", "mailpipe queue hold ALL"),
+    "queue release": ("mailpipe queue release 0A1B2C3D4E5F6G7H   # also retries a quarantined message",
+                      "mailpipe queue release ALL"),
+    "queue delete": ("mailpipe queue delete 0A1B2C3D4E5F6G7H", "mailpipe queue delete ALL"),
+}

@@ -143,3 +143,11 @@ def _print(explained: Explained) -> None:
     if document["source"]:
         print(f"Source:   {document['source']} ({document['since']})")
     print()
+
+
+EXAMPLES = {
+    "replies explain": (
+        "mailpipe replies explain '550-5.7.26 This mail has been blocked because the sender is unauthenticated.'",
+        "mailpipe replies explain --mx mta5.am0.yahoodns.net '421 4.7.0 [TSS04] Messages temporarily deferred'",
+        "grep 'status=bounced' /var/log/mail.log | sed 's/.*said: //' | mailpipe replies explain --json -"),
+}

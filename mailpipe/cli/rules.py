@@ -15,12 +15,13 @@ import argparse
 import json
 import sys
 import time
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mailpipe import config as configuration
 from mailpipe.cli import urgency
-from mailpipe.cli.common import Commands
+from mailpipe.cli.common import Commands, complain, json_line
 from mailpipe.deliver.headers import as_received
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT
@@ -93,7 +94,46 @@ def rules(commands: Commands, common: argparse.ArgumentParser) -> None:
     rules_command = commands.add_parser("rules", help="urgency rules").add_subparsers(metavar="ACTION")
     rules_command.add_parser("test", parents=[common], help="check every rule's examples").set_defaults(
         run=_rules_test)
+    listing = rules_command.add_parser("list", parents=[common], help="every rule in force: name, score, description")
+    listing.add_argument("--json", action="store_true", help="one JSON object per rule")
+    listing.set_defaults(run=_rules_list)
+    showing = rules_command.add_parser("show", parents=[common], help="one rule as written, with its file")
+    showing.add_argument("name", metavar="NAME", help="the rule's name, e.g. NOT_DELIVERED")
+    showing.set_defaults(run=_rules_show)
     urgency.add_eval(rules_command, common)
+
+
+def _rules_list(args: argparse.Namespace) -> int:
+    ruleset = triage_load.ruleset(configuration.load(args.config).triage)
+    for rule in sorted(ruleset.rules, key=lambda r: (-r.score, r.name)):
+        if args.json:
+            json_line({"name": rule.name, "score": rule.score, "description": rule.description,
+                       "escalate": rule.escalate, "composite": rule.expression is not None, "source": rule.source})
+            continue
+        escalate = f"  [{rule.escalate}]" if rule.escalate else ""
+        print(f"{rule.name:<28} {rule.score:>6g}  {rule.description}{escalate}")
+    if not args.json:
+        print(f"{len(ruleset.rules)} rules; levels: " + ", ".join(f"{k} >= {v:g}" for k, v in ruleset.levels.items()))
+    return 0
+
+
+def _rules_show(args: argparse.Namespace) -> int:
+    """The rule's table as its file has it (after overrides: each file that defines it, in order)."""
+    ruleset = triage_load.ruleset(configuration.load(args.config).triage)
+    rule = next((r for r in ruleset.rules if r.name == args.name.upper()), None)
+    if rule is None:
+        complain(f"rules: {args.name}: no such rule (mailpipe rules list names them)")
+        return 1
+    print(f"{rule.name} (score {rule.score:g}, {len(rule.examples)} examples) from {rule.source}")
+    for source in dict.fromkeys([*ruleset.sources, rule.source]):
+        path = Path(source)
+        tables = tomllib.loads(path.read_text("utf-8")).get("rule", []) if path.is_file() else []
+        for table in (t for t in tables if t.get("name") == rule.name):
+            print(f"# {path}")
+            print("[[rule]]")
+            for key, value in table.items():
+                print(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+    return 0
 
 
 def received(raw: bytes) -> ParsedMessage:
@@ -112,3 +152,12 @@ def _rules_test(args: argparse.Namespace) -> int:
     print(f"{checked} examples in {len(ruleset.rules)} rules: "
           + (f"{len(failures)} failed" if failures else "all pass"))
     return 1 if failures else 0
+
+
+EXAMPLES = {
+    "score": ("mailpipe score message.eml", "mailpipe score --json var/mailboxes/yamada/new/*",
+              "mailpipe score - < message.eml"),
+    "rules test": ("mailpipe rules test", "mailpipe rules test --config /etc/mailpipe/mailpipe.toml"),
+    "rules list": ("mailpipe rules list", "mailpipe rules list --json | jq -r .name"),
+    "rules show": ("mailpipe rules show NOT_DELIVERED", "mailpipe rules show vip"),
+}

@@ -117,3 +117,11 @@ def _toml(text: str) -> str:
     """A TOML basic string: every character that needs it escaped."""
     escaped = "".join(f"\\u{ord(c):04x}" if c < " " or c in '"\\\x7f' else c for c in text)
     return f'"{escaped}"'
+
+
+EXAMPLES = {
+    "rules eval": ("mailpipe rules eval", "mailpipe rules eval tests/fixtures/triage/aside.toml",
+                   "mailpipe rules eval /etc/mailpipe/corpus.d/*.toml --folds 10 --json"),
+    "learn": ("mailpipe learn --level critical 42", "mailpipe learn --level low --author sato 17 18",
+              "mailpipe learn --level high saved/*.eml   # into triage.corpus_overrides, for the next training"),
+}

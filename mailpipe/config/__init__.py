@@ -14,28 +14,22 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mailpipe.addresses import syntax_problem
-from mailpipe.config import seeds as seed_checks
 from mailpipe.config.convert import Bytes, Endpoint, Seconds, convert
 from mailpipe.config.seeds import Seed
 from mailpipe.data import shipped
 from mailpipe.errors import Problems
-from mailpipe.keys import SigningKeyError, load_key
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailpipe/mailpipe.toml")
+# StateDirectory=mailpipe of the shipped unit: where the installed daemon keeps its state.
+SYSTEM_STATE_DIRECTORY = Path("/var/lib/mailpipe")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d")
 EMBEDDED = "<embedded defaults>"
-
-_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -260,7 +254,23 @@ class Config:
 
     @property
     def state_path(self) -> Path:
-        return Path(self.state_directory or os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var")
+        return self.state_search()[0]
+
+    def state_search(self) -> tuple[Path, tuple[str, ...]]:
+        """The state directory, found the same way by the daemon and every command, and where
+        it looked: ``state_directory``; systemd's ``$STATE_DIRECTORY`` (the daemon under the unit);
+        the unit's /var/lib/mailpipe when the config is the installed one (an operator's shell has
+        no ``$STATE_DIRECTORY``); ``./var`` for the quick start."""
+        if self.state_directory:
+            return Path(self.state_directory), (f"state_directory = {self.state_directory!r} in {self.source}",)
+        looked = [f"no state_directory in {self.source}"]
+        if systemd := os.environ.get("STATE_DIRECTORY", "").split(":")[0]:
+            return Path(systemd), (*looked, f"$STATE_DIRECTORY = {systemd}")
+        looked.append("no $STATE_DIRECTORY (systemd sets it only for the service)")
+        if self.source == str(DEFAULT_CONFIG_PATH):
+            return SYSTEM_STATE_DIRECTORY, (*looked, f"the installed unit's StateDirectory {SYSTEM_STATE_DIRECTORY}")
+        looked.append(f"not the installed config {DEFAULT_CONFIG_PATH}, so not {SYSTEM_STATE_DIRECTORY}")
+        return Path("var"), (*looked, f"./var under {Path.cwd()} (the quick start)")
 
     @property
     def spool_path(self) -> Path:
@@ -300,13 +310,23 @@ class ConfigError(Problems):
     """One or more problems, each already phrased as ``file: key: reason``."""
 
 
-def load(path: Path | None = None) -> Config:
-    """Defaults merged with ``path`` (or /etc/mailpipe/mailpipe.toml when it exists)."""
-    defaults = tomllib.loads(resources.files("mailpipe").joinpath("defaults.toml").read_text("utf-8"))
+def load_defaults() -> Config:
+    """The embedded defaults alone (``check-config`` judges the rules with them when the file is broken)."""
+    return _build(_defaults(), EMBEDDED, None)
+
+
+def _defaults() -> dict[str, Any]:
+    return tomllib.loads(resources.files("mailpipe").joinpath("defaults.toml").read_text("utf-8"))
+
+
+def load(path: Path | None = None, readable_by: str | None = None) -> Config:
+    """Defaults merged with ``path`` (or /etc/mailpipe/mailpipe.toml when it exists).
+    ``readable_by``: also check that this user (the daemon's) can read every file named."""
+    defaults = _defaults()
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
     if path is None:
-        return _build(defaults, EMBEDDED)
+        return _build(defaults, EMBEDDED, readable_by)
     source = str(path)
     try:
         text = Path(path).read_text("utf-8")
@@ -318,7 +338,7 @@ def load(path: Path | None = None) -> Config:
         overrides = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: TOML syntax: {exc}"]) from None
-    return _build(_merge(defaults, overrides), source)
+    return _build(_merge(defaults, overrides), source, readable_by)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -331,88 +351,15 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _build(data: dict[str, Any], source: str) -> Config:
+def _build(data: dict[str, Any], source: str, readable_by: str | None) -> Config:
+    """Every problem at once: bad keys, and the checks spanning keys over what did convert."""
     problems: list[str] = []
     config = convert(Config, data, "", source, problems)
-    if not problems:
-        problems.extend(_check(config, source))
+    if config is not None:
+        problems.extend(check(config, source, readable_by))
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(config, source=source)
 
 
-def _check(config: Config, source: str) -> list[str]:
-    """Rules that span several keys, which the type-driven conversion cannot see."""
-    problems = []
-    if not config.agents:
-        problems.append(f"{source}: agents: at least one agent is required to receive mail")
-    seen: set[str] = set()
-    for index, agent in enumerate(config.agents):
-        if not _AGENT_ID.match(agent.id):
-            problems.append(f"{source}: agents[{index}].id: {agent.id!r} must be lowercase letters, digits, . _ -")
-        if agent.id in seen:
-            problems.append(f"{source}: agents[{index}].id: duplicate agent id {agent.id!r}")
-        seen.add(agent.id)
-    inbound = config.inbound
-    for index, address in enumerate(inbound.addresses):
-        if reason := syntax_problem(address):
-            problems.append(f"{source}: inbound.addresses[{index}]: {address!r}: {reason}")
-    for index, agent in enumerate(config.agents):
-        if reason := syntax_problem(agent.address):
-            problems.append(f"{source}: agents[{index}].address: {agent.address!r}: {reason}")
-    if bool(inbound.tls_certificate) != bool(inbound.tls_key):
-        problems.append(f"{source}: inbound.tls_key: tls_certificate and tls_key must be set together")
-    submission = config.submission
-    if bool(submission.tls_certificate) != bool(submission.tls_key):
-        problems.append(f"{source}: submission.tls_key: tls_certificate and tls_key must be set together")
-    if not config.submission_tls[0] and not (submission.plaintext_auth_on_loopback and submission.on_loopback):
-        problems.append(f"{source}: submission.tls_certificate: submission on {submission.listen} needs a"
-                        " certificate: passwords are only accepted over TLS off loopback")
-    files = {"inbound.tls_certificate": inbound.tls_certificate, "inbound.tls_key": inbound.tls_key,
-             "delivery.ca_file": config.delivery.ca_file, "submission.tls_certificate": submission.tls_certificate,
-             "submission.tls_key": submission.tls_key, "outbound.ca_file": config.outbound.ca_file}
-    files.update({f"dkim[{i}].key_file": key.key_file for i, key in enumerate(config.dkim)})
-    for key, value in files.items():
-        if value and not Path(value).is_file():
-            problems.append(f"{source}: {key}: no such file {value!r}")
-    triage = config.triage
-    try:
-        ZoneInfo(triage.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        problems.append(f"{source}: triage.timezone: unknown time zone {triage.timezone!r}")
-    schedules = [("triage.business_hours", triage.business_hours, "triage.business_days", triage.business_days)]
-    schedules += [(f"agents[{i}].hours", a.hours, f"agents[{i}].days", a.days) for i, a in enumerate(config.agents)]
-    for hours_key, hours, days_key, days in schedules:
-        if hours and not _HOURS.fullmatch(hours):
-            problems.append(f"{source}: {hours_key}: {hours!r} is not HH:MM-HH:MM")
-        for index, day in enumerate(days):
-            if day not in WEEKDAYS:
-                problems.append(f"{source}: {days_key}[{index}]: {day!r} is not one of {', '.join(WEEKDAYS)}")
-    for section in ("spool", "outbound"):
-        settings = getattr(config, section)
-        if settings.retry_max < settings.retry_initial:
-            problems.append(f"{source}: {section}.retry_max: must not be shorter than {section}.retry_initial")
-    if config.outbound.max_per_destination < 1:
-        problems.append(f"{source}: outbound.max_per_destination: must be at least 1")
-    if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
-        problems.append(f"{source}: store.url: {config.store.url.split(':')[0]!r} is not postgresql:// (empty: SQLite)")
-    problems += seed_checks.problems(source, config.monitors.seeds)
-    if config.monitors.probe_agent and config.monitors.probe_agent not in {a.id for a in config.agents}:
-        problems.append(f"{source}: monitors.probe_agent: no agent {config.monitors.probe_agent!r}")
-    accepted = {a.casefold() for a in inbound.addresses}
-    for index, address in enumerate(config.monitors.dmarc_report_addresses):
-        if address.casefold() not in accepted:
-            problems.append(f"{source}: monitors.dmarc_report_addresses[{index}]: {address!r} must also be one of"
-                            " inbound.addresses, or reports for it are refused")
-    for index, ip in enumerate(config.monitors.sending_ips):
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            problems.append(f"{source}: monitors.sending_ips[{index}]: {ip!r} is not an IP address")
-    for index, key in enumerate(config.dkim):
-        if key.key_file and Path(key.key_file).is_file():
-            try:
-                load_key(key.domain, key.selector, key.algorithm, Path(key.key_file))
-            except SigningKeyError as exc:
-                problems.append(f"{source}: dkim[{index}].key_file: {exc}")
-    return problems
+from mailpipe.config.checks import check  # noqa: E402  (the checks read the dataclasses above)

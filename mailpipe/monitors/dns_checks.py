@@ -12,7 +12,10 @@ forward to the same address (FCrDNS), as Gmail and Yahoo require.
 Names: ``spf.record``, ``spf.syntax``, ``spf.lookups``, ``spf.all``, ``spf.authorized.<ip>``,
 ``spf.helo.record``, ``spf.helo.authorized.<ip>`` (the EHLO name, for null-sender mail),
 ``dkim.<selector>``, ``dkim.configured``, ``dmarc.record``, ``dmarc.syntax``, ``dmarc.policy``, ``dmarc.rua``,
-``dmarc.alignment``, ``ptr.<ip>``, ``mx``, ``soa``.
+``dmarc.alignment``, ``ptr.<ip>``, ``mx``, ``soa``. When the DNS servers themselves do not answer,
+none of these can run: ``check_domain`` then returns the one check ``dns.server``, naming the
+servers, after one short probe instead of a timeout per check. ``not_public`` names the domains
+(localhost, .local, .invalid) that no receiver looks up, which the monitors skip.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mailpipe.keys import SigningKey
 
 _UNAUTHORISED_PROBE = "192.0.2.255"  # TEST-NET-1: no SPF record should authorise it
 _MAX_LOOKUPS = 10
+_PROBE_SECONDS = 3.0
 _KEY_TAG = re.compile(r"(?:^|;)\s*p\s*=\s*([^;]*)", re.IGNORECASE)
 
 
@@ -63,12 +67,47 @@ def check_domain(domain: str, *, sending_ips: Sequence[str], keys: Sequence[Sign
                  resolver: dns.resolver.Resolver | None = None) -> Report:
     resolver = resolver or dns.resolver.get_default_resolver()
     domain = domain.lower().rstrip(".")
+    if silent := unanswered(domain, resolver):
+        return Report(domain, (Check("dns.server", False, silent, "start the DNS server, or name one that answers:"
+                                     " [auth] nameservers, doctor --nameserver HOST:PORT, /etc/resolv.conf"),))
     checks = [*spf_checks(domain, sending_ips, resolver), *dkim_checks(domain, keys, resolver),
               *dmarc_checks(domain, keys, sending_ips, resolver)]
     checks += helo_checks(helo, sending_ips, resolver)
     checks += [ptr_check(ip, helo, resolver) for ip in sending_ips]
     checks += [mx_check(domain, resolver), soa_check(domain, resolver)]
     return Report(domain, tuple(checks))
+
+
+def not_public(domain: str) -> bool:
+    """Special-use names (RFC 6761) no receiver looks up: nothing there to check or to publish."""
+    name = domain.lower().rstrip(".")
+    return name == "localhost" or name.endswith((".localhost", ".local", ".invalid")) or "." not in name
+
+
+def servers(resolver: dns.resolver.Resolver) -> str:
+    return ", ".join(f"{ns}:{resolver.port}" for ns in resolver.nameservers) or "(none configured)"
+
+
+def unanswered(domain: str, resolver: dns.resolver.Resolver) -> str:
+    """Why no check can run: the DNS servers give no answer at all (not even NXDOMAIN), else "".
+    One query with a short lifetime, so a dead server costs seconds, not a timeout per check."""
+    probe = dns.resolver.Resolver(configure=False)
+    probe.nameservers, probe.port = resolver.nameservers, resolver.port
+    probe.lifetime = min(resolver.lifetime, _PROBE_SECONDS)
+    try:
+        probe.resolve(domain, "SOA")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+        return ""
+    except dns.exception.Timeout:
+        return f"the DNS server {servers(resolver)} did not answer within {probe.lifetime:g} s"
+    except dns.resolver.NoNameservers as exc:
+        errors = exc.kwargs.get("errors") or []
+        network = [error for error in errors if isinstance(error[3], OSError)]
+        if errors and len(network) == len(errors):
+            return f"the DNS server {servers(resolver)} cannot be reached: {network[0][3]}"
+    except dns.exception.DNSException:
+        return ""
+    return ""
 
 
 def txt(resolver: dns.resolver.Resolver, name: str) -> list[str] | None:

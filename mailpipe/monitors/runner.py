@@ -53,6 +53,8 @@ class Monitors:
         self.reports: dict[str, dns_checks.Report] = {}
         self._wake = asyncio.Event()
         self._exported: set[tuple[str, str]] = set()
+        self._failing: dict[tuple[str, str], str] = {}  # logged once when a check starts failing
+        self._skipped: set[str] = set()  # domains no receiver looks up, said once
         self._requirements: set[tuple[str, str]] = set()
         self._listed: set[tuple[str, str]] = set()
 
@@ -78,17 +80,31 @@ class Monitors:
                 pass
 
     async def check_dns(self) -> None:
+        """Each failure is logged when it starts (or its detail changes) and each recovery once:
+        not again every ``dns_interval``. A DNS server that does not answer is one line per domain."""
         settings = self.settings
+        skipped = [d for d in settings.domains if dns_checks.not_public(d) and d not in self._skipped]
+        self._skipped.update(skipped)
+        if skipped:
+            log.info("dns checks skipped", extra={"domains": ",".join(skipped), "reason": "not a public domain:"
+                                                  " set inbound.addresses or monitors.domains to your own"})
         reports = await asyncio.to_thread(self._check_all, settings)
         self.reports = reports
         seen = set()
+        failing: dict[tuple[str, str], str] = {}
         for domain, report in reports.items():
             for check in report.checks:
                 self.metrics.dns_check_ok.labels(domain, check.name).set(1 if check.ok else 0)
                 seen.add((domain, check.name))
                 if not check.ok:
-                    log.warning("dns check failed", extra={"domain": domain, "check": check.name,
-                                                           "detail": check.detail, "fix": check.fix})
+                    failing[(domain, check.name)] = check.detail
+                    if self._failing.get((domain, check.name)) != check.detail:
+                        log.warning("dns check failed", extra={"domain": domain, "check": check.name,
+                                                               "detail": check.detail, "fix": check.fix})
+        for domain, name in self._failing.keys() - failing.keys():
+            if (domain, name) in seen:
+                log.info("dns check passes", extra={"domain": domain, "check": name})
+        self._failing = failing
         for stale in self._exported - seen:
             self.metrics.dns_check_ok.remove(*stale)
         self._exported = seen
@@ -99,7 +115,7 @@ class Monitors:
         resolver = auth.fresh_resolver()
         return {domain: dns_checks.check_domain(domain, sending_ips=settings.sending_ips, keys=settings.keys,
                                                 helo=settings.helo, resolver=resolver)
-                for domain in settings.domains}
+                for domain in settings.domains if not dns_checks.not_public(domain)}
 
     async def export_dmarc(self) -> None:
         try:

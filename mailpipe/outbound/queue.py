@@ -4,7 +4,8 @@ A message in the ``outbound`` queue is final bytes (stamped and signed) for the 
 one domain. After an attempt: accepted recipients are done; a permanent refusal, or temporary
 ones that outlived ``max_lifetime``, produce one DSN to the sending agent's mailbox (null
 senders, like our automatic acknowledgements, get none: RFC 3464 2.2); recipients still
-deferred are retried alone (``PartlyDeferred``) with the worker's exponential backoff. Every
+deferred are retried alone (``PartlyDeferred``) with the worker's exponential backoff; a message
+all of whose recipients refused is done with as ``Refused`` (counted so, never as delivered). Every
 reply is counted by provider and class, and a reply the catalog does not know from a known
 provider is logged with its full text — the earliest sign of a provider's rule change. The
 monitors that watch accepted mail and refusals are handed in (``Traffic``, ``Incidents``): the
@@ -22,6 +23,7 @@ from typing import Protocol
 from mailpipe.addresses import canonical, domain_of
 from mailpipe.config import Agent, OutboundConfig
 from mailpipe.deliver import Deliverer, PartlyDeferred, notice
+from mailpipe.errors import Refused
 from mailpipe.metrics import Metrics
 from mailpipe.outbound import dsn
 from mailpipe.outbound.classify import ACCEPTED, CLASSES, UNKNOWN
@@ -83,7 +85,11 @@ class SendQueue:
         if failed:
             await self._report(message, failed, expired)
         if deferred:
-            raise PartlyDeferred(str(next(iter(deferred.values()))), list(deferred))
+            first = next(iter(deferred.values()))
+            klass = first.classification.klass if first.classification else UNKNOWN
+            raise PartlyDeferred(str(first), list(deferred), {"provider": attempt.provider, "class": klass})
+        if failed and not any(reply.accepted for reply in attempt.replies.values()):
+            raise Refused(f"{len(failed)} recipient(s) refused")
 
     def _count(self, message: Message, attempt: Attempt) -> None:
         if not attempt.connected:
@@ -104,8 +110,8 @@ class SendQueue:
             elif klass == UNKNOWN:
                 log.warning("unknown reply from a known provider: add it to the reply catalog", extra={
                     "queue_id": message.id, "to": recipient, "provider": attempt.provider, "reply": str(reply)})
-            else:
-                log.warning("refused" if reply.permanent else "deferred", extra={
+            elif reply.permanent:  # a deferral is logged once, by the worker, with its delay
+                log.warning("refused", extra={
                     "queue_id": message.id, "to": recipient, "provider": attempt.provider, "class": klass,
                     "meaning": classification.meaning if classification else "", "reply": str(reply)})
 

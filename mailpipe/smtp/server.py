@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import Session as SessionState
 
 from mailpipe.metrics import Metrics
 from mailpipe.smtp import replies
@@ -69,6 +70,14 @@ class ConnectionGate:
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
+
+
+class _SessionState(SessionState):
+    """aiosmtpd's session without the deprecated ``login_data`` property: aiosmtpd 1.4 itself
+    assigns it after every AUTH, and its "deprecated" warning would be logged for each login. We
+    read ``auth_data`` (the current API) only; the legacy value is kept as a plain attribute."""
+
+    login_data: Any = None
 
 
 class Session(SMTP):
@@ -174,6 +183,9 @@ class Session(SMTP):
             await super().smtp_EHLO(hostname)
         finally:
             self._in_ehlo = False
+
+    def _create_session(self) -> SessionState:
+        return _SessionState(self.loop)
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
