@@ -181,7 +181,8 @@ def test_help_on_one_command() -> None:
 def test_rules_list_names_every_rule_with_its_score() -> None:
     result = mailpipe("rules", "list")
     assert result.returncode == 0
-    assert any(line.split()[:2] == ["NOT_DELIVERED", "5"] for line in result.stdout.splitlines())
+    assert any(line.split()[:2] == ["NOT_DELIVERED", "2.5"] for line in result.stdout.splitlines())
+    assert any(line.split()[:2] == ["MODEL_CRITICAL", "16"] for line in result.stdout.splitlines())
 
 
 def test_rules_show_prints_the_rule_as_written_with_its_file() -> None:

@@ -80,7 +80,8 @@ def test_an_agent_corrects_a_case_by_mail_and_the_model_learns_it(desk) -> None:
     wait_until(lambda: cases(daemon)[0]["level"] == "critical", timeout=30)
     wait_until(lambda: metric(daemon, 'mailpipe_triage_corrections_total{from="normal",to="critical"}') == 1)
     wait_until(lambda: metric(daemon, "mailpipe_urgency_model_examples") == examples_at_start + 1, timeout=60)
-    notes = [p.read_bytes() for p in (daemon.mailbox(owner) / "new").glob("*K*")]
+    notes = [data for data in (p.read_bytes() for p in (daemon.mailbox(owner) / "new").glob("*"))
+             if b".desk@" in data]
     assert len(notes) == 1 and b"[URGENT][#1]" in notes[0] and b"normal \xe2\x86\x92 critical" in notes[0]
 
 

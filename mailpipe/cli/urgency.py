@@ -82,14 +82,15 @@ def _learn(args: argparse.Namespace) -> int:
     cases = [item for item in args.items if item.isdigit()]
     files = [Path(item) for item in args.items if not item.isdigit()]
     failed = 0
-    with opened_store(loaded) as store:
-        for case in cases:
-            correction = store.correct_level(int(case), args.level, args.author, time.time())
-            if correction is None:
-                complain(f"no case #{case}")
-                failed += 1
-                continue
-            print(f"case #{case}: {correction.from_level} -> {correction.to_level} (by {args.author})")
+    if cases:
+        with opened_store(loaded) as store:
+            for case in cases:
+                correction = store.correct_level(int(case), args.level, args.author, time.time())
+                if correction is None:
+                    complain(f"no case #{case}")
+                    failed += 1
+                    continue
+                print(f"case #{case}: {correction.from_level} -> {correction.to_level} (by {args.author})")
     if files:
         failed += _teach(files, args.level, Path(loaded.triage.corpus_overrides))
     print("the daemon learns from this at its next training: systemctl reload mailpipe")
