@@ -143,13 +143,14 @@ def test_mail_waits_in_the_spool_while_postgresql_is_down_and_is_triaged_when_it
         database.stop()
         with smtplib.SMTP("127.0.0.1", daemon.port) as client:
             client.sendmail("c@example.org", ["support@example.test"], mail("c@example.org", "help", "down@x"))
-        wait_until(lambda: any(e["state"] == "deferred" for e in queue_list(daemon)), timeout=30)
-        wait_until(lambda: metrics(daemon).get(("mailpipe_store_up", ())) == 0, timeout=15)
+        # Tried and put back: "deferred" lasts a second between attempts, so the attempts count it.
+        wait_until(lambda: any(e["attempts"] >= 1 for e in queue_list(daemon)), timeout=60)
+        wait_until(lambda: metrics(daemon).get(("mailpipe_store_up", ())) == 0, timeout=30)
         assert health(daemon) == 503
         time.sleep(4)  # several failed attempts: still waiting to be tried again, never quarantined
         assert [e["state"] for e in queue_list(daemon)] in (["deferred"], ["active"])
         database.start()
         assert len(daemon.delivered(timeout=30)) == 1
-        wait_until(lambda: health(daemon) == 200, timeout=15)
+        wait_until(lambda: health(daemon) == 200, timeout=60)
     finally:
         database.remove()
