@@ -2,12 +2,15 @@
 
 Results go to standard output, one JSON object a line with ``--json`` (``json_line``); problems
 go to standard error as ``mailpipe: …`` (``complain``); moments are the operator's local time
-to the minute (``local``), the same in every listing.
+to the minute (``local``), the same in every listing. Text that came from mail (subjects,
+envelopes, names) is printed through ``shown``, so nobody's escape sequence reaches the
+operator's terminal.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +26,24 @@ Commands = Any  # argparse's subparsers action, whose class argparse keeps priva
 
 def json_line(document: Any) -> None:
     print(json.dumps(document, ensure_ascii=False))
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # tabs, newlines stay
+
+
+def shown(text: str, controls: re.Pattern[str] = _CONTROLS) -> str:
+    """``text`` for a terminal: control characters escaped as ``\\x1b`` (``\\u202e``), visible
+    and inert, so a subject or an envelope cannot move the cursor, retitle the window or hide
+    what follows."""
+    return controls.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def shown_bytes(data: bytes) -> bytes:
+    """A raw message for a terminal: its lines as they are (bytes that are not UTF-8 too), the
+    controls in them escaped as ``shown`` does."""
+    return shown(data.decode("utf-8", "surrogateescape"), _CONTROLS_IN_LINES).encode("utf-8", "surrogateescape")
 
 
 def complain(text: str) -> None:
