@@ -147,3 +147,23 @@ def test_cases_commands_show_control_sequences_from_a_subject_escaped(config: Pa
         result = mailpipe(config, *command)
         assert result.returncode == 0, result.stderr
         assert_inert(result.stdout)
+
+
+REPORT = ('<?xml version="1.0" encoding="{encoding}"?>\n<feedback><report_metadata><org_name>x</org_name>'
+          "<email>a@b.example</email><report_id>1</report_id><date_range><begin>1700000000</begin>"
+          "<end>{end}</end></date_range></report_metadata><policy_published><domain>example.test</domain>"
+          "<p>none</p></policy_published><record><row><source_ip>192.0.2.1</source_ip><count>{count}</count>"
+          "<policy_evaluated><disposition>none</disposition><dkim>pass</dkim><spf>pass</spf></policy_evaluated>"
+          "</row><identifiers><header_from>example.test</header_from></identifiers></record></feedback>\n")
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"count": "1e999"}, ("row/count", "'1e999' is not a number")),
+    ({"end": "99999999999999999999"}, ("date_range/end", "out of range")),
+    ({"encoding": "x-unknown-enc"}, ("unknown XML encoding",)),
+])
+def test_dmarc_import_of_a_hostile_report_names_the_file_and_the_value(config: Path, tmp_path: Path, values,
+                                                                       words) -> None:
+    path = tmp_path / "report.xml"
+    path.write_text(REPORT.format(**{"encoding": "UTF-8", "end": "1700086400", "count": "1", **values}))
+    refused_cleanly(mailpipe(config, "dmarc", "import", str(path)), str(path), *words)

@@ -46,6 +46,7 @@ def submitted(daemon, head: str, *, sender: str = "yamada@example.test") -> tupl
     "From: yamada@example.test\r\nSender: smith@example.test\r\n",
     "From: yamada@example.test\r\nReply-To: =?us-ascii?q?support=40example.test?= <ceo@example.test>\r\n",
     "From: yamada@example.test, smith@example.test\r\n",
+    "From: undisclosed-recipients:;\r\n",
 ])
 def test_an_agent_cannot_send_as_another_address_hidden_in_encoded_words_sender_or_reply_to(desk, head) -> None:
     daemon = desk()
@@ -140,3 +141,21 @@ def test_a_bounce_of_a_reply_we_sent_still_counts_after_forged_ones(desk, mx) ->
     wait_until(lambda: metrics(daemon).get(("mailpipe_bounces_total", (("class", "authentication"),
                                                                        ("provider", "google")))) == 1)
     assert metrics(daemon).get(("mailpipe_bounces_unmatched_total", ())) == 2
+
+
+def test_a_control_character_in_a_stored_customer_name_reaches_neither_header_nor_card(make_daemon) -> None:
+    daemon = make_daemon(start=False)
+    daemon.state.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(daemon.state / "store.sqlite")  # as an import before refusals existed left it
+    store.upsert_customer("customer@example.org", name="Carol\x00X-Evil: 1\x1b[2J", company="Acme\x07")
+    store.close()
+    daemon.start()
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("customer@example.org", ["support@example.test"],
+                        b"From: customer@example.org\r\nTo: support@example.test\r\nSubject: hi\r\n\r\nhello\r\n")
+    (delivered,) = daemon.delivered()
+    line = str(delivered["X-Mailpipe-Customer"])
+    assert "name=Carol X-Evil: 1 [2J" in line and "company=Acme" in line
+    (card,) = daemon.delivered(cards=True)
+    for raw in (delivered.as_bytes(), card.as_bytes(), card.get_payload(decode=True)):
+        assert b"\x00" not in raw and b"\x1b" not in raw and b"\x07" not in raw

@@ -134,6 +134,8 @@ class SubmissionHandler(InboundHandler):
         head = email.message_from_bytes(split(data)[0] + b"\r\n")
         if not head.get_all("From"):
             return replies.FROM_MISSING
+        if not mailboxes(head.get_all("From")):  # "From: :;" names nobody: signed for whom?
+            return replies.FROM_NOT_OWNED.format(field="From", address="(empty)")
         for name in _IDENTITIES:
             for _, address in mailboxes(head.get_all(name) or []):
                 if not self._may_send_as(agent, address):
