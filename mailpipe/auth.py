@@ -37,6 +37,18 @@ class Verdict:
     dmarc_policy: str
     from_domain: str
 
+    def from_authenticated(self) -> bool:
+        """Whether the From domain is proven: DMARC passed, or (where it publishes no DMARC
+        record) SPF or a DKIM signature passed for a domain aligned with it (relaxed)."""
+        if self.dmarc == "pass":
+            return True
+        if not self.from_domain:
+            return False
+        organisational = organisational_domain(self.from_domain)
+        passed = [self.spf_domain] if self.spf == "pass" else []
+        passed += [domain for result, domain in self.dkim if result == "pass"]
+        return any(organisational_domain(domain) == organisational for domain in passed)
+
     def header(self, authserv_id: str) -> str:
         """The Authentication-Results value: ``authserv-id; spf=…; dkim=…; dmarc=…``."""
         parts = [authserv_id, f"spf={self.spf} smtp.mailfrom={self.spf_domain or 'unknown'}"]

@@ -146,7 +146,8 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
                       to_mailbox, hostname, metrics)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
     transport = Transport(config.outbound, hostname, resolver(nameservers), catalog)
-    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents)
+    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents,
+                       sent=store)
     sending = config.outbound.spool(config.spool.max_stage_failures)
     inbound: Route[Work] = Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count,
                                  triage.summary)

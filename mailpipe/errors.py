@@ -25,6 +25,11 @@ class Problems(Exception):
         self.problems = problems
 
 
+class SpoolUnreadable(RuntimeError):
+    """A spool file cannot be opened as one (corrupt, not SQLite, unwritable): the daemon and
+    the queue commands stop with its name instead of a traceback."""
+
+
 class TemporaryFailure(Exception):
     """The next hop may accept later: a 4xx, a refused connection, a full disk."""
 

@@ -100,7 +100,8 @@ class Metrics:
             ["result"], registry=r)
         self.autoreplies = Counter(
             "mailpipe_autoreplies", "Automatic acknowledgements of new cases by result (queued, or the reason "
-            "one was not sent: automatic, list, bounce, noreply, ours, recent, disabled).", ["result"], registry=r)
+            "one was not sent: automatic, list, bounce, noreply, ours, unauthenticated, recent, disabled).",
+            ["result"], registry=r)
         self.dns_check_ok = Gauge(
             "mailpipe_dns_check_ok", "1 when a DNS authentication check of a sending domain passes, 0 when it fails "
             "(spf.*, dkim.*, dmarc.*, ptr.<ip>, mx; `mailpipe doctor DOMAIN` shows the fix).", ["domain", "check"],
@@ -118,6 +119,9 @@ class Metrics:
         self.bounces = Counter(
             "mailpipe_bounces", "Bounces of our mail received later (RFC 3464 or plain text), per failed recipient, "
             "by provider and class (as for mailpipe_outbound_replies_total).", ["provider", "class"], registry=r)
+        self.bounces_unmatched = Counter(
+            "mailpipe_bounces_unmatched", "Bounces that name no mail mailpipe sent (forged or misdirected): "
+            "logged and otherwise ignored.", registry=r)
         self.probe_placements = Counter(
             "mailpipe_probe_placements", "Placement probes by provider and where they landed (inbox, spam, missing).",
             ["provider", "result"], registry=r)

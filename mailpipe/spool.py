@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailpipe.errors import SpoolUnreadable
+
 T = TypeVar("T")
 
 STATES = ("incoming", "deferred", "active", "hold", "quarantine")
@@ -147,16 +149,30 @@ def new_queue_id(now: float | None = None) -> str:
 
 
 def connect(path: Path) -> sqlite3.Connection:
+    """The spool file, created or brought to the current schema; ``SpoolUnreadable`` names the
+    file when it is no spool (corrupt, another kind of file, a directory nobody may write)."""
+    try:
+        return _connect(path)
+    except (sqlite3.DatabaseError, OSError) as exc:
+        raise SpoolUnreadable(f"spool {path}: cannot be opened: {exc}; move it aside (and restore it from "
+                              "a backup) to start with an empty one") from None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.executescript(_SCHEMA)
-    present = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
-    for column, declaration in _ADDED_COLUMNS.items():
-        if column not in present:
-            conn.execute(f"ALTER TABLE messages ADD COLUMN {column} {declaration}")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(_SCHEMA)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+        for column, declaration in _ADDED_COLUMNS.items():
+            if column not in present:
+                conn.execute(f"ALTER TABLE messages ADD COLUMN {column} {declaration}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -53,7 +53,8 @@ def dkim_private_key() -> bytes:
 def zones_for_tests() -> dict[str, list[str]]:
     """example.test sends from 127.0.0.1 and signs with ``sel`` (RSA) and ``ed`` (Ed25519);
     bank.test sends only from 192.0.2.1 and publishes p=reject, so mail in its name from loopback
-    fails DMARC. Recipients' domains: customer.test (its own MX), gmail.test and yahoo.test
+    fails DMARC. Recipients' domains: customer.test (its own MX; it sends from 127.0.0.1 too, so
+its mail is authenticated and gets acknowledgements), gmail.test and yahoo.test
     (whose MX names are Google's and Yahoo's, served here by this server, so the provider is
     recognised as in production), nullmx.test (a null MX, RFC 7505) and fallback.test (no MX:
     its own address). mx.example.test, the EHLO name, has an SPF record of its own for
@@ -71,7 +72,8 @@ def zones_for_tests() -> dict[str, list[str]]:
                                f"{DKIM_SELECTOR}._domainkey IN TXT {txt(_OTHER_KEY[1])}", "@ IN MX 0 ."],
         "twospf.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', '@ IN TXT "v=spf1 mx -all"'],
         "bank.test": ['@ IN TXT "v=spf1 ip4:192.0.2.1 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"'],
-        "customer.test": ["@ IN MX 10 mx.customer.test.", "mx IN A 127.0.0.1", "news IN MX 10 mx.customer.test."],
+        "customer.test": ["@ IN MX 10 mx.customer.test.", "mx IN A 127.0.0.1", "news IN MX 10 mx.customer.test.",
+                          '@ IN TXT "v=spf1 ip4:127.0.0.1 -all"'],
         # DMARC records by the RFC 7489 grammar: whitespace around "=" is valid, a rua without
         # a URI scheme is not.
         "spaced.test": ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', '_dmarc IN TXT "v = DMARC1 ; p = reject"',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mailpipe.auth import Verdict
 from mailpipe.config import Agent
 from mailpipe.message import parse
 from mailpipe.outbound.acknowledge import acknowledgement, suppression, within
@@ -45,10 +46,37 @@ def test_the_acknowledgement_names_case_owner_phone_and_threads_under_the_custom
     owner = Agent("yamada", "山田 太郎", "y@x", "03-1234-5678")
     raw = acknowledgement(parsed=parse(message()), case_id=42, owner=owner, language="ja",
                           support_address="support@example.test", customer="customer@example.org",
-                          customer_name="田中", response_time=3600, hostname="mx.example.test", queue_id="Q1",
-                          now=1_790_000_000)
+                          response_time=3600, hostname="mx.example.test", queue_id="Q1", now=1_790_000_000)
     ack = parse(raw)
-    assert ack.subject == "[#42] お問い合わせを受け付けました: help"
+    assert ack.subject == "[#42] お問い合わせを受け付けました"
     assert "受付番号 [#42]" in ack.text and "山田 太郎（03-1234-5678）" in ack.text and "1時間以内" in ack.text
     assert ack.in_reply_to == ("m1@example.org",)
     assert ack.header("auto-submitted") == "auto-replied"
+
+
+def test_nothing_the_sender_wrote_is_echoed_in_the_acknowledgement() -> None:
+    spam = message(sender='"Win a prize at http://spam.example" <victim@third.example>').replace(
+        b"Subject: help", b"Subject: Cheap pills at http://spam.example")
+    owner = Agent("yamada", "Taro Yamada", "y@x", "03-1234-5678")
+    raw = acknowledgement(parsed=parse(spam), case_id=7, owner=owner, language="en",
+                          support_address="support@example.test", customer="victim@third.example",
+                          response_time=3600, hostname="mx.example.test", queue_id="Q2", now=1_790_000_000)
+    ack = parse(raw)
+    assert ack.subject == "[#7] We received your message"
+    assert "spam.example" not in ack.text and "prize" not in ack.text and b"spam.example" not in raw
+
+
+@pytest.mark.parametrize(("verdict", "reason"), [
+    (Verdict("pass", "customer.example", (), "pass", "reject", "customer.example"), None),
+    (Verdict("pass", "customer.example", (), "none", "", "customer.example"), None),  # no DMARC record: SPF aligned
+    (Verdict("none", "", (("pass", "mail.customer.example"),), "none", "", "customer.example"), None),
+    (Verdict("pass", "attacker.example", (), "none", "", "customer.example"), "unauthenticated"),
+    (Verdict("pass", "attacker.example", (("pass", "attacker.example"),), "none", "", "customer.example"),
+     "unauthenticated"),
+    (Verdict("fail", "customer.example", (("fail", "customer.example"),), "fail", "none", "customer.example"),
+     "unauthenticated"),
+    (Verdict("temperror", "customer.example", (), "temperror", "", "customer.example"), "unauthenticated"),
+])
+def test_only_a_sender_whose_from_is_authenticated_and_aligned_is_acknowledged(verdict: Verdict, reason) -> None:
+    parsed = parse(message(sender="customer@customer.example"))
+    assert suppression(parsed, "someone@attacker.example", OWN, verdict) == reason

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailpipe.data import shipped
+from mailpipe.message import parse
 from mailpipe.monitors.bounces import is_bounce, parse_bounce
 from mailpipe.outbound.classify import load
 from mailpipe.store.sqlite import SQLiteStore
@@ -134,7 +135,10 @@ def test_a_bounce_of_a_reply_is_counted_noted_on_its_case_and_its_owner_told(des
 
 def test_a_bounce_with_a_never_seen_text_is_counted_as_unknown_and_opens_an_incident(desk, mx) -> None:
     daemon = desk({"outbound": {"autoreply": False}})
-    bounce = _bounce_for("nobody-knows@example.test").replace(
+    submit(daemon, b"From: support@example.test\r\nTo: c0@gmail.test\r\nSubject: hi\r\n\r\nhello\r\n",
+           rcpts=("c0@gmail.test",))
+    (sent,) = replies_at_mx(mx)  # only a bounce of mail we sent counts (tests/test_hostile_outbound.py)
+    bounce = _bounce_for(parse(sent.data).message_id).replace(
         b"550-5.7.26 This mail has been blocked because the sender is\r\n unauthenticated.",
         b"550 5.7.99 A rule Gmail announced this morning")
     with smtplib.SMTP("127.0.0.1", daemon.port) as client:

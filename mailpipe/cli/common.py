@@ -2,9 +2,11 @@
 
 Results go to standard output, one JSON object a line with ``--json`` (``json_line``); problems
 go to standard error as ``mailpipe: …`` (``complain``); moments are the desk's local time
-to the minute (``local``), the same in every listing. A reading command that finds no state
-raises ``StateNotFound`` with where it looked; files holding secrets or personal data are
-written owner-only (``private_file``); ``chown_needed`` says how the daemon's user gets a file.
+to the minute (``local``), the same in every listing. Text that came from mail (subjects,
+envelopes, names) is printed through ``shown``, so nobody's escape sequence reaches the
+operator's terminal. A reading command that finds no state raises ``StateNotFound`` with where
+it looked; files holding secrets or personal data are written owner-only (``private_file``);
+``chown_needed`` says how the daemon's user gets a file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +53,24 @@ def private_file(path: Path) -> TextIO:
 
 def json_line(document: Any) -> None:
     print(json.dumps(document, ensure_ascii=False))
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # tabs, newlines stay
+
+
+def shown(text: str, controls: re.Pattern[str] = _CONTROLS) -> str:
+    """``text`` for a terminal: control characters escaped as ``\\x1b`` (``\\u202e``), visible
+    and inert, so a subject or an envelope cannot move the cursor, retitle the window or hide
+    what follows."""
+    return controls.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def shown_bytes(data: bytes) -> bytes:
+    """A raw message for a terminal: its lines as they are (bytes that are not UTF-8 too), the
+    controls in them escaped as ``shown`` does."""
+    return shown(data.decode("utf-8", "surrogateescape"), _CONTROLS_IN_LINES).encode("utf-8", "surrogateescape")
 
 
 def complain(text: str) -> None:

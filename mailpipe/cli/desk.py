@@ -9,7 +9,6 @@ All of them read and write the daemon's store, with or without a running daemon.
 from __future__ import annotations
 
 import argparse
-import csv
 import getpass
 import json
 import sys
@@ -20,7 +19,8 @@ from pathlib import Path
 from mailpipe import config as configuration
 from mailpipe import credentials
 from mailpipe.addresses import syntax_problem
-from mailpipe.cli.common import Commands, complain, json_line, local, opened_store
+from mailpipe.cli import customers_csv
+from mailpipe.cli.common import Commands, complain, json_line, local, opened_store, shown
 from mailpipe.message import parse
 from mailpipe.outbound.stamp import render, stamp
 from mailpipe.triage.hours import on_duty
@@ -38,40 +38,40 @@ def customers(commands: Commands, common: argparse.ArgumentParser) -> None:
     showing.set_defaults(run=_customers_show)
 
 
-_CSV_FIELDS = ("address", "name", "company", "plan", "vip", "phone", "notes")
 _YES = ("1", "true", "yes", "y", "vip")
 _NO = ("", "0", "false", "no", "n")
 
 
 def _customers_import(args: argparse.Namespace) -> int:
-    """CSV with a header row; ``address`` is required, other known columns are optional."""
-    with (opened_store(configuration.load(args.config), create=True) as store,
-          args.file.open(newline="", encoding="utf-8-sig") as handle):
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        if "address" not in columns or not columns <= set(_CSV_FIELDS):
-            print(f"mailpipe: {args.file}: header must have address and only {', '.join(_CSV_FIELDS)}",
-                  file=sys.stderr)
-            return 1
-        imported, problems = 0, 0
-        for line, row in enumerate(reader, start=2):
-            address = (row.pop("address") or "").strip()
-            if reason := syntax_problem(address):
-                complain(f"{args.file}:{line}: {address!r}: {reason}")
+    """CSV with a header row; ``address`` is required, other known columns are optional. All
+    accepted rows are written in one transaction; a file that is no proper CSV writes none; a
+    row with a value that cannot be read (an address, a vip that is neither yes nor no) is
+    refused with its line and column."""
+    try:
+        rows = customers_csv.read(args.file)
+    except customers_csv.BadFile as exc:
+        complain(f"{exc}; nothing imported")
+        return 1
+    accepted, problems = [], 0
+    for line, row in rows:
+        columns = list(row)
+        address = (row.pop("address") or "").strip()
+        if reason := syntax_problem(address):
+            complain(f"{args.file}:{line}: {address!r}: {reason}")
+            problems += 1
+            continue
+        if "vip" in row:
+            vip = (row["vip"] or "").strip().lower()
+            if vip not in _YES + _NO:
+                complain(f"{args.file}:{line}: column {columns.index('vip') + 1} (vip): {row['vip']!r} is not one of "
+                         f"{', '.join(_YES)} or {', '.join(n for n in _NO if n)} or empty; row refused")
                 problems += 1
                 continue
-            if "vip" in row:
-                vip = (row["vip"] or "").strip().lower()
-                if vip not in _YES + _NO:
-                    column = reader.fieldnames.index("vip") + 1 if reader.fieldnames else 0
-                    complain(f"{args.file}:{line}: column {column} (vip): {row['vip']!r} is not one of "
-                             f"{', '.join(_YES)} or {', '.join(n for n in _NO if n) or 'empty'}; row refused")
-                    problems += 1
-                    continue
-                row["vip"] = vip in _YES
-            store.upsert_customer(address, **{k: v for k, v in row.items() if v is not None})
-            imported += 1
-    print(f"mailpipe: {imported} customers imported, {problems} rows refused")
+            row["vip"] = vip in _YES
+        accepted.append((address, row))
+    with opened_store(configuration.load(args.config), create=True) as store:
+        store.upsert_customers(accepted)
+    print(f"mailpipe: {len(accepted)} customers imported, {problems} rows refused")
     return 1 if problems else 0
 
 
@@ -90,11 +90,11 @@ def _customers_show(args: argparse.Namespace) -> int:
     for label, value in (("Address", c.address), ("Name", c.name), ("Company", c.company), ("Plan", c.plan),
                          ("VIP", "yes" if c.vip else "no"), ("Phone", c.phone), ("Owner", c.owner),
                          ("Notes", c.notes)):
-        print(f"{label + ':':<9} {value}")
+        print(shown(f"{label + ':':<9} {value}"))
     print(f"Cases ({len(cases)}):" if cases else "Cases: none")
     for case in cases:
         opened = local(case.opened_at, loaded.triage.timezone)
-        print(f"  #{case.id:<6} {opened} {case.status:<9} {case.level:<8} {case.owner:<10} {case.subject}")
+        print(shown(f"  #{case.id:<6} {opened} {case.status:<9} {case.level:<8} {case.owner:<10} {case.subject}"))
     return 0
 
 
@@ -126,8 +126,8 @@ def _cases_list(args: argparse.Namespace) -> int:
     print(f"{'CASE':<7} {'OPENED':<16} {'STATUS':<8} {'LEVEL':<8} {'SCORE':>6} {'OWNER':<10} SUBJECT")
     for case in found:
         opened = local(case.opened_at, loaded.triage.timezone)
-        print(f"#{case.id:<6} {opened:<16} {case.status:<8} {case.level:<8} {case.score:>6g} {case.owner:<10} "
-              f"{case.subject}")
+        print(shown(f"#{case.id:<6} {opened:<16} {case.status:<8} {case.level:<8} {case.score:>6g} {case.owner:<10} "
+                    f"{case.subject}"))
     return 0
 
 
@@ -146,9 +146,9 @@ def _cases_show(args: argparse.Namespace) -> int:
                           "messages": [m.__dict__ for m in messages], "assignments": [a.__dict__ for a in assignments],
                           "notes": [n.__dict__ for n in notes]}, ensure_ascii=False))
         return 0
-    print(f"Case #{case.id}: {case.status}, {case.level} {case.score:g} — {case.subject}")
+    print(shown(f"Case #{case.id}: {case.status}, {case.level} {case.score:g} — {case.subject}"))
     if customer is not None:
-        print(f"Customer: {customer_line(customer)}")
+        print(shown(f"Customer: {customer_line(customer)}"))
     print(f"Owner:    {case.owner}" + (f" (escalated to {case.escalated_to})" if case.escalated_to else ""))
     if case.first_response_at is not None:
         print(f"First response after {(case.first_response_at - case.opened_at) / 60:.0f} min")
@@ -158,7 +158,7 @@ def _cases_show(args: argparse.Namespace) -> int:
     timeline += [(a.at, 1, f"{a.role:<10} {a.agent}: {a.reason}") for a in assignments]
     timeline += [(n.at, 3, f"{'note':<10} {n.kind}: {n.text}") for n in notes]
     for at, _, line in sorted(timeline, key=lambda entry: entry[:2]):
-        print(f"  {local(at, loaded.triage.timezone)}  {line}")
+        print(shown(f"  {local(at, loaded.triage.timezone)}  {line}"))
     return 0
 
 
@@ -232,7 +232,12 @@ def _agents_passwd(args: argparse.Namespace) -> int:
     if _unknown_agent(loaded, args.id):
         return 1
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:
+            complain("agents: the password on standard input is not UTF-8, nothing changed")
+            return 1
     else:
         password = getpass.getpass(f"New password for {args.id}: ")
         if getpass.getpass("Again: ") != password:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mailpipe import config as configuration
 from mailpipe import spool
-from mailpipe.cli.common import Commands, StateNotFound, complain, json_line, local
+from mailpipe.cli.common import Commands, StateNotFound, complain, json_line, local, shown, shown_bytes
 from mailpipe.queues import spool_files
 
 
@@ -64,12 +64,12 @@ def _queue_list(args: argparse.Namespace) -> int:
                 json_line(_entry_json(entry, now))
                 continue
             arrival = local(entry.received_at, zone, "%a %b %d %H:%M:%S")
-            print(f"{entry.id:<19} {entry.size:>8} {arrival:<20} {entry.envelope.listener:<10} {entry.state:<10} "
-                  f"{entry.envelope.mail_from or '<>'}")
+            print(shown(f"{entry.id:<19} {entry.size:>8} {arrival:<20} {entry.envelope.listener:<10} "
+                        f"{entry.state:<10} {entry.envelope.mail_from or '<>'}"))
             if entry.last_error:
-                print(f"{'':>71}({entry.last_error})")
+                print(shown(f"{'':>71}({entry.last_error})"))
             for rcpt in entry.envelope.rcpt_tos:
-                print(f"{'':>71}{rcpt}")
+                print(shown(f"{'':>71}{rcpt}"))
     if not args.json:
         print(f"-- {(total_size + 1023) // 1024} Kbytes in {count} Request{'s' if count != 1 else ''}."
               if count else "Mail queue is empty")
@@ -120,9 +120,9 @@ def _queue_show(args: argparse.Namespace) -> int:
             out = sys.stdout.buffer
             out.write(f"*** ENVELOPE RECORDS {entry.envelope.listener}/{entry.id} ***\n".encode())
             for key, value in _readable(entry, time.time(), zone).items():
-                out.write(f"{key}: {value}\n".encode())
+                out.write(f"{shown(f'{key}: {value}')}\n".encode())
             out.write(b"*** MESSAGE CONTENTS ***\n")
-            out.write(data.replace(b"\r\n", b"\n"))
+            out.write(shown_bytes(data.replace(b"\r\n", b"\n")))
             out.flush()
             return 0
     complain(f"queue: {args.id}: not found")

@@ -51,11 +51,21 @@ def _store_export(args: argparse.Namespace) -> int:
 
 
 def _store_import(args: argparse.Namespace) -> int:
-    source = sys.stdin if str(args.file) == "-" else args.file.open(encoding="utf-8")
+    source = sys.stdin.buffer if str(args.file) == "-" else args.file.open("rb")
+    rows = []
     try:
-        rows = [(record["table"], record["row"]) for record in map(json.loads, filter(str.strip, source))]
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8"))
+                rows.append((str(record["table"]), dict(record["row"])))
+            except (ValueError, KeyError, TypeError) as exc:  # not UTF-8, not JSON, not a table's row
+                complain(f"store: {args.file}:{number}: not an exported row ({type(exc).__name__}: {exc});"
+                         " nothing imported")
+                return 1
     finally:
-        if source is not sys.stdin:
+        if source is not sys.stdin.buffer:
             source.close()
     with opened_store(configuration.load(args.config), create=True) as store:
         count = store.load(rows)

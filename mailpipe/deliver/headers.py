@@ -13,7 +13,7 @@ from itertools import groupby
 
 INTERNAL_PREFIX = b"x-mailpipe-"
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
-
+_CONTROLS = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]")  # tab and line ends are folding's
 
 # The tag triage puts before a delivered message's subject, with the case token: [URGENT][#12].
 TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
@@ -79,10 +79,18 @@ def claimed_authserv_id(field: bytes) -> bytes:
     return token[0].strip(b'"').lower() if token else b""
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (NUL, ESC, DEL, C1…) as spaces: what we write into a
+    header or a triage card comes from customers' files and mail, and a NUL or an escape there
+    breaks mail clients and filters."""
+    return _CONTROLS.sub(" ", text)
+
+
 def field(name: str, value: str) -> bytes:
-    """One header field, folded, never able to inject a line; only non-ASCII runs are RFC 2047
-    encoded, so "yamada (山田 太郎)" still starts with a plain "yamada" for mail filters."""
-    clean = " ".join(value.split())
+    """One header field, folded, never able to inject a line or a control character; only
+    non-ASCII runs are RFC 2047 encoded, so "yamada (山田 太郎)" still starts with a plain
+    "yamada" for mail filters."""
+    clean = " ".join(printable(value).split())
     if clean.isascii() and len(name) + len(clean) < 996:  # nothing to encode, within RFC 5322's line limit
         return f"{name}: {clean}\r\n".encode("ascii")
     header = Header(header_name=name)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mailpipe.addresses import mailboxes
 from mailpipe.message import charsets, html, quotes
 
 _MESSAGE_IDS = re.compile(r"<([^<>\s]+)>")
@@ -133,13 +134,13 @@ def _parse(raw: bytes) -> ParsedMessage:
     own = "\n\n".join(plain) if plain else "\n\n".join(html.to_text(m) for m in markup)
     text = "\n\n".join([own, *forwarded])[:_MAX_TEXT]
     first = {name: values[0] for name, values in headers.items()}
-    sender_name, sender = email.utils.parseaddr(first.get("from", ""))
+    sender_name, sender = next(iter(mailboxes([message.get("from", "")])), ("", ""))
     recipients = tuple(address for _, address in email.utils.getaddresses(
         headers.get("to", []) + headers.get("cc", [])) if address)
     return ParsedMessage(
         subject=first.get("subject", ""),
         sender=sender,
-        sender_name=sender_name,
+        sender_name=decode_header(sender_name),
         recipients=recipients,
         message_id=next(iter(_MESSAGE_IDS.findall(first.get("message-id", ""))), ""),
         in_reply_to=tuple(_MESSAGE_IDS.findall(first.get("in-reply-to", ""))),

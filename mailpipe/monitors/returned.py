@@ -2,9 +2,10 @@
 
 The inbound queue's first stage (``triage.stages``, ``route``) hands every message here before
 triage. Mail to the DMARC report addresses (rua) goes to the report parser
-(``dmarc_reports``) and into the store; a bounce of our own mail (``bounces``) is counted by
-provider and class with the reply catalog, fed to the provider incidents, noted on the case
-the bounced message belongs to, and told to the case owner. Either way the message is done
+(``dmarc_reports``) and into the store; a bounce of our own mail (``bounces``; its Message-ID is
+in the send queue's history in the store) is counted by provider and class with the reply
+catalog, fed to the provider incidents, noted on the case the bounced message belongs to, and
+told to the case owner; a bounce of anything else is only counted as unmatched. Either way the message is done
 with (``Consumed``) and never reaches agents as customer mail; anything else passes on to
 triage untouched. Reads ``monitors.dmarc_report_addresses`` (as ``report_addresses``).
 """
@@ -64,8 +65,14 @@ class Returned:
 
     async def _bounced(self, message: Message, bounce: bounces.Bounce) -> None:
         """Counts each failure by provider and class, notes it on the case the bounced message
-        belongs to and tells the case owner; then the bounce is done with."""
+        belongs to and tells the case owner; then the bounce is done with. A bounce of mail we
+        never sent (forged, or misdirected) is only logged and counted as unmatched: it must not
+        open incidents, page or boost cases."""
         assert self.catalog is not None
+        original = bounce.original_message_id
+        if not original or not await asyncio.to_thread(self.store.sent_by_us, original):
+            self.metrics.bounces_unmatched.inc()
+            raise Consumed(f"bounce of mail mailpipe did not send ({original or 'no Message-ID'}): ignored")
         lines = []
         for failure in bounce.failures:
             provider = self.catalog.provider(failure.remote_mta or None, failure.recipient.rpartition("@")[2])

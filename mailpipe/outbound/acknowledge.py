@@ -1,7 +1,10 @@
 """First response in seconds: an automatic acknowledgement when a case opens.
 
 It tells the customer the case token, who owns the case with their phone number, and when to
-expect an answer for the case's urgency level. RFC 3834 decides when to stay silent: never to
+expect an answer for the case's urgency level, and nothing the sender wrote. Only a sender whose
+From is authenticated and aligned (DMARC pass, or SPF or DKIM passing for the From domain, by
+our own verdict) gets one: otherwise a spammer could name any victim in From and have us mail
+them, signed. RFC 3834 decides when to stay silent: never to
 automatic mail (Auto-Submitted other than "no", Microsoft's X-Auto-Response-Suppress), bulk or
 list mail (Precedence, List-Id, List-Unsubscribe), bounces (null sender, multipart/report),
 no-reply senders, or our own addresses; and at most once per customer per ``autoreply_window``
@@ -20,6 +23,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from mailpipe.addresses import canonical, domain_of
+from mailpipe.auth import Verdict
 from mailpipe.config import Agent, OutboundConfig
 from mailpipe.deliver import headers
 from mailpipe.message import ParsedMessage
@@ -33,8 +37,10 @@ _NOREPLY = re.compile(r"^(no-?reply|do-?not-?reply|donotreply|mailer-daemon|post
                       r"([+._-]|$)", re.IGNORECASE)
 
 
-def suppression(parsed: ParsedMessage, mail_from: str, own: Iterable[str]) -> str | None:
-    """Why this message must get no automatic answer (a metric label), or None."""
+def suppression(parsed: ParsedMessage, mail_from: str, own: Iterable[str],
+                verdict: Verdict | None = None) -> str | None:
+    """Why this message must get no automatic answer (a metric label), or None; without a
+    ``verdict`` (headers alone) the sender's authentication is not judged."""
     if not mail_from or canonical(mail_from).startswith("mailer-daemon@"):
         return "bounce"
     if "multipart/report" in parsed.header("content-type").lower():
@@ -53,6 +59,8 @@ def suppression(parsed: ParsedMessage, mail_from: str, own: Iterable[str]) -> st
         return "noreply"
     if sender in {canonical(address) for address in own}:
         return "ours"
+    if verdict is not None and not verdict.from_authenticated():
+        return "unauthenticated"
     return None
 
 
@@ -70,25 +78,23 @@ def within(seconds: float, language: str) -> str:
 
 
 def acknowledgement(*, parsed: ParsedMessage, case_id: int, owner: Agent, language: str, support_address: str,
-                    customer: str, customer_name: str, response_time: float, hostname: str, queue_id: str,
-                    now: float) -> bytes:
+                    customer: str, response_time: float, hostname: str, queue_id: str, now: float) -> bytes:
+    """Nothing the sender wrote is echoed (no display name, no subject): whatever a spammer puts
+    there would otherwise go out under our signature to whoever they name in From."""
     token = f"[#{case_id}]"
-    subject = parsed.base_subject or parsed.subject
     when = within(response_time, language)
     if language == "ja":
-        greeting = f"{customer_name} 様" if customer_name else "お客様"
-        lines = [greeting, "", f"お問い合わせありがとうございます。受付番号 {token} で承りました。",
+        lines = ["お客様", "", f"お問い合わせありがとうございます。受付番号 {token} で承りました。",
                  f"担当の {owner.name}（{owner.phone}）より、{when}にご連絡いたします。",
                  "お急ぎの場合は、お電話でご連絡ください。", "",
                  f"このメールは自動送信です。ご返信の際は件名の {token} をそのまま残してください。"]
-        title = f"{token} お問い合わせを受け付けました: {subject}"
+        title = f"{token} お問い合わせを受け付けました"
     else:
-        greeting = f"Dear {customer_name}," if customer_name else "Hello,"
-        lines = [greeting, "", f"Thank you for contacting us. Your case number is {token}.",
+        lines = ["Hello,", "", f"Thank you for contacting us. Your case number is {token}.",
                  f"{owner.name} ({owner.phone}) owns your case and will answer {when}.",
                  "If it is urgent, please call.", "",
                  f"This message was sent automatically. Please keep {token} in the subject when you reply."]
-        title = f"{token} We received your message: {subject}"
+        title = f"{token} We received your message"
     body = base64.encodebytes(("\r\n".join(lines) + "\r\n").encode("utf-8")).replace(b"\n", b"\r\n")
     fields = [
         ("From", support_address), ("To", customer), ("Subject", title),
@@ -123,20 +129,20 @@ class Acknowledger:
         self._support = tuple(support_addresses)
         self._own = (*support_addresses, *(agent.address for agent in agents))
 
-    def suppressed(self, message: Message, parsed: ParsedMessage) -> str | None:
+    def suppressed(self, message: Message, parsed: ParsedMessage, verdict: Verdict | None) -> str | None:
         """Why this message gets no acknowledgement whatever the window says, or None."""
         if not self.settings.autoreply:
             return "disabled"
-        return suppression(parsed, message.entry.envelope.mail_from, self._own)
+        return suppression(parsed, message.entry.envelope.mail_from, self._own, verdict)
 
-    def decide(self, message: Message, parsed: ParsedMessage, record: InboundRecord, owner: Agent | None,
-               level: str) -> Acknowledgement | None:
+    def decide(self, message: Message, parsed: ParsedMessage, verdict: Verdict | None, record: InboundRecord,
+               owner: Agent | None, level: str) -> Acknowledgement | None:
         """From what was recorded, so asking again for the same message after a crash gives the
         same answer and the acknowledgement is queued once. Signing makes it worth a thread."""
         if not record.new_case or owner is None:
             return None
         envelope = message.entry.envelope
-        reason = self.suppressed(message, parsed) or (None if record.autoreply else "recent")
+        reason = self.suppressed(message, parsed, verdict) or (None if record.autoreply else "recent")
         if reason is not None:
             self.metrics.autoreplies.labels(reason).inc()
             return None
@@ -144,7 +150,7 @@ class Acknowledger:
         support = next((r for r in envelope.rcpt_tos if canonical(r) in ours), self._support[0])
         data = acknowledgement(
             parsed=parsed, case_id=record.case.id, owner=owner, language=record.case.language or parsed.language,
-            support_address=support, customer=record.customer.address, customer_name=parsed.sender_name,
+            support_address=support, customer=record.customer.address,
             response_time=getattr(self.settings.response_times, level), hostname=self.hostname,
             queue_id=message.id, now=message.entry.received_at)
         signed = self.signer.sign(data, domain_of(support))

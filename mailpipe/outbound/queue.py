@@ -9,28 +9,32 @@ all of whose recipients refused is done with as ``Refused`` (counted so, never a
 reply is counted by provider and class, and a reply the catalog does not know from a known
 provider is logged with its full text — the earliest sign of a provider's rule change. The
 monitors that watch accepted mail and refusals are handed in (``Traffic``, ``Incidents``): the
-send queue does not import them.
+send queue does not import them. Before each attempt the Message-ID goes into the store's
+history of sent mail (``SentStore``): only bounces naming one of those count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from mailpipe.addresses import canonical, domain_of
 from mailpipe.config import Agent, OutboundConfig
-from mailpipe.deliver import Deliverer, PartlyDeferred, notice
+from mailpipe.deliver import Deliverer, PartlyDeferred, headers, notice
 from mailpipe.errors import Refused
 from mailpipe.metrics import Metrics
 from mailpipe.outbound import dsn
 from mailpipe.outbound.classify import ACCEPTED, CLASSES, UNKNOWN
 from mailpipe.outbound.send import Attempt, Reply, Transport
 from mailpipe.spool import Message
+from mailpipe.store import SentStore
 
 log = logging.getLogger("mailpipe.outbound")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(?:\r\n[ \t]+)?<([^<>\s]+)>", re.IGNORECASE | re.MULTILINE)
 
 
 class Traffic(Protocol):
@@ -48,8 +52,9 @@ class Incidents(Protocol):
 class SendQueue:
     def __init__(self, transport: Transport, settings: OutboundConfig, agents: Sequence[Agent], mailboxes: Deliverer,
                  reporting_mta: str, metrics: Metrics, traffic: Traffic, incidents: Incidents | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, sent: SentStore | None = None):
         self.transport = transport
+        self.sent = sent
         self.traffic = traffic
         self.incidents = incidents
         self.settings = settings
@@ -69,6 +74,9 @@ class SendQueue:
     async def hand_off(self, message: Message) -> None:
         envelope = message.entry.envelope
         domain = domain_of(envelope.rcpt_tos[0])
+        message_id = _message_id(message.data)
+        if self.sent is not None and message_id:
+            await asyncio.to_thread(self.sent.record_sent, message_id, message.id, self._clock())
         attempt = await self.transport.send(envelope.mail_from, domain, envelope.rcpt_tos, message.data)
         self._count(message, attempt)
         if self.incidents is not None:
@@ -135,3 +143,9 @@ class SendQueue:
     @staticmethod
     def summary(message: Message) -> dict[str, str]:
         return {"to": ",".join(message.entry.envelope.rcpt_tos)}
+
+
+def _message_id(raw: bytes) -> str:
+    """The Message-ID (without <>) a bounce of this mail will quote, or ""."""
+    found = _MESSAGE_ID.search(headers.split(raw)[0])
+    return found[1].decode("ascii", "replace") if found else ""

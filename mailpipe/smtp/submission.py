@@ -7,7 +7,8 @@ client address and per agent (its id and its address are one login); past ``max_
 both are locked out (``454 4.7.0``). Passwords are verified on a ``credentials.Hasher`` of their
 own, so a login flood waits there (or gets ``454`` past its queue) and triage keeps its threads.
 An agent may send only as the desk's support addresses or as itself, in the envelope and in
-the From header (``553 5.7.1``). Accepted replies go to the ``submission`` queue of the
+the From, Sender and Reply-To headers (``553 5.7.1``), read by the same parser
+that picks the DKIM signing domain (``addresses.mailboxes``). Accepted replies go to the ``submission`` queue of the
 outbound spool with the agent's id; everything after the 250 (threading, stamping, signing,
 sending) happens in the outbound worker.
 """
@@ -18,17 +19,15 @@ import asyncio
 import email
 import logging
 from collections.abc import Sequence
-from email.utils import getaddresses
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailpipe import credentials
-from mailpipe.addresses import canonical, domain_of, syntax_problem
+from mailpipe.addresses import canonical, domain_of, mailboxes, syntax_problem
 from mailpipe.config import Agent
 from mailpipe.deliver.headers import split
 from mailpipe.desk.addresses import command_of
 from mailpipe.desk.commands import USAGES
-from mailpipe.message import decode_header
 from mailpipe.metrics import Metrics
 from mailpipe.queues import DESK, SUBMISSION
 from mailpipe.smtp import replies
@@ -37,6 +36,9 @@ from mailpipe.spool import Spool
 from mailpipe.store import Store, StoreUnavailable
 
 log = logging.getLogger("mailpipe.submission")
+# The header fields that say who a reply is from or whom to answer: each address in them must be
+# the agent's own or the desk's.
+_IDENTITIES = ("From", "Sender", "Reply-To")
 
 
 class SubmissionHandler(InboundHandler):
@@ -129,13 +131,15 @@ class SubmissionHandler(InboundHandler):
         agent = self._agent(session)
         if refused is not None or agent is None or self.queue_for(envelope) == DESK.name:
             return refused  # a desk command leaves nothing: it may pass on a customer's message as is
-        head, _ = split(data)
-        froms = email.message_from_bytes(head + b"\r\n").get_all("From") or []
-        if not froms:
+        head = email.message_from_bytes(split(data)[0] + b"\r\n")
+        if not head.get_all("From"):
             return replies.FROM_MISSING
-        for _, address in getaddresses([decode_header(value) for value in froms]):
-            if not self._may_send_as(agent, address):
-                return replies.FROM_NOT_OWNED.format(address=address or "(empty)")
+        if not mailboxes(head.get_all("From")):  # "From: :;" names nobody: signed for whom?
+            return replies.FROM_NOT_OWNED.format(field="From", address="(empty)")
+        for name in _IDENTITIES:
+            for _, address in mailboxes(head.get_all(name) or []):
+                if not self._may_send_as(agent, address):
+                    return replies.FROM_NOT_OWNED.format(field=name, address=address or "(empty)")
         return None
 
     def queue_for(self, envelope: Envelope) -> str:

@@ -209,7 +209,9 @@ class TriageStore(CaseLookup, Protocol):
 
 
 class CaseNotes(CaseLookup, Protocol):
-    """What a bounce needs: its case, and a note on it (``monitors.returned``)."""
+    """What a bounce needs: that it is of our mail, its case, and a note on it (``monitors.returned``)."""
+
+    def sent_by_us(self, message_id: str) -> bool: ...
 
     def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool: ...
 
@@ -258,7 +260,13 @@ class DmarcStore(Protocol):
     def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]: ...
 
 
-class Store(TriageStore, CaseNotes, ReplyStore, IncidentStore, DmarcStore, Protocol):
+class SentStore(Protocol):
+    """What the send queue notes of the mail it sends (``outbound.queue``)."""
+
+    def record_sent(self, message_id: str, queue_id: str, at: float) -> None: ...
+
+
+class Store(TriageStore, CaseNotes, ReplyStore, IncidentStore, DmarcStore, SentStore, Protocol):
     """Every role at once, as ``sql.SQLStore`` implements it: for the daemon and the CLI."""
 
     def customer(self, address: str) -> CustomerRecord | None: ...

@@ -24,6 +24,29 @@ class DeliverabilityQueries:
     def _conn(self) -> Connection:
         raise NotImplementedError
 
+    def record_sent(self, message_id: str, queue_id: str, at: float) -> None:
+        """Notes that the send queue is sending mail with ``message_id`` (before each attempt:
+        once is enough, a retry changes nothing)."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                conn.execute("INSERT INTO sent_messages (message_id, queue_id, at) VALUES (?, ?, ?)"
+                             " ON CONFLICT DO NOTHING", (message_id, queue_id, at))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def sent_by_us(self, message_id: str) -> bool:
+        """Whether the send queue sent mail with ``message_id`` (or, before it kept a history,
+        an agent's reply did). Only a bounce of such mail is worth counting: anyone can mail us
+        one claiming anything."""
+        conn = self._conn()
+        return (conn.execute("SELECT 1 FROM sent_messages WHERE message_id = ?", (message_id,)).fetchone() is not None
+                or conn.execute("SELECT 1 FROM messages WHERE direction = 'out' AND message_id = ? LIMIT 1",
+                                (message_id,)).fetchone() is not None)
+
     def record_dmarc_report(self, *, reporter: str, report_id: str, domain: str, begin: int, end: int,
                             records: Sequence[DmarcRow], at: float) -> bool:
         """False when this reporter's report was imported before (reports are re-sent, and the

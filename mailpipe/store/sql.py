@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mailpipe.addresses import canonical
@@ -115,30 +115,33 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
         return _customer(row) if row else None
 
     def upsert_customer(self, address: str, **fields: object) -> CustomerRecord:
-        """Creates the customer or updates the given fields (import, first contact)."""
-        allowed = {"name", "company", "plan", "vip", "phone", "notes", "owner"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise StoreError(f"unknown customer fields: {', '.join(sorted(unknown))}")
-        conn = self._conn()
-        with self._writing:
-            self._upsert(conn, address, fields)
+        """Creates the customer or updates the given fields (first contact)."""
+        self.upsert_customers([(address, fields)])
         found = self.customer(address)
         assert found is not None
         return found
 
-    def _upsert(self, conn: Connection, address: str, fields: dict[str, object]) -> None:
-        conn.execute(self._BEGIN)
-        try:
-            conn.execute("INSERT INTO customers (address, created_at) VALUES (?, ?) ON CONFLICT(address) DO NOTHING",
-                         (canonical(address), time.time()))
-            for key, value in fields.items():
-                conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
-                             (int(bool(value)) if key == "vip" else value, canonical(address)))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def upsert_customers(self, rows: Sequence[tuple[str, Mapping[str, object]]]) -> None:
+        """Creates or updates each customer's given fields, all in one transaction (an import
+        that fails half-way leaves nothing behind)."""
+        allowed = {"name", "company", "plan", "vip", "phone", "notes", "owner"}
+        unknown = {key for _, fields in rows for key in fields} - allowed
+        if unknown:
+            raise StoreError(f"unknown customer fields: {', '.join(sorted(unknown))}")
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                for address, fields in rows:
+                    conn.execute("INSERT INTO customers (address, created_at) VALUES (?, ?)"
+                                 " ON CONFLICT(address) DO NOTHING", (canonical(address), time.time()))
+                    for key, value in fields.items():
+                        conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
+                                     (int(bool(value)) if key == "vip" else value, canonical(address)))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def profile(self, address: str, now: float) -> Profile | None:
         customer = self.customer(address)

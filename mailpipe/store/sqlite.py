@@ -154,6 +154,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX corrections_case ON corrections (case_id, at);
     """,
+    """
+    CREATE TABLE sent_messages (
+        message_id TEXT PRIMARY KEY,
+        queue_id TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 )
 
 def migrate(conn: sqlite3.Connection) -> int:

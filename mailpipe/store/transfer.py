@@ -17,7 +17,7 @@ Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks li
 
 # Every table, parents before children: the order export writes and import reads.
 TABLES = ("customers", "cases", "messages", "assignments", "agent_state", "credentials", "dmarc_reports",
-          "dmarc_records", "case_notes", "incidents", "incident_customers", "corrections")
+          "dmarc_records", "case_notes", "incidents", "incident_customers", "corrections", "sent_messages")
 
 
 class TransferQueries:
@@ -45,9 +45,16 @@ class TransferQueries:
             try:
                 if conn.execute("SELECT count(*) FROM customers").fetchone()[0]:
                     raise StoreError("the store to import into already has customers: import into an empty one")
+                known: dict[str, frozenset[str]] = {}
                 for table, row in rows:
                     if table not in TABLES:
                         raise StoreError(f"unknown table {table!r} in the export")
+                    if table not in known:
+                        known[table] = frozenset(c[0] for c in conn.execute(f"SELECT * FROM {table} LIMIT 0")
+                                                 .description)
+                    if unknown := sorted(set(row) - known[table]):  # names go into SQL: only the table's own
+                        raise StoreError(f"unknown column(s) {', '.join(map(repr, unknown))} of table {table!r}"
+                                         " in the export")
                     columns = ", ".join(row)
                     conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
                                  tuple(row.values()))

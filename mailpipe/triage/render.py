@@ -75,7 +75,7 @@ def customer_line(c: CustomerRecord) -> str:
                                                       ("phone", c.phone)) if value]
     if c.vip:
         parts.append("VIP")
-    return "; ".join(parts)
+    return headers.printable("; ".join(parts))
 
 
 def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: Sequence[str] = ()) -> bytes:

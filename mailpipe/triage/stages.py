@@ -153,7 +153,9 @@ class Triage:
 
     def _autoreply_window(self, work: Work) -> float | None:
         """The acknowledgement window to take with a new case, unless this message gets none."""
-        if self.acknowledger is None or self.acknowledger.suppressed(work.message, parsed_of(work)) is not None:
+        if self.acknowledger is None:
+            return None
+        if self.acknowledger.suppressed(work.message, parsed_of(work), work.auth) is not None:
             return None
         return self.acknowledger.settings.autoreply_window
 
@@ -161,8 +163,8 @@ class Triage:
         if self.acknowledger is None or work.record is None:
             return work
         owner = self._by_id.get(work.record.case.owner)
-        decided = await asyncio.to_thread(self.acknowledger.decide, work.message, parsed_of(work), work.record, owner,
-                                          verdict_of(work).level)
+        decided = await asyncio.to_thread(self.acknowledger.decide, work.message, parsed_of(work), work.auth,
+                                          work.record, owner, verdict_of(work).level)
         return dataclasses.replace(work, acknowledgement=decided)
 
     def annotate(self, work: Work) -> Work:
