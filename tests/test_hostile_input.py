@@ -69,6 +69,14 @@ def test_a_control_character_in_an_address_is_refused_at_mail_and_rcpt(daemon: D
     no_traceback(daemon)
 
 
+def test_an_address_the_stdlib_parser_trips_on_is_a_malformed_address_not_an_internal_error(daemon: Daemon) -> None:
+    replies = raw_session(daemon.port, b"EHLO client.example.org\r\n", b"MAIL FROM:a@\r\n",
+                          b"MAIL FROM:<customer@example.org>\r\n", b"RCPT TO:a@\r\n", b"QUIT\r\n")
+    assert replies[2].startswith(b"553") and replies[3].startswith(b"250"), replies
+    assert replies[4][:1] == b"5" and not replies[4].startswith(b"451"), replies
+    no_traceback(daemon)
+
+
 def test_nothing_from_a_refused_sender_reaches_return_path(daemon: Daemon) -> None:
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
         reader = into_data(sock, b'<"a\rX-Inj: 1"@example.com>')

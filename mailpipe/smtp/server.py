@@ -155,6 +155,15 @@ class Session(SMTP):
         finally:
             self._storing = False
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd catches only the parse errors the stdlib address parser means to raise; on
+        some input (``MAIL FROM:a@``) it raises IndexError, which would end as a 451 and a logged
+        traceback: any failure to parse is the malformed address it is (553)."""
+        try:
+            return super()._getaddr(arg)
+        except (IndexError, ValueError):
+            return None, None
+
     async def smtp_HELO(self, hostname: str) -> None:
         if not readable(hostname):
             await self.push(replies.BAD_HELO.format(command="HELO"))
