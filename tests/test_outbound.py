@@ -264,6 +264,20 @@ def test_a_wrong_password_is_refused_and_repeated_failures_lock_the_login_out(de
     assert auth_plain(daemon, "smith", PASSWORD) == 454  # the client address is locked out too
 
 
+def test_one_wrong_password_through_smtplibs_login_counts_once_toward_the_lockout(desk) -> None:
+    daemon = desk({"submission": {"max_auth_failures": 2}})
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.ehlo()
+        assert "PLAIN" in client.esmtp_features["auth"] and "LOGIN" in client.esmtp_features["auth"]
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("yamada", "wrong password!")  # tries PLAIN, then LOGIN
+    assert auth_plain(daemon, "yamada", PASSWORD) == 235
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client, pytest.raises(smtplib.SMTPAuthenticationError):
+        client.login("yamada", "wrong password!")
+    assert auth_plain(daemon, "yamada", "another wrong one") == 535
+    assert auth_plain(daemon, "yamada", PASSWORD) == 454
+
+
 def test_an_agent_may_not_send_as_another_address(desk) -> None:
     daemon = desk()
     with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:

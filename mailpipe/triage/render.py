@@ -3,9 +3,10 @@
 ``header_fields`` is what the ``annotate`` stage puts on top of the customer's message
 (Authentication-Results under our authserv-id, ``X-Mailpipe-Queue-Id``, ``-Case``,
 ``-Urgency``, ``-Rules``, ``-Owner``, ``-Customer``, ``-Escalation``) and the tagged subject
-(``[URGENT][#12] …``); ``triage_card`` is the companion message filed beside it. The original
-bytes are never changed here: the deliverer puts the fields on top. ``customer_line`` is the
-one way a customer is written on one line, in the header, the card and ``mailpipe cases show``.
+(``[URGENT][#12] …``, the customer's own subject behind it); ``triage_card`` is the companion
+message filed beside it. The original bytes are never changed here: the deliverer puts the
+fields on top. ``customer_line`` is the one way a customer is written on one line, in the
+header, the card and ``mailpipe cases show``.
 """
 
 from __future__ import annotations
@@ -39,16 +40,29 @@ def header_fields(work: Work, hostname: str, agents: dict[str, Agent],
         ("X-Mailpipe-Case", f"{record.case.id}{' (new)' if record.new_case else ''}"),
         ("X-Mailpipe-Urgency", f"{verdict.level} {verdict.score:g}"),
         ("X-Mailpipe-Rules", verdict.summary() or "none"),
-        ("X-Mailpipe-Owner", f"{owner.id} ({owner.name}, {owner.phone})" if owner else record.case.owner),
+        ("X-Mailpipe-Owner", owner_value(owner) if owner else record.case.owner),
         ("X-Mailpipe-Customer", customer_line(customer)),
     ]
     escalation = next((a for a in record.assignments if a.role == "escalation"), None)
     if escalation is not None:
         fields.append(("X-Mailpipe-Escalation", f"{verdict.escalate or 'escalated'}: {escalation.agent}"))
-    subject = None
-    if subject_tags:
-        subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
+    subject = tagged_subject(parsed.subject, verdict.level, record.case.id) if subject_tags else None
     return tuple(fields), subject
+
+
+def owner_value(owner: Agent) -> str:
+    """``yamada 03-1234-5678 山田 太郎``: the id and the phone in plain ASCII first, for mail
+    filters, then the name, which ``headers.field`` encodes as a word of its own (RFC 2047) when
+    it is not ASCII — never glued to punctuation a filter would have to see through."""
+    return " ".join(part for part in (owner.id, owner.phone, owner.name) if part)
+
+
+def tagged_subject(subject: str, level: str, case_id: int) -> str:
+    """The customer's subject as written ("Re:" and all) behind the urgency tag and the case
+    token; a subject that already carries this case's token gets only the urgency tag."""
+    token = f"[#{case_id}]"
+    tag = TAGS.get(level, "") + ("" if token in subject else token)
+    return f"{tag} {subject}".strip() if tag else subject
 
 
 def incident_lines(incidents: Incidents | None, parsed: ParsedMessage) -> list[str]:
