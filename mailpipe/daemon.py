@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import ssl
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mailpipe import auth, credentials, logs
+from mailpipe import auth, credentials, logs, lookup
 from mailpipe import config as configuration
 from mailpipe.config import Config
 from mailpipe.data import shipped
@@ -38,6 +39,7 @@ from mailpipe.monitors.runner import Monitors, MonitorSettings
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import classify
 from mailpipe.outbound.acknowledge import Acknowledger
+from mailpipe.outbound.fates import Fates
 from mailpipe.outbound.queue import SendQueue
 from mailpipe.outbound.replies import Replies, ReplyWork
 from mailpipe.outbound.send import Transport, resolver
@@ -133,12 +135,13 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     returned = Returned(store, metrics, to_mailbox, config.inbound.hostname, config.agents,
                         config.monitors.dmarc_report_addresses, catalog, incidents)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound, returned, incidents)
+                    metrics, to_mailbox, acknowledger, outbound, returned, incidents, lead=config.desk.lead)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
-                      to_mailbox, hostname, metrics)
+                      to_mailbox, hostname, metrics, config.triage.timezone)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
     transport = Transport(config.outbound, hostname, resolver(nameservers), catalog)
-    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents)
+    sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents,
+                       Fates(store, metrics))
     sending = config.outbound.spool(config.spool.max_stage_failures)
     inbound: Route[Work] = Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count,
                                  triage.summary)
@@ -202,7 +205,8 @@ class Daemon:
             self._workers = {queue.name: Worker(queue.name, self._spools[queue.spool], built[queue.name], self._metrics)
                              for queue in QUEUES}
             status = StatusServer(config.metrics.listen.host, config.metrics.listen.port, self._metrics,
-                                  self._health)
+                                  self._health, functools.partial(lookup.caller, store, config.agents),
+                                  config.desk.lookup_token)
             for listener in self._listeners.values():
                 await listener.start()
             await status.start()

@@ -48,6 +48,7 @@ from mailpipe import __version__
 from mailpipe import config as configuration
 from mailpipe.cli import deliverability, desk, queue, rules, store
 from mailpipe.cli.common import Commands, complain
+from mailpipe.config import desk as desk_config
 from mailpipe.data import shipped
 from mailpipe.errors import Problems
 from mailpipe.outbound import classify
@@ -109,6 +110,9 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, submission on "
           f"{loaded.submission.listen}, {len(ruleset.rules)} rules from {len(ruleset.sources)} files, "
           f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys)")
+    tiers = tuple(sorted({rule.escalate for rule in (*ruleset.plain, *ruleset.composites) if rule.escalate}))
+    for warning in desk_config.tiers_without_agents(loaded, tiers):
+        print(f"{loaded.source}: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -23,7 +23,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
+from mailpipe.config import desk as desk_config
 from mailpipe.config.convert import Bytes, Endpoint, Seconds, convert
+from mailpipe.config.desk import DeskConfig
 from mailpipe.data import shipped
 from mailpipe.errors import Problems
 from mailpipe.keys import SigningKeyError, load_key
@@ -256,6 +258,7 @@ class Config:
     dkim: tuple[DkimKey, ...]
     monitors: MonitorsConfig
     store: StoreConfig
+    desk: DeskConfig
     agents: tuple[Agent, ...]
     source: str = field(default=EMBEDDED, compare=False)
 
@@ -414,6 +417,7 @@ def _check(config: Config, source: str) -> list[str]:
             ipaddress.ip_address(ip)
         except ValueError:
             problems.append(f"{source}: monitors.sending_ips[{index}]: {ip!r} is not an IP address")
+    problems += desk_config.check(config, source)
     for index, key in enumerate(config.dkim):
         if key.key_file and Path(key.key_file).is_file():
             try:
