@@ -27,6 +27,7 @@ from mailpipe.data import shipped
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
+from mailpipe.digest import Digests
 from mailpipe.errors import Problems
 from mailpipe.http import StatusServer
 from mailpipe.keys import SigningKey, SigningKeyError, load_key
@@ -216,7 +217,9 @@ class Daemon:
             background += [asyncio.create_task(self._export_stats(), name="stats"),
                            asyncio.create_task(self._monitors.run(), name="monitors"),
                            asyncio.create_task(self._prober.run(), name="probes"),
-                           asyncio.create_task(self._watchdog(), name="watchdog")]
+                           asyncio.create_task(self._watchdog(), name="watchdog"),
+                           asyncio.create_task(Digests(lambda: self.config, store,
+                                                       lambda: deliverer(self.config)).run(), name="digest")]
             self._install_signals()
             self._notifier.ready(self._status_line(config))
             log.info("ready", extra={"config": config.source, "state": str(config.state_path)})

@@ -5,8 +5,10 @@
     mailpipe score [--json] FILE...|-       explain a message's urgency, like rspamc
     mailpipe rules test                     run every rule's examples
     mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
-    mailpipe customers show ADDRESS         profile and case history
+    mailpipe customers show ADDRESS|PHONE   profile and case history; by phone: who is calling
     mailpipe cases list [--open] [--json]   cases, newest first
+    mailpipe cases show ID [--json]         a case's timeline: messages, replies with their fates, notes
+    mailpipe cases note ID TEXT --by AGENT  a note on a case (a phone call)
     mailpipe cases close ID... | reopen ID...
     mailpipe agents list [--json]           roster: tier, phone, on duty now, open cases
     mailpipe agents away ID | back ID       take an agent out of (or back into) assignment
