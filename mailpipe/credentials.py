@@ -5,6 +5,10 @@ recommends (128 MiB, a few hundred milliseconds), so a stolen store is expensive
 the cost can be raised later without invalidating old hashes. Verification runs in a thread and
 compares in constant time; an unknown login costs as much as a known one.
 
+Hashing runs on a ``Hasher``: its own small pool (one thread by default) with a bounded
+queue, so a flood of logins costs at most one hash's CPU and memory per thread, never the
+threads triage runs on; a login past the queue's bound is told to try later (``454``) at once.
+
 ``Lockout`` counts failures per client address and per login in a sliding window; once either
 reaches the limit, that address or login is refused — right passwords included — until the
 lockout ends. It lives in the daemon's memory: a restart forgives, which is what an operator
@@ -13,6 +17,7 @@ who restarts to let a locked-out agent in expects.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,6 +25,7 @@ import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 _LOG_N, _R, _P = 17, 8, 1
 _MAXMEM = 256 * 1024 * 1024
@@ -46,6 +52,32 @@ def verify_password(password: str, stored: str | None) -> bool:
     except (ValueError, KeyError):
         return False
     return scheme == "scrypt" and stored is not None and hmac.compare_digest(actual, expected)
+
+
+class Busy(Exception):
+    """More logins wait for a hash than the queue holds: refuse this one for now."""
+
+
+class Hasher:
+    """Verifies passwords on ``threads`` threads of its own, with at most ``queue`` waiting."""
+
+    def __init__(self, threads: int = 1, queue: int = 4):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scrypt")
+        self._bound = threads + queue
+        self.pending = 0  # verifications running or waiting
+
+    async def verify(self, password: str, stored: str | None) -> bool:
+        """Raises ``Busy`` instead of queueing past the bound."""
+        if self.pending >= self._bound:
+            raise Busy(f"{self.pending} password checks already running or waiting")
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, verify_password, password, stored)
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _b64(data: bytes) -> str:

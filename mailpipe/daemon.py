@@ -4,7 +4,8 @@ Life cycle: take the state directory's lock, recover what a crash left claimed, 
 and HTTP listeners, start the worker, then tell systemd READY=1. SIGHUP loads the config again
 and swaps it in only if it is valid (the old one keeps running otherwise); SIGTERM and SIGINT
 stop accepting, let sessions in DATA and hand-offs in flight finish within
-``shutdown_timeout``, and exit 0. No business logic lives here.
+``shutdown_timeout``, and exit 0. SIGHUPs in quick succession reload one after another, the
+newest file last. No business logic lives here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import contextlib
 import functools
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from mailpipe.data import shipped
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
+from mailpipe.desk.commands import Commands
+from mailpipe.desk.route import Desk, DeskWork
 from mailpipe.digest import Digests
 from mailpipe.errors import Problems
 from mailpipe.http import StatusServer
@@ -45,7 +50,7 @@ from mailpipe.outbound.queue import SendQueue
 from mailpipe.outbound.replies import Replies, ReplyWork
 from mailpipe.outbound.send import Transport, resolver
 from mailpipe.outbound.signing import Signer
-from mailpipe.queues import INBOUND, OUTBOUND, QUEUES, SPOOLS, SUBMISSION
+from mailpipe.queues import DESK, INBOUND, OUTBOUND, QUEUES, SPOOLS, SUBMISSION
 from mailpipe.sdnotify import Notifier
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy
 from mailpipe.smtp.server import Listener, ListenerSettings
@@ -55,6 +60,7 @@ from mailpipe.store import Store, StoreUnavailable
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
 from mailpipe.triage import load as triage_load
+from mailpipe.triage.learning import Learner
 from mailpipe.triage.rules import LEVELS
 from mailpipe.triage.stages import Triage
 from mailpipe.triage.work import Work
@@ -63,6 +69,7 @@ from mailpipe.worker import Route, Worker
 log = logging.getLogger("mailpipe.daemon")
 
 _STATS_INTERVAL = 2.0
+_SPOOL_OF = {"inbound": "inbound", "submission": "outbound", "outbound": "outbound"}  # queue -> spool file
 
 
 def listener_settings(config: Config) -> ListenerSettings:
@@ -124,7 +131,7 @@ def reply_catalog(config: Config) -> classify.Catalog:
 
 
 def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: Metrics, outbound: Spool,
-           traffic: Traffic, incidents: Incidents) -> dict[str, Route[Any]]:
+           traffic: Traffic, incidents: Incidents, learner: Learner) -> dict[str, Route[Any]]:
     """Each queue's route (``mailpipe.queues``), built from one config and swapped together on
     reload. Raises ``Problems`` (RulesError, CatalogError) when policy files are broken: a reload then
     keeps the routes already running."""
@@ -136,7 +143,10 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     returned = Returned(store, metrics, to_mailbox, config.inbound.hostname, config.agents,
                         config.monitors.dmarc_report_addresses, catalog, incidents)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound, returned, incidents, lead=config.desk.lead)
+                    metrics, to_mailbox, acknowledger, outbound, returned, incidents, model=lambda: learner.current,
+                    lead=config.desk.lead)
+    desk = Desk(config.agents, config.inbound.domains, store, Commands(store, metrics, learner.learn), to_mailbox,
+                config.inbound.hostname)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
                       to_mailbox, hostname, metrics, config.triage.timezone)
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
@@ -149,7 +159,14 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     submitted: Route[ReplyWork] = Route(ReplyWork, replies.stages, replies.hand_off, config.spool, OUTBOUND.name,
                                         summary=replies.summary)
     outgoing: Route[Message] = Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary)
-    return {INBOUND.name: inbound, SUBMISSION.name: submitted, OUTBOUND.name: outgoing}
+    commands: Route[DeskWork] = Route(DeskWork, desk.stages, desk.hand_off, config.spool, to_mailbox.method,
+                                      summary=desk.summary)
+    return {INBOUND.name: inbound, SUBMISSION.name: submitted, OUTBOUND.name: outgoing, DESK.name: commands}
+
+
+def store_failing(workers: Iterable[Worker]) -> bool:
+    """A worker defers mail because the store fails under it (read-only, disk full, corrupt)."""
+    return any("store" in worker.faults for worker in workers)
 
 
 def _itself(message: Message) -> Message:
@@ -175,6 +192,8 @@ class Daemon:
         self._monitors: Monitors | None = None
         self._incidents: Incidents | None = None
         self._prober: Prober | None = None
+        self._learner: Learner | None = None
+        self._reloading = asyncio.Lock()
 
     async def run(self) -> int:
         config = self.config
@@ -190,7 +209,10 @@ class Daemon:
             self._incidents = Incidents(store, self._metrics, threshold=config.monitors.incident_threshold,
                                         window=config.monitors.incident_window, quiet=config.monitors.incident_quiet)
             keys = signing_keys(config)
-            built = routes(config, keys, store, self._metrics, outbound, self._traffic, self._incidents)
+            self._learner = Learner(config.triage, store, self._metrics)
+            self._learner.install(await self._learner.train(config.triage), config.triage)
+            built = routes(config, keys, store, self._metrics, outbound, self._traffic, self._incidents,
+                           self._learner)
             self._monitors = Monitors(monitor_settings(config, keys), self._traffic, self._metrics, store,
                                       self._incidents)
             self._prober = Prober(probe_settings(config), outbound, self._metrics)
@@ -230,6 +252,7 @@ class Daemon:
             await asyncio.gather(*(listener.drain(self.config.shutdown_timeout)
                                    for listener in self._listeners.values()))
             await asyncio.gather(*(worker.stop(self.config.shutdown_timeout) for worker in self._workers.values()))
+            await self._learner.stop()
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -254,7 +277,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.create_task(self.reload()))
 
     async def reload(self) -> bool:
-        """Swap in a freshly loaded config, or keep the running one if the new one is broken."""
+        """Swap in a freshly loaded config, or keep the running one if the new one is broken.
+        Reloads run one at a time in the order asked, each reading the file when its turn comes,
+        so the last SIGHUP always leaves the newest file running."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         self._notifier.reloading()
         try:
             assert self._store is not None
@@ -262,8 +291,11 @@ class Daemon:
             settings = {"inbound": listener_settings(new), "submission": submission_settings(new)}
             assert self._incidents is not None
             keys = await asyncio.to_thread(signing_keys, new)
+            assert self._learner is not None
+            model = await self._learner.train(new.triage)
             built = await asyncio.to_thread(routes, new, keys, self._store, self._metrics,
-                                            self._spools[OUTBOUND.spool], self._traffic, self._incidents)
+                                            self._spools[OUTBOUND.spool], self._traffic, self._incidents,
+                                            self._learner)
             watching = await asyncio.to_thread(monitor_settings, new, keys)
         except Problems as exc:
             return self._refuse(exc.problems)
@@ -279,6 +311,7 @@ class Daemon:
         self._handler.hostname = new.inbound.hostname
         self._submission.reconfigure(new.agents, new.inbound.addresses, new.submission.max_recipients)
         self._submission.hostname = new.submission_hostname
+        self._learner.install(model, new.triage)
         for name, route in built.items():
             self._workers[name].route = route
         assert self._monitors is not None and self._prober is not None
@@ -304,6 +337,17 @@ class Daemon:
         problems = self._fatal()
         if self._store_problem:
             problems["store"] = self._store_problem
+        problems.update(self._storage_faults())
+        return problems
+
+    def _storage_faults(self) -> dict[str, str]:
+        """Spools, the store and disks failing under the workers (disk full, read-only, corrupt):
+        mail waits, intake may answer 4xx, and all of it resumes by itself once the fault clears."""
+        problems = {f"spool:{name}": spool.fault for name, spool in self._spools.items() if spool.fault}
+        for queue, worker in self._workers.items():
+            for kind, reason in worker.faults.items():
+                key = f"spool:{_SPOOL_OF[queue]}" if kind == "spool" else kind
+                problems.setdefault(key, f"{queue} worker: {reason}")
         return problems
 
     def _fatal(self) -> dict[str, str]:
@@ -317,10 +361,28 @@ class Daemon:
             problems["spool"] = "spool writer is not running"
         return problems
 
+    async def _check_storage(self) -> None:
+        """Probes faulted spools so that they recover with no mail arriving, reopens the store's
+        connections while a worker reports it failing (a read-only open stays read-only), and
+        sets the gauges that say so."""
+        for name, spool in self._spools.items():
+            if spool.fault and await spool.probe():
+                log.warning("spool writable again", extra={"spool": name})
+            self._metrics.spool_up.labels(name).set(0 if spool.fault or not spool.healthy else 1)
+        if store_failing(self._workers.values()) and self._store is not None:
+            self._store.reconnect()
+        for queue, worker in self._workers.items():
+            for kind in ("spool", "store", "disk"):
+                self._metrics.storage_fault.labels(queue, kind).set(int(kind in worker.faults))
+
     async def _export_stats(self) -> None:
         while True:
+            await self._check_storage()
             for queue in QUEUES:
-                stats = await self._spools[queue.spool].stats(queue.name)
+                try:
+                    stats = await self._spools[queue.spool].stats(queue.name)
+                except sqlite3.Error:
+                    continue  # the fault is the spool's, reported by its gauge and /healthz
                 for state, depth in stats.depth.items():
                     self._metrics.spool_messages.labels(queue.name, state).set(depth)
                     self._metrics.spool_oldest.labels(queue.name, state).set(stats.oldest_age[state])
@@ -334,7 +396,7 @@ class Daemon:
             now = time.time()
             try:
                 open_cases = await asyncio.to_thread(self._store.open_cases)
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, sqlite3.Error) as exc:
                 if not self._store_problem:
                     log.error("store unreachable: mail waits in the spool", extra={"error": str(exc)})
                 self._store_problem = str(exc)
@@ -344,7 +406,7 @@ class Daemon:
             if self._store_problem:
                 log.warning("store reachable again")
             self._store_problem = ""
-            self._metrics.store_up.set(1)
+            self._metrics.store_up.set(0 if store_failing(self._workers.values()) else 1)
             for level in LEVELS:  # a level whose last open case was answered drops to 0
                 count, oldest = open_cases.get(level, (0, now))
                 self._metrics.cases_open.labels(level).set(count)

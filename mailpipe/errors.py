@@ -2,9 +2,10 @@
 
 ``Problems`` is the base of every error that carries a list of ``.problems``, each already
 phrased as ``file: where: reason`` — the config (``ConfigError``), the urgency rules
-(``RulesError``), the reply catalog (``CatalogError``) and the provider profiles
-(``ProfileError``). The CLI prints them and exits 1; the daemon refuses a reload with them and
-keeps the running config. Both catch ``Problems`` once, not each loader's error by name.
+(``RulesError``), the urgency model's labelled mail (``ModelError``), the reply catalog
+(``CatalogError``) and the provider profiles (``ProfileError``). The CLI prints them and exits
+1; the daemon refuses a reload with them and keeps the running config. Both catch ``Problems``
+once, not each loader's error by name.
 
 The queue outcomes are what a stage or a hand-off raises to tell the worker what to do with a
 claimed message; ``mailpipe.worker`` maps each to one spool action (its opening docstring is the

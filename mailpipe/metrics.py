@@ -60,6 +60,13 @@ class Metrics:
             "mailpipe_stage_seconds", "Time each pipeline stage takes per message.", ["queue", "stage"],
             buckets=_LATENCY_BUCKETS, registry=r)
         self.cases_opened = Counter("mailpipe_cases_opened", "Cases opened, by urgency level.", ["level"], registry=r)
+        self.corrections = Counter(
+            "mailpipe_triage_corrections", "Agents' corrections of a case's urgency, from the level triage gave to "
+            "the one the agent gave: the desk's live precision.", ["from", "to"], registry=r)
+        self.model_examples = Gauge("mailpipe_urgency_model_examples",
+                                    "Labelled messages the running urgency model was trained on.", registry=r)
+        self.model_trained = Gauge("mailpipe_urgency_model_trained_timestamp_seconds",
+                                   "When the running urgency model was trained.", registry=r)
         self.cases_open = Gauge("mailpipe_cases_open", "Open (unanswered) cases by urgency level.", ["level"],
                                 registry=r)
         self.case_oldest_open = Gauge(
@@ -97,7 +104,7 @@ class Metrics:
             "mailpipe_reply_fates", "Agents' replies in cases by what became of them (queued, held, sent: accepted "
             "by the customer's side, deferred, bounced, deleted).", ["fate"], registry=r)
         self.submission_auth = Counter(
-            "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked).",
+            "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked, busy).",
             ["result"], registry=r)
         self.autoreplies = Counter(
             "mailpipe_autoreplies", "Automatic acknowledgements of new cases by result (queued, or the reason "
@@ -150,6 +157,10 @@ class Metrics:
             ["reporter", "source_ip"], registry=r)
         self.store_up = Gauge("mailpipe_store_up", "1 while the store (SQLite or PostgreSQL) answers; at 0, mail "
                               "waits in the spool to be triaged.", registry=r)
+        self.spool_up = Gauge("mailpipe_spool_up", "1 while the spool file takes writes and reads back whole; at 0, "
+                              "intake answers 4xx and delivery waits.", ["spool"], registry=r)
+        self.storage_fault = Gauge("mailpipe_worker_storage_fault", "1 while a queue's worker defers mail because "
+                                   "the spool, the store or a disk fails under it.", ["queue", "storage"], registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(
@@ -157,7 +168,7 @@ class Metrics:
             "When the running configuration was loaded.", registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
-        for result in ("success", "failure", "locked"):
+        for result in ("success", "failure", "locked", "busy"):
             self.submission_auth.labels(result)
         for kind in ("escalation", "cover"):
             self.assignment_fallbacks.labels(kind)

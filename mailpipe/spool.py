@@ -18,12 +18,17 @@ transaction: it is in exactly one queue at every instant. A message leaves the s
 the next hop accepted it (``ack``). ``recover`` returns ``active`` messages to the queue after a
 crash; hand-offs must be idempotent because such a message may already have been delivered.
 
+A storage fault (disk full, read-only file, I/O error, a corrupt page) fails the operations it
+hits with their ``sqlite3`` error and is remembered as ``Spool.fault`` until ``probe`` proves the
+file is whole and writable again; the committer thread itself never dies of one.
+
 This module knows nothing of SMTP or of what a worker does with a message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -66,6 +71,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (next_attempt) WHERE state IN ('incoming', 'deferred');
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, received_at);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 # Columns added after the first release, for spool files written by an older mailpipe.
@@ -144,6 +150,21 @@ def connect(path: Path) -> sqlite3.Connection:
         if column not in present:
             conn.execute(f"ALTER TABLE messages ADD COLUMN {column} {declaration}")
     return conn
+
+
+def storage_error(exc: BaseException) -> bool:
+    """A fault of the file or the disk under it, not of the operation: SQLite's "disk full",
+    "readonly database", "disk I/O error", "database is locked" (OperationalError) and "database
+    disk image is malformed" (DatabaseError itself); not a constraint or a programming error."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def probe(conn: sqlite3.Connection, now: float) -> None:
+    """Raises unless every page reads back whole and a write commits (call in a transaction)."""
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(f"spool file is corrupt: {'; '.join(problems)}")
+    conn.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (now,))
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
@@ -275,6 +296,7 @@ class Committer:
         self._thread.start()
         self.groups = 0
         self.operations = 0
+        self.fault = ""  # the last storage error, until a probe commits
 
     def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -316,13 +338,18 @@ class Committer:
                 try:
                     outcomes.append((future, op(self._conn), None))
                 except Exception as exc:
+                    if storage_error(exc):  # SQLite may have rolled the whole transaction back
+                        raise
                     self._conn.execute("ROLLBACK TO op")
                     outcomes.append((future, None, exc))
                 self._conn.execute("RELEASE op")
             self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+        except Exception as exc:  # the whole group failed: disk full, read-only, I/O error
+            if storage_error(exc):
+                self.fault = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
             outcomes = [(future, None, exc) for _, future in group]
         self.groups += 1
         self.operations += len(group)
@@ -401,9 +428,26 @@ class Spool:
         now = self._clock()
         return await self._committer.submit(lambda conn: stats(conn, now, listener))
 
+    async def probe(self) -> bool:
+        """Tries the file again after a fault; True (and the fault forgotten) once it is whole
+        and takes writes."""
+        now = self._clock()
+        try:
+            await self._committer.submit(lambda conn: probe(conn, now))
+        except sqlite3.Error:
+            return False
+        self._committer.fault = ""
+        return True
+
     @property
     def healthy(self) -> bool:
         return self._committer.alive
+
+    @property
+    def fault(self) -> str:
+        """Why the last operation failed for a reason of the file or disk; empty once a probe
+        has committed since."""
+        return self._committer.fault
 
     @property
     def commit_groups(self) -> tuple[int, int]:

@@ -3,13 +3,18 @@
 One worker per queue (``mailpipe.queues``). Outcomes (``mailpipe.errors``), and what the spool
 does with each:
 - delivered: removed from the spool (only now: the next hop has the message);
-- ``TemporaryFailure``, or the store out of reach (``StoreUnavailable``): deferred with
-  exponential backoff, quarantined after ``max_lifetime``;
+- ``TemporaryFailure``: deferred with exponential backoff, quarantined after ``max_lifetime``;
 - ``PermanentFailure``: quarantined with the next hop's answer;
 - ``Held``: parked in ``hold`` with the reason, for a person to release or delete;
 - ``Consumed``: a stage was the message's destination (a report parser): removed;
 - anything a stage raises: deferred, and quarantined after ``max_stage_failures`` (a poison
-  message never blocks the queue).
+  message never blocks the queue);
+- a storage fault (``storage_fault``: the store out of reach, its or a mailbox's disk full, read-only,
+  failing or corrupt): deferred with backoff, never quarantined nor expired: the message is not
+  what is broken; ``faults`` says what is wrong until a message gets through again.
+The worker itself survives a spool that cannot be read or written: claiming backs off and
+retries, and an outcome that cannot be written is written again until it can (or, at shutdown,
+left claimed).
 A shutdown leaves unfinished messages claimed; the next start puts them back in the queue.
 """
 
@@ -17,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,13 +34,26 @@ from typing import Any, Generic, TypeVar
 from mailpipe.config import SpoolConfig
 from mailpipe.errors import Consumed, Held, PartlyDeferred, PermanentFailure, StoreUnavailable, TemporaryFailure
 from mailpipe.metrics import Metrics
-from mailpipe.spool import Message, Spool
+from mailpipe.spool import Message, Spool, storage_error
 
 log = logging.getLogger("mailpipe.worker")
 
 _IDLE_POLL = 1.0  # picks up `queue flush/release` from the CLI and deferred messages coming due
+_SPOOL_RETRY_FIRST, _SPOOL_RETRY_MAX = 0.5, 10.0  # backoff while the spool cannot be written
+_STORAGE_RETRY_MAX = 60.0  # mail deferred by a storage fault goes on within a minute of its end
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 W = TypeVar("W")
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """Which storage failed under a stage ("store", "disk"), or None when the error is the
+    message's or the code's own: those are retried a few times and then quarantined."""
+    if isinstance(exc, StoreUnavailable) or (isinstance(exc, sqlite3.Error) and storage_error(exc)):
+        return "store"
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        return "disk"
+    return None
 
 
 @dataclass(frozen=True)
@@ -59,14 +79,25 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self.faults: dict[str, str] = {}  # "spool", "store", "disk": what failed last, until it works again
 
     async def run(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             # Cleared before looking, so an arrival during the claim still wakes the wait below.
             self._spool.arrival(self.name).clear()
             self._slot_free.clear()
             free = self.route.settings.workers - len(self._tasks)
-            batch = await self._spool.claim(free, self.name) if free > 0 else []
+            try:
+                batch = await self._spool.claim(free, self.name) if free > 0 else []
+            except sqlite3.Error as exc:
+                failures += 1
+                await self._spool_failed(exc, failures)
+                continue
+            if failures:
+                log.warning("spool readable again", extra={"queue": self.name})
+            failures = 0
+            self.faults.pop("spool", None)
             for message in batch:
                 task = asyncio.create_task(self._process(message, self.route))
                 self._tasks.add(task)
@@ -81,6 +112,34 @@ class Worker:
         await asyncio.wait(waiters, timeout=_IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
+
+    async def _spool_failed(self, exc: sqlite3.Error, failures: int) -> None:
+        """Notes the fault and waits (or until stopped) before the spool is tried again."""
+        if "spool" not in self.faults:
+            log.error("spool fault: retrying with backoff", extra={"queue": self.name, "error": str(exc)})
+        self.faults["spool"] = f"{type(exc).__name__}: {exc}"
+        delay = min(_SPOOL_RETRY_MAX, _SPOOL_RETRY_FIRST * 2 ** min(failures - 1, 10))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _write(self, operation: Callable[[], Awaitable[None]]) -> None:
+        """Writes a message's outcome to the spool, again and again while the spool fails; at
+        shutdown the message is left claimed, and the next start puts it back in the queue."""
+        failures = 0
+        while True:
+            try:
+                await operation()
+            except sqlite3.Error as exc:
+                failures += 1
+                if self._stopping.is_set():
+                    log.warning("outcome not written before shutdown: recovered at next start",
+                                extra={"queue": self.name, "error": str(exc)})
+                    return
+                await self._spool_failed(exc, failures)
+                continue
+            if failures:
+                self.faults.pop("spool", None)
+            return
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -109,26 +168,43 @@ class Worker:
             current = "hand-off"
             await route.hand_off(work)
         except Consumed as exc:
-            await self._spool.ack(message.id)
+            await self._write(lambda: self._spool.ack(message.id))
             self._metrics.handoffs.labels(self.name, "consumed").inc()
             log.info("consumed", extra={"queue_id": message.id, "by": str(exc)})
+            self._storage_works()
         except Held as exc:
-            await self._spool.hold(message.id, str(exc))
+            why = str(exc)
+            await self._write(lambda: self._spool.hold(message.id, why))
             self._metrics.handoffs.labels(self.name, "held").inc()
             log.warning("held", extra={"queue_id": message.id, "reason": str(exc)})
-        except (TemporaryFailure, StoreUnavailable) as exc:
-            await self._retry_later(message, route.settings, exc)
+        except TemporaryFailure as exc:
+            fault = storage_fault(exc.__cause__) if exc.__cause__ is not None else None
+            if fault is None:
+                await self._retry_later(message, route.settings, exc)
+            else:  # a mailbox's disk: not the message's fault, however long it lasts
+                await self._storage_failed(message, route.settings, current, fault, exc)
         except PermanentFailure as exc:
             await self._quarantine(message, f"{route.method}: {exc}")
         except Exception as exc:
-            await self._stage_failed(message, route.settings, current, exc)
+            fault = storage_fault(exc)
+            if fault is None:
+                await self._stage_failed(message, route.settings, current, exc)
+            else:
+                await self._storage_failed(message, route.settings, current, fault, exc)
         else:
-            await self._spool.ack(message.id)
+            await self._write(lambda: self._spool.ack(message.id))
             route.delivered(work)
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(
                 max(0.0, time.time() - message.entry.received_at))
             log.info("delivered", extra={"queue_id": message.id, **route.summary(work), "method": route.method})
+            self._storage_works()
+
+    def _storage_works(self) -> None:
+        """A message went all the way through: the store and disks that failed before work again."""
+        for kind in ("store", "disk"):
+            if self.faults.pop(kind, None) is not None:
+                log.warning("storage works again", extra={"queue": self.name, "storage": kind})
 
     async def _retry_later(self, message: Message, settings: SpoolConfig, failure: Exception) -> None:
         entry, reason = message.entry, str(failure)
@@ -137,9 +213,23 @@ class Worker:
             return
         delay = min(settings.retry_max, settings.retry_initial * 2 ** entry.attempts)
         if isinstance(failure, PartlyDeferred):
-            await self._spool.narrow(message.id, list(failure.recipients), reason, delay)
+            recipients = list(failure.recipients)
+            await self._write(lambda: self._spool.narrow(message.id, recipients, reason, delay))
         else:
-            await self._spool.defer(message.id, reason, delay)
+            await self._write(lambda: self._spool.defer(message.id, reason, delay))
+        self._metrics.handoffs.labels(self.name, "deferred").inc()
+        log.warning("deferred", extra={"queue_id": message.id, "delay": round(delay, 1), "reason": reason})
+
+    async def _storage_failed(self, message: Message, settings: SpoolConfig, stage: str, kind: str,
+                              exc: Exception) -> None:
+        """Not the message's fault: deferred with backoff, however often and for however long."""
+        reason = f"{kind} fault in stage {stage}: {type(exc).__name__}: {exc}"
+        if kind not in self.faults:
+            log.error("storage fault: mail waits in the spool", extra={"queue": self.name, "storage": kind,
+                                                                       "error": str(exc)})
+        self.faults[kind] = reason
+        delay = min(settings.retry_max, _STORAGE_RETRY_MAX, settings.retry_initial * 2 ** message.entry.attempts)
+        await self._write(lambda: self._spool.defer(message.id, reason, delay))
         self._metrics.handoffs.labels(self.name, "deferred").inc()
         log.warning("deferred", extra={"queue_id": message.id, "delay": round(delay, 1), "reason": reason})
 
@@ -149,10 +239,10 @@ class Worker:
         if message.entry.stage_failures + 1 >= settings.max_stage_failures:
             await self._quarantine(message, reason)
             return
-        await self._spool.defer(message.id, reason, settings.retry_initial, stage_failure=True)
+        await self._write(lambda: self._spool.defer(message.id, reason, settings.retry_initial, stage_failure=True))
         self._metrics.handoffs.labels(self.name, "deferred").inc()
 
     async def _quarantine(self, message: Message, reason: str) -> None:
-        await self._spool.quarantine(message.id, reason)
+        await self._write(lambda: self._spool.quarantine(message.id, reason))
         self._metrics.handoffs.labels(self.name, "quarantined").inc()
         log.error("quarantined", extra={"queue_id": message.id, "reason": reason})

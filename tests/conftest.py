@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+_HANDED_OUT: set[int] = set()  # ports free_port returned: never twice in one test run
+
 
 def free_port() -> int:
     """A free port below the kernel's ephemeral range: a port the kernel hands out for binding
@@ -27,11 +29,14 @@ def free_port() -> int:
         lowest_ephemeral = 32768
     for _ in range(200):
         port = random.randint(20000, max(20001, lowest_ephemeral - 1))
+        if port in _HANDED_OUT:  # free still, but promised to a daemon that has not bound it yet
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port below the ephemeral range")
 
@@ -197,6 +202,9 @@ def base_settings(directory: Path, nameserver: str) -> dict[str, Any]:
         "submission": {"listen": f"127.0.0.1:{free_port()}"},
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         "auth": {"nameservers": [nameserver]},
+        # Training the urgency model costs seconds of CPU at every start: the tests that are
+        # about urgency switch it on; the rest triage by the keyword rules alone.
+        "triage": {"model": False},
         "agents": [
             {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678"},
             {"id": "smith", "name": "Alex Smith", "address": "smith@example.test", "phone": "03-1234-5679"},
@@ -236,3 +244,12 @@ def make_daemon(tmp_path: Path, dns_server: Any) -> Iterator[Any]:
 @pytest.fixture
 def daemon(make_daemon: Any) -> Daemon:
     return make_daemon()
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    """The urgency model trained on the shipped corpus, once per run (training takes seconds)."""
+    from mailpipe.data import shipped
+    from mailpipe.triage import corpus, model, rules
+
+    return model.train(corpus.load([shipped("rules") / "corpus"]), rules.LEVELS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import gzip
 import io
 import json
@@ -9,19 +11,23 @@ import smtplib
 import subprocess
 import sys
 import time
+import tracemalloc
 import zipfile
+import zlib
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
 import pytest
 
+from mailpipe.monitors import dmarc_reports
 from mailpipe.monitors.dmarc_reports import ReportError, parse, reports, store_report
 from mailpipe.monitors.runner import dmarc_series
 from mailpipe.store import DmarcSummary
 from mailpipe.store.sqlite import SQLiteStore
 from tests.test_delivery import wait_until
 from tests.test_lifecycle import metrics
+from tests.test_outbound import rss_peak
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dmarc"
 YAHOO = FIXTURES / "yahoo.com!nerou.de!1665532800!1665619199.xml"
@@ -74,7 +80,7 @@ def test_a_zip_claiming_more_than_the_size_cap_is_not_inflated() -> None:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
         handle.writestr("bomb.xml", b"\0" * (65 * 1024 * 1024))
-    with pytest.raises(ReportError, match="expands beyond"):
+    with pytest.raises(ReportError, match="expand beyond"):
         reports(archive.getvalue())
 
 
@@ -133,3 +139,142 @@ def test_mail_to_the_rua_address_feeds_the_gauges_and_reaches_no_agent(make_daem
     wait_until(lambda: metrics(daemon).get(key) == 1.0, timeout=20)
     assert metrics(daemon)[("mailpipe_dmarc_reports_total", (("result", "new"),))] == 1
     assert daemon.delivered(timeout=1) == []
+
+
+# Bombs, built small in the test and huge once inflated, and the real reports beside them.
+
+def gzip_of(head: bytes, filler: bytes, times: int, tail: bytes) -> bytes:
+    """gzip of head + filler * times + tail, compressed piece by piece: never whole in memory."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    pieces = [packer.compress(head)]
+    block = filler * max(1, 1_000_000 // len(filler))
+    for _ in range(times * len(filler) // len(block)):
+        pieces.append(packer.compress(block))
+    pieces += [packer.compress(tail), packer.flush()]
+    return b"".join(pieces)
+
+
+def peak_memory(function, *args):
+    """(what ``function`` raised or returned, its peak Python heap in bytes)."""
+    tracemalloc.start()
+    try:
+        outcome = function(*args)
+    except ReportError as exc:
+        outcome = exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return outcome, peak
+
+
+def test_seven_million_records_in_a_small_gzip_are_refused_quickly_in_bounded_memory() -> None:
+    bomb = gzip_of(b"<feedback>", b"<record/>", 7_000_000, b"</feedback>")
+    assert len(bomb) < 300_000
+    started = time.monotonic()
+    outcome, peak = peak_memory(reports, bomb)
+    assert isinstance(outcome, ReportError) and "records" in str(outcome)
+    assert peak < 32 * 1024 * 1024
+    assert time.monotonic() - started < 60  # generous: it takes a fraction of a second
+
+
+def test_elements_piled_up_outside_records_are_refused_in_bounded_memory() -> None:
+    outcome, peak = peak_memory(reports, gzip_of(b"<feedback><report_metadata>", b"<x/>", 5_000_000,
+                                                 b"</report_metadata></feedback>"))
+    assert isinstance(outcome, ReportError) and "XML elements" in str(outcome)
+    assert peak < 32 * 1024 * 1024
+
+
+def test_a_zip_of_gzip_members_counts_every_inflated_byte_against_one_budget_per_message() -> None:
+    xml = YAHOO.read_bytes()
+    padded = gzip_of(xml[:xml.index(b"<record>")], b" ", 20 * 1024 * 1024, xml[xml.index(b"<record>"):])
+    assert len(padded) < 100_000
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as handle:
+        for number in range(5):  # each 20 MiB: under the cap alone, 100 MiB together
+            handle.writestr(f"report{number}.xml.gz", padded)
+    outcome, peak = peak_memory(reports, archive.getvalue())
+    assert isinstance(outcome, ReportError) and "expand beyond" in str(outcome)
+    assert peak < 32 * 1024 * 1024
+    assert reports(padded)[0].report_id == "1665623424.142074"  # one of them alone is a report
+
+
+def test_attachments_of_one_message_share_one_budget() -> None:
+    xml = YAHOO.read_bytes()
+    padded = gzip_of(xml[:xml.index(b"<record>")], b" ", 20 * 1024 * 1024, xml[xml.index(b"<record>"):])
+    message = EmailMessage()
+    message["Subject"] = "Report Domain: nerou.de Submitter: Yahoo"
+    message.set_content("reports attached")
+    for number in range(4):
+        message.add_attachment(padded, maintype="application", subtype="gzip", filename=f"r{number}.xml.gz")
+    with pytest.raises(ReportError, match="expand beyond"):
+        reports(message.as_bytes())
+
+
+def test_the_daemon_reads_one_message_s_reports_at_a_time(monkeypatch) -> None:
+    running, most = [0], [0]
+
+    def slow_reports(data: bytes) -> list:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        running[0] -= 1
+        return []
+
+    monkeypatch.setattr(dmarc_reports, "reports", slow_reports)
+
+    async def many() -> None:
+        await asyncio.gather(*(dmarc_reports.read_reports(b"<feedback/>") for _ in range(6)))
+
+    asyncio.run(many())
+    assert most[0] == 1
+
+
+def test_an_unclosed_xml_schema_wrapper_around_feedback_is_read() -> None:
+    xml = YAHOO.read_bytes()
+    body = xml[xml.index(b"<feedback"):]
+    wrapped = (b'<?xml version="1.0" encoding="UTF-8"?>\n<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">\n'
+               + body)  # and no </xs:schema>
+    (report,) = reports(wrapped)
+    assert (report.org_name, report.report_id, report.domain) == ("Yahoo", "1665623424.142074", "nerou.de")
+
+
+def test_an_invalid_utf8_byte_in_a_domain_is_replaced_not_fatal() -> None:
+    xml = YAHOO.read_bytes()
+    broken = xml.replace(b"<header_from>nerou.de</header_from>", b"<header_from>nerou.de\x91</header_from>")
+    assert broken != xml
+    (report,) = reports(broken)
+    assert report.records[0].header_from == "nerou.de\ufffd" and report.domain == "nerou.de"
+
+
+@pytest.mark.parametrize("content_type", ["application/gzip", "application/x-gzip", "application/octet-stream"])
+def test_a_mimecast_style_gzip_with_trailing_crlf_as_the_whole_message_body_is_read(content_type) -> None:
+    body = base64.encodebytes(gzip.compress(YAHOO.read_bytes()) + b"\r\n")
+    raw = (f"From: no-reply@au-1.mimecastreport.example\r\nSubject: Report domain: nerou.de Submitter: "
+           f"mimecast.org\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n"
+           "Content-Disposition: attachment;\r\n filename=\"mimecast.org!nerou.de!1665532800!1665619199.xml.gz\"\r\n"
+           "MIME-Version: 1.0\r\n\r\n").encode() + body
+    (report,) = reports(raw)
+    assert report.report_id == "1665623424.142074"
+
+
+def test_a_report_bomb_mailed_to_the_rua_address_is_refused_and_the_daemon_stays_small(make_daemon) -> None:
+    daemon = make_daemon({"inbound": {"addresses": ["support@example.test", "dmarc@example.test"]},
+                          "monitors": {"dmarc_report_addresses": ["dmarc@example.test"]}})
+    xml = YAHOO.read_bytes()
+    message = EmailMessage()
+    message["From"] = "noreply@dmarc.yahoo.com"
+    message["To"] = "dmarc@example.test"
+    message["Subject"] = "Report Domain: nerou.de Submitter: Yahoo"
+    message.set_content("This is an aggregate report from Yahoo.")
+    bomb = gzip_of(xml[:xml.index(b"<record>")], b"<record/>", 7_000_000, b"</feedback>")
+    for number in range(3):
+        message.add_attachment(bomb, maintype="application", subtype="gzip", filename=f"report{number}.xml.gz")
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.sendmail("noreply@dmarc.yahoo.com", ["dmarc@example.test"], message.as_bytes(policy=SMTP))
+        client.sendmail("customer@example.org", ["support@example.test"],
+                        b"From: customer@example.org\r\nSubject: meanwhile\r\n\r\nhello\r\n")
+    key = ("mailpipe_dmarc_reports_total", (("result", "invalid"),))
+    wait_until(lambda: metrics(daemon).get(key) == 1, timeout=60)
+    (delivered,) = daemon.delivered(timeout=30)
+    assert delivered["Subject"].endswith("meanwhile")
+    assert daemon.process is not None and rss_peak(daemon.process.pid) < 300 * 1024 * 1024

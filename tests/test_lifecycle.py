@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import smtplib
@@ -16,7 +17,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailpipe.data import shipped
-from tests.conftest import Daemon, merge
+from tests.conftest import Daemon, merge, toml
 
 
 def send(daemon: Daemon, rcpt: str = "support@example.test") -> None:
@@ -66,6 +67,32 @@ def test_sighup_applies_a_valid_new_config(daemon: Daemon) -> None:
     daemon.wait_for("READY=1")
     send(daemon, "sales@example.test")
     assert metrics(daemon)[("mailpipe_config_reloads_total", (("result", "success"),))] == 1
+
+
+def test_two_sighups_20_ms_apart_leave_the_newest_file_running(daemon: Daemon) -> None:
+    def write_atomically(address: str) -> None:
+        settings = merge(daemon.settings, {"inbound": {"addresses": ["support@example.test", address]}})
+        staged = daemon.config_path.with_suffix(".new")
+        staged.write_text(toml(settings), "utf-8")
+        os.replace(staged, daemon.config_path)
+
+    for trial in range(3):
+        write_atomically(f"older{trial}@example.test")
+        daemon.signal(signal.SIGHUP)
+        time.sleep(0.02)
+        write_atomically(f"newer{trial}@example.test")
+        daemon.signal(signal.SIGHUP)
+        for _ in range(2):  # drained as they come, or the daemon's sd_notify blocks on a full socket
+            daemon.wait_for("READY=1", timeout=30)
+        key = ("mailpipe_config_reloads_total", (("result", "success"),))
+        assert metrics_once_ready(daemon, key, 2 * (trial + 1), timeout=30)[key] == 2 * (trial + 1)
+        with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+            client.ehlo()
+            client.mail("customer@example.org")
+            assert client.rcpt(f"newer{trial}@example.test")[0] == 250
+            assert client.rcpt(f"older{trial}@example.test")[0] == 550
+    reloading = [n for n in daemon.read_notifications() if n in ("RELOADING=1", "READY=1")]
+    assert reloading[1:] == ["RELOADING=1", "READY=1"] * 6  # one at a time: never two RELOADING in a row
 
 
 def test_sighup_with_a_broken_config_keeps_the_running_one(daemon: Daemon) -> None:

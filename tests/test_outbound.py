@@ -5,6 +5,7 @@ serving the test zones — receives the reply stamped, clean and DKIM-signed."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import email
 import email.message
 import email.utils
@@ -13,9 +14,10 @@ import smtplib
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from email import policy
-from email.header import Header
+from email.header import Header, decode_header, make_header
 from pathlib import Path
 from typing import Any
 
@@ -246,9 +248,10 @@ def test_submission_refuses_mail_before_authentication(desk) -> None:
     assert code == 530 and b"5.7.0 Authentication required" in text
 
 
-def auth_plain(daemon: Daemon, user: str, password: str) -> int:
-    """One AUTH PLAIN (smtplib's login() would try LOGIN too after a failure)."""
-    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+def auth_plain(daemon: Daemon, user: str, password: str, source: str = "127.0.0.1") -> int:
+    """One AUTH PLAIN (smtplib's login() would try LOGIN too after a failure), from ``source``
+    (any 127/8 address: a client on another address is another client to the lockout)."""
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port, source_address=(source, 0)) as client:
         client.ehlo()
         client.user, client.password = user, password
         try:
@@ -276,6 +279,60 @@ def test_one_wrong_password_through_smtplibs_login_counts_once_toward_the_lockou
         client.login("yamada", "wrong password!")
     assert auth_plain(daemon, "yamada", "another wrong one") == 535
     assert auth_plain(daemon, "yamada", PASSWORD) == 454
+
+
+def test_the_lockout_counts_an_agent_once_whatever_login_it_is_given_as(desk) -> None:
+    daemon = desk({"submission": {"max_auth_failures": 3}})
+    logins = ("yamada", "yamada@example.test", " YAMADA@Example.Test")
+    assert [auth_plain(daemon, login, "wrong password!", source=f"127.0.0.{2 + n}")
+            for n, login in enumerate(logins)] == [535, 535, 535]
+    for n, login in enumerate(logins):  # every client address is fresh: only the agent is locked
+        assert auth_plain(daemon, login, PASSWORD, source=f"127.0.0.{10 + n}") == 454
+    assert auth_plain(daemon, "smith", PASSWORD, source="127.0.0.20") == 235
+
+
+def rss_peak(pid: int) -> int:
+    """The process's peak resident memory so far, in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_login_flood_waits_on_its_own_bounded_pool_and_triage_goes_on(desk) -> None:
+    """30 clients on 30 addresses try passwords nonstop: hashing (scrypt, 128 MiB each) runs on
+    one thread with a short queue, the rest are told 454 at once, memory stays bounded, and a
+    customer's mail is triaged and delivered while the flood is still going on."""
+    daemon = desk({"submission": {"max_auth_failures": 100000}})
+    assert daemon.process is not None
+    stop, codes = threading.Event(), collections.Counter()
+
+    def attacker(n: int) -> None:
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                codes[auth_plain(daemon, f"guess{n}-{attempt}", "hunter2", source=f"127.0.1.{n + 1}")] += 1
+            except (OSError, smtplib.SMTPException):
+                codes["error"] += 1
+
+    flood = [threading.Thread(target=attacker, args=(n,), daemon=True) for n in range(30)]
+    for thread in flood:
+        thread.start()
+    try:
+        wait_until(lambda: codes[454] >= 30, timeout=60)  # the pool is full and refusing
+        customer_writes(daemon, subject="during the flood")
+        (delivered,) = daemon.delivered(timeout=60)  # triaged while the flood goes on
+        assert not stop.is_set() and all(thread.is_alive() for thread in flood)
+    finally:
+        stop.set()
+        for thread in flood:
+            thread.join(30)
+    assert "during the flood" in str(make_header(decode_header(delivered["Subject"])))
+    assert codes[535] >= 1 and codes[454] >= 30 and codes[235] == 0
+    counted = metrics(daemon)
+    assert counted[("mailpipe_submission_auth_total", (("result", "busy"),))] >= 30
+    assert rss_peak(daemon.process.pid) < 450 * 1024 * 1024  # one 128 MiB hash at a time, not one per thread
 
 
 def test_an_agent_may_not_send_as_another_address(desk) -> None:

@@ -30,11 +30,12 @@ def store(request, tmp_path: Path):
 
 
 def record(store: SQLiteStore, queue_id: str, *, case_id: int | None = None, owner: str = "yamada",
-           address: str = "c@example.org", at: float = 1000.0, level: str = "normal", score: float = 1.0):
+           address: str = "c@example.org", at: float = 1000.0, level: str = "normal", score: float = 1.0,
+           document: str = ""):
     return store.record_inbound(queue_id=queue_id, address=address, name="C", message_id=f"{queue_id}@x",
                                 subject="s", level=level, score=score, rules="R(1)", case_id=case_id,
                                 decide=lambda owner_now, load: ((owner, "owner", "new customer; least loaded"),),
-                                escalated_to="", at=at)
+                                escalated_to="", at=at, document=document)
 
 
 def test_a_new_sqlite_database_is_migrated_to_the_latest_schema(tmp_path: Path) -> None:
@@ -286,6 +287,7 @@ def test_a_sqlite_store_moves_to_postgresql_without_losing_anything(tmp_path: Pa
                         at=2000.0)
     source.set_fate("sent", "accepted by mx.example.org (250)", 2100.0, queue_id="R1")
     source.set_password("yamada", "$scrypt$x", 1.0)
+    source.correct_level(1, "high", "yamada", 2200.0, document="全て消えました")
     rows = list(source.dump())
     with fresh_database() as url:
         target = PostgresStore(url)
@@ -296,7 +298,69 @@ def test_a_sqlite_store_moves_to_postgresql_without_losing_anything(tmp_path: Pa
         assert profile.open_case.status == "answered" and profile.open_case.first_response_at == 2100.0
         record(target, "Q3", address="new@example.org", at=4000.0)  # identities continue after the import
         assert [c.id for c in target.cases()] == [2, 1]
+        assert target.corrected() == (("全て消えました", "high", "yamada"),)
         with pytest.raises(StoreError, match="already has customers"):
             target.load(rows)
         target.close()
     source.close()
+
+
+def test_a_correction_sets_the_cases_level_and_is_kept_in_its_history(store: SQLiteStore) -> None:
+    record(store, "Q1", level="normal", document="リストが空です")
+    correction = store.correct_level(1, "critical", "yamada", 2000.0)
+    assert (correction.from_level, correction.to_level, correction.author) == ("normal", "critical", "yamada")
+    assert store.case(1).level == "critical"
+    assert store.case_corrections(1) == (correction,)
+
+
+def test_a_correction_learns_from_the_cases_latest_customer_message_or_the_text_given(store: SQLiteStore) -> None:
+    record(store, "Q1", document="first words")
+    record(store, "Q2", case_id=1, at=2000.0, document="latest words")
+    store.correct_level(1, "high", "yamada", 3000.0)
+    store.correct_level(1, "low", "smith", 3100.0, document="forwarded words")
+    assert store.corrected() == (("latest words", "high", "yamada"), ("forwarded words", "low", "smith"))
+
+
+def test_the_latest_correction_of_a_text_is_the_one_learned(store: SQLiteStore) -> None:
+    record(store, "Q1", document="same words")
+    store.correct_level(1, "high", "yamada", 2000.0)
+    store.correct_level(1, "normal", "smith", 2100.0)
+    assert store.corrected() == (("same words", "normal", "smith"),)
+
+
+def test_correcting_a_case_that_does_not_exist_changes_nothing(store: SQLiteStore) -> None:
+    assert store.correct_level(99, "high", "yamada", 2000.0) is None
+    assert store.corrected() == ()
+
+
+def test_a_correction_learns_from_the_message_it_names(store: SQLiteStore) -> None:
+    record(store, "Q1", document="first words")
+    record(store, "Q2", case_id=1, at=2000.0, document="latest words")
+    store.correct_level(1, "high", "yamada", 3000.0, message_id="Q1@x")
+    assert store.corrected() == (("first words", "high", "yamada"),)
+
+
+def test_a_correction_mailed_again_after_a_crash_is_recorded_once(store: SQLiteStore) -> None:
+    record(store, "Q1", document="words")
+    first = store.correct_level(1, "critical", "yamada", 3000.0, queue_id="C1")
+    again = store.correct_level(1, "critical", "yamada", 3500.0, queue_id="C1")
+    assert again == first and len(store.case_corrections(1)) == 1
+
+
+def test_an_automatic_message_files_its_new_case_closed_outside_anyones_load(store: SQLiteStore) -> None:
+    recorded = store.record_inbound(queue_id="A1", address="ooo@example.org", name="", message_id="a1@x",
+                                    subject="Out of office", level="low", score=-8, rules="AUTO_REPLY(-8)",
+                                    case_id=None, decide=lambda owner, load: (("yamada", "owner", "least loaded"),),
+                                    escalated_to="", at=1000.0, automatic=True)
+    assert recorded.case.status == "closed"
+    assert store.open_load() == {}
+
+
+def test_an_automatic_message_does_not_reopen_its_case(store: SQLiteStore) -> None:
+    record(store, "Q1")
+    store.set_status(1, "closed", 1500.0)
+    store.record_inbound(queue_id="A1", address="c@example.org", name="", message_id="a1@x", subject="Re: s",
+                         level="low", score=-8, rules="", case_id=1,
+                         decide=lambda owner, load: ((owner, "owner", "sticky"),), escalated_to="", at=2000.0,
+                         automatic=True)
+    assert store.case(1).status == "closed"

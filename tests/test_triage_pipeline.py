@@ -15,7 +15,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Daemon, mutt_view
+from tests.conftest import Daemon, merge, mutt_view
 
 TECH = {"id": "sato", "name": "佐藤 次郎", "address": "sato@example.test", "phone": "03-9999-0000", "tier": "tech",
         "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "hours": "00:00-24:00"}
@@ -24,6 +24,7 @@ ROSTER = {"agents": [
     {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678", **ALWAYS},
     {"id": "smith", "name": "Alex Smith", "address": "smith@example.test", "phone": "03-1234-5679", **ALWAYS},
     TECH]}
+WITH_MODEL = {"triage": {"model": True}}
 
 
 def send(daemon: Daemon, subject: str, body: str, sender: str = "customer@example.org", extra: str = "",
@@ -59,7 +60,7 @@ def _files(daemon: Daemon, agent: str, cards: bool) -> list[email.message.Messag
 
 
 def test_a_critical_mail_arrives_tagged_with_case_urgency_rules_owner_and_customer(make_daemon) -> None:
-    daemon = make_daemon(ROSTER)
+    daemon = make_daemon(merge(ROSTER, WITH_MODEL))
     send(daemon, "【緊急】全ユーザーのメールが届きません",
          "本日から全ユーザーのメールがGmailに届いていません。550-5.7.26 です。")
     owner_copy, escalated_copy = daemon.delivered(expect=2)  # the owner's, and the tech tier's
@@ -69,6 +70,7 @@ def test_a_critical_mail_arrives_tagged_with_case_urgency_rules_owner_and_custom
     assert delivered["X-Mailpipe-Case"] == "1 (new)"
     assert delivered["X-Mailpipe-Urgency"].startswith("critical ")
     assert "MASS_DELIVERY_FAILURE(3)" in text(delivered["X-Mailpipe-Rules"])
+    assert "MODEL_CRITICAL(16)" in text(delivered["X-Mailpipe-Rules"])
     assert text(delivered["X-Mailpipe-Owner"]).split()[0] in ("yamada", "smith")
     assert text(delivered["X-Mailpipe-Customer"]).startswith("customer@example.org")
     assert text(delivered["X-Mailpipe-Escalation"]) == "tech: sato"
@@ -96,7 +98,7 @@ def test_the_triage_card_is_threaded_under_the_original_and_shows_the_history(ma
 
 
 def test_a_reply_with_the_case_token_joins_the_case_and_its_owner(make_daemon) -> None:
-    daemon = make_daemon(ROSTER)
+    daemon = make_daemon(merge(ROSTER, WITH_MODEL))
     send(daemon, "ログインできません", "ログインできません。")
     (first,) = daemon.delivered()
     send(daemon, "Re: [#1] ログインできません", "まだログインできません。何度も連絡しています。")
@@ -259,3 +261,14 @@ def test_a_followups_subject_keeps_its_re_and_gains_only_the_tag(make_daemon) ->
     daemon.delivered()
     send(daemon, "Re: Question", "And custom fields?", extra=f"In-Reply-To: <{original}>\r\n")
     assert text(daemon.delivered(expect=2)[1]["Subject"]) == "[#1] Re: Question"
+
+
+def test_an_out_of_office_reply_is_filed_closed_and_counts_in_nobodys_load(make_daemon) -> None:
+    daemon = make_daemon(ROSTER)
+    send(daemon, "Automatic reply: your ticket", "I am out of the office until Monday.",
+         extra="Auto-Submitted: auto-replied\r\n")
+    (card,) = daemon.delivered(cards=True)
+    assert "Filed closed" in card.get_payload(decode=True).decode()
+    listing = subprocess.run([sys.executable, "-m", "mailpipe", "cases", "list", "--open", "--json", "--config",
+                              str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and listing.stdout.strip() == ""

@@ -16,12 +16,12 @@ from mailpipe.data import shipped
 from mailpipe.message import parse
 from mailpipe.store import CustomerRecord
 from mailpipe.store.sqlite import SQLiteStore
-from mailpipe.triage import examples, rules
+from mailpipe.triage import corpus, evaluation, examples, rules
 from mailpipe.triage.context import Context, History, dmarc_verdict
 from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
-from tests.triage_corpus import HOLDOUT, LABELLED, build, precision_recall, score_all
+from tests.triage_corpus import ASIDE, LABELLED, build, score_all
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 LEVELS = "[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n"
@@ -159,8 +159,8 @@ def test_thresholds_map_totals_to_levels(tmp_path: Path) -> None:
     assert [r.level(s) for s in (12, 11.9, 5, 4.5, 0, -0.5)] == ["critical", "high", "high", "normal", "normal", "low"]
 
 
-def test_every_shipped_rule_example_passes() -> None:
-    checked, failures = examples.run(rules.load(shipped("rules")))
+def test_every_shipped_rule_example_passes(shipped_model) -> None:
+    checked, failures = examples.run(rules.load(shipped("rules")), shipped_model)
     assert checked >= 60
     assert failures == []
 
@@ -181,11 +181,16 @@ def test_the_labelled_set_has_120_messages_in_every_level_language_and_encoding(
     assert built.language == "ja"
 
 
-def test_default_rules_reach_the_expected_level_on_labelled_and_held_out_mail() -> None:
-    for path, floor in ((LABELLED, 0.95), (HOLDOUT, 0.85)):
-        scored = score_all(path)
-        accuracy = sum(expected == predicted for _, expected, predicted in scored) / len(scored)
-        assert accuracy >= floor, (path.name, accuracy, precision_recall(scored))
+def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) -> None:
+    """A floor against regressions, not the benchmark (``mailpipe rules eval`` prints that): the
+    held-aside fifth was never trained or tuned on."""
+    judged = corpus.entries([ASIDE])
+    scores = evaluation.judge(rules.load(shipped("rules")), evaluation.labelled(judged),
+                              [shipped_model] * len(judged), NOW)["both"].summary()
+    assert scores["messages"] >= 150
+    assert scores["critical_at_high_or_above"] >= 0.9 * scores["critical"]
+    assert scores["urgent_recall"] >= 0.9 and scores["urgent_precision"] >= 0.8
+    assert scores["low_promoted"] <= 3
 
 
 def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:
@@ -198,7 +203,7 @@ def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["file"] for line in lines] == [str(first), str(second)]
     assert lines[0]["level"] == "critical" and lines[1]["level"] == "low"
-    assert {"name": "LOGIN_BLOCKED", "score": 5.0} in [{k: r[k] for k in ("name", "score")} for r in lines[0]["rules"]]
+    assert {"name": "LOGIN_BLOCKED", "score": 2.5} in [{k: r[k] for k in ("name", "score")} for r in lines[0]["rules"]]
 
 
 def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
@@ -206,7 +211,8 @@ def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
                             capture_output=True, timeout=30)
     out = result.stdout.decode()
     assert "[Level]: high" in out
-    assert "Symbol: CANCEL_REFUND (5.00)[refund]" in out
+    assert "Symbol: CANCEL_REFUND (2.50)[refund]" in out
+    assert 'Symbol: MODEL_URGENT (7.00)[p(critical+high)=' in out
 
 
 def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path) -> None:

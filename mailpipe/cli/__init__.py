@@ -3,7 +3,9 @@
     mailpipe serve [--config PATH]
     mailpipe check-config [PATH]            the config and the rules it names
     mailpipe score [--json] FILE...|-       explain a message's urgency, like rspamc
-    mailpipe rules test                     run every rule's examples
+    mailpipe rules test                     run every rule's examples (with the urgency model)
+    mailpipe rules eval [LABELLED...] [--folds K] [--json]   precision and recall: rules, model, both
+    mailpipe learn --level LEVEL CASE-ID|FILE...   correct a case's urgency, or teach saved messages
     mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
     mailpipe customers show ADDRESS|PHONE   profile and case history; by phone: who is calling
     mailpipe cases list [--open] [--json]   cases, newest first
@@ -48,7 +50,7 @@ from pathlib import Path
 
 from mailpipe import __version__
 from mailpipe import config as configuration
-from mailpipe.cli import deliverability, desk, queue, rules, store
+from mailpipe.cli import deliverability, desk, queue, rules, store, urgency
 from mailpipe.cli.common import Commands, complain
 from mailpipe.config import desk as desk_config
 from mailpipe.data import shipped
@@ -81,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="config file (default /etc/mailpipe/mailpipe.toml if present)")
     commands = parser.add_subparsers(metavar="COMMAND")
-    for add in (_serve_command, rules.score, rules.rules, desk.customers, desk.cases, desk.agents, desk.stamping,
-                deliverability.dkim, deliverability.dmarc, store.store, deliverability.incidents,
+    for add in (_serve_command, rules.score, rules.rules, urgency.learn, desk.customers, desk.cases, desk.agents,
+                desk.stamping, deliverability.dkim, deliverability.dmarc, store.store, deliverability.incidents,
                 deliverability.doctor, _check_config_command, queue.queue):
         add(commands, common)
     return parser

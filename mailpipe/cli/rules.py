@@ -1,8 +1,12 @@
-"""``mailpipe score`` and ``mailpipe rules test``: the urgency rules explained, like ``rspamc``.
+"""``mailpipe score``, ``rules test``, ``rules eval`` and ``learn``: urgency explained and taught.
 
-``score`` runs a message through the same context and scoring as the daemon (with the
-customer's history when the daemon's store knows the sender); ``rules test`` runs every rule's
-examples.
+``score`` runs a message through the same context, rules and model as the daemon (with the
+customer's history when the daemon's store knows the sender, and judged at the message's own
+Date; a message saved from an agent's mailbox is judged without our tag and headers).
+``rules test`` runs every rule's example; ``rules eval`` shows per-level precision and recall
+of the rules, the model and both on labelled mail; ``learn`` is the lead's correction of a case
+(or of saved messages) from the shell, the same as ``urgency+LEVEL@`` by mail. Commands that
+need the model train it first, which takes a few seconds.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mailpipe import config as configuration
+from mailpipe.cli import urgency
 from mailpipe.cli.common import Commands
-from mailpipe.message import parse
+from mailpipe.deliver.headers import as_received
+from mailpipe.message import ParsedMessage, parse
 from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
-from mailpipe.triage import examples
+from mailpipe.triage import examples, learning
 from mailpipe.triage import load as triage_load
 from mailpipe.triage.context import triage_context
+from mailpipe.triage.model import UrgencyModel
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
 
@@ -31,6 +38,7 @@ def score(commands: Commands, common: argparse.ArgumentParser) -> None:
     score = commands.add_parser("score", parents=[common], help="explain the urgency score of messages")
     score.add_argument("files", nargs="+", metavar="FILE", help="message files, or - for standard input")
     score.add_argument("--json", action="store_true", help="one JSON object per line, per message")
+    score.add_argument("--no-model", action="store_true", help="keyword rules alone (no training wait)")
     score.set_defaults(run=_score)
 
 
@@ -39,8 +47,9 @@ def _score(args: argparse.Namespace) -> int:
     ruleset = triage_load.ruleset(loaded.triage)
     store = open_store(loaded) if loaded.store.url or loaded.store_path.exists() else None
     try:
+        model = None if args.no_model else learning.trained(loaded.triage, store)
         for name in args.files:
-            _score_one(name, args.json, loaded, ruleset, store)
+            _score_one(name, args.json, loaded, ruleset, store, model)
     finally:
         if store is not None:
             store.close()
@@ -48,14 +57,15 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _score_one(name: str, as_json: bool, loaded: configuration.Config, ruleset: RuleSet,
-               store: SQLStore | None) -> None:
+               store: SQLStore | None, model: UrgencyModel | None) -> None:
     """One message, with the customer's context when the daemon's store knows the sender."""
     raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     started = time.perf_counter()
-    parsed = parse(raw)
+    parsed = received(raw)
     moment = parsed.date if parsed.date and parsed.date.tzinfo else datetime.now(UTC)
     profile = store.profile(parsed.sender, moment.timestamp()) if store is not None and parsed.sender else None
-    verdict = evaluate(ruleset, triage_context(parsed, profile, moment, loaded.triage, loaded.inbound.hostname))
+    verdict = evaluate(ruleset, triage_context(parsed, profile, moment, loaded.triage, loaded.inbound.hostname,
+                                               model=model))
     elapsed = time.perf_counter() - started
     if as_json:
         print(json.dumps({"file": name, "score": verdict.score, "level": verdict.level, "escalate": verdict.escalate,
@@ -83,12 +93,18 @@ def rules(commands: Commands, common: argparse.ArgumentParser) -> None:
     rules_command = commands.add_parser("rules", help="urgency rules").add_subparsers(metavar="ACTION")
     rules_command.add_parser("test", parents=[common], help="check every rule's examples").set_defaults(
         run=_rules_test)
+    urgency.add_eval(rules_command, common)
+
+
+def received(raw: bytes) -> ParsedMessage:
+    """The message as its customer sent it, also when it was saved from an agent's mailbox."""
+    return parse(as_received(raw, parse(raw).subject))
 
 
 def _rules_test(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
     ruleset = triage_load.ruleset(loaded.triage)
-    checked, failures = examples.run(ruleset)
+    checked, failures = examples.run(ruleset, learning.trained(loaded.triage, None))
     for failure in failures:
         want = "fire" if failure.expected else "not fire"
         print(f"{failure.source}: rule {failure.rule}: examples[{failure.index}] should {want}: "

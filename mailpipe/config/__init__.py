@@ -99,10 +99,23 @@ class TriageConfig:
     business_hours: str
     business_days: tuple[str, ...]
     subject_tags: bool
+    # The learned urgency model (rules/model.toml turns its verdict into points).
+    model: bool = True
+    corpus_directory: str = ""
+    corpus_overrides: str = "/etc/mailpipe/corpus.d"
 
     @property
     def rules_path(self) -> Path:
         return Path(self.rules_directory) if self.rules_directory else shipped("rules")
+
+    @property
+    def corpus_paths(self) -> list[Path]:
+        """The labelled mail the model learns from: the shipped corpus (or the configured one),
+        then the desk's own files."""
+        paths = [Path(self.corpus_directory) if self.corpus_directory else shipped("rules") / "corpus"]
+        if self.corpus_overrides and Path(self.corpus_overrides).is_dir():
+            paths.append(Path(self.corpus_overrides))
+        return paths
 
 
 @dataclass(frozen=True)

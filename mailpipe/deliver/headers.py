@@ -15,6 +15,12 @@ INTERNAL_PREFIX = b"x-mailpipe-"
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
+# The tag triage puts before a delivered message's subject, with the case token: [URGENT][#12].
+TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
+URGENCY_TAG = re.compile("|".join(re.escape(tag) for tag in TAGS.values()))
+_DELIVERED_TAG = re.compile(rf"^(?:{URGENCY_TAG.pattern})?\[#\d{{1,9}}\] ")
+
+
 def split(raw: bytes) -> tuple[bytes, bytes]:
     """(header block including its final CRLF, the rest starting at the blank line)."""
     end = raw.find(b"\r\n\r\n")
@@ -36,19 +42,41 @@ def drop(header_block: bytes, name: str) -> bytes:
 
 
 def _drop_fields(header_block: bytes, unwanted: Callable[[bytes, bytes], bool]) -> bytes:
-    """Removes the fields (with their folded lines) for which ``unwanted(lowercased name, first line)``."""
+    """Removes the fields for which ``unwanted(lower-case name, whole field with its folded
+    lines)`` is true."""
     kept: list[bytes] = []
-    dropping = False
-    for line in header_block.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        match = _FIELD_NAME.match(line)
-        dropping = bool(match and unwanted(match[1].lower(), line))
-        if not dropping:
-            kept.append(line)
+    for whole in _fields(header_block):
+        match = _FIELD_NAME.match(whole)
+        if not (match and unwanted(match[1].lower(), whole)):
+            kept.append(whole)
     return b"".join(kept)
+
+
+def _fields(header_block: bytes) -> list[bytes]:
+    """Each field with its folded continuation lines, as it is in the block."""
+    fields: list[bytes] = []
+    for line in header_block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields
+
+
+_CFWS = re.compile(rb"(?:[ \t\r\n]+|\((?:[^()\\]|\\.)*\))+", re.DOTALL)
+
+
+def claimed_authserv_id(field: bytes) -> bytes:
+    """The authserv-id an Authentication-Results field claims (RFC 8601 section 2.2), lower-cased:
+    the first token after the colon once comments and folding white space are skipped, so that
+    ``(c) mx.example.test; dmarc=pass`` is recognised as claiming ``mx.example.test``. Nested
+    comments are skipped one level at a time."""
+    value = field.partition(b":")[2]
+    previous = None
+    while previous != value:  # comments inside comments: strip the innermost first
+        previous, value = value, _CFWS.sub(b" ", value)
+    token = value.strip().split(b";")[0].split()
+    return token[0].strip(b'"').lower() if token else b""
 
 
 def field(name: str, value: str) -> bytes:
@@ -71,9 +99,20 @@ def with_headers(raw: bytes, fields: bytes, subject: str | None = None, authserv
     head = strip_internal(head)
     if authserv_id:
         ours = authserv_id.encode("ascii", "replace").lower()
-        head = _drop_fields(head, lambda name, line: name == b"authentication-results"
-                            and line.partition(b":")[2].split(b";")[0].strip().lower() == ours)
+        head = _drop_fields(head, lambda name, whole: name == b"authentication-results"
+                            and claimed_authserv_id(whole) == ours)
     if subject is not None:
         head = drop(head, "subject")
         fields += field("Subject", subject)
     return fields + head + rest
+
+
+def as_received(raw: bytes, subject: str) -> bytes:
+    """A message taken from an agent's mailbox, as the customer sent it, near enough to judge it
+    again (``mailpipe score``, ``mailpipe learn``): our fields gone, and ``subject`` (its decoded
+    Subject) without the tag triage put on it. A message we never delivered is returned as is."""
+    head, rest = split(raw)
+    if not re.search(rb"(?im)^x-mailpipe-case:", head):
+        return raw
+    head = drop(strip_internal(head), "subject")
+    return field("Subject", _DELIVERED_TAG.sub("", subject, count=1)) + head + rest

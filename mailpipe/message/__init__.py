@@ -67,12 +67,17 @@ class ParsedMessage:
 
     @property
     def is_reply(self) -> bool:
-        return bool(self.in_reply_to) or bool(_REPLY_PREFIX.match(self.subject))
+        return bool(self.in_reply_to) or reply_subject(self.subject)
 
     @property
     def base_subject(self) -> str:
         """The subject without Re:/Fwd:/返信: prefixes and case tags, for threading and display."""
         return _CASE_TOKEN.sub("", _REPLY_PREFIX.sub("", self.subject)).strip()
+
+
+def reply_subject(subject: str) -> bool:
+    """A subject that says it answers something ("Re:", "返信:", "Fwd:")."""
+    return bool(_REPLY_PREFIX.match(subject))
 
 
 def parse(raw: bytes) -> ParsedMessage:

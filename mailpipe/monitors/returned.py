@@ -52,7 +52,7 @@ class Returned:
                 await self._bounced(message, bounce)
             return
         try:
-            found = await asyncio.to_thread(dmarc_reports.reports, message.data)
+            found = await dmarc_reports.read_reports(message.data)
         except dmarc_reports.ReportError as exc:
             self.metrics.dmarc_reports.labels("invalid").inc()
             raise Consumed(f"DMARC report address; unreadable report dropped: {exc}") from None

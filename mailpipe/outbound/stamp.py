@@ -35,7 +35,7 @@ from mailpipe.message import charsets, decode_header
 
 _POLICY = policy.compat32.clone(linesep="\r\n")
 _OPAQUE = ("multipart/signed", "multipart/encrypted")
-_URGENCY_TAG = re.compile(r"\[(?:URGENT|HIGH)\]\s*")
+_URGENCY_TAG = re.compile(rf"(?:{headers.URGENCY_TAG.pattern})\s*")
 _BODY_END = re.compile(rb"</body\s*>", re.IGNORECASE)
 _BODY_END_TEXT = re.compile(r"</body\s*>", re.IGNORECASE)
 _ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968"})

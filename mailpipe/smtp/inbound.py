@@ -11,6 +11,7 @@ spool said it is on disk.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -116,9 +117,13 @@ class InboundHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
-    def refusal(self, session: Session, data: bytes) -> str | None:
+    def refusal(self, session: Session, envelope: Envelope, data: bytes) -> str | None:
         """Why the message as a whole is refused, or None."""
         return content_refusal(data)
+
+    def queue_for(self, envelope: Envelope) -> str:
+        """The queue a message of this listener goes to."""
+        return self._listener
 
     def submitter(self, session: Session) -> str:
         return ""
@@ -126,7 +131,7 @@ class InboundHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         started = time.perf_counter()
         data: bytes = envelope.original_content or b""
-        refusal = self.refusal(session, data)
+        refusal = self.refusal(session, envelope, data)
         if refusal is not None:
             self._metrics.messages.labels(self._listener, "rejected").inc()
             log.warning("message refused", extra={"peer": session.peer[0], "reply": refusal})
@@ -136,9 +141,13 @@ class InboundHandler:
         spool_envelope = SpoolEnvelope(
             mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos),
             peer=session.peer[0] if session.peer else "", helo=session.host_name or "",
-            listener=self._listener, submitter=self.submitter(session))
+            listener=self.queue_for(envelope), submitter=self.submitter(session))
         try:
             await self._spool.enqueue(spool_envelope, stored, queue_id=queue_id)
+        except sqlite3.Error as exc:  # disk full, read-only, corrupt: the spool says why, no traceback
+            self._metrics.messages.labels(self._listener, "failed").inc()
+            log.error("spool write failed", extra={"queue_id": queue_id, "error": f"{type(exc).__name__}: {exc}"})
+            return replies.SPOOL_FAILED
         except Exception:
             self._metrics.messages.labels(self._listener, "failed").inc()
             log.exception("spool write failed", extra={"queue_id": queue_id})

@@ -4,6 +4,10 @@ aiosmtpd owns the protocol; this module adds what a production listener needs ar
 limits on concurrent and per-address connections (``421 4.7.0``), an idle timeout that says
 ``421`` before closing, a separate DATA timeout, enhanced status codes on every reply, a
 count of every reply code, and a drain that lets in-flight transactions finish on shutdown.
+Command arguments that are not UTF-8 text (invalid bytes, or a CR, LF or other control
+character, quoted local parts included) are refused at EHLO, HELO, MAIL or RCPT with ``501``,
+so none reaches a header we write. A client that half-closes after the final dot still gets
+its reply: the message may be on disk by then, and the reply is owed.
 Which recipients and messages are accepted is the handler's business, not this module's.
 """
 
@@ -91,6 +95,8 @@ class Session(SMTP):
         self._admitted_ip: str | None = None
         self._in_data = False
         self._in_ehlo = False
+        self._storing = False  # the final dot is in: the handler is deciding or writing the message
+        self._eof_while_storing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is not None:  # the same session after STARTTLS
@@ -128,9 +134,40 @@ class Session(SMTP):
     def eof_received(self) -> bool | None:
         if self._admitted_ip is None:
             return False
+        if self._storing:  # the message may already be durable: answer it, then close (smtp_DATA)
+            self._eof_while_storing = True
+            return True
         return super().eof_received()
 
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        self._storing = command == "DATA"
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._storing = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not readable(hostname):
+            await self.push(replies.BAD_HELO.format(command="HELO"))
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if not readable(arg):
+            await self.push(replies.BAD_SENDER_TEXT)
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not readable(arg):
+            await self.push(replies.BAD_RECIPIENT_TEXT)
+            return
+        await super().smtp_RCPT(arg)
+
     async def smtp_EHLO(self, hostname: str) -> None:
+        if not readable(hostname):
+            await self.push(replies.BAD_HELO.format(command="EHLO"))
+            return
         # RFC 2034: EHLO's own reply lines carry no enhanced code, the final "250 HELP" included.
         self._in_ehlo = True
         try:
@@ -140,6 +177,7 @@ class Session(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        text = _one_line(text)
         if not self._in_ehlo:
             text = replies.enhance(text)
         self._listener.metrics.replies.labels(self._settings.name, text[:3]).inc()
@@ -172,6 +210,9 @@ class Session(SMTP):
             await super().smtp_DATA(arg)
         finally:
             self._in_data = False
+        if self._eof_while_storing and self.transport is not None:  # replied; the client sends no more
+            self.transport.close()
+            return
         if self._listener.draining:
             self.close_for_shutdown()
 
@@ -181,6 +222,22 @@ class Session(SMTP):
             return
         self.transport.write(replies.SHUTTING_DOWN.format(host=self._settings.hostname).encode() + b"\r\n")
         self.transport.close()
+
+
+def _one_line(reply: str) -> str:
+    """A reply that echoes a client's argument (``502 Could not VRFY …``) stays one line of
+    UTF-8: control characters and undecodable bytes (lone surrogates) become "?"."""
+    if all(" " <= ch < "\x7f" for ch in reply):
+        return reply
+    return "".join("?" if ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff" else ch for ch in reply)
+
+
+def readable(argument: str | None) -> bool:
+    """A command argument is text: valid UTF-8 (aiosmtpd keeps invalid bytes as lone surrogates)
+    and no control characters (a bare CR or LF, NUL, DEL), not even inside a quoted local part."""
+    if argument is None:
+        return True
+    return not any(ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff" for ch in argument)
 
 
 def _credentials(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:

@@ -3,9 +3,11 @@
 Agents log in with SMTP AUTH PLAIN or LOGIN as their agent id or address; the listener offers
 AUTH only over TLS (or from loopback when ``plaintext_auth_on_loopback``), and MAIL before AUTH
 gets ``530 5.7.0``, so nobody relays through us unauthenticated. Failed logins are counted per
-client address and per login; past ``max_auth_failures`` both are locked out (``454 4.7.0``).
-The same wrong password tried again in one session (a client going through the mechanisms)
-counts once.
+client address and per agent (its id and its address are one login); past ``max_auth_failures``
+both are locked out (``454 4.7.0``). The same wrong password tried again in one session (a
+client going through the mechanisms, as smtplib does) counts once. Passwords are verified on a
+``credentials.Hasher`` of their own, so a login flood waits there (or gets ``454`` past its
+queue) and triage keeps its threads.
 An agent may send only as the desk's support addresses or as itself, in the envelope and in
 the From header (``553 5.7.1``). Accepted replies go to the ``submission`` queue of the
 outbound spool with the agent's id; everything after the 250 (threading, stamping, signing,
@@ -27,12 +29,14 @@ from email.utils import getaddresses
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailpipe import credentials
-from mailpipe.addresses import canonical, syntax_problem
+from mailpipe.addresses import canonical, domain_of, syntax_problem
 from mailpipe.config import Agent
 from mailpipe.deliver.headers import split
+from mailpipe.desk.addresses import command_of
+from mailpipe.desk.commands import USAGES
 from mailpipe.message import decode_header
 from mailpipe.metrics import Metrics
-from mailpipe.queues import SUBMISSION
+from mailpipe.queues import DESK, SUBMISSION
 from mailpipe.smtp import replies
 from mailpipe.smtp.inbound import InboundHandler, RecipientPolicy, content_refusal
 from mailpipe.spool import Spool
@@ -47,10 +51,12 @@ class SubmissionHandler(InboundHandler):
         super().__init__(RecipientPolicy(frozenset(), frozenset(), max_recipients), spool, metrics, hostname,
                          listener=SUBMISSION.name)
         self.lockout = lockout
+        self.hasher = credentials.Hasher()
         self._store = store
         self._agents = {agent.id: agent for agent in agents}
         self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
         self._support = frozenset(canonical(address) for address in support_addresses)
+        self._desk_domains = frozenset(domain_of(address) for address in self._support)
         self._session_key = secrets.token_bytes(32)
         self._failed_with: weakref.WeakKeyDictionary[Session, bytes] = weakref.WeakKeyDictionary()
 
@@ -58,29 +64,35 @@ class SubmissionHandler(InboundHandler):
         self._agents = {agent.id: agent for agent in agents}
         self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
         self._support = frozenset(canonical(address) for address in support_addresses)
+        self._desk_domains = frozenset(domain_of(address) for address in self._support)
         self.policy = RecipientPolicy(frozenset(), frozenset(), max_recipients)
 
     async def authenticate(self, session: Session, given: LoginPassword) -> AuthResult:
         login = given.login.decode("utf-8", "replace").strip()
         peer = session.peer[0] if session.peer else ""
-        keys = (f"ip:{peer}", f"login:{canonical(login)}")
+        agent = self._logins.get(canonical(login))
+        keys = (f"ip:{peer}", f"agent:{agent.id}" if agent else f"login:{canonical(login)}")
         if self.lockout.locked(*keys):
             self._metrics.submission_auth.labels("locked").inc()
             log.warning("authentication locked out", extra={"peer": peer, "login": login})
             return AuthResult(success=False, handled=False, message=replies.AUTH_LOCKED)
-        agent = self._logins.get(canonical(login))
         try:
             stored = await asyncio.to_thread(self._store.password_hash, agent.id) if agent else None
         except StoreUnavailable:
             return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
         password = given.password.decode("utf-8", "replace")
-        if agent is not None and await asyncio.to_thread(credentials.verify_password, password, stored):
+        try:
+            # an unknown login is as slow as a wrong password, so logins cannot be probed by timing
+            right = await self.hasher.verify(password, stored) and agent is not None
+        except credentials.Busy:
+            self._metrics.submission_auth.labels("busy").inc()
+            log.warning("authentication refused: password checks busy", extra={"peer": peer})
+            return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
+        if right and agent is not None:
             self.lockout.succeeded(*keys)
             self._metrics.submission_auth.labels("success").inc()
             log.info("authenticated", extra={"peer": peer, "agent": agent.id})
             return AuthResult(success=True, auth_data=agent.id, message=replies.AUTH_OK)
-        if agent is None:  # as slow as a wrong password, so logins cannot be probed by timing
-            await asyncio.to_thread(credentials.verify_password, password, None)
         if self._first_try(session, given):
             self.lockout.failed(*keys)
         self._metrics.submission_auth.labels("failure").inc()
@@ -123,15 +135,20 @@ class SubmissionHandler(InboundHandler):
             return replies.TOO_MANY_RECIPIENTS
         if syntax_problem(address):
             return replies.BAD_RECIPIENT
+        command = command_of(address, self._desk_domains, USAGES)
+        if command is not None and (problem := USAGES[command.name].check(command.arguments)):
+            return replies.DESK_COMMAND_UNKNOWN.format(usage=problem)
+        if envelope.rcpt_tos and (command is not None) != (self.queue_for(envelope) == DESK.name):
+            return replies.DESK_COMMAND_ALONE
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
-    def refusal(self, session: Session, data: bytes) -> str | None:
+    def refusal(self, session: Session, envelope: Envelope, data: bytes) -> str | None:
         refused = content_refusal(data)
         agent = self._agent(session)
-        if refused is not None or agent is None:
-            return refused
+        if refused is not None or agent is None or self.queue_for(envelope) == DESK.name:
+            return refused  # a desk command leaves nothing: it may pass on a customer's message as is
         head, _ = split(data)
         froms = email.message_from_bytes(head + b"\r\n").get_all("From") or []
         if not froms:
@@ -140,6 +157,12 @@ class SubmissionHandler(InboundHandler):
             if not self._may_send_as(agent, address):
                 return replies.FROM_NOT_OWNED.format(address=address or "(empty)")
         return None
+
+    def queue_for(self, envelope: Envelope) -> str:
+        """Desk commands (``urgency+high@`` a support domain) go to the desk queue, replies on."""
+        if envelope.rcpt_tos and command_of(envelope.rcpt_tos[0], self._desk_domains, USAGES) is not None:
+            return DESK.name
+        return SUBMISSION.name
 
     def submitter(self, session: Session) -> str:
         agent = self._agent(session)

@@ -140,6 +140,17 @@ class CaseNote:
 
 
 @dataclass(frozen=True)
+class Correction:
+    """An agent's word on a case's urgency: kept in its history, and learned from."""
+
+    case_id: int
+    from_level: str
+    to_level: str
+    author: str
+    at: float
+
+
+@dataclass(frozen=True)
 class IncidentRecord:
     id: int
     provider: str
@@ -218,7 +229,8 @@ class TriageStore(CaseLookup, Protocol):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                        escalated_to: str, at: float, language: str = "",
-                       autoreply_window: float | None = None) -> InboundRecord:
+                       autoreply_window: float | None = None, document: str = "",
+                       automatic: bool = False) -> InboundRecord:
         """``decide`` makes the assignment inside the transaction from the owner and the open
         load as they are there, so concurrent workers and daemons agree. With
         ``autoreply_window``, a new case also takes the customer's acknowledgement window when
@@ -258,6 +270,13 @@ class ReplyStore(CaseLookup, Protocol):
 
 class IncidentStore(Protocol):
     """Provider incidents (``monitors.incidents``)."""
+
+    def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
+                      message_id: str = "", document: str | None = None) -> Correction | None: ...
+
+    def case_corrections(self, case_id: int) -> tuple[Correction, ...]: ...
+
+    def corrected(self) -> tuple[tuple[str, str, str], ...]: ...
 
     def open_incident(self, provider: str, klass: str, sample: str, at: float) -> IncidentRecord: ...
 

@@ -140,7 +140,7 @@ class PostgresStore(SQLStore):
 
     def _after_load(self, conn: _Connection) -> None:
         """Imported rows brought their ids: identities continue after the largest."""
-        for table in ("customers", "cases", "messages", "assignments", "case_notes", "incidents"):
+        for table in ("customers", "cases", "messages", "assignments", "case_notes", "incidents", "corrections"):
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                          f" GREATEST((SELECT max(id) FROM {table}), 1))")
 

@@ -27,6 +27,7 @@ from mailpipe.store import (
     CaseMessage,
     CaseNote,
     CaseRecord,
+    Correction,
     CustomerRecord,
     Decide,
     InboundRecord,
@@ -95,6 +96,10 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
 
     def _conn(self) -> Connection:
         raise NotImplementedError
+
+    def reconnect(self) -> None:
+        """Opens connections afresh from now on (after a storage fault: a file SQLite opened
+        read-only stays read-only on that connection); a pooled backend needs nothing."""
 
     def _lock_assignments(self, conn: Connection) -> None:
         """Serialises the load check of new assignments across every writer of the store."""
@@ -195,7 +200,8 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                        escalated_to: str, at: float, language: str = "",
-                       autoreply_window: float | None = None) -> InboundRecord:
+                       autoreply_window: float | None = None, document: str = "",
+                       automatic: bool = False) -> InboundRecord:
         """One transaction: customer (created on first contact), case (opened or updated), the
         message, and the assignments with their reasons. Idempotent per queue id. ``decide``
         chooses the assignments from the owner (the case's, or the customer's for a new case)
@@ -203,17 +209,21 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         assignment lock, so concurrent workers and daemons agree on one owner per customer and
         keep least-loaded assignment balanced. A new case given ``autoreply_window`` takes the
         customer's acknowledgement window in the same transaction (one write per message, and a
-        message recorded again after a crash finds the same answer)."""
+        message recorded again after a crash finds the same answer). ``document`` is what the
+        urgency model read, kept so an agent's correction of the case can be learned from. An
+        ``automatic`` message (an auto-reply, list mail) files its new case closed and leaves an
+        existing case's status alone: it counts in nobody's load and reopens nothing."""
         with self._writing:
             return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
                                         subject=subject, level=level, score=score, rules=rules, case_id=case_id,
                                         decide=decide, escalated_to=escalated_to, at=at, language=language,
-                                        autoreply_window=autoreply_window)
+                                        autoreply_window=autoreply_window, document=document,
+                                        automatic=automatic)
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                         escalated_to: str, at: float, language: str,
-                        autoreply_window: float | None) -> InboundRecord:
+                        autoreply_window: float | None, document: str, automatic: bool) -> InboundRecord:
         conn = self._conn()
         conn.execute(self._BEGIN)
         try:
@@ -244,18 +254,18 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
                 case_id = conn.execute(
                     "INSERT INTO cases (customer_id, subject, status, level, score, owner, handler, escalated_to,"
                     " escalated_agent, opened_at, updated_at, language)"
-                    " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (customer_id, subject, level, score, owner, handler, escalated_to, escalated, at, at,
-                     language)).fetchone()[0]
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (customer_id, subject, "closed" if automatic else "open", level, score, owner, handler,
+                     escalated_to, escalated, at, at, language)).fetchone()[0]
             else:
                 conn.execute(
-                    "UPDATE cases SET status = 'open', updated_at = ?,"
+                    "UPDATE cases SET status = CASE WHEN ? THEN status ELSE 'open' END, updated_at = ?,"
                     " score = CASE WHEN score > ? THEN score ELSE ? END,"
                     " level = CASE WHEN ? > score THEN ? ELSE level END, handler = ?,"
                     " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END,"
                     " escalated_agent = CASE WHEN ? != '' THEN ? ELSE escalated_agent END WHERE id = ?",
-                    (at, score, score, score, level, handler, escalated_to, escalated_to, escalated, escalated,
-                     case_id))
+                    (automatic, at, score, score, score, level, handler, escalated_to, escalated_to, escalated,
+                     escalated, case_id))
             if owner:
                 conn.execute("UPDATE customers SET owner = ? WHERE id = ? AND owner = ''", (owner, customer_id))
             autoreply = new_case and autoreply_window is not None and conn.execute(
@@ -263,8 +273,8 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
                 " AND (last_autoreply_at IS NULL OR last_autoreply_at <= ?)",
                 (at, queue_id, customer_id, at - autoreply_window)).rowcount > 0
             conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, level, score, rules,"
-                         " at) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?)",
-                         (case_id, queue_id, message_id, subject, level, score, rules, at))
+                         " at, document) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?, ?)",
+                         (case_id, queue_id, message_id, subject, level, score, rules, at, document))
             conn.executemany("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
                              " VALUES (?, ?, ?, ?, ?, ?)",
                              [(case_id, queue_id, agent, role, reason, at) for agent, role, reason in assignments])
@@ -349,6 +359,49 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         return tuple(CaseMessage(*row) for row in self._conn().execute(
             "SELECT direction, at, subject, message_id, level, score, rules, agent FROM messages WHERE case_id = ?"
             " ORDER BY at, id", (case_id,)))
+
+    def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
+                      message_id: str = "", document: str | None = None) -> Correction | None:
+        """Sets a case's level on an agent's word and keeps the correction with what to learn
+        from: ``document``, else what the model read of the customer message ``message_id`` of
+        the case, else of its latest one. Once per ``queue_id`` (a command mailed again after a
+        crash finds the first answer). None when there is no such case."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                done = conn.execute("SELECT case_id, from_level, to_level, author, at FROM corrections"
+                                    " WHERE queue_id = ?", (queue_id,)).fetchone() if queue_id else None
+                row = conn.execute(f"SELECT level FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
+                if done is not None or row is None:
+                    conn.execute("ROLLBACK")
+                    return Correction(*done) if done else None
+                if document is None:
+                    found = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
+                                         " ORDER BY CASE WHEN message_id = ? THEN 0 ELSE 1 END, at DESC, id DESC"
+                                         " LIMIT 1", (case_id, message_id)).fetchone()
+                    document = found[0] if found else ""
+                conn.execute("UPDATE cases SET level = ?, updated_at = ? WHERE id = ?", (level, at, case_id))
+                conn.execute("INSERT INTO corrections (case_id, queue_id, from_level, to_level, author, document, at)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, queue_id, row[0], level, author, document, at))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return Correction(case_id, row[0], level, author, at)
+
+    def case_corrections(self, case_id: int) -> tuple[Correction, ...]:
+        return tuple(Correction(*row) for row in self._conn().execute(
+            "SELECT case_id, from_level, to_level, author, at FROM corrections WHERE case_id = ? ORDER BY at, id",
+            (case_id,)))
+
+    def corrected(self) -> tuple[tuple[str, str, str], ...]:
+        """(text, level, author) of every correction with text to learn from, the latest word on
+        each text only, oldest first."""
+        return tuple(self._conn().execute(
+            "SELECT document, to_level, author FROM corrections c WHERE document != ''"
+            " AND id = (SELECT max(id) FROM corrections WHERE document = c.document) ORDER BY id"))
 
     def case_assignments(self, case_id: int) -> tuple[Assignment, ...]:
         return tuple(Assignment(*row) for row in self._conn().execute(

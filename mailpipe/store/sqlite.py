@@ -140,6 +140,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (incident_id, address)
     );
     """,
+    """
+    ALTER TABLE messages ADD COLUMN document TEXT NOT NULL DEFAULT '';
+    CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        queue_id TEXT UNIQUE,
+        from_level TEXT NOT NULL,
+        to_level TEXT NOT NULL,
+        author TEXT NOT NULL,
+        document TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX corrections_case ON corrections (case_id, at);
+    """,
     # Each reply's fate (queued, held, sent, deferred, bounced, deleted) with what decided it;
     # customers' phone numbers in E.164 (03-1234-5678 -> +81312345678, ``mailpipe.phones``),
     # filled here for the common spellings and kept by ``upsert_customer`` from now on.
@@ -176,10 +190,21 @@ class SQLiteStore(SQLStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._generation = 0
         migrate(self._conn())
+
+    def reconnect(self) -> None:
+        """Each thread opens a new connection at its next use and closes its old one."""
+        self._generation += 1
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "generation", 0) != self._generation and not conn.in_transaction:
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            conn.close()
+            conn = None
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -187,6 +212,7 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
+            self._local.generation = self._generation
             with self._lock:
                 self._all.append(conn)
         return conn

@@ -17,7 +17,7 @@ Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks li
 
 # Every table, parents before children: the order export writes and import reads.
 TABLES = ("customers", "cases", "messages", "assignments", "agent_state", "credentials", "dmarc_reports",
-          "dmarc_records", "case_notes", "incidents", "incident_customers")
+          "dmarc_records", "case_notes", "incidents", "incident_customers", "corrections")
 
 
 class TransferQueries:

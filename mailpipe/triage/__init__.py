@@ -2,7 +2,8 @@
 
 The inbound stage table is ``stages`` (route → parse → authenticate → profile → score →
 assign → acknowledge → annotate, over a ``work.Work``); beside it what it calls: ``rules``
-(loaded from rules/, policy as data, by ``load``) with ``expression`` and ``examples``,
-``context`` (what a rule may look at) and ``score``, ``assign`` (ownership and escalation, with
+(loaded from rules/, policy as data, by ``load``) with ``conditions``, ``expression`` and
+``examples``, ``context`` (what a rule may look at) and ``score``, the learned urgency ``model``
+(trained from ``corpus``, judged with the rules by ``evaluation``), ``assign`` (ownership and escalation, with
 ``hours``), and ``render`` (our header fields and the triage card). Knows nothing of SMTP.
 """

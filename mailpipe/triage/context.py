@@ -12,12 +12,22 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from mailpipe import auth
 from mailpipe.config import TriageConfig
 from mailpipe.message import ParsedMessage
 from mailpipe.store import CustomerRecord, Profile
 from mailpipe.triage.hours import within_business_hours
+
+if TYPE_CHECKING:
+    from mailpipe.triage.model import Prediction, UrgencyModel
+
+
+def document(subject: str, new_text: str, is_reply: bool) -> str:
+    """What keyword rules and the model read: a reply's subject repeats the old topic, so a
+    reply is its new text alone."""
+    return new_text if is_reply else f"{subject}\n{new_text}"
 
 
 def fold(text: str) -> str:
@@ -49,6 +59,7 @@ class Context:
     dmarc: str = "none"
     business_hours: bool = True
     incidents: frozenset[str] = frozenset()  # providers refusing our mail right now (reply catalog names)
+    model: UrgencyModel | None = None  # the learned urgency model, when the desk runs one
 
     @property
     def trusted_vip(self) -> bool:
@@ -66,14 +77,19 @@ class Context:
     @cached_property
     def folded_all(self) -> str:
         """Subject and new text; a reply's subject repeats the old topic, so only its new text."""
-        if self.message.is_reply:
-            return self.folded_body
-        return self.folded_subject + "\n" + self.folded_body
+        return document(self.folded_subject, self.folded_body, self.message.is_reply)
+
+    @cached_property
+    def urgency(self) -> Prediction | None:
+        """The model's reading, computed only when a rule asks for it."""
+        if self.model is None:
+            return None
+        return self.model.predict(document(self.message.subject, self.message.new_text, self.message.is_reply))
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
                    authserv_id: str, verified: auth.Verdict | None = None,
-                   incidents: frozenset[str] = frozenset()) -> Context:
+                   incidents: frozenset[str] = frozenset(), model: UrgencyModel | None = None) -> Context:
     """What the rules see: the message, the customer and their history from the store, DMARC
     (verified now, or as our own earlier Authentication-Results recorded it) and the clock.
     Shared by the daemon and ``mailpipe score``."""
@@ -85,7 +101,7 @@ def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime
                           datetime.fromtimestamp(open_since, UTC) if open_since else None)
     dmarc = verified.dmarc if verified is not None else dmarc_verdict(parsed, authserv_id)
     return Context(parsed, now, customer=customer, history=history, dmarc=dmarc,
-                   business_hours=within_business_hours(now, desk), incidents=incidents)
+                   business_hours=within_business_hours(now, desk), incidents=incidents, model=model)
 
 
 def dmarc_verdict(parsed: ParsedMessage, authserv_id: str) -> str:

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from mailpipe.addresses import domain_of
 from mailpipe.config import Agent
 from mailpipe.deliver import headers
+from mailpipe.deliver.headers import TAGS
 from mailpipe.message import ParsedMessage
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.providers import MENTIONS
@@ -24,8 +26,6 @@ from mailpipe.store import CustomerRecord, ReplyFate
 from mailpipe.triage.assign import is_fallback
 from mailpipe.triage.hours import desk_time
 from mailpipe.triage.work import Work, parsed_of, verdict_of
-
-TAGS = {"critical": "[URGENT]", "high": "[HIGH]"}
 
 
 def header_fields(work: Work, hostname: str, agents: dict[str, Agent],
@@ -114,13 +114,18 @@ def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: 
     case, customer = record.case, record.customer
     lines = [f"Case #{case.id} ({'new' if record.new_case else 'continued'}) — {verdict.level} {verdict.score:g}",
              "", *incidents, *([""] if incidents else [])]
+    if record.new_case and case.status == "closed":
+        lines += ["Filed closed: an automatic message (auto-reply, list mail or bounce), in nobody's load.",
+                  f"Reopen: mailpipe cases reopen {case.id}", ""]
     for assignment in record.assignments:
         agent = agents.get(assignment.agent)
         who = f"{agent.name} ({agent.phone})" if agent else assignment.agent
         lines.append(f"{assignment.role:<10} {who} — {assignment.reason}")
     lines += ["", "Rules:"]
     lines += [f"  {hit.name}({hit.score:g}) {hit.description}: {hit.matched}" for hit in verdict.hits] or ["  none"]
-    lines += ["", f"Customer: {customer_line(customer)}"]
+    desk = domain_of(work.message.entry.envelope.rcpt_tos[0]) if work.message.entry.envelope.rcpt_tos else hostname
+    lines += ["", f"Urgency wrong? Forward this card to urgency+LEVEL@{desk} (critical, high, normal, low).",
+              "", f"Customer: {customer_line(customer)}"]
     if customer.notes:
         lines.append(f"Notes: {customer.notes}")
     if work.replies:

@@ -15,6 +15,8 @@ conditions that must all hold:
     dmarc = "fail"                            what Authentication-Results said of DMARC
     outside_business_hours = true
     incident = true | ["gmail", ...]          a provider the message names has an active incident
+    model = { level = "critical", at_least = 0.6 }   the learned model's probability of a level
+                                              (or levels = [...] together); never when it is off
     expression = "NOT_DELIVERED & VIP & !AUTO_REPLY"  a composite: only this condition
 
 and optionally ``escalate = "tech"`` or ``"dev"`` and ``examples`` that ``mailpipe rules test``
@@ -29,26 +31,22 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailpipe.errors import Problems
-from mailpipe.providers import MENTIONS, provider_of
-from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT
-from mailpipe.triage.context import Context, fold
+from mailpipe.triage.conditions import CONDITIONS, LEVELS, Condition
 from mailpipe.triage.expression import ExpressionError, Predicate, compile_expression
 
-LEVELS = ("critical", "high", "normal", "low")
+__all__ = ["LEVELS", "Rule", "RuleSet", "RulesError", "load"]
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _TEXT_KEYS = ("any", "subject", "body")
 _CONDITION_KEYS = (*_TEXT_KEYS, "regex", "headers", "sender", "customer", "repeat", "open_case_hours", "dmarc",
-                   "outside_business_hours", "incident", "expression")
+                   "outside_business_hours", "incident", "model", "expression")
 _KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled"})
 _EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc", "incident"})
 
-Condition = Callable[[Context], str | None]
 
 
 class RulesError(Problems):
@@ -186,7 +184,7 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
     else:
         for key in present:
             try:
-                conditions.append(_CONDITIONS[key](spec[key]))
+                conditions.append(CONDITIONS[key](spec[key]))
             except (TypeError, ValueError, re.error) as exc:
                 bad(f"{key}: {exc}")
     examples = spec.get("examples", [])
@@ -223,166 +221,3 @@ def _assemble(rules: list[Rule], levels: dict[str, float], problems: list[str]) 
             done.add(rule.name)
             del pending[rule.name]
     return RuleSet(plain, tuple(ordered), levels)
-
-
-# Condition builders: each turns a TOML value into a function of the context that returns what
-# matched (shown in `mailpipe score`) or None.
-
-def _keywords(value: Any, where: Callable[[Context], str]) -> Condition:
-    words = _strings(value)
-    ascii_words = [re.escape(fold(w)) for w in words if w.isascii()]
-    other_words = [re.escape(fold(w)) for w in words if not w.isascii()]
-    alternatives = []
-    if ascii_words:
-        longest_first = "|".join(sorted(ascii_words, key=len, reverse=True))
-        alternatives.append(rf"(?<![a-z0-9])(?:{longest_first})(?![a-z0-9])")
-    if other_words:
-        alternatives.append("|".join(sorted(other_words, key=len, reverse=True)))
-    pattern = re.compile("|".join(alternatives))
-
-    def condition(context: Context) -> str | None:
-        match = pattern.search(where(context))
-        return match[0] if match else None
-
-    return condition
-
-
-def _regex(value: Any) -> Condition:
-    patterns = [re.compile(p, re.IGNORECASE) for p in _strings(value)]
-
-    def condition(context: Context) -> str | None:
-        for pattern in patterns:
-            match = pattern.search(context.folded_all)
-            if match:
-                return match[0]
-        return None
-
-    return condition
-
-
-def _headers(value: Any) -> Condition:
-    if not isinstance(value, dict) or not value:
-        raise TypeError("must be a table of header = \"regex\"")
-    wanted = {name.lower(): re.compile(str(pattern), re.IGNORECASE) for name, pattern in value.items()}
-
-    def condition(context: Context) -> str | None:
-        shown = []
-        for name, pattern in wanted.items():
-            hit = next((v for v in context.message.headers.get(name, ()) if pattern.search(v)), None)
-            if hit is None:
-                return None
-            shown.append(f"{name}: {hit}")
-        return "; ".join(shown)
-
-    return condition
-
-
-def _sender(value: Any) -> Condition:
-    patterns = [re.compile(p, re.IGNORECASE) for p in _strings(value)]
-
-    def condition(context: Context) -> str | None:
-        sender = context.message.sender
-        return sender if any(p.search(sender) for p in patterns) else None
-
-    return condition
-
-
-def _customer(value: Any) -> Condition:
-    if not isinstance(value, dict) or not set(value) <= {"vip", "plan"}:
-        raise TypeError("must be a table with vip = true|false and/or plan = [...]")
-    vip = value.get("vip")
-    plans = {p.casefold() for p in _strings(value["plan"])} if "plan" in value else None
-
-    def condition(context: Context) -> str | None:
-        customer = context.customer
-        if customer is None:
-            return None
-        if vip is not None and context.trusted_vip != vip:
-            return None
-        if plans is not None and customer.plan.casefold() not in plans:
-            return None
-        return f"customer {customer.address} (vip={customer.vip}, plan={customer.plan or '-'})"
-
-    return condition
-
-
-def _repeat(value: Any) -> Condition:
-    if not isinstance(value, dict) or set(value) != {"within_hours", "at_least"}:
-        raise TypeError("must be { within_hours = N, at_least = N }")
-    hours, at_least = float(value["within_hours"]), int(value["at_least"])
-    if not 1 <= at_least <= CONTACTS_KEPT:
-        raise ValueError(f"at_least must be 1 to {CONTACTS_KEPT}: a profile keeps the latest {CONTACTS_KEPT} contacts")
-    if hours > CONTACTS_DAYS * 24:
-        raise ValueError(f"within_hours must be at most {CONTACTS_DAYS * 24}: a profile keeps {CONTACTS_DAYS} days")
-
-    def condition(context: Context) -> str | None:
-        count = context.history.contacts_within(hours, context.now)
-        return f"{count} earlier contacts in {hours:g} h" if count >= at_least else None
-
-    return condition
-
-
-def _open_case_hours(value: Any) -> Condition:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError("must be a number of hours")
-
-    def condition(context: Context) -> str | None:
-        age = context.history.open_case_age_hours(context.now)
-        return f"open case {age:.0f} h old" if age is not None and age >= value else None
-
-    return condition
-
-
-def _dmarc(value: Any) -> Condition:
-    if value not in ("pass", "fail", "none"):
-        raise ValueError("must be \"pass\", \"fail\" or \"none\"")
-    return lambda context: f"dmarc={value}" if context.dmarc == value else None
-
-
-def _outside_business_hours(value: Any) -> Condition:
-    if not isinstance(value, bool):
-        raise TypeError("must be true or false")
-    return lambda context: ("outside business hours" if not context.business_hours else None) if value else (
-        "within business hours" if context.business_hours else None)
-
-
-def _incident(value: Any) -> Condition:
-    """Fires when the message names a provider (Gmail, ヤフー, Outlook, …) that is refusing our
-    mail right now; ``true`` for any provider, or a list to restrict it."""
-    if value is True:
-        providers = frozenset(MENTIONS)
-    elif isinstance(value, list):
-        providers = frozenset(provider_of(name) for name in _strings(value))
-    else:
-        raise TypeError("must be true or an array of providers")
-
-    def condition(context: Context) -> str | None:
-        for provider in sorted(providers & context.incidents):
-            mention = MENTIONS[provider].search(context.folded_all)
-            if mention:
-                return f"incident.{provider} active; the message names {mention[0]}"
-        return None
-
-    return condition
-
-
-def _strings(value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise TypeError("must be a non-empty array of strings")
-    return value
-
-
-_CONDITIONS: dict[str, Callable[[Any], Condition]] = {
-    "any": lambda v: _keywords(v, lambda c: c.folded_all),
-    "subject": lambda v: _keywords(v, lambda c: c.folded_subject),
-    "body": lambda v: _keywords(v, lambda c: c.folded_body),
-    "regex": _regex,
-    "headers": _headers,
-    "sender": _sender,
-    "customer": _customer,
-    "repeat": _repeat,
-    "open_case_hours": _open_case_hours,
-    "dmarc": _dmarc,
-    "outside_business_hours": _outside_business_hours,
-    "incident": _incident,
-}

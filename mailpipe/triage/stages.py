@@ -30,11 +30,12 @@ from mailpipe.message import parse
 from mailpipe.metrics import Metrics
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.monitors.returned import Returned
-from mailpipe.outbound.acknowledge import Acknowledger
+from mailpipe.outbound.acknowledge import Acknowledger, suppression
 from mailpipe.spool import Spool
 from mailpipe.store import TriageStore
 from mailpipe.triage.assign import assign, is_fallback
-from mailpipe.triage.context import triage_context
+from mailpipe.triage.context import document, triage_context
+from mailpipe.triage.model import MAX_CHARS, UrgencyModel
 from mailpipe.triage.render import header_fields, incident_lines, triage_card
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
@@ -58,8 +59,9 @@ class Triage:
                  metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
                  outbound: Spool | None = None, returned: Returned | None = None,
                  incidents: Incidents | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 lead: str = ""):
+                 model: Callable[[], UrgencyModel | None] = lambda: None, lead: str = ""):
         self.metrics = metrics
+        self.model = model  # the urgency model running now (a correction may have retrained it)
         self.lead = lead
         self.returned = returned
         self.incidents = incidents
@@ -126,7 +128,8 @@ class Triage:
     def score(self, work: Work) -> Work:
         now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
         active = self.incidents.active() if self.incidents else frozenset()
-        context = triage_context(parsed_of(work), work.profile, now, self.desk, self.hostname, work.auth, active)
+        context = triage_context(parsed_of(work), work.profile, now, self.desk, self.hostname, work.auth, active,
+                                 self.model())
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
     async def assign(self, work: Work) -> Work:
@@ -146,7 +149,9 @@ class Triage:
             message_id=parsed.message_id, subject=parsed.base_subject or parsed.subject, level=verdict.level,
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
             escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language,
-            autoreply_window=self._autoreply_window(work))
+            autoreply_window=self._autoreply_window(work),
+            document=document(parsed.subject, parsed.new_text, parsed.is_reply)[:MAX_CHARS],
+            automatic=automatic(work))
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
         recipients = tuple(dict.fromkeys(a for a in (handler, roles.get("escalation")) if a is not None))
@@ -211,6 +216,11 @@ class Triage:
                 if assignment.role == "fallback":
                     continue
             self.metrics.assignments.labels(agent.tier if agent else "unknown", kind).inc()
+
+
+def automatic(work: Work) -> bool:
+    """An auto-reply, list mail or a bounce (by its headers, RFC 3834): filed, never a case to work."""
+    return suppression(parsed_of(work), work.message.entry.envelope.mail_from, ()) in ("automatic", "list", "bounce")
 
 
 def customer_address(work: Work) -> str:

@@ -1,0 +1,79 @@
+"""What each desk command does, and how it is addressed: the table the desk queue runs.
+
+A command gets what it is about (the case, the customer message) and who sent it, does its
+work in the store, and returns the note its author gets. Each must be safe to run twice for one
+queue id (a crash between its work and the spool's delete runs it again).
+
+    urgency+LEVEL@   the case's urgency is LEVEL (critical, high, normal, low): the case's level
+                     changes, the correction is kept in its history with author and time, and
+                     the urgency model learns from the customer's message at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from mailpipe.config import Agent
+from mailpipe.desk.addresses import Command, Usage
+from mailpipe.metrics import Metrics
+from mailpipe.store import CaseRecord, Correction
+from mailpipe.triage.conditions import LEVELS
+
+
+class CorrectionStore(Protocol):
+    def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
+                      message_id: str = "", document: str | None = None) -> Correction | None: ...
+
+
+@dataclass(frozen=True)
+class Request:
+    command: Command
+    author: Agent
+    case: CaseRecord
+    message_id: str  # the customer message the command is about, when known
+    queue_id: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    note: str  # what the author (and the owner, when another agent) is told
+    level: str = ""  # the case's level afterwards, for the note's tag
+
+
+@dataclass(frozen=True)
+class Commands:
+    """The commands with what they act on: the store, the metrics, and the model to retrain."""
+
+    store: CorrectionStore
+    metrics: Metrics
+    learn: Callable[[], None]
+
+    def run(self, request: Request) -> Outcome:
+        return {"urgency": self.urgency}[request.command.name](request)
+
+    def urgency(self, request: Request) -> Outcome:
+        level = request.command.arguments[0]
+        correction = self.store.correct_level(request.case.id, level, request.author.id, request.at,
+                                              queue_id=request.queue_id, message_id=request.message_id)
+        if correction is None:
+            return Outcome(f"案件 #{request.case.id} が見つかりません / No case #{request.case.id}.")
+        self.metrics.corrections.labels(correction.from_level, correction.to_level).inc()
+        self.learn()
+        return Outcome(f"案件 #{request.case.id} の緊急度: {correction.from_level} → {correction.to_level}"
+                       f"（{request.author.id}）\nCase #{request.case.id} urgency: {correction.from_level} →"
+                       f" {correction.to_level}, by {request.author.id}. The urgency model learns from it now.",
+                       correction.to_level)
+
+
+def _check_level(arguments: tuple[str, ...]) -> str | None:
+    if len(arguments) != 1 or arguments[0] not in LEVELS:
+        return f"urgency+LEVEL@: LEVEL is one of {', '.join(LEVELS)}"
+    return None
+
+
+USAGES: dict[str, Usage] = {
+    "urgency": Usage("urgency+LEVEL@ (critical, high, normal, low): correct a case's urgency", _check_level),
+}

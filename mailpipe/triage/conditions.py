@@ -1,0 +1,210 @@
+"""Rule conditions: each builder turns a rule's TOML value into a function of the context that
+returns what matched (shown by ``mailpipe score`` and on the triage card) or None.
+
+The keys and what they mean are listed in :mod:`mailpipe.triage.rules`; a builder raises
+``TypeError`` or ``ValueError`` with a readable reason, which the loader reports with the file
+and rule name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from mailpipe.providers import MENTIONS, provider_of
+from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT
+from mailpipe.triage.context import Context, fold
+
+LEVELS = ("critical", "high", "normal", "low")
+
+Condition = Callable[[Context], str | None]
+
+
+def _keywords(value: Any, where: Callable[[Context], str]) -> Condition:
+    words = _strings(value)
+    ascii_words = [re.escape(fold(w)) for w in words if w.isascii()]
+    other_words = [re.escape(fold(w)) for w in words if not w.isascii()]
+    alternatives = []
+    if ascii_words:
+        longest_first = "|".join(sorted(ascii_words, key=len, reverse=True))
+        alternatives.append(rf"(?<![a-z0-9])(?:{longest_first})(?![a-z0-9])")
+    if other_words:
+        alternatives.append("|".join(sorted(other_words, key=len, reverse=True)))
+    pattern = re.compile("|".join(alternatives))
+
+    def condition(context: Context) -> str | None:
+        match = pattern.search(where(context))
+        return match[0] if match else None
+
+    return condition
+
+
+def _regex(value: Any) -> Condition:
+    patterns = [re.compile(p, re.IGNORECASE) for p in _strings(value)]
+
+    def condition(context: Context) -> str | None:
+        for pattern in patterns:
+            match = pattern.search(context.folded_all)
+            if match:
+                return match[0]
+        return None
+
+    return condition
+
+
+def _headers(value: Any) -> Condition:
+    if not isinstance(value, dict) or not value:
+        raise TypeError("must be a table of header = \"regex\"")
+    wanted = {name.lower(): re.compile(str(pattern), re.IGNORECASE) for name, pattern in value.items()}
+
+    def condition(context: Context) -> str | None:
+        shown = []
+        for name, pattern in wanted.items():
+            hit = next((v for v in context.message.headers.get(name, ()) if pattern.search(v)), None)
+            if hit is None:
+                return None
+            shown.append(f"{name}: {hit}")
+        return "; ".join(shown)
+
+    return condition
+
+
+def _sender(value: Any) -> Condition:
+    patterns = [re.compile(p, re.IGNORECASE) for p in _strings(value)]
+
+    def condition(context: Context) -> str | None:
+        sender = context.message.sender
+        return sender if any(p.search(sender) for p in patterns) else None
+
+    return condition
+
+
+def _customer(value: Any) -> Condition:
+    if not isinstance(value, dict) or not set(value) <= {"vip", "plan"}:
+        raise TypeError("must be a table with vip = true|false and/or plan = [...]")
+    vip = value.get("vip")
+    plans = {p.casefold() for p in _strings(value["plan"])} if "plan" in value else None
+
+    def condition(context: Context) -> str | None:
+        customer = context.customer
+        if customer is None:
+            return None
+        if vip is not None and context.trusted_vip != vip:
+            return None
+        if plans is not None and customer.plan.casefold() not in plans:
+            return None
+        return f"customer {customer.address} (vip={customer.vip}, plan={customer.plan or '-'})"
+
+    return condition
+
+
+def _repeat(value: Any) -> Condition:
+    if not isinstance(value, dict) or set(value) != {"within_hours", "at_least"}:
+        raise TypeError("must be { within_hours = N, at_least = N }")
+    hours, at_least = float(value["within_hours"]), int(value["at_least"])
+    if not 1 <= at_least <= CONTACTS_KEPT:
+        raise ValueError(f"at_least must be 1 to {CONTACTS_KEPT}: a profile keeps the latest {CONTACTS_KEPT} contacts")
+    if hours > CONTACTS_DAYS * 24:
+        raise ValueError(f"within_hours must be at most {CONTACTS_DAYS * 24}: a profile keeps {CONTACTS_DAYS} days")
+
+    def condition(context: Context) -> str | None:
+        count = context.history.contacts_within(hours, context.now)
+        return f"{count} earlier contacts in {hours:g} h" if count >= at_least else None
+
+    return condition
+
+
+def _open_case_hours(value: Any) -> Condition:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("must be a number of hours")
+
+    def condition(context: Context) -> str | None:
+        age = context.history.open_case_age_hours(context.now)
+        return f"open case {age:.0f} h old" if age is not None and age >= value else None
+
+    return condition
+
+
+def _dmarc(value: Any) -> Condition:
+    if value not in ("pass", "fail", "none"):
+        raise ValueError("must be \"pass\", \"fail\" or \"none\"")
+    return lambda context: f"dmarc={value}" if context.dmarc == value else None
+
+
+def _outside_business_hours(value: Any) -> Condition:
+    if not isinstance(value, bool):
+        raise TypeError("must be true or false")
+    return lambda context: ("outside business hours" if not context.business_hours else None) if value else (
+        "within business hours" if context.business_hours else None)
+
+
+def _incident(value: Any) -> Condition:
+    """Fires when the message names a provider (Gmail, ヤフー, Outlook, …) that is refusing our
+    mail right now; ``true`` for any provider, or a list to restrict it."""
+    if value is True:
+        providers = frozenset(MENTIONS)
+    elif isinstance(value, list):
+        providers = frozenset(provider_of(name) for name in _strings(value))
+    else:
+        raise TypeError("must be true or an array of providers")
+
+    def condition(context: Context) -> str | None:
+        for provider in sorted(providers & context.incidents):
+            mention = MENTIONS[provider].search(context.folded_all)
+            if mention:
+                return f"incident.{provider} active; the message names {mention[0]}"
+        return None
+
+    return condition
+
+
+def _model(value: Any) -> Condition:
+    """Fires when the learned model gives the level (or the levels together) at least this
+    probability; shows the probability and the n-grams that weighed most towards it."""
+    if not isinstance(value, dict) or set(value) - {"level", "levels", "at_least"} or "at_least" not in value \
+            or ("level" in value) == ("levels" in value):
+        raise TypeError('must be { level = "critical", at_least = 0.6 } or { levels = [...], at_least = 0.5 }')
+    levels = _strings([value["level"]] if "level" in value else value["levels"])
+    for level in levels:
+        if level not in LEVELS:
+            raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
+    at_least = value["at_least"]
+    if isinstance(at_least, bool) or not isinstance(at_least, (int, float)) or not 0 < at_least <= 1:
+        raise ValueError("at_least must be a probability above 0 and at most 1")
+    shown = "+".join(levels)
+
+    def condition(context: Context) -> str | None:
+        prediction = context.urgency
+        if prediction is None:
+            return None
+        probability = prediction.of(levels)
+        if probability < at_least:
+            return None
+        reasons = ", ".join(f'"{term}"' for term in prediction.reasons(levels))
+        return f"p({shown})={probability:.2f}" + (f": {reasons}" if reasons else "")
+
+    return condition
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise TypeError("must be a non-empty array of strings")
+    return value
+
+
+CONDITIONS: dict[str, Callable[[Any], Condition]] = {
+    "any": lambda v: _keywords(v, lambda c: c.folded_all),
+    "subject": lambda v: _keywords(v, lambda c: c.folded_subject),
+    "body": lambda v: _keywords(v, lambda c: c.folded_body),
+    "regex": _regex,
+    "headers": _headers,
+    "sender": _sender,
+    "customer": _customer,
+    "repeat": _repeat,
+    "open_case_hours": _open_case_hours,
+    "dmarc": _dmarc,
+    "outside_business_hours": _outside_business_hours,
+    "incident": _incident,
+    "model": _model,
+}

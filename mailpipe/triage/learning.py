@@ -1,0 +1,95 @@
+"""The desk's urgency model as the daemon runs it: trained, swapped, and trained again.
+
+It is trained at start and on reload from the corpus the config names plus every agent's
+correction in the store, and again in the background after each new correction, so the desk's
+own word reaches the next message within seconds. Training takes seconds of one core, in a
+thread; the running model keeps triaging meanwhile, and a broken corpus or a failed training
+keeps it (a reload is refused with the problems, like broken rules). Reads ``[triage] model``,
+``corpus_directory`` and ``corpus_overrides``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from mailpipe.config import TriageConfig
+from mailpipe.metrics import Metrics
+from mailpipe.triage import corpus
+from mailpipe.triage.conditions import LEVELS
+from mailpipe.triage.model import Example, UrgencyModel, train
+
+log = logging.getLogger("mailpipe.triage")
+
+
+class Corrections(Protocol):
+    def corrected(self) -> tuple[tuple[str, str, str], ...]: ...
+
+
+def examples(settings: TriageConfig, store: Corrections | None) -> list[Example]:
+    """The corpus files, then the desk's corrections (the latest word on each text)."""
+    found = corpus.load(settings.corpus_paths)
+    if store is not None:
+        found += [Example(text, level, f"correction by {author}") for text, level, author in store.corrected()
+                  if level in LEVELS]
+    return found
+
+
+def trained(settings: TriageConfig, store: Corrections | None) -> UrgencyModel | None:
+    """A model from what the settings name, or None when the desk runs without one."""
+    if not settings.model:
+        return None
+    return train(examples(settings, store), LEVELS)
+
+
+class Learner:
+    """Holds the model triage reads (``current``) and trains its successors."""
+
+    def __init__(self, settings: TriageConfig, store: Corrections, metrics: Metrics):
+        self.settings = settings
+        self.current: UrgencyModel | None = None
+        self._store = store
+        self._metrics = metrics
+        self._again = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def install(self, model: UrgencyModel | None, settings: TriageConfig) -> None:
+        self.current, self.settings = model, settings
+        if model is not None:
+            self._metrics.model_examples.set(model.trained_on)
+            self._metrics.model_trained.set(time.time())
+            log.info("urgency model trained", extra={"examples": model.trained_on})
+
+    async def train(self, settings: TriageConfig) -> UrgencyModel | None:
+        """Train for ``settings`` off the event loop; raises ``ModelError`` on a broken corpus."""
+        return await asyncio.to_thread(trained, settings, self._store)
+
+    def learn(self) -> None:
+        """A correction arrived (in a store thread): train again soon, once for any number of
+        corrections meanwhile."""
+        self._loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        self._again.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._relearn(), name="relearn")
+
+    async def _relearn(self) -> None:
+        while self._again.is_set():
+            self._again.clear()
+            settings = self.settings
+            try:
+                model = await self.train(settings)
+            except Exception:  # the running model keeps triaging; the next correction tries again
+                log.exception("urgency model not retrained; keeping the running one")
+                return
+            if settings is self.settings:
+                self.install(model, settings)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,157 @@
+"""The learned urgency model: training, prediction, explanations, the corpus files it reads, and
+the rule condition that turns its probabilities into points."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mailpipe.message import parse
+from mailpipe.triage import corpus, rules
+from mailpipe.triage.context import Context
+from mailpipe.triage.model import Example, ModelError, UrgencyModel, train
+from mailpipe.triage.score import evaluate
+
+NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
+
+SMALL = [
+    ("critical", "全ての配信が止まっています。顧客全員に届いていません。"),
+    ("critical", "顧客リストが全て消えてしまいました。"),
+    ("critical", "All our subscribers are gone, the list is empty."),
+    ("critical", "Every API call returns HTTP 500 for all our users."),
+    ("high", "請求が二重になっています。返金してください。"),
+    ("high", "ログインできません。今日の配信ができません。"),
+    ("high", "I was charged twice this month, please refund."),
+    ("high", "I cannot log in and my campaign is blocked."),
+    ("normal", "SPFレコードの設定方法を教えてください。"),
+    ("normal", "配信予約のやり方を教えてください。"),
+    ("normal", "How do I set up DKIM for my domain?"),
+    ("normal", "How do I export my list as CSV?"),
+    ("low", "いつもありがとうございます。返信は不要です。"),
+    ("low", "ご対応ありがとうございました。解決しました。"),
+    ("low", "Thanks a lot, all fixed. No reply needed."),
+    ("low", "Thank you for the quick help, great service."),
+]
+
+
+@pytest.fixture(scope="module")
+def small_model() -> UrgencyModel:
+    return train([Example(text, level) for level, text in SMALL], rules.LEVELS)
+
+
+def test_a_model_trained_on_labelled_mail_gives_each_level_a_probability(small_model: UrgencyModel) -> None:
+    prediction = small_model.predict("顧客リストが消えました")
+    assert set(prediction.probabilities) == set(rules.LEVELS)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
+    assert prediction.level == "critical"
+
+
+def test_the_model_reads_wording_it_was_not_trained_on_by_its_pieces(small_model: UrgencyModel) -> None:
+    assert small_model.predict("Thanks, no reply needed").level == "low"
+    assert small_model.predict("設定方法を教えてください").level == "normal"
+
+
+def test_the_model_names_the_ngrams_that_weighed_most_towards_a_level(small_model: UrgencyModel) -> None:
+    reasons = small_model.predict("The list is empty, all subscribers are gone").reasons(["critical"])
+    assert reasons and all(reason in "the list is empty, all subscribers are gone" for reason in reasons)
+
+
+def test_japanese_reasons_are_pieces_of_the_text_without_a_tokenizer(small_model: UrgencyModel) -> None:
+    reasons = small_model.predict("リストが全て消えてしまいました").reasons(["critical"])
+    assert reasons and all(reason in "リストが全て消えてしまいました" for reason in reasons)
+
+
+def test_text_with_no_known_ngram_falls_back_to_the_prior(small_model: UrgencyModel) -> None:
+    prediction = small_model.predict("§§§")
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
+    assert prediction.reasons(["critical"]) == []
+
+
+def test_training_needs_examples_of_every_level() -> None:
+    with pytest.raises(ModelError, match="'low'"):
+        train([Example(text, level) for level, text in SMALL if level != "low"], rules.LEVELS)
+
+
+def test_the_prediction_matches_scikit_learns_own(small_model: UrgencyModel) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from mailpipe.triage.model import features
+
+    texts = [text for _, text in SMALL]
+    vectorizer = TfidfVectorizer(analyzer=lambda terms: terms, min_df=2, sublinear_tf=True)
+    classifier = LogisticRegression(C=3.0, class_weight="balanced", max_iter=5000)
+    classifier.fit(vectorizer.fit_transform([features(t) for t in texts]), [level for level, _ in SMALL])
+    probe = "配信が止まっています, refund please"
+    expected = dict(zip(classifier.classes_, classifier.predict_proba(vectorizer.transform([features(probe)]))[0],
+                        strict=True))
+    assert small_model.predict(probe).probabilities == pytest.approx(expected)
+
+
+def test_the_shipped_corpus_loads_with_every_level() -> None:
+    from mailpipe.data import shipped
+
+    examples = corpus.load([shipped("rules") / "corpus"])
+    assert {example.level for example in examples} == set(rules.LEVELS)
+    assert len(examples) >= 600
+
+
+def test_corpus_entries_are_read_as_triage_reads_mail() -> None:
+    entry = {"level": "low", "subject": "Re: 障害について", "encoding": "html",
+             "body": "<p>ありがとうございました。</p><blockquote>全て消えました</blockquote>\n> 全て消えました"}
+    assert corpus.entry_document(entry) == "ありがとうございました。"
+
+
+def test_a_broken_corpus_file_is_refused_naming_file_entry_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "desk.toml").write_text('[[mail]]\nlevel = "urgent"\nsubject = "x"\nbody = "y"\n'
+                                        '[[mail]]\nlevel = "low"\nsubject = "x"\nbody = "y"\ncolour = "red"\n')
+    with pytest.raises(ModelError) as refused:
+        corpus.load([tmp_path])
+    assert any("desk.toml: mail #1: level 'urgent'" in p for p in refused.value.problems)
+    assert any("desk.toml: mail #2: unknown keys colour" in p for p in refused.value.problems)
+
+
+def _ruleset(tmp_path: Path, condition: str) -> rules.RuleSet:
+    (tmp_path / "levels.toml").write_text("[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n")
+    (tmp_path / "model.toml").write_text(f'[[rule]]\nname = "MODEL_CRITICAL"\ndescription = "model"\nscore = 12\n'
+                                         f"model = {condition}\n")
+    return rules.load(tmp_path)
+
+
+def _context(text: str, model: UrgencyModel | None) -> Context:
+    raw = f"From: a@example.org\r\nSubject: help\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+    return Context(parse(raw.encode()), NOW, model=model)
+
+
+def test_a_model_rule_fires_on_the_probability_and_shows_what_weighed(tmp_path: Path,
+                                                                       small_model: UrgencyModel) -> None:
+    ruleset = _ruleset(tmp_path, '{ level = "critical", at_least = 0.4 }')
+    verdict = evaluate(ruleset, _context("顧客リストが全て消えてしまいました", small_model))
+    assert verdict.level == "critical"
+    assert verdict.hits[0].matched.startswith("p(critical)=")
+    assert '"' in verdict.hits[0].matched
+
+
+def test_a_model_rule_on_several_levels_adds_their_probabilities(tmp_path: Path, small_model: UrgencyModel) -> None:
+    ruleset = _ruleset(tmp_path, '{ levels = ["critical", "high"], at_least = 0.5 }')
+    assert evaluate(ruleset, _context("I was charged twice, refund", small_model)).rule_names == ("MODEL_CRITICAL",)
+    assert evaluate(ruleset, _context("Thanks, no reply needed", small_model)).rule_names == ()
+
+
+def test_a_model_rule_never_fires_when_the_model_is_off(tmp_path: Path) -> None:
+    ruleset = _ruleset(tmp_path, '{ level = "critical", at_least = 0.01 }')
+    assert evaluate(ruleset, _context("顧客リストが全て消えてしまいました", None)).hits == ()
+
+
+@pytest.mark.parametrize(("condition", "reason"), [
+    ('{ level = "urgent", at_least = 0.5 }', "level 'urgent'"),
+    ('{ level = "critical", at_least = 1.5 }', "at_least must be a probability"),
+    ('{ level = "critical" }', "must be {"),
+    ('{ level = "critical", levels = ["high"], at_least = 0.5 }', "must be {"),
+])
+def test_a_malformed_model_condition_is_refused_naming_the_rule(tmp_path: Path, condition: str, reason: str) -> None:
+    with pytest.raises(rules.RulesError) as refused:
+        _ruleset(tmp_path, condition)
+    assert "rule MODEL_CRITICAL: model:" in str(refused.value) and reason in str(refused.value)
