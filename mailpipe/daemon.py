@@ -25,6 +25,7 @@ from typing import Any
 
 from mailpipe import auth, credentials, logs, lookup
 from mailpipe import config as configuration
+from mailpipe.addresses import domain_of
 from mailpipe.config import Config
 from mailpipe.data import shipped
 from mailpipe.deliver import Deliverer
@@ -145,10 +146,11 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
                     metrics, to_mailbox, acknowledger, outbound, returned, incidents, model=lambda: learner.current,
                     lead=config.desk.lead)
-    desk = Desk(config.agents, config.inbound.domains, store, Commands(store, metrics, learner.learn), to_mailbox,
-                config.inbound.hostname)
+    commands_run = Commands(store, metrics, learner.learn, config.spool_path / SUBMISSION.file)
+    desk = Desk(config.agents, config.inbound.domains, store, commands_run, to_mailbox, config.inbound.hostname)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
-                      to_mailbox, hostname, metrics, config.triage.timezone)
+                      to_mailbox, hostname, metrics, config.triage.timezone,
+                      domain_of(config.inbound.addresses[0]) if config.inbound.addresses else "")
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
     transport = Transport(config.outbound, hostname, resolver(nameservers), catalog)
     sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents,

@@ -143,3 +143,19 @@ def test_a_deferred_reply_shows_its_last_refusal_and_once_deleted_shows_deleted_
     shown = case_json(daemon)
     assert shown["replies"][0]["fate"] == "deleted" and shown["status"] == "open"
     assert "deleted" in case_text(daemon)
+
+
+def test_the_author_releases_a_held_reply_by_mail_as_the_held_note_says(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    message_id, owner, other = started_case(daemon)
+    reply_as(daemon, owner, message_id)
+    replies_at_mx(mx)
+    reply_as(daemon, other, message_id)
+    wait_until(lambda: notices(daemon, other, "H"))
+    (note,) = notices(daemon, other, "H")
+    assert "release+1@example.test" in note.get_payload(decode=True).decode()
+    submit(daemon, f"From: {other}@example.test\r\nTo: release+1@example.test\r\nSubject: Fwd: [#1] held\r\n"
+                   f"Message-ID: <release1@example.test>\r\n\r\nsend it\r\n".encode(),
+           user=other, sender=f"{other}@example.test", rcpts=("release+1@example.test",))
+    assert len(replies_at_mx(mx, 2)) == 2
+    wait_until(lambda: {r["agent"]: r["fate"] for r in case_json(daemon)["replies"]}[other] == "sent")

@@ -50,9 +50,10 @@ class ReplyWork:
 class Replies:
     def __init__(self, agents: Sequence[Agent], settings: OutboundConfig, double_reply_window: float, store: ReplyStore,
                  signer: Signer, spool: Spool, mailboxes: Deliverer, hostname: str, metrics: Metrics,
-                 timezone: str = "Asia/Tokyo", clock: Callable[[], float] = time.time):
+                 timezone: str = "Asia/Tokyo", desk_domain: str = "", clock: Callable[[], float] = time.time):
         self.settings = settings
         self.timezone = timezone
+        self.desk_domain = desk_domain  # where desk commands are addressed (release+N@)
         self.window = double_reply_window
         self.store = store
         self.signer = signer
@@ -149,10 +150,12 @@ class Replies:
         message and the held reply."""
         parsed = _parsed(work)
         case_id = work.case.id if work.case else ""
+        release = f"release+{case_id}@{self.desk_domain}" if case_id and self.desk_domain else ""
         body = (f"あなたの返信は送信を保留しました / Your reply was held, not sent.\n\n{reason}\n\n"
-                f"送信する・取りやめる場合は、キューID {work.message.id} を運用担当に伝えてください。\n"
-                f"To send it anyway or drop it, ask the desk's operator to release or delete queue id"
-                f" {work.message.id}.\n")
+                + (f"それでも送信する場合は {release} 宛てにメールを送ってください（このメモの転送でも可）。\n"
+                   f"To send it anyway, mail {release} (forwarding this note will do).\n" if release else "")
+                + f"取りやめる場合は、キューID {work.message.id} を運用担当に伝えてください。\n"
+                f"To drop it, ask the desk's operator to delete queue id {work.message.id}.\n")
         note = notice.compose(hostname=self.hostname, to=author.address, subject=f"[#{case_id}] held: {parsed.subject}",
                               body=body, message_id=f"{work.message.id}.held@{self.hostname}",
                               about=(work.answers, parsed.message_id), at=self.clock())
