@@ -1,9 +1,9 @@
 """The lead's digest: a mail to the desk's lead at set times with what needs a lead's eye.
 
 Unanswered critical and high cases with their age and owner, each agent's open load, replies
-that bounced since the last digest, and urgency corrections since then (once the store keeps
-them: issue 13). Plain UTF-8 text, Japanese or English (``desk.digest_language``), readable in
-any client; times in the desk's time zone. ``compose`` is pure but for the store reads;
+that bounced since the last digest, and agents' urgency corrections since then
+(``urgency+LEVEL@``). Plain UTF-8 text, Japanese or English (``desk.digest_language``),
+readable in any client; times in the desk's time zone. ``compose`` is pure but for the store reads;
 ``Digests.run`` is the daemon's task: at each of ``desk.digest_times`` (``HH:MM``, desk time)
 it files one digest in the lead's mailbox. The moment of the last digest is kept in the state
 directory (``digest.last``), so a restart neither repeats a digest nor forgets what "since the
@@ -34,12 +34,11 @@ _CHECK_EVERY = 20.0
 _WORDS = {
     "ja": {"subject": "[mailpipe] 本日の状況", "unanswered": "未回答の緊急・高優先度ケース", "none": "なし",
            "load": "担当者ごとの対応中ケース数", "bounced": "前回以降に届かなかった返信",
-           "corrections": "前回以降の緊急度の修正", "since": "前回", "age": "経過", "owner": "担当",
-           "later": "（緊急度の修正は記録されるようになってから表示されます）"},
+           "corrections": "前回以降の緊急度の修正", "since": "前回", "age": "経過", "owner": "担当"},
     "en": {"subject": "[mailpipe] desk digest", "unanswered": "Unanswered critical and high cases", "none": "none",
            "load": "Open cases per agent", "bounced": "Replies that bounced since the last digest",
            "corrections": "Urgency corrections since the last digest", "since": "since", "age": "age",
-           "owner": "owner", "later": "(shown once the store keeps urgency corrections)"},
+           "owner": "owner"},
 }
 
 
@@ -77,7 +76,10 @@ def compose(store: Store, config: Config, now: float, since: float) -> tuple[str
     lines += ["", f"■ {words['bounced']} ({len(bounced)})"]
     lines += [f"  #{r.case_id} {desk_time(r.at, zone)} {r.agent}: {r.detail}" for r in bounced] or [
         f"  {words['none']}"]
-    lines += ["", f"■ {words['corrections']}", f"  {words['later']}"]
+    corrections = store.corrections_since(since)
+    lines += ["", f"■ {words['corrections']} ({len(corrections)})"]
+    lines += [f"  #{c.case_id} {desk_time(c.at, zone)} {c.from_level} → {c.to_level} ({c.author})"
+              for c in corrections] or [f"  {words['none']}"]
     return f"{words['subject']} {desk_time(now, zone, '%Y-%m-%d %H:%M')}", "\n".join(lines) + "\n"
 
 

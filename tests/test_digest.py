@@ -49,6 +49,7 @@ def test_the_lead_gets_unanswered_urgent_cases_load_and_bounces_in_japanese(make
                        subject="請求書について", at=time.time())
     store.set_fate("bounced", "other@example.org: mx said 550 5.1.1 no such user", time.time(),
                    queue_id="R1")
+    store.correct_level(1, "critical", "yamada", time.time())
     store.close()
     daemon.stop()
     (daemon.state / "digest.last").write_text(f"{time.time() - 3600}\n")
@@ -59,9 +60,10 @@ def test_the_lead_gets_unanswered_urgent_cases_load_and_bounces_in_japanese(make
     (digest,) = lead_digests(daemon)
     assert text(digest["Subject"]).startswith("[mailpipe] 本日の状況 ")
     body = digest.get_payload(decode=True).decode()
-    assert "未回答の緊急・高優先度ケース (1)" in body and "#1 critical" in body
+    assert "未回答の緊急・高優先度ケース (1)" in body and "#1 critical" in body and "担当 yamada" in body
     assert "担当者ごとの対応中ケース数" in body and "yamada" in body and "suzuki" in body
     assert "前回以降に届かなかった返信 (1)" in body and "550 5.1.1 no such user" in body
+    assert "前回以降の緊急度の修正 (1)" in body and "(yamada)" in body
     assert "JST" in body
 
 
@@ -74,3 +76,4 @@ def test_the_digest_reads_in_english_by_config(tmp_path) -> None:
     assert subject.startswith("[mailpipe] desk digest ")
     assert "Unanswered critical and high cases (0)" in body and "Open cases per agent" in body
     assert "Replies that bounced since the last digest (0)" in body
+    assert "Urgency corrections since the last digest (0)" in body

@@ -18,7 +18,15 @@ import threading
 from typing import Any
 
 from mailpipe import phones
-from mailpipe.store import CaseRecord, CustomerRecord, EarlierReply, FateChange, ReplyFate, ReplyRecord
+from mailpipe.store import (
+    CaseRecord,
+    Correction,
+    CustomerRecord,
+    EarlierReply,
+    FateChange,
+    ReplyFate,
+    ReplyRecord,
+)
 
 Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks like one
 
@@ -151,6 +159,12 @@ class DeskQueries:
         return tuple(ReplyFate(*row) for row in self._conn().execute(
             f"SELECT {_FATE_COLUMNS} FROM messages WHERE direction = 'out' AND fate = 'bounced' AND fate_at >= ?"
             " ORDER BY fate_at, id", (since,)))
+
+    def corrections_since(self, since: float) -> tuple[Correction, ...]:
+        """Agents' urgency corrections since ``since``, oldest first (the lead's digest)."""
+        return tuple(Correction(*row) for row in self._conn().execute(
+            "SELECT case_id, from_level, to_level, author, at FROM corrections WHERE at >= ? ORDER BY at, id",
+            (since,)))
 
     def customers_by_phone(self, phone: str) -> tuple[CustomerRecord, ...]:
         """Customers whose phone number is ``phone`` however either was written."""
