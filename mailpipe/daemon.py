@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sqlite3
@@ -22,14 +23,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mailpipe import auth, credentials, logs
+from mailpipe import auth, credentials, logs, lookup
 from mailpipe import config as configuration
+from mailpipe.addresses import domain_of
 from mailpipe.config import Config
 from mailpipe.deliver import Deliverer
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.deliver.relay import RelayDeliverer
 from mailpipe.desk.commands import Commands
 from mailpipe.desk.route import Desk, DeskWork
+from mailpipe.digest import Digests
 from mailpipe.errors import Problems
 from mailpipe.http import StatusServer
 from mailpipe.keys import SigningKey, SigningKeyError, load_key
@@ -42,6 +45,7 @@ from mailpipe.monitors.runner import Monitors, MonitorSettings
 from mailpipe.monitors.traffic import Traffic
 from mailpipe.outbound import classify
 from mailpipe.outbound.acknowledge import Acknowledger
+from mailpipe.outbound.fates import Fates
 from mailpipe.outbound.queue import SendQueue
 from mailpipe.outbound.replies import Replies, ReplyWork
 from mailpipe.outbound.send import Transport, resolver
@@ -139,15 +143,17 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     returned = Returned(store, metrics, to_mailbox, config.inbound.hostname, config.agents,
                         config.monitors.dmarc_report_addresses, catalog, incidents)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
-                    metrics, to_mailbox, acknowledger, outbound, returned, incidents, model=lambda: learner.current)
-    desk = Desk(config.agents, config.inbound.domains, store, Commands(store, metrics, learner.learn), to_mailbox,
-                config.inbound.hostname)
+                    metrics, to_mailbox, acknowledger, outbound, returned, incidents, model=lambda: learner.current,
+                    lead=config.desk.lead)
+    commands_run = Commands(store, metrics, learner.learn, config.spool_path / SUBMISSION.file)
+    desk = Desk(config.agents, config.inbound.domains, store, commands_run, to_mailbox, config.inbound.hostname)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
-                      to_mailbox, hostname, metrics)
+                      to_mailbox, hostname, metrics, config.triage.timezone,
+                      domain_of(config.inbound.addresses[0]) if config.inbound.addresses else "")
     nameservers = [(ns.host, ns.port) for ns in config.auth.nameservers]
     transport = Transport(config.outbound, hostname, resolver(nameservers), catalog)
     sender = SendQueue(transport, config.outbound, config.agents, to_mailbox, hostname, metrics, traffic, incidents,
-                       sent=store)
+                       Fates(store, metrics), sent=store)
     sending = config.outbound.spool(config.spool.max_stage_failures)
     inbound: Route[Work] = Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count,
                                  triage.summary)
@@ -224,7 +230,8 @@ class Daemon:
             self._workers = {queue.name: Worker(queue.name, self._spools[queue.spool], built[queue.name], self._metrics)
                              for queue in QUEUES}
             status = StatusServer(config.metrics.listen.host, config.metrics.listen.port, self._metrics,
-                                  self._health)
+                                  self._health, functools.partial(lookup.caller, store, config.agents),
+                                  config.desk.lookup_token)
             for listener in self._listeners.values():
                 await listener.start()
             await status.start()
@@ -234,7 +241,9 @@ class Daemon:
             background += [asyncio.create_task(self._export_stats(), name="stats"),
                            asyncio.create_task(self._monitors.run(), name="monitors"),
                            asyncio.create_task(self._prober.run(), name="probes"),
-                           asyncio.create_task(self._watchdog(), name="watchdog")]
+                           asyncio.create_task(self._watchdog(), name="watchdog"),
+                           asyncio.create_task(Digests(lambda: self.config, store,
+                                                       lambda: deliverer(self.config)).run(), name="digest")]
             self._install_signals()
             self._notifier.ready(self._status_line(config))
             log.info("ready", extra={"config": config.source, "state": str(config.state_path)})

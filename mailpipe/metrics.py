@@ -92,9 +92,17 @@ class Metrics:
         self.outbound_dsns = Counter("mailpipe_outbound_dsns", "Delivery status notifications sent to agents, by "
                                      "action (failed).", ["action"], registry=r)
         self.first_response_seconds = Histogram(
-            "mailpipe_case_first_response_seconds", "Time from a case opening to its first reply, by urgency level.",
+            "mailpipe_case_first_response_seconds", "Time from a case opening to its first reply accepted by the "
+            "customer's side, by urgency level.",
             ["level"], buckets=_RESPONSE_BUCKETS, registry=r)
         self.replies_held = Counter("mailpipe_replies_held", "Replies held by the double-reply guard.", registry=r)
+        self.assignment_fallbacks = Counter(
+            "mailpipe_assignment_fallbacks", "Assignments that fell back because nobody was on duty where they "
+            "should go, by kind (escalation: to the lead, an off-duty agent or nobody; cover: an away owner's mail "
+            "to the lead or left with the owner).", ["kind"], registry=r)
+        self.reply_fates = Counter(
+            "mailpipe_reply_fates", "Agents' replies in cases by what became of them (queued, held, sent: accepted "
+            "by the customer's side, deferred, bounced, deleted).", ["fate"], registry=r)
         self.submission_auth = Counter(
             "mailpipe_submission_auth", "SMTP AUTH attempts on submission by result (success, failure, locked, busy).",
             ["result"], registry=r)
@@ -177,6 +185,8 @@ class Metrics:
             self.config_reloads.labels(result)
         for result in ("success", "failure", "locked", "busy"):
             self.submission_auth.labels(result)
+        for kind in ("escalation", "cover"):
+            self.assignment_fallbacks.labels(kind)
         for result in ("new", "duplicate", "invalid"):
             self.dmarc_reports.labels(result)
         for level in ("critical", "high", "normal", "low"):

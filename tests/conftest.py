@@ -187,11 +187,18 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while True:
             files = sorted(self.state.glob("mailboxes/*/new/*")) + sorted(self.state.glob("mailboxes/*/cur/*"))
-            found = [m for m in (email.message_from_bytes(path.read_bytes()) for path in files)
+            found = [m for m in (mutt_view(path) for path in files)
                      if ("triage@" in (m["Message-ID"] or "")) == cards]
             if len(found) >= expect or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
+
+
+def mutt_view(path: Path) -> email.message.Message:
+    """A Maildir file as a mail client reads it: lines end in LF, or every line shows ``^M``."""
+    data = path.read_bytes()
+    assert b"\r\n" not in data, f"{path} has CRLF line endings: a mail client shows ^M"
+    return email.message_from_bytes(data)
 
 
 def base_settings(directory: Path, nameserver: str) -> dict[str, Any]:

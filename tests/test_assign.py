@@ -19,10 +19,13 @@ NIGHT = Agent("night", "Night", "night@example.test", "03-4", "support", days=("
 ROSTER = (YAMADA, SMITH, SATO)
 
 
+LEAD = Agent("lead", "Lead", "lead@example.test", "03-9", "dev", days=("sun",), hours="00:00-24:00")
+
+
 def decide(previous_owner: str = "", escalate: str | None = None, load: dict[str, int] | None = None,
-           away: frozenset[str] = frozenset(), now: datetime = TUESDAY_NOON_JST, roster=ROSTER):
+           away: frozenset[str] = frozenset(), now: datetime = TUESDAY_NOON_JST, roster=ROSTER, lead: str = ""):
     return assign(roster, previous_owner=previous_owner, escalate=escalate, load=load or {}, away=away, now=now,
-                  desk=DESK)
+                  desk=DESK, lead=lead)
 
 
 def test_a_new_customer_goes_to_the_least_loaded_support_agent() -> None:
@@ -69,8 +72,45 @@ def test_escalation_assigns_the_tier_as_well_and_keeps_the_customer_facing_owner
     assert decision.reasons[-1][:2] == ("sato", "escalation")
 
 
-def test_escalation_to_a_tier_nobody_belongs_to_assigns_nobody_else() -> None:
-    assert decide(escalate="dev").escalation is None
+def test_escalation_to_a_tier_nobody_belongs_to_assigns_nobody_else_and_says_so() -> None:
+    decision = decide(previous_owner="yamada", escalate="dev")
+    assert decision.escalation is None
+    assert decision.reasons[-1] == ("yamada", "fallback", "FALLBACK: rule escalates to dev but no agent is in tier"
+                                    " dev and desk.lead is not set: nobody gets a copy")
+
+
+def test_an_escalation_with_nobody_of_the_tier_on_duty_falls_back_to_the_lead_on_duty() -> None:
+    decision = decide(previous_owner="yamada", escalate="tech", now=SUNDAY_NOON_JST, roster=(*ROSTER, LEAD),
+                      lead="lead")
+    assert decision.escalation == LEAD and LEAD in decision.recipients
+    assert decision.reasons[-1] == ("lead", "escalation", "FALLBACK: rule escalates to tech but no agent of tier"
+                                    " tech is on duty; the lead on duty")
+
+
+def test_without_a_lead_on_duty_an_escalation_goes_to_the_tier_off_duty_and_says_so() -> None:
+    decision = decide(previous_owner="yamada", escalate="tech", now=SUNDAY_NOON_JST)
+    assert decision.escalation == SATO
+    assert decision.reasons[-1][2].startswith("FALLBACK: rule escalates to tech but no agent of tier tech is on duty")
+
+
+def test_an_escalation_to_an_empty_tier_goes_to_the_lead_even_off_duty() -> None:
+    decision = decide(previous_owner="yamada", escalate="dev", lead="smith", now=SUNDAY_NOON_JST)
+    assert decision.escalation == SMITH
+    assert decision.reasons[-1][2].endswith("no agent is in tier dev; the lead, off duty")
+
+
+def test_an_away_owner_with_no_teammate_on_duty_falls_back_to_the_lead_on_duty() -> None:
+    decision = decide(previous_owner="yamada", away=frozenset({"yamada"}), now=SUNDAY_NOON_JST,
+                      roster=(*ROSTER, LEAD), lead="lead")
+    assert decision.handler == LEAD and decision.recipients == (LEAD,)
+    assert decision.reasons[-1][2].startswith("FALLBACK: owner yamada is away and no teammate of tier support")
+
+
+def test_an_away_owner_with_nobody_on_duty_keeps_the_mail_and_the_reason_says_so() -> None:
+    decision = decide(previous_owner="yamada", away=frozenset({"yamada"}), now=SUNDAY_NOON_JST)
+    assert decision.handler == YAMADA
+    assert decision.reasons[-1] == ("yamada", "handler", "FALLBACK: owner yamada is away, no teammate of tier"
+                                    " support and no lead on duty; stays with the owner")
 
 
 def test_an_owner_who_left_the_roster_is_replaced() -> None:

@@ -73,11 +73,14 @@ def test_maildir_delivery_recognises_a_copy_the_agent_has_already_read(tmp_path:
     assert len(list((tmp_path / "yamada" / "cur").iterdir())) == 1
 
 
-def test_maildir_files_start_with_return_path_and_keep_the_content_byte_for_byte(tmp_path: Path) -> None:
-    content = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=abc\r\nSubject: x\r\n\r\n\xe3\x81\x82 body \r\n"
+def test_maildir_files_start_with_return_path_and_keep_every_line_byte_for_byte_ending_in_lf(
+        tmp_path: Path) -> None:
+    content = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=abc\r\nSubject: x\r\n\r\n\xe3\x81\x82 body \r\nlone\rcr\r\n"
     asyncio.run(MaildirDeliverer(tmp_path).deliver(AGENT, [(message("Q3"), content)]))
     (delivered,) = (tmp_path / "yamada" / "new").iterdir()
-    assert delivered.read_bytes() == b"Return-Path: <customer@example.org>\r\n" + content
+    assert delivered.read_bytes() == (b"Return-Path: <customer@example.org>\n"
+                                      b"DKIM-Signature: v=1; a=rsa-sha256;\n b=abc\nSubject: x\n\n\xe3\x81\x82 body \n"
+                                      b"lone\rcr\n")
 
 
 def test_a_message_that_crashes_a_stage_is_quarantined_and_does_not_block_the_queue(tmp_path: Path) -> None:

@@ -210,9 +210,9 @@ def test_the_reply_marks_the_case_answered_with_its_first_response_time(desk, mx
 
 def test_the_customer_gets_an_acknowledgement_naming_the_case_owner_and_phone(desk, mx, dns_server) -> None:
     daemon = desk()
-    _, case = start_case(daemon)
-    (original,) = daemon.delivered()
-    level = str(original["X-Mailpipe-Urgency"]).split()[0]  # the rules decide it, and may be retuned
+    customer_writes(daemon)
+    (original,) = delivered_to_owner(daemon)
+    case, level = case_of(original), original["X-Mailpipe-Urgency"].split()[0]
     (ack,) = mx.wait()
     assert ack.mail_from == "<>" and ack.rcpt_tos == (CUSTOMER,)
     parsed = parse(ack.data)
@@ -263,6 +263,20 @@ def test_a_wrong_password_is_refused_and_repeated_failures_lock_the_login_out(de
     assert [auth_plain(daemon, "yamada", "wrong password!") for _ in range(3)] == [535, 535, 535]
     assert auth_plain(daemon, "yamada", PASSWORD) == 454
     assert auth_plain(daemon, "smith", PASSWORD) == 454  # the client address is locked out too
+
+
+def test_one_wrong_password_through_smtplibs_login_counts_once_toward_the_lockout(desk) -> None:
+    daemon = desk({"submission": {"max_auth_failures": 2}})
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.ehlo()
+        assert "PLAIN" in client.esmtp_features["auth"] and "LOGIN" in client.esmtp_features["auth"]
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("yamada", "wrong password!")  # tries PLAIN, then LOGIN
+    assert auth_plain(daemon, "yamada", PASSWORD) == 235
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client, pytest.raises(smtplib.SMTPAuthenticationError):
+        client.login("yamada", "wrong password!")
+    assert auth_plain(daemon, "yamada", "another wrong one") == 535
+    assert auth_plain(daemon, "yamada", PASSWORD) == 454
 
 
 def test_the_lockout_counts_an_agent_once_whatever_login_it_is_given_as(desk) -> None:

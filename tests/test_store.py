@@ -183,17 +183,50 @@ def test_the_open_load_counts_a_case_once_per_agent_in_any_of_its_roles(store) -
     assert store.open_load() == {"yamada": 1, "smith": 1, "sato": 1}
 
 
-def test_a_reply_answers_its_case_once_and_sets_the_first_response_time(store: SQLiteStore) -> None:
+def test_a_reply_answers_its_case_only_once_the_customers_side_accepts_it(store: SQLiteStore) -> None:
     record(store, "Q1", at=1000.0)
-    first = store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x",
-                               subject="s", at=1600.0)
+    queued = store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x",
+                                subject="s", at=1600.0)
     again = store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x",
                                subject="s", at=1600.0)
-    later = store.record_reply(queue_id="R2", case_id=1, agent="smith", message_id="r2@x", answers="Q1@x",
-                               subject="s", at=1700.0)
-    assert (first.first_response, first.case.status, first.case.first_response_at) == (True, "answered", 1600.0)
-    assert (again.already_recorded, again.first_response) == (True, False)
-    assert (later.first_response, later.case.first_response_at) == (False, 1600.0)
+    assert (queued.case.status, queued.case.first_response_at, again.already_recorded) == ("open", None, True)
+    sent = store.set_fate("sent", "accepted by mx.example.org (250)", 1700.0, queue_id="R1")
+    repeat = store.set_fate("sent", "accepted by mx.example.org (250)", 1700.0, queue_id="R1")
+    assert (sent.changed, sent.first_response, sent.case.status, sent.case.first_response_at) == (
+        True, True, "answered", 1700.0)
+    assert (repeat.changed, repeat.first_response) == (False, False)
+    assert [(f.fate, f.detail) for f in store.reply_fates(1)] == [("sent", "accepted by mx.example.org (250)")]
+
+
+def test_a_bounced_reply_opens_its_answered_case_again(store: SQLiteStore) -> None:
+    record(store, "Q1", at=1000.0)
+    store.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q1@x", subject="s",
+                       at=1600.0)
+    store.set_fate("sent", "accepted by mx.example.org (250)", 1700.0, queue_id="R1")
+    bounced = store.set_fate("bounced", "550 5.1.1 no such user", 1800.0, message_id="r1@x")
+    assert (bounced.reopened, bounced.case.status, bounced.fate.fate) == (True, "open", "bounced")
+    assert store.set_fate("deferred", "451 later", 1900.0, queue_id="R1").changed is False
+    assert [f.queue_id for f in store.bounced_since(1750.0)] == ["R1"]
+    assert store.set_fate("sent", "x", 1.0, queue_id="UNKNOWN") is None
+
+
+def test_a_held_reply_is_kept_with_its_reason_and_queued_once_released(store: SQLiteStore) -> None:
+    record(store, "Q1", at=1000.0)
+    store.record_reply(queue_id="R1", case_id=1, agent="smith", message_id="", answers="Q1@x", subject="s",
+                       at=1600.0, fate="held", detail="double reply")
+    assert store.earlier_reply(1, "Q1@x", other_than="yamada", since=0.0, queue_id="R2") is None
+    store.record_reply(queue_id="R1", case_id=1, agent="smith", message_id="r1@x", answers="Q1@x", subject="s",
+                       at=1600.0)
+    (reply,) = store.reply_fates(1)
+    assert (reply.fate, reply.message_id) == ("queued", "r1@x")
+
+
+def test_customers_are_found_by_phone_however_the_number_is_written(store: SQLiteStore) -> None:
+    store.upsert_customer("a@example.org", phone="03-1234-5678")
+    store.upsert_customer("b@example.org", phone="+1 415 555 0100")
+    for spelling in ("03-1234-5678", "+81 3 1234 5678", "0312345678", "０３－１２３４－５６７８"):
+        assert [c.address for c in store.customers_by_phone(spelling)] == ["a@example.org"]
+    assert store.customers_by_phone("not a phone") == ()
 
 
 def test_an_earlier_reply_by_another_agent_to_the_same_message_is_found(store: SQLiteStore) -> None:
@@ -251,7 +284,8 @@ def test_a_sqlite_store_moves_to_postgresql_without_losing_anything(tmp_path: Pa
     record(source, "Q2", case_id=1, at=2000.0)
     source.upsert_customer("c@example.org", vip=True, notes="決裁者")
     source.record_reply(queue_id="R1", case_id=1, agent="yamada", message_id="r1@x", answers="Q2@x", subject="s",
-                        at=2100.0)
+                        at=2000.0)
+    source.set_fate("sent", "accepted by mx.example.org (250)", 2100.0, queue_id="R1")
     source.set_password("yamada", "$scrypt$x", 1.0)
     source.correct_level(1, "high", "yamada", 2200.0, document="全て消えました")
     rows = list(source.dump())

@@ -15,7 +15,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Daemon, merge
+from tests.conftest import Daemon, merge, mutt_view
 
 TECH = {"id": "sato", "name": "佐藤 次郎", "address": "sato@example.test", "phone": "03-9999-0000", "tier": "tech",
         "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "hours": "00:00-24:00"}
@@ -55,7 +55,7 @@ def mailbox(daemon: Daemon, agent: str, expect: int = 1, cards: bool = False) ->
 
 def _files(daemon: Daemon, agent: str, cards: bool) -> list[email.message.Message]:
     paths = sorted(daemon.mailbox(agent).glob("new/*")) + sorted(daemon.mailbox(agent).glob("cur/*"))
-    messages = [email.message_from_bytes(p.read_bytes()) for p in paths]
+    messages = [mutt_view(p) for p in paths]
     return [m for m in messages if ("triage@" in (m["Message-ID"] or "")) == cards]
 
 
@@ -105,7 +105,7 @@ def test_a_reply_with_the_case_token_joins_the_case_and_its_owner(make_daemon) -
     second = daemon.delivered(expect=2)[1]
     assert second["X-Mailpipe-Case"] == "1"
     assert text(second["X-Mailpipe-Owner"]) == text(first["X-Mailpipe-Owner"])
-    assert text(second["Subject"]).startswith("[HIGH][#1] ")
+    assert text(second["Subject"]) == "[HIGH] Re: [#1] ログインできません"
 
 
 def test_a_reply_by_in_reply_to_joins_the_case(make_daemon) -> None:
@@ -195,19 +195,22 @@ def _deliver_signed(daemon: Daemon, signed: bytes) -> bytes:
     return path.read_bytes()
 
 
-def test_the_original_body_is_untouched_so_the_senders_dkim_signature_verifies(make_daemon) -> None:
+def test_the_original_body_is_untouched_but_for_lf_line_ends_so_the_senders_dkim_signature_verifies(
+        make_daemon) -> None:
     daemon = make_daemon({**ROSTER, "triage": {"subject_tags": False}})
     signed, record = _signed("Account question")
     delivered = _deliver_signed(daemon, signed)
-    assert delivered.endswith(signed.split(b"\r\n\r\n", 1)[1])
+    assert b"\r" not in delivered
+    assert delivered.endswith(signed.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n"))
     assert dkim.verify(delivered, dnsfunc=lambda name, timeout=5: record)
+    assert dkim.verify(delivered.replace(b"\n", b"\r\n"), dnsfunc=lambda name, timeout=5: record)
 
 
 def test_subject_tags_alter_a_signed_header_so_the_signature_no_longer_verifies(make_daemon) -> None:
     daemon = make_daemon(ROSTER)
     signed, record = _signed("Account question")
     delivered = _deliver_signed(daemon, signed)
-    assert b"Please check my account.\r\n" in delivered
+    assert b"Please check my account.\n" in delivered
     assert not dkim.verify(delivered, dnsfunc=lambda name, timeout=5: record)
 
 
@@ -241,6 +244,23 @@ def test_cases_list_and_close_from_the_cli(make_daemon) -> None:
     again = subprocess.run([*cli, "list", "--open", "--config", str(daemon.config_path)], capture_output=True,
                            text=True)
     assert "#1 " not in again.stdout
+
+
+def test_the_owner_header_keeps_id_and_phone_ascii_and_encodes_the_name_as_a_word_of_its_own(make_daemon) -> None:
+    daemon = make_daemon({"agents": [ROSTER["agents"][0]]})
+    send(daemon, "Question", "How do I add a user?")
+    (delivered,) = daemon.delivered()
+    raw = delivered["X-Mailpipe-Owner"]
+    assert raw.startswith("yamada 03-1234-5678 =?utf-8?")
+    assert text(raw) == "yamada 03-1234-5678 山田 太郎"
+
+
+def test_a_followups_subject_keeps_its_re_and_gains_only_the_tag(make_daemon) -> None:
+    daemon = make_daemon(ROSTER)
+    original = send(daemon, "Question", "How do I import contacts?")
+    daemon.delivered()
+    send(daemon, "Re: Question", "And custom fields?", extra=f"In-Reply-To: <{original}>\r\n")
+    assert text(daemon.delivered(expect=2)[1]["Subject"]) == "[#1] Re: Question"
 
 
 def test_an_out_of_office_reply_is_filed_closed_and_counts_in_nobodys_load(make_daemon) -> None:

@@ -47,10 +47,11 @@ def metric(daemon: Daemon, name: str) -> float:
 
 
 def redirect(daemon: Daemon, delivered: bytes, to: str, user: str = "yamada") -> None:
-    """What a mail client's "redirect" (bounce, resend) does: the message as it is, to a new address."""
+    """What a mail client's "redirect" (bounce, resend) does: the message as it is, to a new address,
+    its Maildir file's LF line ends sent as CRLF (RFC 5321)."""
     with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
         client.login(user, PASSWORD)
-        client.sendmail(f"{user}@example.test", [to], delivered)
+        client.sendmail(f"{user}@example.test", [to], delivered.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
 
 
 def delivered_copy(daemon: Daemon) -> tuple[str, bytes]:
@@ -100,17 +101,20 @@ def test_a_customer_cannot_reach_a_desk_command(desk) -> None:
     with smtplib.SMTP("127.0.0.1", daemon.port) as client:
         client.ehlo()
         client.mail("attacker@example.org")
-        code, text = client.rcpt("urgency+critical@example.test")
-    assert code == 550 and b"5.1.1" in text
+        for command in ("urgency+critical", "note+1", "close+1", "reopen+1", "release+1"):
+            code, text = client.rcpt(f"{command}@example.test")
+            assert code == 550 and b"5.1.1" in text, command
 
 
-def test_an_unknown_level_is_refused_at_rcpt_with_the_usage(desk) -> None:
+@pytest.mark.parametrize(("address", "usage"), [("urgency+urgent", b"critical, high, normal, low"),
+                                                ("close+abc", b"N is the case number")])
+def test_a_malformed_command_is_refused_at_rcpt_with_its_usage(desk, address: str, usage: bytes) -> None:
     daemon = desk()
     with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
         client.login("yamada", PASSWORD)
         client.mail("yamada@example.test")
-        code, text = client.rcpt("urgency+urgent@example.test")
-    assert code == 550 and b"critical, high, normal, low" in text
+        code, text = client.rcpt(f"{address}@example.test")
+    assert code == 550 and usage in text
 
 
 def test_a_desk_command_does_not_ride_along_with_a_reply(desk) -> None:

@@ -8,8 +8,10 @@
     mailpipe rules eval [LABELLED...] [--folds K] [--json]   precision and recall: rules, model, both
     mailpipe learn --level LEVEL CASE-ID|FILE...   correct a case's urgency, or teach saved messages
     mailpipe customers import FILE.csv      create or update customers (address,name,company,plan,vip,phone,notes)
-    mailpipe customers show ADDRESS         profile and case history
+    mailpipe customers show ADDRESS|PHONE   profile and case history; by phone: who is calling
     mailpipe cases list [--open] [--json]   cases, newest first
+    mailpipe cases show ID [--json]         a case's timeline: messages, replies with their fates, notes
+    mailpipe cases note ID TEXT --by AGENT  a note on a case (a phone call)
     mailpipe cases close ID... | reopen ID...
     mailpipe agents list [--json]           roster: tier, phone, on duty now, open cases
     mailpipe agents away ID | back ID       take an agent out of (or back into) assignment
@@ -59,6 +61,7 @@ from mailpipe import __version__
 from mailpipe import config as configuration
 from mailpipe.cli import deliverability, desk, manual, queue, replies, rules, store, urgency
 from mailpipe.cli.common import SERVICE_USER, Commands, complain
+from mailpipe.config import desk as desk_config
 from mailpipe.errors import Problems
 from mailpipe.outbound import classify
 from mailpipe.store import StoreError, StoreUnavailable
@@ -167,6 +170,9 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{loaded.source}: ok ({len(loaded.agents)} agents, inbound on {loaded.inbound.listen}, submission on "
           f"{loaded.submission.listen}, {len(ruleset.rules)} rules from {len(ruleset.sources)} files, "
           f"{len(catalog.entries)} known replies, {len(loaded.dkim)} DKIM keys, state in {loaded.state_path})")
+    tiers = tuple(sorted({rule.escalate for rule in (*ruleset.plain, *ruleset.composites) if rule.escalate}))
+    for warning in desk_config.tiers_without_agents(loaded, tiers):
+        print(f"{loaded.source}: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The support desk's commands: ``customers``, ``cases``, ``agents`` and ``stamp``.
 
-Customers are imported from CSV and shown with their cases; cases are listed, told as a
-timeline and closed or reopened; agents are listed with duty and load, marked away or back, and
+Customers are imported from CSV and shown with their cases, by address or by phone number (who
+is calling); cases are listed, told as a timeline (with each reply's fate and the notes), given
+a note (a phone call) and closed or reopened; agents are listed with duty and load, marked away or back, and
 given their submission password; ``stamp`` previews an agent's reply as the customer gets it.
 All of them read and write the daemon's store, with or without a running daemon.
 """
@@ -13,18 +14,19 @@ import getpass
 import json
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mailpipe import config as configuration
-from mailpipe import credentials
+from mailpipe import credentials, lookup, phones
 from mailpipe.addresses import syntax_problem
 from mailpipe.cli import customers_csv
 from mailpipe.cli.common import Commands, complain, json_line, local, opened_store, shown
 from mailpipe.message import parse
 from mailpipe.outbound.stamp import render, stamp
 from mailpipe.triage.hours import on_duty
-from mailpipe.triage.render import customer_line
+from mailpipe.triage.render import customer_line, fate_line
 
 
 def customers(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -32,8 +34,10 @@ def customers(commands: Commands, common: argparse.ArgumentParser) -> None:
     importing = customers.add_parser("import", parents=[common], help="create or update customers from CSV")
     importing.add_argument("file", type=Path)
     importing.set_defaults(run=_customers_import)
-    showing = customers.add_parser("show", parents=[common], help="a customer's profile and cases")
-    showing.add_argument("address")
+    showing = customers.add_parser("show", parents=[common],
+                                   help="a customer's profile and cases, by address or phone number")
+    showing.add_argument("address", metavar="ADDRESS|PHONE",
+                         help="mail address, or phone number in any spelling (03-1234-5678, +81 3 1234 5678)")
     showing.add_argument("--json", action="store_true")
     showing.set_defaults(run=_customers_show)
 
@@ -76,6 +80,8 @@ def _customers_import(args: argparse.Namespace) -> int:
 
 
 def _customers_show(args: argparse.Namespace) -> int:
+    if phones.looks_like_phone(args.address):
+        return _customers_by_phone(args)
     loaded = configuration.load(args.config)
     with opened_store(loaded) as store:
         profile = store.profile(args.address, time.time())
@@ -98,6 +104,33 @@ def _customers_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _customers_by_phone(args: argparse.Namespace) -> int:
+    """Who is calling: each customer with that number, owner with phone, open cases, last note."""
+    loaded = configuration.load(args.config)
+    with opened_store(loaded) as store:
+        found = lookup.caller(store, loaded.agents, args.address)
+    if not found["customers"]:
+        complain(f"customers: {args.address}: no customer with phone number {found['phone']}")
+        return 1
+    if args.json:
+        json_line(found)
+        return 0
+    for customer in found["customers"]:
+        owner = customer["owner"]
+        print(f"Customer: {customer['address']}  {customer['name']}  {customer['company']}"
+              + ("  VIP" if customer["vip"] else ""))
+        print(f"Phone:    {customer['phone']} ({found['phone']})")
+        print(f"Owner:    {owner['id']} {owner['name']} {owner['phone']}" if owner else "Owner:    none yet")
+        print(f"Open cases ({len(customer['open_cases'])}):" if customer["open_cases"] else "Open cases: none")
+        for case in customer["open_cases"]:
+            print(f"  #{case['id']:<6} {local(case['opened_at'])} {case['level']:<8} {case['status']:<9}"
+                  f" {case['subject']}")
+        note = customer["last_note"]
+        if note:
+            print(f"Last note: #{note['case']} {local(note['at'])} {note['kind']}: {note['text']}")
+    return 0
+
+
 def cases(commands: Commands, common: argparse.ArgumentParser) -> None:
     cases = commands.add_parser("cases", help="support cases").add_subparsers(metavar="ACTION")
     listing_cases = cases.add_parser("list", parents=[common], help="cases, newest first")
@@ -109,6 +142,12 @@ def cases(commands: Commands, common: argparse.ArgumentParser) -> None:
     showing_case.add_argument("id", type=int)
     showing_case.add_argument("--json", action="store_true")
     showing_case.set_defaults(run=_cases_show)
+    noting = cases.add_parser("note", parents=[common], help="add a note to a case (a call: who, what was agreed)")
+    noting.add_argument("id", type=int)
+    noting.add_argument("text")
+    noting.add_argument("--by", required=True, metavar="AGENT_ID", help="the agent who writes it")
+    noting.add_argument("--kind", default="call", help="call (default), visit, internal, …")
+    noting.set_defaults(run=_cases_note)
     for name, status in (("close", "closed"), ("reopen", "open")):
         command = cases.add_parser(name, parents=[common], help=f"mark cases {status}")
         command.add_argument("ids", nargs="+", type=int, metavar="ID")
@@ -133,6 +172,7 @@ def _cases_list(args: argparse.Namespace) -> int:
 
 def _cases_show(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
+    zone = loaded.triage.timezone
     with opened_store(loaded) as store:
         case = store.case(args.id)
         if case is None:
@@ -140,11 +180,13 @@ def _cases_show(args: argparse.Namespace) -> int:
             return 1
         customer = store.customer_of(case.id)
         messages, assignments = store.case_messages(case.id), store.case_assignments(case.id)
-        notes = store.case_notes(case.id)
+        notes, fates = store.case_notes(case.id), store.reply_fates(case.id)
+        corrections = store.case_corrections(case.id)
     if args.json:
         print(json.dumps({**case.__dict__, "customer": customer.__dict__ if customer else None,
                           "messages": [m.__dict__ for m in messages], "assignments": [a.__dict__ for a in assignments],
-                          "notes": [n.__dict__ for n in notes]}, ensure_ascii=False))
+                          "notes": [n.__dict__ for n in notes], "replies": [f.__dict__ for f in fates],
+                          "corrections": [c.__dict__ for c in corrections]}, ensure_ascii=False))
         return 0
     print(shown(f"Case #{case.id}: {case.status}, {case.level} {case.score:g} — {case.subject}"))
     if customer is not None:
@@ -152,13 +194,27 @@ def _cases_show(args: argparse.Namespace) -> int:
     print(f"Owner:    {case.owner}" + (f" (escalated to {case.escalated_to})" if case.escalated_to else ""))
     if case.first_response_at is not None:
         print(f"First response after {(case.first_response_at - case.opened_at) / 60:.0f} min")
-    timeline = [(m.at, 0 if m.direction == "in" else 2,
-                 f"{'in':<10} {m.level} {m.score:g}  {m.subject}" + (f"  [{m.rules}]" if m.rules else "")
-                 if m.direction == "in" else f"{'out':<10} {m.agent}  {m.subject}") for m in messages]
+    timeline = [(m.at, 0, f"{'in':<10} {m.level} {m.score:g}  {m.subject}" + (f"  [{m.rules}]" if m.rules else ""))
+                for m in messages if m.direction == "in"]
+    timeline += [(f.written, 2, f"{'out':<10} {f.agent}  {f.subject}  — {fate_line(f, zone)}") for f in fates]
     timeline += [(a.at, 1, f"{a.role:<10} {a.agent}: {a.reason}") for a in assignments]
     timeline += [(n.at, 3, f"{'note':<10} {n.kind}: {n.text}") for n in notes]
+    timeline += [(c.at, 4, f"{'urgency':<10} {c.from_level} -> {c.to_level} by {c.author}") for c in corrections]
     for at, _, line in sorted(timeline, key=lambda entry: entry[:2]):
-        print(shown(f"  {local(at, loaded.triage.timezone)}  {line}"))
+        print(shown(f"  {local(at, zone)}  {line}"))
+    return 0
+
+
+def _cases_note(args: argparse.Namespace) -> int:
+    loaded = configuration.load(args.config)
+    if _unknown_agent(loaded, args.by):
+        return 1
+    with opened_store(loaded) as store:
+        if store.case(args.id) is None:
+            complain(f"cases: #{args.id}: not found")
+            return 1
+        store.add_case_note(args.id, args.kind, f"{args.text} ({args.by})", f"note-{uuid.uuid4().hex}", time.time())
+    print(f"mailpipe: cases: #{args.id}: {args.kind} note added")
     return 0
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from mailpipe import config as configuration
 from mailpipe import spool
-from mailpipe.cli.common import Commands, StateNotFound, complain, json_line, local, shown, shown_bytes
+from mailpipe.cli.common import Commands, StateNotFound, complain, json_line, local, opened_store, shown, shown_bytes
 from mailpipe.queues import spool_files
+from mailpipe.store.desk import reply_queue_id
 
 
 def queue(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -152,12 +153,22 @@ def _queue_change(args: argparse.Namespace) -> int:
             conn.execute("BEGIN IMMEDIATE")
             changed.update(qid for qid in ids if action(conn, qid))
             conn.execute("COMMIT")
+    if args.verb == "delete" and changed:
+        _replies_deleted(args, changed)
     for qid in sorted(changed):
         print(f"mailpipe: queue: {qid}: {args.verb}")
     missing = sorted(wanted - changed - {"ALL"})
     for qid in missing:
         complain(f"queue: {qid}: not found or not in a state to {args.verb}")
     return 1 if missing else 0
+
+
+def _replies_deleted(args: argparse.Namespace, deleted: set[str]) -> None:
+    """An agent's reply deleted from the queue shows as deleted on its case, never as sent."""
+    with opened_store(configuration.load(args.config)) as store:
+        for qid in deleted:
+            store.set_fate("deleted", "deleted from the queue by an operator", time.time(),
+                           queue_id=reply_queue_id(qid))
 
 
 EXAMPLES = {

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailpipe.config.convert import Bytes, Endpoint, Seconds, convert
+from mailpipe.config.desk import DeskConfig
 from mailpipe.config.seeds import Seed
 from mailpipe.data import shipped
 from mailpipe.errors import Problems
@@ -249,6 +250,7 @@ class Config:
     dkim: tuple[DkimKey, ...]
     monitors: MonitorsConfig
     store: StoreConfig
+    desk: DeskConfig
     agents: tuple[Agent, ...]
     source: str = field(default=EMBEDDED, compare=False)
 

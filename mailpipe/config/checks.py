@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.addresses import syntax_problem
-from mailpipe.config import seeds
+from mailpipe.config import desk, seeds
 from mailpipe.keys import SigningKeyError, load_key
 from mailpipe.outbound.stamp import unknown_placeholders
 
@@ -35,7 +35,7 @@ Rule = Callable[["Config", str], Iterator[str]]
 
 def check(config: Config, source: str, readable_by: str | None = None) -> list[str]:
     problems: list[str] = []
-    rules: list[Rule] = [_agents, _addresses, _tls, _schedules, _retries, _store, _monitors, _footers]
+    rules: list[Rule] = [_agents, _addresses, _tls, _schedules, _retries, _store, _monitors, _footers, _desk]
     rules.append(lambda c, s: _files(c, s, readable_by))
     for rule in rules:
         try:
@@ -184,6 +184,10 @@ def _monitors(config: Config, source: str) -> Iterator[str]:
             ipaddress.ip_address(ip)
         except ValueError:
             yield f"{source}: monitors.sending_ips[{index}]: {ip!r} is not an IP address"
+
+
+def _desk(config: Config, source: str) -> Iterator[str]:
+    yield from desk.check(config, source)
 
 
 def _footers(config: Config, source: str) -> Iterator[str]:

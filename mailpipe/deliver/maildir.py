@@ -5,6 +5,12 @@ delivered again after a crash (delivered, but the spool never heard) finds its e
 ``new/`` or, once the agent's client has seen it, in ``cur/`` with flags, and is not written
 twice. Write to ``tmp/``, fsync, rename into ``new/``, fsync the directory: the order the
 Maildir specification and a crash both require.
+
+A Maildir file holds a message in the local text convention, lines ending in LF, as Postfix's
+``local`` and Dovecot's LDA write it: mail clients reading the file (mutt, Thunderbird's Maildir
+store) show a CRLF file with ``^M`` on every line. Only the line endings change (``unix_lines``):
+the bytes of every line stay as received, so DKIM signatures still verify (verifiers and IMAP
+servers put the CRLF back, RFC 5322 section 2.3).
 """
 
 from __future__ import annotations
@@ -80,11 +86,16 @@ class MaildirDeliverer:
             return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
 
 
+def unix_lines(content: bytes) -> bytes:
+    """The message with each CRLF turned into LF; a lone CR or LF stays as it was."""
+    return content.replace(b"\r\n", b"\n")
+
+
 def _write_synced(path: Path, message: Message, content: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, f"Return-Path: <{message.entry.envelope.mail_from}>\r\n".encode("utf-8", "replace"))
-        view = memoryview(content)
+        os.write(fd, f"Return-Path: <{message.entry.envelope.mail_from}>\n".encode("utf-8", "replace"))
+        view = memoryview(unix_lines(content))
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)

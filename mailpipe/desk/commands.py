@@ -7,18 +7,25 @@ queue id (a crash between its work and the spool's delete runs it again).
     urgency+LEVEL@   the case's urgency is LEVEL (critical, high, normal, low): the case's level
                      changes, the correction is kept in its history with author and time, and
                      the urgency model learns from the customer's message at once.
+    note+N@, close+N@, reopen+N@   the case commands (``desk.cases``).
+    release+N@       the held replies of case N go out (``desk.replies``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from mailpipe.config import Agent
-from mailpipe.desk.addresses import Command, Usage
+from mailpipe.desk import cases, replies
+from mailpipe.desk.addresses import Usage
+from mailpipe.desk.cases import CaseCommands, CaseStore
+from mailpipe.desk.outcome import Outcome as Outcome
+from mailpipe.desk.outcome import Request as Request
+from mailpipe.desk.replies import HeldReplies, ReplyCommands
 from mailpipe.metrics import Metrics
-from mailpipe.store import CaseRecord, Correction
+from mailpipe.store import Correction
 from mailpipe.triage.conditions import LEVELS
 
 
@@ -27,32 +34,25 @@ class CorrectionStore(Protocol):
                       message_id: str = "", document: str | None = None) -> Correction | None: ...
 
 
-@dataclass(frozen=True)
-class Request:
-    command: Command
-    author: Agent
-    case: CaseRecord
-    message_id: str  # the customer message the command is about, when known
-    queue_id: str
-    at: float
-
-
-@dataclass(frozen=True)
-class Outcome:
-    note: str  # what the author (and the owner, when another agent) is told
-    level: str = ""  # the case's level afterwards, for the note's tag
+class Store(CorrectionStore, CaseStore, HeldReplies, Protocol):
+    """Everything the commands write."""
 
 
 @dataclass(frozen=True)
 class Commands:
-    """The commands with what they act on: the store, the metrics, and the model to retrain."""
+    """The commands with what they act on: the store, the metrics, and the model to retrain.
+    Each family of commands lives in a module of its own (urgency here, ``cases``)."""
 
-    store: CorrectionStore
+    store: Store
     metrics: Metrics
     learn: Callable[[], None]
+    spool_file: Path | None = None  # the submission queue's, for release+N@
 
     def run(self, request: Request) -> Outcome:
-        return {"urgency": self.urgency}[request.command.name](request)
+        handlers = {"urgency": self.urgency, **CaseCommands(self.store).handlers}
+        if self.spool_file is not None:
+            handlers.update(ReplyCommands(self.store, self.spool_file).handlers)
+        return handlers[request.command.name](request)  # type: ignore[operator]
 
     def urgency(self, request: Request) -> Outcome:
         level = request.command.arguments[0]
@@ -76,4 +76,6 @@ def _check_level(arguments: tuple[str, ...]) -> str | None:
 
 USAGES: dict[str, Usage] = {
     "urgency": Usage("urgency+LEVEL@ (critical, high, normal, low): correct a case's urgency", _check_level),
+    **cases.USAGES,
+    **replies.USAGES,
 }

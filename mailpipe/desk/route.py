@@ -19,7 +19,7 @@ from typing import Protocol
 from mailpipe.config import Agent
 from mailpipe.deliver import Deliverer, notice
 from mailpipe.deliver.headers import TAGS
-from mailpipe.desk import forwarded
+from mailpipe.desk import cases, forwarded
 from mailpipe.desk.addresses import Command, command_of
 from mailpipe.desk.commands import USAGES, Commands, Outcome, Request
 from mailpipe.message import ParsedMessage, parse
@@ -70,17 +70,21 @@ class Desk:
         parsed, entry = _parsed(work), work.message.entry
         if work.author is None:
             return dataclasses.replace(work, problem="the sender is not an agent on the roster")
+        commands = [c for c in (command_of(r, self._domains, USAGES) for r in entry.envelope.rcpt_tos) if c]
         about = forwarded.about(work.message.data, parsed)
-        case = self._store.case(about.case_id) if about.case_id is not None else \
+        named = next((number for c in commands if (number := cases.case_number(c.arguments)) is not None
+                      and c.name != "urgency"), None)
+        case_id = named if named is not None else about.case_id
+        case = self._store.case(case_id) if case_id is not None else \
             self._store.find_case(about.thread_ids, None, "")
         if case is None:
             return dataclasses.replace(work, problem=(
                 "どの案件か分かりません。顧客のメールかトリアージカードを転送してください。\n"
-                "Which case? Forward the customer's message or its triage card, or put [#N] in the subject."))
-        commands = [c for c in (command_of(r, self._domains, USAGES) for r in entry.envelope.rcpt_tos) if c]
+                "Which case? Forward the customer's message or its triage card, or put [#N] in the subject"
+                " (or the address: note+N@)."))
         return dataclasses.replace(work, requests=tuple(
-            Request(command, work.author, case, about.message_id, f"{work.message.id}.{index}", entry.received_at)
-            for index, command in enumerate(commands)))
+            Request(command, work.author, case, about.message_id, f"{work.message.id}.{index}", entry.received_at,
+                    parsed.new_text) for index, command in enumerate(commands)))
 
     async def run(self, work: DeskWork) -> DeskWork:
         return dataclasses.replace(work, outcomes=tuple(
@@ -97,8 +101,8 @@ class Desk:
         names = ", ".join(_shown(request.command) for request in work.requests) or "desk"
         note = notice.compose(hostname=self._hostname, to=work.author.address,
                               subject=f"{token}{names}: {parsed.base_subject or parsed.subject}", body=body,
-                              message_id=f"{work.message.id}.desk@{self._hostname}", about=parsed.message_id,
-                              at=self._clock())
+                              message_id=f"{work.message.id}.desk@{self._hostname}",
+                              about=(*reversed(parsed.thread_ids), parsed.message_id), at=self._clock())
         item = (notice.derived(work.message, "K", note), note)
         owner = self._agents.get(case.owner) if case else None
         for agent in dict.fromkeys(a for a in (work.author, owner) if a is not None):

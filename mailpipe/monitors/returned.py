@@ -4,8 +4,9 @@ The inbound queue's first stage (``triage.stages``, ``route``) hands every messa
 triage. Mail to the DMARC report addresses (rua) goes to the report parser
 (``dmarc_reports``) and into the store; a bounce of our own mail (``bounces``; its Message-ID is
 in the send queue's history in the store) is counted by provider and class with the reply
-catalog, fed to the provider incidents, noted on the case the bounced message belongs to, and
-told to the case owner; a bounce of anything else is only counted as unmatched. Either way the message is done
+catalog, fed to the provider incidents, noted on the case the bounced message belongs to (an
+agent's reply there becomes ``bounced`` and an answered case opens again), and told to the case
+owner; a bounce of anything else is only counted as unmatched. Either way the message is done
 with (``Consumed``) and never reaches agents as customer mail; anything else passes on to
 triage untouched. Reads ``monitors.dmarc_report_addresses`` (as ``report_addresses``).
 """
@@ -90,20 +91,26 @@ class Returned:
         if case is not None:
             at = message.entry.received_at
             noted = await asyncio.to_thread(self.store.add_case_note, case.id, "bounce", summary, message.id, at)
+            fate = await asyncio.to_thread(self.store.set_fate, "bounced", summary, at,
+                                           message_id=bounce.original_message_id)
+            if fate is not None and fate.changed:
+                self.metrics.reply_fates.labels("bounced").inc()
             if noted or message.entry.recovered:  # a crash may have come between note and notice
                 owner = self._by_id.get(case.owner)
                 if owner is not None:
-                    await self._tell_owner(message, owner, case.id, bounce, summary)
+                    thread = (fate.fate.answers, bounce.original_message_id) if fate else (bounce.original_message_id,)
+                    await self._tell_owner(message, owner, case.id, thread, summary)
         raise Consumed(f"bounce of {bounce.original_message_id or 'an unknown message'}"
                        f"{f' (case #{case.id})' if case else ''}: {summary}")
 
-    async def _tell_owner(self, message: Message, owner: Agent, case_id: int, bounce: bounces.Bounce,
+    async def _tell_owner(self, message: Message, owner: Agent, case_id: int, thread: tuple[str, ...],
                           summary: str) -> None:
+        """A note with the case token, threaded under the case's customer message and the reply."""
         body = (f"ケース #{case_id} のお客様宛てのメールが届きませんでした。お電話など別の手段でご連絡ください。\n"
                 f"Mail to the customer of case #{case_id} bounced; please reach them another way.\n\n"
                 + summary.replace("; ", "\n") + "\n")
         note = notice.compose(hostname=self.hostname, to=owner.address, subject=f"[#{case_id}] bounced", body=body,
-                              message_id=f"{message.id}.bounce@{self.hostname}",
-                              about=bounce.original_message_id, at=message.entry.received_at)
+                              message_id=f"{message.id}.bounce@{self.hostname}", about=thread,
+                              at=message.entry.received_at)
         bounced = notice.derived(message, "B", note)
         await self.deliverer.deliver(owner, [(bounced, note)])

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from mailpipe.deliver import headers
+from mailpipe.deliver import headers, notice
 from mailpipe.outbound.send import Reply
 
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -30,7 +30,10 @@ def status_of(reply: Reply) -> str:
 
 
 def report(*, reporting_mta: str, agent_address: str, original: bytes, failed: Mapping[str, Reply],
-           queue_id: str, arrival: float, now: float, expired: bool) -> bytes:
+           queue_id: str, arrival: float, now: float, expired: bool, case_id: int | None = None,
+           thread: Sequence[str] = ()) -> bytes:
+    """``case_id`` puts the case token in the subject; ``thread`` (the case's customer message,
+    then the undelivered reply) threads the report under the case in the agent's client."""
     boundary = f"mailpipe-dsn-{secrets.token_hex(8)}"
     original_headers, _ = headers.split(original)
     lines_ja = [f"次の宛先にメールを配信できませんでした（キューID {queue_id}）。", ""]
@@ -43,6 +46,9 @@ def report(*, reporting_mta: str, agent_address: str, original: bytes, failed: M
         lines_en += ["", "Temporary failures lasted until the message expired from the queue."]
     lines_ja += ["", "宛先が正しいかお確かめのうえ、お客様には電話など別の手段でご連絡ください。"]
     lines_en += ["", "Please check the address, and reach the customer by phone or another way."]
+    if case_id:
+        lines_ja.append(f"ケース #{case_id} は回答済みではありません（未回答に戻しました）。")
+        lines_en.append(f"Case #{case_id} does not count as answered: it is open again.")
     explanation = "\r\n".join([*lines_ja, "", *lines_en]) + "\r\n"
     per_message = [f"Reporting-MTA: dns; {reporting_mta}", f"X-Mailpipe-Queue-ID: {queue_id}",
                    f"Arrival-Date: {format_datetime(datetime.fromtimestamp(arrival, UTC))}"]
@@ -57,12 +63,13 @@ def report(*, reporting_mta: str, agent_address: str, original: bytes, failed: M
     top = [
         ("From", f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"),
         ("To", agent_address),
-        ("Subject", "配信できませんでした / Undelivered Mail Returned to Sender"),
+        ("Subject", f"{f'[#{case_id}] ' if case_id else ''}配信できませんでした / Undelivered Mail Returned to Sender"),
         ("Date", format_datetime(datetime.fromtimestamp(now, UTC))),
         ("Message-ID", f"<{queue_id}.dsn.{int(now)}@{reporting_mta}>"),
         ("Auto-Submitted", "auto-replied"),
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{boundary}"'),
+        *notice.thread_fields(thread),
     ]
     head = b"".join(headers.field(name, value) for name, value in top)
     return (head + b"\r\n" + b"This is a MIME-encapsulated delivery status notification.\r\n\r\n"

@@ -5,7 +5,10 @@ one domain. After an attempt: accepted recipients are done; a permanent refusal,
 ones that outlived ``max_lifetime``, produce one DSN to the sending agent's mailbox (null
 senders, like our automatic acknowledgements, get none: RFC 3464 2.2); recipients still
 deferred are retried alone (``PartlyDeferred``) with the worker's exponential backoff; a message
-all of whose recipients refused is done with as ``Refused`` (counted so, never as delivered). Every
+all of whose recipients refused is done with as ``Refused`` (counted so, never as delivered).
+What became of an agent's reply in a case (sent, deferred, bounced) goes on the case
+(``Fates``), and a DSN about such a reply carries the case token, threads under the case and
+goes to the case owner as well. Every
 reply is counted by provider and class, and a reply the catalog does not know from a known
 provider is logged with its full text — the earliest sign of a provider's rule change. The
 monitors that watch accepted mail and refusals are handed in (``Traffic``, ``Incidents``): the
@@ -29,9 +32,10 @@ from mailpipe.errors import Refused
 from mailpipe.metrics import Metrics
 from mailpipe.outbound import dsn
 from mailpipe.outbound.classify import ACCEPTED, CLASSES, UNKNOWN
+from mailpipe.outbound.fates import Fates
 from mailpipe.outbound.send import Attempt, Reply, Transport
 from mailpipe.spool import Message
-from mailpipe.store import SentStore
+from mailpipe.store import FateChange, SentStore
 
 log = logging.getLogger("mailpipe.outbound")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(?:\r\n[ \t]+)?<([^<>\s]+)>", re.IGNORECASE | re.MULTILINE)
@@ -52,8 +56,10 @@ class Incidents(Protocol):
 class SendQueue:
     def __init__(self, transport: Transport, settings: OutboundConfig, agents: Sequence[Agent], mailboxes: Deliverer,
                  reporting_mta: str, metrics: Metrics, traffic: Traffic, incidents: Incidents | None = None,
-                 clock: Callable[[], float] = time.time, sent: SentStore | None = None):
+                 fates: Fates | None = None, clock: Callable[[], float] = time.time,
+                 sent: SentStore | None = None):
         self.transport = transport
+        self.fates = fates
         self.sent = sent
         self.traffic = traffic
         self.incidents = incidents
@@ -84,14 +90,24 @@ class SendQueue:
                 if not reply.accepted and reply.classification is not None:
                     await asyncio.to_thread(self.incidents.observe, attempt.provider, reply.classification.klass,
                                             str(reply), recipient)
+        accepted = [reply for reply in attempt.replies.values() if reply.accepted]
         failed = {r: reply for r, reply in attempt.replies.items() if reply.permanent}
         deferred = {r: reply for r, reply in attempt.replies.items() if not reply.accepted and not reply.permanent}
         expired = bool(deferred) and self._clock() - message.entry.received_at > self.settings.max_lifetime
         if expired:
             failed.update(deferred)
             deferred = {}
+        change = None
+        if self.fates is not None:
+            if accepted:
+                change = await self.fates.record(message, "sent", f"accepted by {accepted[0].host or 'the server'}"
+                                                 f" ({accepted[0].code})")
+            if failed or deferred:
+                fate = "bounced" if failed else "deferred"
+                change = await self.fates.record(message, fate, "; ".join(
+                    f"{recipient}: {reply}" for recipient, reply in (failed or deferred).items()))
         if failed:
-            await self._report(message, failed, expired)
+            await self._report(message, failed, expired, change)
         if deferred:
             first = next(iter(deferred.values()))
             klass = first.classification.klass if first.classification else UNKNOWN
@@ -123,7 +139,10 @@ class SendQueue:
                     "queue_id": message.id, "to": recipient, "provider": attempt.provider, "class": klass,
                     "meaning": classification.meaning if classification else "", "reply": str(reply)})
 
-    async def _report(self, message: Message, failed: Mapping[str, Reply], expired: bool) -> None:
+    async def _report(self, message: Message, failed: Mapping[str, Reply], expired: bool,
+                      change: FateChange | None) -> None:
+        """A DSN to the sending agent and, for a reply in a case, a copy to the case owner:
+        with the case token, threaded under the customer's message and the reply."""
         entry = message.entry
         agent = self._agents.get(entry.envelope.submitter) or self._by_address.get(canonical(entry.envelope.mail_from))
         if agent is None or not entry.envelope.mail_from:
@@ -131,14 +150,23 @@ class SendQueue:
                         extra={"queue_id": message.id, "to": ",".join(failed), "sender": entry.envelope.mail_from})
             return
         now = self._clock()
+        case = change.case.id if change else None
+        thread = (change.fate.answers, change.fate.message_id) if change else ()
         report = dsn.report(reporting_mta=self.reporting_mta, agent_address=agent.address, original=message.data,
-                            failed=failed, queue_id=message.id, arrival=entry.received_at, now=now, expired=expired)
+                            failed=failed, queue_id=message.id, arrival=entry.received_at, now=now, expired=expired,
+                            case_id=case, thread=thread)
         # Its own id per attempt, so that a repeat of this hand-off after a crash files it once.
         returned = notice.derived(message, f"D{entry.attempts}", report)
-        await self.mailboxes.deliver(agent, [(returned, report)])
+        told = [agent]
+        owner = self._agents.get(change.case.owner) if change else None
+        if owner is not None and owner != agent:
+            told.append(owner)
+        for someone in told:
+            await self.mailboxes.deliver(someone, [(returned, report)])
         self.metrics.outbound_dsns.labels("failed").inc()
         log.warning("delivery status notification", extra={"queue_id": message.id, "agent": agent.id,
-                                                            "to": ",".join(failed), "expired": expired})
+                                                            "to": ",".join(failed), "expired": expired,
+                                                            "case": case or "", "told": ",".join(a.id for a in told)})
 
     @staticmethod
     def summary(message: Message) -> dict[str, str]:

@@ -3,11 +3,13 @@
 ``Replies.stages``: parse → thread → guard → stamp → sign. ``thread`` finds the case (the
 reply's In-Reply-To/References, or its ``[#N]`` token for one of its recipients) and the
 customer message it answers; ``guard`` holds a second answer to the same customer message by
-another agent within ``double_reply_window`` (Mail Dealer's double-reply guard) and tells its
-author why, unless an operator released it; ``stamp`` adds the case owner's name and phone
-(the author's own for mail outside any case); ``sign`` adds DKIM last. The hand-off records the
-reply in the case (answered, first response time) and moves the message, in one spool commit,
-into the ``outbound`` queue as one entry per recipient domain.
+another agent within ``double_reply_window`` (Mail Dealer's double-reply guard), records it on
+the case as ``held`` with the reason and tells its author (desk time, threaded under the case),
+unless an operator released it; ``stamp`` adds the case owner's name and phone (the author's
+own for mail outside any case); ``sign`` adds DKIM last. The hand-off records the reply in the
+case as ``queued`` (the send queue records the rest of its fate; the case is answered only when
+the customer's side accepts it) and moves the message, in one spool commit, into the
+``outbound`` queue as one entry per recipient domain.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from mailpipe.addresses import domain_of
 from mailpipe.config import Agent, OutboundConfig
@@ -31,6 +32,7 @@ from mailpipe.outbound.stamp import Stamped, render, stamp
 from mailpipe.queues import OUTBOUND
 from mailpipe.spool import Message, Spool
 from mailpipe.store import CaseRecord, ReplyStore
+from mailpipe.triage.hours import desk_time
 
 log = logging.getLogger("mailpipe.outbound")
 
@@ -48,8 +50,10 @@ class ReplyWork:
 class Replies:
     def __init__(self, agents: Sequence[Agent], settings: OutboundConfig, double_reply_window: float, store: ReplyStore,
                  signer: Signer, spool: Spool, mailboxes: Deliverer, hostname: str, metrics: Metrics,
-                 clock: Callable[[], float] = time.time):
+                 timezone: str = "Asia/Tokyo", desk_domain: str = "", clock: Callable[[], float] = time.time):
         self.settings = settings
+        self.timezone = timezone
+        self.desk_domain = desk_domain  # where desk commands are addressed (release+N@)
         self.window = double_reply_window
         self.store = store
         self.signer = signer
@@ -88,13 +92,19 @@ class Replies:
                                           entry.envelope.submitter, self.clock() - self.window, work.message.id)
         if earlier is None:
             return work
-        when = datetime.fromtimestamp(earlier.at, UTC).strftime("%H:%M:%S UTC")
-        reason = (f"double reply: {earlier.agent} already answered this message of case #{work.case.id} at {when};"
-                  f" mailpipe queue release {work.message.id} sends it anyway")
+        when = desk_time(earlier.at, self.timezone)
+        reason = f"double reply: {earlier.agent} already answered this message of case #{work.case.id} at {when}"
+        parsed = _parsed(work)
+        recorded = await asyncio.to_thread(
+            self.store.record_reply, queue_id=work.message.id, case_id=work.case.id, agent=entry.envelope.submitter,
+            message_id=parsed.message_id, answers=work.answers, subject=parsed.base_subject, at=entry.received_at,
+            fate="held", detail=reason)
         author = self._agents.get(entry.envelope.submitter)
         if author is not None:
             await self._tell(author, work, reason)
-        self.metrics.replies_held.inc()
+        if not recorded.already_recorded:
+            self.metrics.replies_held.inc()
+            self.metrics.reply_fates.labels("held").inc()
         raise Held(reason)
 
     def stamp(self, work: ReplyWork) -> ReplyWork:
@@ -125,9 +135,8 @@ class Replies:
                 self.store.record_reply, queue_id=work.message.id, case_id=work.case.id,
                 agent=entry.envelope.submitter, message_id=_stamped(work).message_id, answers=work.answers,
                 subject=_parsed(work).base_subject, at=entry.received_at)
-            if recorded.first_response and recorded.case.first_response_at is not None:
-                self.metrics.first_response_seconds.labels(recorded.case.level).observe(
-                    max(0.0, recorded.case.first_response_at - recorded.case.opened_at))
+            if not recorded.already_recorded:
+                self.metrics.reply_fates.labels("queued").inc()
         by_domain: dict[str, list[str]] = {}
         for recipient in entry.envelope.rcpt_tos:
             by_domain.setdefault(domain_of(recipient), []).append(recipient)
@@ -137,14 +146,19 @@ class Replies:
         await self.spool.replace(work.message.id, successors)
 
     async def _tell(self, author: Agent, work: ReplyWork, reason: str) -> None:
-        """A note in the author's mailbox, threaded under their own held reply."""
+        """A note in the author's mailbox, with the case token, threaded under the customer's
+        message and the held reply."""
         parsed = _parsed(work)
+        case_id = work.case.id if work.case else ""
+        release = f"release+{case_id}@{self.desk_domain}" if case_id and self.desk_domain else ""
         body = (f"あなたの返信は送信を保留しました / Your reply was held, not sent.\n\n{reason}\n\n"
-                f"送信を取りやめる場合 / to drop it: mailpipe queue delete {work.message.id}\n")
-        note = notice.compose(hostname=self.hostname, to=author.address,
-                              subject=f"[#{work.case.id if work.case else ''}] held: {parsed.subject}", body=body,
-                              message_id=f"{work.message.id}.held@{self.hostname}", about=parsed.message_id,
-                              at=self.clock())
+                + (f"それでも送信する場合は {release} 宛てにメールを送ってください（このメモの転送でも可）。\n"
+                   f"To send it anyway, mail {release} (forwarding this note will do).\n" if release else "")
+                + f"取りやめる場合は、キューID {work.message.id} を運用担当に伝えてください。\n"
+                f"To drop it, ask the desk's operator to delete queue id {work.message.id}.\n")
+        note = notice.compose(hostname=self.hostname, to=author.address, subject=f"[#{case_id}] held: {parsed.subject}",
+                              body=body, message_id=f"{work.message.id}.held@{self.hostname}",
+                              about=(work.answers, parsed.message_id), at=self.clock())
         held = notice.derived(work.message, "H", note)
         await self.mailboxes.deliver(author, [(held, note)])
 

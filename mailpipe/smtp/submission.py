@@ -4,8 +4,10 @@ Agents log in with SMTP AUTH PLAIN or LOGIN as their agent id or address; the li
 AUTH only over TLS (or from loopback when ``plaintext_auth_on_loopback``), and MAIL before AUTH
 gets ``530 5.7.0``, so nobody relays through us unauthenticated. Failed logins are counted per
 client address and per agent (its id and its address are one login); past ``max_auth_failures``
-both are locked out (``454 4.7.0``). Passwords are verified on a ``credentials.Hasher`` of their
-own, so a login flood waits there (or gets ``454`` past its queue) and triage keeps its threads.
+both are locked out (``454 4.7.0``). The same wrong password tried again in one session (a
+client going through the mechanisms, as smtplib does) counts once. Passwords are verified on a
+``credentials.Hasher`` of their own, so a login flood waits there (or gets ``454`` past its
+queue) and triage keeps its threads.
 An agent may send only as the desk's support addresses or as itself, in the envelope and in
 the From, Sender and Reply-To headers (``553 5.7.1``), read by the same parser
 that picks the DKIM signing domain (``addresses.mailboxes``). Accepted replies go to the ``submission`` queue of the
@@ -17,7 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import email
+import hashlib
+import hmac
 import logging
+import secrets
+import weakref
 from collections.abc import Sequence
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -53,6 +59,8 @@ class SubmissionHandler(InboundHandler):
         self._logins = {**{canonical(a.address): a for a in agents}, **{a.id: a for a in agents}}
         self._support = frozenset(canonical(address) for address in support_addresses)
         self._desk_domains = frozenset(domain_of(address) for address in self._support)
+        self._session_key = secrets.token_bytes(32)
+        self._failed_with: weakref.WeakKeyDictionary[Session, bytes] = weakref.WeakKeyDictionary()
 
     def reconfigure(self, agents: Sequence[Agent], support_addresses: Sequence[str], max_recipients: int) -> None:
         self._agents = {agent.id: agent for agent in agents}
@@ -87,10 +95,22 @@ class SubmissionHandler(InboundHandler):
             self._metrics.submission_auth.labels("success").inc()
             log.info("authenticated", extra={"peer": peer, "agent": agent.id})
             return AuthResult(success=True, auth_data=agent.id, message=replies.AUTH_OK)
-        self.lockout.failed(*keys)
+        if self._first_try(session, given):
+            self.lockout.failed(*keys)
         self._metrics.submission_auth.labels("failure").inc()
         log.warning("authentication failed", extra={"peer": peer, "login": login})
         return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+
+    def _first_try(self, session: Session, given: LoginPassword) -> bool:
+        """Whether this session has not failed with these credentials before. Python's smtplib
+        (and other clients) try the same password with each mechanism offered, PLAIN then
+        LOGIN: one mistyped password is one failure toward the lockout, not two. Only a keyed
+        digest of the password is kept, for as long as the session lives."""
+        tried = hmac.new(self._session_key, given.login + b"\0" + given.password, hashlib.sha256).digest()
+        if self._failed_with.get(session) == tried:
+            return False
+        self._failed_with[session] = tried
+        return True
 
     def _agent(self, session: Session) -> Agent | None:
         return self._agents.get(session.auth_data) if session.authenticated else None

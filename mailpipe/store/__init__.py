@@ -80,8 +80,34 @@ class ReplyRecord:
     """What recording an agent's reply did to its case."""
 
     case: CaseRecord
-    first_response: bool  # this reply set the case's first response time
     already_recorded: bool = False  # the same queue id was recorded before (a retry)
+
+
+@dataclass(frozen=True)
+class ReplyFate:
+    """An agent's reply in a case and what became of it (``store.desk.FATES``)."""
+
+    case_id: int
+    queue_id: str
+    agent: str
+    subject: str
+    message_id: str
+    answers: str  # Message-ID of the customer message it answers
+    fate: str  # "" for replies recorded before mailpipe kept fates
+    detail: str  # why held, which host accepted, the last or final refusal
+    at: float  # when the fate was set
+    written: float  # when the agent submitted the reply
+
+
+@dataclass(frozen=True)
+class FateChange:
+    """What setting a reply's fate did."""
+
+    fate: ReplyFate
+    case: CaseRecord
+    changed: bool  # False: the same fate again (a repeat after a crash), counted and told once
+    first_response: bool = False  # this acceptance set the case's first response time
+    reopened: bool = False  # this bounce opened the answered case again
 
 
 @dataclass(frozen=True)
@@ -196,6 +222,10 @@ class TriageStore(CaseLookup, Protocol):
 
     def away(self) -> frozenset[str]: ...
 
+    def recent_replies(self, customer_id: int, limit: int = 5) -> tuple[ReplyFate, ...]: ...
+
+    def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
+
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                        escalated_to: str, at: float, language: str = "",
@@ -208,8 +238,17 @@ class TriageStore(CaseLookup, Protocol):
         ...
 
 
-class CaseNotes(CaseLookup, Protocol):
-    """What a bounce needs: that it is of our mail, its case, and a note on it (``monitors.returned``)."""
+class FateStore(Protocol):
+    """What the send queue and the bounce parser record of a reply's fate (``store.desk``)."""
+
+    def set_fate(self, fate: str, detail: str, at: float, *, queue_id: str = "",
+                 message_id: str = "") -> FateChange | None:
+        ...
+
+
+class CaseNotes(CaseLookup, FateStore, Protocol):
+    """What a bounce needs: that it is of our mail, its case, a note on it, the bounced reply's
+    fate (``monitors.returned``)."""
 
     def sent_by_us(self, message_id: str) -> bool: ...
 
@@ -227,8 +266,9 @@ class ReplyStore(CaseLookup, Protocol):
         ...
 
     def record_reply(self, *, queue_id: str, case_id: int, agent: str, message_id: str, answers: str, subject: str,
-                     at: float) -> ReplyRecord:
+                     at: float, fate: str = "queued", detail: str = "") -> ReplyRecord:
         ...
+
 
 
 class IncidentStore(Protocol):
@@ -291,11 +331,17 @@ class Store(TriageStore, CaseNotes, ReplyStore, IncidentStore, DmarcStore, SentS
 
     def customer_of(self, case_id: int) -> CustomerRecord | None: ...
 
-    def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
-
     def case_messages(self, case_id: int) -> tuple[CaseMessage, ...]: ...
 
     def case_assignments(self, case_id: int) -> tuple[Assignment, ...]: ...
+
+    def reply_fates(self, case_id: int) -> tuple[ReplyFate, ...]: ...
+
+    def bounced_since(self, since: float) -> tuple[ReplyFate, ...]: ...
+
+    def corrections_since(self, since: float) -> tuple[Correction, ...]: ...
+
+    def customers_by_phone(self, phone: str) -> tuple[CustomerRecord, ...]: ...
 
     def set_password(self, agent: str, password_hash: str, at: float) -> None: ...
 

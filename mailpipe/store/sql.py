@@ -6,8 +6,9 @@ thread, speaking sqlite3's ``execute(sql, params)`` with ``?`` placeholders), ho
 transaction begins (``_BEGIN``), how a read row is locked for the rest of it (``_LOCK``), and
 how new assignments are serialised (``_lock_assignments``). The SQL itself is the subset both
 understand: ``INSERT … ON CONFLICT``, ``RETURNING``, ``CASE``, no dialect functions. The
-queries for DMARC reports and incidents (``deliverability``) and for export and import
-(``transfer``) are written beside it, in classes ``SQLStore`` inherits.
+queries for DMARC reports and incidents (``deliverability``), for replies' fates and phone
+lookups (``desk``) and for export and import (``transfer``) are written beside it, in classes
+``SQLStore`` inherits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from mailpipe import phones
 from mailpipe.addresses import canonical
 from mailpipe.store import (
     CONTACTS_DAYS,
@@ -28,13 +30,12 @@ from mailpipe.store import (
     Correction,
     CustomerRecord,
     Decide,
-    EarlierReply,
     InboundRecord,
     Profile,
-    ReplyRecord,
     StoreError,
 )
 from mailpipe.store.deliverability import DeliverabilityQueries
+from mailpipe.store.desk import DeskQueries
 from mailpipe.store.transfer import TransferQueries
 
 Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks like one
@@ -84,7 +85,7 @@ class _LoadOnFirstUse(Mapping[str, int]):
         return len(self._loaded())
 
 
-class SQLStore(DeliverabilityQueries, TransferQueries):
+class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
     _BEGIN = "BEGIN"
     _LOCK = ""
 
@@ -138,6 +139,9 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
                     for key, value in fields.items():
                         conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
                                      (int(bool(value)) if key == "vip" else value, canonical(address)))
+                        if key == "phone":
+                            conn.execute("UPDATE customers SET phone_key = ? WHERE address = ?",
+                                         (phones.key(str(value)), canonical(address)))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -342,42 +346,6 @@ class SQLStore(DeliverabilityQueries, TransferQueries):
         row = conn.execute("SELECT message_id FROM messages WHERE case_id = ? AND direction = 'in'"
                            " ORDER BY at DESC, id DESC LIMIT 1", (case_id,)).fetchone()
         return row[0] if row else ""
-
-    def earlier_reply(self, case_id: int, answers: str, other_than: str, since: float,
-                      queue_id: str) -> EarlierReply | None:
-        """A reply to the same customer message by another agent since ``since`` (the double-reply
-        guard); replies that are this very message, recorded before a crash, do not count."""
-        row = self._conn().execute(
-            "SELECT agent, at, message_id FROM messages WHERE case_id = ? AND in_reply_to = ? AND direction = 'out'"
-            " AND agent != ? AND at >= ? AND queue_id != ? ORDER BY at DESC LIMIT 1",
-            (case_id, answers, other_than, since, queue_id)).fetchone()
-        return EarlierReply(*row) if row else None
-
-    def record_reply(self, *, queue_id: str, case_id: int, agent: str, message_id: str, answers: str, subject: str,
-                     at: float) -> ReplyRecord:
-        """The reply joins its case's history; the case becomes answered and its first response
-        time is set once. Idempotent per queue id."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                done = conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
-                first = False
-                if not done:
-                    conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, agent,"
-                                 " in_reply_to, at) VALUES (?, ?, ?, 'out', ?, ?, ?, ?)",
-                                 (case_id, queue_id, message_id, subject, agent, answers, at))
-                    first = conn.execute("UPDATE cases SET first_response_at = ? WHERE id = ?"
-                                         " AND first_response_at IS NULL", (at, case_id)).rowcount > 0
-                    conn.execute("UPDATE cases SET status = 'answered', updated_at = ? WHERE id = ?"
-                                 " AND status = 'open'", (at, case_id))
-                case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        return ReplyRecord(case, first_response=first, already_recorded=bool(done))
 
     def add_case_note(self, case_id: int, kind: str, text: str, queue_id: str, at: float) -> bool:
         """False when the message ``queue_id`` already left its note (a repeat after a crash)."""

@@ -161,6 +161,19 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    # Each reply's fate (queued, held, sent, deferred, bounced, deleted) with what decided it;
+    # customers' phone numbers in E.164 (03-1234-5678 -> +81312345678, ``mailpipe.phones``),
+    # filled here for the common spellings and kept by ``upsert_customer`` from now on.
+    """
+    ALTER TABLE messages ADD COLUMN fate TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN fate_detail TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN fate_at REAL;
+    ALTER TABLE customers ADD COLUMN phone_key TEXT NOT NULL DEFAULT '';
+    UPDATE customers SET phone_key = replace(replace(replace(replace(replace(phone, '-', ''), ' ', ''), '(', ''),
+        ')', ''), '.', '');
+    UPDATE customers SET phone_key = '+81' || substr(phone_key, 2) WHERE phone_key LIKE '0%';
+    CREATE INDEX customers_phone ON customers (phone_key);
+    """,
 )
 
 def migrate(conn: sqlite3.Connection) -> int:

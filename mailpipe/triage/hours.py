@@ -25,3 +25,9 @@ def within(moment: datetime, zone: str, days: tuple[str, ...], hours: str) -> bo
     start = time.fromisoformat(start_text)
     end = time.max if end_text == "24:00" else time.fromisoformat(end_text)
     return start <= local.time() < end
+
+
+def desk_time(at: float, zone: str, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
+    """A moment as the desk's clock shows it (``2026-11-30 09:05 JST``), for what agents read:
+    notes, cards, the lead's digest."""
+    return datetime.fromtimestamp(at, ZoneInfo(zone)).strftime(fmt)

@@ -2,10 +2,11 @@
 
 ``header_fields`` is what the ``annotate`` stage puts on top of the customer's message
 (Authentication-Results under our authserv-id, ``X-Mailpipe-Queue-Id``, ``-Case``,
-``-Urgency``, ``-Rules``, ``-Owner``, ``-Customer``, ``-Escalation``) and the tagged subject
-(``[URGENT][#12] …``); ``triage_card`` is the companion message filed beside it. The original
-bytes are never changed here: the deliverer puts the fields on top. ``customer_line`` is the
-one way a customer is written on one line, in the header, the card and ``mailpipe cases show``.
+``-Urgency``, ``-Rules``, ``-Owner``, ``-Customer``, ``-Escalation``, ``-Fallback``) and the tagged subject
+(``[URGENT][#12] …``, the customer's own subject behind it); ``triage_card`` is the companion
+message filed beside it. The original bytes are never changed here: the deliverer puts the
+fields on top. ``customer_line`` is the one way a customer is written on one line, in the
+header, the card and ``mailpipe cases show``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from mailpipe.deliver.headers import TAGS
 from mailpipe.message import ParsedMessage
 from mailpipe.monitors.incidents import Incidents
 from mailpipe.providers import MENTIONS
-from mailpipe.store import CustomerRecord
+from mailpipe.store import CustomerRecord, ReplyFate
+from mailpipe.triage.assign import is_fallback
+from mailpipe.triage.hours import desk_time
 from mailpipe.triage.work import Work, parsed_of, verdict_of
 
 
@@ -39,16 +42,31 @@ def header_fields(work: Work, hostname: str, agents: dict[str, Agent],
         ("X-Mailpipe-Case", f"{record.case.id}{' (new)' if record.new_case else ''}"),
         ("X-Mailpipe-Urgency", f"{verdict.level} {verdict.score:g}"),
         ("X-Mailpipe-Rules", verdict.summary() or "none"),
-        ("X-Mailpipe-Owner", f"{owner.id} ({owner.name}, {owner.phone})" if owner else record.case.owner),
+        ("X-Mailpipe-Owner", owner_value(owner) if owner else record.case.owner),
         ("X-Mailpipe-Customer", customer_line(customer)),
     ]
     escalation = next((a for a in record.assignments if a.role == "escalation"), None)
     if escalation is not None:
         fields.append(("X-Mailpipe-Escalation", f"{verdict.escalate or 'escalated'}: {escalation.agent}"))
-    subject = None
-    if subject_tags:
-        subject = f"{TAGS.get(verdict.level, '')}[#{record.case.id}] {parsed.base_subject or parsed.subject}"
+    fields += [("X-Mailpipe-Fallback", f"{a.role} {a.agent}: {a.reason}") for a in record.assignments
+               if is_fallback(a.reason)]
+    subject = tagged_subject(parsed.subject, verdict.level, record.case.id) if subject_tags else None
     return tuple(fields), subject
+
+
+def owner_value(owner: Agent) -> str:
+    """``yamada 03-1234-5678 山田 太郎``: the id and the phone in plain ASCII first, for mail
+    filters, then the name, which ``headers.field`` encodes as a word of its own (RFC 2047) when
+    it is not ASCII — never glued to punctuation a filter would have to see through."""
+    return " ".join(part for part in (owner.id, owner.phone, owner.name) if part)
+
+
+def tagged_subject(subject: str, level: str, case_id: int) -> str:
+    """The customer's subject as written ("Re:" and all) behind the urgency tag and the case
+    token; a subject that already carries this case's token gets only the urgency tag."""
+    token = f"[#{case_id}]"
+    tag = TAGS.get(level, "") + ("" if token in subject else token)
+    return f"{tag} {subject}".strip() if tag else subject
 
 
 def incident_lines(incidents: Incidents | None, parsed: ParsedMessage) -> list[str]:
@@ -78,7 +96,16 @@ def customer_line(c: CustomerRecord) -> str:
     return headers.printable("; ".join(parts))
 
 
-def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: Sequence[str] = ()) -> bytes:
+def fate_line(reply: ReplyFate, zone: str) -> str:
+    """What became of a reply, on one line, the same in the card and ``mailpipe cases show``:
+    ``sent 2026-11-30 09:05 JST: accepted by mx.example.com (250)``."""
+    if not reply.fate:
+        return "recorded before mailpipe kept replies' fates"
+    return f"{reply.fate} {desk_time(reply.at, zone)}" + (f": {reply.detail}" if reply.detail else "")
+
+
+def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: Sequence[str] = (),
+                zone: str = "Asia/Tokyo") -> bytes:
     """A short companion message filed next to the original in the agent's mailbox and threaded
     under it: any mail client shows the profile, history and verdict, and the original message
     stays byte for byte as the customer sent it."""
@@ -101,6 +128,12 @@ def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: 
               "", f"Customer: {customer_line(customer)}"]
     if customer.notes:
         lines.append(f"Notes: {customer.notes}")
+    if work.replies:
+        lines += ["", "Our latest replies to this customer:"]
+        lines += [f"  #{r.case_id} {r.agent:<10} {r.subject} — {fate_line(r, zone)}" for r in work.replies]
+    if work.notes:
+        lines += ["", f"Notes on case #{case.id}:"]
+        lines += [f"  {desk_time(n.at, zone)} {n.kind}: {n.text}" for n in work.notes]
     earlier = [c for c in (work.profile.recent_cases if work.profile else ()) if c.id != case.id][:5]
     lines += ["", "Earlier cases:" if earlier else "First contact: no earlier cases."]
     for previous in earlier:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -32,13 +33,15 @@ from mailpipe.monitors.returned import Returned
 from mailpipe.outbound.acknowledge import Acknowledger, suppression
 from mailpipe.spool import Spool
 from mailpipe.store import TriageStore
-from mailpipe.triage.assign import assign
+from mailpipe.triage.assign import assign, is_fallback
 from mailpipe.triage.context import document, triage_context
 from mailpipe.triage.model import MAX_CHARS, UrgencyModel
 from mailpipe.triage.render import header_fields, incident_lines, triage_card
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
 from mailpipe.triage.work import Work, parsed_of, verdict_of
+
+log = logging.getLogger("mailpipe.triage")
 
 AUTH_TIMEOUT = 15.0
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
@@ -56,9 +59,10 @@ class Triage:
                  metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
                  outbound: Spool | None = None, returned: Returned | None = None,
                  incidents: Incidents | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 model: Callable[[], UrgencyModel | None] = lambda: None):
+                 model: Callable[[], UrgencyModel | None] = lambda: None, lead: str = ""):
         self.metrics = metrics
         self.model = model  # the urgency model running now (a correction may have retrained it)
+        self.lead = lead
         self.returned = returned
         self.incidents = incidents
         self.deliverer = deliverer
@@ -116,8 +120,10 @@ class Triage:
         sender = customer_address(work)
         profile = self.store.profile(sender, work.message.entry.received_at) if sender else None
         case = self.store.find_case(parsed.thread_ids, parsed.case_token, sender)
+        replies = self.store.recent_replies(profile.customer.id) if profile else ()
+        notes = self.store.case_notes(case.id) if case else ()
         return dataclasses.replace(work, profile=profile, thread_case=case.id if case else None,
-                                   away=self.store.away())
+                                   away=self.store.away(), replies=replies, notes=notes)
 
     def score(self, work: Work) -> Work:
         now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
@@ -136,7 +142,7 @@ class Triage:
             """Made inside the store's transaction on the owner and load as they are there:
             another worker or daemon may have assigned meanwhile."""
             return assign(self.agents, previous_owner=owner_now, escalate=verdict.escalate, load=load_now,
-                          away=work.away, now=self.clock(), desk=self.desk).reasons
+                          away=work.away, now=self.clock(), desk=self.desk, lead=self.lead).reasons
 
         record = self.store.record_inbound(
             queue_id=work.message.id, address=customer_address(work), name=parsed.sender_name,
@@ -169,7 +175,8 @@ class Triage:
 
     def annotate(self, work: Work) -> Work:
         fields, subject = header_fields(work, self.hostname, self._by_id, self.desk.subject_tags)
-        card = triage_card(work, self.hostname, self._by_id, incident_lines(self.incidents, parsed_of(work)))
+        card = triage_card(work, self.hostname, self._by_id, incident_lines(self.incidents, parsed_of(work)),
+                           self.desk.timezone)
         return dataclasses.replace(work, fields=fields, subject=subject, card=card, authserv_id=self.hostname)
 
     async def hand_off(self, work: Work) -> None:
@@ -201,9 +208,15 @@ class Triage:
         if work.record.new_case:
             self.metrics.cases_opened.labels(work.verdict.level).inc()
         for assignment in work.record.assignments:
-            kind = {"handler": "cover", "escalation": "escalation"}.get(assignment.role) or (
+            kind = {"handler": "cover", "escalation": "escalation", "fallback": "escalation"}.get(assignment.role) or (
                 "sticky" if assignment.reason.startswith("sticky") else "least_loaded")
             agent = self._by_id.get(assignment.agent)
+            if is_fallback(assignment.reason):
+                self.metrics.assignment_fallbacks.labels(kind).inc()
+                log.warning("assignment fallback", extra={"queue_id": work.message.id, "case": work.record.case.id,
+                                                          "agent": assignment.agent, "reason": assignment.reason})
+                if assignment.role == "fallback":
+                    continue
             self.metrics.assignments.labels(agent.tier if agent else "unknown", kind).inc()
 
 

@@ -14,7 +14,7 @@ from mailpipe.config import Agent
 from mailpipe.message import ParsedMessage
 from mailpipe.outbound.acknowledge import Acknowledgement
 from mailpipe.spool import Message
-from mailpipe.store import InboundRecord, Profile
+from mailpipe.store import CaseNote, InboundRecord, Profile, ReplyFate
 from mailpipe.triage.score import Verdict
 
 
@@ -34,6 +34,8 @@ class Work:
     authserv_id: str = ""  # Authentication-Results claiming this id are ours alone
     card: bytes | None = None
     acknowledgement: Acknowledgement | None = None
+    replies: tuple[ReplyFate, ...] = ()  # our latest replies to this customer, with their fates
+    notes: tuple[CaseNote, ...] = ()  # notes on the case this message continues (calls, bounces)
 
 
 def parsed_of(work: Work) -> ParsedMessage:

@@ -1,0 +1,54 @@
+"""Escalation and cover never fail silently, end to end: a fallback goes to the lead in the
+documented order and says so in the header, the card, the log and the metrics; check-config
+warns about tiers rules escalate to that have no agent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.test_lifecycle import metrics
+from tests.test_triage_pipeline import ALWAYS, mailbox, send, text
+
+SUPPORT_ONLY = {"agents": [
+    {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678", **ALWAYS},
+    {"id": "suzuki", "name": "鈴木 花子", "address": "suzuki@example.test", "phone": "03-1234-0000", "tier": "dev",
+     **ALWAYS}],
+    "desk": {"lead": "suzuki"}}
+
+
+def test_an_escalation_to_a_tier_without_agents_goes_to_the_lead_and_says_so_everywhere(make_daemon) -> None:
+    daemon = make_daemon(SUPPORT_ONLY)
+    send(daemon, "Our account was hacked", "Someone logged into our account and sent spam.")
+    (copy,) = mailbox(daemon, "suzuki")
+    assert text(copy["X-Mailpipe-Escalation"]) == "tech: suzuki"
+    fallback = text(copy["X-Mailpipe-Fallback"])
+    assert fallback == ("escalation suzuki: FALLBACK: rule escalates to tech but no agent is in tier tech;"
+                        " the lead on duty")
+    (card,) = mailbox(daemon, "suzuki", cards=True)
+    assert "FALLBACK: rule escalates to tech" in card.get_payload(decode=True).decode()
+    assert metrics(daemon)[("mailpipe_assignment_fallbacks_total", (("kind", "escalation"),))] == 1
+    assert "assignment fallback" in daemon.log() and "no agent is in tier tech" in daemon.log()
+
+
+def test_an_away_owners_mail_goes_to_the_lead_when_no_teammate_is_on_duty(make_daemon) -> None:
+    daemon = make_daemon(SUPPORT_ONLY)
+    send(daemon, "Question", "How do I add a user?")
+    mailbox(daemon, "yamada")
+    subprocess.run([sys.executable, "-m", "mailpipe", "agents", "away", "yamada", "--config",
+                    str(daemon.config_path)], check=True, capture_output=True)
+    send(daemon, "Re: [#1] Question", "And a second user?")
+    (covered,) = mailbox(daemon, "suzuki")
+    assert text(covered["X-Mailpipe-Owner"]).split()[0] == "yamada"
+    assert "FALLBACK: owner yamada is away" in text(covered["X-Mailpipe-Fallback"])
+    assert metrics(daemon)[("mailpipe_assignment_fallbacks_total", (("kind", "cover"),))] == 1
+
+
+def test_check_config_warns_about_a_tier_rules_escalate_to_that_has_no_agent(make_daemon) -> None:
+    daemon = make_daemon(SUPPORT_ONLY, start=False)
+    daemon.write_config()
+    checked = subprocess.run([sys.executable, "-m", "mailpipe", "check-config", str(daemon.config_path)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0
+    assert "warning: rules escalate to tier 'tech' but no agent is in it: such mail falls back to the lead" \
+           " 'suzuki'" in checked.stderr
