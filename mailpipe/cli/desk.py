@@ -337,9 +337,11 @@ def _stamp(args: argparse.Namespace) -> int:
 EXAMPLES = {
     "customers import": ("mailpipe customers import customers.csv   # address,name,company,plan,vip,phone,notes",
                          "  vip: 1/true/yes/y/vip or 0/false/no/n/empty; a row with another value is refused"),
-    "customers show": ("mailpipe customers show tanaka@example.co.jp", "mailpipe customers show a@example.com --json"),
+    "customers show": ("mailpipe customers show tanaka@example.co.jp", "mailpipe customers show a@example.com --json",
+                       "mailpipe customers show 03-1234-5678   # who is calling"),
     "cases list": ("mailpipe cases list --open", "mailpipe cases list --limit 20", "mailpipe cases list --json"),
     "cases show": ("mailpipe cases show 42", "mailpipe cases show 42 --json"),
+    "cases note": ("mailpipe cases note 42 \"田中様より電話: 明日までに再送で合意\" --by yamada",),
     "cases close": ("mailpipe cases close 42 43",),
     "cases reopen": ("mailpipe cases reopen 42",),
     "agents list": ("mailpipe agents list", "mailpipe agents list --json"),
