@@ -145,7 +145,7 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
                     metrics, to_mailbox, acknowledger, outbound, returned, incidents, model=lambda: learner.current,
                     lead=config.desk.lead)
-    commands_run = Commands(store, metrics, learner.learn, config.spool_path / SUBMISSION.file)
+    commands_run = Commands(store, metrics, learner.learn, config.spool_path / SUBMISSION.file, config.agents)
     desk = Desk(config.agents, config.inbound.domains, store, commands_run, to_mailbox, config.inbound.hostname)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, outbound,
                       to_mailbox, hostname, metrics, config.triage.timezone,

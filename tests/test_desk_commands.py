@@ -1,4 +1,4 @@
-"""The case commands by mail (note+N@, close+N@, reopen+N@) end to end, each answered with a
+"""The case commands by mail (note+N@, close+N@, reopen+N@, assign+N+AGENT@) end to end, each answered with a
 short note in the case's thread; that customers cannot reach them and malformed ones are
 refused is tested with the urgency command (test_urgency_corrections), release+N@ with the
 held replies (test_reply_fates)."""
@@ -55,3 +55,29 @@ def test_an_agent_closes_and_reopens_a_case_by_mail(desk) -> None:
     command(daemon, owner, "reopen+1@example.test", "They called back.", "reopen1@example.test")
     wait_until(lambda: cases(daemon)[0]["status"] == "open", timeout=30)
     wait_until(lambda: len(confirmations(daemon, owner)) == 2)
+
+
+def test_an_agent_reassigns_a_case_and_its_customer_by_mail(desk) -> None:
+    daemon = desk()
+    customer_writes(daemon, "Question", "How do I export my list?")
+    owner, _ = delivered_copy(daemon)
+    other = "smith" if owner == "yamada" else "yamada"
+    command(daemon, owner, f"assign+1+{other}@example.test", "You know this customer.", "assign1@example.test")
+    wait_until(lambda: cases(daemon)[0]["owner"] == other, timeout=30)
+    (confirmation,) = confirmations(daemon, owner)
+    assert f"Case #1 now belongs to {other}" in confirmation.get_payload(decode=True).decode()
+    shown = subprocess.run([sys.executable, "-m", "mailpipe", "cases", "show", "1", "--config",
+                            str(daemon.config_path)], capture_output=True, text=True, check=True).stdout
+    assert f"owner      {other}: reassigned by {owner}" in shown
+    customer_writes(daemon, "Re: Question", "One more thing.")  # the customer's next mail follows the case
+    wait_until(lambda: any(b"One more thing" in p.read_bytes() for p in (daemon.mailbox(other) / "new").glob("*")))
+
+
+def test_assigning_to_nobody_on_the_roster_says_who_there_is(desk) -> None:
+    daemon = desk()
+    customer_writes(daemon, "Question", "How do I export my list?")
+    owner, _ = delivered_copy(daemon)
+    command(daemon, owner, "assign+1+nobody@example.test", "", "assign2@example.test")
+    wait_until(lambda: confirmations(daemon, owner), timeout=30)
+    assert "No agent or tier 'nobody'" in confirmations(daemon, owner)[0].get_payload(decode=True).decode()
+    assert cases(daemon)[0]["owner"] == owner

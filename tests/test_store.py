@@ -364,3 +364,13 @@ def test_an_automatic_message_does_not_reopen_its_case(store: SQLiteStore) -> No
                          decide=lambda owner, load: ((owner, "owner", "sticky"),), escalated_to="", at=2000.0,
                          automatic=True)
     assert store.case(1).status == "closed"
+
+
+def test_a_reassigned_case_and_its_customer_belong_to_the_new_owner_once_per_queue_id(store: SQLiteStore) -> None:
+    record(store, "Q1", owner="yamada")
+    assert store.reassign(1, "smith", "reassigned by yamada", "C1", 2000.0)
+    assert store.reassign(1, "smith", "reassigned by yamada", "C1", 2100.0)  # the same command again
+    assert store.case(1).owner == "smith" and store.customer("c@example.org").owner == "smith"
+    assert [(a.agent, a.reason) for a in store.case_assignments(1)][-1] == ("smith", "reassigned by yamada")
+    assert len(store.case_assignments(1)) == 2
+    assert not store.reassign(99, "smith", "x", "C2", 2000.0)

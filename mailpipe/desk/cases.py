@@ -5,6 +5,8 @@
                 ``mailpipe cases show`` and in the case's next triage card.
     close+N@    case N is closed (a closed case is in nobody's load).
     reopen+N@   case N is open again.
+    assign+N+AGENT@   case N (and its customer) belong to AGENT from now on; assign+N+TIER@
+                (support, tech, dev) gives it to that tier's agent with the fewest open cases.
 
 The case is the one numbered in the address; a forwarded message or ``[#N]`` in the subject
 finds it when the address carries no number (``close@`` with the triage card forwarded). Each
@@ -13,9 +15,11 @@ is safe to run twice for one queue id: the note is keyed by it, and a status is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailpipe.config import Agent
 from mailpipe.desk.addresses import Usage
 from mailpipe.desk.outcome import Outcome, Request
 
@@ -25,18 +29,28 @@ class CaseStore(Protocol):
 
     def set_status(self, case_id: int, status: str, at: float) -> bool: ...
 
+    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> bool: ...
+
+    def open_load(self) -> dict[str, int]: ...
+
 
 def case_number(arguments: tuple[str, ...]) -> int | None:
-    """The case a command's address names (``note+123@`` → 123), if it names one."""
-    return int(arguments[0]) if len(arguments) == 1 and arguments[0].isdigit() else None
+    """The case a command's address names (``note+123@``, ``assign+123+smith@`` → 123), if any."""
+    return int(arguments[0]) if arguments and arguments[0].isdigit() else None
 
 
 def _check(name: str):
     def check(arguments: tuple[str, ...]) -> str | None:
-        if arguments and case_number(arguments) is None:
+        if arguments and (len(arguments) > 1 or case_number(arguments) is None):
             return f"{name}+N@: N is the case number, as in [#N]"
         return None
     return check
+
+
+def _check_assign(arguments: tuple[str, ...]) -> str | None:
+    if len(arguments) != 2 or case_number(arguments) is None or not arguments[1]:
+        return "assign+N+AGENT@ or assign+N+TIER@: N is the case number, AGENT an agent id, TIER support/tech/dev"
+    return None
 
 
 USAGES: dict[str, Usage] = {
@@ -44,16 +58,36 @@ USAGES: dict[str, Usage] = {
                   _check("note")),
     "close": Usage("close+N@: close case N", _check("close")),
     "reopen": Usage("reopen+N@: open case N again", _check("reopen")),
+    "assign": Usage("assign+N+AGENT@ or assign+N+TIER@: give case N to an agent, or a tier's least loaded",
+                    _check_assign),
 }
 
 
 @dataclass(frozen=True)
 class CaseCommands:
     store: CaseStore
+    agents: Sequence[Agent] = ()
 
     @property
     def handlers(self) -> dict[str, object]:
-        return {"note": self.note, "close": self.close, "reopen": self.reopen}
+        return {"note": self.note, "close": self.close, "reopen": self.reopen, "assign": self.assign}
+
+    def assign(self, request: Request) -> Outcome:
+        wanted = request.command.arguments[1].lower()
+        agent = next((a for a in self.agents if a.id == wanted), None)
+        if agent is None:
+            tier = [a for a in self.agents if a.tier == wanted]
+            load = self.store.open_load() if tier else {}
+            agent = min(tier, key=lambda a: (load.get(a.id, 0), a.id)) if tier else None
+        if agent is None:
+            return Outcome(f"「{wanted}」という担当者・ティアはいません。\nNo agent or tier {wanted!r}: "
+                           f"agents {', '.join(a.id for a in self.agents)}; tiers "
+                           f"{', '.join(sorted({a.tier for a in self.agents}))}.")
+        self.store.reassign(request.case.id, agent.id, f"reassigned by {request.author.id}", request.queue_id,
+                            request.at)
+        return Outcome(f"案件 #{request.case.id} の担当を {agent.name}（{agent.id}, {agent.phone}）にしました"
+                       f"（{request.author.id}）。\nCase #{request.case.id} now belongs to {agent.id} "
+                       f"({agent.name}, {agent.phone}), reassigned by {request.author.id}.")
 
     def note(self, request: Request) -> Outcome:
         text = " ".join(request.text.split())

@@ -7,17 +7,18 @@ queue id (a crash between its work and the spool's delete runs it again).
     urgency+LEVEL@   the case's urgency is LEVEL (critical, high, normal, low): the case's level
                      changes, the correction is kept in its history with author and time, and
                      the urgency model learns from the customer's message at once.
-    note+N@, close+N@, reopen+N@   the case commands (``desk.cases``).
+    note+N@, close+N@, reopen+N@, assign+N+AGENT@   the case commands (``desk.cases``).
     release+N@       the held replies of case N go out (``desk.replies``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mailpipe.config import Agent
 from mailpipe.desk import cases, replies
 from mailpipe.desk.addresses import Usage
 from mailpipe.desk.cases import CaseCommands, CaseStore
@@ -47,9 +48,10 @@ class Commands:
     metrics: Metrics
     learn: Callable[[], None]
     spool_file: Path | None = None  # the submission queue's, for release+N@
+    agents: Sequence[Agent] = ()  # the roster, for assign+N+AGENT@
 
     def run(self, request: Request) -> Outcome:
-        handlers = {"urgency": self.urgency, **CaseCommands(self.store).handlers}
+        handlers = {"urgency": self.urgency, **CaseCommands(self.store, self.agents).handlers}
         if self.spool_file is not None:
             handlers.update(ReplyCommands(self.store, self.spool_file).handlers)
         return handlers[request.command.name](request)  # type: ignore[operator]

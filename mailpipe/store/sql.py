@@ -309,6 +309,29 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
             return self._conn().execute("UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
                                         (status, at, case_id)).rowcount > 0
 
+    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> bool:
+        """Makes ``agent`` the owner of the case and of its customer (one owner per customer),
+        recorded as an assignment with its reason; once per ``queue_id``. False: no such case."""
+        with self._writing:
+            conn = self._conn()
+            conn.execute(self._BEGIN)
+            try:
+                row = conn.execute(f"SELECT customer_id FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
+                done = conn.execute("SELECT 1 FROM assignments WHERE queue_id = ? AND case_id = ?",
+                                    (queue_id, case_id)).fetchone()
+                if row is not None and done is None:
+                    conn.execute("UPDATE cases SET owner = ?, handler = '', updated_at = ? WHERE id = ?",
+                                 (agent, at, case_id))
+                    conn.execute("UPDATE customers SET owner = ? WHERE id = ?", (agent, row[0]))
+                    conn.execute("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
+                                 " VALUES (?, ?, ?, 'owner', ?, ?)", (case_id, queue_id, agent, reason, at))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return row is not None
+
     def open_cases(self) -> dict[str, tuple[int, float]]:
         """Per urgency level: how many cases are open, and when the oldest was opened."""
         return {level: (count, oldest) for level, count, oldest in self._conn().execute(
