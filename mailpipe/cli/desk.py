@@ -107,6 +107,7 @@ def _customers_show(args: argparse.Namespace) -> int:
 def _customers_by_phone(args: argparse.Namespace) -> int:
     """Who is calling: each customer with that number, owner with phone, open cases, last note."""
     loaded = configuration.load(args.config)
+    zone = loaded.triage.timezone
     with opened_store(loaded) as store:
         found = lookup.caller(store, loaded.agents, args.address)
     if not found["customers"]:
@@ -117,17 +118,17 @@ def _customers_by_phone(args: argparse.Namespace) -> int:
         return 0
     for customer in found["customers"]:
         owner = customer["owner"]
-        print(f"Customer: {customer['address']}  {customer['name']}  {customer['company']}"
-              + ("  VIP" if customer["vip"] else ""))
+        print(shown(f"Customer: {customer['address']}  {customer['name']}  {customer['company']}"
+                    + ("  VIP" if customer["vip"] else "")))
         print(f"Phone:    {customer['phone']} ({found['phone']})")
         print(f"Owner:    {owner['id']} {owner['name']} {owner['phone']}" if owner else "Owner:    none yet")
         print(f"Open cases ({len(customer['open_cases'])}):" if customer["open_cases"] else "Open cases: none")
         for case in customer["open_cases"]:
-            print(f"  #{case['id']:<6} {local(case['opened_at'])} {case['level']:<8} {case['status']:<9}"
-                  f" {case['subject']}")
+            print(shown(f"  #{case['id']:<6} {local(case['opened_at'], zone)} {case['level']:<8} "
+                        f"{case['status']:<9} {case['subject']}"))
         note = customer["last_note"]
         if note:
-            print(f"Last note: #{note['case']} {local(note['at'])} {note['kind']}: {note['text']}")
+            print(shown(f"Last note: #{note['case']} {local(note['at'], zone)} {note['kind']}: {note['text']}"))
     return 0
 
 

@@ -164,11 +164,15 @@ def _queue_change(args: argparse.Namespace) -> int:
 
 
 def _replies_deleted(args: argparse.Namespace, deleted: set[str]) -> None:
-    """An agent's reply deleted from the queue shows as deleted on its case, never as sent."""
-    with opened_store(configuration.load(args.config)) as store:
-        for qid in deleted:
-            store.set_fate("deleted", "deleted from the queue by an operator", time.time(),
-                           queue_id=reply_queue_id(qid))
+    """An agent's reply deleted from the queue shows as deleted on its case, never as sent. A
+    daemon that never made a store has no case to show it on."""
+    try:
+        with opened_store(configuration.load(args.config)) as store:
+            for qid in deleted:
+                store.set_fate("deleted", "deleted from the queue by an operator", time.time(),
+                               queue_id=reply_queue_id(qid))
+    except StateNotFound:
+        return
 
 
 EXAMPLES = {
