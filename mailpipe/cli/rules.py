@@ -22,8 +22,7 @@ from pathlib import Path
 from mailpipe import config as configuration
 from mailpipe.cli import urgency
 from mailpipe.cli.common import Commands, complain, json_line
-from mailpipe.deliver.headers import as_received
-from mailpipe.message import ParsedMessage, parse
+from mailpipe.deliver.headers import received
 from mailpipe.store import CONTACTS_DAYS, CONTACTS_KEPT
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
@@ -134,11 +133,6 @@ def _rules_show(args: argparse.Namespace) -> int:
             for key, value in table.items():
                 print(f"{key} = {json.dumps(value, ensure_ascii=False)}")
     return 0
-
-
-def received(raw: bytes) -> ParsedMessage:
-    """The message as its customer sent it, also when it was saved from an agent's mailbox."""
-    return parse(as_received(raw, parse(raw).subject))
 
 
 def _rules_test(args: argparse.Namespace) -> int:

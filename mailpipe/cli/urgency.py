@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mailpipe import config as configuration
 from mailpipe.cli.common import Commands, complain, json_line, opened_store
+from mailpipe.deliver.headers import received
 from mailpipe.triage import corpus, evaluation
 from mailpipe.triage import load as triage_load
 from mailpipe.triage.conditions import LEVELS
@@ -99,8 +100,6 @@ def _learn(args: argparse.Namespace) -> int:
 
 def _teach(files: list[Path], level: str, directory: Path) -> int:
     """Saved messages become entries of ``learned.toml`` in the desk's corpus directory."""
-    from mailpipe.cli.rules import received
-
     entries = []
     for path in files:
         parsed = received(path.read_bytes())

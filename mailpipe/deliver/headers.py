@@ -11,6 +11,8 @@ from collections.abc import Callable
 from email.header import Header
 from itertools import groupby
 
+from mailpipe.message import ParsedMessage, parse
+
 INTERNAL_PREFIX = b"x-mailpipe-"
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 _CONTROLS = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]")  # tab and line ends are folding's
@@ -124,3 +126,8 @@ def as_received(raw: bytes, subject: str) -> bytes:
         return raw
     head = drop(strip_internal(head), "subject")
     return field("Subject", _DELIVERED_TAG.sub("", subject, count=1)) + head + rest
+
+
+def received(raw: bytes) -> ParsedMessage:
+    """The message as its customer sent it, parsed, also when it was saved from an agent's mailbox."""
+    return parse(as_received(raw, parse(raw).subject))
