@@ -212,7 +212,7 @@ def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
     out = result.stdout.decode()
     assert "[Level]: high" in out
     assert "Symbol: CANCEL_REFUND (2.50)[refund]" in out
-    assert 'Symbol: MODEL_URGENT (7.00)[p(critical+high)=' in out
+    assert 'Symbol: MODEL_URGENT (9.00)[p(critical+high)=' in out
 
 
 def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path) -> None:

@@ -78,11 +78,11 @@ def test_the_prediction_matches_scikit_learns_own(small_model: UrgencyModel) -> 
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from mailpipe.triage.model import features
+    from mailpipe.triage.model import DEFAULT_C, features
 
     texts = [text for _, text in SMALL]
     vectorizer = TfidfVectorizer(analyzer=lambda terms: terms, min_df=2, sublinear_tf=True)
-    classifier = LogisticRegression(C=3.0, class_weight="balanced", max_iter=5000)
+    classifier = LogisticRegression(C=DEFAULT_C, class_weight="balanced", max_iter=5000)
     classifier.fit(vectorizer.fit_transform([features(t) for t in texts]), [level for level, _ in SMALL])
     probe = "配信が止まっています, refund please"
     expected = dict(zip(classifier.classes_, classifier.predict_proba(vectorizer.transform([features(probe)]))[0],

@@ -39,7 +39,7 @@ _WORD_PREFIX = "w:"
 # (English character n-grams such as "ur a" explain nothing to a reader).
 _TELLING = re.compile(r"^w:|[^\x00-\x7f].*\w.*\w|\w.*[^\x00-\x7f].*\w|\w.*\w.*[^\x00-\x7f]")
 # Regularisation strength, chosen by cross-validation on the shipped corpus (mailpipe rules eval).
-DEFAULT_C = 3.0
+DEFAULT_C = 10.0
 
 
 class ModelError(Problems):
