@@ -162,6 +162,23 @@ def test_quoted_history_is_not_new_text(reply: str) -> None:
     assert parse(mail(reply.encode())).new_text == "Still broken!"
 
 
+@pytest.mark.parametrize(("subject", "body"), [
+    ("Fwd: help", "FYI, see below\n\n---------- Forwarded message ---------\nFrom: Customer <c@example.com>\n"
+                  "Date: Mon, 5 Jan 2026\nSubject: help\nTo: us\n\nEvery send bounces.\n\n"
+                  "On Sun, Support wrote:\n> old"),
+    ("FW: help", "FYI, see below\n\n-----Original Message-----\nFrom: Customer\nSent: Monday\nSubject: help\n\n"
+                 "Every send bounces."),
+    ("help", "FYI, see below\n\nBegin forwarded message:\n\nFrom: Customer <c@example.com>\nSubject: help\n\n"
+             "Every send bounces."),
+    ("転送: 至急", "FYI, see below\n\n-------- 転送されたメッセージ --------\n件名: 至急\n日付: 2026/01/05\n"
+                 "差出人: 顧客 <c@example.jp>\n\nEvery send bounces.\n> 以前の文面"),
+], ids=["gmail", "outlook", "apple", "thunderbird-ja"])
+def test_what_a_forward_forwards_is_new_text_without_its_header_block_or_older_quotes(subject: str, body: str
+                                                                                     ) -> None:
+    message = mail(body.encode()).replace(b"Subject: test", f"Subject: {subject}".encode())
+    assert parse(message).new_text == "FYI, see below\nEvery send bounces."
+
+
 def test_thread_keys() -> None:
     parsed = parse(mail(b"x", headers="In-Reply-To: <a@example.test>\r\nReferences: <r1@x> <a@example.test>\r\n")
                    .replace(b"Subject: test", "Subject: Re: 返信: [#123] ログインできません".encode()))

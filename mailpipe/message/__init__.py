@@ -148,7 +148,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         date=_date(first.get("date", ""), defects),
         headers={name: tuple(values) for name, values in headers.items()},
         text=text,
-        new_text=quotes.new_text(own[:_MAX_TEXT]),
+        new_text=quotes.new_text(own[:_MAX_TEXT], first.get("subject", "")),
         attachments=tuple(attachments),
         defects=tuple(defects),
     )

@@ -1,7 +1,13 @@
-"""The new text of a reply, apart from the history it quotes, so old words do not re-trigger
+"""The new text of a message, apart from the history it quotes, so old words do not re-trigger
 rules. Cuts at the first attribution or separator line that clients put above quoted mail
 ("On … wrote:", "-----Original Message-----", Outlook's From:/Sent: block, Japanese clients'
 「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 and 「…さんは書きました:」), and drops ">" lines.
+
+A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
+is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
+Apple's "Begin forwarded message:", 「転送されたメッセージ」), or below any separator when the
+subject says Fwd:/FW:/転送:, the forwarded text counts as new (its header block dropped), and is
+itself cut where it quotes older history.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import re
 _SEPARATORS = re.compile(
     r"""^\s*(?:
         -{2,}\s*(?:Original\s+Message|Forwarded\s+message|元のメッセージ|転送されたメッセージ|Original)\s*-{2,}
+      | Begin\s+forwarded\s+message\s*:
       | _{10,}
       | (?:On|Le|Am|El)\s.{4,200}(?:wrote|écrit|schrieb|escribió)\s*:
       | \d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日.{0,120}[:：]
@@ -21,10 +28,31 @@ _SEPARATORS = re.compile(
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|)")
+_FORWARD_MARKER = re.compile(r"-{2,}\s*(?:Forwarded\s+message|転送されたメッセージ)|Begin\s+forwarded", re.IGNORECASE)
+_FORWARD_SUBJECT = re.compile(r"^\s*(?:fw|fwd|wg|転送)\s*[:：]", re.IGNORECASE)
+_FORWARDED_FIELD = re.compile(
+    r"^\s*(?:From|Sent|Date|To|Cc|Subject|Reply-To|差出人|送信者|送信日時|日付|日時|宛先|件名)\s*[:：]", re.IGNORECASE)
 
 
-def new_text(text: str) -> str:
+def new_text(text: str, subject: str = "") -> str:
+    """What the sender (or, for a forward, the person forwarded) wrote that is not history."""
     match = _SEPARATORS.search(text)
-    head = text[: match.start()] if match else text
-    kept = [line for line in head.splitlines() if not _QUOTED_LINE.match(line)]
-    return "\n".join(kept).strip()
+    head = _unquoted(text[: match.start()] if match else text)
+    if match is None or not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
+        return head
+    forwarded = new_text(_without_fields(text[match.end():]))
+    return f"{head}\n{forwarded}".strip()
+
+
+def _unquoted(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not _QUOTED_LINE.match(line)).strip()
+
+
+def _without_fields(forwarded: str) -> str:
+    """The forwarded message without the From:/Date:/Subject: block a client puts on top."""
+    lines = forwarded.lstrip("\n").splitlines()
+    skipped = 0
+    while skipped < len(lines) and (_FORWARDED_FIELD.match(lines[skipped]) or (skipped and lines[skipped][:1] in " \t"
+                                                                             and lines[skipped].strip())):
+        skipped += 1
+    return "\n".join(lines[skipped:])

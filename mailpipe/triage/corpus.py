@@ -55,7 +55,7 @@ def entry_document(entry: dict[str, Any]) -> str:
     if entry.get("encoding") == "html":
         body = html.to_text(body)
     subject = str(entry.get("subject", ""))
-    return document(subject, quotes.new_text(body), reply_subject(subject))
+    return document(subject, quotes.new_text(body, subject), reply_subject(subject))
 
 
 def message(entry: dict[str, Any]) -> bytes:
