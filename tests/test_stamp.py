@@ -8,7 +8,8 @@ import email.message
 from email import policy
 
 from mailpipe.message import charsets, parse
-from mailpipe.outbound.stamp import HTML_CLASS, customer_subject, render, stamp
+from mailpipe.outbound.footer import render
+from mailpipe.outbound.stamp import HTML_CLASS, customer_subject, stamp
 
 FOOTER = "このメールについてお電話でのお問い合わせは、担当 山田（03-1234-5678）までご連絡ください。"
 EN_FOOTER = "Questions about this e-mail by phone: call Alex Smith & co <desk> on 03-1234-5679."

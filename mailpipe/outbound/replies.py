@@ -27,8 +27,9 @@ from mailpipe.deliver import Deliverer, notice
 from mailpipe.errors import Held
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
+from mailpipe.outbound.footer import render
 from mailpipe.outbound.signing import Signer
-from mailpipe.outbound.stamp import Stamped, render, stamp
+from mailpipe.outbound.stamp import Stamped, stamp
 from mailpipe.queues import OUTBOUND
 from mailpipe.spool import Message, Spool
 from mailpipe.store import CaseRecord, ReplyStore

@@ -69,20 +69,6 @@ def stamp(raw: bytes, footer: str, hostname: str, now_timestamp: float) -> Stamp
     return Stamped(out.getvalue(), stamped, message_id, tuple(skipped))
 
 
-FOOTER_PLACEHOLDERS = ("name", "phone", "case")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def render(template: str, **values: str) -> str:
-    """A footer template with ``{name}``, ``{phone}``, ``{case}`` filled in; unknown names stay
-    (``check-config`` refuses them: ``unknown_placeholders``)."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), template)
-
-
-def unknown_placeholders(template: str) -> list[str]:
-    return [name for name in _PLACEHOLDER.findall(template) if name not in FOOTER_PLACEHOLDERS]
-
-
 def customer_subject(subject: str) -> str:
     """The subject without triage's urgency tags, keeping the case token."""
     return _URGENCY_TAG.sub("", subject).strip()
