@@ -122,7 +122,8 @@ class Replies:
         return dataclasses.replace(work, stamped=stamped, data=stamped.data)
 
     async def sign_off_loop(self, work: ReplyWork) -> ReplyWork:
-        """dkimpy's RSA takes milliseconds of CPU: a thread keeps SMTP sessions answered meanwhile."""
+        """An RSA signature is most of a millisecond of CPU, which OpenSSL spends without the GIL:
+        in a thread it runs beside the event loop, which keeps answering SMTP sessions."""
         return await asyncio.to_thread(self.sign, work)
 
     def sign(self, work: ReplyWork) -> ReplyWork:
