@@ -3,8 +3,10 @@
 A ``SigningKey`` is what ``outbound.signing`` signs with, what ``config`` checks a key file
 against and what ``monitors.dns_checks`` compares with the published record; it lives down here
 so that all three can use it without importing upward. ``load_key`` refuses what cannot sign:
-an unreadable file, a key of another algorithm, an RSA key under 1024 bits. Key generation
-writes what ``mailpipe dkim keygen`` prints: the private key file and the TXT record to publish.
+an unreadable file, a key of another algorithm, an RSA key under 1024 bits. A key is parsed
+into OpenSSL's form once (``SigningKey.loaded``) and signs every message with it. Key
+generation writes what ``mailpipe dkim keygen`` prints: the private key file and the TXT record
+to publish.
 """
 
 from __future__ import annotations

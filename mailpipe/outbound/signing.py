@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import dkim
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import CanonicalizationPolicy
 
 from mailpipe.keys import PrivateKey, SigningKey
 
@@ -62,8 +62,9 @@ class OpenSSLDKIM(dkim.DKIM):
                          signature_algorithm=key.algorithm.encode(), include_headers=list(include_headers),
                          canonicalize=canonicalize)
 
-    def gen_header(self, fields: list[tuple[bytes, bytes]], include_headers: Sequence[bytes], canon_policy: Any,
-                   header_name: bytes, pk: object, standardize: bool = False) -> bytes:
+    def gen_header(self, fields: list[tuple[bytes, bytes]], include_headers: Sequence[bytes],
+                   canon_policy: CanonicalizationPolicy, header_name: bytes, pk: object,
+                   standardize: bool = False) -> bytes:
         """dkimpy's ``DomainSigner.gen_header`` for DKIM-Signature (``standardize`` is ARC's,
         never asked for here), with ``_key`` signing where dkimpy used ``pk``."""
         header_value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(header_name),

@@ -15,10 +15,10 @@ gains a Message-ID and Date when missing. Everything here is pure: bytes in, byt
 
 Every byte the stamp does not change stays as it was: the message is split along its MIME
 boundaries (RFC 2046) rather than parsed and generated again, only the header blocks are
-parsed (by the ``email`` package), and only a stamped part's body — and its Content-Type and
-Content-Transfer-Encoding fields, when the charset or the encoding had to change — is written
-anew. Whether a part already ends with the footer is decided from the part's end: ISO-2022-JP
-is decoded back only from the escape sequences the comparison needs.
+read (their fields filed by the ``email`` package), and only a stamped part's body — and its
+Content-Type and Content-Transfer-Encoding fields, when the charset or the encoding had to
+change — is written anew. Whether a part already ends with the footer is decided from the
+part's end: ISO-2022-JP is decoded back only from the escape sequences the comparison needs.
 """
 
 from __future__ import annotations
