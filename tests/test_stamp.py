@@ -8,7 +8,8 @@ import email.message
 from email import policy
 
 from mailpipe.message import charsets, parse
-from mailpipe.outbound.stamp import HTML_CLASS, customer_subject, render, stamp
+from mailpipe.outbound.footer import render
+from mailpipe.outbound.stamp import HTML_CLASS, customer_subject, stamp
 
 FOOTER = "このメールについてお電話でのお問い合わせは、担当 山田（03-1234-5678）までご連絡ください。"
 EN_FOOTER = "Questions about this e-mail by phone: call Alex Smith & co <desk> on 03-1234-5679."
@@ -125,6 +126,44 @@ def test_text_attachments_are_not_stamped() -> None:
     body, attachment = parts(stamped.data)
     assert EN_FOOTER in text_of(body)
     assert text_of(attachment) == "log line\r\n"
+
+
+def test_a_forwarded_message_is_not_stamped() -> None:
+    forwarded = email.message.EmailMessage()
+    forwarded["From"] = "customer@example.org"
+    forwarded["Subject"] = "the error"
+    forwarded.set_content("the customer's own words\n")
+    mime = email.message.EmailMessage()
+    mime["From"] = "yamada@example.test"
+    mime.set_content("see the forwarded mail\n")
+    mime.add_attachment(forwarded)
+    stamped = stamp(mime.as_bytes(policy=policy.SMTP), EN_FOOTER, "mx", NOW)
+    assert stamped.stamped == 1
+    body, inner = parts(stamped.data)
+    assert EN_FOOTER in text_of(body)
+    assert text_of(inner) == "the customer's own words\r\n"
+
+
+def test_a_footer_with_a_wave_dash_is_added_once_however_often_the_reply_is_stamped() -> None:
+    hours = "受付 9:00〜18:00（担当 山田）"  # WAVE DASH: ISO-2022-JP 0x2141, which CP50220 reads as ～
+    once = stamp(message(JIS_BODY), hours, "mx", NOW)
+    twice = stamp(once.data, hours, "mx", NOW)
+    assert (once.stamped, twice.stamped) == (1, 0)
+    assert twice.data == once.data
+
+
+def test_what_the_stamp_does_not_change_keeps_its_bytes() -> None:
+    references = "References: " + "\r\n ".join(f"<m{n}@example.org>" for n in range(12)) + "\r\n"
+    mime = email.message.EmailMessage()
+    mime["From"] = "yamada@example.test"
+    mime.set_content("body text\n")
+    mime.add_attachment(b"%PDF-1.4 binary\x00\xff", maintype="application", subtype="pdf", filename="a.pdf")
+    raw = references.encode() + mime.as_bytes(policy=policy.SMTP)
+    attachment = raw[raw.rindex(b"Content-Type: application/pdf"):]
+    stamped = stamp(raw, EN_FOOTER, "mx", NOW)
+    assert stamped.stamped == 1
+    assert references.encode() in stamped.data
+    assert stamped.data.endswith(attachment)
 
 
 def test_internal_headers_and_urgency_tags_are_removed_and_the_case_token_stays() -> None:

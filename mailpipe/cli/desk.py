@@ -24,7 +24,8 @@ from mailpipe.addresses import syntax_problem
 from mailpipe.cli import customers_csv
 from mailpipe.cli.common import Commands, complain, json_line, local, opened_store, shown
 from mailpipe.message import parse
-from mailpipe.outbound.stamp import render, stamp
+from mailpipe.outbound.footer import render
+from mailpipe.outbound.stamp import stamp
 from mailpipe.triage.hours import on_duty
 from mailpipe.triage.render import customer_line, fate_line
 

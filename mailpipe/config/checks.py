@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from mailpipe.addresses import syntax_problem
 from mailpipe.config import desk, seeds
 from mailpipe.keys import SigningKeyError, load_key
-from mailpipe.outbound.stamp import unknown_placeholders
+from mailpipe.outbound.footer import unknown_placeholders
 
 if TYPE_CHECKING:
     from mailpipe.config import Config

@@ -27,8 +27,9 @@ from mailpipe.deliver import Deliverer, notice
 from mailpipe.errors import Held
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
+from mailpipe.outbound.footer import render
 from mailpipe.outbound.signing import Signer
-from mailpipe.outbound.stamp import Stamped, render, stamp
+from mailpipe.outbound.stamp import Stamped, stamp
 from mailpipe.queues import OUTBOUND
 from mailpipe.spool import Message, Spool
 from mailpipe.store import CaseRecord, ReplyStore
@@ -121,7 +122,8 @@ class Replies:
         return dataclasses.replace(work, stamped=stamped, data=stamped.data)
 
     async def sign_off_loop(self, work: ReplyWork) -> ReplyWork:
-        """dkimpy's RSA takes milliseconds of CPU: a thread keeps SMTP sessions answered meanwhile."""
+        """An RSA signature is most of a millisecond of CPU, which OpenSSL spends without the GIL:
+        in a thread it runs beside the event loop, which keeps answering SMTP sessions."""
         return await asyncio.to_thread(self.sign, work)
 
     def sign(self, work: ReplyWork) -> ReplyWork:

@@ -12,23 +12,29 @@ multipart/signed or multipart/encrypted, attachments and forwarded messages are 
 The header block loses mailpipe's internal ``X-Mailpipe-*`` fields and the urgency tags triage
 put in the subject (the ``[#N]`` case token stays: the customer's answer threads by it), and
 gains a Message-ID and Date when missing. Everything here is pure: bytes in, bytes out.
+
+Every byte the stamp does not change stays as it was: the message is split along its MIME
+boundaries (RFC 2046) rather than parsed and generated again, only the header blocks are
+read (their fields filed by the ``email`` package), and only a stamped part's body — and its
+Content-Type and Content-Transfer-Encoding fields, when the charset or the encoding had to
+change — is written anew. Whether a part already ends with the footer is decided from the
+part's end: ISO-2022-JP is decoded back only from the escape sequences the comparison needs.
 """
 
 from __future__ import annotations
 
 import base64
-import email
 import email.message
 import html
-import io
 import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
-from email.generator import BytesGenerator
 from email.utils import format_datetime, make_msgid
+from functools import lru_cache
+from itertools import chain
 
 from mailpipe.deliver import headers
 from mailpipe.message import charsets, decode_header
@@ -36,11 +42,14 @@ from mailpipe.message import charsets, decode_header
 _POLICY = policy.compat32.clone(linesep="\r\n")
 _OPAQUE = ("multipart/signed", "multipart/encrypted")
 _URGENCY_TAG = re.compile(rf"(?:{headers.URGENCY_TAG.pattern})\s*")
+_HEADER_LINE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\n]*(?:\n|\Z)")  # email.feedparser's headerRE
+_BLANK_LINE = re.compile(rb"\r?\n")
 _BODY_END = re.compile(rb"</body\s*>", re.IGNORECASE)
-_BODY_END_TEXT = re.compile(r"</body\s*>", re.IGNORECASE)
 _ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968"})
-_JIS_ESCAPE = re.compile(rb"\x1b(?:\([BJI]|\$[@B]|\$\(D)")
-_JIS_ASCII = (b"\x1b(B", b"\x1b(J")
+# The escape sequences charsets.decode_iso2022jp switches on; _JIS_ASCII are those back to ASCII.
+_JIS_ESCAPE = re.compile(rb"\x1b(?:\([BJH]|\(I|\$[@B]|\$\(D)")
+_JIS_ASCII = (b"\x1b(B", b"\x1b(J", b"\x1b(H")
+_SHIFT_OUT = b"\x0e"
 HTML_CLASS = "mailpipe-footer"
 
 
@@ -54,33 +63,13 @@ class Stamped:
 
 def stamp(raw: bytes, footer: str, hostname: str, now_timestamp: float) -> Stamped:
     """``raw`` with ``footer`` in every body part and its header block cleaned for a customer."""
-    head, rest = headers.split(raw)
-    head, message_id = _clean_header_block(head, hostname, now_timestamp)
-    message = email.message_from_bytes(head + rest, policy=_POLICY)
+    head, blank, body = _split(raw)
+    head = headers.strip_internal(head)
+    fields = _fields(head)
+    head, message_id = _customer_header(head, fields, hostname, now_timestamp)
     skipped: list[str] = []
-    stamped = 0
-    for part in _body_parts(message, skipped):
-        if _stamp_part(part, footer):
-            stamped += 1
-    if not stamped:
-        return Stamped(head + rest, 0, message_id, tuple(skipped))
-    out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
-    return Stamped(out.getvalue(), stamped, message_id, tuple(skipped))
-
-
-FOOTER_PLACEHOLDERS = ("name", "phone", "case")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def render(template: str, **values: str) -> str:
-    """A footer template with ``{name}``, ``{phone}``, ``{case}`` filled in; unknown names stay
-    (``check-config`` refuses them: ``unknown_placeholders``)."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), template)
-
-
-def unknown_placeholders(template: str) -> list[str]:
-    return [name for name in _PLACEHOLDER.findall(template) if name not in FOOTER_PLACEHOLDERS]
+    head, body, stamped = _stamp_entity(head, body, fields, footer, skipped)
+    return Stamped(head + (blank or (b"\r\n" if stamped else b"")) + body, stamped, message_id, tuple(skipped))
 
 
 def customer_subject(subject: str) -> str:
@@ -88,61 +77,153 @@ def customer_subject(subject: str) -> str:
     return _URGENCY_TAG.sub("", subject).strip()
 
 
-def _clean_header_block(head: bytes, hostname: str, now_timestamp: float) -> tuple[bytes, str]:
-    head = headers.strip_internal(head)
-    message = email.message_from_bytes(head + b"\r\n", policy=_POLICY)
+def _split(entity: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header block with its last line end, the empty line, the body) of a message or body part,
+    as the ``email`` package reads them: the header ends at the empty line, or without one at
+    the first line that is not a field (which then starts the body)."""
+    end = 0
+    while line := _HEADER_LINE.match(entity, end):
+        end = line.end()
+    blank = _BLANK_LINE.match(entity, end)
+    return entity[:end], blank[0] if blank else b"", entity[blank.end() if blank else end:]
+
+
+def _fields(head: bytes) -> email.message.Message:
+    """The fields of a header block filed as the ``email`` feedparser files them (each field with
+    its folded lines, through the policy; a "From " envelope line and a line without a name left
+    out), without running the feedparser's line machinery three times per reply."""
+    fields = email.message.Message(_POLICY)
+    lines: list[str] = []
+    for line in (raw.decode("ascii", "surrogateescape") for raw in head.splitlines(keepends=True)):
+        if line[0] in " \t":
+            if lines:
+                lines.append(line)
+            continue
+        if lines:
+            fields.set_raw(*_POLICY.header_source_parse(lines))
+        lines = [line] if line.find(":") > 0 and not line.startswith("From ") else []
+    if lines:
+        fields.set_raw(*_POLICY.header_source_parse(lines))
+    return fields
+
+
+def _customer_header(head: bytes, fields: email.message.Message, hostname: str,
+                     now_timestamp: float) -> tuple[bytes, str]:
     extra = b""
-    subject = decode_header(message.get("Subject", ""))
+    subject = decode_header(fields.get("Subject", ""))
     if _URGENCY_TAG.search(subject):
         head = headers.drop(head, "subject")
         extra += headers.field("Subject", customer_subject(subject))
-    message_id = str(message.get("Message-ID", "")).strip()
+    message_id = str(fields.get("Message-ID", "")).strip()
     if not message_id:
         message_id = make_msgid(domain=hostname)
         extra += headers.field("Message-ID", message_id)
-    if not message.get("Date"):
+    if not fields.get("Date"):
         extra += headers.field("Date", format_datetime(datetime.fromtimestamp(now_timestamp, UTC)))
     return extra + head, message_id.strip("<>")
 
 
-def _body_parts(message: email.message.Message, skipped: list[str]) -> Iterator[email.message.Message]:
-    """text/plain and text/html parts that are the message's own body, not attachments,
-    forwarded messages or anything under a signature or encryption."""
-    kind = message.get_content_type()
+def _stamp_entity(head: bytes, body: bytes, fields: email.message.Message, footer: str,
+                  skipped: list[str]) -> tuple[bytes, bytes, int]:
+    """(header block, body, parts stamped) of a message or body part with the footer in each of
+    its own text parts: not in attachments, forwarded messages or anything signed or encrypted."""
+    kind = fields.get_content_type()
     if kind in _OPAQUE:
         skipped.append(f"{kind} left untouched")
-        return
-    if message.is_multipart():
-        for sub in message.get_payload():
-            if isinstance(sub, email.message.Message):
-                yield from _body_parts(sub, skipped)
-        return
-    if kind not in ("text/plain", "text/html"):
-        return
-    if message.get_content_disposition() == "attachment" or message.get_filename():
-        return
-    yield message
+        return head, body, 0
+    if kind.startswith("multipart/"):
+        boundary = fields.get_boundary()
+        if boundary is None:
+            return head, body, 0
+        body, stamped = _stamp_multipart(body, boundary.encode("ascii", "surrogateescape"),
+                                         "message/rfc822" if kind == "multipart/digest" else "text/plain",
+                                         footer, skipped)
+        return head, body, stamped
+    if kind not in ("text/plain", "text/html") or fields.get_content_disposition() == "attachment" \
+            or fields.get_filename():
+        return head, body, 0
+    return _stamp_part(head, body, fields, footer, is_html=kind == "text/html")
 
 
-def _stamp_part(part: email.message.Message, footer: str) -> bool:
-    payload = part.get_payload(decode=True)
+def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: str,
+                     skipped: list[str]) -> tuple[bytes, int]:
+    pieces: list[bytes] = []
+    done = stamped = 0
+    for start, end in _part_spans(body, boundary):
+        head, blank, part_body = _split(body[start:end])
+        fields = _fields(head)
+        fields.set_default_type(default_type)
+        head, part_body, count = _stamp_entity(head, part_body, fields, footer, skipped)
+        if count:
+            pieces += [body[done:start], head, blank or b"\r\n", part_body]
+            done, stamped = end, stamped + count
+    return b"".join([*pieces, body[done:]]), stamped
+
+
+def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
+    """Where each body part starts and ends: between delimiter lines ("--" boundary, "--" more on
+    the closing one, then nothing but spaces and tabs; RFC 2046 5.1.1), each part without the
+    line end before the next delimiter, which belongs to the delimiter. Without a closing
+    delimiter the last part runs to the end, as the ``email`` package reads it."""
+    marker = b"--" + boundary
+    spans: list[tuple[int, int]] = []
+    start = None
+    at = body.find(marker)
+    while at >= 0:
+        line_end = body.find(b"\n", at)
+        line_end = len(body) if line_end < 0 else line_end + 1
+        rest = body[at + len(marker):line_end].rstrip(b"\r\n")
+        closing = rest.startswith(b"--")
+        if (at == 0 or body[at - 1] == 0x0A) and not (rest[2:] if closing else rest).strip(b" \t"):
+            if start is not None:
+                before = 2 if body[at - 2:at] == b"\r\n" else 1
+                spans.append((start, max(start, at - before)))
+            if closing:
+                return spans
+            start = line_end
+        at = body.find(marker, at + len(marker))
+    if start is not None:
+        spans.append((start, len(body)))
+    return spans
+
+
+def _stamp_part(head: bytes, body: bytes, fields: email.message.Message, footer: str, *,
+                is_html: bool) -> tuple[bytes, bytes, int]:
+    fields.set_payload(body.decode("ascii", "surrogateescape"))
+    payload = fields.get_payload(decode=True)
     if not isinstance(payload, bytes):
-        return False
-    declared = charsets.normalise(part.get_content_charset()) or charsets.guess(payload)
-    text = charsets.decode(payload, declared)
-    is_html = part.get_content_type() == "text/html"
+        return head, body, 0
+    label = fields.get_content_charset()
+    declared = charsets.normalise(label)  # "": charsets.decode guesses
+    jis = declared == "iso-2022-jp"
     addition = _html_footer(footer) if is_html else footer
-    if _already_stamped(text, addition, is_html):
-        return False
-    try:
-        footer_bytes = _crlf(addition.encode(_encoder(part.get_content_charset())))
-        new = _splice(payload, footer_bytes, is_html, jis=declared == "iso-2022-jp")
-        charset = part.get_content_charset() or "us-ascii"
-    except (UnicodeEncodeError, LookupError):
-        new = _splice(text.encode("utf-8"), _crlf(addition.encode("utf-8")), is_html, jis=False)
+    footer_bytes, reads = _written(addition, label, declared) or (None, addition)
+    place = _footer_place(payload, is_html, jis=jis)
+    if _ends_with(payload, place, declared, reads):
+        return head, body, 0
+    if footer_bytes is not None:
+        new, charset = _splice(payload, place, footer_bytes, jis=jis), label or "us-ascii"
+    else:
+        data = charsets.decode(payload, declared).encode("utf-8")
+        new = _splice(data, _footer_place(data, is_html, jis=False), _crlf(addition.encode("utf-8")), jis=False)
         charset = "utf-8"
-    _set_payload(part, new, charset)
-    return True
+    declared_encoding = (fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    encoding = "base64" if charset == "utf-8" and declared_encoding == "7bit" and not new.isascii() \
+        else declared_encoding
+    if charset != (label or "us-ascii") or encoding != declared_encoding:
+        head = _retyped(head, fields, charset, encoding)
+    return head, _transfer_encoded(new, encoding), 1
+
+
+@lru_cache(maxsize=256)
+def _written(addition: str, label: str | None, declared: str) -> tuple[bytes, str] | None:
+    """The footer's bytes in the part's charset and how they read back (a wave dash written in
+    ISO-2022-JP reads back as CP50220's full-width tilde), or None when that charset cannot hold it."""
+    try:
+        data = _crlf(addition.encode(_encoder(label)))
+    except (UnicodeEncodeError, LookupError):
+        return None
+    return data, charsets.decode(data, declared)
 
 
 def _crlf(data: bytes) -> bytes:
@@ -166,22 +247,46 @@ def _html_footer(footer: str) -> str:
     return f'<div class="{HTML_CLASS}">{lines}</div>\n'
 
 
-def _already_stamped(text: str, addition: str, is_html: bool) -> bool:
-    """Whether the part's own end (plain) or the end of its HTML body already is the footer;
-    a footer quoted from an earlier message higher up does not count."""
-    if is_html:
-        ends = list(_BODY_END_TEXT.finditer(text))
-        text = text[: ends[-1].start()] if ends else text
-    return " ".join(text.split()).endswith(" ".join(addition.split()))
-
-
-def _splice(payload: bytes, footer: bytes, is_html: bool, *, jis: bool) -> bytes:
-    """The footer's bytes put into the part's bytes: before the last ``</body>`` that sits in
-    ASCII (never inside an ISO-2022-JP double-byte run), else at the end after a blank line."""
+def _footer_place(payload: bytes, is_html: bool, *, jis: bool) -> int:
+    """Where the footer goes: before the last ``</body>`` of HTML that sits in ASCII (never
+    inside an ISO-2022-JP double-byte run), else at the end."""
     if is_html:
         for match in reversed(list(_BODY_END.finditer(payload))):
             if not jis or _ascii_at(payload, match.start()):
-                return payload[: match.start()] + footer + payload[match.start():]
+                return match.start()
+    return len(payload)
+
+
+def _ends_with(payload: bytes, place: int, declared: str, footer: str) -> bool:
+    """Whether the text before ``place`` already ends with ``footer``, white space aside (a
+    footer quoted higher up does not count). The text is decoded from its end backwards, from
+    one ISO-2022-JP escape sequence to the one before, only until the comparison is decided:
+    the ISO-2022-JP decoder is Python and the whole part would cost more than the rest of the
+    stamp. Each escape sets the decoder's state, so the end decodes as it does in the whole
+    part; 8-bit bytes or shift-out (SO/SI) keep state across escapes, and then the whole is decoded."""
+    wanted = " ".join(footer.split())
+    windows = declared == "iso-2022-jp" and payload.isascii() and _SHIFT_OUT not in payload
+    for start in chain(_escapes_before(payload, place) if windows else (), (0,)):
+        tail = " ".join(charsets.decode(payload[start:place], declared).split())
+        if start == 0 or len(tail) >= len(wanted) or not wanted.endswith(tail):
+            return tail.endswith(wanted)
+    raise AssertionError("the loop returns at start 0")
+
+
+def _escapes_before(data: bytes, offset: int) -> Iterator[int]:
+    """Where the ISO-2022-JP escape sequences before ``offset`` start, the last first."""
+    at = data.rfind(b"\x1b", 0, offset)
+    while at >= 0:
+        if _JIS_ESCAPE.match(data, at):
+            yield at
+        at = data.rfind(b"\x1b", 0, at)
+
+
+def _splice(payload: bytes, place: int, footer: bytes, *, jis: bool) -> bytes:
+    """The footer's bytes put into the part's bytes at ``place``: before ``</body>``, or at the
+    end after a blank line, back in ASCII first when ISO-2022-JP ends in a double-byte run."""
+    if place < len(payload):
+        return payload[:place] + footer + payload[place:]
     body = payload.rstrip(b"\r\n")
     if jis and not _ascii_at(body, len(body)):
         body += b"\x1b(B"
@@ -190,21 +295,21 @@ def _splice(payload: bytes, footer: bytes, is_html: bool, *, jis: bool) -> bytes
 
 def _ascii_at(data: bytes, offset: int) -> bool:
     """Whether ISO-2022-JP ``data`` is in a single-byte (ASCII or JIS-Roman) state at ``offset``."""
-    escapes = list(_JIS_ESCAPE.finditer(data, 0, offset))
-    return not escapes or escapes[-1][0] in _JIS_ASCII
+    last = next(_escapes_before(data, offset), None)
+    return last is None or data.startswith(_JIS_ASCII, last)
 
 
-def _set_payload(part: email.message.Message, data: bytes, charset: str) -> None:
-    encoding = (part.get("Content-Transfer-Encoding") or "7bit").strip().lower()
-    if charset == "utf-8" and encoding == "7bit" and not data.isascii():
-        encoding = "base64"
+def _retyped(head: bytes, fields: email.message.Message, charset: str, encoding: str) -> bytes:
+    """The part's header block with its charset and transfer encoding as now written."""
+    fields.set_param("charset", charset)
+    head = headers.drop(headers.drop(head, "content-type"), "content-transfer-encoding")
+    return head + (f"Content-Type: {fields['Content-Type']}\r\n"
+                   f"Content-Transfer-Encoding: {encoding}\r\n").encode("ascii", "surrogateescape")
+
+
+def _transfer_encoded(data: bytes, encoding: str) -> bytes:
     if encoding == "base64":
-        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
-    elif encoding == "quoted-printable":
-        encoded = quopri.encodestring(data.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
-    else:
-        encoded = data
-    del part["Content-Transfer-Encoding"]
-    part["Content-Transfer-Encoding"] = encoding
-    part.set_param("charset", charset)
-    part.set_payload(encoded.decode("ascii", "surrogateescape"))
+        return base64.encodebytes(data).replace(b"\n", b"\r\n")
+    if encoding == "quoted-printable":
+        return quopri.encodestring(data.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+    return data
