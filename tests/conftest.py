@@ -138,8 +138,9 @@ class Daemon:
             except (TimeoutError, BlockingIOError):
                 return self.notifications
 
-    def wait_for(self, state: str, timeout: float = 20.0) -> None:
-        """Waits for ``state`` among the notifications not yet waited for."""
+    def wait_for(self, state: str, timeout: float = 90.0) -> None:
+        """Waits for ``state`` among the notifications not yet waited for. Generous: a daemon with
+        the urgency model trains it before READY, seconds of CPU that a busy machine stretches."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             unseen = self.read_notifications()[self.seen:]
