@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from email.header import Header
+from functools import lru_cache
 from itertools import groupby
 
 from mailpipe.message import ParsedMessage, parse
@@ -95,6 +96,13 @@ def field(name: str, value: str) -> bytes:
     clean = " ".join(printable(value).split())
     if clean.isascii() and len(name) + len(clean) < 996:  # nothing to encode, within RFC 5322's line limit
         return f"{name}: {clean}\r\n".encode("ascii")
+    return _encoded(name, clean)
+
+
+@lru_cache(maxsize=1024)
+def _encoded(name: str, clean: str) -> bytes:
+    """RFC 2047 encoding is the slow part of a field (email.header), and some values come back
+    message after message: the owners' names (X-Mailpipe-Owner), a returning customer's line."""
     header = Header(header_name=name)
     for ascii_run, words in groupby(clean.split(), key=str.isascii):
         header.append(" ".join(words), "us-ascii" if ascii_run else "utf-8")

@@ -26,6 +26,7 @@ _CASE_TOKEN = re.compile(r"\[#(\d{1,9})\]")
 _REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fw|fwd|aw|wg|sv|vs|antw|返信|転送|ＲＥ|Ｒｅ)\s*(?:\[\d+\])?\s*[:：]\s*)+",
                            re.IGNORECASE)
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\uff66-\uff9f]")
+_FOLDING = re.compile(r"\s*[\r\n]+\s*")
 _MAX_TEXT = 1_000_000
 
 
@@ -95,6 +96,8 @@ def decode_header(value: object) -> str:
     if isinstance(value, email.header.Header):
         return _join(email.header.decode_header(value))
     text = str(value)
+    if text.isascii() and "=?" not in text and "\x1b" not in text:
+        return _unfold(text)  # most fields (Received, DKIM-Signature, ids): nothing to decode
     try:
         raw: bytes | None = text.encode("ascii", "surrogateescape")
     except UnicodeEncodeError:
@@ -121,7 +124,7 @@ def _join(chunks: list[tuple[bytes | str, str | None]]) -> str:
 
 
 def _unfold(text: str) -> str:
-    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+    return _FOLDING.sub(" ", text).strip()
 
 
 def _parse(raw: bytes) -> ParsedMessage:

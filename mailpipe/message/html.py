@@ -9,6 +9,9 @@ from html.parser import HTMLParser
 _BLOCKS = frozenset({"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote",
                      "pre", "hr", "section", "article", "header", "footer", "ul", "ol", "dl", "dt", "dd"})
 _HIDDEN = frozenset({"script", "style", "head", "title", "template"})
+_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"[ \t]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class _Text(HTMLParser):
@@ -49,7 +52,7 @@ def to_text(markup: str) -> str:
         parser.feed(markup)
         parser.close()
     except Exception:  # html.parser is lenient, but a stage must never fail on markup
-        return re.sub(r"<[^>]*>", " ", markup)
+        return _TAG.sub(" ", markup)
     text = "".join(parser.parts).replace("\xa0", " ")
-    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    lines = [_SPACES.sub(" ", line).strip() for line in text.splitlines()]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()

@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import compress, pairwise, repeat
 
 import numpy as np
 
@@ -113,12 +113,16 @@ class UrgencyModel:
         self._intercept = intercept
 
     def predict(self, text: str) -> Prediction:
-        counts = Counter(term for term in features(text) if term in self._vocabulary)
-        terms = tuple(counts)
+        # Counting and the vocabulary look-up run in C (Counter, map): a Python loop over the
+        # few hundred n-grams of a message cost more than the rest of the prediction.
+        counts = Counter(features(text))
+        found = np.fromiter(map(self._vocabulary.get, counts, repeat(-1)), dtype=np.int64, count=len(counts))
+        known = found >= 0
+        terms = tuple(compress(counts, known))
         if not terms:
             return Prediction(_softmax(self._intercept, self.levels), (), np.zeros((len(self.levels), 0)))
-        index = np.fromiter((self._vocabulary[term] for term in terms), dtype=np.int64, count=len(terms))
-        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(terms)))
+        index = found[known]
+        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[known])
         weights = tf * self._idf[index]
         weights /= math.sqrt(float(weights @ weights))
         contributions = self._coef[:, index] * weights

@@ -175,9 +175,13 @@ class Triage:
 
     def annotate(self, work: Work) -> Work:
         fields, subject = header_fields(work, self.hostname, self._by_id, self.desk.subject_tags)
-        card = triage_card(work, self.hostname, self._by_id, incident_lines(self.incidents, parsed_of(work)),
+        return dataclasses.replace(work, fields=fields, subject=subject, card=self.card(work),
+                                   authserv_id=self.hostname)
+
+    def card(self, work: Work) -> bytes:
+        """The triage card filed beside the original (``render.triage_card``)."""
+        return triage_card(work, self.hostname, self._by_id, incident_lines(self.incidents, parsed_of(work)),
                            self.desk.timezone)
-        return dataclasses.replace(work, fields=fields, subject=subject, card=card, authserv_id=self.hostname)
 
     async def hand_off(self, work: Work) -> None:
         """The original with our headers on top, then its triage card, to each recipient's
@@ -188,8 +192,7 @@ class Triage:
             ack = work.acknowledgement
             await self.outbound.enqueue_once(ack.envelope, ack.data, ack.queue_id)
         message = work.message
-        fields = b"".join(headers.field(name, value) for name, value in work.fields)
-        items = [(message, headers.with_headers(message.data, fields, work.subject, work.authserv_id))]
+        items = [(message, annotated(work))]
         if work.card:
             card = notice.derived(message, "T", work.card)
             items.append((card, card.data))
@@ -218,6 +221,12 @@ class Triage:
                 if assignment.role == "fallback":
                     continue
             self.metrics.assignments.labels(agent.tier if agent else "unknown", kind).inc()
+
+
+def annotated(work: Work) -> bytes:
+    """The original as its owners get it: our fields on top (``headers.with_headers``)."""
+    fields = b"".join(headers.field(name, value) for name, value in work.fields)
+    return headers.with_headers(work.message.data, fields, work.subject, work.authserv_id)
 
 
 def automatic(work: Work) -> bool:
