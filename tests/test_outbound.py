@@ -10,6 +10,7 @@ import email
 import email.message
 import email.utils
 import json
+import re
 import smtplib
 import ssl
 import subprocess
@@ -64,6 +65,14 @@ def desk(make_daemon, mx: RecordingMX, tmp_path: Path):
         return daemon.start()
 
     return start
+
+
+def notices(mailbox: Path, suffix: str) -> list[Path]:
+    """The notices in ``mailbox`` derived from a spooled message: its queue id (16 characters, and
+    ``-N`` for one recipient's copy) plus ``suffix``. A glob such as ``*D*`` would also match a
+    queue id that happens to contain a D."""
+    name = re.compile(rf"M[0-9A-Z]{{16}}(?:-\d+)?{suffix}\d*")
+    return [path for path in mailbox.glob("new/*") if name.fullmatch(path.name.split(".")[1])]
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -380,8 +389,8 @@ def test_a_5xx_from_the_mx_gives_the_sending_agent_a_delivery_status_notificatio
     mx.refuse_always("RCPT", "550 5.1.1 The email account that you tried to reach does not exist")
     submit(daemon, owner_reply(message_id, case, sender="smith@example.test", name="Alex Smith"), user="smith",
            sender="smith@example.test")
-    wait_until(lambda: list(daemon.mailbox("smith").glob("new/*D0*")))
-    (path,) = daemon.mailbox("smith").glob("new/*D0*")
+    wait_until(lambda: notices(daemon.mailbox("smith"), "D0"))
+    (path,) = notices(daemon.mailbox("smith"), "D0")
     report = email.message_from_bytes(path.read_bytes())
     assert report.get_content_type() == "multipart/report"
     assert report.get_param("report-type") == "delivery-status"
@@ -426,8 +435,8 @@ def test_mail_to_a_null_mx_domain_is_refused_at_once(desk, mx) -> None:
     daemon = desk({"outbound": {"autoreply": False}})
     submit(daemon, b"From: support@example.test\r\nTo: someone@nullmx.test\r\nSubject: hi\r\n\r\nhello\r\n",
            rcpts=("someone@nullmx.test",))
-    wait_until(lambda: list(daemon.mailbox("yamada").glob("new/*D0*")))
-    assert "Status: 5.1.10" in next(daemon.mailbox("yamada").glob("new/*D0*")).read_text()
+    wait_until(lambda: notices(daemon.mailbox("yamada"), "D0"))
+    assert "Status: 5.1.10" in notices(daemon.mailbox("yamada"), "D0")[0].read_text()
 
 
 def test_a_domain_without_mx_is_reached_at_its_own_address(desk, mx) -> None:
@@ -482,7 +491,7 @@ def test_a_second_reply_by_another_agent_is_held_and_its_author_told_until_relea
     wait_until(lambda: any(e["state"] == "hold" for e in queue_list(daemon)))
     (held,) = queue_list(daemon)
     assert "double reply: yamada already answered" in held["reason"]
-    wait_until(lambda: list(daemon.mailbox("smith").glob("new/*H*")))
+    wait_until(lambda: notices(daemon.mailbox("smith"), "H"))
     subprocess.run([sys.executable, "-m", "mailpipe", "queue", "release", held["id"], "--config",
                     str(daemon.config_path)], check=True, capture_output=True)
     assert len(replies_at_mx(mx, 2)) == 2
@@ -523,8 +532,8 @@ def test_mail_deferred_past_its_lifetime_gives_the_agent_a_notification(desk, mx
     daemon = desk({"outbound": {"autoreply": False, "max_lifetime": "2s"}})
     mx.refuse_always("RCPT", "450 4.2.1 The user you are trying to contact is receiving mail too quickly")
     submit(daemon, f"From: support@example.test\r\nTo: {CUSTOMER}\r\nSubject: late\r\n\r\nbody\r\n".encode())
-    wait_until(lambda: list(daemon.mailbox("yamada").glob("new/*D*")), timeout=20)
-    report = next(daemon.mailbox("yamada").glob("new/*D*")).read_bytes().decode()
+    wait_until(lambda: notices(daemon.mailbox("yamada"), "D"), timeout=20)
+    report = notices(daemon.mailbox("yamada"), "D")[0].read_bytes().decode()
     assert "expired from the queue" in report and "Status: 4.2.1" in report
     wait_until(lambda: queue_list(daemon) == [])
 
