@@ -125,6 +125,7 @@ def daemon(work_dir: Path, state: Path, nameserver: str, workers: int = 8) -> Ab
     port, metrics_port = ingest.free_port(), ingest.free_port()
     config = work_dir / "mailpipe.toml"
     config.write_text(f'state_directory = "{state}"\nlog_level = "warning"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[submission]\nlisten = "127.0.0.1:{ingest.free_port()}"\n'
                       f'[spool]\nworkers = {workers}\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
                       f'[auth]\nnameservers = ["{nameserver}"]\n')
     return ingest.serving([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)], port,
@@ -191,10 +192,13 @@ def drain(work_dir: Path, messages: int, nameserver: str) -> float:
     with daemon(work_dir, state, nameserver, workers=0) as port:
         accepted = send(port, corpus(messages), None)
     with daemon(work_dir, state, nameserver):
-        count, deadline = -1, time.monotonic() + 600
-        while count < len(delivered(state, accepted)) and time.monotonic() < deadline:
-            count = len(delivered(state, accepted))
+        seen, deadline = 0, time.monotonic() + 600
+        while time.monotonic() < deadline:  # until files stop coming, once they have started
             time.sleep(2)
+            count = len(delivered(state, accepted))
+            if count and count == seen:
+                break
+            seen = count
     times = sorted(delivered(state, accepted).values())
     return (len(times) - 1) / (times[-1] - times[0])
 
