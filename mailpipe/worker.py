@@ -99,6 +99,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._claimed: deque[Message] = deque()  # claimed ahead, waiting for a free slot
+        self._busy = 0  # messages in their stages or hand-off: the slots taken
         self.faults: dict[str, str] = {}  # "spool", "store", "disk": what failed last, until it works again
 
     async def run(self) -> None:
@@ -107,7 +108,7 @@ class Worker:
             # Cleared before looking, so an arrival during the claim still wakes the wait below.
             self._spool.arrival(self.name).clear()
             self._slot_free.clear()
-            free = self.route.settings.workers - len(self._tasks)
+            free = self.route.settings.workers - self._busy
             if free > 0 and not self._claimed:
                 # A whole slot count at once, not one claim (one spool commit) per freed slot.
                 try:
@@ -122,6 +123,7 @@ class Worker:
                 self.faults.pop("spool", None)
             started = 0
             while started < free and self._claimed:
+                self._busy += 1
                 task = asyncio.create_task(self._process(self._claimed.popleft(), self.route))
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
@@ -180,9 +182,12 @@ class Worker:
                 await task
 
     async def _process(self, message: Message, route: Route[Any]) -> None:
-        work = route.start(message)
+        """The stages and the hand-off hold a slot; the outcome is written to the spool with the
+        slot already free, so the next message starts while the commit is on its way."""
         current = "start"
+        failure: Exception | None = None
         try:
+            work = route.start(message)
             for name, stage in route.stages:
                 current = name
                 started = time.perf_counter()
@@ -191,6 +196,14 @@ class Worker:
                 self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
             current = "hand-off"
             await route.hand_off(work)
+        except Exception as exc:
+            failure = exc
+        finally:
+            self._busy -= 1
+            self._slot_free.set()
+        try:
+            if failure is not None:
+                raise failure
         except Refused:
             await self._spool.ack(message.id)
             self._metrics.handoffs.labels(self.name, "refused").inc()
