@@ -1,14 +1,19 @@
-"""Maildir deliveries share their directory fsyncs: each delivery's files are written, fsync'ed
-and renamed by the delivery itself, and every mailbox's new/ is fsync'ed once for all the
-deliveries waiting at that moment, before any of them returns."""
+"""Maildir deliveries share their directory fsyncs: each delivery writes, fsyncs and renames its
+own files, then waits for an fsync of its mailbox's new/ that began after its rename; one fsync
+serves every delivery waiting when it begins."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from mailpipe.config import Agent
-from mailpipe.deliver.maildir import MaildirDeliverer, sync_directories
+from mailpipe.deliver import maildir
+from mailpipe.deliver.maildir import DirectorySync, MaildirDeliverer
 from mailpipe.spool import Entry, Envelope, Message
 
 YAMADA = Agent("yamada", "山田 太郎", "yamada@example.test")
@@ -16,25 +21,47 @@ SMITH = Agent("smith", "John Smith", "smith@example.test")
 ENVELOPE = Envelope("customer@example.org", ("support@example.test",), "127.0.0.1", "client", "inbound")
 
 
-def message(qid: str, claims: int = 1) -> Message:
-    entry = Entry(qid, "active", ENVELOPE, 1_700_000_000.0, 10, 0, 0, claims, 0.0, "")
+def message(qid: str) -> Message:
+    entry = Entry(qid, "active", ENVELOPE, 1_700_000_000.0, 10, 0, 0, 1, 0.0, "")
     return Message(entry, f"Subject: {qid}\r\n\r\nbody\r\n".encode())
 
 
-def test_a_round_fsyncs_each_directory_once_however_many_deliveries_wait_on_it(tmp_path: Path) -> None:
-    yamada, smith = tmp_path / "yamada" / "new", tmp_path / "smith" / "new"
-    yamada.mkdir(parents=True)
-    smith.mkdir(parents=True)
-    outcomes = sync_directories([yamada, smith, yamada, yamada, smith])
-    assert outcomes == {yamada: None, smith: None}
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
-def test_a_directory_that_cannot_be_fsynced_fails_only_the_deliveries_waiting_on_it(tmp_path: Path) -> None:
-    present, missing = tmp_path / "yamada" / "new", tmp_path / "gone" / "new"
-    present.mkdir(parents=True)
-    outcomes = sync_directories([present, missing])
-    assert outcomes[present] is None
-    assert isinstance(outcomes[missing], FileNotFoundError)
+def test_deliveries_waiting_during_an_fsync_share_the_next_one(tmp_path: Path, monkeypatch) -> None:
+    release = threading.Event()
+    real_fsync = maildir._fsync_dir
+
+    def first_fsync_held(path: Path) -> None:
+        release.wait(10)
+        real_fsync(path)
+
+    monkeypatch.setattr(maildir, "_fsync_dir", first_fsync_held)
+    directory = DirectorySync(tmp_path)
+    threads = [threading.Thread(target=directory.sync) for _ in range(5)]
+    threads[0].start()
+    wait_until(lambda: directory._syncing)
+    for thread in threads[1:]:
+        thread.start()
+    wait_until(lambda: directory._renamed == 5)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert directory.fsyncs == 2  # the one under way, then one for the four that waited
+
+
+def test_a_failed_directory_fsync_fails_its_deliveries_and_the_next_one_tries_again(tmp_path: Path) -> None:
+    directory = DirectorySync(tmp_path / "new")
+    with pytest.raises(FileNotFoundError):
+        directory.sync()
+    (tmp_path / "new").mkdir()
+    directory.sync()
+    assert directory.fsyncs == 2
 
 
 def test_concurrent_deliveries_to_two_mailboxes_each_land_once(tmp_path: Path) -> None:
@@ -48,4 +75,3 @@ def test_concurrent_deliveries_to_two_mailboxes_each_land_once(tmp_path: Path) -
     assert len(list((tmp_path / "yamada" / "new").iterdir())) == 20
     assert len(list((tmp_path / "smith" / "new").iterdir())) == 20
     assert list((tmp_path / "yamada" / "tmp").iterdir()) == list((tmp_path / "smith" / "tmp").iterdir()) == []
-

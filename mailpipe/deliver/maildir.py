@@ -8,11 +8,11 @@ Maildir specification and a crash both require.
 
 The directory fsync is shared, the way the spool's committer shares a commit: each delivery
 writes, fsyncs and renames its files in a thread of its own (concurrent fsyncs of files share
-the file system's journal commits), then waits for ``_Directories``, one thread that fsyncs each
-mailbox's ``new/`` once for every delivery waiting at that moment. A delivery returns only after
-that fsync, so the spool acknowledges a message only once its files are durable; a delivery that
-finds its files already in ``new/`` (a retry) waits for the fsync too, in case the one before
-failed.
+the file system's journal commits), then asks for ``new/`` to be fsync'ed (``DirectorySync``): the
+first to ask fsyncs it for every delivery that renamed into it before the fsync began, and those
+that arrive meanwhile share the next one. A delivery returns only after an fsync that covers its
+rename, so the spool acknowledges a message only once its files are durable; one that finds its
+files already in ``new/`` (a retry) waits for an fsync too, in case the one before failed.
 
 A Maildir file holds a message in the local text convention, lines ending in LF, as Postfix's
 ``local`` and Dovecot's LDA write it: mail clients reading the file (mutt, Thunderbird's Maildir
@@ -24,10 +24,8 @@ servers put the CRLF back, RFC 5322 section 2.3).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import os
-import queue
 import socket
 import threading
 from collections.abc import Sequence
@@ -38,7 +36,6 @@ from mailpipe.deliver import TemporaryFailure
 from mailpipe.spool import Message
 
 _SUBDIRS = ("tmp", "new", "cur")
-_MAX_GROUP = 512  # deliveries whose directory fsync one round serves at most
 
 
 class MaildirDeliverer:
@@ -84,7 +81,7 @@ class MaildirDeliverer:
                 names.append(name)
         for name in names:
             os.rename(box / "tmp" / name, box / "new" / name)
-        _DIRECTORIES.sync(box / "new")
+        _DIRECTORIES[box / "new"].sync()
 
     @staticmethod
     def _already_delivered(box: Path, name: str, recovered: bool) -> bool:
@@ -98,57 +95,59 @@ class MaildirDeliverer:
             return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
 
 
-def sync_directories(directories: Sequence[Path]) -> dict[Path, OSError | None]:
-    """Each directory fsync'ed once, however often it is named; what failed, by directory."""
-    outcomes: dict[Path, OSError | None] = {}
-    for directory in dict.fromkeys(directories):
-        try:
-            _fsync_dir(directory)
-            outcomes[directory] = None
-        except OSError as exc:
-            outcomes[directory] = exc
-    return outcomes
+class DirectorySync:
+    """Group commit of one directory's fsync: whoever finds none running fsyncs for every delivery
+    that renamed into the directory before it began; those arriving meanwhile wait for the next."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._changed = threading.Condition()
+        self._renamed = 0  # tickets handed out: one per delivery that renamed files in
+        self._durable = 0  # every ticket up to this one is covered by a finished fsync
+        self._syncing = False
+        self._failed: tuple[int, OSError] | None = None  # tickets above _durable up to this one: failed
+        self.fsyncs = 0
+
+    def sync(self) -> None:
+        """Returns once an fsync begun after this call has finished; raises what it raised."""
+        with self._changed:
+            self._renamed += 1
+            ticket = self._renamed
+            while self._durable < ticket:
+                if self._failed is not None and ticket <= self._failed[0]:
+                    raise self._failed[1]
+                if self._syncing:
+                    self._changed.wait()
+                    continue
+                self._syncing, covers = True, self._renamed
+                self._changed.release()
+                try:
+                    _fsync_dir(self.path)
+                    error = None
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._changed.acquire()
+                    self._syncing = False
+                    self.fsyncs += 1
+                    self._changed.notify_all()
+                if error is None:
+                    self._durable, self._failed = covers, None
+                else:
+                    self._failed = (covers, error)
 
 
 class _Directories:
-    """The thread that fsyncs mailbox directories for every delivery waiting at that moment;
-    shared by every ``MaildirDeliverer`` (a reload builds new ones), started at the first use."""
+    """Each mailbox's ``new/`` as a ``DirectorySync``, shared by every ``MaildirDeliverer`` (a reload
+    builds new ones)."""
 
     def __init__(self) -> None:
-        self._waiting: queue.SimpleQueue[tuple[Path, concurrent.futures.Future[None]]] = queue.SimpleQueue()
-        self._start = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._known: dict[Path, DirectorySync] = {}
 
-    def sync(self, directory: Path) -> None:
-        """Returns once ``directory`` has been fsync'ed after this call (raises what the fsync did)."""
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._waiting.put((directory, done))
-        with self._start:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="maildir-fsync", daemon=True)
-                self._thread.start()
-        done.result()
-
-    def _run(self) -> None:
-        while True:
-            group = [self._waiting.get()]
-            while len(group) < _MAX_GROUP:
-                try:
-                    group.append(self._waiting.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                outcomes = sync_directories([directory for directory, _ in group])
-            except Exception as exc:  # a bug, not a disk: every waiting delivery hears of it
-                for _, done in group:
-                    done.set_exception(exc)
-                continue
-            for directory, done in group:
-                error = outcomes[directory]
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
+    def __getitem__(self, path: Path) -> DirectorySync:
+        with self._lock:
+            return self._known.setdefault(path, DirectorySync(path))
 
 
 _DIRECTORIES = _Directories()
