@@ -17,7 +17,11 @@ does with each:
 The worker itself survives a spool that cannot be read or written: claiming backs off and
 retries, and an outcome that cannot be written is written again until it can (or, at shutdown,
 left claimed).
-A shutdown leaves unfinished messages claimed; the next start puts them back in the queue.
+The worker claims as many messages as it has slots whenever it has run out of claimed ones,
+and starts each as a slot frees, so a busy queue costs one claim (one spool commit) per slot
+count of messages rather than one per message.
+A shutdown leaves unfinished messages claimed (those waiting for a slot too); the next start
+puts them back in the queue.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import inspect
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -93,6 +98,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._claimed: deque[Message] = deque()  # claimed ahead, waiting for a free slot
+        self._busy = 0  # messages in their stages or hand-off: the slots taken
         self.faults: dict[str, str] = {}  # "spool", "store", "disk": what failed last, until it works again
 
     async def run(self) -> None:
@@ -101,22 +108,27 @@ class Worker:
             # Cleared before looking, so an arrival during the claim still wakes the wait below.
             self._spool.arrival(self.name).clear()
             self._slot_free.clear()
-            free = self.route.settings.workers - len(self._tasks)
-            try:
-                batch = await self._spool.claim(free, self.name) if free > 0 else []
-            except sqlite3.Error as exc:
-                failures += 1
-                await self._spool_failed(exc, failures)
-                continue
-            if failures:
-                log.warning("spool readable again", extra={"queue": self.name})
-            failures = 0
-            self.faults.pop("spool", None)
-            for message in batch:
-                task = asyncio.create_task(self._process(message, self.route))
+            free = self.route.settings.workers - self._busy
+            if free > 0 and not self._claimed:
+                # A whole slot count at once, not one claim (one spool commit) per freed slot.
+                try:
+                    self._claimed.extend(await self._spool.claim(self.route.settings.workers, self.name))
+                except sqlite3.Error as exc:
+                    failures += 1
+                    await self._spool_failed(exc, failures)
+                    continue
+                if failures:
+                    log.warning("spool readable again", extra={"queue": self.name})
+                failures = 0
+                self.faults.pop("spool", None)
+            started = 0
+            while started < free and self._claimed:
+                self._busy += 1
+                task = asyncio.create_task(self._process(self._claimed.popleft(), self.route))
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
-            if not batch:
+                started += 1
+            if not started:
                 await self._wait_for_work(free > 0)
 
     async def _wait_for_work(self, have_slots: bool) -> None:
@@ -170,9 +182,12 @@ class Worker:
                 await task
 
     async def _process(self, message: Message, route: Route[Any]) -> None:
-        work = route.start(message)
+        """The stages and the hand-off hold a slot; the outcome is written to the spool with the
+        slot already free, so the next message starts while the commit is on its way."""
         current = "start"
+        failure: Exception | None = None
         try:
+            work = route.start(message)
             for name, stage in route.stages:
                 current = name
                 started = time.perf_counter()
@@ -181,6 +196,14 @@ class Worker:
                 self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
             current = "hand-off"
             await route.hand_off(work)
+        except Exception as exc:
+            failure = exc
+        finally:
+            self._busy -= 1
+            self._slot_free.set()
+        try:
+            if failure is not None:
+                raise failure
         except Refused:
             await self._spool.ack(message.id)
             self._metrics.handoffs.labels(self.name, "refused").inc()

@@ -6,6 +6,14 @@ delivered again after a crash (delivered, but the spool never heard) finds its e
 twice. Write to ``tmp/``, fsync, rename into ``new/``, fsync the directory: the order the
 Maildir specification and a crash both require.
 
+The directory fsync is shared, the way the spool's committer shares a commit: each delivery
+writes, fsyncs and renames its files in a thread of its own (concurrent fsyncs of files share
+the file system's journal commits), then asks for ``new/`` to be fsync'ed (``DirectorySync``): the
+first to ask fsyncs it for every delivery that renamed into it before the fsync began, and those
+that arrive meanwhile share the next one. A delivery returns only after an fsync that covers its
+rename, so the spool acknowledges a message only once its files are durable; one that finds its
+files already in ``new/`` (a retry) waits for an fsync too, in case the one before failed.
+
 A Maildir file holds a message in the local text convention, lines ending in LF, as Postfix's
 ``local`` and Dovecot's LDA write it: mail clients reading the file (mutt, Thunderbird's Maildir
 store) show a CRLF file with ``^M`` on every line. Only the line endings change (``unix_lines``):
@@ -19,6 +27,7 @@ import asyncio
 import errno
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,7 +66,8 @@ class MaildirDeliverer:
             self._write(owner, items)
 
     def _write(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
-        """Every file written and fsync'ed in tmp/, then renamed into new/, then one fsync of new/."""
+        """Every file written and fsync'ed in tmp/, then renamed into new/, then new/ fsync'ed
+        (together with every other delivery's waiting at that moment)."""
         box = self.mailbox(owner)
         if box not in self._ready:
             for sub in _SUBDIRS:
@@ -71,8 +81,7 @@ class MaildirDeliverer:
                 names.append(name)
         for name in names:
             os.rename(box / "tmp" / name, box / "new" / name)
-        if names:
-            _fsync_dir(box / "new")
+        _DIRECTORIES[box / "new"].sync()
 
     @staticmethod
     def _already_delivered(box: Path, name: str, recovered: bool) -> bool:
@@ -84,6 +93,64 @@ class MaildirDeliverer:
         prefix = name + ":"
         with os.scandir(box / "cur") as found:
             return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
+
+
+class DirectorySync:
+    """Group commit of one directory's fsync: whoever finds none running fsyncs for every delivery
+    that renamed into the directory before it began; those arriving meanwhile wait for the next."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._changed = threading.Condition()
+        self._renamed = 0  # tickets handed out: one per delivery that renamed files in
+        self._durable = 0  # every ticket up to this one is covered by a finished fsync
+        self._syncing = False
+        self._failed: tuple[int, OSError] | None = None  # tickets above _durable up to this one: failed
+        self.fsyncs = 0
+
+    def sync(self) -> None:
+        """Returns once an fsync begun after this call has finished; raises what it raised."""
+        with self._changed:
+            self._renamed += 1
+            ticket = self._renamed
+            while self._durable < ticket:
+                if self._failed is not None and ticket <= self._failed[0]:
+                    raise self._failed[1]
+                if self._syncing:
+                    self._changed.wait()
+                    continue
+                self._syncing, covers = True, self._renamed
+                self._changed.release()
+                try:
+                    _fsync_dir(self.path)
+                    error = None
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._changed.acquire()
+                    self._syncing = False
+                    self.fsyncs += 1
+                    self._changed.notify_all()
+                if error is None:
+                    self._durable, self._failed = covers, None
+                else:
+                    self._failed = (covers, error)
+
+
+class _Directories:
+    """Each mailbox's ``new/`` as a ``DirectorySync``, shared by every ``MaildirDeliverer`` (a reload
+    builds new ones)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[Path, DirectorySync] = {}
+
+    def __getitem__(self, path: Path) -> DirectorySync:
+        with self._lock:
+            return self._known.setdefault(path, DirectorySync(path))
+
+
+_DIRECTORIES = _Directories()
 
 
 def unix_lines(content: bytes) -> bytes:

@@ -1,0 +1,117 @@
+"""Where the daemon's CPU goes when it triages its own spool, against what intake costs it.
+
+The real daemon, the 100,000-customer store of bench/triage.py and its local unbound: the spool
+is filled over SMTP with hand-offs paused (``workers = 0``), then the daemon is started again to
+triage it. Wall rates swing by half on a shared two-core machine, so beside the drain rate this
+prints what contention hardly moves: the daemon's CPU (user + system, from /proc) per message
+while it accepts the messages and while it triages them, their ratio, the triage rate one core
+could give at that cost (to set against durable intake's rate, which is bound by its fsyncs more
+than its CPU), spool commits per message, and each stage's mean wall time from the daemon's own
+metrics.
+
+Prints figures and ratios; asserts nothing. Run: python bench/drain.py [--messages N] [--workers W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import triage  # noqa: E402  (bench/triage.py: the store, the corpus, the SMTP senders)
+
+from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def daemon(work: Path, state: Path, nameserver: str, workers: int) -> Iterator[tuple[int, int, int]]:
+    """bench/triage.py's daemon, with its metrics port (from the config it wrote) and its pid
+    (from the spool's lock file)."""
+    with triage.daemon(work, state, nameserver, workers) as port:
+        metrics = int(re.findall(r'listen = "127.0.0.1:(\d+)"', (work / "mailpipe.toml").read_text())[-1])
+        yield port, metrics, int((state / "spool" / "lock").read_text())
+
+
+def metric_values(port: int, name: str) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {labels: float(value) for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M)}
+
+
+def stage_means(port: int) -> dict[str, float]:
+    sums, counts = (metric_values(port, f"mailpipe_stage_seconds_{kind}") for kind in ("sum", "count"))
+    means = {}
+    for labels, total in sums.items():
+        if 'queue="inbound"' in labels and counts.get(labels):
+            means[re.search(r'stage="([^"]+)"', labels)[1]] = 1000 * total / counts[labels]  # type: ignore[index]
+    return means
+
+
+def measure(messages: int, workers: int) -> None:
+    dns_server = Unbound(zones_for_tests())
+    work = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    try:
+        state = work / "state"
+        state.mkdir()
+        triage.populate(state / "store.sqlite")
+        samples = triage.corpus(messages)
+        with daemon(work, state, dns_server.address, workers=0) as (port, _, pid):
+            time.sleep(1)  # the model's training at start is not intake
+            before = cpu_seconds(pid)
+            accepted = triage.send(port, samples, None)
+            intake_cpu = (cpu_seconds(pid) - before) / len(accepted)
+        with daemon(work, state, dns_server.address, workers) as (_, metrics, pid):
+            while not triage.delivered(state, accepted):
+                time.sleep(0.02)
+            before, started = cpu_seconds(pid), time.monotonic()
+            seen, count = 0, 0
+            while True:
+                time.sleep(0.5)
+                count = len(triage.delivered(state, accepted))
+                if count == seen:
+                    break
+                seen = count
+            drain_cpu = (cpu_seconds(pid) - before) / count
+            times = sorted(triage.delivered(state, accepted).values())
+            commits = sum(metric_values(metrics, "mailpipe_spool_commits_total").values())
+            means = stage_means(metrics)
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        print(f"{len(accepted)} accepted, {count} delivered, {workers} slots, {os.cpu_count()} CPUs")
+        print(f"the daemon triaging its spool:          {rate:8.0f} msgs/s (wall, {time.monotonic() - started:.1f} s)")
+        print(f"daemon CPU per message, durable intake: {intake_cpu * 1000:8.2f} ms (baseline)")
+        print(f"daemon CPU per message, triage:         {drain_cpu * 1000:8.2f} ms")
+        print(f"triage CPU / intake CPU = {drain_cpu / intake_cpu:.2f}; one core's worth of triage: "
+              f"{1 / drain_cpu:.0f} msgs/s")
+        print(f"spool commits per triaged message:      {commits / count:8.2f}")
+        print("stage wall time, mean ms: " + ", ".join(f"{name} {ms:.1f}" for name, ms in means.items()))
+    finally:
+        dns_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    measure(args.messages, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
