@@ -187,10 +187,10 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
     judged = corpus.entries([ASIDE])
     scores = evaluation.judge(rules.load(shipped("rules")), evaluation.labelled(judged),
                               [shipped_model] * len(judged), NOW)["both"].summary()
-    assert scores["messages"] >= 150
+    assert scores["messages"] >= 400
     assert scores["critical_at_high_or_above"] >= 0.9 * scores["critical"]
     assert scores["urgent_recall"] >= 0.9 and scores["urgent_precision"] >= 0.8
-    assert scores["low_promoted"] <= 3
+    assert scores["low_promoted"] <= 6
 
 
 def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:
