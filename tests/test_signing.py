@@ -105,6 +105,27 @@ def test_an_rsa_2048_signature_is_byte_for_byte_what_dkimpys_own_signer_writes(f
     assert ours == dkimpys
 
 
+@pytest.mark.parametrize("message", [
+    REPLY,
+    REPLY.replace(b"\r\n", b"\n"),
+    REPLY.replace(b"\r\n\r\n", b"\n\r\n").replace(b"7bit\r\n", b"7bit\n") + b"bare LF\nand CR\ralone\r\n\r\n\r\n",
+    b"From: a@example.test\r\nSubject: folded\r\n\tacross lines\r\n\r\n",
+    b"From: a@example.test\r\nSubject: no empty line, no body\r\n",
+    b"From: a@example.test\r\nSubject: no line end at all",
+    b"\r\nA message that starts with its body\r\n",
+    b"From sender@example.test Mon Nov 23 10:00:00 2026\nFrom: a@example.test\n\nbody\n\nsecond paragraph\n",
+], ids=["crlf", "lf", "mixed", "folded-no-body", "no-empty-line", "no-line-end", "body-only", "mbox-from-line"])
+def test_the_message_is_read_as_dkimpys_own_parser_reads_it(message) -> None:
+    headers, body = dkim.rfc822_parse(message)
+    ours = OpenSSLDKIM(message)
+    assert (ours.headers, ours.body) == (headers, body)
+
+
+def test_a_header_line_dkimpy_refuses_is_refused_as_dkimpy_refuses_it() -> None:
+    with pytest.raises(dkim.MessageFormatError):
+        OpenSSLDKIM(b"From: a@example.test\r\nnot a field\r\n\r\nbody\r\n")
+
+
 def test_signatures_verify_with_dkimpys_verifier(rsa_key, ed_key) -> None:
     for key in (rsa_key, ed_key):
         signed = Signer([key]).sign(REPLY, "Example.TEST")
