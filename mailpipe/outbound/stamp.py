@@ -140,9 +140,19 @@ def _stamp_entity(head: bytes, body: bytes, fields: email.message.Message, foote
                                          footer, skipped)
         return head, body, stamped
     if kind not in ("text/plain", "text/html") or fields.get_content_disposition() == "attachment" \
-            or fields.get_filename():
+            or _named(fields):
         return head, body, 0
     return _stamp_part(head, body, fields, footer, is_html=kind == "text/html")
+
+
+def _named(fields: email.message.Message) -> bool:
+    """Whether the part has a file name (``get_filename``), asked only of a part whose
+    Content-Disposition or Content-Type has a parameter called (file)name at all: parsing both
+    fields' parameters for it cost more than the rest of the part's header handling."""
+    for name in ("Content-Disposition", "Content-Type"):
+        if "name" in str(fields.get(name, "")).lower():
+            return bool(fields.get_filename())
+    return False
 
 
 def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: str,
