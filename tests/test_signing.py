@@ -98,10 +98,15 @@ def test_the_rfc_8463_example_signatures_come_out_as_published_and_as_dkimpy_wri
     assert ours == dkimpys
 
 
-def test_an_rsa_2048_signature_is_byte_for_byte_what_dkimpys_own_signer_writes(frozen_clock, rsa_key) -> None:
-    include = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"content-type", b"from"]
-    ours = OpenSSLDKIM(REPLY).sign_with(rsa_key, include)
-    dkimpys = dkim.DKIM(REPLY).sign(b"rsa", b"example.test", rsa_key.private_key, include_headers=include)
+@pytest.mark.parametrize(("message", "include"), [
+    (REPLY, [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"content-type", b"from"]),
+    (REPLY.replace(b"MIME-Version", b"Cc:  second\r\n\tfolded\r\nX-Mailer: x\r\ncc: third\r\nMIME-Version"),
+     [b"cc", b"from", b"cc", b"x-mailer", b"cc", b"cc", b"from"]),
+], ids=["reply", "repeated-fields"])
+def test_an_rsa_2048_signature_is_byte_for_byte_what_dkimpys_own_signer_writes(
+        frozen_clock, rsa_key, message, include) -> None:
+    ours = OpenSSLDKIM(message).sign_with(rsa_key, include)
+    dkimpys = dkim.DKIM(message).sign(b"rsa", b"example.test", rsa_key.private_key, include_headers=include)
     assert ours == dkimpys
 
 

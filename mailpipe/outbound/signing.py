@@ -55,9 +55,9 @@ class OpenSSLDKIM(dkim.DKIM):
     dkimpy has no hook for its cryptography: ``DKIM.sign`` parses the PEM it is given for every
     message, and ``gen_header`` signs the header hash with the pure-Python RSA. This subclass
     overrides ``gen_header``, with dkimpy 1.1's own steps and helpers (fold, blank ``b=``,
-    ``hash_headers``), signing the hash with the key given to ``sign_with``; and ``set_message``,
-    so that dkimpy's parser reads the header block only. One instance parses the message once
-    for all of its signatures."""
+    ``hash_headers``), signing the hash with the key given to ``sign_with`` and canonicalising
+    only the fields it signs; and ``set_message``, so that dkimpy's parser reads the header
+    block only. One instance parses the message once for all of its signatures."""
 
     _key: PrivateKey
 
@@ -90,8 +90,12 @@ class OpenSSLDKIM(dkim.DKIM):
                                  linesep=b"\r\n")
         header_value = dkim.RE_BTAG.sub(b"\\1", header_value)
         hasher = self.hasher()
-        self.signed_headers = dkim.hash_headers(hasher, canon_policy, canon_policy.canonicalize_headers(self.headers),
-                                                include_headers, (header_name, b" " + header_value), dict(fields))
+        # Only fields of a signed name are canonicalised (dkimpy does all: a client's reply carries
+        # a dozen it does not sign); in the message's order, so hash_headers picks the same ones.
+        names = frozenset(include_headers)
+        signed = canon_policy.canonicalize_headers([field for field in self.headers if field[0].lower() in names])
+        self.signed_headers = dkim.hash_headers(hasher, canon_policy, signed, include_headers,
+                                                (header_name, b" " + header_value), dict(fields))
         index = next(i for i, (tag, _) in enumerate(fields) if tag == b"b")
         fields[index] = (b"b", base64.b64encode(_signature(self._key, hasher.digest())))
         return dkim.fold(b"; ".join(b"=".join(x) for x in fields) + self.linesep, namelen=len(header_name),
