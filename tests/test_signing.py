@@ -7,6 +7,8 @@ as published.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import types
 from collections.abc import Callable
 
@@ -15,7 +17,9 @@ import pytest
 
 from mailpipe import keys
 from mailpipe.keys import SigningKey
+from mailpipe.outbound.replies import Replies, ReplyWork, header_fields
 from mailpipe.outbound.signing import OpenSSLDKIM, Signer
+from mailpipe.spool import Entry, Envelope, Message
 
 RFC8463_TIME = 1528637909
 # RFC 8463 appendix A.1: the two keys of football.example.com (the RSA one is 1024 bits).
@@ -171,3 +175,27 @@ def test_a_key_is_parsed_once_however_many_messages_it_signs(rsa_key) -> None:
     first = rsa_key.loaded
     Signer([rsa_key]).sign(REPLY, "example.test")
     assert rsa_key.loaded is first
+
+
+def test_replies_in_flight_are_signed_at_the_same_time_off_the_event_loop(rsa_key) -> None:
+    """OpenSSL signs without the GIL: a signature in a thread overlaps the other replies' work.
+    Each signer waits until the other has started; signed one after the other (or on the event
+    loop) the first would wait alone and the barrier break."""
+    meeting = threading.Barrier(2, timeout=30)
+
+    class MeetingSigner(Signer):
+        def sign(self, raw: bytes, domain: str) -> bytes:
+            meeting.wait()
+            return super().sign(raw, domain)
+
+    # Signing reads the signer alone: the store, spool, mailboxes and metrics are never reached.
+    replies = Replies((), None, 0, None, MeetingSigner([rsa_key]), None, None, "mx.example.test", None)
+    envelope = Envelope("support@example.test", ("customer@example.org",), "", "", "submission", "yamada")
+    works = [ReplyWork(Message(Entry(f"q{n}", "active", envelope, 0.0, len(REPLY), 0, 0, 1, 0.0, ""), REPLY),
+                       parsed=header_fields(REPLY), data=REPLY) for n in range(2)]
+
+    async def in_flight() -> list[ReplyWork]:
+        return await asyncio.gather(*(replies.sign_off_loop(work) for work in works))
+
+    for work in asyncio.run(in_flight()):
+        assert dkim.verify(work.data, dnsfunc=dns_for(rsa_key))
