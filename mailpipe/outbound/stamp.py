@@ -271,9 +271,9 @@ def _ends_with(payload: bytes, place: int, declared: str, footer: str) -> bool:
     """Whether the text before ``place`` already ends with ``footer``, white space aside (a
     footer quoted higher up does not count). The text is decoded from its end backwards, from
     one ISO-2022-JP escape sequence to the one before, only until the comparison is decided:
-    the ISO-2022-JP decoder is Python and the whole part would cost more than the rest of the
-    stamp. Each escape sets the decoder's state, so the end decodes as it does in the whole
-    part; 8-bit bytes or shift-out (SO/SI) keep state across escapes, and then the whole is decoded."""
+    decoding the whole part would cost about as much as the rest of the stamp. Each escape sets
+    the decoder's state, so the end decodes as it does in the whole part; 8-bit bytes or
+    shift-out (SO/SI) keep state across escapes, and then the whole is decoded."""
     wanted = " ".join(footer.split())
     windows = declared == "iso-2022-jp" and payload.isascii() and _SHIFT_OUT not in payload
     for start in chain(_escapes_before(payload, place) if windows else (), (0,)):
