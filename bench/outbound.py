@@ -3,14 +3,16 @@
 Measured in one run on this machine, side by side:
 - the baseline: raw RSA-2048 PKCS#1 v1.5 / SHA-256 signatures with ``cryptography`` (OpenSSL)
   over the same bytes with the same key — what a signature costs and nothing else;
+- the reply's parse as ``Replies.parse`` makes it (header fields only) beside the whole-message
+  parse it made before (the ISO-2022-JP body decoded for nothing but an out-of-case footer);
 - stamp alone (footer into ISO-2022-JP text and HTML alternatives);
 - signing alone, as the daemon signs (dkimpy's DKIM, OpenSSL's signature): rsa-sha256,
   ed25519-sha256 and both; and dkimpy's own pure-Python RSA over the first ``--dkimpy`` replies,
   for comparison;
-- the whole hand-off as the daemon does it: stamp, sign, and the durable write into the send
-  queue (SQLite, synchronous=FULL, group commit), with as many messages in flight as the worker
-  allows, RSA alone and RSA with ed25519 (dual signing), in ``--rounds`` rounds each beside its
-  own baseline.
+- issue 17's "full hand-off" as the daemon runs it (without the parse, the case lookups and the
+  store's record of the reply): stamp, sign, and the durable write into the send queue (SQLite,
+  synchronous=FULL, group commit), with as many messages in flight as the worker allows, RSA
+  alone and RSA with ed25519 (dual signing), in ``--rounds`` rounds each beside its own baseline.
 The ratio that matters is the full RSA hand-off against OpenSSL signing alone (goal: 0.5 or more),
 in msgs/s; beside it the same ratio in CPU per message, which neighbours on a shared machine
 move much less. OpenSSL signs without the GIL, so on two free cores the signature overlaps the
@@ -41,7 +43,9 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from mailpipe import keys
+from mailpipe.message import parse
 from mailpipe.outbound import signing
+from mailpipe.outbound.replies import header_fields
 from mailpipe.outbound.stamp import stamp
 from mailpipe.spool import Envelope, Spool
 
@@ -87,19 +91,25 @@ def timed(label: str, function, items) -> tuple[float, float, list]:
     return *report(label, len(items), time.perf_counter() - started, time.process_time() - cpu), out
 
 
-async def hand_off(messages: list[bytes], signer: signing.Signer, spool_path: Path, in_flight: int) -> None:
-    spool = Spool(spool_path)
+async def hand_off(messages: list[bytes], signer: signing.Signer | None, spool_path: Path | None,
+                   in_flight: int) -> None:
+    """The hand-off of ``messages``, ``in_flight`` at a time; without a signer the durable queue
+    alone (of messages already stamped and signed), without a spool all but the queue."""
+    spool = Spool(spool_path) if spool_path else None
     slots = asyncio.Semaphore(in_flight)
     envelope = Envelope("support@example.com", ("customer@example.org",), "", "", "outbound", "yamada")
 
     async def one(raw: bytes) -> None:
         async with slots:  # as Replies.stages: the stamp on the event loop, the signature in a thread
-            stamped = stamp(raw, FOOTER, "mx.example.com", time.time())
-            signed = await asyncio.to_thread(signer.sign, stamped.data, "example.com")
-            await spool.enqueue(envelope, signed)
+            if signer is not None:
+                stamped = stamp(raw, FOOTER, "mx.example.com", time.time())
+                raw = await asyncio.to_thread(signer.sign, stamped.data, "example.com")
+            if spool is not None:
+                await spool.enqueue(envelope, raw)
 
     await asyncio.gather(*(one(raw) for raw in messages))
-    spool.close()
+    if spool is not None:
+        spool.close()
 
 
 def main() -> None:
@@ -124,13 +134,16 @@ def main() -> None:
     stamp_rate, _, stamped = timed("stamp (footer in both alternatives)",
                                    lambda raw: stamp(raw, FOOTER, "mx", 0).data, messages)
     openssl, _ = openssl_alone(stamped)
-    signed, _, _ = timed("sign rsa-sha256 (dkimpy DKIM, OpenSSL signature)",
-                         lambda raw: rsa.sign(raw, "example.com"), stamped)
+    whole, _, _ = timed("parse the whole reply (Replies.parse before)", parse, messages)
+    fields, _, _ = timed("parse its header fields (Replies.parse)", header_fields, messages)
+    signed, _, signed_messages = timed("sign rsa-sha256 (dkimpy DKIM, OpenSSL signature)",
+                                       lambda raw: rsa.sign(raw, "example.com"), stamped)
     timed("sign ed25519-sha256", lambda raw: ed.sign(raw, "example.com"), stamped)
     timed("sign rsa-sha256 + ed25519-sha256", lambda raw: dual.sign(raw, "example.com"), stamped)
     dkimpy, _, _ = timed("dkimpy's own pure-Python rsa-sha256 sign", lambda raw: dkim.DKIM(raw).sign(
         b"rsa", b"example.com", rsa_key.private_key, include_headers=DKIMPY_HEADERS), stamped[:args.dkimpy])
-    for label, value in (("stamp alone", stamp_rate), ("rsa signing alone", signed), ("dkimpy's own rsa", dkimpy)):
+    for label, value in (("whole parse", whole), ("header fields parse", fields), ("stamp alone", stamp_rate),
+                         ("rsa signing alone", signed), ("dkimpy's own rsa", dkimpy)):
         print(f"{label + ' / cryptography rsa signing alone':<52} {value / openssl:>9.2f}")
 
     ratios: dict[str, list[tuple[float, float]]] = {"rsa": [], "rsa & ed25519": []}
@@ -145,6 +158,12 @@ def main() -> None:
                 full, full_cpu = report(f"stamp + {label} sign + durable queue", len(messages),
                                         time.perf_counter() - started, time.process_time() - cpu)
                 ratios[label].append((full / openssl, openssl_cpu / full_cpu))
+            for label, signer, queued in (("  of which stamp + rsa sign (no queue)", rsa, False),
+                                          ("  of which durable queue alone", None, True)):
+                started, cpu = time.perf_counter(), time.process_time()
+                asyncio.run(hand_off(signed_messages if signer is None else messages, signer,
+                                     Path(directory) / f"{round_}-queue.sqlite" if queued else None, args.in_flight))
+                report(label, len(messages), time.perf_counter() - started, time.process_time() - cpu)
     for label, values in ratios.items():
         for kind, index in (("msgs/s", 0), ("CPU/msg", 1)):
             value = statistics.median(v[index] for v in values)

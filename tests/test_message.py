@@ -8,9 +8,11 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailpipe.message import decode_header, parse
-from mailpipe.message.charsets import decode
+from mailpipe.message.charsets import decode, decode_iso2022jp
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RUBY_MAIL = sorted((FIXTURES / "ruby-mail").rglob("*.eml"))
@@ -211,3 +213,62 @@ def test_parsing_large_mail_is_bounded() -> None:
 def test_thread_ids_put_in_reply_to_first_then_references_newest_first_without_repeats() -> None:
     parsed = parse(b"From: a@example.org\r\nIn-Reply-To: <c@x>\r\nReferences: <a@x> <b@x> <c@x>\r\n\r\nHi\r\n")
     assert parsed.thread_ids == ("c@x", "b@x", "a@x")
+
+
+def byte_by_byte(data: bytes) -> str:
+    """The ISO-2022-JP decoder as first written, one byte at a time: the reference the faster
+    one must agree with on every input."""
+    out, mode, shifted, i = bytearray(), "ascii", False, 0
+    while i < len(data):
+        byte = data[i]
+        if byte == 0x1B:
+            seq = data[i + 1:i + 3]
+            switch = {b"$B": "jis", b"$@": "jis", b"(B": "ascii", b"(J": "ascii", b"(H": "ascii", b"(I": "kana"}
+            if seq in switch:
+                mode, i = switch[seq], i + 3
+                continue
+            if data[i + 1:i + 4] == b"$(D":
+                mode, i = "jisx0212", i + 4
+                continue
+        if byte in (0x0E, 0x0F):
+            shifted, i = byte == 0x0E, i + 1
+        elif byte in (0x0A, 0x0D):
+            out.append(byte)
+            i += 1
+        elif shifted or mode == "kana":
+            out.append(byte | 0x80 if 0x21 <= byte <= 0x5F else byte)
+            i += 1
+        elif mode in ("jis", "jisx0212") and i + 1 < len(data) and 0x21 <= byte <= 0x7E and 0x21 <= data[i + 1] <= 0x7E:
+            j1, j2 = byte, data[i + 1]
+            s2 = j2 + (0x1F if j1 % 2 else 0x7E)
+            sjis = bytes(((j1 + 1) // 2 + (0x70 if j1 <= 0x5E else 0xB0), s2 + 1 if j1 % 2 and s2 >= 0x7F else s2))
+            out.extend(sjis if mode == "jis" else "〓".encode("cp932"))
+            i += 2
+        else:
+            out.append(byte)
+            i += 1
+    return bytes(out).decode("cp932", errors="replace")
+
+
+ISO_2022_JP_PIECES = st.sampled_from([b"\x1b$B", b"\x1b$@", b"\x1b(B", b"\x1b(J", b"\x1b(H", b"\x1b(I", b"\x1b$(D",
+                                      b"\x1b$", b"\x1b(", b"\x1b", b"\x0e", b"\x0f", b"\r\n", b"\n", b" ", b"\x7f",
+                                      b"\xff", b"\x21", b"\x2d\x21", b"$*@$", b"\x7e\x7e", b"A"])
+
+
+@settings(derandomize=True, deadline=None, max_examples=2000, database=None)
+@given(st.lists(st.one_of(ISO_2022_JP_PIECES, st.binary(max_size=6)), max_size=40).map(b"".join))
+def test_iso_2022_jp_decodes_as_the_byte_by_byte_decoder_did(data: bytes) -> None:
+    assert decode_iso2022jp(data) == byte_by_byte(data)
+
+
+def test_iso_2022_jp_in_the_ruby_mail_corpus_decodes_as_the_byte_by_byte_decoder_did() -> None:
+    samples = [raw for raw in (path.read_bytes() for path in RUBY_MAIL) if b"\x1b" in raw]
+    assert samples
+    for raw in samples:
+        assert decode_iso2022jp(raw) == byte_by_byte(raw)
+
+
+def test_every_jis_x_0208_pair_decodes_as_the_byte_by_byte_decoder_did() -> None:
+    pairs = bytes(byte for j1 in range(0x21, 0x7F) for j2 in range(0x21, 0x7F) for byte in (j1, j2))
+    for data in (b"\x1b$B" + pairs, b"\x1b$B" + pairs[:-1], b"\x1b$B" + pairs[:99] + b" " + pairs[99:200]):
+        assert decode_iso2022jp(data) == byte_by_byte(data)

@@ -204,6 +204,16 @@ def test_the_owners_reply_reaches_the_customers_mx_stamped_once_clean_and_signed
     assert signed.verify(idx=0, dnsfunc=lookup) and signed.verify(idx=1, dnsfunc=lookup)
 
 
+def test_a_reply_outside_any_case_gets_the_footer_in_the_language_of_its_text(desk, mx) -> None:
+    daemon = desk()
+    head, body = owner_reply("unknown@customer.test", 0).split(b"\r\n\r\n", 1)
+    fields = [f for f in head.split(b"\r\n") if not f.startswith((b"In-Reply-To", b"References", b"Subject"))]
+    submit(daemon, b"\r\n".join([*fields, b"Subject: hello", b"", body]))
+    (reply,) = replies_at_mx(mx)
+    for _, _, text in texts(reply.data):
+        assert text.count(FOOTER_START) == 1
+
+
 def test_the_reply_marks_the_case_answered_with_its_first_response_time(desk, mx) -> None:
     daemon = desk()
     message_id, case = start_case(daemon)

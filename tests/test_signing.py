@@ -7,6 +7,8 @@ as published.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import types
 from collections.abc import Callable
 
@@ -15,7 +17,9 @@ import pytest
 
 from mailpipe import keys
 from mailpipe.keys import SigningKey
+from mailpipe.outbound.replies import Replies, ReplyWork, header_fields
 from mailpipe.outbound.signing import OpenSSLDKIM, Signer
+from mailpipe.spool import Entry, Envelope, Message
 
 RFC8463_TIME = 1528637909
 # RFC 8463 appendix A.1: the two keys of football.example.com (the RSA one is 1024 bits).
@@ -98,11 +102,37 @@ def test_the_rfc_8463_example_signatures_come_out_as_published_and_as_dkimpy_wri
     assert ours == dkimpys
 
 
-def test_an_rsa_2048_signature_is_byte_for_byte_what_dkimpys_own_signer_writes(frozen_clock, rsa_key) -> None:
-    include = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"content-type", b"from"]
-    ours = OpenSSLDKIM(REPLY).sign_with(rsa_key, include)
-    dkimpys = dkim.DKIM(REPLY).sign(b"rsa", b"example.test", rsa_key.private_key, include_headers=include)
+@pytest.mark.parametrize(("message", "include"), [
+    (REPLY, [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"content-type", b"from"]),
+    (REPLY.replace(b"MIME-Version", b"Cc:  second\r\n\tfolded\r\nX-Mailer: x\r\ncc: third\r\nMIME-Version"),
+     [b"cc", b"from", b"cc", b"x-mailer", b"cc", b"cc", b"from"]),
+], ids=["reply", "repeated-fields"])
+def test_an_rsa_2048_signature_is_byte_for_byte_what_dkimpys_own_signer_writes(
+        frozen_clock, rsa_key, message, include) -> None:
+    ours = OpenSSLDKIM(message).sign_with(rsa_key, include)
+    dkimpys = dkim.DKIM(message).sign(b"rsa", b"example.test", rsa_key.private_key, include_headers=include)
     assert ours == dkimpys
+
+
+@pytest.mark.parametrize("message", [
+    REPLY,
+    REPLY.replace(b"\r\n", b"\n"),
+    REPLY.replace(b"\r\n\r\n", b"\n\r\n").replace(b"7bit\r\n", b"7bit\n") + b"bare LF\nand CR\ralone\r\n\r\n\r\n",
+    b"From: a@example.test\r\nSubject: folded\r\n\tacross lines\r\n\r\n",
+    b"From: a@example.test\r\nSubject: no empty line, no body\r\n",
+    b"From: a@example.test\r\nSubject: no line end at all",
+    b"\r\nA message that starts with its body\r\n",
+    b"From sender@example.test Mon Nov 23 10:00:00 2026\nFrom: a@example.test\n\nbody\n\nsecond paragraph\n",
+], ids=["crlf", "lf", "mixed", "folded-no-body", "no-empty-line", "no-line-end", "body-only", "mbox-from-line"])
+def test_the_message_is_read_as_dkimpys_own_parser_reads_it(message) -> None:
+    headers, body = dkim.rfc822_parse(message)
+    ours = OpenSSLDKIM(message)
+    assert (ours.headers, ours.body) == (headers, body)
+
+
+def test_a_header_line_dkimpy_refuses_is_refused_as_dkimpy_refuses_it() -> None:
+    with pytest.raises(dkim.MessageFormatError):
+        OpenSSLDKIM(b"From: a@example.test\r\nnot a field\r\n\r\nbody\r\n")
 
 
 def test_signatures_verify_with_dkimpys_verifier(rsa_key, ed_key) -> None:
@@ -145,3 +175,27 @@ def test_a_key_is_parsed_once_however_many_messages_it_signs(rsa_key) -> None:
     first = rsa_key.loaded
     Signer([rsa_key]).sign(REPLY, "example.test")
     assert rsa_key.loaded is first
+
+
+def test_replies_in_flight_are_signed_at_the_same_time_off_the_event_loop(rsa_key) -> None:
+    """OpenSSL signs without the GIL: a signature in a thread overlaps the other replies' work.
+    Each signer waits until the other has started; signed one after the other (or on the event
+    loop) the first would wait alone and the barrier break."""
+    meeting = threading.Barrier(2, timeout=30)
+
+    class MeetingSigner(Signer):
+        def sign(self, raw: bytes, domain: str) -> bytes:
+            meeting.wait()
+            return super().sign(raw, domain)
+
+    # Signing reads the signer alone: the store, spool, mailboxes and metrics are never reached.
+    replies = Replies((), None, 0, None, MeetingSigner([rsa_key]), None, None, "mx.example.test", None)
+    envelope = Envelope("support@example.test", ("customer@example.org",), "", "", "submission", "yamada")
+    works = [ReplyWork(Message(Entry(f"q{n}", "active", envelope, 0.0, len(REPLY), 0, 0, 1, 0.0, ""), REPLY),
+                       parsed=header_fields(REPLY), data=REPLY) for n in range(2)]
+
+    async def in_flight() -> list[ReplyWork]:
+        return await asyncio.gather(*(replies.sign_off_loop(work) for work in works))
+
+    for work in asyncio.run(in_flight()):
+        assert dkim.verify(work.data, dnsfunc=dns_for(rsa_key))

@@ -7,6 +7,8 @@ import email
 import email.message
 from email import policy
 
+import pytest
+
 from mailpipe.message import charsets, parse
 from mailpipe.outbound.footer import render
 from mailpipe.outbound.stamp import HTML_CLASS, customer_subject, stamp
@@ -126,6 +128,16 @@ def test_text_attachments_are_not_stamped() -> None:
     body, attachment = parts(stamped.data)
     assert EN_FOOTER in text_of(body)
     assert text_of(attachment) == "log line\r\n"
+
+
+@pytest.mark.parametrize(("content_type", "extra"), [
+    ('text/plain; charset=us-ascii; NAME="server.log"', ""),
+    ("text/plain; charset=us-ascii", "Content-Disposition: inline; filename*=utf-8''%E3%83%AD%E3%82%B0.txt\r\n")],
+    ids=["content-type-name", "rfc2231-filename"])
+def test_an_inline_text_part_with_a_file_name_is_an_attachment_and_is_not_stamped(content_type, extra) -> None:
+    stamped = stamp(message(b"log line\r\n", content_type=content_type, extra=extra), EN_FOOTER, "mx", NOW)
+    assert stamped.stamped == 0
+    assert stamped.data.endswith(b"\r\n\r\nlog line\r\n")
 
 
 def test_a_forwarded_message_is_not_stamped() -> None:

@@ -34,7 +34,10 @@ def split(raw: bytes) -> tuple[bytes, bytes]:
 
 def strip_internal(header_block: bytes) -> bytes:
     """Removes X-Mailpipe-* fields (with their folded lines): a customer must not be able to
-    forge our triage verdict, and our verdict must not leak to customers."""
+    forge our triage verdict, and our verdict must not leak to customers. A block without the
+    prefix anywhere (nearly every one) is returned as it is, without splitting it into fields."""
+    if INTERNAL_PREFIX not in header_block.lower():
+        return header_block
     return _drop_fields(header_block, lambda name, line: name.startswith(INTERNAL_PREFIX))
 
 

@@ -140,9 +140,19 @@ def _stamp_entity(head: bytes, body: bytes, fields: email.message.Message, foote
                                          footer, skipped)
         return head, body, stamped
     if kind not in ("text/plain", "text/html") or fields.get_content_disposition() == "attachment" \
-            or fields.get_filename():
+            or _named(fields):
         return head, body, 0
     return _stamp_part(head, body, fields, footer, is_html=kind == "text/html")
+
+
+def _named(fields: email.message.Message) -> bool:
+    """Whether the part has a file name (``get_filename``), asked only of a part whose
+    Content-Disposition or Content-Type has a parameter called (file)name at all: parsing both
+    fields' parameters for it cost more than the rest of the part's header handling."""
+    for name in ("Content-Disposition", "Content-Type"):
+        if "name" in str(fields.get(name, "")).lower():
+            return bool(fields.get_filename())
+    return False
 
 
 def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: str,
@@ -261,9 +271,9 @@ def _ends_with(payload: bytes, place: int, declared: str, footer: str) -> bool:
     """Whether the text before ``place`` already ends with ``footer``, white space aside (a
     footer quoted higher up does not count). The text is decoded from its end backwards, from
     one ISO-2022-JP escape sequence to the one before, only until the comparison is decided:
-    the ISO-2022-JP decoder is Python and the whole part would cost more than the rest of the
-    stamp. Each escape sets the decoder's state, so the end decodes as it does in the whole
-    part; 8-bit bytes or shift-out (SO/SI) keep state across escapes, and then the whole is decoded."""
+    decoding the whole part would cost about as much as the rest of the stamp. Each escape sets
+    the decoder's state, so the end decodes as it does in the whole part; 8-bit bytes or
+    shift-out (SO/SI) keep state across escapes, and then the whole is decoded."""
     wanted = " ".join(footer.split())
     windows = declared == "iso-2022-jp" and payload.isascii() and _SHIFT_OUT not in payload
     for start in chain(_escapes_before(payload, place) if windows else (), (0,)):
