@@ -50,7 +50,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, timeout: float = 90.0) -> None:  # the daemon trains its model first
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as probe:
@@ -143,7 +143,6 @@ def _mailpipe(work: Path, workers: int, nameserver: str) -> AbstractContextManag
     config = work / "mailpipe.toml"
     config.write_text(f'state_directory = "{state}"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
                       f'max_connections = 1000\nmax_connections_per_ip = 1000\n'
-                      f'[submission]\nlisten = "127.0.0.1:{free_port()}"\n'
                       f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n[spool]\nworkers = {workers}\n'
                       f'[submission]\nlisten = "127.0.0.1:{free_port()}"\n'  # 2587 may be another daemon's
                       f'[auth]\nnameservers = ["{nameserver}"]\n')
