@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+# How long a mailpipe command or a retraining may take: each trains the urgency model on the
+# whole corpus first, which a busy two-core machine can stretch well past a minute.
+TRAINING_SECONDS = 300
 _HANDED_OUT: set[int] = set()  # ports free_port returned: never twice in one test run
 
 
@@ -138,7 +141,7 @@ class Daemon:
             except (TimeoutError, BlockingIOError):
                 return self.notifications
 
-    def wait_for(self, state: str, timeout: float = 90.0) -> None:
+    def wait_for(self, state: str, timeout: float = TRAINING_SECONDS) -> None:
         """Waits for ``state`` among the notifications not yet waited for. Generous: a daemon with
         the urgency model trains it before READY, seconds of CPU that a busy machine stretches."""
         deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailpipe.data import shipped
-from tests.conftest import Daemon, merge, toml
+from tests.conftest import TRAINING_SECONDS, Daemon, merge, toml
 
 
 def send(daemon: Daemon, rcpt: str = "support@example.test") -> None:
@@ -83,7 +83,7 @@ def test_two_sighups_20_ms_apart_leave_the_newest_file_running(daemon: Daemon) -
         write_atomically(f"newer{trial}@example.test")
         daemon.signal(signal.SIGHUP)
         for _ in range(2):  # drained as they come, or the daemon's sd_notify blocks on a full socket
-            daemon.wait_for("READY=1", timeout=30)
+            daemon.wait_for("READY=1", timeout=TRAINING_SECONDS)
         key = ("mailpipe_config_reloads_total", (("result", "success"),))
         assert metrics_once_ready(daemon, key, 2 * (trial + 1), timeout=30)[key] == 2 * (trial + 1)
         with smtplib.SMTP("127.0.0.1", daemon.port) as client:
@@ -166,7 +166,7 @@ def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(daemon: Da
     other = make_daemon({"state_directory": daemon.settings["state_directory"]}, start=False, name="other")
     other.write_config()
     result = subprocess.run([sys.executable, "-m", "mailpipe", "serve", "--config", str(other.config_path)],
-                            capture_output=True, text=True, timeout=20)
+                            capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 1
     assert "another mailpipe daemon holds" in result.stderr
 
@@ -175,7 +175,7 @@ def test_a_broken_config_at_start_exits_1_naming_the_key(make_daemon) -> None:
     daemon = make_daemon({"inbound": {"max_connections": "many"}}, start=False)
     daemon.write_config()
     result = subprocess.run([sys.executable, "-m", "mailpipe", "serve", "--config", str(daemon.config_path)],
-                            capture_output=True, text=True, timeout=20)
+                            capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 1
     assert "inbound.max_connections" in result.stderr
 

@@ -15,7 +15,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Daemon, merge, mutt_view
+from tests.conftest import TRAINING_SECONDS, Daemon, merge, mutt_view
 
 TECH = {"id": "sato", "name": "佐藤 次郎", "address": "sato@example.test", "phone": "03-9999-0000", "tier": "tech",
         "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "hours": "00:00-24:00"}
@@ -270,5 +270,5 @@ def test_an_out_of_office_reply_is_filed_closed_and_counts_in_nobodys_load(make_
     (card,) = daemon.delivered(cards=True)
     assert "Filed closed" in card.get_payload(decode=True).decode()
     listing = subprocess.run([sys.executable, "-m", "mailpipe", "cases", "list", "--open", "--json", "--config",
-                              str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+                              str(daemon.config_path)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert listing.returncode == 0 and listing.stdout.strip() == ""

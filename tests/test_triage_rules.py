@@ -21,6 +21,7 @@ from mailpipe.triage.context import Context, History, dmarc_verdict
 from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
+from tests.conftest import TRAINING_SECONDS
 from tests.triage_corpus import ASIDE, LABELLED, build, score_all
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
@@ -198,7 +199,7 @@ def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:
     first.write_bytes("Subject: 至急: 全員ログインできません\r\n\r\n全ユーザーがログインできません。".encode())
     second.write_bytes(b"Subject: thanks\r\n\r\nThanks for your help, it works now.")
     result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "--json", str(first), str(second)],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["file"] for line in lines] == [str(first), str(second)]
@@ -208,7 +209,7 @@ def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:
 
 def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
     result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "-"], input=b"Subject: refund\r\n\r\nrefund!",
-                            capture_output=True, timeout=30)
+                            capture_output=True, timeout=TRAINING_SECONDS)
     out = result.stdout.decode()
     assert "[Level]: high" in out
     assert "Symbol: CANCEL_REFUND (2.50)[refund]" in out
@@ -223,7 +224,7 @@ def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path) -> No
     config = tmp_path / "mailpipe.toml"
     config.write_text(f'[triage]\nrules_directory = "{directory}"\nrules_overrides = ""\n')
     result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "test", "--config", str(config)],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 1
     assert "rule A: examples[0] should fire" in result.stderr
 
@@ -238,7 +239,7 @@ def test_score_cli_uses_the_stores_customer_context_when_present(tmp_path: Path)
     message = tmp_path / "m.eml"
     message.write_bytes(b"From: <vip@example.co.jp>\r\nSubject: question\r\n\r\nHow do I add a user?")
     result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "--json", "--config", str(config),
-                             str(message)], capture_output=True, text=True, timeout=30)
+                             str(message)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     (line,) = map(json.loads, result.stdout.splitlines())
     assert line["customer_known"] is True
     assert {"VIP_CUSTOMER", "ENTERPRISE_PLAN"} <= {r["name"] for r in line["rules"]}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import TRAINING_SECONDS, Daemon
 from tests.test_delivery import wait_until
 
 PASSWORD = "correct horse battery staple"
@@ -66,7 +66,7 @@ def delivered_copy(daemon: Daemon) -> tuple[str, bytes]:
 
 def cases(daemon: Daemon) -> list[dict]:
     result = subprocess.run([sys.executable, "-m", "mailpipe", "cases", "list", "--json", "--config",
-                             str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+                             str(daemon.config_path)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -80,7 +80,8 @@ def test_an_agent_corrects_a_case_by_mail_and_the_model_learns_it(desk) -> None:
     redirect(daemon, copy, "urgency+critical@example.test", user=owner)
     wait_until(lambda: cases(daemon)[0]["level"] == "critical", timeout=30)
     wait_until(lambda: metric(daemon, 'mailpipe_triage_corrections_total{from="normal",to="critical"}') == 1)
-    wait_until(lambda: metric(daemon, "mailpipe_urgency_model_examples") == examples_at_start + 1, timeout=60)
+    wait_until(lambda: metric(daemon, "mailpipe_urgency_model_examples") == examples_at_start + 1,
+               timeout=TRAINING_SECONDS)
     notes = [data for data in (p.read_bytes() for p in (daemon.mailbox(owner) / "new").glob("*"))
              if b".desk@" in data]
     assert len(notes) == 1 and b"[URGENT][#1]" in notes[0] and b"normal \xe2\x86\x92 critical" in notes[0]
@@ -136,7 +137,7 @@ def test_a_reload_with_a_broken_corpus_keeps_the_running_model(desk, tmp_path: P
     daemon.settings["triage"]["corpus_overrides"] = str(broken)
     daemon.write_config()
     daemon.signal(1)
-    wait_until(lambda: metric(daemon, 'mailpipe_config_reloads_total{result="failure"}') == 1, timeout=60)
+    wait_until(lambda: metric(daemon, 'mailpipe_config_reloads_total{result="failure"}') == 1, timeout=TRAINING_SECONDS)
     assert "desk.toml: mail #1: level 'urgent'" in daemon.log()
     assert metric(daemon, "mailpipe_urgency_model_examples") == before
     customer_writes(daemon, "サービス停止", "全ユーザーが管理画面にアクセスできません。")
@@ -148,7 +149,7 @@ def test_the_lead_corrects_a_case_from_the_shell(desk) -> None:
     customer_writes(daemon, "Question about exports", "How do I export my subscriber list as CSV?")
     daemon.delivered()
     result = subprocess.run([sys.executable, "-m", "mailpipe", "learn", "--level", "high", "1", "--config",
-                             str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+                             str(daemon.config_path)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
     assert "case #1: normal -> high" in result.stdout
     assert cases(daemon)[0]["level"] == "high"
@@ -162,7 +163,7 @@ def test_saved_messages_are_taught_into_the_desks_corpus(tmp_path: Path) -> None
     config = tmp_path / "mailpipe.toml"
     config.write_text(f'state_directory = "{tmp_path / "state"}"\n[triage]\ncorpus_overrides = "{corpus_dir}"\n')
     result = subprocess.run([sys.executable, "-m", "mailpipe", "learn", "--level", "critical", str(saved),
-                             "--config", str(config)], capture_output=True, text=True, timeout=60)
+                             "--config", str(config)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
     taught = (corpus_dir / "learned.toml").read_text()
     assert 'subject = "配信停止"' in taught and 'level = "critical"' in taught
@@ -174,7 +175,7 @@ def test_rules_eval_reports_rules_model_and_both_on_labelled_mail(tmp_path: Path
                         'body = "全ユーザーのメールが届きません"\n[[mail]]\nlevel = "low"\nsubject = "お礼"\n'
                         'body = "ありがとうございました。返信は不要です。"\n')
     result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "eval", str(labelled), "--json"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"rules", "model", "both"}
