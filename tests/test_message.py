@@ -181,6 +181,35 @@ def test_what_a_forward_forwards_is_new_text_without_its_header_block_or_older_q
     assert parse(message).new_text == "FYI, see below\nEvery send bounces."
 
 
+
+@pytest.mark.parametrize("body", [
+    "Every send bounces.\n\nSent from my iPhone",
+    "Every send bounces.\n\niPhoneから送信",
+    "Every send bounces.\nAndroid携帯からの送信",
+    "Every send bounces.\n\nGet Outlook for Android",
+    "Every send bounces.\n-- \nJane Doe\nAcme Inc.\n+1 555 0100",
+    "Every send bounces.\n━━━━━━━━━━\n株式会社ABC 山田 太郎\nTEL: 03-1234-5678\n━━━━━━━━━━",
+    "Every send bounces.\n----------------\nYamada Taro | ABC Co., Ltd.\nwww.abc.example.jp",
+], ids=["iphone", "iphone-ja", "android-ja", "outlook-app", "rfc3676", "framed-ja", "drawn-en"])
+def test_a_signature_is_not_new_text(body: str) -> None:
+    assert parse(mail(body.encode())).new_text == "Every send bounces."
+
+
+def test_a_log_pasted_between_drawn_lines_stays_new_text_above_the_signature() -> None:
+    body = "全件エラーです。\n----------\n550 5.7.26 unauthenticated\n----------\n株式会社ABC 山田\nTEL 03-1234-5678"
+    assert parse(mail(body.encode())).new_text == "全件エラーです。\n----------\n550 5.7.26 unauthenticated"
+
+
+@pytest.mark.parametrize("body", ["Nothing arrives.\nSent from our console: 0 messages since Monday",
+                                  "届きません。\n昨日の配信を管理画面から送信"])
+def test_a_last_line_that_names_no_phone_or_mail_app_is_kept(body: str) -> None:
+    assert parse(mail(body.encode())).new_text == body
+
+
+def test_a_long_tail_under_a_drawn_line_is_the_mail_itself() -> None:
+    body = "Details:\n----------\n" + "\n".join(f"line {n} of the report, Acme Inc." for n in range(12))
+    assert parse(mail(body.encode())).new_text == body
+
 def test_thread_keys() -> None:
     parsed = parse(mail(b"x", headers="In-Reply-To: <a@example.test>\r\nReferences: <r1@x> <a@example.test>\r\n")
                    .replace(b"Subject: test", "Subject: Re: 返信: [#123] ログインできません".encode()))

@@ -1,7 +1,8 @@
 """The new text of a message, apart from the history it quotes, so old words do not re-trigger
 rules. Cuts at the first attribution or separator line that clients put above quoted mail
 ("On … wrote:", "-----Original Message-----", Outlook's From:/Sent: block, Japanese clients'
-「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 and 「…さんは書きました:」), and drops ">" lines.
+「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 and 「…さんは書きました:」), drops ">" lines, and
+cuts the signature (:mod:`mailpipe.message.signatures`).
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
@@ -13,6 +14,8 @@ itself cut where it quotes older history.
 from __future__ import annotations
 
 import re
+
+from mailpipe.message.signatures import without_signature
 
 _SEPARATORS = re.compile(
     r"""^\s*(?:
@@ -37,7 +40,7 @@ _FORWARDED_FIELD = re.compile(
 def new_text(text: str, subject: str = "") -> str:
     """What the sender (or, for a forward, the person forwarded) wrote that is not history."""
     match = _SEPARATORS.search(text)
-    head = _unquoted(text[: match.start()] if match else text)
+    head = without_signature(_unquoted(text[: match.start()] if match else text))
     if match is None or not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
         return head
     forwarded = new_text(_without_fields(text[match.end():]))

@@ -1,0 +1,66 @@
+"""The signature under what a sender wrote, cut before rules and the model read the text.
+
+Why: a signature is the same under every mail its sender writes (company, phone, "Sent from my
+iPhone"), so it says nothing about this mail's urgency; the model learned from it anyway: phone
+footers sit under thank-yous and emergencies alike, and a company name can contain a keyword.
+Cut only what is surely a signature, since cutting a pasted log or the problem itself would be
+far worse than keeping a footer:
+- phone and webmail footers ("Sent from my iPhone", 「iPhoneから送信」) on the last lines;
+- everything under the RFC 3676 delimiter "-- " (or "--"), when what follows is short;
+- a short block at the end, under a line drawn of one repeated character (━━━, -----, ＝＝＝),
+  that carries a phone number or a company's name: the Japanese business signature.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The most lines a signature runs to below its delimiter; a longer tail is the mail itself.
+_MAX_LINES = 10
+# Only a device or a mail app's name: "Sent from our console: 0 messages" is the mail itself.
+_APP = (r"(?:iphone|ipad|android|galaxy|xperia|pixel|blackberry|outlook|gmail|yahoo!?\s*(?:mail|メール)"
+        r"|proton\s*mail|spark)")
+_MOBILE = re.compile(
+    rf"""^\s*(?:
+        sent\s+from\s+my\s+[\w .'-]{{1,30}}
+      | sent\s+(?:from|with|via)\s+{_APP}[\w .-]{{0,30}}
+      | get\s+outlook\s+for\s+\w+
+      | (?:{_APP}|携帯|スマートフォン|スマホ|ドコモ|docomo|au|softbank|ソフトバンク)[\w\s!]{{0,10}}から(?:の)?送信
+    )\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_DELIMITER = re.compile(r"^--\s?$")
+_DRAWN = re.compile(r"^\s*([-=＝━─_*＊~〜・■□◆◇])\1{3,}\s*$")
+_SIGNED = re.compile(
+    r"(?:tel|phone|fax|mobile|電話|携帯|ＴＥＬ)\s*[:：.]?\s*\+?[\d(（][\d\s()（）-]{6,}"
+    r"|株式会社|有限会社|合同会社|\b(?:inc|ltd|llc|gmbh|corp)\b\.?",
+    re.IGNORECASE,
+)
+
+
+def without_signature(text: str) -> str:
+    """The text above its signature; the text unchanged when no signature is certain."""
+    lines = text.rstrip().splitlines()
+    while lines and _MOBILE.match(lines[-1]):
+        lines = _trimmed(lines[:-1])
+    for index in reversed(_candidates(lines)):
+        below = [line for line in lines[index + 1:] if line.strip()]
+        if len(below) > _MAX_LINES:
+            continue
+        if _DELIMITER.match(lines[index]) or _SIGNED.search("\n".join(below)):
+            return "\n".join(_trimmed(lines[:index]))
+    return "\n".join(lines)
+
+
+def _candidates(lines: list[str]) -> list[int]:
+    """Delimiter and drawn lines that have something above them. The last one whose block is a
+    signature wins, so a log pasted between two drawn lines stays, and a framed block (a drawn
+    line above and below it) is cut at its upper line."""
+    return [index for index, line in enumerate(lines)
+            if index and (_DELIMITER.match(line) or _DRAWN.match(line)) and any(part.strip() for part in lines[:index])]
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
