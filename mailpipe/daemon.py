@@ -158,7 +158,7 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
     inbound: Route[Work] = Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count,
                                  triage.summary)
     submitted: Route[ReplyWork] = Route(ReplyWork, replies.stages, replies.hand_off, config.spool, OUTBOUND.name,
-                                        summary=replies.summary, event="queued for sending")
+                                        summary=replies.summary, event="queued for sending", moves_on=True)
     outgoing: Route[Message] = Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary,
                                      event="removed")
     commands: Route[DeskWork] = Route(DeskWork, desk.stages, desk.hand_off, config.spool, to_mailbox.method,

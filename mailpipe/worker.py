@@ -2,7 +2,8 @@
 
 One worker per queue (``mailpipe.queues``). Outcomes (``mailpipe.errors``), and what the spool
 does with each:
-- delivered: removed from the spool (only now: the next hop has the message);
+- delivered: removed from the spool (only now: the next hop has the message), or already moved
+  into the next queue by the hand-off itself (``Route.moves_on``);
 - ``TemporaryFailure``: deferred with exponential backoff, quarantined after ``max_lifetime``;
 - ``PermanentFailure``: quarantined with the next hop's answer;
 - ``Refused``: the next hop refused for good and the sender was told: removed, counted as
@@ -87,6 +88,10 @@ class Route(Generic[W]):
     # queue, "removed" (as Postfix says) once the send queue is done with every recipient, each
     # logged by the hand-off as sent or refused: never "delivered" for mail that was not.
     event: str = "delivered"
+    # The hand-off takes the message out of this queue in its own commit (``Spool.replace`` into
+    # the next queue of the same file): an acknowledgement after it would be a second commit that
+    # deletes nothing.
+    moves_on: bool = False
 
 
 class Worker:
@@ -232,7 +237,8 @@ class Worker:
             else:
                 await self._storage_failed(message, route.settings, current, fault, exc)
         else:
-            await self._write(lambda: self._spool.ack(message.id))
+            if not route.moves_on:
+                await self._write(lambda: self._spool.ack(message.id))
             route.delivered(work)
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(

@@ -150,6 +150,44 @@ def test_a_failed_retry_asked_for_by_an_operator_keeps_the_backoff_where_it_was(
     assert 90 < after_flush <= 100  # not 200: the flushed attempt was not counted
 
 
+def test_a_hand_off_that_moves_the_message_on_is_not_followed_by_an_acknowledgement(tmp_path: Path) -> None:
+    """The send queue's hand-off (``Spool.replace``) takes the message out of its queue in the
+    same commit that puts it into the next: the worker writes no second commit for it."""
+    acknowledged: list[str] = []
+
+    class Recording(Spool):
+        async def ack(self, qid: str) -> None:
+            acknowledged.append(qid)
+            await super().ack(qid)
+
+    async def scenario() -> list[spool_ops.Entry]:
+        spool = Recording(tmp_path / "outbound.sqlite")
+        settings = SpoolConfig(workers=1, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+
+        async def move_on(work: Work) -> None:
+            onward = Envelope(ENVELOPE.mail_from, ENVELOPE.rcpt_tos, "", "", "outbound")
+            await spool.replace(work.message.id, [(f"{work.message.id}-0", onward, work.message.data)])
+
+        worker = Worker("inbound", spool, Route(Work, (), move_on, settings, "queue", moves_on=True), Metrics())
+        runner = asyncio.create_task(worker.run())
+        qid = await spool.enqueue(ENVELOPE, b"Subject: x\r\n\r\nbody\r\n")
+        operator = spool_ops.connect(tmp_path / "outbound.sqlite")
+        for _ in range(200):
+            entries = spool_ops.entries(operator)
+            if [entry.id for entry in entries] == [f"{qid}-0"]:
+                break
+            await asyncio.sleep(0.05)
+        operator.close()
+        await worker.stop(5)
+        runner.cancel()
+        spool.close()
+        return entries
+
+    (entry,) = asyncio.run(scenario())
+    assert entry.envelope.listener == "outbound" and entry.state == "incoming"
+    assert acknowledged == []
+
+
 def test_smtp_delivery_hands_the_message_to_the_mail_server_for_the_owners_address(make_daemon) -> None:
     sink = SmtpSink()
     try:

@@ -114,6 +114,22 @@ def test_an_rsa_2048_signature_is_byte_for_byte_what_dkimpys_own_signer_writes(
     assert ours == dkimpys
 
 
+@pytest.mark.parametrize("second_include", [
+    [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"content-type", b"from"],
+    [b"from", b"subject", b"x-unsigned", b"from"],
+], ids=["same-fields", "other-fields"])
+def test_a_second_signature_of_one_message_is_what_dkimpy_writes_for_it_alone(
+        frozen_clock, rsa_key, ed_key, second_include) -> None:
+    """The signed fields are canonicalised once per message: the second signature (dual signing)
+    must come out as if it were the only one."""
+    message = OpenSSLDKIM(REPLY)
+    message.sign_with(rsa_key, [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"content-type", b"from"])
+    ours = message.sign_with(ed_key, second_include)
+    dkimpys = dkim.DKIM(REPLY).sign(b"ed", b"example.test", ed_key.private_key, signature_algorithm=b"ed25519-sha256",
+                                    include_headers=second_include)
+    assert ours == dkimpys
+
+
 @pytest.mark.parametrize("message", [
     REPLY,
     REPLY.replace(b"\r\n", b"\n"),

@@ -57,7 +57,8 @@ class OpenSSLDKIM(dkim.DKIM):
     overrides ``gen_header``, with dkimpy 1.1's own steps and helpers (fold, blank ``b=``,
     ``hash_headers``), signing the hash with the key given to ``sign_with`` and canonicalising
     only the fields it signs; and ``set_message``, so that dkimpy's parser reads the header
-    block only. One instance parses the message once for all of its signatures."""
+    block only. One instance parses the message and canonicalises its signed fields once for all
+    of its signatures (rsa-sha256 and ed25519-sha256 sign the same fields)."""
 
     _key: PrivateKey
 
@@ -65,6 +66,7 @@ class OpenSSLDKIM(dkim.DKIM):
         """dkimpy's ``set_message`` with ``rfc822_parse`` given the header block alone: it splits
         the whole message into lines and joins the body's again, a tenth of the signature's CPU
         for a 5 KB reply. The body is the rest, its line ends made CRLF as rfc822_parse makes them."""
+        self._canonicalised: dict[tuple[type, frozenset[bytes]], list[tuple[bytes, bytes]]] = {}
         end = _HEADER_END.search(message) if message else None
         if end is None:
             super().set_message(message)
@@ -86,20 +88,28 @@ class OpenSSLDKIM(dkim.DKIM):
                    standardize: bool = False) -> bytes:
         """dkimpy's ``DomainSigner.gen_header`` for DKIM-Signature (``standardize`` is ARC's,
         never asked for here), with ``_key`` signing where dkimpy used ``pk``."""
+        # dkimpy blanks b= here and again in hash_headers; once (there) gives the same bytes.
         header_value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(header_name),
                                  linesep=b"\r\n")
-        header_value = dkim.RE_BTAG.sub(b"\\1", header_value)
         hasher = self.hasher()
-        # Only fields of a signed name are canonicalised (dkimpy does all: a client's reply carries
-        # a dozen it does not sign); in the message's order, so hash_headers picks the same ones.
-        names = frozenset(include_headers)
-        signed = canon_policy.canonicalize_headers([field for field in self.headers if field[0].lower() in names])
-        self.signed_headers = dkim.hash_headers(hasher, canon_policy, signed, include_headers,
-                                                (header_name, b" " + header_value), dict(fields))
+        self.signed_headers = dkim.hash_headers(hasher, canon_policy, self._canonical(canon_policy, include_headers),
+                                                include_headers, (header_name, b" " + header_value), dict(fields))
         index = next(i for i, (tag, _) in enumerate(fields) if tag == b"b")
         fields[index] = (b"b", base64.b64encode(_signature(self._key, hasher.digest())))
         return dkim.fold(b"; ".join(b"=".join(x) for x in fields) + self.linesep, namelen=len(header_name),
                          linesep=self.linesep)
+
+    def _canonical(self, canon_policy: CanonicalizationPolicy,
+                   include_headers: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        """The fields of a signed name, canonicalised, in the message's order (so hash_headers
+        picks the same ones): only those (dkimpy does all, and a client's reply carries a dozen it
+        does not sign), and once per message for all of its signatures."""
+        names = frozenset(include_headers)
+        key = (canon_policy.header_algorithm, names)
+        if key not in self._canonicalised:
+            self._canonicalised[key] = canon_policy.canonicalize_headers(
+                [field for field in self.headers if field[0].lower() in names])
+        return self._canonicalised[key]
 
 
 def _signature(key: PrivateKey, digest: bytes) -> bytes:
