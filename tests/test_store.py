@@ -78,6 +78,18 @@ def test_recording_the_same_queue_id_again_returns_the_first_result(store: SQLit
     assert store.open_load() == {"yamada": 1}
 
 
+def test_a_recording_that_fails_half_way_leaves_nothing_and_the_next_write_goes_through(store: SQLiteStore) -> None:
+    def fail(owner_now: str, load: Mapping[str, int]) -> tuple:
+        raise RuntimeError("decide failed")  # after the customer's row was written
+
+    with pytest.raises(RuntimeError, match="decide failed"):
+        store.record_inbound(queue_id="Q1", address="c@example.org", name="C", message_id="Q1@x", subject="s",
+                             level="normal", score=1.0, rules="", case_id=None, decide=fail, escalated_to="",
+                             at=1000.0)
+    assert store.customer("c@example.org") is None
+    assert record(store, "Q1").new_case
+
+
 def test_a_message_threads_into_a_case_by_message_id_or_token_of_the_same_customer(store: SQLiteStore) -> None:
     record(store, "Q1")
     assert store.find_case(("Q1@x",), None, "other@example.org").id == 1

@@ -1,42 +1,25 @@
 """The store's queries for deliverability: DMARC aggregate reports and provider incidents.
 
 Part of ``SQLStore`` (which inherits them), kept apart from the desk's customers, cases and
-replies: the same SQL subset for SQLite and PostgreSQL, and the same contract — the dialect
-subclass supplies ``_conn``, ``_BEGIN`` and the in-process write lock ``_writing``.
+replies: the same SQL subset for SQLite and PostgreSQL, written in ``base``'s write transaction.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from typing import Any
 
 from mailpipe.addresses import canonical
 from mailpipe.store import DmarcRow, DmarcSummary, IncidentRecord
+from mailpipe.store.base import SQLBase
 
-Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks like one
 
-
-class DeliverabilityQueries:
-    _BEGIN: str
-    _writing: threading.Lock
-
-    def _conn(self) -> Connection:
-        raise NotImplementedError
-
+class DeliverabilityQueries(SQLBase):
     def record_sent(self, message_id: str, queue_id: str, at: float) -> None:
         """Notes that the send queue is sending mail with ``message_id`` (before each attempt:
         once is enough, a retry changes nothing)."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                conn.execute("INSERT INTO sent_messages (message_id, queue_id, at) VALUES (?, ?, ?)"
-                             " ON CONFLICT DO NOTHING", (message_id, queue_id, at))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO sent_messages (message_id, queue_id, at) VALUES (?, ?, ?)"
+                         " ON CONFLICT DO NOTHING", (message_id, queue_id, at))
 
     def sent_by_us(self, message_id: str) -> bool:
         """Whether the send queue sent mail with ``message_id`` (or, before it kept a history,
@@ -51,23 +34,15 @@ class DeliverabilityQueries:
                             records: Sequence[DmarcRow], at: float) -> bool:
         """False when this reporter's report was imported before (reports are re-sent, and the
         same file may be imported by hand too)."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                new = conn.execute("INSERT INTO dmarc_reports (reporter, report_id, domain, begin_at, end_at,"
-                                   " imported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                                   (reporter, report_id, domain, begin, end, at)).rowcount > 0
-                if new:
-                    conn.executemany("INSERT INTO dmarc_records (reporter, report_id, source_ip, count, dkim_aligned,"
-                                     " spf_aligned, disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     [(reporter, report_id, r.source_ip, r.count, int(r.dkim_aligned),
-                                       int(r.spf_aligned), r.disposition) for r in records])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            new = conn.execute("INSERT INTO dmarc_reports (reporter, report_id, domain, begin_at, end_at,"
+                               " imported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (reporter, report_id, domain, begin, end, at)).rowcount > 0
+            if new:
+                conn.executemany("INSERT INTO dmarc_records (reporter, report_id, source_ip, count, dkim_aligned,"
+                                 " spf_aligned, disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [(reporter, report_id, r.source_ip, r.count, int(r.dkim_aligned),
+                                   int(r.spf_aligned), r.disposition) for r in records])
         return new
 
     def dmarc_summary(self, since: int) -> tuple[DmarcSummary, ...]:
@@ -91,20 +66,12 @@ class DeliverabilityQueries:
 
     def touch_incident(self, incident_id: int, at: float, customer: str) -> IncidentRecord:
         """One more refusal in this incident, to ``customer``'s mail."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                conn.execute("UPDATE incidents SET last_seen_at = max(last_seen_at, ?), refusals = refusals + 1"
-                             " WHERE id = ?", (at, incident_id))
-                if customer:
-                    conn.execute("INSERT INTO incident_customers (incident_id, address) VALUES (?, ?)"
-                                 " ON CONFLICT DO NOTHING", (incident_id, canonical(customer)))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.execute("UPDATE incidents SET last_seen_at = max(last_seen_at, ?), refusals = refusals + 1"
+                         " WHERE id = ?", (at, incident_id))
+            if customer:
+                conn.execute("INSERT INTO incident_customers (incident_id, address) VALUES (?, ?)"
+                             " ON CONFLICT DO NOTHING", (incident_id, canonical(customer)))
         found = self._incident(incident_id)
         assert found is not None
         return found

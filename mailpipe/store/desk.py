@@ -2,7 +2,7 @@
 each, customers found by phone number, and notes agents add to cases.
 
 Part of ``SQLStore`` (which inherits them), like ``deliverability``: the same SQL subset for
-SQLite and PostgreSQL; the dialect subclass supplies ``_conn``, ``_BEGIN`` and ``_writing``.
+SQLite and PostgreSQL, written in ``base``'s write transaction.
 
 A reply's fate (``FATES``) is kept on its row of ``messages``: ``queued`` when the submission
 worker hands it to the send queue, ``held`` by the double-reply guard, ``sent`` when the
@@ -14,9 +14,6 @@ from the queue by an operator. A send queue entry carries the reply's queue id p
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 from mailpipe import phones
 from mailpipe.store import (
     CaseRecord,
@@ -27,8 +24,7 @@ from mailpipe.store import (
     ReplyFate,
     ReplyRecord,
 )
-
-Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks like one
+from mailpipe.store.base import SQLBase
 
 FATES = ("queued", "held", "sent", "deferred", "bounced", "deleted")
 _FINAL = ("sent", "bounced")  # a later deferral of another recipient domain does not undo these
@@ -53,38 +49,22 @@ def reply_queue_id(queue_id: str) -> str:
     return queue_id.rsplit("-", 1)[0]
 
 
-class DeskQueries:
-    _BEGIN: str
-    _writing: threading.Lock
-
-    def _conn(self) -> Connection:
-        raise NotImplementedError
-
+class DeskQueries(SQLBase):
     def record_reply(self, *, queue_id: str, case_id: int, agent: str, message_id: str, answers: str, subject: str,
                      at: float, fate: str = "queued", detail: str = "") -> ReplyRecord:
         """The reply joins its case's history with its fate (``queued``, or ``held`` by the
         guard). Idempotent per queue id; a held reply released and queued moves on to queued.
         The case is answered only when the reply is ``sent`` (``set_fate``)."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                found = conn.execute("SELECT fate FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
-                if found is None:
-                    conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, agent,"
-                                 " in_reply_to, at, fate, fate_detail, fate_at) VALUES (?, ?, ?, 'out', ?, ?, ?, ?, ?,"
-                                 " ?, ?)", (case_id, queue_id, message_id, subject, agent, answers, at, fate, detail,
-                                            at))
-                elif found[0] == "held" and fate != "held":
-                    conn.execute("UPDATE messages SET fate = ?, fate_detail = ?, fate_at = ?, message_id = ?"
-                                 " WHERE queue_id = ?", (fate, detail, at, message_id, queue_id))
-                case = CaseRecord(*conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?",
-                                                (case_id,)).fetchone())
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            found = conn.execute("SELECT fate FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+            if found is None:
+                conn.execute("INSERT INTO messages (case_id, queue_id, message_id, direction, subject, agent,"
+                             " in_reply_to, at, fate, fate_detail, fate_at) VALUES (?, ?, ?, 'out', ?, ?, ?, ?, ?,"
+                             " ?, ?)", (case_id, queue_id, message_id, subject, agent, answers, at, fate, detail, at))
+            elif found[0] == "held" and fate != "held":
+                conn.execute("UPDATE messages SET fate = ?, fate_detail = ?, fate_at = ?, message_id = ?"
+                             " WHERE queue_id = ?", (fate, detail, at, message_id, queue_id))
+            case = CaseRecord(*conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
         return ReplyRecord(case, already_recorded=found is not None)
 
     def earlier_reply(self, case_id: int, answers: str, other_than: str, since: float,
@@ -105,39 +85,30 @@ class DeskQueries:
         and sets its first response time once; ``bounced`` opens an answered case again."""
         assert fate in FATES, fate
         column, value = ("queue_id", queue_id) if queue_id else ("message_id", message_id)
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                row = conn.execute(f"SELECT {_FATE_COLUMNS} FROM messages WHERE {column} = ? AND direction = 'out'"
-                                   " ORDER BY id DESC LIMIT 1", (value,)).fetchone()
-                if row is None:
-                    conn.execute("ROLLBACK")
-                    return None
-                before = ReplyFate(*row)
-                changed = (before.fate, before.detail) != (fate, detail) and not (
-                    fate == "deferred" and before.fate in _FINAL)
-                first = reopened = False
-                if changed:
-                    conn.execute("UPDATE messages SET fate = ?, fate_detail = ?, fate_at = ? WHERE queue_id = ?",
-                                 (fate, detail, at, before.queue_id))
-                    if fate == "sent":
-                        first = conn.execute("UPDATE cases SET first_response_at = ? WHERE id = ?"
-                                             " AND first_response_at IS NULL", (at, before.case_id)).rowcount > 0
-                        conn.execute("UPDATE cases SET status = 'answered', updated_at = ? WHERE id = ?"
-                                     " AND status = 'open'", (at, before.case_id))
-                    elif fate == "bounced":
-                        reopened = conn.execute("UPDATE cases SET status = 'open', updated_at = ? WHERE id = ?"
-                                                " AND status = 'answered'", (at, before.case_id)).rowcount > 0
-                after = ReplyFate(*conn.execute(f"SELECT {_FATE_COLUMNS} FROM messages WHERE queue_id = ?",
-                                                (before.queue_id,)).fetchone())
-                case = CaseRecord(*conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?",
-                                                (before.case_id,)).fetchone())
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            row = conn.execute(f"SELECT {_FATE_COLUMNS} FROM messages WHERE {column} = ? AND direction = 'out'"
+                               " ORDER BY id DESC LIMIT 1", (value,)).fetchone()
+            if row is None:
+                return None
+            before = ReplyFate(*row)
+            changed = (before.fate, before.detail) != (fate, detail) and not (
+                fate == "deferred" and before.fate in _FINAL)
+            first = reopened = False
+            if changed:
+                conn.execute("UPDATE messages SET fate = ?, fate_detail = ?, fate_at = ? WHERE queue_id = ?",
+                             (fate, detail, at, before.queue_id))
+                if fate == "sent":
+                    first = conn.execute("UPDATE cases SET first_response_at = ? WHERE id = ?"
+                                         " AND first_response_at IS NULL", (at, before.case_id)).rowcount > 0
+                    conn.execute("UPDATE cases SET status = 'answered', updated_at = ? WHERE id = ?"
+                                 " AND status = 'open'", (at, before.case_id))
+                elif fate == "bounced":
+                    reopened = conn.execute("UPDATE cases SET status = 'open', updated_at = ? WHERE id = ?"
+                                            " AND status = 'answered'", (at, before.case_id)).rowcount > 0
+            after = ReplyFate(*conn.execute(f"SELECT {_FATE_COLUMNS} FROM messages WHERE queue_id = ?",
+                                            (before.queue_id,)).fetchone())
+            case = CaseRecord(*conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?",
+                                            (before.case_id,)).fetchone())
         return FateChange(after, case, changed=changed, first_response=first, reopened=reopened)
 
     def reply_fates(self, case_id: int) -> tuple[ReplyFate, ...]:

@@ -13,10 +13,8 @@ lookups (``desk``) and for export and import (``transfer``) are written beside i
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 
 from mailpipe import phones
 from mailpipe.addresses import canonical
@@ -34,11 +32,10 @@ from mailpipe.store import (
     Profile,
     StoreError,
 )
+from mailpipe.store.base import Connection
 from mailpipe.store.deliverability import DeliverabilityQueries
 from mailpipe.store.desk import DeskQueries
 from mailpipe.store.transfer import TransferQueries
-
-Connection = Any  # sqlite3.Connection, or the PostgreSQL adapter that speaks like one
 
 _CASE_COLUMNS = ("id, customer_id, subject, status, level, score, owner, opened_at, updated_at, escalated_to, "
                  "first_response_at, language")
@@ -86,16 +83,7 @@ class _LoadOnFirstUse(Mapping[str, int]):
 
 
 class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
-    _BEGIN = "BEGIN"
     _LOCK = ""
-
-    def __init__(self) -> None:
-        # One writer at a time inside this process: SQLite's own busy handler would make the
-        # others sleep in steps of up to 100 ms; a lock hands over the moment a commit is done.
-        self._writing = threading.Lock()
-
-    def _conn(self) -> Connection:
-        raise NotImplementedError
 
     def reconnect(self) -> None:
         """Opens connections afresh from now on (after a storage fault: a file SQLite opened
@@ -129,23 +117,16 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         unknown = {key for _, fields in rows for key in fields} - allowed
         if unknown:
             raise StoreError(f"unknown customer fields: {', '.join(sorted(unknown))}")
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                for address, fields in rows:
-                    conn.execute("INSERT INTO customers (address, created_at) VALUES (?, ?)"
-                                 " ON CONFLICT(address) DO NOTHING", (canonical(address), time.time()))
-                    for key, value in fields.items():
-                        conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
-                                     (int(bool(value)) if key == "vip" else value, canonical(address)))
-                        if key == "phone":
-                            conn.execute("UPDATE customers SET phone_key = ? WHERE address = ?",
-                                         (phones.key(str(value)), canonical(address)))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            for address, fields in rows:
+                conn.execute("INSERT INTO customers (address, created_at) VALUES (?, ?)"
+                             " ON CONFLICT(address) DO NOTHING", (canonical(address), time.time()))
+                for key, value in fields.items():
+                    conn.execute(f"UPDATE customers SET {key} = ? WHERE address = ?",  # key is from `allowed`
+                                 (int(bool(value)) if key == "vip" else value, canonical(address)))
+                    if key == "phone":
+                        conn.execute("UPDATE customers SET phone_key = ? WHERE address = ?",
+                                     (phones.key(str(value)), canonical(address)))
 
     def profile(self, address: str, now: float) -> Profile | None:
         customer = self.customer(address)
@@ -216,25 +197,23 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         urgency model read, kept so an agent's correction of the case can be learned from. An
         ``automatic`` message (an auto-reply, list mail) files its new case closed and leaves an
         existing case's status alone: it counts in nobody's load and reopens nothing."""
-        with self._writing:
-            return self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
-                                        subject=subject, level=level, score=score, rules=rules, case_id=case_id,
-                                        decide=decide, escalated_to=escalated_to, at=at, language=language,
-                                        autoreply_window=autoreply_window, document=document,
-                                        automatic=automatic)
+        record = self._record_inbound(queue_id=queue_id, address=address, name=name, message_id=message_id,
+                                      subject=subject, level=level, score=score, rules=rules, case_id=case_id,
+                                      decide=decide, escalated_to=escalated_to, at=at, language=language,
+                                      autoreply_window=autoreply_window, document=document, automatic=automatic)
+        if record is None:  # recorded before a crash: read back as any reader does, after the transaction
+            record = self.inbound(queue_id)
+            assert record is not None
+        return record
 
     def _record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                         level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                         escalated_to: str, at: float, language: str,
-                        autoreply_window: float | None, document: str, automatic: bool) -> InboundRecord:
-        conn = self._conn()
-        conn.execute(self._BEGIN)
-        try:
+                        autoreply_window: float | None, document: str, automatic: bool) -> InboundRecord | None:
+        """``record_inbound``'s transaction; None when ``queue_id`` is recorded already."""
+        with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM messages WHERE queue_id = ?", (queue_id,)).fetchone():
-                conn.execute("ROLLBACK")
-                found = self.inbound(queue_id)
-                assert found is not None
-                return found
+                return None
             address = canonical(address)
             conn.execute("INSERT INTO customers (address, name, created_at) VALUES (?, ?, ?)"
                          " ON CONFLICT(address) DO UPDATE SET name = CASE WHEN customers.name = '' THEN excluded.name"
@@ -284,11 +263,6 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
             case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
             customer = _customer(conn.execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
                                               (customer_id,)).fetchone())
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         recorded = tuple(Assignment(case.id, agent, role, reason, at) for agent, role, reason in assignments)
         return InboundRecord(queue_id, case, customer, new_case, recorded, autoreply)
 
@@ -312,24 +286,16 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
     def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> bool:
         """Makes ``agent`` the owner of the case and of its customer (one owner per customer),
         recorded as an assignment with its reason; once per ``queue_id``. False: no such case."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                row = conn.execute(f"SELECT customer_id FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
-                done = conn.execute("SELECT 1 FROM assignments WHERE queue_id = ? AND case_id = ?",
-                                    (queue_id, case_id)).fetchone()
-                if row is not None and done is None:
-                    conn.execute("UPDATE cases SET owner = ?, handler = '', updated_at = ? WHERE id = ?",
-                                 (agent, at, case_id))
-                    conn.execute("UPDATE customers SET owner = ? WHERE id = ?", (agent, row[0]))
-                    conn.execute("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
-                                 " VALUES (?, ?, ?, 'owner', ?, ?)", (case_id, queue_id, agent, reason, at))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            row = conn.execute(f"SELECT customer_id FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
+            done = conn.execute("SELECT 1 FROM assignments WHERE queue_id = ? AND case_id = ?",
+                                (queue_id, case_id)).fetchone()
+            if row is not None and done is None:
+                conn.execute("UPDATE cases SET owner = ?, handler = '', updated_at = ? WHERE id = ?",
+                             (agent, at, case_id))
+                conn.execute("UPDATE customers SET owner = ? WHERE id = ?", (agent, row[0]))
+                conn.execute("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
+                             " VALUES (?, ?, ?, 'owner', ?, ?)", (case_id, queue_id, agent, reason, at))
         return row is not None
 
     def open_cases(self) -> dict[str, tuple[int, float]]:
@@ -392,29 +358,20 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         from: ``document``, else what the model read of the customer message ``message_id`` of
         the case, else of its latest one. Once per ``queue_id`` (a command mailed again after a
         crash finds the first answer). None when there is no such case."""
-        with self._writing:
-            conn = self._conn()
-            conn.execute(self._BEGIN)
-            try:
-                done = conn.execute("SELECT case_id, from_level, to_level, author, at FROM corrections"
-                                    " WHERE queue_id = ?", (queue_id,)).fetchone() if queue_id else None
-                row = conn.execute(f"SELECT level FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
-                if done is not None or row is None:
-                    conn.execute("ROLLBACK")
-                    return Correction(*done) if done else None
-                if document is None:
-                    found = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
-                                         " ORDER BY CASE WHEN message_id = ? THEN 0 ELSE 1 END, at DESC, id DESC"
-                                         " LIMIT 1", (case_id, message_id)).fetchone()
-                    document = found[0] if found else ""
-                conn.execute("UPDATE cases SET level = ?, updated_at = ? WHERE id = ?", (level, at, case_id))
-                conn.execute("INSERT INTO corrections (case_id, queue_id, from_level, to_level, author, document, at)"
-                             " VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, queue_id, row[0], level, author, document, at))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            done = conn.execute("SELECT case_id, from_level, to_level, author, at FROM corrections"
+                                " WHERE queue_id = ?", (queue_id,)).fetchone() if queue_id else None
+            row = conn.execute(f"SELECT level FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
+            if done is not None or row is None:
+                return Correction(*done) if done else None
+            if document is None:
+                found = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
+                                     " ORDER BY CASE WHEN message_id = ? THEN 0 ELSE 1 END, at DESC, id DESC"
+                                     " LIMIT 1", (case_id, message_id)).fetchone()
+                document = found[0] if found else ""
+            conn.execute("UPDATE cases SET level = ?, updated_at = ? WHERE id = ?", (level, at, case_id))
+            conn.execute("INSERT INTO corrections (case_id, queue_id, from_level, to_level, author, document, at)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, queue_id, row[0], level, author, document, at))
         return Correction(case_id, row[0], level, author, at)
 
     def case_corrections(self, case_id: int) -> tuple[Correction, ...]:
