@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from tests.test_delivery import wait_until
 from tests.test_lifecycle import metrics
 from tests.test_triage_pipeline import ALWAYS, mailbox, send, text
 
@@ -27,7 +28,9 @@ def test_an_escalation_to_a_tier_without_agents_goes_to_the_lead_and_says_so_eve
                         " the lead on duty")
     (card,) = mailbox(daemon, "suzuki", cards=True)
     assert "FALLBACK: rule escalates to tech" in card.get_payload(decode=True).decode()
-    assert metrics(daemon)[("mailpipe_assignment_fallbacks_total", (("kind", "escalation"),))] == 1
+    # Counted once the hand-off is done, which is after the mail is in the mailbox.
+    wait_until(lambda: metrics(daemon).get(("mailpipe_assignment_fallbacks_total", (("kind", "escalation"),))) == 1,
+               timeout=60)
     assert "assignment fallback" in daemon.log() and "no agent is in tier tech" in daemon.log()
 
 
@@ -41,7 +44,8 @@ def test_an_away_owners_mail_goes_to_the_lead_when_no_teammate_is_on_duty(make_d
     (covered,) = mailbox(daemon, "suzuki")
     assert text(covered["X-Mailpipe-Owner"]).split()[0] == "yamada"
     assert "FALLBACK: owner yamada is away" in text(covered["X-Mailpipe-Fallback"])
-    assert metrics(daemon)[("mailpipe_assignment_fallbacks_total", (("kind", "cover"),))] == 1
+    wait_until(lambda: metrics(daemon).get(("mailpipe_assignment_fallbacks_total", (("kind", "cover"),))) == 1,
+               timeout=60)
 
 
 def test_check_config_warns_about_a_tier_rules_escalate_to_that_has_no_agent(make_daemon) -> None:

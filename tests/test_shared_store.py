@@ -67,7 +67,7 @@ def test_first_mails_of_a_new_customer_at_both_daemons_agree_on_customer_and_own
     first, second, store = shared
     send_all([(daemon.port, "new@example.org", mail("new@example.org", f"question {n}", f"q{n}-{daemon.port}@x"))
               for n in range(4) for daemon in (first, second)])
-    wait_until(lambda: len(store.cases()) == 8, timeout=30)
+    wait_until(lambda: len(store.cases()) == 8, timeout=120)
     customer = store.customer("new@example.org")
     assert {case.owner for case in store.cases()} == {customer.owner}
     assert {case.customer_id for case in store.cases()} == {customer.id}
@@ -77,10 +77,10 @@ def test_replies_to_one_case_at_both_daemons_stay_in_that_case(shared) -> None:
     first, second, store = shared
     with smtplib.SMTP("127.0.0.1", first.port) as client:
         client.sendmail("c@example.org", ["support@example.test"], mail("c@example.org", "help", "origin@x"))
-    wait_until(lambda: len(store.cases()) == 1, timeout=20)
+    wait_until(lambda: len(store.cases()) == 1, timeout=120)
     send_all([(daemon.port, "c@example.org", mail("c@example.org", "Re: help", f"r{n}-{daemon.port}@x", "origin@x"))
               for n in range(3) for daemon in (first, second)])
-    wait_until(lambda: sum(1 for table, _ in store.dump() if table == "messages") == 7, timeout=30)
+    wait_until(lambda: sum(1 for table, _ in store.dump() if table == "messages") == 7, timeout=120)
     assert len(store.cases()) == 1
 
 
