@@ -39,6 +39,8 @@ _WORD_PREFIX = "w:"
 # What may explain a verdict: an English word or pair, or three Japanese characters or more
 # (English character n-grams such as "ur a" explain nothing to a reader).
 _TELLING = re.compile(r"^w:|[^\x00-\x7f].*\w.*\w|\w.*[^\x00-\x7f].*\w|\w.*\w.*[^\x00-\x7f]")
+# Below this many folded characters, a text's features are counted as strings (see predict).
+_SHORT = 100
 # Regularisation strength, chosen by cross-validation on the shipped corpus (mailpipe rules eval).
 DEFAULT_C = 10.0
 
@@ -58,7 +60,10 @@ class Example:
 
 def features(text: str) -> list[str]:
     """Character n-grams of the folded text, and its ASCII words and word pairs."""
-    folded = _folded(text)
+    return _features(_folded(text))
+
+
+def _features(folded: str) -> list[str]:
     grams = [folded[i:i + size] for size in _CHAR_SIZES for i in range(len(folded) - size + 1)]
     words = _WORD.findall(folded)
     grams += [_WORD_PREFIX + word for word in words]
@@ -131,10 +136,14 @@ class UrgencyModel:
         self._intercept: list[float] = intercept.tolist()
 
     def predict(self, text: str) -> Prediction:
-        # The terms ``features`` would give, found and counted in numpy (mailpipe.triage.vocabulary):
-        # making each n-gram a string and looking it up was most of what a prediction cost.
+        # The terms ``features`` gives, counted. A long text's are found and counted in numpy
+        # (mailpipe.triage.vocabulary): making each n-gram a string and looking it up was most of
+        # what a prediction cost. A short text has too few for numpy's per-call cost to pay off.
         folded = _folded(text)
-        columns, counts = self._vocabulary.counts(folded, _WORD.findall(folded))
+        if len(folded) < _SHORT:
+            columns, counts = self._vocabulary.counted(_features(folded))
+        else:
+            columns, counts = self._vocabulary.counts(folded, _WORD.findall(folded))
         by_term = self._by_term[columns]
         weights = (1.0 + np.log(counts)) * by_term[:, 0]
         if len(weights):
