@@ -13,6 +13,7 @@ as a production host would have a local caching resolver.
    ``triage.model = true``; trained once on the shipped corpus before anything is timed): issue
    13 allows the model at most 10 % of triage throughput.
    Each run starts from its own copy of the same store.
+1a. The model alone: CPU ms of one prediction over the shipped corpus's documents (median, p90).
 1b. CPU per message, stage by stage: the same messages one at a time, each stage (and the
    hand-off: header fields and the Maildir files of the original and its card) between two
    readings of the process's CPU time (``time.process_time``: the threads the store, DNS and
@@ -71,7 +72,7 @@ from mailpipe.outbound.signing import Signer  # noqa: E402
 from mailpipe.spool import Entry, Envelope, Message, new_queue_id  # noqa: E402
 from mailpipe.store.sqlite import SQLiteStore  # noqa: E402
 from mailpipe.triage import load as triage_load  # noqa: E402
-from mailpipe.triage.learning import trained  # noqa: E402
+from mailpipe.triage.learning import examples, trained  # noqa: E402
 from mailpipe.triage.model import UrgencyModel  # noqa: E402
 from mailpipe.triage.stages import Triage, annotated  # noqa: E402
 from mailpipe.triage.work import Work  # noqa: E402
@@ -223,6 +224,19 @@ def print_profile(off: dict[str, float], on: dict[str, float]) -> None:
     print(f"  the model: +{extra:.2f} ms in score, {extra / (total_off + extra):.0%} of triage CPU with it on")
 
 
+def prediction_cpu(model: UrgencyModel, documents: list[str], passes: int = 5) -> tuple[float, float]:
+    """CPU ms of one prediction, median and p90 over the documents (each its median of a few
+    passes): the model's own cost, apart from the stages around it."""
+    spent: list[list[float]] = [[] for _ in documents]
+    for _ in range(passes):
+        for times, document in zip(spent, documents, strict=True):
+            started = time.process_time()
+            model.predict(document)
+            times.append((time.process_time() - started) * 1000)
+    per_document = [statistics.median(times) for times in spent]
+    return statistics.median(per_document), statistics.quantiles(per_document, n=10)[8]
+
+
 def daemon(work_dir: Path, state: Path, nameserver: str, workers: int = 8) -> AbstractContextManager[int]:
     """The real daemon on ``state``, its warnings in daemon.log, while the block runs; yields its
     SMTP port."""
@@ -330,8 +344,13 @@ def main() -> int:
         populated = work / "customers.sqlite"
         populate(populated)
         messages = corpus(args.messages)
-        model = trained(configuration.load(None).triage, None)  # as the daemon does at start, untimed
+        settings = configuration.load(None).triage
+        model = trained(settings, None)  # as the daemon does at start, untimed
         print(f"urgency model trained on {model.trained_on if model else 0} labelled messages")
+        if model is not None:
+            median, p90 = prediction_cpu(model, [example.document for example in examples(settings, None)])
+            print(f"urgency model: {median:.3f} CPU ms per prediction (median over the corpus's documents;"
+                  f" p90 {p90:.3f})")
         runs: dict[str, Run] = {}
         for name, triaging, with_model in (("plain", False, None), ("off", True, None), ("on", True, model)):
             (work / f"run-{name}").mkdir()

@@ -3,16 +3,22 @@ the rule condition that turns its probabilities into points."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailpipe.message import parse
 from mailpipe.triage import corpus, rules
 from mailpipe.triage.context import Context
-from mailpipe.triage.model import Example, ModelError, UrgencyModel, train
+from mailpipe.triage.model import DEFAULT_C, Example, ModelError, UrgencyModel, features, train
 from mailpipe.triage.score import evaluate
+from mailpipe.triage.vocabulary import first_counts
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 
@@ -74,20 +80,56 @@ def test_training_needs_examples_of_every_level() -> None:
         train([Example(text, level) for level, text in SMALL if level != "low"], rules.LEVELS)
 
 
-def test_the_prediction_matches_scikit_learns_own(small_model: UrgencyModel) -> None:
+def _scikit_learns(examples: list[tuple[str, str]]) -> Callable[[str], dict[str, float]]:
+    """The probabilities scikit-learn itself gives, fitted as ``train`` fits, for comparison."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from mailpipe.triage.model import DEFAULT_C, features
-
-    texts = [text for _, text in SMALL]
     vectorizer = TfidfVectorizer(analyzer=lambda terms: terms, min_df=2, sublinear_tf=True)
     classifier = LogisticRegression(C=DEFAULT_C, class_weight="balanced", max_iter=5000)
-    classifier.fit(vectorizer.fit_transform([features(t) for t in texts]), [level for level, _ in SMALL])
-    probe = "配信が止まっています, refund please"
-    expected = dict(zip(classifier.classes_, classifier.predict_proba(vectorizer.transform([features(probe)]))[0],
-                        strict=True))
-    assert small_model.predict(probe).probabilities == pytest.approx(expected)
+    classifier.fit(vectorizer.fit_transform([features(text) for _, text in examples]),
+                   [level for level, _ in examples])
+
+    def probabilities(text: str) -> dict[str, float]:
+        found = classifier.predict_proba(vectorizer.transform([features(text)]))[0]
+        return dict(zip(classifier.classes_, found, strict=True))
+
+    return probabilities
+
+
+@pytest.fixture(scope="module")
+def small_reference() -> Callable[[str], dict[str, float]]:
+    return _scikit_learns(SMALL)
+
+
+# Text made of the small model's own wording, cut anywhere and mixed with what it never saw.
+_PIECES = st.sampled_from([text for _, text in SMALL] + ["w:", "w:ok", "  ", "\n", "Ｆｕｌｌ", "ｶﾀｶﾅ", "§", "\udcff"])
+_TEXTS = st.lists(st.one_of(_PIECES.flatmap(lambda piece: st.sampled_from([piece, piece[: len(piece) // 2],
+                                                                         piece[len(piece) // 3:]])),
+                            st.text(max_size=8)), max_size=12).map("".join)
+
+
+@settings(derandomize=True, deadline=None, max_examples=300, database=None)
+@given(_TEXTS)
+def test_the_prediction_matches_scikit_learns_own(small_model: UrgencyModel,
+                                                  small_reference: Callable[[str], dict[str, float]],
+                                                  text: str) -> None:
+    assert small_model.predict(text).probabilities == pytest.approx(small_reference(text), abs=1e-12)
+
+
+def test_a_term_that_is_both_an_ngram_and_a_word_counts_both() -> None:
+    examples = [(level, f"{text} w:ok ok") for level, text in SMALL]
+    model = train([Example(text, level) for level, text in examples], rules.LEVELS)
+    probe = "w:ok, ok? w:okay"
+    assert model.predict(probe).probabilities == pytest.approx(_scikit_learns(examples)(probe), abs=1e-12)
+
+
+@settings(derandomize=True, deadline=None, max_examples=300, database=None)
+@given(st.lists(st.integers(min_value=-1, max_value=12), max_size=60))
+def test_first_counts_are_a_counter_of_the_known_values_in_reading_order(values: list[int]) -> None:
+    expected = Counter(value for value in values if value >= 0)
+    distinct, counts = first_counts(np.array(values, dtype=np.int64))
+    assert list(zip(distinct.tolist(), counts.tolist(), strict=True)) == list(expected.items())
 
 
 def test_the_shipped_corpus_loads_with_every_level() -> None:

@@ -22,13 +22,14 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import compress, pairwise, repeat
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
 from mailpipe.errors import Problems
 from mailpipe.triage.context import fold
+from mailpipe.triage.vocabulary import Vocabulary
 
 # Long pasted logs add little after their first lines and cost time: the model reads this much.
 MAX_CHARS = 3000
@@ -38,6 +39,8 @@ _WORD_PREFIX = "w:"
 # What may explain a verdict: an English word or pair, or three Japanese characters or more
 # (English character n-grams such as "ur a" explain nothing to a reader).
 _TELLING = re.compile(r"^w:|[^\x00-\x7f].*\w.*\w|\w.*[^\x00-\x7f].*\w|\w.*\w.*[^\x00-\x7f]")
+# Below this many folded characters, a text's features are counted as strings (see predict).
+_SHORT = 100
 # Regularisation strength, chosen by cross-validation on the shipped corpus (mailpipe rules eval).
 DEFAULT_C = 10.0
 
@@ -57,7 +60,10 @@ class Example:
 
 def features(text: str) -> list[str]:
     """Character n-grams of the folded text, and its ASCII words and word pairs."""
-    folded = " ".join(fold(text[:MAX_CHARS]).split())
+    return _features(_folded(text))
+
+
+def _features(folded: str) -> list[str]:
     grams = [folded[i:i + size] for size in _CHAR_SIZES for i in range(len(folded) - size + 1)]
     words = _WORD.findall(folded)
     grams += [_WORD_PREFIX + word for word in words]
@@ -65,13 +71,22 @@ def features(text: str) -> list[str]:
     return grams
 
 
+def _folded(text: str) -> str:
+    """The text the features are taken from: its start, folded, whitespace runs one space."""
+    return " ".join(fold(text[:MAX_CHARS]).split())
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The model's probability for each level, and what it read, to explain itself on demand."""
 
     probabilities: dict[str, float]
-    _terms: tuple[str, ...]
-    _contributions: np.ndarray  # levels × terms: how much each term pushed each level
+    _columns: np.ndarray  # the vocabulary columns of the terms the message has, as read
+    _weights: np.ndarray  # their TF-IDF weights
+    _coefficients: np.ndarray  # terms × levels: each term's coefficient for each level
+    _vocabulary: Sequence[str]  # the model's terms by column: a term becomes text only to explain
+    # Several rules may ask for the same explanation (critical at 0.35 and at 0.5): made once.
+    _reasons: dict[tuple[tuple[str, ...], int], list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def of(self, levels: Sequence[str]) -> float:
         return sum(self.probabilities.get(level, 0.0) for level in levels)
@@ -82,19 +97,27 @@ class Prediction:
 
     def reasons(self, levels: Sequence[str], count: int = 3) -> list[str]:
         """The n-grams that pushed most towards ``levels``, one of each overlapping run."""
+        key = (tuple(levels), count)
+        if key not in self._reasons:
+            self._reasons[key] = self._explain(levels, count)
+        return list(self._reasons[key])
+
+    def _explain(self, levels: Sequence[str], count: int) -> list[str]:
         rows = [i for i, level in enumerate(self.probabilities) if level in levels]
-        if not rows or not self._terms:
+        if not rows or not len(self._columns):
             return []
-        weight = self._contributions[rows].sum(axis=0)
+        weight = (self._coefficients.T[rows] * self._weights).sum(axis=0)
         # The strongest few dozen terms are enough to find ``count`` telling ones: no full sort.
         candidates = np.argpartition(-weight, min(len(weight) - 1, 40))[:41]
+        ranked = candidates[np.argsort(-weight[candidates])]
         chosen: list[str] = []
-        for index in candidates[np.argsort(-weight[candidates])]:
-            if weight[index] <= 0 or len(chosen) == count:
+        for strength, column in zip(weight[ranked].tolist(), self._columns[ranked].tolist(), strict=True):
+            if strength <= 0 or len(chosen) == count:
                 break
-            if not _TELLING.search(self._terms[index]):
+            term = self._vocabulary[column]
+            if not _TELLING.search(term):
                 continue
-            term = self._terms[index].removeprefix(_WORD_PREFIX).strip()
+            term = term.removeprefix(_WORD_PREFIX).strip()
             if not any(term in kept or kept in term for kept in chosen):
                 chosen.append(term)
         return chosen
@@ -107,26 +130,28 @@ class UrgencyModel:
                  intercept: np.ndarray, trained_on: int):
         self.levels = levels
         self.trained_on = trained_on
-        self._vocabulary = vocabulary
-        self._idf = idf
-        self._coef = coef
-        self._intercept = intercept
+        self._vocabulary = Vocabulary(vocabulary, _CHAR_SIZES, _WORD_PREFIX)
+        # By column, the idf and then each level's coefficient: what a term needs is in one row.
+        self._by_term = np.column_stack([idf, coef.T])
+        self._intercept: list[float] = intercept.tolist()
 
     def predict(self, text: str) -> Prediction:
-        # Counting and the vocabulary look-up run in C (Counter, map): a Python loop over the
-        # few hundred n-grams of a message cost more than the rest of the prediction.
-        counts = Counter(features(text))
-        found = np.fromiter(map(self._vocabulary.get, counts, repeat(-1)), dtype=np.int64, count=len(counts))
-        known = found >= 0
-        terms = tuple(compress(counts, known))
-        if not terms:
-            return Prediction(_softmax(self._intercept, self.levels), (), np.zeros((len(self.levels), 0)))
-        index = found[known]
-        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[known])
-        weights = tf * self._idf[index]
-        weights /= math.sqrt(float(weights @ weights))
-        contributions = self._coef[:, index] * weights
-        return Prediction(_softmax(self._intercept + contributions.sum(axis=1), self.levels), terms, contributions)
+        # The terms ``features`` gives, counted. A long text's are found and counted in numpy
+        # (mailpipe.triage.vocabulary): making each n-gram a string and looking it up was most of
+        # what a prediction cost. A short text has too few for numpy's per-call cost to pay off.
+        folded = _folded(text)
+        if len(folded) < _SHORT:
+            columns, counts = self._vocabulary.counted(_features(folded))
+        else:
+            columns, counts = self._vocabulary.counts(folded, _WORD.findall(folded))
+        by_term = self._by_term[columns]
+        weights = (1.0 + np.log(counts)) * by_term[:, 0]
+        if len(weights):
+            weights /= math.sqrt(float(weights @ weights))
+        coefficients = by_term[:, 1:]
+        scores = (weights @ coefficients).tolist()
+        return Prediction(_softmax([b + s for b, s in zip(self._intercept, scores, strict=True)], self.levels),
+                          columns, weights, coefficients, self._vocabulary.terms)
 
 
 def train(examples: Sequence[Example], levels: Sequence[str], c: float = DEFAULT_C) -> UrgencyModel:
@@ -155,7 +180,9 @@ def _identity(terms: list[str]) -> list[str]:
     return terms
 
 
-def _softmax(scores: np.ndarray, levels: Sequence[str]) -> dict[str, float]:
-    shifted = np.exp(scores - scores.max())
-    probabilities = shifted / shifted.sum()
-    return {level: float(p) for level, p in zip(levels, probabilities, strict=True)}
+def _softmax(scores: list[float], levels: Sequence[str]) -> dict[str, float]:
+    """In plain Python: numpy's per-call cost is most of the work for four numbers."""
+    top = max(scores)
+    shifted = [math.exp(score - top) for score in scores]
+    total = sum(shifted)
+    return {level: value / total for level, value in zip(levels, shifted, strict=True)}
