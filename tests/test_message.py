@@ -200,6 +200,15 @@ def test_a_log_pasted_between_drawn_lines_stays_new_text_above_the_signature() -
     assert parse(mail(body.encode())).new_text == "全件エラーです。\n----------\n550 5.7.26 unauthenticated"
 
 
+
+@pytest.mark.parametrize("body", [
+    "以下の内容でお問い合わせがありました。\n----------\n会社名: 株式会社ABC\n電話番号: 03-1234-5678\n"
+    "お問い合わせ内容: 配信が全件止まっています\n----------",
+    "お世話になっております。\n━━━━━━━━\n株式会社ABCの田中です。全会員に誤配信してしまいました。",
+], ids=["web-form", "sentence"])
+def test_a_form_or_a_sentence_under_a_drawn_line_is_not_taken_for_a_signature(body: str) -> None:
+    assert parse(mail(body.encode())).new_text == body
+
 @pytest.mark.parametrize("body", ["Nothing arrives.\nSent from our console: 0 messages since Monday",
                                   "届きません。\n昨日の配信を管理画面から送信"])
 def test_a_last_line_that_names_no_phone_or_mail_app_is_kept(body: str) -> None:

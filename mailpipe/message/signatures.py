@@ -36,6 +36,13 @@ _SIGNED = re.compile(
     r"|株式会社|有限会社|合同会社|\b(?:inc|ltd|llc|gmbh|corp)\b\.?",
     re.IGNORECASE,
 )
+# A web form's fields ("お問い合わせ内容: …") and sentences ("株式会社ABCの田中です。全件止まっています")
+# sit between drawn lines too: a block with either is the mail, not a signature.
+_LABEL = re.compile(r"^\s*([^:：]{1,24}?)\s*[:：]")
+_CONTACT_LABEL = re.compile(
+    r"^(?:tel|phone|fax|mobile|cell|e-?mail|mail|url|web|site|address|住所|電話|携帯|ＴＥＬ|ＦＡＸ|メール|ＵＲＬ)",
+    re.IGNORECASE)
+_SENTENCE = re.compile(r"[。？！?!]|です|ます|ください|please", re.IGNORECASE)
 
 
 def without_signature(text: str) -> str:
@@ -47,9 +54,17 @@ def without_signature(text: str) -> str:
         below = [line for line in lines[index + 1:] if line.strip()]
         if len(below) > _MAX_LINES:
             continue
-        if _DELIMITER.match(lines[index]) or _SIGNED.search("\n".join(below)):
+        if _DELIMITER.match(lines[index]) or _is_signature(below):
             return "\n".join(_trimmed(lines[:index]))
     return "\n".join(lines)
+
+
+def _is_signature(block: list[str]) -> bool:
+    """A phone number or a company's name, and nothing a form or a sentence would have."""
+    if not _SIGNED.search("\n".join(block)) or any(_SENTENCE.search(line) for line in block):
+        return False
+    labels = (_LABEL.match(line) for line in block)
+    return all(_CONTACT_LABEL.match(label.group(1).strip()) for label in labels if label)
 
 
 def _candidates(lines: list[str]) -> list[int]:
