@@ -14,7 +14,7 @@ a crash finds the earlier result instead of opening a second case.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from mailpipe.errors import StoreUnavailable as StoreUnavailable
@@ -53,6 +53,12 @@ class CaseRecord:
     first_response_at: float | None = None
     language: str = ""
 
+
+
+# The columns a record is read from, in its fields' order (``CaseRecord(*row)``): derived, so a
+# field added to a record cannot be left out of one of the queries that read it.
+CUSTOMER_COLUMNS = ", ".join(column.name for column in fields(CustomerRecord))
+CASE_COLUMNS = ", ".join(column.name for column in fields(CaseRecord))
 
 @dataclass(frozen=True)
 class Assignment:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from mailpipe import phones
 from mailpipe.store import (
+    CASE_COLUMNS,
+    CUSTOMER_COLUMNS,
     CaseRecord,
     Correction,
     CustomerRecord,
@@ -29,9 +31,6 @@ from mailpipe.store.base import SQLBase
 FATES = ("queued", "held", "sent", "deferred", "bounced", "deleted")
 _FINAL = ("sent", "bounced")  # a later deferral of another recipient domain does not undo these
 _NOT_ANSWERS = ("held", "deleted", "bounced")  # replies the double-reply guard does not count
-_CASE_COLUMNS = ("id, customer_id, subject, status, level, score, owner, opened_at, updated_at, escalated_to, "
-                 "first_response_at, language")
-_CUSTOMER_COLUMNS = "id, address, name, company, plan, vip, phone, notes, owner, created_at"
 
 
 def _fate_columns(table: str = "") -> str:
@@ -64,7 +63,7 @@ class DeskQueries(SQLBase):
             elif found[0] == "held" and fate != "held":
                 conn.execute("UPDATE messages SET fate = ?, fate_detail = ?, fate_at = ?, message_id = ?"
                              " WHERE queue_id = ?", (fate, detail, at, message_id, queue_id))
-            case = CaseRecord(*conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
+            case = CaseRecord(*conn.execute(f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
         return ReplyRecord(case, already_recorded=found is not None)
 
     def earlier_reply(self, case_id: int, answers: str, other_than: str, since: float,
@@ -107,7 +106,7 @@ class DeskQueries(SQLBase):
                                             " AND status = 'answered'", (at, before.case_id)).rowcount > 0
             after = ReplyFate(*conn.execute(f"SELECT {_FATE_COLUMNS} FROM messages WHERE queue_id = ?",
                                             (before.queue_id,)).fetchone())
-            case = CaseRecord(*conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?",
+            case = CaseRecord(*conn.execute(f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ?",
                                             (before.case_id,)).fetchone())
         return FateChange(after, case, changed=changed, first_response=first, reopened=reopened)
 
@@ -143,4 +142,4 @@ class DeskQueries(SQLBase):
         if not wanted:
             return ()
         return tuple(CustomerRecord(*row[:5], bool(row[5]), *row[6:]) for row in self._conn().execute(
-            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE phone_key = ? ORDER BY id", (wanted,)))
+            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE phone_key = ? ORDER BY id", (wanted,)))

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from mailpipe import phones
 from mailpipe.addresses import canonical
 from mailpipe.store import (
+    CASE_COLUMNS,
     CONTACTS_DAYS,
     CONTACTS_KEPT,
+    CUSTOMER_COLUMNS,
     Assignment,
     CaseMessage,
     CaseNote,
@@ -36,10 +38,6 @@ from mailpipe.store.base import Connection
 from mailpipe.store.deliverability import DeliverabilityQueries
 from mailpipe.store.desk import DeskQueries
 from mailpipe.store.transfer import TransferQueries
-
-_CASE_COLUMNS = ("id, customer_id, subject, status, level, score, owner, opened_at, updated_at, escalated_to, "
-                 "first_response_at, language")
-_CUSTOMER_COLUMNS = "id, address, name, company, plan, vip, phone, notes, owner, created_at"
 
 
 def _customer(row: tuple) -> CustomerRecord:
@@ -99,7 +97,7 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         raise NotImplementedError
 
     def customer(self, address: str) -> CustomerRecord | None:
-        row = self._conn().execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE address = ?",
+        row = self._conn().execute(f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE address = ?",
                                    (canonical(address),)).fetchone()
         return _customer(row) if row else None
 
@@ -138,19 +136,19 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
             " AND m.direction = 'in' AND m.at >= ? ORDER BY m.at DESC LIMIT ?",
             (customer.id, now - CONTACTS_DAYS * 86400, CONTACTS_KEPT))]
         contacts = tuple(reversed(latest))
-        open_row = conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE customer_id = ? AND status != 'closed'"
+        open_row = conn.execute(f"SELECT {CASE_COLUMNS} FROM cases WHERE customer_id = ? AND status != 'closed'"
                                 " ORDER BY opened_at LIMIT 1", (customer.id,)).fetchone()
         return Profile(customer, contacts, _case(open_row) if open_row else None, self.cases_of(customer.id, 5))
 
     def cases_of(self, customer_id: int, limit: int = 10) -> tuple[CaseRecord, ...]:
-        rows = self._conn().execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE customer_id = ?"
+        rows = self._conn().execute(f"SELECT {CASE_COLUMNS} FROM cases WHERE customer_id = ?"
                                     " ORDER BY opened_at DESC, id DESC LIMIT ?", (customer_id, limit))
         return tuple(_case(row) for row in rows)
 
     def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
                   customer_address: str) -> CaseRecord | None:
         conn = self._conn()
-        columns = ", ".join("c." + c.strip() for c in _CASE_COLUMNS.split(","))
+        columns = ", ".join("c." + c.strip() for c in CASE_COLUMNS.split(","))
         if message_ids:
             marks = ",".join("?" * len(message_ids))
             row = conn.execute(f"SELECT {columns} FROM messages m JOIN cases c ON c.id = m.case_id"
@@ -170,8 +168,8 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         row = conn.execute("SELECT case_id FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
         if row is None:
             return None
-        case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (row[0],)).fetchone())
-        customer = _customer(conn.execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
+        case = _case(conn.execute(f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ?", (row[0],)).fetchone())
+        customer = _customer(conn.execute(f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
                                           (case.customer_id,)).fetchone())
         assignments = tuple(Assignment(*r) for r in conn.execute(
             "SELECT case_id, agent, role, reason, at FROM assignments WHERE queue_id = ? ORDER BY id", (queue_id,)))
@@ -260,8 +258,8 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
             conn.executemany("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
                              " VALUES (?, ?, ?, ?, ?, ?)",
                              [(case_id, queue_id, agent, role, reason, at) for agent, role, reason in assignments])
-            case = _case(conn.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
-            customer = _customer(conn.execute(f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
+            case = _case(conn.execute(f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone())
+            customer = _customer(conn.execute(f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?",
                                               (customer_id,)).fetchone())
         recorded = tuple(Assignment(case.id, agent, role, reason, at) for agent, role, reason in assignments)
         return InboundRecord(queue_id, case, customer, new_case, recorded, autoreply)
@@ -275,7 +273,7 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         """Newest first; only those with ``status`` when given."""
         where, args = ("WHERE status = ?", (status, limit)) if status else ("", (limit,))
         return tuple(_case(row) for row in self._conn().execute(
-            f"SELECT {_CASE_COLUMNS} FROM cases {where} ORDER BY id DESC LIMIT ?", args))
+            f"SELECT {CASE_COLUMNS} FROM cases {where} ORDER BY id DESC LIMIT ?", args))
 
     def set_status(self, case_id: int, status: str, at: float) -> bool:
         """Closes or reopens a case; False when there is no such case."""
@@ -312,11 +310,11 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         return frozenset(agent for (agent,) in self._conn().execute("SELECT agent FROM agent_state WHERE away = 1"))
 
     def case(self, case_id: int) -> CaseRecord | None:
-        row = self._conn().execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone()
+        row = self._conn().execute(f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone()
         return _case(row) if row else None
 
     def customer_of(self, case_id: int) -> CustomerRecord | None:
-        row = self._conn().execute(f"SELECT {', '.join('u.' + c.strip() for c in _CUSTOMER_COLUMNS.split(','))}"
+        row = self._conn().execute(f"SELECT {', '.join('u.' + c.strip() for c in CUSTOMER_COLUMNS.split(','))}"
                                    " FROM customers u JOIN cases c ON c.customer_id = u.id WHERE c.id = ?",
                                    (case_id,)).fetchone()
         return _customer(row) if row else None
