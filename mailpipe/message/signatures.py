@@ -50,12 +50,19 @@ def without_signature(text: str) -> str:
     lines = text.rstrip().splitlines()
     while lines and _MOBILE.match(lines[-1]):
         lines = _trimmed(lines[:-1])
-    for index in reversed(_candidates(lines)):
-        below = [line for line in lines[index + 1:] if line.strip()]
-        if len(below) > _MAX_LINES:
-            continue
-        if _DELIMITER.match(lines[index]) or _is_signature(below):
+    # From the last line up, the first delimiter or drawn line whose block below is a signature
+    # wins: a log pasted between two drawn lines stays, and a framed block (a drawn line above
+    # and below it) is cut at its upper line. Once more than a signature's lines lie below, no
+    # line further up can head one: the walk stops, so a mail of many drawn lines costs one pass.
+    first = next((index for index, line in enumerate(lines) if line.strip()), len(lines))
+    below = 0
+    for index in range(len(lines) - 1, first, -1):
+        line = lines[index]
+        if _DELIMITER.match(line) or (_DRAWN.match(line) and _is_signature(lines[index + 1:])):
             return "\n".join(_trimmed(lines[:index]))
+        below += bool(line.strip())
+        if below > _MAX_LINES:
+            break
     return "\n".join(lines)
 
 
@@ -67,15 +74,8 @@ def _is_signature(block: list[str]) -> bool:
     return all(_CONTACT_LABEL.match(label.group(1).strip()) for label in labels if label)
 
 
-def _candidates(lines: list[str]) -> list[int]:
-    """Delimiter and drawn lines that have something above them. The last one whose block is a
-    signature wins, so a log pasted between two drawn lines stays, and a framed block (a drawn
-    line above and below it) is cut at its upper line."""
-    return [index for index, line in enumerate(lines)
-            if index and (_DELIMITER.match(line) or _DRAWN.match(line)) and any(part.strip() for part in lines[:index])]
-
-
 def _trimmed(lines: list[str]) -> list[str]:
-    while lines and not lines[-1].strip():
-        lines = lines[:-1]
-    return lines
+    end = len(lines)
+    while end and not lines[end - 1].strip():
+        end -= 1
+    return lines[:end]
