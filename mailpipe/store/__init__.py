@@ -54,11 +54,11 @@ class CaseRecord:
     language: str = ""
 
 
-
 # The columns a record is read from, in its fields' order (``CaseRecord(*row)``): derived, so a
 # field added to a record cannot be left out of one of the queries that read it.
 CUSTOMER_COLUMNS = ", ".join(column.name for column in fields(CustomerRecord))
 CASE_COLUMNS = ", ".join(column.name for column in fields(CaseRecord))
+
 
 @dataclass(frozen=True)
 class Assignment:
