@@ -127,6 +127,13 @@ def test_html_only_mail_becomes_text_without_markup_or_scripts() -> None:
     assert parsed.text == "Refund please"
 
 
+def test_html_table_cells_are_read_apart_and_rows_on_lines_of_their_own() -> None:
+    body = ("<table><tr><th>日付</th><th>配信数</th></tr><tr><td>11/26</td><td>46,250</td><td>0件</td></tr>"
+            "<tr><td>11/27<td>0</table>").encode()
+    parsed = parse(mail(body, "text/html; charset=utf-8"))
+    assert [line for line in parsed.text.splitlines() if line] == ["日付 配信数", "11/26 46,250 0件", "11/27 0"]
+
+
 def test_text_plain_is_preferred_over_its_html_alternative() -> None:
     body = (b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain words\r\n"
             b"--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>html words</p>\r\n--b--\r\n")

@@ -8,6 +8,8 @@ from html.parser import HTMLParser
 
 _BLOCKS = frozenset({"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote",
                      "pre", "hr", "section", "article", "header", "footer", "ul", "ol", "dl", "dt", "dd"})
+# Table cells sit side by side: a space between them, or "11/26" and "46,250" read as "11/2646,250".
+_CELLS = frozenset({"td", "th"})
 _HIDDEN = frozenset({"script", "style", "head", "title", "template"})
 _TAG = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"[ \t]+")
@@ -26,6 +28,8 @@ class _Text(HTMLParser):
             self._hidden += 1
         elif tag in _BLOCKS:
             self.parts.append("\n")
+        elif tag in _CELLS:
+            self.parts.append(" ")
         if tag == "blockquote":
             self._quote += 1
 
@@ -34,6 +38,8 @@ class _Text(HTMLParser):
             self._hidden = max(0, self._hidden - 1)
         elif tag in _BLOCKS:
             self.parts.append("\n")
+        elif tag in _CELLS:
+            self.parts.append(" ")
         if tag == "blockquote":
             self._quote = max(0, self._quote - 1)
 
