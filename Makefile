@@ -43,9 +43,11 @@ install:
 	@echo "installed: $(PREFIX), $(UNITDIR)/mailpipe.service; edit $(CONFDIR)/mailpipe.toml, then:"
 	@echo "  mailpipe check-config && systemctl enable --now mailpipe"
 
+# Two workers: most of a test is waiting on a daemon subprocess, and each test file stays on one
+# worker (its module fixtures set up once).
 test: $(VENV)/.installed-test
 	sh tests/system-deps.sh
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses 2 --dist loadfile
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check mailpipe tests bench

@@ -25,13 +25,16 @@ _HANDED_OUT: set[int] = set()  # ports free_port returned: never twice in one te
 
 def free_port() -> int:
     """A free port below the kernel's ephemeral range: a port the kernel hands out for binding
-    to 0 may be taken by some outgoing connection before the server under test binds it."""
+    to 0 may be taken by some outgoing connection before the server under test binds it. Each
+    pytest-xdist worker draws from its own share of the range, so two workers never hand out the
+    same port to daemons that have not bound it yet."""
     try:
         lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError):
         lowest_ephemeral = 32768
+    first, last = _worker_share(20000, max(20001, lowest_ephemeral - 1))
     for _ in range(200):
-        port = random.randint(20000, max(20001, lowest_ephemeral - 1))
+        port = random.randint(first, last)
         if port in _HANDED_OUT:  # free still, but promised to a daemon that has not bound it yet
             continue
         with socket.socket() as sock:
@@ -42,6 +45,14 @@ def free_port() -> int:
             _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+def _worker_share(first: int, last: int) -> tuple[int, int]:
+    """This worker's slice of ``first..last``: all of it without pytest-xdist."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (last - first + 1) // max(1, workers)
+    return first + worker * size, first + (worker + 1) * size - 1
 
 
 def toml(data: dict[str, Any], prefix: str = "") -> str:
