@@ -356,19 +356,17 @@ class Committer:
             self._apply(group)
 
     def _apply(self, group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            for op, future in group:
-                self._conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((future, op(self._conn), None))
-                except Exception as exc:
-                    if storage_error(exc):  # SQLite may have rolled the whole transaction back
-                        raise
-                    self._conn.execute("ROLLBACK TO op")
-                    outcomes.append((future, None, exc))
-                self._conn.execute("RELEASE op")
+            try:
+                outcomes = [(future, op(self._conn), None) for op, future in group]
+            except Exception as exc:
+                if storage_error(exc):  # SQLite may have rolled the whole transaction back
+                    raise
+                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                outcomes = self._isolated(group)
             self._conn.execute("COMMIT")
         except Exception as exc:  # the whole group failed: disk full, read-only, I/O error
             if storage_error(exc):
@@ -379,17 +377,39 @@ class Committer:
             outcomes = [(future, None, exc) for _, future in group]
         self.groups += 1
         self.operations += len(group)
-        for future, result, error in outcomes:
-            future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per operation
+            loop.call_soon_threadsafe(_settle, settled)
+
+    def _isolated(self, group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+                  ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """The group again after one of its operations raised, each operation in its own
+        savepoint, so that the one that fails is rolled back alone and the others commit. The
+        common group, where none fails, pays no savepoints."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for op, future in group:
+            self._conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append((future, op(self._conn), None))
+            except Exception as exc:
+                if storage_error(exc):
+                    raise
+                self._conn.execute("ROLLBACK TO op")
+                outcomes.append((future, None, exc))
+            self._conn.execute("RELEASE op")
+        return outcomes
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class Spool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -60,6 +61,34 @@ def test_concurrent_enqueues_share_commits(tmp_path: Path) -> None:
     assert len(set(ids)) == 200
     assert operations == 200
     assert commits < 100
+
+
+def test_an_operation_that_fails_is_undone_alone_and_the_rest_of_its_group_commits(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+
+    def failing(conn: sqlite3.Connection) -> None:
+        spool.insert(conn, "PARTIAL", ENVELOPE, b"half written", 0.0)
+        raise ValueError("refused")
+
+    async def body(queue: Spool):
+        held = queue._committer.submit(hold)
+        await asyncio.to_thread(entered.wait, 10)  # the committer is busy: the next three wait, one group
+        group = [queue.enqueue(ENVELOPE, b"one"), queue._committer.submit(failing), queue.enqueue(ENVELOPE, b"two")]
+        tasks = [asyncio.ensure_future(operation) for operation in group]
+        await asyncio.sleep(0)
+        gate.set()
+        await held
+        return await asyncio.gather(*tasks, return_exceptions=True), queue.commit_groups
+
+    (first, refused, second), (commits, _) = run(with_spool(path, body))
+    assert isinstance(refused, ValueError)
+    assert commits == 2
+    assert sorted(entry.id for entry in fresh_entries(path)) == sorted([first, second])
 
 
 def test_queue_ids_are_unique_and_sort_by_arrival() -> None:

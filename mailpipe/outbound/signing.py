@@ -88,9 +88,14 @@ class OpenSSLDKIM(dkim.DKIM):
                    standardize: bool = False) -> bytes:
         """dkimpy's ``DomainSigner.gen_header`` for DKIM-Signature (``standardize`` is ARC's,
         never asked for here), with ``_key`` signing where dkimpy used ``pk``."""
-        # dkimpy blanks b= here and again in hash_headers; once (there) gives the same bytes.
+        # dkimpy blanks b= here and again in hash_headers; once (there) gives the same bytes. Its
+        # pattern steps through the placeholder (60 zeros that fold b= onto a line of its own) a
+        # character at a time, so the placeholder is cut off first: hash_headers blanks nothing more.
         header_value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(header_name),
                                  linesep=b"\r\n")
+        placeholder = dict(fields)[b"b"]
+        if header_value.endswith(b"b=" + placeholder):
+            header_value = header_value[:-len(placeholder)]
         hasher = self.hasher()
         self.signed_headers = dkim.hash_headers(hasher, canon_policy, self._canonical(canon_policy, include_headers),
                                                 include_headers, (header_name, b" " + header_value), dict(fields))

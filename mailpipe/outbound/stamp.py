@@ -19,6 +19,9 @@ read (their fields filed by the ``email`` package), and only a stamped part's bo
 Content-Type and Content-Transfer-Encoding fields, when the charset or the encoding had to
 change — is written anew. Whether a part already ends with the footer is decided from the
 part's end: ISO-2022-JP is decoded back only from the escape sequences the comparison needs.
+A body part's header block is read once per distinct block (a client writes its parts' fields
+alike in every reply), and a body is run through ``get_payload`` only when it is quoted-printable,
+base64 or uuencoded.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ _ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968"})
 _JIS_ESCAPE = re.compile(rb"\x1b(?:\([BJH]|\(I|\$[@B]|\$\(D)")
 _JIS_ASCII = (b"\x1b(B", b"\x1b(J", b"\x1b(H")
 _SHIFT_OUT = b"\x0e"
+# The transfer encodings get_payload(decode=True) undoes; any other part's payload is its bytes.
+_DECODED = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"})
+_CACHED_HEADER = 1024  # longer part header blocks are read each time, not kept
 HTML_CLASS = "mailpipe-footer"
 
 
@@ -68,7 +74,7 @@ def stamp(raw: bytes, footer: str, hostname: str, now_timestamp: float) -> Stamp
     fields = _fields(head)
     head, message_id = _customer_header(head, fields, hostname, now_timestamp)
     skipped: list[str] = []
-    head, body, stamped = _stamp_entity(head, body, fields, footer, skipped)
+    head, body, stamped = _stamp_entity(head, body, _read(fields), footer, skipped)
     return Stamped(head + (blank or (b"\r\n" if stamped else b"")) + body, stamped, message_id, tuple(skipped))
 
 
@@ -123,26 +129,57 @@ def _customer_header(head: bytes, fields: email.message.Message, hostname: str,
     return extra + head, message_id.strip("<>")
 
 
-def _stamp_entity(head: bytes, body: bytes, fields: email.message.Message, footer: str,
+def _stamp_entity(head: bytes, body: bytes, entity: _Entity, footer: str,
                   skipped: list[str]) -> tuple[bytes, bytes, int]:
     """(header block, body, parts stamped) of a message or body part with the footer in each of
     its own text parts: not in attachments, forwarded messages or anything signed or encrypted."""
-    kind = fields.get_content_type()
-    if kind in _OPAQUE:
-        skipped.append(f"{kind} left untouched")
+    if entity.kind in _OPAQUE:
+        skipped.append(f"{entity.kind} left untouched")
         return head, body, 0
-    if kind.startswith("multipart/"):
-        boundary = fields.get_boundary()
-        if boundary is None:
+    if entity.kind.startswith("multipart/"):
+        if entity.boundary is None:
             return head, body, 0
-        body, stamped = _stamp_multipart(body, boundary.encode("ascii", "surrogateescape"),
-                                         "message/rfc822" if kind == "multipart/digest" else "text/plain",
+        body, stamped = _stamp_multipart(body, entity.boundary.encode("ascii", "surrogateescape"),
+                                         "message/rfc822" if entity.kind == "multipart/digest" else "text/plain",
                                          footer, skipped)
         return head, body, stamped
+    if not entity.text:
+        return head, body, 0
+    return _stamp_part(head, body, entity, footer)
+
+
+@dataclass(frozen=True)
+class _Entity:
+    """What the stamp reads of a header block, each through the ``email`` package as before."""
+
+    kind: str  # get_content_type()
+    boundary: str | None = None  # get_boundary() of a multipart
+    text: bool = False  # text/plain or text/html, neither an attachment nor a named file; then:
+    charset: str | None = None  # get_content_charset()
+    transfer: str = ""  # its Content-Transfer-Encoding as get_payload reads it
+    declared_encoding: str = ""  # ... and as the stamp writes it back
+
+
+def _read(fields: email.message.Message) -> _Entity:
+    kind = fields.get_content_type()
+    if kind.startswith("multipart/"):
+        return _Entity(kind, fields.get_boundary())
     if kind not in ("text/plain", "text/html") or fields.get_content_disposition() == "attachment" \
             or _named(fields):
-        return head, body, 0
-    return _stamp_part(head, body, fields, footer, is_html=kind == "text/html")
+        return _Entity(kind)
+    return _Entity(kind, None, True, fields.get_content_charset(),
+                   str(fields.get("content-transfer-encoding", "")).lower(),
+                   (fields.get("Content-Transfer-Encoding") or "7bit").strip().lower())
+
+
+@lru_cache(maxsize=256)
+def _read_part(head: bytes, default_type: str) -> _Entity:
+    """A body part's header block read: the same few blocks recur in reply after reply (a mail
+    client writes its text and HTML parts' fields alike), and filing a block's fields and
+    parsing their parameters was most of the stamp's header work."""
+    fields = _fields(head)
+    fields.set_default_type(default_type)
+    return _read(fields)
 
 
 def _named(fields: email.message.Message) -> bool:
@@ -161,9 +198,13 @@ def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: st
     done = stamped = 0
     for start, end in _part_spans(body, boundary):
         head, blank, part_body = _split(body[start:end])
-        fields = _fields(head)
-        fields.set_default_type(default_type)
-        head, part_body, count = _stamp_entity(head, part_body, fields, footer, skipped)
+        if len(head) <= _CACHED_HEADER:
+            entity = _read_part(head, default_type)
+        else:
+            fields = _fields(head)
+            fields.set_default_type(default_type)
+            entity = _read(fields)
+        head, part_body, count = _stamp_entity(head, part_body, entity, footer, skipped)
         if count:
             pieces += [body[done:start], head, blank or b"\r\n", part_body]
             done, stamped = end, stamped + count
@@ -197,13 +238,12 @@ def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
     return spans
 
 
-def _stamp_part(head: bytes, body: bytes, fields: email.message.Message, footer: str, *,
-                is_html: bool) -> tuple[bytes, bytes, int]:
-    fields.set_payload(body.decode("ascii", "surrogateescape"))
-    payload = fields.get_payload(decode=True)
+def _stamp_part(head: bytes, body: bytes, entity: _Entity, footer: str) -> tuple[bytes, bytes, int]:
+    payload = _decoded(head, body) if entity.transfer in _DECODED else body
     if not isinstance(payload, bytes):
         return head, body, 0
-    label = fields.get_content_charset()
+    is_html = entity.kind == "text/html"
+    label = entity.charset
     declared = charsets.normalise(label)  # "": charsets.decode guesses
     jis = declared == "iso-2022-jp"
     addition = _html_footer(footer) if is_html else footer
@@ -217,12 +257,22 @@ def _stamp_part(head: bytes, body: bytes, fields: email.message.Message, footer:
         data = charsets.decode(payload, declared).encode("utf-8")
         new = _splice(data, _footer_place(data, is_html, jis=False), _crlf(addition.encode("utf-8")), jis=False)
         charset = "utf-8"
-    declared_encoding = (fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    declared_encoding = entity.declared_encoding
     encoding = "base64" if charset == "utf-8" and declared_encoding == "7bit" and not new.isascii() \
         else declared_encoding
     if charset != (label or "us-ascii") or encoding != declared_encoding:
-        head = _retyped(head, fields, charset, encoding)
+        head = _retyped(head, charset, encoding)
     return head, _transfer_encoded(new, encoding), 1
+
+
+def _decoded(head: bytes, body: bytes) -> bytes | None:
+    """The part's body with its transfer encoding undone, as ``get_payload(decode=True)`` does;
+    asked only of a quoted-printable, base64 or uuencoded part: of any other the body is its
+    bytes as they are."""
+    fields = _fields(head)
+    fields.set_payload(body.decode("ascii", "surrogateescape"))
+    payload = fields.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else None
 
 
 @lru_cache(maxsize=256)
@@ -252,6 +302,7 @@ def _encoder(declared: str | None) -> str:
     return "iso2022_jp" if codec == "iso-2022-jp" else codec
 
 
+@lru_cache(maxsize=64)
 def _html_footer(footer: str) -> str:
     lines = "<br>\n".join(html.escape(line) for line in footer.splitlines())
     return f'<div class="{HTML_CLASS}">{lines}</div>\n'
@@ -309,8 +360,9 @@ def _ascii_at(data: bytes, offset: int) -> bool:
     return last is None or data.startswith(_JIS_ASCII, last)
 
 
-def _retyped(head: bytes, fields: email.message.Message, charset: str, encoding: str) -> bytes:
+def _retyped(head: bytes, charset: str, encoding: str) -> bytes:
     """The part's header block with its charset and transfer encoding as now written."""
+    fields = _fields(head)
     fields.set_param("charset", charset)
     head = headers.drop(headers.drop(head, "content-type"), "content-transfer-encoding")
     return head + (f"Content-Type: {fields['Content-Type']}\r\n"
