@@ -54,10 +54,15 @@ class CaseRecord:
     language: str = ""
 
 
-# The columns a record is read from, in its fields' order (``CaseRecord(*row)``): derived, so a
-# field added to a record cannot be left out of one of the queries that read it.
-CUSTOMER_COLUMNS = ", ".join(column.name for column in fields(CustomerRecord))
-CASE_COLUMNS = ", ".join(column.name for column in fields(CaseRecord))
+def columns(record: type, table_alias: str = "") -> str:
+    """The columns a record is read from, in its fields' order (``CaseRecord(*row)``): derived,
+    so a field added to a record cannot be left out of one of the queries that read it."""
+    prefix = f"{table_alias}." if table_alias else ""
+    return ", ".join(prefix + column.name for column in fields(record))
+
+
+CUSTOMER_COLUMNS = columns(CustomerRecord)
+CASE_COLUMNS = columns(CaseRecord)
 
 
 @dataclass(frozen=True)

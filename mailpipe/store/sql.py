@@ -33,6 +33,7 @@ from mailpipe.store import (
     InboundRecord,
     Profile,
     StoreError,
+    columns,
 )
 from mailpipe.store.base import Connection
 from mailpipe.store.deliverability import DeliverabilityQueries
@@ -148,15 +149,15 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
     def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
                   customer_address: str) -> CaseRecord | None:
         conn = self._conn()
-        columns = ", ".join("c." + c.strip() for c in CASE_COLUMNS.split(","))
+        case_columns = columns(CaseRecord, "c")
         if message_ids:
             marks = ",".join("?" * len(message_ids))
-            row = conn.execute(f"SELECT {columns} FROM messages m JOIN cases c ON c.id = m.case_id"
+            row = conn.execute(f"SELECT {case_columns} FROM messages m JOIN cases c ON c.id = m.case_id"
                                f" WHERE m.message_id IN ({marks}) ORDER BY m.at DESC LIMIT 1", message_ids).fetchone()
             if row:
                 return _case(row)
         if case_token is not None:
-            row = conn.execute(f"SELECT {columns} FROM cases c JOIN customers u ON u.id = c.customer_id"
+            row = conn.execute(f"SELECT {case_columns} FROM cases c JOIN customers u ON u.id = c.customer_id"
                                " WHERE c.id = ? AND u.address = ?",
                                (case_token, canonical(customer_address))).fetchone()
             if row:
