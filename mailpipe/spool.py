@@ -2,9 +2,9 @@
 
 A spool is one SQLite file in WAL mode with ``synchronous=FULL``: a committed transaction has
 been fsync'ed, so ``enqueue`` returning means the message survives a crash or power loss.
-All writes go through one committer thread that applies every operation waiting at that moment
-in one transaction (each in its own savepoint), so a single fsync acknowledges a whole group of
-concurrent SMTP sessions — the group commit that lets a Python daemon keep up with Postfix.
+All writes go through one committer thread (:mod:`mailpipe.committer`) that applies every
+operation waiting at that moment in one transaction, so a single fsync acknowledges a whole group
+of concurrent SMTP sessions — the group commit that lets a Python daemon keep up with Postfix.
 
 States: ``incoming`` (new) and ``deferred`` (failed before, waiting for ``next_attempt``) are
 ready to be claimed; ``active`` is claimed by a worker; ``hold`` is parked by the operator, or by
@@ -30,26 +30,21 @@ This module knows nothing of SMTP or of what a worker does with a message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import os
-import queue
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from mailpipe.committer import Committer
 from mailpipe.errors import SpoolUnreadable
 
-T = TypeVar("T")
-
 STATES = ("incoming", "deferred", "active", "hold", "quarantine")
-_MAX_GROUP = 512
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 _SCHEMA = """
@@ -174,13 +169,6 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
-
-
-def storage_error(exc: BaseException) -> bool:
-    """A fault of the file or the disk under it, not of the operation: SQLite's "disk full",
-    "readonly database", "disk I/O error", "database is locked" (OperationalError) and "database
-    disk image is malformed" (DatabaseError itself); not a constraint or a programming error."""
-    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 def probe(conn: sqlite3.Connection, now: float) -> None:
@@ -311,114 +299,13 @@ def body(conn: sqlite3.Connection, qid: str) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
-class Committer:
-    """One thread owning one connection; applies queued operations a group per transaction."""
-
-    def __init__(self, path: Path):
-        self._conn = connect(path)
-        self._ops: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None]
-        self._ops = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"spool:{path.name}", daemon=True)
-        self._thread.start()
-        self.groups = 0
-        self.operations = 0
-        self.fault = ""  # the last storage error, until a probe commits
-
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._ops.put((op, future))
-        return future
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def close(self) -> None:
-        self._ops.put(None)
-        self._thread.join()
-        self._conn.close()
-
-    def _run(self) -> None:
-        while True:
-            first = self._ops.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < _MAX_GROUP:
-                try:
-                    item = self._ops.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._ops.put(None)
-                    break
-                group.append(item)
-            self._apply(group)
-
-    def _apply(self, group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                outcomes = [(future, op(self._conn), None) for op, future in group]
-            except Exception as exc:
-                if storage_error(exc):  # SQLite may have rolled the whole transaction back
-                    raise
-                self._conn.execute("ROLLBACK")
-                self._conn.execute("BEGIN IMMEDIATE")
-                outcomes = self._isolated(group)
-            self._conn.execute("COMMIT")
-        except Exception as exc:  # the whole group failed: disk full, read-only, I/O error
-            if storage_error(exc):
-                self.fault = f"{type(exc).__name__}: {exc}"
-            with contextlib.suppress(sqlite3.Error):
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-            outcomes = [(future, None, exc) for _, future in group]
-        self.groups += 1
-        self.operations += len(group)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
-        for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per operation
-            loop.call_soon_threadsafe(_settle, settled)
-
-    def _isolated(self, group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
-                  ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        """The group again after one of its operations raised, each operation in its own
-        savepoint, so that the one that fails is rolled back alone and the others commit. The
-        common group, where none fails, pays no savepoints."""
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        for op, future in group:
-            self._conn.execute("SAVEPOINT op")
-            try:
-                outcomes.append((future, op(self._conn), None))
-            except Exception as exc:
-                if storage_error(exc):
-                    raise
-                self._conn.execute("ROLLBACK TO op")
-                outcomes.append((future, None, exc))
-            self._conn.execute("RELEASE op")
-        return outcomes
-
-
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in outcomes:
-        if future.cancelled():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-
 class Spool:
     """The daemon's asynchronous view of one spool file."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         self.path = path
         self._clock = clock
-        self._committer = Committer(path)
+        self._committer = Committer(connect(path), f"spool:{path.name}")
         self._arrivals: dict[str, asyncio.Event] = {}
 
     def arrival(self, listener: str) -> asyncio.Event:

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from mailpipe.committer import storage_error
 from mailpipe.config import SpoolConfig
 from mailpipe.errors import (
     Consumed,
@@ -50,7 +51,7 @@ from mailpipe.errors import (
     TemporaryFailure,
 )
 from mailpipe.metrics import Metrics
-from mailpipe.spool import Message, Spool, storage_error
+from mailpipe.spool import Message, Spool
 
 log = logging.getLogger("mailpipe.worker")
 
