@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +45,8 @@ def daemon(work: Path, state: Path, nameserver: str, workers: int) -> Iterator[t
     """bench/triage.py's daemon, with its metrics port (from the config it wrote) and its pid
     (from the spool's lock file)."""
     with triage.daemon(work, state, nameserver, workers) as port:
-        metrics = int(re.findall(r'listen = "127.0.0.1:(\d+)"', (work / "mailpipe.toml").read_text())[-1])
+        listen = tomllib.loads((work / "mailpipe.toml").read_text())["metrics"]["listen"]
+        metrics = int(listen.rpartition(":")[2])
         yield port, metrics, int((state / "spool" / "lock").read_text())
 
 

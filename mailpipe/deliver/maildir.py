@@ -161,8 +161,9 @@ def unix_lines(content: bytes) -> bytes:
 def _write_synced(path: Path, message: Message, content: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, f"Return-Path: <{message.entry.envelope.mail_from}>\n".encode("utf-8", "replace"))
-        view = memoryview(unix_lines(content))
+        # One buffer, one write: each system call in this thread hands the GIL back and forth.
+        return_path = f"Return-Path: <{message.entry.envelope.mail_from}>\n".encode("utf-8", "replace")
+        view = memoryview(return_path + unix_lines(content))
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)

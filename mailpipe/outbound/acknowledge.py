@@ -135,17 +135,25 @@ class Acknowledger:
             return "disabled"
         return suppression(parsed, message.entry.envelope.mail_from, self._own, verdict)
 
-    def decide(self, message: Message, parsed: ParsedMessage, verdict: Verdict | None, record: InboundRecord,
-               owner: Agent | None, level: str) -> Acknowledgement | None:
-        """From what was recorded, so asking again for the same message after a crash gives the
-        same answer and the acknowledgement is queued once. Signing makes it worth a thread."""
-        if not record.new_case or owner is None:
-            return None
-        envelope = message.entry.envelope
+    def withheld(self, message: Message, parsed: ParsedMessage, verdict: Verdict | None,
+                 record: InboundRecord) -> bool:
+        """Whether this message gets no acknowledgement (counted by reason when it had a case
+        to acknowledge): known without composing or signing, so most messages need no thread.
+        From what was recorded, so asking again for the same message after a crash gives the
+        same answer and the acknowledgement is queued once."""
+        if not record.new_case:
+            return True
         reason = self.suppressed(message, parsed, verdict) or (None if record.autoreply else "recent")
         if reason is not None:
             self.metrics.autoreplies.labels(reason).inc()
-            return None
+            return True
+        return False
+
+    def compose(self, message: Message, parsed: ParsedMessage, record: InboundRecord, owner: Agent,
+                level: str) -> Acknowledgement:
+        """The signed acknowledgement of a message ``withheld`` let through. Signing makes it
+        worth a thread."""
+        envelope = message.entry.envelope
         ours = {canonical(a) for a in self._support}
         support = next((r for r in envelope.rcpt_tos if canonical(r) in ours), self._support[0])
         data = acknowledgement(

@@ -169,9 +169,11 @@ class Triage:
         if self.acknowledger is None or work.record is None:
             return work
         owner = self._by_id.get(work.record.case.owner)
-        decided = await asyncio.to_thread(self.acknowledger.decide, work.message, parsed_of(work), work.auth,
-                                          work.record, owner, verdict_of(work).level)
-        return dataclasses.replace(work, acknowledgement=decided)
+        if owner is None or self.acknowledger.withheld(work.message, parsed_of(work), work.auth, work.record):
+            return work  # decided without a thread: most messages get no acknowledgement
+        composed = await asyncio.to_thread(self.acknowledger.compose, work.message, parsed_of(work), work.record,
+                                           owner, verdict_of(work).level)
+        return dataclasses.replace(work, acknowledgement=composed)
 
     def annotate(self, work: Work) -> Work:
         fields, subject = header_fields(work, self.hostname, self._by_id, self.desk.subject_tags)
