@@ -172,6 +172,15 @@ def test_quoted_history_is_not_new_text(reply: str) -> None:
     assert parse(mail(reply.encode())).new_text == "Still broken!"
 
 
+@pytest.mark.parametrize("body", [
+    "2026年11月29日 07:10頃から、全件エラーで戻ってきます。\n今も続いています。",
+    "発生日時：2026年11月29日 07:10：全配信が停止\n今も続いています。",
+    "Since this morning:\n| time  | delivered |\n| 07:00 | 0         |\nIt is still 0.",
+], ids=["ja-date-and-time", "ja-date-in-a-form", "pipe-table"])
+def test_what_happened_and_when_is_new_text_not_an_attribution(body: str) -> None:
+    assert parse(mail(body.encode())).new_text == body
+
+
 @pytest.mark.parametrize(("subject", "body"), [
     ("Fwd: help", "FYI, see below\n\n---------- Forwarded message ---------\nFrom: Customer <c@example.com>\n"
                   "Date: Mon, 5 Jan 2026\nSubject: help\nTo: us\n\nEvery send bounces.\n\n"

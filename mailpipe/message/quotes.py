@@ -1,8 +1,9 @@
 """The new text of a message, apart from the history it quotes, so old words do not re-trigger
 rules. Cuts at the first attribution or separator line that clients put above quoted mail
 ("On … wrote:", "-----Original Message-----", Outlook's From:/Sent: block, Japanese clients'
-「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 and 「…さんは書きました:」), drops ">" lines, and
-cuts the signature (:mod:`mailpipe.message.signatures`).
+「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 — a line of its own, ending with the colon, since
+「2026年11月29日 07:10頃から全件エラー」 is what happened, not who wrote before — and
+「…さんは書きました:」), drops ">" lines, and cuts the signature (:mod:`mailpipe.message.signatures`).
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
@@ -23,14 +24,15 @@ _SEPARATORS = re.compile(
       | Begin\s+forwarded\s+message\s*:
       | _{10,}
       | (?:On|Le|Am|El)\s.{4,200}(?:wrote|écrit|schrieb|escribió)\s*:
-      | \d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日.{0,120}[:：]
+      | \d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日.{0,120}[:：][ \t]*$
       | \d{4}[/-]\d{1,2}[/-]\d{1,2}.{0,120}(?:wrote|書きました|のメール|のメッセージ)\s*[:：]?
       | .{1,120}(?:さんは書きました|wrote)\s*[:：]
       | (?:From|差出人|送信者)\s*[:：].{1,200}\n\s*(?:Sent|Date|送信日時|日付)\s*[:：]
     )""",
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
-_QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|)")
+# "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
+_QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
 _FORWARD_MARKER = re.compile(r"-{2,}\s*(?:Forwarded\s+message|転送されたメッセージ)|Begin\s+forwarded", re.IGNORECASE)
 _FORWARD_SUBJECT = re.compile(r"^\s*(?:fw|fwd|wg|転送)\s*[:：]", re.IGNORECASE)
 _FORWARDED_FIELD = re.compile(
