@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mailpipe.message import parse
 from mailpipe.triage import corpus, rules
 from mailpipe.triage.context import Context
-from mailpipe.triage.model import DEFAULT_C, Example, ModelError, UrgencyModel, features, train
+from mailpipe.triage.model import Example, ModelError, UrgencyModel, features, new_classifier, train
 from mailpipe.triage.score import evaluate
 from mailpipe.triage.vocabulary import first_counts
 
@@ -83,10 +83,9 @@ def test_training_needs_examples_of_every_level() -> None:
 def _scikit_learns(examples: list[tuple[str, str]]) -> Callable[[str], dict[str, float]]:
     """The probabilities scikit-learn itself gives, fitted as ``train`` fits, for comparison."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
     vectorizer = TfidfVectorizer(analyzer=lambda terms: terms, min_df=2, sublinear_tf=True)
-    classifier = LogisticRegression(C=DEFAULT_C, class_weight="balanced", max_iter=5000)
+    classifier = new_classifier()
     classifier.fit(vectorizer.fit_transform([features(text) for _, text in examples]),
                    [level for level, _ in examples])
 

@@ -24,12 +24,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mailpipe.errors import Problems
 from mailpipe.triage.context import fold
 from mailpipe.triage.vocabulary import Vocabulary
+
+if TYPE_CHECKING:  # scikit-learn costs seconds to import: only training imports it
+    from sklearn.linear_model import LogisticRegression
 
 # Long pasted logs add little after their first lines and cost time: the model reads this much.
 MAX_CHARS = 3000
@@ -161,12 +165,11 @@ def train(examples: Sequence[Example], levels: Sequence[str], c: float = DEFAULT
     if missing:
         raise ModelError([f"labelled mail: fewer than two examples at level {level!r}" for level in missing])
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
     vectorizer = TfidfVectorizer(analyzer=_identity, min_df=2, sublinear_tf=True)
     matrix = vectorizer.fit_transform([features(example.document) for example in examples])
-    classifier = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+    classifier = new_classifier(c)
     # One thread: BLAS threads fighting the daemon's own (and a busy machine) made fitting 5x slower.
     with threadpool_limits(1):
         classifier.fit(matrix, [example.level for example in examples])
@@ -174,6 +177,16 @@ def train(examples: Sequence[Example], levels: Sequence[str], c: float = DEFAULT
     return UrgencyModel(tuple(levels), dict(vectorizer.vocabulary_), vectorizer.idf_.astype(np.float64),
                         classifier.coef_[order].astype(np.float64), classifier.intercept_[order].astype(np.float64),
                         len(examples))
+
+
+def new_classifier(c: float = DEFAULT_C) -> LogisticRegression:
+    """The classifier ``train`` fits. Newton-CG to a tight tolerance: twice as fast as lbfgs at its
+    default tolerance on the shipped corpus (1.5 s against 3.2), and far closer to the optimum
+    (probabilities within 1e-4 of it, against lbfgs's 0.02), so a retrained model moves only
+    where the labelled mail did."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, class_weight="balanced", solver="newton-cg", tol=1e-6, max_iter=1000)
 
 
 def _identity(terms: list[str]) -> list[str]:
