@@ -330,15 +330,17 @@ class Spool:
         now = self._clock()
         return await self._committer.submit(lambda conn: claim(conn, limit, now, listener))
 
-    async def replace(self, qid: str, successors: list[tuple[str, Envelope, bytes]]) -> None:
+    async def replace(self, qid: str, successors: Iterable[tuple[str, Envelope, bytes]]) -> None:
         """``qid`` leaves this queue and ``successors`` enter the next, in one commit."""
         now = self._clock()
+        successors = list(successors)  # the operation may run twice (its group re-run): not an iterator
         await self._committer.submit(lambda conn: replace(conn, qid, successors, now))
         for _, envelope, _ in successors:
             self.arrival(envelope.listener).set()
 
-    async def narrow(self, qid: str, rcpt_tos: list[str], reason: str, delay: float) -> None:
+    async def narrow(self, qid: str, rcpt_tos: Iterable[str], reason: str, delay: float) -> None:
         when = self._clock() + delay
+        rcpt_tos = list(rcpt_tos)  # as in replace: an operation may run twice
         await self._committer.submit(lambda conn: narrow(conn, qid, rcpt_tos, reason, when))
 
     async def hold(self, qid: str, reason: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailpipe.message import decode_header, parse
+from mailpipe.message import decode_header, parse, quotes
 from mailpipe.message.charsets import decode, decode_iso2022jp
 from mailpipe.message.signatures import without_signature
 
@@ -178,6 +178,29 @@ def test_quoted_history_is_not_new_text(reply: str) -> None:
     "Since this morning:\n| time  | delivered |\n| 07:00 | 0         |\nIt is still 0.",
 ], ids=["ja-date-and-time", "ja-date-in-a-form", "pipe-table"])
 def test_what_happened_and_when_is_new_text_not_an_attribution(body: str) -> None:
+    assert parse(mail(body.encode())).new_text == body
+
+
+@pytest.mark.parametrize("history", [
+    "2026年1月5日(月) 10:00 サポート <support@example.test>:\u3000\n> 返金しました",
+    "2026年1月5日(月) 10:00 Example Corporation International Customer Support Desk (Tokyo Office) "
+    "<customer-support-team-notifications@subdomain.example-corporation.co.jp>:\n> 返金しました",
+    "2026年1月5日(月) 10:00 Yamada Taro <\ntaro.yamada@example.co.jp>:\n> 返金しました",
+    "2026年1月5日(月) 10:00 株式会社サンプル カスタマー\nサポート窓口 <support@example.jp>:\n> 返金しました",
+    "2026年1月5日 10:00、山田 太郎 <taro@example.jp>のメール:\n> 返金しました",
+], ids=["fullwidth-space-after-colon", "long-name-and-address", "gmail-wrapped-before-address",
+        "gmail-wrapped-in-name", "apple-ja"])
+def test_a_japanese_attribution_that_is_long_wrapped_or_padded_still_cuts_history(history: str) -> None:
+    assert parse(mail(f"Still broken!\n\n{history}".encode())).new_text == "Still broken!"
+    text = f"Still broken!\r\n\r\n{history}".replace("\n", "\r\n").replace("\r\r", "\r")
+    assert quotes.new_text(text) == "Still broken!"  # parse's fallback hands CRLF text on as it is
+
+
+@pytest.mark.parametrize("body", [
+    "2026年11月29日 07:10頃から、以下のエラーが返ります:\n550 5.7.1 rejected\n至急対応をお願いします。",
+    "2026年11月29日から次の状態です：\n・全件エラー\n・管理画面も開けません",
+], ids=["date-then-colon", "date-then-fullwidth-colon"])
+def test_a_date_line_introducing_details_with_a_colon_is_new_text(body: str) -> None:
     assert parse(mail(body.encode())).new_text == body
 
 

@@ -43,3 +43,29 @@ def test_a_socket_that_is_gone_is_logged_once_and_raises_nothing(tmp_path: Path,
         notifier.ready("serving")
         notifier.watchdog()
     assert [record.message for record in caplog.records] == ["systemd notification not sent"]
+
+
+def test_a_ready_that_found_the_socket_full_is_sent_with_the_next_watchdog_ping(tmp_path: Path) -> None:
+    path = tmp_path / "notify"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    receiver.setblocking(False)
+    notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"})
+    sent = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as other:
+        while True:  # systemd busy: its queue fills up
+            try:
+                other.sendto(b"FILLER=1", str(path))
+            except BlockingIOError:
+                break
+            sent += 1
+    notifier.ready("serving")
+    for _ in range(sent):  # systemd reads again
+        receiver.recv(4096)
+    with pytest.raises(BlockingIOError):
+        receiver.recv(4096)  # the READY=1 was dropped...
+    notifier.watchdog()
+    assert receiver.recv(4096).decode().splitlines() == ["READY=1", "STATUS=serving", "WATCHDOG=1"]  # ...not lost
+    notifier.watchdog()
+    assert receiver.recv(4096).decode().splitlines() == ["WATCHDOG=1"]
+    receiver.close()

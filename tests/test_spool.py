@@ -63,21 +63,28 @@ def test_concurrent_enqueues_share_commits(tmp_path: Path) -> None:
     assert commits < 100
 
 
-def test_an_operation_that_fails_is_undone_alone_and_the_rest_of_its_group_commits(tmp_path: Path) -> None:
-    path = tmp_path / "s.sqlite"
+async def held_committer(queue: Spool) -> tuple[asyncio.Future[None], threading.Event]:
+    """The committer busy until the returned gate is set: what is submitted meanwhile is one group."""
     entered, gate = threading.Event(), threading.Event()
 
     def hold(conn: sqlite3.Connection) -> None:
         entered.set()
         gate.wait(10)
 
+    held = queue._committer.submit(hold)
+    await asyncio.to_thread(entered.wait, 10)
+    return held, gate
+
+
+def test_an_operation_that_fails_is_undone_alone_and_the_rest_of_its_group_commits(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
     def failing(conn: sqlite3.Connection) -> None:
         spool.insert(conn, "PARTIAL", ENVELOPE, b"half written", 0.0)
         raise ValueError("refused")
 
     async def body(queue: Spool):
-        held = queue._committer.submit(hold)
-        await asyncio.to_thread(entered.wait, 10)  # the committer is busy: the next three wait, one group
+        held, gate = await held_committer(queue)
         group = [queue.enqueue(ENVELOPE, b"one"), queue._committer.submit(failing), queue.enqueue(ENVELOPE, b"two")]
         tasks = [asyncio.ensure_future(operation) for operation in group]
         await asyncio.sleep(0)
@@ -89,6 +96,28 @@ def test_an_operation_that_fails_is_undone_alone_and_the_rest_of_its_group_commi
     assert isinstance(refused, ValueError)
     assert commits == 2
     assert sorted(entry.id for entry in fresh_entries(path)) == sorted([first, second])
+
+
+def test_a_hand_off_whose_group_is_run_again_keeps_its_successors_from_an_iterator(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    def failing(conn: sqlite3.Connection) -> None:
+        raise ValueError("refused")
+
+    async def body(queue: Spool):
+        await queue.enqueue(ENVELOPE, b"reply", queue_id="R1")
+        held, gate = await held_committer(queue)
+        successors = ((f"R1-{n}", ENVELOPE, b"reply") for n in range(2))  # replace takes any iterable
+        handed = asyncio.ensure_future(queue.replace("R1", successors))
+        await asyncio.sleep(0)  # its operation is queued first, then the one that fails: one group
+        refused = queue._committer.submit(failing)
+        gate.set()
+        await held
+        return await asyncio.gather(handed, refused, return_exceptions=True)
+
+    handed, refused = run(with_spool(path, body))
+    assert handed is None and isinstance(refused, ValueError)
+    assert sorted(entry.id for entry in fresh_entries(path)) == ["R1-0", "R1-1"]
 
 
 def test_queue_ids_are_unique_and_sort_by_arrival() -> None:

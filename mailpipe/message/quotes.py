@@ -1,8 +1,9 @@
 """The new text of a message, apart from the history it quotes, so old words do not re-trigger
 rules. Cuts at the first attribution or separator line that clients put above quoted mail
 ("On … wrote:", "-----Original Message-----", Outlook's From:/Sent: block, Japanese clients'
-「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 — a line of its own, ending with the colon, since
-「2026年11月29日 07:10頃から全件エラー」 is what happened, not who wrote before — and
+「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 — ending with the colon and naming an address (or
+のメール/書きました), on its line or the next one a long attribution wraps onto, since
+「2026年11月29日 07:10頃から、以下のエラーが返ります:」 is what happened, not who wrote before — and
 「…さんは書きました:」), drops ">" lines, and cuts the signature (:mod:`mailpipe.message.signatures`).
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
@@ -24,7 +25,8 @@ _SEPARATORS = re.compile(
       | Begin\s+forwarded\s+message\s*:
       | _{10,}
       | (?:On|Le|Am|El)\s.{4,200}(?:wrote|écrit|schrieb|escribió)\s*:
-      | \d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日.{0,120}[:：][ \t]*$
+      | \d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日[^\n@]{0,300}
+        (?:(?:\n[^\n@]{0,300})?@[^\n]{0,300} | (?:のメール|のメッセージ|書きました|wrote)[^\S\n]*)[:：][^\S\n]*$
       | \d{4}[/-]\d{1,2}[/-]\d{1,2}.{0,120}(?:wrote|書きました|のメール|のメッセージ)\s*[:：]?
       | .{1,120}(?:さんは書きました|wrote)\s*[:：]
       | (?:From|差出人|送信者)\s*[:：].{1,200}\n\s*(?:Sent|Date|送信日時|日付)\s*[:：]
