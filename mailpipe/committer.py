@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_Operation = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]  # future, result, error
 
 _MAX_GROUP = 512
 
@@ -36,7 +38,7 @@ class Committer:
 
     def __init__(self, conn: sqlite3.Connection, name: str):
         self._conn = conn
-        self._ops: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None]
+        self._ops: queue.SimpleQueue[_Operation | None]
         self._ops = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -75,8 +77,8 @@ class Committer:
                 group.append(item)
             self._apply(group)
 
-    def _apply(self, group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    def _apply(self, group: list[_Operation]) -> None:
+        outcomes: list[_Outcome]
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -97,18 +99,17 @@ class Committer:
             outcomes = [(future, None, exc) for _, future in group]
         self.groups += 1
         self.operations += len(group)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
         for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per operation
             loop.call_soon_threadsafe(_settle, settled)
 
-    def _isolated(self, group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
-                  ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    def _isolated(self, group: list[_Operation]) -> list[_Outcome]:
         """The group again after one of its operations raised, each operation in its own
         savepoint, so that the one that fails is rolled back alone and the others commit. The
         common group, where none fails, pays no savepoints."""
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         for op, future in group:
             self._conn.execute("SAVEPOINT op")
             try:
@@ -122,7 +123,7 @@ class Committer:
         return outcomes
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _settle(outcomes: list[_Outcome]) -> None:
     for future, result, error in outcomes:
         if future.cancelled():
             continue

@@ -93,12 +93,12 @@ class OpenSSLDKIM(dkim.DKIM):
         # character at a time, so the placeholder is cut off first: hash_headers blanks nothing more.
         header_value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(header_name),
                                  linesep=b"\r\n")
-        placeholder = dict(fields)[b"b"]
-        if header_value.endswith(b"b=" + placeholder):
-            header_value = header_value[:-len(placeholder)]
+        tags = dict(fields)
+        if header_value.endswith(b"b=" + tags[b"b"]):
+            header_value = header_value[:-len(tags[b"b"])]
         hasher = self.hasher()
         self.signed_headers = dkim.hash_headers(hasher, canon_policy, self._canonical(canon_policy, include_headers),
-                                                include_headers, (header_name, b" " + header_value), dict(fields))
+                                                include_headers, (header_name, b" " + header_value), tags)
         index = next(i for i, (tag, _) in enumerate(fields) if tag == b"b")
         fields[index] = (b"b", base64.b64encode(_signature(self._key, hasher.digest())))
         return dkim.fold(b"; ".join(b"=".join(x) for x in fields) + self.linesep, namelen=len(header_name),

@@ -172,14 +172,16 @@ def _read(fields: email.message.Message) -> _Entity:
                    (fields.get("Content-Transfer-Encoding") or "7bit").strip().lower())
 
 
-@lru_cache(maxsize=256)
 def _read_part(head: bytes, default_type: str) -> _Entity:
-    """A body part's header block read: the same few blocks recur in reply after reply (a mail
-    client writes its text and HTML parts' fields alike), and filing a block's fields and
-    parsing their parameters was most of the stamp's header work."""
     fields = _fields(head)
     fields.set_default_type(default_type)
     return _read(fields)
+
+
+# A body part's header block, read once: the same few blocks recur in reply after reply (a mail
+# client writes its text and HTML parts' fields alike), and filing a block's fields and parsing
+# their parameters was most of the stamp's header work.
+_read_recurring_part = lru_cache(maxsize=256)(_read_part)
 
 
 def _named(fields: email.message.Message) -> bool:
@@ -198,13 +200,8 @@ def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: st
     done = stamped = 0
     for start, end in _part_spans(body, boundary):
         head, blank, part_body = _split(body[start:end])
-        if len(head) <= _CACHED_HEADER:
-            entity = _read_part(head, default_type)
-        else:
-            fields = _fields(head)
-            fields.set_default_type(default_type)
-            entity = _read(fields)
-        head, part_body, count = _stamp_entity(head, part_body, entity, footer, skipped)
+        read = _read_recurring_part if len(head) <= _CACHED_HEADER else _read_part
+        head, part_body, count = _stamp_entity(head, part_body, read(head, default_type), footer, skipped)
         if count:
             pieces += [body[done:start], head, blank or b"\r\n", part_body]
             done, stamped = end, stamped + count
