@@ -103,7 +103,8 @@ class Committer:
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
         for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per operation
-            loop.call_soon_threadsafe(_settle, settled)
+            with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nobody waits for these
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _isolated(self, group: list[_Operation]) -> list[_Outcome]:
         """The group again after one of its operations raised, each operation in its own

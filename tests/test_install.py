@@ -19,9 +19,19 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None or shuti
 
 
 @pytest.fixture(scope="module")
-def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout to install from: the build writes build/ and *.egg-info beside the
+    sources, and the checkout's own are read meanwhile by tests running in the other worker."""
+    copy = tmp_path_factory.mktemp("source") / "mailpipe"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                               ".*_cache", ".hypothesis", "var"))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def staged(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("root")
-    result = subprocess.run(["make", "-C", str(ROOT), "install", f"DESTDIR={root}"], capture_output=True, text=True,
+    result = subprocess.run(["make", "-C", str(source), "install", f"DESTDIR={root}"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
@@ -83,10 +93,10 @@ def test_the_sample_config_is_private_commented_and_loads(staged: Path) -> None:
     assert "state in /var/lib/mailpipe" in result.stdout
 
 
-def test_an_existing_config_is_kept_by_a_second_install(staged: Path) -> None:
+def test_an_existing_config_is_kept_by_a_second_install(source: Path, staged: Path) -> None:
     config = staged / "etc/mailpipe/mailpipe.toml"
     config.write_text(config.read_text() + "# the operator's edit\n")
-    result = subprocess.run(["make", "-C", str(ROOT), "install", f"DESTDIR={staged}"], capture_output=True,
+    result = subprocess.run(["make", "-C", str(source), "install", f"DESTDIR={staged}"], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert config.read_text().endswith("# the operator's edit\n")

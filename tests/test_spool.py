@@ -120,6 +120,23 @@ def test_a_hand_off_whose_group_is_run_again_keeps_its_successors_from_an_iterat
     assert sorted(entry.id for entry in fresh_entries(path)) == ["R1-0", "R1-1"]
 
 
+def test_the_committer_outlives_a_caller_whose_event_loop_closed_before_its_answer(tmp_path: Path) -> None:
+    queue = Spool(tmp_path / "s.sqlite")
+
+    async def abandoned() -> threading.Event:
+        _, gate = await held_committer(queue)
+        queue._committer.submit(lambda conn: None)  # answered after this loop is gone
+        return gate
+
+    try:
+        run(abandoned()).set()
+        later = run(asyncio.wait_for(queue.enqueue(ENVELOPE, b"after"), 60))
+        assert later in {entry.id for entry in fresh_entries(tmp_path / "s.sqlite")}
+        assert queue._committer.alive
+    finally:
+        queue.close()
+
+
 def test_queue_ids_are_unique_and_sort_by_arrival() -> None:
     ids = [spool.new_queue_id(1_700_000_000 + i) for i in range(100)]
     assert ids == sorted(ids)
