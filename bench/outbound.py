@@ -11,8 +11,10 @@ Measured in one run on this machine, side by side:
   for comparison;
 - issue 17's "full hand-off" as the daemon runs it (without the parse, the case lookups and the
   store's record of the reply): stamp, sign, and the durable write into the send queue (SQLite,
-  synchronous=FULL, group commit), with as many messages in flight as the worker allows, RSA
-  alone and RSA with ed25519 (dual signing), in ``--rounds`` rounds each beside its own baseline.
+  synchronous=FULL, group commit), with as many messages in their stages as the worker has slots
+  and their commits awaited with the slot free, as the worker awaits a hand-off that moves a
+  message on; RSA alone and RSA with ed25519 (dual signing), in ``--rounds`` rounds each beside
+  its own baseline.
 The ratio that matters is the full RSA hand-off against OpenSSL signing alone (goal: 0.5 or more),
 in msgs/s; beside it the same ratio in CPU per message, which neighbours on a shared machine
 move much less. OpenSSL signs without the GIL, so on two free cores the signature overlaps the
@@ -93,19 +95,20 @@ def timed(label: str, function, items) -> tuple[float, float, list]:
 
 async def hand_off(messages: list[bytes], signer: signing.Signer | None, spool_path: Path | None,
                    in_flight: int) -> None:
-    """The hand-off of ``messages``, ``in_flight`` at a time; without a signer the durable queue
-    alone (of messages already stamped and signed), without a spool all but the queue."""
+    """The hand-off of ``messages``, ``in_flight`` at a time in their stages; without a signer the
+    durable queue alone (of messages already stamped and signed, all ready at once), without a
+    spool all but the queue."""
     spool = Spool(spool_path) if spool_path else None
     slots = asyncio.Semaphore(in_flight)
     envelope = Envelope("support@example.com", ("customer@example.org",), "", "", "outbound", "yamada")
 
     async def one(raw: bytes) -> None:
-        async with slots:  # as Replies.stages: the stamp on the event loop, the signature in a thread
-            if signer is not None:
+        if signer is not None:
+            async with slots:  # as Replies.stages: the stamp on the event loop, the signature in a thread
                 stamped = stamp(raw, FOOTER, "mx.example.com", time.time())
                 raw = await asyncio.to_thread(signer.sign, stamped.data, "example.com")
-            if spool is not None:
-                await spool.enqueue(envelope, raw)
+        if spool is not None:  # as Worker._process for a route that moves_on: the slot is free
+            await spool.enqueue(envelope, raw)
 
     await asyncio.gather(*(one(raw) for raw in messages))
     if spool is not None:

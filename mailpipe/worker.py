@@ -91,7 +91,8 @@ class Route(Generic[W]):
     event: str = "delivered"
     # The hand-off takes the message out of this queue in its own commit (``Spool.replace`` into
     # the next queue of the same file): an acknowledgement after it would be a second commit that
-    # deletes nothing.
+    # deletes nothing. That commit is the hand-off's only work, so it is awaited with the slot
+    # free, as any other queue's outcome is.
     moves_on: bool = False
 
 
@@ -187,11 +188,18 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _free_slot(self) -> None:
+        self._busy -= 1
+        self._slot_free.set()
+
     async def _process(self, message: Message, route: Route[Any]) -> None:
         """The stages and the hand-off hold a slot; the outcome is written to the spool with the
-        slot already free, so the next message starts while the commit is on its way."""
+        slot already free, so the next message starts while the commit is on its way (the
+        hand-off of a route that ``moves_on`` is that commit). A slot bounds the work in stages:
+        with it held through an fsync, eight slots were eight messages waiting on the disk."""
         current = "start"
         failure: Exception | None = None
+        holding = True
         try:
             work = route.start(message)
             for name, stage in route.stages:
@@ -201,12 +209,15 @@ class Worker:
                 work = await result if inspect.isawaitable(result) else result
                 self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
             current = "hand-off"
+            if route.moves_on:
+                self._free_slot()
+                holding = False
             await route.hand_off(work)
         except Exception as exc:
             failure = exc
         finally:
-            self._busy -= 1
-            self._slot_free.set()
+            if holding:
+                self._free_slot()
         try:
             if failure is not None:
                 raise failure

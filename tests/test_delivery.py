@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,22 @@ def test_a_failed_retry_asked_for_by_an_operator_keeps_the_backoff_where_it_was(
     assert 90 < after_flush <= 100  # not 200: the flushed attempt was not counted
 
 
+async def settled(worker: Worker, runner: asyncio.Task[None], spool: Spool,
+                  done: Callable[[list[spool_ops.Entry]], bool]) -> list[spool_ops.Entry]:
+    """The spool's entries once ``done`` says so (or after ten seconds), the worker stopped."""
+    operator = spool_ops.connect(spool.path)
+    for _ in range(200):
+        entries = spool_ops.entries(operator)
+        if done(entries):
+            break
+        await asyncio.sleep(0.05)
+    operator.close()
+    await worker.stop(5)
+    runner.cancel()
+    spool.close()
+    return entries
+
+
 def test_a_hand_off_that_moves_the_message_on_is_not_followed_by_an_acknowledgement(tmp_path: Path) -> None:
     """The send queue's hand-off (``Spool.replace``) takes the message out of its queue in the
     same commit that puts it into the next: the worker writes no second commit for it."""
@@ -171,21 +188,45 @@ def test_a_hand_off_that_moves_the_message_on_is_not_followed_by_an_acknowledgem
         worker = Worker("inbound", spool, Route(Work, (), move_on, settings, "queue", moves_on=True), Metrics())
         runner = asyncio.create_task(worker.run())
         qid = await spool.enqueue(ENVELOPE, b"Subject: x\r\n\r\nbody\r\n")
-        operator = spool_ops.connect(tmp_path / "outbound.sqlite")
-        for _ in range(200):
-            entries = spool_ops.entries(operator)
-            if [entry.id for entry in entries] == [f"{qid}-0"]:
-                break
-            await asyncio.sleep(0.05)
-        operator.close()
-        await worker.stop(5)
-        runner.cancel()
-        spool.close()
-        return entries
+        return await settled(worker, runner, spool, lambda entries: [entry.id for entry in entries] == [f"{qid}-0"])
 
     (entry,) = asyncio.run(scenario())
     assert entry.envelope.listener == "outbound" and entry.state == "incoming"
     assert acknowledged == []
+
+
+def test_a_hand_off_that_moves_the_message_on_awaits_its_commit_with_the_slot_free(tmp_path: Path) -> None:
+    """With one slot, the next message goes through its stages while the first one's commit into
+    the next queue is still on its way (here: held until the next message has started)."""
+
+    async def scenario() -> list[spool_ops.Entry]:
+        spool = Spool(tmp_path / "outbound.sqlite")
+        settings = SpoolConfig(workers=1, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+        started: list[str] = []
+        next_started = asyncio.Event()
+
+        def stage(work: Work) -> Work:
+            started.append(work.message.id)
+            if len(started) == 2:
+                next_started.set()
+            return work
+
+        async def move_on(work: Work) -> None:
+            if work.message.id == started[0]:
+                await asyncio.wait_for(next_started.wait(), 10)
+            onward = Envelope(ENVELOPE.mail_from, ENVELOPE.rcpt_tos, "", "", "outbound")
+            await spool.replace(work.message.id, [(f"{work.message.id}-0", onward, work.message.data)])
+
+        worker = Worker("inbound", spool, Route(Work, (("stage", stage),), move_on, settings, "queue", moves_on=True),
+                        Metrics())
+        for n in range(2):
+            await spool.enqueue(ENVELOPE, f"Subject: {n}\r\n\r\nbody\r\n".encode())
+        runner = asyncio.create_task(worker.run())
+        return await settled(worker, runner, spool, lambda entries: len(entries) == 2 and all(
+            entry.envelope.listener == "outbound" for entry in entries))
+
+    entries = asyncio.run(scenario())
+    assert [entry.envelope.listener for entry in entries] == ["outbound", "outbound"]
 
 
 def test_smtp_delivery_hands_the_message_to_the_mail_server_for_the_owners_address(make_daemon) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from mailpipe import keys
 from mailpipe.keys import SigningKey
+from mailpipe.outbound import signing
 from mailpipe.outbound.replies import Replies, ReplyWork, header_fields
 from mailpipe.outbound.signing import OpenSSLDKIM, Signer
 from mailpipe.spool import Entry, Envelope, Message
@@ -68,9 +69,11 @@ def ed_key() -> SigningKey:
 
 @pytest.fixture
 def frozen_clock(monkeypatch) -> None:
-    """dkimpy reads t= from ``time.time()`` and takes no clock: its module's ``time`` is replaced
-    (only dkimpy's), so that two signers agree on t= and the RFC's t= can be reproduced."""
-    monkeypatch.setattr(dkim, "time", types.SimpleNamespace(time=lambda: RFC8463_TIME))
+    """Both signers read t= from ``time.time()`` and take no clock: their modules' ``time`` is
+    replaced (only theirs), so that they agree on t= and the RFC's t= can be reproduced."""
+    frozen = types.SimpleNamespace(time=lambda: RFC8463_TIME)
+    monkeypatch.setattr(dkim, "time", frozen)
+    monkeypatch.setattr(signing, "time", frozen)
 
 
 def dns_for(*signing_keys: SigningKey) -> Callable[..., bytes | None]:

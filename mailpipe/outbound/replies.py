@@ -1,16 +1,17 @@
 """What happens to an agent's reply between the submission 250 and the send queue, in order.
 
-``Replies.stages``: parse → thread → guard → stamp → sign. ``parse`` reads the header fields
+``Replies.stages``: parse → thread → guard → stamp → sign → record. ``parse`` reads the header fields
 (the body only when a reply outside any case needs its language). ``thread`` finds the case (the
 reply's In-Reply-To/References, or its ``[#N]`` token for one of its recipients) and the
 customer message it answers; ``guard`` holds a second answer to the same customer message by
 another agent within ``double_reply_window`` (Mail Dealer's double-reply guard), records it on
 the case as ``held`` with the reason and tells its author (desk time, threaded under the case),
 unless an operator released it; ``stamp`` adds the case owner's name and phone (the author's
-own for mail outside any case); ``sign`` adds DKIM last. The hand-off records the reply in the
+own for mail outside any case); ``sign`` adds DKIM last; ``record`` records the reply in the
 case as ``queued`` (the send queue records the rest of its fate; the case is answered only when
-the customer's side accepts it) and moves the message, in one spool commit, into the
-``outbound`` queue as one entry per recipient domain.
+the customer's side accepts it). The hand-off moves the message, in one spool commit, into the
+``outbound`` queue as one entry per recipient domain: the commit alone, which the worker awaits
+with the message's slot free (``Route.moves_on``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Replies:
     @property
     def stages(self) -> tuple[tuple[str, Callable[[ReplyWork], ReplyWork | Awaitable[ReplyWork]]], ...]:
         return (("parse", self.parse), ("thread", self.thread), ("guard", self.guard), ("stamp", self.stamp),
-                ("sign", self.sign_off_loop))
+                ("sign", self.sign_off_loop), ("record", self.record))
 
     def parse(self, work: ReplyWork) -> ReplyWork:
         return dataclasses.replace(work, parsed=header_fields(work.message.data))
@@ -131,7 +132,8 @@ class Replies:
         domain = domain_of(_parsed(work).sender or work.message.entry.envelope.mail_from)
         return dataclasses.replace(work, data=self.signer.sign(work.data, domain))
 
-    async def hand_off(self, work: ReplyWork) -> None:
+    async def record(self, work: ReplyWork) -> ReplyWork:
+        """The reply goes on its case as ``queued`` (again after a crash: recorded once)."""
         entry = work.message.entry
         if work.case is not None:
             recorded = await asyncio.to_thread(
@@ -140,6 +142,10 @@ class Replies:
                 subject=_parsed(work).base_subject, at=entry.received_at)
             if not recorded.already_recorded:
                 self.metrics.reply_fates.labels("queued").inc()
+        return work
+
+    async def hand_off(self, work: ReplyWork) -> None:
+        entry = work.message.entry
         by_domain: dict[str, list[str]] = {}
         for recipient in entry.envelope.rcpt_tos:
             by_domain.setdefault(domain_of(recipient), []).append(recipient)
