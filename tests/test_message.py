@@ -214,7 +214,16 @@ def test_a_date_line_introducing_details_with_a_colon_is_new_text(body: str) -> 
              "Every send bounces."),
     ("転送: 至急", "FYI, see below\n\n-------- 転送されたメッセージ --------\n件名: 至急\n日付: 2026/01/05\n"
                  "差出人: 顧客 <c@example.jp>\n\nEvery send bounces.\n> 以前の文面"),
-], ids=["gmail", "outlook", "apple", "thunderbird-ja"])
+    ("FW: help", "FYI, see below\n\nFrom: Customer <c@example.com>\nSent: Saturday, November 28, 2026 9:00 AM\n"
+                 "To: us\nSubject: help\n\nEvery send bounces."),
+    ("FW: 至急", "FYI, see below\n\n差出人: 顧客 <c@example.jp>\n送信日時: 2026年11月28日 6:00\n宛先: 服部\n"
+                 "件名: 至急\n\nEvery send bounces."),
+    ("Fw: 至急", "FYI, see below\n\n-------- 転送メッセージ --------\n件名: 至急\n差出人: 顧客 <c@example.jp>\n\n"
+                 "Every send bounces."),
+    ("至急", "FYI, see below\n\n転送されたメッセージ:\n\n差出人: 顧客 <c@example.jp>\n件名: 至急\n\n"
+           "Every send bounces."),
+], ids=["gmail", "outlook", "apple", "thunderbird-ja", "outlook-headers", "outlook-headers-ja",
+        "ja-short-marker", "apple-ja"])
 def test_what_a_forward_forwards_is_new_text_without_its_header_block_or_older_quotes(subject: str, body: str
                                                                                      ) -> None:
     message = mail(body.encode()).replace(b"Subject: test", f"Subject: {subject}".encode())

@@ -181,6 +181,16 @@ def test_a_model_rule_on_several_levels_adds_their_probabilities(tmp_path: Path,
     assert evaluate(ruleset, _context("Thanks, no reply needed", small_model)).rule_names == ()
 
 
+def test_a_model_rule_ahead_of_a_level_fires_only_when_its_own_is_the_likelier(tmp_path: Path,
+                                                                                small_model: UrgencyModel) -> None:
+    ruleset = _ruleset(tmp_path, '{ level = "low", at_least = 0.05, ahead_of = ["critical"] }')
+    calm = _context("Thanks, no reply needed", small_model)
+    emergency = _context("顧客リストが全て消えてしまいました", small_model)
+    assert emergency.urgency is not None and emergency.urgency.probabilities["low"] >= 0.05
+    assert evaluate(ruleset, calm).rule_names == ("MODEL_CRITICAL",)
+    assert evaluate(ruleset, emergency).rule_names == ()
+
+
 def test_a_model_rule_never_fires_when_the_model_is_off(tmp_path: Path) -> None:
     ruleset = _ruleset(tmp_path, '{ level = "critical", at_least = 0.01 }')
     assert evaluate(ruleset, _context("顧客リストが全て消えてしまいました", None)).hits == ()
@@ -191,6 +201,9 @@ def test_a_model_rule_never_fires_when_the_model_is_off(tmp_path: Path) -> None:
     ('{ level = "critical", at_least = 1.5 }', "at_least must be a probability"),
     ('{ level = "critical" }', "must be {"),
     ('{ level = "critical", levels = ["high"], at_least = 0.5 }', "must be {"),
+    ('{ level = "low", at_least = 0.3, ahead_of = ["urgent"] }', "level 'urgent'"),
+    ('{ level = "low", at_least = 0.3, ahead_of = ["low"] }', "ahead_of must name levels other"),
+    ('{ level = "low", at_least = 0.3, ahead_of = [] }', "non-empty array"),
 ])
 def test_a_malformed_model_condition_is_refused_naming_the_rule(tmp_path: Path, condition: str, reason: str) -> None:
     with pytest.raises(rules.RulesError) as refused:

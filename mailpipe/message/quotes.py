@@ -8,9 +8,10 @@ rules. Cuts at the first attribution or separator line that clients put above qu
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
-Apple's "Begin forwarded message:", 「転送されたメッセージ」), or below any separator when the
-subject says Fwd:/FW:/転送:, the forwarded text counts as new (its header block dropped), and is
-itself cut where it quotes older history.
+Apple's "Begin forwarded message:" and 「転送されたメッセージ:」, Thunderbird's 「転送メッセージ」), or
+below any separator when the subject says Fwd:/FW:/転送:, the forwarded text counts as new (its
+header block dropped: the rest of the separator's line too, where Outlook's "From: … Sent: <date>"
+block ends in the sender's date), and is itself cut where it quotes older history.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from mailpipe.message.signatures import without_signature
 
 _SEPARATORS = re.compile(
     r"""^\s*(?:
-        -{2,}\s*(?:Original\s+Message|Forwarded\s+message|元のメッセージ|転送されたメッセージ|Original)\s*-{2,}
-      | Begin\s+forwarded\s+message\s*:
+        -{2,}\s*(?:Original\s+Message|Forwarded\s+message|元のメッセージ|転送(?:された)?メッセージ|Original)\s*-{2,}
+      | (?:Begin\s+forwarded\s+message|転送されたメッセージ)\s*[:：]
       | _{10,}
       | (?:On|Le|Am|El)\s.{4,200}(?:wrote|écrit|schrieb|escribió)\s*:
       | \d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日[^\n@]{0,300}
@@ -35,7 +36,7 @@ _SEPARATORS = re.compile(
 )
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
-_FORWARD_MARKER = re.compile(r"-{2,}\s*(?:Forwarded\s+message|転送されたメッセージ)|Begin\s+forwarded", re.IGNORECASE)
+_FORWARD_MARKER = re.compile(r"Forwarded\s+message|Begin\s+forwarded|転送(?:された)?メッセージ", re.IGNORECASE)
 _FORWARD_SUBJECT = re.compile(r"^\s*(?:fw|fwd|wg|転送)\s*[:：]", re.IGNORECASE)
 _FORWARDED_FIELD = re.compile(
     r"^\s*(?:From|Sent|Date|To|Cc|Subject|Reply-To|差出人|送信者|送信日時|日付|日時|宛先|件名)\s*[:：]", re.IGNORECASE)
@@ -47,7 +48,7 @@ def new_text(text: str, subject: str = "") -> str:
     head = without_signature(_unquoted(text[: match.start()] if match else text))
     if match is None or not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
         return head
-    forwarded = new_text(_without_fields(text[match.end():]))
+    forwarded = new_text(_without_fields(text[match.end():].partition("\n")[2]))
     return f"{head}\n{forwarded}".strip()
 
 

@@ -161,14 +161,17 @@ def _incident(value: Any) -> Condition:
 
 def _model(value: Any) -> Condition:
     """Fires when the learned model gives the level (or the levels together) at least this
-    probability; shows the probability and the n-grams that weighed most towards it."""
-    if not isinstance(value, dict) or set(value) - {"level", "levels", "at_least"} or "at_least" not in value \
-            or ("level" in value) == ("levels" in value):
-        raise TypeError('must be { level = "critical", at_least = 0.6 } or { levels = [...], at_least = 0.5 }')
-    levels = _strings([value["level"]] if "level" in value else value["levels"])
-    for level in levels:
-        if level not in LEVELS:
-            raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
+    probability, and, with ``ahead_of``, more than it gives those other levels: a fair chance of
+    low is a calm tone, and no reason to lower a mail the model thinks likelier critical still.
+    Shows the probability and the n-grams that weighed most towards it."""
+    if not isinstance(value, dict) or set(value) - {"level", "levels", "at_least", "ahead_of"} \
+            or "at_least" not in value or ("level" in value) == ("levels" in value):
+        raise TypeError('must be { level = "critical", at_least = 0.6 } or { levels = [...], at_least = 0.5 }'
+                        ' (optionally with ahead_of = [...])')
+    levels = _levels(value["level"] if "level" in value else value["levels"])
+    rivals = _levels(value["ahead_of"]) if "ahead_of" in value else []
+    if set(rivals) & set(levels):
+        raise ValueError("ahead_of must name levels other than the rule's own")
     at_least = value["at_least"]
     if isinstance(at_least, bool) or not isinstance(at_least, (int, float)) or not 0 < at_least <= 1:
         raise ValueError("at_least must be a probability above 0 and at most 1")
@@ -179,12 +182,21 @@ def _model(value: Any) -> Condition:
         if prediction is None:
             return None
         probability = prediction.of(levels)
-        if probability < at_least:
+        if probability < at_least or (rivals and probability <= prediction.of(rivals)):
             return None
         reasons = ", ".join(f'"{term}"' for term in prediction.reasons(levels))
         return f"p({shown})={probability:.2f}" + (f": {reasons}" if reasons else "")
 
     return condition
+
+
+def _levels(value: Any) -> list[str]:
+    """A level or an array of them, each one of LEVELS."""
+    levels = _strings([value] if isinstance(value, str) else value)
+    for level in levels:
+        if level not in LEVELS:
+            raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
+    return levels
 
 
 def _strings(value: Any) -> list[str]:

@@ -16,7 +16,8 @@ conditions that must all hold:
     outside_business_hours = true
     incident = true | ["gmail", ...]          a provider the message names has an active incident
     model = { level = "critical", at_least = 0.6 }   the learned model's probability of a level
-                                              (or levels = [...] together); never when it is off
+                                              (or levels = [...] together; ahead_of = [...]: and more
+                                              than those levels); never when it is off
     expression = "NOT_DELIVERED & VIP & !AUTO_REPLY"  a composite: only this condition
 
 and optionally ``escalate = "tech"`` or ``"dev"`` and ``examples`` that ``mailpipe rules test``
