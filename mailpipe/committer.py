@@ -19,9 +19,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from mailpipe.offload import Outcome, settle
+
 T = TypeVar("T")
 _Operation = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
-_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]  # future, result, error
 
 _MAX_GROUP = 512
 
@@ -78,7 +79,7 @@ class Committer:
             self._apply(group)
 
     def _apply(self, group: list[_Operation]) -> None:
-        outcomes: list[_Outcome]
+        outcomes: list[Outcome]
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -99,18 +100,18 @@ class Committer:
             outcomes = [(future, None, exc) for _, future in group]
         self.groups += 1
         self.operations += len(group)
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
         for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per operation
             with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nobody waits for these
-                loop.call_soon_threadsafe(_settle, settled)
+                loop.call_soon_threadsafe(settle, settled)
 
-    def _isolated(self, group: list[_Operation]) -> list[_Outcome]:
+    def _isolated(self, group: list[_Operation]) -> list[Outcome]:
         """The group again after one of its operations raised, each operation in its own
         savepoint, so that the one that fails is rolled back alone and the others commit. The
         common group, where none fails, pays no savepoints."""
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         for op, future in group:
             self._conn.execute("SAVEPOINT op")
             try:
@@ -123,12 +124,3 @@ class Committer:
             self._conn.execute("RELEASE op")
         return outcomes
 
-
-def _settle(outcomes: list[_Outcome]) -> None:
-    for future, result, error in outcomes:
-        if future.cancelled():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)

@@ -16,7 +16,9 @@ import dkim
 import pytest
 
 from mailpipe import keys
+from mailpipe.daemon import SIGNING_THREADS
 from mailpipe.keys import SigningKey
+from mailpipe.offload import Offload
 from mailpipe.outbound import signing
 from mailpipe.outbound.replies import Replies, ReplyWork, header_fields
 from mailpipe.outbound.signing import OpenSSLDKIM, Signer
@@ -207,8 +209,9 @@ def test_replies_in_flight_are_signed_at_the_same_time_off_the_event_loop(rsa_ke
             meeting.wait()
             return super().sign(raw, domain)
 
-    # Signing reads the signer alone: the store, spool, mailboxes and metrics are never reached.
-    replies = Replies((), None, 0, None, MeetingSigner([rsa_key]), None, None, "mx.example.test", None)
+    # Signing reads the signer and its threads alone: the store, spool, mailboxes and metrics are never reached.
+    threads = Offload("dkim-sign", SIGNING_THREADS)
+    replies = Replies((), None, 0, None, MeetingSigner([rsa_key]), threads, None, None, "mx.example.test", None)
     envelope = Envelope("support@example.test", ("customer@example.org",), "", "", "submission", "yamada")
     works = [ReplyWork(Message(Entry(f"q{n}", "active", envelope, 0.0, len(REPLY), 0, 0, 1, 0.0, ""), REPLY),
                        parsed=header_fields(REPLY), data=REPLY) for n in range(2)]
@@ -216,5 +219,9 @@ def test_replies_in_flight_are_signed_at_the_same_time_off_the_event_loop(rsa_ke
     async def in_flight() -> list[ReplyWork]:
         return await asyncio.gather(*(replies.sign_off_loop(work) for work in works))
 
-    for work in asyncio.run(in_flight()):
+    try:
+        signed = asyncio.run(in_flight())
+    finally:
+        threads.close()
+    for work in signed:
         assert dkim.verify(work.data, dnsfunc=dns_for(rsa_key))

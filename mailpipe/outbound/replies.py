@@ -29,6 +29,7 @@ from mailpipe.deliver import Deliverer, headers, notice
 from mailpipe.errors import Held
 from mailpipe.message import ParsedMessage, parse
 from mailpipe.metrics import Metrics
+from mailpipe.offload import Offload
 from mailpipe.outbound.footer import render
 from mailpipe.outbound.signing import Signer
 from mailpipe.outbound.stamp import Stamped, stamp
@@ -52,7 +53,7 @@ class ReplyWork:
 
 class Replies:
     def __init__(self, agents: Sequence[Agent], settings: OutboundConfig, double_reply_window: float, store: ReplyStore,
-                 signer: Signer, spool: Spool, mailboxes: Deliverer, hostname: str, metrics: Metrics,
+                 signer: Signer, signing: Offload, spool: Spool, mailboxes: Deliverer, hostname: str, metrics: Metrics,
                  timezone: str = "Asia/Tokyo", desk_domain: str = "", clock: Callable[[], float] = time.time):
         self.settings = settings
         self.timezone = timezone
@@ -60,6 +61,7 @@ class Replies:
         self.window = double_reply_window
         self.store = store
         self.signer = signer
+        self.signing = signing
         self.spool = spool
         self.mailboxes = mailboxes
         self.hostname = hostname
@@ -125,8 +127,8 @@ class Replies:
 
     async def sign_off_loop(self, work: ReplyWork) -> ReplyWork:
         """An RSA signature is most of a millisecond of CPU, which OpenSSL spends without the GIL:
-        in a thread it runs beside the event loop, which keeps answering SMTP sessions."""
-        return await asyncio.to_thread(self.sign, work)
+        in a signing thread it runs beside the event loop, which keeps answering SMTP sessions."""
+        return await self.signing.run(self.sign, work)
 
     def sign(self, work: ReplyWork) -> ReplyWork:
         domain = domain_of(_parsed(work).sender or work.message.entry.envelope.mail_from)
