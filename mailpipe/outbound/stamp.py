@@ -45,7 +45,18 @@ from mailpipe.message import charsets, decode_header
 _POLICY = policy.compat32.clone(linesep="\r\n")
 _OPAQUE = ("multipart/signed", "multipart/encrypted")
 _URGENCY_TAG = re.compile(rf"(?:{headers.URGENCY_TAG.pattern})\s*")
-_HEADER_LINE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\n]*(?:\n|\Z)")  # email.feedparser's headerRE
+# Header lines as email.feedparser's headerRE takes them, as many as follow each other: one match
+# for the block instead of one per line.
+_HEADER_BLOCK = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\n]*(?:\n|\Z))*")
+# The fields the stamp reads of a message's own header block (_customer_header, _read).
+_READ_FIELDS = frozenset({"subject", "message-id", "date", "content-type", "content-disposition",
+                          "content-transfer-encoding"})
+# A multipart Content-Type with one parameter, its boundary written in RFC 2046's characters (quoted,
+# or a token without the ones that need quoting): what nearly every client writes, and whose type
+# and boundary read as get_content_type and get_boundary read them; any other goes through those.
+_SIMPLE_MULTIPART = re.compile(r"[ \t\r\n]*(multipart/[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+)[ \t\r\n]*;[ \t\r\n]*"
+                               r"boundary=(?:\"([0-9A-Za-z'()+_,\-./:=? ]+)\"|([0-9A-Za-z'+_\-.]+))[ \t\r\n]*",
+                               re.IGNORECASE)
 _BLANK_LINE = re.compile(rb"\r?\n")
 _BODY_END = re.compile(rb"</body\s*>", re.IGNORECASE)
 _ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968"})
@@ -71,7 +82,7 @@ def stamp(raw: bytes, footer: str, hostname: str, now_timestamp: float) -> Stamp
     """``raw`` with ``footer`` in every body part and its header block cleaned for a customer."""
     head, blank, body = _split(raw)
     head = headers.strip_internal(head)
-    fields = _fields(head)
+    fields = _fields(head, _READ_FIELDS)
     head, message_id = _customer_header(head, fields, hostname, now_timestamp)
     skipped: list[str] = []
     head, body, stamped = _stamp_entity(head, body, _read(fields), footer, skipped)
@@ -87,17 +98,16 @@ def _split(entity: bytes) -> tuple[bytes, bytes, bytes]:
     """(header block with its last line end, the empty line, the body) of a message or body part,
     as the ``email`` package reads them: the header ends at the empty line, or without one at
     the first line that is not a field (which then starts the body)."""
-    end = 0
-    while line := _HEADER_LINE.match(entity, end):
-        end = line.end()
+    end = _HEADER_BLOCK.match(entity).end()
     blank = _BLANK_LINE.match(entity, end)
     return entity[:end], blank[0] if blank else b"", entity[blank.end() if blank else end:]
 
 
-def _fields(head: bytes) -> email.message.Message:
+def _fields(head: bytes, names: frozenset[str] | None = None) -> email.message.Message:
     """The fields of a header block filed as the ``email`` feedparser files them (each field with
     its folded lines, through the policy; a "From " envelope line and a line without a name left
-    out), without running the feedparser's line machinery three times per reply."""
+    out), without running the feedparser's line machinery three times per reply; only those
+    called one of ``names`` (lower case) when given, for a reader that asks for no others."""
     fields = email.message.Message(_POLICY)
     lines: list[str] = []
     for line in (raw.decode("ascii", "surrogateescape") for raw in head.splitlines(keepends=True)):
@@ -107,7 +117,9 @@ def _fields(head: bytes) -> email.message.Message:
             continue
         if lines:
             fields.set_raw(*_POLICY.header_source_parse(lines))
-        lines = [line] if line.find(":") > 0 and not line.startswith("From ") else []
+        colon = line.find(":")
+        wanted = colon > 0 and not line.startswith("From ") and (names is None or line[:colon].lower() in names)
+        lines = [line] if wanted else []
     if lines:
         fields.set_raw(*_POLICY.header_source_parse(lines))
     return fields
@@ -161,6 +173,10 @@ class _Entity:
 
 
 def _read(fields: email.message.Message) -> _Entity:
+    content_type = fields.get("content-type")
+    simple = _SIMPLE_MULTIPART.fullmatch(content_type) if isinstance(content_type, str) else None
+    if simple:
+        return _Entity(simple[1].lower(), (simple[2] or simple[3]).rstrip())
     kind = fields.get_content_type()
     if kind.startswith("multipart/"):
         return _Entity(kind, fields.get_boundary())
