@@ -140,6 +140,23 @@ def test_an_inline_text_part_with_a_file_name_is_an_attachment_and_is_not_stampe
     assert stamped.data.endswith(b"\r\n\r\nlog line\r\n")
 
 
+@pytest.mark.parametrize("content_type", [
+    'multipart/alternative; boundary="b1=_x"', "Multipart/Alternative;\r\n\tBOUNDARY=b1=_x",
+    "multipart/alternative; boundary=b1", 'multipart/alternative; boundary="b1 "',
+    'multipart/alternative; boundary = "b1"', 'multipart/alternative; boundary="<b1>"',
+    "multipart/alternative; boundary*=us-ascii''b1", 'multipart/alternative; boundary="b1"; charset=x',
+    'multipart/alternative; boundary="b\\"1"'])
+def test_a_boundary_is_read_as_the_email_package_reads_it_however_it_is_written(content_type) -> None:
+    """A boundary in quotes or without, with a parameter beside it or RFC 2231's form: the parts
+    the stamp finds are those the email package finds."""
+    boundary = email.message_from_string(f"Content-Type: {content_type}\n\n").get_boundary()
+    raw = message(f"--{boundary}\r\nContent-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n".encode(),
+                  content_type=content_type)
+    stamped = stamp(raw, EN_FOOTER, "mx", NOW)
+    assert stamped.stamped == 1
+    assert [text_of(part) for part in parts(stamped.data)] == [f"hello\r\n\r\n{EN_FOOTER}\r\n"]
+
+
 def test_a_forwarded_message_is_not_stamped() -> None:
     forwarded = email.message.EmailMessage()
     forwarded["From"] = "customer@example.org"
