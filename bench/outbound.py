@@ -10,7 +10,8 @@ Measured in one run on this machine, side by side:
   ed25519-sha256 and both; and dkimpy's own pure-Python RSA over the first ``--dkimpy`` replies,
   for comparison;
 - issue 17's "full hand-off" as the daemon runs it (without the parse, the case lookups and the
-  store's record of the reply): stamp, sign, and the durable write into the send queue (SQLite,
+  store's record of the reply): stamp on the event loop, sign on the daemon's signing threads
+  (``mailpipe.offload``), and the durable write into the send queue (SQLite,
   synchronous=FULL, group commit), with as many messages in their stages as the worker has slots
   and their commits awaited with the slot free, as the worker awaits a hand-off that moves a
   message on; RSA alone and RSA with ed25519 (dual signing), in ``--rounds`` rounds each beside
@@ -108,7 +109,7 @@ async def hand_off(messages: list[bytes], signer: signing.Signer | None, spool: 
 
     async def one(raw: bytes) -> None:
         if signer is not None:
-            async with slots:  # as Replies.stages: the stamp on the event loop, the signature in a thread
+            async with slots:  # as Replies.stages: the stamp on the event loop, the signature on a signing thread
                 stamped = stamp(raw, FOOTER, "mx.example.com", time.time())
                 raw = await threads.run(signer.sign, stamped.data, "example.com")
         if spool is not None:  # as Worker._process for a route that moves_on: the slot is free

@@ -434,8 +434,8 @@ class Daemon:
 # switch interval, a commit that finished waits for the busy event loop to yield, and every SMTP
 # client waits with it; 0.5 ms cut the time from end of DATA to 250 by half (bench/ingest.py).
 _GIL_SWITCH_INTERVAL = 0.0005
-# Replies' DKIM signatures: two at once on two cores (OpenSSL signs without the GIL); the default
-# executor's six threads only contended for the GIL with the loop, ~40 µs of CPU per reply.
+# Replies' DKIM signatures: two at once on two cores (OpenSSL signs without the GIL); on the
+# default executor's six threads they cost 25-45 µs more CPU per reply (mailpipe/offload.py).
 SIGNING_THREADS = 2
 
 

@@ -2,11 +2,11 @@
 
 A call is a tuple on a queue that one of a fixed few threads takes; its caller awaits an
 asyncio future, and the results that finish while the event loop is busy are settled in one
-wake-up of the loop. ``asyncio.to_thread`` did the same job for ~40 µs more CPU per 5 KB reply
-(bench/outbound.py, of a hand-off costing ~470): per call it copies the context, wraps a
+wake-up of the loop. ``asyncio.to_thread`` did the same job for 25-45 µs more CPU per 5 KB reply
+(bench/outbound.py, of a hand-off costing ~480): per call it copies the context, wraps a
 concurrent future in an asyncio one through callbacks and locks, wakes the loop once per result,
-and lends the call to the loop's default executor, whose six threads all contend for the GIL
-with the loop whenever their signatures return. Not for calls that wait on I/O (the store, the
+and lends the call to the loop's default executor, whose threads (cores + 4: six here) all
+contend for the GIL with the loop whenever their signatures return. Not for calls that wait on I/O (the store, the
 network): those belong to the default executor, whose threads grow with the waiting.
 """
 
