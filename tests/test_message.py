@@ -151,13 +151,57 @@ def test_nested_multiparts_and_attachments() -> None:
     assert parsed.attachments == ("invoice.pdf",)
 
 
+def _forward(note: bytes, forwarded: bytes) -> bytes:
+    """A mail forwarded as an attachment (Outlook's and Thunderbird's "Forward as attachment")."""
+    body = (b"--f\r\nContent-Type: text/plain\r\n\r\n" + note + b"\r\n"
+            b"--f\r\nContent-Type: message/rfc822\r\n\r\n" + forwarded + b"--f--\r\n")
+    return mail(body, 'multipart/mixed; boundary="f"')
+
+
 def test_a_forwarded_message_is_text_but_not_new_text() -> None:
-    inner = b"Subject: old\r\nContent-Type: text/plain\r\n\r\nour service is down\r\n"
-    body = (b"--f\r\nContent-Type: text/plain\r\n\r\nPlease look at this.\r\n"
-            b"--f\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--f--\r\n")
-    parsed = parse(mail(body, 'multipart/mixed; boundary="f"'))
+    parsed = parse(_forward(b"Please look at this.", b"Subject: old\r\nContent-Type: text/plain\r\n\r\n"
+                                                      b"our service is down\r\n"))
     assert parsed.new_text == "Please look at this."
     assert "our service is down" in parsed.text
+
+
+def test_triage_reads_a_message_forwarded_as_an_attachment_after_the_note_above_it() -> None:
+    parsed = parse(_forward(b"FYI, see attached.", b"Subject: [DOWN] API\r\nContent-Type: text/plain\r\n\r\n"
+                                                    b"Check is DOWN from 4/4 locations.\r\n"))
+    assert parsed.read_text == "FYI, see attached.\n\nCheck is DOWN from 4/4 locations."
+
+
+def test_an_attached_forward_is_read_without_the_history_it_quotes() -> None:
+    inner = (b"Subject: Re: help\r\nContent-Type: text/plain\r\n\r\nStill broken!\r\n\r\n"
+             b"On Mon, 5 Jan 2026 at 10:00, Support <support@example.test> wrote:\r\n> We fixed it.\r\n")
+    parsed = parse(_forward(b"", inner))
+    assert parsed.read_text.strip() == "Still broken!"
+    assert "We fixed it." in parsed.text
+
+
+def test_an_attached_forward_written_in_plain_text_and_html_is_read_once() -> None:
+    inner = (b"Subject: alert\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n"
+             b"--a\r\nContent-Type: text/plain\r\n\r\nAll sends failing\r\n"
+             b"--a\r\nContent-Type: text/html\r\n\r\n<p>All sends failing</p>\r\n--a--\r\n")
+    parsed = parse(_forward(b"see below", inner))
+    assert parsed.read_text == "see below\n\nAll sends failing"
+    assert parsed.text.count("All sends failing") == 1
+
+
+def test_an_attached_forward_that_is_html_only_is_read_as_text() -> None:
+    parsed = parse(_forward(b"FYI", b"Subject: alert\r\nContent-Type: text/html\r\n\r\n<p>Queue <b>stuck</b></p>\r\n"))
+    assert parsed.read_text.split() == ["FYI", "Queue", "stuck"]
+
+
+def test_the_copy_of_our_own_mail_a_bounce_returns_is_not_read_as_forwarded() -> None:
+    body = (b"--b\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+            b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+            b"Final-Recipient: rfc822; a@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            b"--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: Re: outage\r\n\r\nThe outage hit every customer.\r\n"
+            b"--b--\r\n")
+    parsed = parse(mail(body, 'multipart/report; report-type=delivery-status; boundary="b"'))
+    assert parsed.read_text == "Delivery failed."
+    assert "every customer" in parsed.text
 
 
 @pytest.mark.parametrize("reply", [

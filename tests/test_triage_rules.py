@@ -55,6 +55,14 @@ def test_japanese_keywords_match_without_word_boundaries(tmp_path: Path) -> None
     assert fired(r, context(body="昨日からGmail宛てのメールが届かないのです")) == ("NOT_DELIVERED",)
 
 
+def test_keywords_match_in_a_mail_forwarded_as_an_attachment(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "SERVICE_DOWN"\ndescription = "d"\nscore = 5\nany = ["is down"]\n')
+    raw = (b"From: c@example.org\r\nSubject: Fwd: alert\r\nContent-Type: multipart/mixed; boundary=f\r\n\r\n"
+           b"--f\r\nContent-Type: text/plain\r\n\r\nFYI\r\n--f\r\nContent-Type: message/rfc822\r\n\r\n"
+           b"Subject: [DOWN]\r\nContent-Type: text/plain\r\n\r\nThe send API is down.\r\n--f--\r\n")
+    assert fired(r, Context(parse(raw), NOW)) == ("SERVICE_DOWN",)
+
+
 def test_full_width_and_half_width_forms_are_folded(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "CODE"\ndescription = "d"\nscore = 5\nany = ["TSS04", "エラー"]\n')
     assert fired(r, context(body="ＴＳＳ０４ が返ってきます")) == ("CODE",)

@@ -104,7 +104,7 @@ def _teach(files: list[Path], level: str, directory: Path) -> int:
     for path in files:
         parsed = received(path.read_bytes())
         entries.append(f"[[mail]]\nlevel = {_toml(level)}\nsubject = {_toml(parsed.subject)}\n"
-                       f"body = {_toml(parsed.new_text[:MAX_CHARS])}\nnote = {_toml(f'learned from {path.name}')}\n")
+                       f"body = {_toml(parsed.read_text[:MAX_CHARS])}\nnote = {_toml(f'learned from {path.name}')}\n")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / "learned.toml"
     with target.open("a", encoding="utf-8") as out:

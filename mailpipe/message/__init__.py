@@ -4,7 +4,8 @@
 bad base64 and HTML-only mail all yield text, and what was wrong is listed in ``defects``.
 Headers are RFC 2047-decoded with mailpipe's Japanese-aware charsets; the body text prefers
 text/plain, falls back to HTML converted to text, and keeps the words the sender wrote now
-(``new_text``) apart from quoted history and forwarded messages. The raw bytes are not touched.
+(``new_text``) apart from quoted history and forwarded messages, and what messages forwarded as
+attachments say new (``forwarded``), which triage reads with it. The raw bytes are not touched.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ class ParsedMessage:
     new_text: str
     attachments: tuple[str, ...] = ()
     defects: tuple[str, ...] = field(default=())
+    forwarded: str = ""  # the new text of the messages attached as message/rfc822 to forward them
+
+    @property
+    def read_text(self) -> str:
+        """What triage reads of the body: the new text, then what the messages forwarded as
+        attachments say new. "FYI, see attached" is all a colleague writes above a monitoring
+        alert or a customer's mail; the problem is what they attached, as with a forward written
+        inline (:mod:`mailpipe.message.quotes`). Desk commands read ``new_text`` alone: an
+        agent's note is what the agent wrote, not the mail attached to name the case."""
+        return f"{self.new_text}\n\n{self.forwarded}" if self.forwarded else self.new_text
 
     def header(self, name: str) -> str:
         """The first value of a header, decoded, or ""."""
@@ -133,9 +144,9 @@ def _parse(raw: bytes) -> ParsedMessage:
     headers: dict[str, list[str]] = {}
     for name, value in message.items():
         headers.setdefault(name.lower(), []).append(decode_header(value))
-    plain, markup, forwarded, attachments = _bodies(message, defects)
-    own = "\n\n".join(plain) if plain else "\n\n".join(html.to_text(m) for m in markup)
-    text = "\n\n".join([own, *forwarded])[:_MAX_TEXT]
+    bodies = _bodies(message, defects)
+    own = "\n\n".join(bodies.plain) if bodies.plain else "\n\n".join(html.to_text(m) for m in bodies.markup)
+    text = "\n\n".join([own, *bodies.attached])[:_MAX_TEXT]
     first = {name: values[0] for name, values in headers.items()}
     sender_name, sender = next(iter(mailboxes([message.get("from", "")])), ("", ""))
     recipients = tuple(address for _, address in email.utils.getaddresses(
@@ -152,41 +163,58 @@ def _parse(raw: bytes) -> ParsedMessage:
         headers={name: tuple(values) for name, values in headers.items()},
         text=text,
         new_text=quotes.new_text(own[:_MAX_TEXT], first.get("subject", "")),
-        attachments=tuple(attachments),
+        attachments=tuple(bodies.attachments),
         defects=tuple(defects),
+        forwarded="\n\n".join(filter(None, (quotes.new_text(t[:_MAX_TEXT]) for t in bodies.forwarded)))[:_MAX_TEXT],
     )
 
 
-def _bodies(message: email.message.Message, defects: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(the sender's text/plain parts, their HTML parts, text of forwarded messages, attachment names)."""
-    plain: list[str] = []
-    markup: list[str] = []
-    forwarded: list[str] = []
-    attachments: list[str] = []
-    stack: list[tuple[email.message.Message, bool]] = [(message, False)]
+@dataclass
+class _Bodies:
+    """The text parts of a message, sorted by whose words they are."""
+
+    plain: list[str] = field(default_factory=list)  # the sender's text/plain parts
+    markup: list[str] = field(default_factory=list)  # the sender's HTML parts
+    attached: list[str] = field(default_factory=list)  # the text of each attached message
+    forwarded: list[str] = field(default_factory=list)  # of those, the ones forwarded (not returned)
+    attachments: list[str] = field(default_factory=list)  # file names
+
+
+def _bodies(message: email.message.Message, defects: list[str]) -> _Bodies:
+    """An attached message is one text: its text/plain parts, else its HTML as text, as for the
+    sender's own (not both halves of a multipart/alternative). One inside a multipart/report (a
+    bounce's copy of our own mail, an abuse report's) is returned, not forwarded."""
+    found = _Bodies()
+    inner: list[tuple[list[str], list[str], bool]] = []  # each attached message's plain and HTML parts
+    stack: list[tuple[email.message.Message, int | None, bool]] = [(message, None, False)]
     while stack:
-        part, inside_forward = stack.pop()
+        part, inside, in_report = stack.pop()
         content_type = part.get_content_type()
         if part.is_multipart():
             payload = part.get_payload()
             children = payload if isinstance(payload, list) else []
-            nested = inside_forward or content_type == "message/rfc822"
-            stack.extend((child, nested) for child in reversed(children) if isinstance(child, email.message.Message))
+            if content_type == "message/rfc822":
+                inside = len(inner)
+                inner.append(([], [], in_report))
+            report = content_type == "multipart/report"
+            stack.extend((child, inside, report) for child in reversed(children)
+                         if isinstance(child, email.message.Message))
             continue
         filename = _filename(part)
         disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         if filename or disposition == "attachment" or part.get_content_maintype() not in ("text", ""):
             if filename:
-                attachments.append(filename)
+                found.attachments.append(filename)
             continue
         text = _text_of(part, defects)
-        if inside_forward:
-            forwarded.append(html.to_text(text) if content_type == "text/html" else text)
-        elif content_type == "text/html":
-            markup.append(text)
-        else:
-            plain.append(text)
-    return plain, markup, forwarded, attachments
+        plain, markup = (found.plain, found.markup) if inside is None else inner[inside][:2]
+        (markup if content_type == "text/html" else plain).append(text)
+    for plain, markup, returned in inner:
+        text = "\n\n".join(plain) if plain else "\n\n".join(map(html.to_text, markup))
+        found.attached.append(text)
+        if not returned:
+            found.forwarded.append(text)
+    return found
 
 
 def _text_of(part: email.message.Message, defects: list[str]) -> str:

@@ -72,7 +72,7 @@ class Context:
 
     @cached_property
     def folded_body(self) -> str:
-        return fold(self.message.new_text)
+        return fold(self.message.read_text)
 
     @cached_property
     def folded_all(self) -> str:
@@ -84,7 +84,7 @@ class Context:
         """The model's reading, computed only when a rule asks for it."""
         if self.model is None:
             return None
-        return self.model.predict(document(self.message.subject, self.message.new_text, self.message.is_reply))
+        return self.model.predict(document(self.message.subject, self.message.read_text, self.message.is_reply))
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,

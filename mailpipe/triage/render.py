@@ -73,7 +73,7 @@ def incident_lines(incidents: Incidents | None, parsed: ParsedMessage) -> list[s
     """The active incidents of providers this message names, for the agent's card."""
     if incidents is None:
         return []
-    text = parsed.subject + "\n" + parsed.new_text
+    text = parsed.subject + "\n" + parsed.read_text
     lines = []
     for provider in sorted(incidents.active()):
         record = incidents.describe(provider)

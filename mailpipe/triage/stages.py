@@ -150,7 +150,7 @@ class Triage:
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
             escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language,
             autoreply_window=self._autoreply_window(work),
-            document=document(parsed.subject, parsed.new_text, parsed.is_reply)[:MAX_CHARS],
+            document=document(parsed.subject, parsed.read_text, parsed.is_reply)[:MAX_CHARS],
             automatic=automatic(work))
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
