@@ -117,6 +117,38 @@ class Route(Generic[W]):
     executor: Executor | None = None
 
 
+async def run_stages(stages: Sequence[tuple[str, Stage[W]]], work: W, executor: Executor | None,
+                     observe: Callable[[str, float], None] = lambda stage, seconds: None,
+                     current: list[str] | None = None) -> W:
+    """``work`` through ``stages`` in order, as the worker runs them (and the benchmarks, to run
+    them the same way): each run of consecutive ``InThread`` stages in one call on ``executor``;
+    ``observe`` gets each stage's wall time, ``current[0]`` names the stage running."""
+    running = current if current is not None else [""]
+    for threaded, run in itertools.groupby(stages, lambda named: isinstance(named[1], InThread)):
+        if threaded:
+            work = await asyncio.get_running_loop().run_in_executor(executor, _in_order, list(run), work, observe,
+                                                                    running)
+            continue
+        for name, stage in run:
+            running[0] = name
+            started = time.perf_counter()
+            result = stage(work)
+            work = await result if inspect.isawaitable(result) else result
+            observe(name, time.perf_counter() - started)
+    return work
+
+
+def _in_order(stages: Sequence[tuple[str, InThread[W]]], work: W, observe: Callable[[str, float], None],
+              current: list[str]) -> W:
+    """Consecutive ``InThread`` stages, in the executor's thread, one after another."""
+    for name, stage in stages:
+        current[0] = name
+        started = time.perf_counter()
+        work = stage(work)
+        observe(name, time.perf_counter() - started)
+    return work
+
+
 class Worker:
     def __init__(self, name: str, spool: Spool, route: Route[Any], metrics: Metrics):
         self.name = name
@@ -223,17 +255,7 @@ class Worker:
         holding = True
         try:
             work = route.start(message)
-            for threaded, run in itertools.groupby(route.stages, lambda named: isinstance(named[1], InThread)):
-                if threaded:
-                    work = await asyncio.get_running_loop().run_in_executor(
-                        route.executor, self._in_thread, list(run), work, current)
-                    continue
-                for name, stage in run:
-                    current[0] = name
-                    started = time.perf_counter()
-                    result = stage(work)
-                    work = await result if inspect.isawaitable(result) else result
-                    self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
+            work = await run_stages(route.stages, work, route.executor, self._observe, current)
             current[0] = "hand-off"
             if route.moves_on:
                 self._free_slot()
@@ -284,14 +306,8 @@ class Worker:
             log.info(route.event, extra={"queue_id": message.id, **route.summary(work), "method": route.method})
             self._storage_works()
 
-    def _in_thread(self, group: Sequence[tuple[str, Stage[Any]]], work: Any, current: list[str]) -> Any:
-        """Consecutive ``InThread`` stages, in the executor's thread, one after another."""
-        for name, stage in group:
-            current[0] = name
-            started = time.perf_counter()
-            work = stage(work)
-            self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
-        return work
+    def _observe(self, stage: str, seconds: float) -> None:
+        self._metrics.stage_seconds.labels(self.name, stage).observe(seconds)
 
     def _storage_works(self) -> None:
         """A message went all the way through: the store and disks that failed before work again."""
