@@ -6,7 +6,9 @@ triage it. Wall rates swing by half on a shared two-core machine, so beside the 
 prints what contention hardly moves: the daemon's CPU (user + system, from /proc) per message
 while it accepts the messages and while it triages them, their ratio, the triage rate one core
 could give at that cost (to set against durable intake's rate, which is bound by its fsyncs more
-than its CPU), spool commits per message, and each stage's mean wall time from the daemon's own
+than its CPU), how much of that CPU is the kernel's and how often the daemon's threads were
+switched out per message (GIL hand-offs between the event loop and its threads show there, as
+futex waits), spool commits per message, and each stage's mean wall time from the daemon's own
 metrics.
 
 Prints figures and ratios; asserts nothing. Run: python bench/drain.py [--messages N] [--workers W]
@@ -25,6 +27,7 @@ import tomllib
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,9 +38,34 @@ import triage  # noqa: E402  (bench/triage.py: the store, the corpus, the SMTP s
 from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
+@dataclass(frozen=True)
+class Usage:
+    """What the daemon spent so far: CPU seconds in user space and in the kernel, and context
+    switches of its threads (those of threads still running: executor threads live on)."""
+
+    user: float
+    system: float
+    switches: int
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, before: Usage) -> Usage:
+        return Usage(self.user - before.user, self.system - before.system, self.switches - before.switches)
+
+
+def usage(pid: int) -> Usage:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        switches += sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)$", status, re.M))
+    return Usage(int(fields[11]) / tick, int(fields[12]) / tick, switches)
 
 
 @contextmanager
@@ -74,13 +102,13 @@ def measure(messages: int, workers: int) -> None:
         samples = triage.corpus(messages)
         with daemon(work, state, dns_server.address, workers=0) as (port, _, pid):
             time.sleep(1)  # the model's training at start is not intake
-            before = cpu_seconds(pid)
+            before = usage(pid)
             accepted = triage.send(port, samples, None)
-            intake_cpu = (cpu_seconds(pid) - before) / len(accepted)
+            intake = usage(pid) - before
         with daemon(work, state, dns_server.address, workers) as (_, metrics, pid):
             while not triage.delivered(state, accepted):
                 time.sleep(0.02)
-            before, started = cpu_seconds(pid), time.monotonic()
+            before, started = usage(pid), time.monotonic()
             seen, count = 0, 0
             while True:
                 time.sleep(0.5)
@@ -88,17 +116,22 @@ def measure(messages: int, workers: int) -> None:
                 if count == seen:
                     break
                 seen = count
-            drain_cpu = (cpu_seconds(pid) - before) / count
+            drain = usage(pid) - before
             times = sorted(triage.delivered(state, accepted).values())
             commits = sum(metric_values(metrics, "mailpipe_spool_commits_total").values())
             means = stage_means(metrics)
         rate = (len(times) - 1) / (times[-1] - times[0])
+        intake_cpu, drain_cpu = intake.cpu / len(accepted), drain.cpu / count
         print(f"{len(accepted)} accepted, {count} delivered, {workers} slots, {os.cpu_count()} CPUs")
         print(f"the daemon triaging its spool:          {rate:8.0f} msgs/s (wall, {time.monotonic() - started:.1f} s)")
         print(f"daemon CPU per message, durable intake: {intake_cpu * 1000:8.2f} ms (baseline)")
         print(f"daemon CPU per message, triage:         {drain_cpu * 1000:8.2f} ms")
         print(f"triage CPU / intake CPU = {drain_cpu / intake_cpu:.2f}; one core's worth of triage: "
               f"{1 / drain_cpu:.0f} msgs/s")
+        print(f"of which the kernel's: intake {intake.system / intake.cpu:.0%}, triage {drain.system / drain.cpu:.0%}"
+              f" ({drain.user * 1000 / count:.2f} ms user, {drain.system * 1000 / count:.2f} ms system)")
+        print(f"thread switches per message:            {drain.switches / count:8.1f}"
+              f" (intake: {intake.switches / len(accepted):.1f})")
         print(f"spool commits per triaged message:      {commits / count:8.2f}")
         print("stage wall time, mean ms: " + ", ".join(f"{name} {ms:.1f}" for name, ms in means.items()))
     finally:

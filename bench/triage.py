@@ -76,6 +76,7 @@ from mailpipe.triage.learning import examples, trained  # noqa: E402
 from mailpipe.triage.model import UrgencyModel  # noqa: E402
 from mailpipe.triage.stages import Triage, annotated  # noqa: E402
 from mailpipe.triage.work import Work  # noqa: E402
+from mailpipe.worker import run_stages  # noqa: E402
 from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
 from tests.triage_corpus import build, entries  # noqa: E402
 
@@ -135,13 +136,12 @@ def triage_for(store: SQLiteStore, deliverer: MaildirDeliverer, model: UrgencyMo
 
 
 async def through(triage: Triage, raw: bytes) -> None:
-    """One message through the stage table and handed off, as the worker runs it; ``route``
-    consumes the corpus's bounces (of mail we never sent), as it would in the daemon."""
+    """One message through the stage table and handed off, as the worker runs it (the store-side
+    stages in one call on the store's thread); ``route`` consumes the corpus's bounces (of mail we
+    never sent), as it would in the daemon."""
     work = Work(message(raw))
     try:
-        for _, stage in triage.stages:
-            result = stage(work)
-            work = await result if asyncio.iscoroutine(result) else result
+        work = await run_stages(triage.stages, work, triage.executor)
     except Consumed:
         return
     await triage.hand_off(work)

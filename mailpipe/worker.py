@@ -18,6 +18,9 @@ does with each:
 The worker itself survives a spool that cannot be read or written: claiming backs off and
 retries, and an outcome that cannot be written is written again until it can (or, at shutdown,
 left claimed).
+A stage declared ``InThread`` leaves the event loop: each run of consecutive ``InThread`` stages
+goes to the route's executor as one call (the store-side work of a message is one thread hop,
+not one per stage), each stage still timed on its own.
 The worker claims as many messages as it has slots whenever it has run out of claimed ones,
 and starts each as a slot frees, so a busy queue costs one claim (one spool commit) per slot
 count of messages rather than one per message.
@@ -31,11 +34,13 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import itertools
 import logging
 import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -74,12 +79,26 @@ def storage_fault(exc: BaseException) -> str | None:
 
 
 @dataclass(frozen=True)
+class InThread(Generic[W]):
+    """A stage that blocks (on the store, the disk) and so runs in the route's executor; called
+    directly, it runs in the caller's thread, as tests and benchmarks call stages."""
+
+    run: Callable[[W], W]
+
+    def __call__(self, work: W) -> W:
+        return self.run(work)
+
+
+Stage = Callable[[W], W | Awaitable[W]] | InThread[W]
+
+
+@dataclass(frozen=True)
 class Route(Generic[W]):
     """What a reload swaps as one unit: how a message becomes work, the stages in order, and
     the hand-off of the result to the next hop (which must be idempotent per queue id)."""
 
     start: Callable[[Message], W]
-    stages: Sequence[tuple[str, Callable[[W], W | Awaitable[W]]]]
+    stages: Sequence[tuple[str, Stage[W]]]
     hand_off: Callable[[W], Awaitable[None]]
     settings: SpoolConfig
     method: str
@@ -94,6 +113,40 @@ class Route(Generic[W]):
     # deletes nothing. That commit is the hand-off's only work, so it is awaited with the slot
     # free, as any other queue's outcome is.
     moves_on: bool = False
+    # Where ``InThread`` stages run: None is the event loop's default executor.
+    executor: Executor | None = None
+
+
+async def run_stages(stages: Sequence[tuple[str, Stage[W]]], work: W, executor: Executor | None,
+                     observe: Callable[[str, float], None] = lambda stage, seconds: None,
+                     current: list[str] | None = None) -> W:
+    """``work`` through ``stages`` in order, as the worker runs them (and the benchmarks, to run
+    them the same way): each run of consecutive ``InThread`` stages in one call on ``executor``;
+    ``observe`` gets each stage's wall time, ``current[0]`` names the stage running."""
+    running = current if current is not None else [""]
+    for threaded, run in itertools.groupby(stages, lambda named: isinstance(named[1], InThread)):
+        if threaded:
+            work = await asyncio.get_running_loop().run_in_executor(executor, _in_order, list(run), work, observe,
+                                                                    running)
+            continue
+        for name, stage in run:
+            running[0] = name
+            started = time.perf_counter()
+            result = stage(work)
+            work = await result if inspect.isawaitable(result) else result
+            observe(name, time.perf_counter() - started)
+    return work
+
+
+def _in_order(stages: Sequence[tuple[str, InThread[W]]], work: W, observe: Callable[[str, float], None],
+              current: list[str]) -> W:
+    """Consecutive ``InThread`` stages, in the executor's thread, one after another."""
+    for name, stage in stages:
+        current[0] = name
+        started = time.perf_counter()
+        work = stage(work)
+        observe(name, time.perf_counter() - started)
+    return work
 
 
 class Worker:
@@ -197,18 +250,13 @@ class Worker:
         slot already free, so the next message starts while the commit is on its way (the
         hand-off of a route that ``moves_on`` is that commit). A slot bounds the work in stages:
         with it held through an fsync, eight slots were eight messages waiting on the disk."""
-        current = "start"
+        current = ["start"]  # the stage running, written by the executor's thread too
         failure: Exception | None = None
         holding = True
         try:
             work = route.start(message)
-            for name, stage in route.stages:
-                current = name
-                started = time.perf_counter()
-                result = stage(work)
-                work = await result if inspect.isawaitable(result) else result
-                self._metrics.stage_seconds.labels(self.name, name).observe(time.perf_counter() - started)
-            current = "hand-off"
+            work = await run_stages(route.stages, work, route.executor, self._observe, current)
+            current[0] = "hand-off"
             if route.moves_on:
                 self._free_slot()
                 holding = False
@@ -239,15 +287,15 @@ class Worker:
             if fault is None:
                 await self._retry_later(message, route.settings, exc)
             else:  # a mailbox's disk: not the message's fault, however long it lasts
-                await self._storage_failed(message, route.settings, current, fault, exc)
+                await self._storage_failed(message, route.settings, current[0], fault, exc)
         except PermanentFailure as exc:
             await self._quarantine(message, f"{route.method}: {exc}")
         except Exception as exc:
             fault = storage_fault(exc)
             if fault is None:
-                await self._stage_failed(message, route.settings, current, exc)
+                await self._stage_failed(message, route.settings, current[0], exc)
             else:
-                await self._storage_failed(message, route.settings, current, fault, exc)
+                await self._storage_failed(message, route.settings, current[0], fault, exc)
         else:
             if not route.moves_on:
                 await self._write(lambda: self._spool.ack(message.id))
@@ -257,6 +305,9 @@ class Worker:
                 max(0.0, time.time() - message.entry.received_at))
             log.info(route.event, extra={"queue_id": message.id, **route.summary(work), "method": route.method})
             self._storage_works()
+
+    def _observe(self, stage: str, seconds: float) -> None:
+        self._metrics.stage_seconds.labels(self.name, stage).observe(seconds)
 
     def _storage_works(self) -> None:
         """A message went all the way through: the store and disks that failed before work again."""

@@ -9,8 +9,10 @@ import smtplib
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from mailpipe.errors import TemporaryFailure
 from mailpipe.metrics import Metrics
 from mailpipe.spool import Entry, Envelope, Message, Spool
 from mailpipe.triage.work import Work
-from mailpipe.worker import Route, Worker
+from mailpipe.worker import InThread, Route, Worker
 from tests.conftest import Daemon, free_port
 from tests.peers import SmtpSink
 
@@ -227,6 +229,62 @@ def test_a_hand_off_that_moves_the_message_on_awaits_its_commit_with_the_slot_fr
 
     entries = asyncio.run(scenario())
     assert [entry.envelope.listener for entry in entries] == ["outbound", "outbound"]
+
+
+def through_one_message(tmp_path: Path, route: Route[Work]) -> list[spool_ops.Entry]:
+    """One message through a worker on ``route``: the spool's entries once it has left the
+    queue or been deferred."""
+    async def scenario() -> list[spool_ops.Entry]:
+        spool = Spool(tmp_path / "inbound.sqlite")
+        worker = Worker("inbound", spool, route, Metrics())
+        runner = asyncio.create_task(worker.run())
+        await spool.enqueue(ENVELOPE, b"Subject: x\r\n\r\nbody\r\n")
+        return await settled(worker, runner, spool, lambda entries: not entries or entries[0].state == "deferred")
+
+    return asyncio.run(scenario())
+
+
+def test_consecutive_in_thread_stages_run_in_one_call_on_the_routes_executor(tmp_path: Path) -> None:
+    threads: list[tuple[str, str]] = []
+    submitted: list[object] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            submitted.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    def stage(name: str):  # type: ignore[no-untyped-def]
+        def run(work: Work) -> Work:
+            threads.append((name, threading.current_thread().name))
+            return work
+        return run
+
+    async def hand_off(work: Work) -> None:
+        threads.append(("hand-off", threading.current_thread().name))
+
+    executor = Counting(max_workers=1, thread_name_prefix="store")
+    stages = (("parse", stage("parse")), ("profile", InThread(stage("profile"))),
+              ("score", InThread(stage("score"))), ("annotate", stage("annotate")))
+    settings = SpoolConfig(workers=1, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+    assert through_one_message(tmp_path, Route(Work, stages, hand_off, settings, "maildir", executor=executor)) == []
+    executor.shutdown()
+    assert [name for name, _ in threads] == ["parse", "profile", "score", "annotate", "hand-off"]
+    assert {thread for name, thread in threads if name in ("profile", "score")} == {"store_0"}
+    assert threads[0][1] == threads[3][1] == threading.main_thread().name
+    assert len(submitted) == 1
+
+
+def test_a_failing_in_thread_stage_is_named_in_the_deferral(tmp_path: Path) -> None:
+    def fails(work: Work) -> Work:
+        raise ValueError("no such column")
+
+    async def hand_off(work: Work) -> None:
+        raise AssertionError("never reached")
+
+    stages = (("profile", InThread(lambda work: work)), ("assign", InThread(fails)))
+    settings = SpoolConfig(workers=1, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+    (entry,) = through_one_message(tmp_path, Route(Work, stages, hand_off, settings, "maildir"))
+    assert entry.last_error == "stage assign raised ValueError: no such column"
 
 
 def test_smtp_delivery_hands_the_message_to_the_mail_server_for_the_owners_address(make_daemon) -> None:

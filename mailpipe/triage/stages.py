@@ -4,8 +4,11 @@ The order lives in one table, ``Triage.stages``: route → parse → authenticat
 → assign → acknowledge → annotate; ``hand_off`` then files the original and its triage card in
 each recipient's mailbox. ``route`` takes DMARC reports and bounces of our own mail off the
 queue (``monitors.returned``); the outbound twin of this table is ``outbound.replies``. Pure
-stages are plain functions of ``Work`` (``triage.work``); the two that read and write the store
-run in a thread. What the stages call lives beside them in ``triage/``: the rules and scoring,
+stages are plain functions of ``Work`` (``triage.work``); profile, score and assign, which read
+and write the store, are ``InThread`` stages: the worker runs the three in one call on the
+store's own thread (``STORE_THREAD``), so a message's store-side work is one thread hop, and one
+SQLite connection keeps its page cache (connections in several threads each drop theirs
+whenever another one writes). What the stages call lives beside them in ``triage/``: the rules and scoring,
 ``assign``, ``context`` and ``render`` (our header fields and the triage card). ``assign``
 decides inside the transaction that records customer, case, message and assignments, and the
 recipients come from what it stored, never from a fresh decision, so a message triaged again
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -40,6 +43,7 @@ from mailpipe.triage.render import header_fields, incident_lines, triage_card
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
 from mailpipe.triage.work import Work, parsed_of, verdict_of
+from mailpipe.worker import InThread, Stage
 
 log = logging.getLogger("mailpipe.triage")
 
@@ -47,9 +51,9 @@ AUTH_TIMEOUT = 15.0
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
 # must not starve the store and Maildir work of the default pool. Threads start on first use.
 _AUTH_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="auth")
-
-
-Stage = Callable[[Work], Work | Awaitable[Work]]
+# The store-side stages of every message, one message at a time: the GIL runs one thread's
+# Python at a time anyway, and one thread writing alone takes the store's write lock uncontended.
+STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
 
 class Triage:
@@ -76,15 +80,17 @@ class Triage:
         self.hostname = hostname
         self.clock = clock
 
+    executor = STORE_THREAD
+
     @property
-    def stages(self) -> tuple[tuple[str, Stage], ...]:
+    def stages(self) -> tuple[tuple[str, Stage[Work]], ...]:
         return (
             ("route", self.route),
             ("parse", self.parse),
             ("authenticate", self.authenticate),
-            ("profile", self.profile),
-            ("score", self.score),
-            ("assign", self.assign),
+            ("profile", InThread(self.profile)),
+            ("score", InThread(self.score)),
+            ("assign", InThread(self.assign)),
             ("acknowledge", self.acknowledge),
             ("annotate", self.annotate),
         )
@@ -112,10 +118,7 @@ class Triage:
                                    from_domain)
         return dataclasses.replace(work, auth=verdict)
 
-    async def profile(self, work: Work) -> Work:
-        return await asyncio.to_thread(self._profile, work)
-
-    def _profile(self, work: Work) -> Work:
+    def profile(self, work: Work) -> Work:
         parsed = parsed_of(work)
         sender = customer_address(work)
         profile = self.store.profile(sender, work.message.entry.received_at) if sender else None
@@ -132,10 +135,7 @@ class Triage:
                                  self.model())
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
-    async def assign(self, work: Work) -> Work:
-        return await asyncio.to_thread(self._assign, work)
-
-    def _assign(self, work: Work) -> Work:
+    def assign(self, work: Work) -> Work:
         parsed, verdict = parsed_of(work), verdict_of(work)
 
         def decide(owner_now: str, load_now: Mapping[str, int]) -> tuple[tuple[str, str, str], ...]:
