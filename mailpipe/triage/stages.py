@@ -6,10 +6,9 @@ each recipient's mailbox. ``route`` takes DMARC reports and bounces of our own m
 queue (``monitors.returned``); the outbound twin of this table is ``outbound.replies``. Pure
 stages are plain functions of ``Work`` (``triage.work``); profile, score and assign, which read
 and write the store, are ``InThread`` stages: the worker runs the three in one call on the
-store's own thread (``STORE_THREAD``), so a message's store-side work is one thread hop, and one
-SQLite connection keeps its page cache (connections in several threads each drop theirs
-whenever another one writes). What the stages call lives beside them in ``triage/``: the rules and scoring,
-``assign``, ``context`` and ``render`` (our header fields and the triage card). ``assign``
+store's own threads (``STORE_THREADS``), so a message's store-side work is one thread hop.
+What the stages call lives beside them in ``triage/``: the rules and scoring, ``assign``,
+``context`` and ``render`` (our header fields and the triage card). ``assign``
 decides inside the transaction that records customer, case, message and assignments, and the
 recipients come from what it stored, never from a fresh decision, so a message triaged again
 after a crash goes to the same mailboxes.
@@ -51,9 +50,11 @@ AUTH_TIMEOUT = 15.0
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
 # must not starve the store and Maildir work of the default pool. Threads start on first use.
 _AUTH_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="auth")
-# The store-side stages of every message, one message at a time: the GIL runs one thread's
-# Python at a time anyway, and one thread writing alone takes the store's write lock uncontended.
-STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+# The store-side stages of every message, apart from the default pool's Maildir fsyncs. A few
+# threads, not one: a shared PostgreSQL store answers over the network and may hold a message on
+# another daemon's row lock, which must not stall every other message. An idle pool reuses the
+# same thread, so SQLite's page cache mostly stays with one connection.
+STORE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
 
 
 class Triage:
@@ -80,7 +81,7 @@ class Triage:
         self.hostname = hostname
         self.clock = clock
 
-    executor = STORE_THREAD
+    executor = STORE_THREADS
 
     @property
     def stages(self) -> tuple[tuple[str, Stage[Work]], ...]:
