@@ -242,6 +242,13 @@ def test_the_customers_words_on_a_forward_markers_line_are_new_text(body: str) -
     assert words in parse(mail(body.encode())).new_text
 
 
+def test_a_line_that_starts_with_a_date_and_goes_on_about_that_days_mail_is_new_text() -> None:
+    """「2026/11/28 のメールが…」 is the customer's report, not an attribution (those end the line,
+    with or without a colon): none of it may be cut as quoted history."""
+    body = "2026/11/28 のメールが全て届きません。\n至急対応をお願いします。"
+    assert parse(mail(body.encode())).new_text == body
+
+
 @pytest.mark.parametrize("body", [
     "Every send bounces.\n\nSent from my iPhone",
     "Every send bounces.\n\niPhoneから送信",
