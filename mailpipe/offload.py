@@ -51,7 +51,7 @@ class Offload:
             function, args, future = call
             try:
                 outcome: Outcome = (future, function(*args), None)
-            except Exception as exc:
+            except BaseException as exc:  # the caller's to handle, as in ThreadPoolExecutor: the thread goes on
                 outcome = (future, None, exc)
             self._settle_soon(future.get_loop(), outcome)
 
@@ -75,10 +75,15 @@ class Offload:
 
 
 def settle(outcomes: list[Outcome]) -> None:
-    """Each future gets its result or error, unless its caller gave up waiting (cancelled)."""
+    """Each future gets its result or error, unless its caller gave up waiting (cancelled). A
+    future refuses a StopIteration (a TypeError that would leave the rest of the outcomes
+    unsettled, their callers waiting forever): its caller gets a RuntimeError from it instead."""
     for future, result, error in outcomes:
         if future.cancelled():
             continue
+        if isinstance(error, StopIteration):
+            refused, error = error, RuntimeError(f"StopIteration cannot be raised into a future: {error}")
+            error.__cause__ = refused
         if error is not None:
             future.set_exception(error)
         else:

@@ -276,6 +276,24 @@ def test_what_a_forward_forwards_is_new_text_without_its_header_block_or_older_q
 
 
 @pytest.mark.parametrize("body", [
+    "お世話になっております。\n転送されたメッセージ：すべて届いていません。至急ご確認ください。",
+    "Hi,\nBegin forwarded message: none of our mail arrives since last night, every send bounces.",
+], ids=["ja-marker-words", "apple-marker-words"])
+def test_the_customers_words_on_a_forward_markers_line_are_new_text(body: str) -> None:
+    """Only a forward's header block is dropped: words written on the marker's own line are the
+    customer's (here the whole report of an outage), not the forwarded mail's Sent date."""
+    words = body.split("\n")[1].split(":", 1)[-1].split("：", 1)[-1].strip()
+    assert words in parse(mail(body.encode())).new_text
+
+
+def test_a_line_that_starts_with_a_date_and_goes_on_about_that_days_mail_is_new_text() -> None:
+    """「2026/11/28 のメールが…」 is the customer's report, not an attribution (those end the line,
+    with or without a colon): none of it may be cut as quoted history."""
+    body = "2026/11/28 のメールが全て届きません。\n至急対応をお願いします。"
+    assert parse(mail(body.encode())).new_text == body
+
+
+@pytest.mark.parametrize("body", [
     "Every send bounces.\n\nSent from my iPhone",
     "Every send bounces.\n\niPhoneから送信",
     "Every send bounces.\nAndroid携帯からの送信",

@@ -90,3 +90,45 @@ def test_closing_runs_the_calls_already_given() -> None:
     asyncio.run(give())
     offload.close()
     assert ran == list(range(5))
+
+
+def test_a_call_that_raises_stop_iteration_does_not_keep_the_results_settled_with_it_from_their_callers(
+        threads: Offload) -> None:
+    """A future cannot hold a StopIteration (asyncio refuses it with a TypeError): the call's caller
+    gets a RuntimeError instead, and the other results of the same wake-up still arrive."""
+    gate = threading.Event()
+
+    def stops() -> None:
+        gate.wait(30)
+        raise StopIteration
+
+    async def together() -> list[object]:
+        futures = [threads.run(stops), threads.run(gate.wait, 30)]
+        gate.set()
+        threading.Event().wait(0.2)  # the loop is busy while both finish: one wake-up settles both
+        return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+
+    stopped, answered = asyncio.run(together())
+    assert isinstance(stopped, RuntimeError) and isinstance(stopped.__cause__, StopIteration)
+    assert answered is True
+
+
+class _Abort(BaseException):
+    """Not an Exception: what a library's own base exception or a SystemExit looks like."""
+
+
+def test_a_call_that_raises_a_base_exception_raises_it_in_its_caller_and_the_threads_go_on() -> None:
+    offload = Offload("test", 1)
+
+    def aborts() -> None:
+        raise _Abort
+
+    async def after_the_abort() -> tuple[object, int]:
+        aborted = await asyncio.wait_for(asyncio.gather(offload.run(aborts), return_exceptions=True), 30)
+        return aborted[0], await asyncio.wait_for(offload.run(len, "next"), 30)
+
+    try:
+        aborted, answered = asyncio.run(after_the_abort())
+    finally:
+        offload.close()
+    assert isinstance(aborted, _Abort) and answered == 4

@@ -10,8 +10,8 @@ A forward is different: "FYI, see below" is all a colleague writes, and the cust
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
 Apple's "Begin forwarded message:" and 「転送されたメッセージ:」, Thunderbird's 「転送メッセージ」), or
 below any separator when the subject says Fwd:/FW:/転送:, the forwarded text counts as new (its
-header block dropped: the rest of the separator's line too, where Outlook's "From: … Sent: <date>"
-block ends in the sender's date), and is itself cut where it quotes older history.
+header block dropped, the date on Outlook's "From: … Sent: <date>" line with it; words written on
+a marker's own line stay), and is itself cut where it quotes older history.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ _SEPARATORS = re.compile(
       | (?:On|Le|Am|El)\s.{4,200}(?:wrote|écrit|schrieb|escribió)\s*:
       | \d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日[^\n@]{0,300}
         (?:(?:\n[^\n@]{0,300})?@[^\n]{0,300} | (?:のメール|のメッセージ|書きました|wrote)[^\S\n]*)[:：][^\S\n]*$
-      | \d{4}[/-]\d{1,2}[/-]\d{1,2}.{0,120}(?:wrote|書きました|のメール|のメッセージ)\s*[:：]?
+      | \d{4}[/-]\d{1,2}[/-]\d{1,2}.{0,120}(?:wrote|書きました|のメール|のメッセージ)[^\S\n]*(?:[:：]|$)
       | .{1,120}(?:さんは書きました|wrote)\s*[:：]
-      | (?:From|差出人|送信者)\s*[:：].{1,200}\n\s*(?:Sent|Date|送信日時|日付)\s*[:：]
+      | (?:From|差出人|送信者)\s*[:：].{1,200}\n\s*(?:Sent|Date|送信日時|日付)\s*[:：][^\n]*
     )""",
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
@@ -48,7 +48,7 @@ def new_text(text: str, subject: str = "") -> str:
     head = without_signature(_unquoted(text[: match.start()] if match else text))
     if match is None or not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
         return head
-    forwarded = new_text(_without_fields(text[match.end():].partition("\n")[2]))
+    forwarded = new_text(_without_fields(text[match.end():]))
     return f"{head}\n{forwarded}".strip()
 
 
