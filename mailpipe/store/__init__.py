@@ -229,6 +229,11 @@ class CaseLookup(Protocol):
 class TriageStore(CaseLookup, Protocol):
     """What the inbound stages read and write (``triage.stages``)."""
 
+    # How many threads usefully write at once: SQLite has one writer, and more threads only
+    # wait on its lock, in its busy handler's sleeps; PostgreSQL answers over the network and
+    # locks rows, so one slow message must not hold the others.
+    writers: int
+
     def profile(self, address: str, now: float) -> Profile | None: ...
 
     def away(self) -> frozenset[str]: ...

@@ -73,6 +73,7 @@ class _Connection:
 
 class PostgresStore(SQLStore):
     _LOCK = " FOR UPDATE"
+    writers = 4
 
     def __init__(self, url: str, max_connections: int = 16, timeout: float = 5.0):
         super().__init__()

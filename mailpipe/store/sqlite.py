@@ -189,6 +189,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 class SQLiteStore(SQLStore):
     # SQLite's IMMEDIATE transaction holds the only write lock: rows need no locks of their own.
     _BEGIN = "BEGIN IMMEDIATE"
+    writers = 1
 
     def __init__(self, path: Path):
         super().__init__()

@@ -6,7 +6,7 @@ each recipient's mailbox. ``route`` takes DMARC reports and bounces of our own m
 queue (``monitors.returned``); the outbound twin of this table is ``outbound.replies``. Pure
 stages are plain functions of ``Work`` (``triage.work``); profile, score and assign, which read
 and write the store, are ``InThread`` stages: the worker runs the three in one call on the
-store's own threads (``STORE_THREADS``), so a message's store-side work is one thread hop.
+store's own threads (``store_threads``), so a message's store-side work is one thread hop.
 What the stages call lives beside them in ``triage/``: the rules and scoring, ``assign``,
 ``context`` and ``render`` (our header fields and the triage card). ``assign``
 decides inside the transaction that records customer, case, message and assignments, and the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,11 +51,14 @@ AUTH_TIMEOUT = 15.0
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
 # must not starve the store and Maildir work of the default pool. Threads start on first use.
 _AUTH_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="auth")
-# The store-side stages of every message, apart from the default pool's Maildir fsyncs. A few
-# threads, not one: a shared PostgreSQL store answers over the network and may hold a message on
-# another daemon's row lock, which must not stall every other message. An idle pool reuses the
-# same thread, so SQLite's page cache mostly stays with one connection.
-STORE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
+
+
+@functools.cache
+def store_threads(writers: int) -> ThreadPoolExecutor:
+    """The threads for the store-side stages of every message, apart from the default pool's
+    Maildir fsyncs, as many as the store has writers (``TriageStore.writers``); shared by every
+    Triage a reload builds. Threads start on first use."""
+    return ThreadPoolExecutor(max_workers=writers, thread_name_prefix="store")
 
 
 class Triage:
@@ -81,7 +85,9 @@ class Triage:
         self.hostname = hostname
         self.clock = clock
 
-    executor = STORE_THREADS
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return store_threads(self.store.writers)
 
     @property
     def stages(self) -> tuple[tuple[str, Stage[Work]], ...]:
