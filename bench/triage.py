@@ -122,7 +122,7 @@ def store_copy(populated: Path, path: Path) -> SQLiteStore:
 
 
 def triage_for(store: SQLiteStore, deliverer: MaildirDeliverer, model: UrgencyModel | None) -> Triage:
-    """The inbound stages as the daemon wires them (``daemon.routes``), with no DKIM keys and no
+    """The inbound stages as the daemon wires them (``assembly.routes``), with no DKIM keys and no
     outbound spool: the bench's senders are not authenticated, so no acknowledgement is queued."""
     config = configuration.load(None)
     metrics = Metrics()
