@@ -84,14 +84,14 @@ class Committer:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 outcomes = [(future, op(self._conn), None) for op, future in group]
-            except Exception as exc:
+            except BaseException as exc:  # the caller's to handle, as in the offload: the thread goes on
                 if storage_error(exc):  # SQLite may have rolled the whole transaction back
                     raise
                 self._conn.execute("ROLLBACK")
                 self._conn.execute("BEGIN IMMEDIATE")
                 outcomes = self._isolated(group)
             self._conn.execute("COMMIT")
-        except Exception as exc:  # the whole group failed: disk full, read-only, I/O error
+        except BaseException as exc:  # the whole group failed: disk full, read-only, I/O error
             if storage_error(exc):
                 self.fault = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(sqlite3.Error):
@@ -116,7 +116,7 @@ class Committer:
             self._conn.execute("SAVEPOINT op")
             try:
                 outcomes.append((future, op(self._conn), None))
-            except Exception as exc:
+            except BaseException as exc:
                 if storage_error(exc):
                     raise
                 self._conn.execute("ROLLBACK TO op")

@@ -76,12 +76,18 @@ async def held_committer(queue: Spool) -> tuple[asyncio.Future[None], threading.
     return held, gate
 
 
-def test_an_operation_that_fails_is_undone_alone_and_the_rest_of_its_group_commits(tmp_path: Path) -> None:
+class Aborted(BaseException):
+    """Not an Exception: what a library's own base class or SystemExit looks like to the committer."""
+
+
+@pytest.mark.parametrize("error", [ValueError("refused"), Aborted()], ids=["exception", "base exception"])
+def test_an_operation_that_fails_is_undone_alone_and_the_rest_of_its_group_commits(tmp_path: Path,
+                                                                                   error: BaseException) -> None:
     path = tmp_path / "s.sqlite"
 
     def failing(conn: sqlite3.Connection) -> None:
         spool.insert(conn, "PARTIAL", ENVELOPE, b"half written", 0.0)
-        raise ValueError("refused")
+        raise error
 
     async def body(queue: Spool):
         held, gate = await held_committer(queue)
@@ -90,12 +96,13 @@ def test_an_operation_that_fails_is_undone_alone_and_the_rest_of_its_group_commi
         await asyncio.sleep(0)
         gate.set()
         await held
-        return await asyncio.gather(*tasks, return_exceptions=True), queue.commit_groups
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        return outcomes, queue.commit_groups, await asyncio.wait_for(queue.enqueue(ENVELOPE, b"after"), 60)
 
-    (first, refused, second), (commits, _) = run(with_spool(path, body))
-    assert isinstance(refused, ValueError)
+    (first, refused, second), (commits, _), after = run(with_spool(path, body))
+    assert refused is error
     assert commits == 2
-    assert sorted(entry.id for entry in fresh_entries(path)) == sorted([first, second])
+    assert sorted(entry.id for entry in fresh_entries(path)) == sorted([first, second, after])
 
 
 def test_a_hand_off_whose_group_is_run_again_keeps_its_successors_from_an_iterator(tmp_path: Path) -> None:
