@@ -3,6 +3,7 @@ the rule condition that turns its probabilities into points."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,9 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailpipe import config as configuration
 from mailpipe.message import parse
+from mailpipe.metrics import Metrics
+from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import corpus, rules
 from mailpipe.triage.context import Context
+from mailpipe.triage.learning import Learner
 from mailpipe.triage.model import Example, ModelError, UrgencyModel, features, new_classifier, train
 from mailpipe.triage.score import evaluate
 from mailpipe.triage.vocabulary import first_counts
@@ -209,3 +214,12 @@ def test_a_malformed_model_condition_is_refused_naming_the_rule(tmp_path: Path, 
     with pytest.raises(rules.RulesError) as refused:
         _ruleset(tmp_path, condition)
     assert "rule MODEL_CRITICAL: model:" in str(refused.value) and reason in str(refused.value)
+
+
+def test_a_correction_recorded_after_the_daemons_loop_closed_is_kept_for_the_next_start(tmp_path: Path) -> None:
+    async def start() -> Learner:
+        return Learner(configuration.load(None).triage, SQLiteStore(tmp_path / "store.sqlite"), Metrics())
+
+    learner = asyncio.run(start())
+    learner.learn()  # a store thread finishing a desk command at shutdown: no error to fail it with
+

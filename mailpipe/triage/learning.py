@@ -11,6 +11,7 @@ keeps it (a reload is refused with the problems, like broken rules). Reads ``[tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Protocol
@@ -69,8 +70,10 @@ class Learner:
 
     def learn(self) -> None:
         """A correction arrived (in a store thread): train again soon, once for any number of
-        corrections meanwhile."""
-        self._loop.call_soon_threadsafe(self._schedule)
+        corrections meanwhile. After the daemon's loop closed there is nothing to schedule: the
+        correction is in the store, and the next start trains on it."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._schedule)
 
     def _schedule(self) -> None:
         self._again.set()
