@@ -4,9 +4,10 @@ The order lives in one table, ``Triage.stages``: route → parse → authenticat
 → assign → acknowledge → annotate; ``hand_off`` then files the original and its triage card in
 each recipient's mailbox. ``route`` takes DMARC reports and bounces of our own mail off the
 queue (``monitors.returned``); the outbound twin of this table is ``outbound.replies``. Pure
-stages are plain functions of ``Work`` (``triage.work``); profile, score and assign, which read
-and write the store, are ``InThread`` stages: the worker runs the three in one call on the
-store's own threads (``store_threads``), so a message's store-side work is one thread hop.
+stages are plain functions of ``Work`` (``triage.work``); profile and assign, which read and
+write the store, and score between them are ``InThread`` stages: the worker runs the three in one
+call on the store's own threads (``store_threads``), so a message's store-side work is one thread
+hop rather than a hop out and back for each of the two.
 What the stages call lives beside them in ``triage/``: the rules and scoring, ``assign``,
 ``context`` and ``render`` (our header fields and the triage card). ``assign``
 decides inside the transaction that records customer, case, message and assignments, and the
