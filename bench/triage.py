@@ -24,11 +24,12 @@ as a production host would have a local caching resolver.
    hand-offs were paused.
 3. Latency over SMTP: the real daemon, the same 100,000-customer store, a steady offered load of
    100 messages/s for 20 s; for every message the time from the end of its DATA to its file in
-   the owner's Maildir (the file's own timestamp), as p50/p99. Timed from before the 250, not
-   after it: the client's threads can read the 250 later than the worker delivers, and the
-   spool's fsync before the 250 is a millisecond or two, so this errs on the slow side. File
-   timestamps come from the kernel's coarse clock (one tick, up to 4 ms, early): fine against
-   a 250 ms goal, not for telling 1 ms from 3.
+   the owner's Maildir (the file's change time, which its rename from ``tmp/`` into ``new/``
+   sets, after its fsync), as p50/p99. Timed from before the 250, not after it: the client's
+   threads can read the 250 later than the worker delivers, and the spool's fsync before the 250
+   is a millisecond or two, so this errs on the slow side. File timestamps come from the
+   kernel's coarse clock (one tick, up to 4 ms, early), and the directory's fsync after the
+   rename is not in them: fine against a 250 ms goal, not for telling 1 ms from 3.
 
 Prints figures and ratios; asserts nothing. Run: python bench/triage.py [--messages N]; the
 intake baseline needs root and smtp-source (`make bench` installs it) and is skipped without.
@@ -281,9 +282,10 @@ def send(port: int, samples: list[bytes], rate: float | None) -> dict[str, float
 
 
 def delivered(state: Path, accepted: dict[str, float]) -> dict[str, float]:
-    """When each accepted message's file appeared in an owner's Maildir (triage cards aside)."""
+    """When each accepted message's file was renamed into an owner's Maildir (triage cards aside):
+    its change time; its modification time is when it was written, before its fsync."""
     files = {path.name.split(".")[1][1:]: path for path in (state / "mailboxes").glob("*/new/*")}
-    return {qid: path.stat().st_mtime for qid, path in files.items() if qid in accepted}
+    return {qid: path.stat().st_ctime for qid, path in files.items() if qid in accepted}
 
 
 def latency(work_dir: Path, rate: float, seconds: float, nameserver: str) -> tuple[float, float, int]:

@@ -128,6 +128,25 @@ def test_composites_combine_rules_with_and_or_not(tmp_path: Path) -> None:
     assert "OUTAGE" not in fired(r, context(body="down for everyone, now fixed, thanks"))
 
 
+def test_a_rule_that_fires_cancels_the_points_and_escalation_of_the_rules_it_names(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "BREACH"\ndescription = "d"\nscore = 6\nescalate = "dev"\n'
+                          'any = ["hacked"]\n[[rule]]\nname = "HOW_TO"\ndescription = "d"\nscore = 0\n'
+                          'any = ["could we"]\ncancels = ["BREACH"]\n')
+    alone = evaluate(r, context(body="we were hacked"))
+    assert (alone.score, alone.escalate) == (6, "dev")
+    verdict = evaluate(r, context(body="could we get hacked through the API?"))
+    assert (verdict.score, verdict.level, verdict.escalate) == (0, "normal", None)
+    assert [(hit.name, hit.score, hit.matched) for hit in verdict.hits] == [
+        ("BREACH", 0, "hacked (cancelled by HOW_TO)"), ("HOW_TO", 0, "could we")]
+
+
+def test_cancelling_a_rule_the_operator_switched_off_is_accepted(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "BREACH"\ndescription = "d"\nscore = 6\nany = ["hacked"]\n'
+                          '[[rule]]\nname = "HOW_TO"\ndescription = "d"\nscore = 0\nany = ["could we"]\n'
+                          'cancels = ["BREACH"]\n', overrides='[[rule]]\nname = "BREACH"\nenabled = false\n')
+    assert fired(r, context(body="could we get hacked?")) == ("HOW_TO",)
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ('[[rule]]\nname = "lower"\ndescription = "d"\nscore = 1\nany = ["x"]\n', "must be UPPER_SNAKE_CASE"),
     ('[[rule]]\nname = "A"\ndescription = "d"\nscore = "high"\nany = ["x"]\n', "rule A: score 'high'"),
@@ -143,6 +162,10 @@ def test_composites_combine_rules_with_and_or_not(tmp_path: Path) -> None:
     ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nrepeat = { within_hours = 24, at_least = 500 }\n',
      "at_least must be 1 to 100"),
     ('[[rule]\nname = "A"\n', "TOML syntax"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\ncancels = ["B"]\n',
+     "rule A: cancels unknown rule B"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\ncancels = ["A"]\n', "rule A: cancels itself"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\ncancels = "B"\n', "rule A: cancels 'B' must be"),
 ])
 def test_a_broken_rule_file_is_refused_naming_file_rule_and_reason(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(RulesError) as error:

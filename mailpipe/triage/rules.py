@@ -20,8 +20,12 @@ conditions that must all hold:
                                               than those levels); never when it is off
     expression = "NOT_DELIVERED & VIP & !AUTO_REPLY"  a composite: only this condition
 
-and optionally ``escalate = "tech"`` or ``"dev"`` and ``examples`` that ``mailpipe rules test``
-checks. Keywords are matched on NFKC-folded, case-folded text: Japanese ones anywhere (no word
+and optionally ``escalate = "tech"`` or ``"dev"``, ``examples`` that ``mailpipe rules test``
+checks, and ``cancels = ["NAME", ...]``: when the rule fires, the points and escalation of those
+rules do not count (they are still listed, as cancelled), the way an Rspamd composite removes a
+symbol's weight; a rule that knows better than a keyword ("the model reads a how-to question")
+takes the keyword's points back instead of guessing a negative score that fits every sum.
+Keywords are matched on NFKC-folded, case-folded text: Japanese ones anywhere (no word
 boundaries in Japanese), ASCII ones as whole words. ``levels.toml`` maps the total to critical,
 high, normal and low. Files in the override directory replace rules (and levels) by name, key by
 key; ``enabled = false`` switches a shipped rule off. Any error refuses the whole set, naming
@@ -45,7 +49,8 @@ _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _TEXT_KEYS = ("any", "subject", "body")
 _CONDITION_KEYS = (*_TEXT_KEYS, "regex", "headers", "sender", "customer", "repeat", "open_case_hours", "dmarc",
                    "outside_business_hours", "incident", "model", "expression")
-_KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled"})
+_KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled",
+                         "cancels"})
 _EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc", "incident"})
 
 
@@ -65,6 +70,7 @@ class Rule:
     escalate: str | None = None
     examples: tuple[dict[str, Any], ...] = ()
     source: str = ""
+    cancels: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -115,8 +121,13 @@ def load(directory: Path, overrides: Path | None = None) -> RuleSet:
                     continue
                 merged = {**specs.get(name, {}), **spec, "__source__": str(path)}
                 specs[name] = merged
-    rules = [_compile(spec, problems) for spec in specs.values() if spec.get("enabled", True) is not False]
-    ruleset = _assemble([r for r in rules if r is not None], _levels(levels, directory, problems), problems)
+    rules = [rule for spec in specs.values() if spec.get("enabled", True) is not False
+             if (rule := _compile(spec, problems)) is not None]
+    for rule in rules:
+        # Cancelling a rule the operator switched off is harmless; a name never defined is a typo.
+        for missing in sorted(rule.cancels - set(specs)):
+            problems.append(f"{rule.source}: rule {rule.name}: cancels unknown rule {missing}")
+    ruleset = _assemble(rules, _levels(levels, directory, problems), problems)
     if problems:
         raise RulesError(problems)
     return RuleSet(ruleset.plain, ruleset.composites, ruleset.levels, tuple(sources))
@@ -196,10 +207,16 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
         unknown = set(example) - _EXAMPLE_KEYS
         if unknown or not isinstance(example.get("expect"), bool):
             bad(f"examples[{index}]: needs expect = true|false and only {sorted(_EXAMPLE_KEYS)}")
+    cancels = spec.get("cancels", [])
+    if not isinstance(cancels, list) or not all(isinstance(c, str) and _NAME.match(c) for c in cancels):
+        bad(f"cancels {cancels!r} must be an array of rule names")
+        cancels = []
+    elif name in cancels:
+        bad("cancels itself")
     if len(problems) > before:
         return None
     return Rule(name, description, float(score), tuple(conditions), expression, uses, escalate, tuple(examples),
-                source)
+                source, frozenset(cancels))
 
 
 def _assemble(rules: list[Rule], levels: dict[str, float], problems: list[str]) -> RuleSet:

@@ -1,8 +1,10 @@
 """Scoring: which rules fire on a context, their points, the total and the level.
 
 Plain rules are evaluated first, then composites in dependency order over the names that
-fired. The verdict lists every hit with what it matched, the way ``rspamc`` explains a
-message, and the highest escalation any fired rule asks for.
+fired; then the rules that fired cancel what they name (``cancels``): a cancelled hit stays in
+the list with no points and no escalation, so the card still shows what the keyword saw and
+who overruled it. The verdict lists every hit with what it matched, the way ``rspamc``
+explains a message, and the highest escalation a counted hit asks for.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailpipe.triage.context import Context
-from mailpipe.triage.rules import RuleSet
+from mailpipe.triage.rules import Rule, RuleSet
 
 _ESCALATION_ORDER = {"tech": 1, "dev": 2}
 
@@ -40,8 +42,7 @@ class Verdict:
 
 
 def evaluate(rules: RuleSet, context: Context) -> Verdict:
-    hits: list[Hit] = []
-    escalate: str | None = None
+    hits: list[tuple[Rule, str]] = []
     for rule in rules.plain:
         matched = []
         for condition in rule.conditions:
@@ -50,17 +51,27 @@ def evaluate(rules: RuleSet, context: Context) -> Verdict:
                 break
             matched.append(found)
         else:
-            hits.append(Hit(rule.name, rule.score, rule.description, " / ".join(matched)))
-            escalate = _higher(escalate, rule.escalate)
-    fired = {hit.name for hit in hits}
+            hits.append((rule, " / ".join(matched)))
+    fired = {rule.name for rule, _ in hits}
     for rule in rules.composites:
         assert rule.expression is not None
         if rule.expression(frozenset(fired)):
-            hits.append(Hit(rule.name, rule.score, rule.description, "composite"))
+            hits.append((rule, "composite"))
             fired.add(rule.name)
-            escalate = _higher(escalate, rule.escalate)
-    total = round(sum(hit.score for hit in hits), 2)
-    return Verdict(total, rules.level(total), tuple(hits), escalate)
+    cancelled = {name: rule.name for rule, _ in hits for name in rule.cancels}
+    counted = [rule for rule, _ in hits if rule.name not in cancelled]
+    escalate: str | None = None
+    for rule in counted:
+        escalate = _higher(escalate, rule.escalate)
+    total = round(sum(rule.score for rule in counted), 2)
+    return Verdict(total, rules.level(total), tuple(_hit(rule, matched, cancelled.get(rule.name))
+                                                    for rule, matched in hits), escalate)
+
+
+def _hit(rule: Rule, matched: str, cancelled_by: str | None) -> Hit:
+    if cancelled_by is None:
+        return Hit(rule.name, rule.score, rule.description, matched)
+    return Hit(rule.name, 0.0, rule.description, f"{matched} (cancelled by {cancelled_by})")
 
 
 def _higher(current: str | None, candidate: str | None) -> str | None:
