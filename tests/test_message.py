@@ -213,7 +213,19 @@ def test_the_copy_of_our_own_mail_a_bounce_returns_is_not_read_as_forwarded() ->
     "Still broken!\n> Refund?\n> 返金",
 ], ids=["gmail-en", "outlook-original", "outlook-headers", "gmail-ja", "thunderbird-ja", "bare-quotes"])
 def test_quoted_history_is_not_new_text(reply: str) -> None:
-    assert parse(mail(reply.encode())).new_text == "Still broken!"
+    assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text == "Still broken!"
+
+
+@pytest.mark.parametrize("body", [
+    "Our newsletter reaches nobody. One recipient sent us this:\n\nFrom: news@shop.example.jp\n"
+    "Date: Mon, 30 Nov 2026 09:00:00 +0900\nSubject: Winter sale\n\nNone of our 30,000 subscribers got it.",
+    "以下のメールが届きません。\n\n差出人: info@shop.example.jp\n日付: 2026/11/30 9:00\n件名: 冬のセール\n\n"
+    "None of our 30,000 subscribers got it.",
+], ids=["en", "ja"])
+def test_headers_pasted_into_a_new_message_are_the_customers_words_not_quoted_history(body: str) -> None:
+    new_text = parse(mail(body.encode())).new_text
+    assert new_text.endswith("None of our 30,000 subscribers got it.")
+    assert "Date: Mon" in new_text or "日付: 2026" in new_text
 
 
 @pytest.mark.parametrize("body", [

@@ -148,21 +148,24 @@ def _parse(raw: bytes) -> ParsedMessage:
     own = "\n\n".join(bodies.plain) if bodies.plain else "\n\n".join(html.to_text(m) for m in bodies.markup)
     text = "\n\n".join([own, *bodies.attached])[:_MAX_TEXT]
     first = {name: values[0] for name, values in headers.items()}
+    in_reply_to = tuple(_MESSAGE_IDS.findall(first.get("in-reply-to", "")))
+    references = tuple(_MESSAGE_IDS.findall(" ".join(headers.get("references", []))))
+    subject = first.get("subject", "")
     sender_name, sender = next(iter(mailboxes([message.get("from", "")])), ("", ""))
     recipients = tuple(address for _, address in email.utils.getaddresses(
         headers.get("to", []) + headers.get("cc", [])) if address)
     return ParsedMessage(
-        subject=first.get("subject", ""),
+        subject=subject,
         sender=sender,
         sender_name=decode_header(sender_name),
         recipients=recipients,
         message_id=next(iter(_MESSAGE_IDS.findall(first.get("message-id", ""))), ""),
-        in_reply_to=tuple(_MESSAGE_IDS.findall(first.get("in-reply-to", ""))),
-        references=tuple(_MESSAGE_IDS.findall(" ".join(headers.get("references", [])))),
+        in_reply_to=in_reply_to,
+        references=references,
         date=_date(first.get("date", ""), defects),
         headers={name: tuple(values) for name, values in headers.items()},
         text=text,
-        new_text=quotes.new_text(own[:_MAX_TEXT], first.get("subject", "")),
+        new_text=quotes.new_text(own[:_MAX_TEXT], subject, reply_subject(subject) or bool(in_reply_to or references)),
         attachments=tuple(bodies.attachments),
         defects=tuple(defects),
         forwarded="\n\n".join(filter(None, (quotes.new_text(t[:_MAX_TEXT]) for t in bodies.forwarded)))[:_MAX_TEXT],

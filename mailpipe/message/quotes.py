@@ -1,6 +1,6 @@
 """The new text of a message, apart from the history it quotes, so old words do not re-trigger
 rules. Cuts at the first attribution or separator line that clients put above quoted mail
-("On … wrote:", "-----Original Message-----", Outlook's From:/Sent: block, Japanese clients'
+("On … wrote:", "-----Original Message-----", Outlook's From:/Sent: block in a reply, Japanese clients'
 「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 — ending with the colon and naming an address (or
 のメール/書きました), on its line or the next one a long attribution wraps onto, since
 「2026年11月29日 07:10頃から、以下のエラーが返ります:」 is what happened, not who wrote before — and
@@ -30,7 +30,7 @@ _SEPARATORS = re.compile(
         (?:(?:\n[^\n@]{0,300})?@[^\n]{0,300} | (?:のメール|のメッセージ|書きました|wrote)[^\S\n]*)[:：][^\S\n]*$
       | \d{4}[/-]\d{1,2}[/-]\d{1,2}.{0,120}(?:wrote|書きました|のメール|のメッセージ)[^\S\n]*(?:[:：]|$)
       | .{1,120}(?:さんは書きました|wrote)\s*[:：]
-      | (?:From|差出人|送信者)\s*[:：].{1,200}\n\s*(?:Sent|Date|送信日時|日付)\s*[:：][^\n]*
+      | (?P<fields>(?:From|差出人|送信者)\s*[:：].{1,200}\n\s*(?:Sent|Date|送信日時|日付)\s*[:：][^\n]*)
     )""",
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
@@ -42,9 +42,13 @@ _FORWARDED_FIELD = re.compile(
     r"^\s*(?:From|Sent|Date|To|Cc|Subject|Reply-To|差出人|送信者|送信日時|日付|日時|宛先|件名)\s*[:：]", re.IGNORECASE)
 
 
-def new_text(text: str, subject: str = "") -> str:
-    """What the sender (or, for a forward, the person forwarded) wrote that is not history."""
-    match = _SEPARATORS.search(text)
+def new_text(text: str, subject: str = "", answering: bool = True) -> str:
+    """What the sender (or, for a forward, the person forwarded) wrote that is not history.
+    ``answering``: the message replies to or forwards another (its subject or In-Reply-To says
+    so). Only then is a bare From:/Date: block, with no marker line above it, the top of quoted
+    history; in a new message it is the customer pasting the headers of the mail in question,
+    and what follows it is still theirs."""
+    match = next((found for found in _SEPARATORS.finditer(text) if answering or not found.group("fields")), None)
     head = without_signature(_unquoted(text[: match.start()] if match else text))
     if match is None or not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
         return head

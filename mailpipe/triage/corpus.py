@@ -55,7 +55,8 @@ def entry_document(entry: dict[str, Any]) -> str:
     if entry.get("encoding") == "html":
         body = html.to_text(body)
     subject = str(entry.get("subject", ""))
-    return document(subject, quotes.new_text(body, subject), reply_subject(subject))
+    answering = reply_subject(subject)
+    return document(subject, quotes.new_text(body, subject, answering), answering)
 
 
 def message(entry: dict[str, Any]) -> bytes:
