@@ -228,6 +228,28 @@ def test_headers_pasted_into_a_new_message_are_the_customers_words_not_quoted_hi
     assert "Date: Mon" in new_text or "日付: 2026" in new_text
 
 
+_PASTED = (b"Our newsletter reaches nobody. One recipient sent us this:\r\n\r\nFrom: news@shop.example.jp\r\n"
+           b"Date: Mon, 30 Nov 2026 09:00:00 +0900\r\n\r\nNone of our 30,000 subscribers got it.\r\n")
+
+
+def test_headers_pasted_into_a_new_message_forwarded_inline_stay_the_customers_words() -> None:
+    forward = (b"FYI, see below.\r\n\r\n---------- Forwarded message ---------\r\nFrom: Ken <ken@shop.example>\r\n"
+               b"Subject: Newsletter not arriving\r\n\r\n" + _PASTED)
+    assert parse(mail(forward)).new_text.endswith("None of our 30,000 subscribers got it.")
+
+
+def test_headers_pasted_into_a_new_message_forwarded_as_an_attachment_stay_the_customers_words() -> None:
+    parsed = parse(_forward(b"FYI, see attached.", b"Subject: Newsletter not arriving\r\n"
+                                                    b"Content-Type: text/plain\r\n\r\n" + _PASTED))
+    assert parsed.read_text.endswith("None of our 30,000 subscribers got it.")
+
+
+def test_a_reply_forwarded_as_an_attachment_is_still_cut_at_its_quoted_header_block() -> None:
+    parsed = parse(_forward(b"FYI", b"Subject: RE: invoice\r\nContent-Type: text/plain\r\n\r\nStill wrong.\r\n\r\n"
+                                     b"From: Support\r\nSent: Monday\r\n\r\nWe fixed the invoice.\r\n"))
+    assert parsed.read_text == "FYI\n\nStill wrong."
+
+
 @pytest.mark.parametrize("body", [
     "2026年11月29日 07:10頃から、全件エラーで戻ってきます。\n今も続いています。",
     "発生日時：2026年11月29日 07:10：全配信が停止\n今も続いています。",

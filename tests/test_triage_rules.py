@@ -22,7 +22,7 @@ from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
 from tests.conftest import TRAINING_SECONDS
-from tests.triage_corpus import ASIDE, LABELLED, build, score_all
+from tests.triage_corpus import APART, ASIDE, LABELLED, build, score_all
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 LEVELS = "[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n"
@@ -140,6 +140,30 @@ def test_a_rule_that_fires_cancels_the_points_and_escalation_of_the_rules_it_nam
         ("BREACH", 0, "hacked (cancelled by HOW_TO)"), ("HOW_TO", 0, "could we")]
 
 
+def test_to_a_composite_a_cancelled_rule_has_not_fired(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "DOWN"\ndescription = "d"\nscore = 3\nany = ["down"]\n'
+                          '[[rule]]\nname = "MANY"\ndescription = "d"\nscore = 4\nany = ["everyone"]\n'
+                          '[[rule]]\nname = "HOW_TO"\ndescription = "d"\nscore = 0\nany = ["what if"]\n'
+                          'cancels = ["DOWN"]\n'
+                          '[[rule]]\nname = "OUTAGE"\ndescription = "d"\nscore = 4\nexpression = "DOWN & MANY"\n'
+                          '[[rule]]\nname = "CALM"\ndescription = "d"\nscore = -2\nexpression = "MANY & !DOWN"\n')
+    assert fired(r, context(body="down for everyone")) == ("DOWN", "MANY", "OUTAGE")
+    verdict = evaluate(r, context(body="what if it is down for everyone?"))
+    assert verdict.rule_names == ("DOWN", "MANY", "HOW_TO", "CALM")
+    assert verdict.score == 2
+
+
+def test_a_cancelled_rule_cancels_nothing(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "BREACH"\ndescription = "d"\nscore = 6\nany = ["hacked"]\n'
+                          '[[rule]]\nname = "HOW_TO"\ndescription = "d"\nscore = 0\nany = ["could we"]\n'
+                          'cancels = ["BREACH"]\n'
+                          '[[rule]]\nname = "REAL"\ndescription = "d"\nscore = 0\nany = ["it happened"]\n'
+                          'cancels = ["HOW_TO"]\n')
+    verdict = evaluate(r, context(body="could we get hacked? it happened"))
+    assert verdict.score == 6
+    assert [hit.score for hit in verdict.hits] == [6, 0, 0]
+
+
 def test_cancelling_a_rule_the_operator_switched_off_is_accepted(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "BREACH"\ndescription = "d"\nscore = 6\nany = ["hacked"]\n'
                           '[[rule]]\nname = "HOW_TO"\ndescription = "d"\nscore = 0\nany = ["could we"]\n'
@@ -166,6 +190,12 @@ def test_cancelling_a_rule_the_operator_switched_off_is_accepted(tmp_path: Path)
      "rule A: cancels unknown rule B"),
     ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\ncancels = ["A"]\n', "rule A: cancels itself"),
     ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\ncancels = "B"\n', "rule A: cancels 'B' must be"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\ncancels = ["B"]\n'
+     '[[rule]]\nname = "B"\ndescription = "d"\nscore = 0\nany = ["y"]\ncancels = ["A"]\n',
+     "cancel each other in a ring: A, B"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\n'
+     '[[rule]]\nname = "B"\ndescription = "d"\nscore = 0\nexpression = "A"\ncancels = ["A"]\n',
+     "rule B: a composite cannot cancel"),
 ])
 def test_a_broken_rule_file_is_refused_naming_file_rule_and_reason(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(RulesError) as error:
@@ -216,13 +246,27 @@ def test_the_labelled_set_has_120_messages_in_every_level_language_and_encoding(
 def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) -> None:
     """A floor against regressions, not the benchmark (``mailpipe rules eval`` prints that): the
     held-aside fifth was never trained or tuned on."""
-    judged = corpus.entries([ASIDE])
-    scores = evaluation.judge(rules.load(shipped("rules")), evaluation.labelled(judged),
-                              [shipped_model] * len(judged), NOW)["both"].summary()
+    scores = _with_the_model(ASIDE, shipped_model)
     assert scores["messages"] >= 400
     assert scores["critical_at_high_or_above"] >= 0.9 * scores["critical"]
     assert scores["urgent_recall"] >= 0.9 and scores["urgent_precision"] >= 0.8
     assert scores["low_promoted"] <= 6
+
+
+def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(shipped_model) -> None:
+    """The same floor on 300 messages by writers who never saw the corpus, the rules or the code."""
+    scores = _with_the_model(APART, shipped_model)
+    assert scores["messages"] == 300
+    assert scores["critical_at_high_or_above"] >= 0.95 * scores["critical"]
+    assert scores["urgent_recall"] >= 0.95 and scores["urgent_precision"] >= 0.9
+    assert scores["low_promoted"] <= 2
+
+
+def _with_the_model(labelled: Path, model) -> dict:
+    """``mailpipe rules eval``'s "both" figures for a labelled file, judged by ``model``."""
+    judged = corpus.entries([labelled])
+    return evaluation.judge(rules.load(shipped("rules")), evaluation.labelled(judged), [model] * len(judged),
+                            NOW)["both"].summary()
 
 
 def test_score_cli_prints_one_json_object_per_message(tmp_path: Path) -> None:

@@ -150,6 +150,12 @@ def test_corpus_entries_are_read_as_triage_reads_mail() -> None:
     assert corpus.entry_document(entry) == "ありがとうございました。"
 
 
+def test_a_corpus_entry_with_in_reply_to_is_read_as_the_reply_it_is() -> None:
+    entry = {"level": "high", "subject": "Invoice question", "headers": {"In-Reply-To": "<m0@example.test>"},
+             "body": "Still wrong.\n\nFrom: Support <support@example.test>\nSent: Monday\n\nWe fixed the invoice."}
+    assert corpus.entry_document(entry) == parse(corpus.message(entry)).read_text == "Still wrong."
+
+
 def test_a_broken_corpus_file_is_refused_naming_file_entry_and_reason(tmp_path: Path) -> None:
     (tmp_path / "desk.toml").write_text('[[mail]]\nlevel = "urgent"\nsubject = "x"\nbody = "y"\n'
                                         '[[mail]]\nlevel = "low"\nsubject = "x"\nbody = "y"\ncolour = "red"\n')

@@ -21,11 +21,10 @@ from datetime import datetime
 
 from mailpipe.addresses import mailboxes
 from mailpipe.message import charsets, html, quotes
+from mailpipe.message.quotes import REPLY_PREFIX, reply_subject
 
 _MESSAGE_IDS = re.compile(r"<([^<>\s]+)>")
 _CASE_TOKEN = re.compile(r"\[#(\d{1,9})\]")
-_REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fw|fwd|aw|wg|sv|vs|antw|返信|転送|ＲＥ|Ｒｅ)\s*(?:\[\d+\])?\s*[:：]\s*)+",
-                           re.IGNORECASE)
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\uff66-\uff9f]")
 _FOLDING = re.compile(r"\s*[\r\n]+\s*")
 _MAX_TEXT = 1_000_000
@@ -85,12 +84,7 @@ class ParsedMessage:
     @property
     def base_subject(self) -> str:
         """The subject without Re:/Fwd:/返信: prefixes and case tags, for threading and display."""
-        return _CASE_TOKEN.sub("", _REPLY_PREFIX.sub("", self.subject)).strip()
-
-
-def reply_subject(subject: str) -> bool:
-    """A subject that says it answers something ("Re:", "返信:", "Fwd:")."""
-    return bool(_REPLY_PREFIX.match(subject))
+        return _CASE_TOKEN.sub("", REPLY_PREFIX.sub("", self.subject)).strip()
 
 
 def parse(raw: bytes) -> ParsedMessage:
@@ -165,10 +159,11 @@ def _parse(raw: bytes) -> ParsedMessage:
         date=_date(first.get("date", ""), defects),
         headers={name: tuple(values) for name, values in headers.items()},
         text=text,
-        new_text=quotes.new_text(own[:_MAX_TEXT], subject, reply_subject(subject) or bool(in_reply_to or references)),
+        new_text=quotes.new_text(own[:_MAX_TEXT], subject, _answering(message)),
         attachments=tuple(bodies.attachments),
         defects=tuple(defects),
-        forwarded="\n\n".join(filter(None, (quotes.new_text(t[:_MAX_TEXT]) for t in bodies.forwarded)))[:_MAX_TEXT],
+        forwarded="\n\n".join(filter(None, (quotes.new_text(text[:_MAX_TEXT], answering=answering)
+                                             for text, answering in bodies.forwarded)))[:_MAX_TEXT],
     )
 
 
@@ -179,7 +174,8 @@ class _Bodies:
     plain: list[str] = field(default_factory=list)  # the sender's text/plain parts
     markup: list[str] = field(default_factory=list)  # the sender's HTML parts
     attached: list[str] = field(default_factory=list)  # the text of each attached message
-    forwarded: list[str] = field(default_factory=list)  # of those, the ones forwarded (not returned)
+    # Of those, the ones forwarded (not returned), each with whether it answered another (_answering).
+    forwarded: list[tuple[str, bool]] = field(default_factory=list)
     attachments: list[str] = field(default_factory=list)  # file names
 
 
@@ -188,7 +184,8 @@ def _bodies(message: email.message.Message, defects: list[str]) -> _Bodies:
     sender's own (not both halves of a multipart/alternative). One inside a multipart/report (a
     bounce's copy of our own mail, an abuse report's) is returned, not forwarded."""
     found = _Bodies()
-    inner: list[tuple[list[str], list[str], bool]] = []  # each attached message's plain and HTML parts
+    # Each attached message's plain and HTML parts, whether it is returned, whether it answered another.
+    inner: list[tuple[list[str], list[str], bool, bool]] = []
     stack: list[tuple[email.message.Message, int | None, bool]] = [(message, None, False)]
     while stack:
         part, inside, in_report = stack.pop()
@@ -198,7 +195,8 @@ def _bodies(message: email.message.Message, defects: list[str]) -> _Bodies:
             children = payload if isinstance(payload, list) else []
             if content_type == "message/rfc822":
                 inside = len(inner)
-                inner.append(([], [], in_report))
+                enclosed = next((child for child in children if isinstance(child, email.message.Message)), None)
+                inner.append(([], [], in_report, enclosed is None or _answering(enclosed)))
             report = content_type == "multipart/report"
             stack.extend((child, inside, report) for child in reversed(children)
                          if isinstance(child, email.message.Message))
@@ -212,12 +210,19 @@ def _bodies(message: email.message.Message, defects: list[str]) -> _Bodies:
         text = _text_of(part, defects)
         plain, markup = (found.plain, found.markup) if inside is None else inner[inside][:2]
         (markup if content_type == "text/html" else plain).append(text)
-    for plain, markup, returned in inner:
+    for plain, markup, returned, answering in inner:
         text = "\n\n".join(plain) if plain else "\n\n".join(map(html.to_text, markup))
         found.attached.append(text)
         if not returned:
-            found.forwarded.append(text)
+            found.forwarded.append((text, answering))
     return found
+
+
+def _answering(message: email.message.Message) -> bool:
+    """Whether a message replies to or forwards another (its subject or In-Reply-To/References
+    says so): only then does a bare From:/Date: block in it start quoted history."""
+    return reply_subject(decode_header(message.get("Subject", ""))) or bool(
+        message.get("In-Reply-To") or message.get("References"))
 
 
 def _text_of(part: email.message.Message, defects: list[str]) -> str:

@@ -38,6 +38,9 @@ _SEPARATORS = re.compile(
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
 _FORWARD_MARKER = re.compile(r"Forwarded\s+message|Begin\s+forwarded|転送(?:された)?メッセージ", re.IGNORECASE)
 _FORWARD_SUBJECT = re.compile(r"^\s*(?:fw|fwd|wg|転送)\s*[:：]", re.IGNORECASE)
+REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fw|fwd|aw|wg|sv|vs|antw|返信|転送|ＲＥ|Ｒｅ)\s*(?:\[\d+\])?\s*[:：]\s*)+",
+                          re.IGNORECASE)
+_SUBJECT_FIELD = re.compile(r"^\s*(?:Subject|件名)\s*[:：][^\S\n]*(.*)$", re.IGNORECASE)
 _FORWARDED_FIELD = re.compile(
     r"^\s*(?:From|Sent|Date|To|Cc|Subject|Reply-To|差出人|送信者|送信日時|日付|日時|宛先|件名)\s*[:：]", re.IGNORECASE)
 
@@ -52,19 +55,28 @@ def new_text(text: str, subject: str = "", answering: bool = True) -> str:
     head = without_signature(_unquoted(text[: match.start()] if match else text))
     if match is None or not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
         return head
-    forwarded = new_text(_without_fields(text[match.end():]))
+    fields, rest = _fields_on_top(text[match.end():])
+    # The forwarded message's own subject, from the block its client put on top, says whether it
+    # answered another; without one, it is read as one that may.
+    subject_of = next((found[1] for line in fields if (found := _SUBJECT_FIELD.match(line))), None)
+    forwarded = new_text(rest, subject_of or "", subject_of is None or reply_subject(subject_of))
     return f"{head}\n{forwarded}".strip()
+
+
+def reply_subject(subject: str) -> bool:
+    """A subject that says it answers something ("Re:", "返信:", "Fwd:")."""
+    return bool(REPLY_PREFIX.match(subject))
 
 
 def _unquoted(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not _QUOTED_LINE.match(line)).strip()
 
 
-def _without_fields(forwarded: str) -> str:
-    """The forwarded message without the From:/Date:/Subject: block a client puts on top."""
+def _fields_on_top(forwarded: str) -> tuple[list[str], str]:
+    """The From:/Date:/Subject: block a client puts on top of a forwarded message, and the rest."""
     lines = forwarded.lstrip("\n").splitlines()
     skipped = 0
     while skipped < len(lines) and (_FORWARDED_FIELD.match(lines[skipped]) or (skipped and lines[skipped][:1] in " \t"
                                                                              and lines[skipped].strip())):
         skipped += 1
-    return "\n".join(lines[skipped:])
+    return lines[:skipped], "\n".join(lines[skipped:])

@@ -55,7 +55,9 @@ def entry_document(entry: dict[str, Any]) -> str:
     if entry.get("encoding") == "html":
         body = html.to_text(body)
     subject = str(entry.get("subject", ""))
-    answering = reply_subject(subject)
+    # As a parsed message's ``is_reply``: the subject, or In-Reply-To/References among its headers.
+    answering = reply_subject(subject) or any(
+        str(name).lower() in ("in-reply-to", "references") for name in entry.get("headers", {}))
     return document(subject, quotes.new_text(body, subject, answering), answering)
 
 

@@ -24,7 +24,9 @@ and optionally ``escalate = "tech"`` or ``"dev"``, ``examples`` that ``mailpipe 
 checks, and ``cancels = ["NAME", ...]``: when the rule fires, the points and escalation of those
 rules do not count (they are still listed, as cancelled), the way an Rspamd composite removes a
 symbol's weight; a rule that knows better than a keyword ("the model reads a how-to question")
-takes the keyword's points back instead of guessing a negative score that fits every sum.
+takes the keyword's points back instead of guessing a negative score that fits every sum. Only
+plain rules cancel, and before composites are evaluated: to a composite, a cancelled rule has not
+fired. A cancelled rule cancels nothing, and rules cancelling each other in a ring are refused.
 Keywords are matched on NFKC-folded, case-folded text: Japanese ones anywhere (no word
 boundaries in Japanese), ASCII ones as whole words. ``levels.toml`` maps the total to critical,
 high, normal and low. Files in the override directory replace rules (and levels) by name, key by
@@ -79,6 +81,9 @@ class RuleSet:
     composites: tuple[Rule, ...]  # in an order where every rule a composite uses comes first
     levels: dict[str, float]
     sources: tuple[str, ...] = field(default=())
+    # The plain rules that cancel others, each after every rule that may cancel it: going down the
+    # list, a rule that fired and is not cancelled yet is one whose cancels count.
+    cancellers: tuple[Rule, ...] = ()
 
     def level(self, score: float) -> str:
         for name in ("critical", "high", "normal"):
@@ -130,7 +135,7 @@ def load(directory: Path, overrides: Path | None = None) -> RuleSet:
     ruleset = _assemble(rules, _levels(levels, directory, problems), problems)
     if problems:
         raise RulesError(problems)
-    return RuleSet(ruleset.plain, ruleset.composites, ruleset.levels, tuple(sources))
+    return RuleSet(ruleset.plain, ruleset.composites, ruleset.levels, tuple(sources), ruleset.cancellers)
 
 
 def _read(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -213,6 +218,8 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
         cancels = []
     elif name in cancels:
         bad("cancels itself")
+    elif cancels and "expression" in spec:
+        bad("a composite cannot cancel (cancels apply before composites are evaluated)")
     if len(problems) > before:
         return None
     return Rule(name, description, float(score), tuple(conditions), expression, uses, escalate, tuple(examples),
@@ -238,4 +245,21 @@ def _assemble(rules: list[Rule], levels: dict[str, float], problems: list[str]) 
             ordered.append(rule)
             done.add(rule.name)
             del pending[rule.name]
-    return RuleSet(plain, tuple(ordered), levels)
+    return RuleSet(plain, tuple(ordered), levels, cancellers=_cancel_order(plain, problems))
+
+
+def _cancel_order(plain: tuple[Rule, ...], problems: list[str]) -> tuple[Rule, ...]:
+    """The rules with ``cancels``, each after every one that cancels it; a ring is a problem."""
+    pending = {rule.name: rule for rule in plain if rule.cancels}
+    ordered: list[Rule] = []
+    while pending:
+        ready = [rule for rule in pending.values()
+                 if not any(rule.name in other.cancels for other in pending.values())]
+        if not ready:
+            ring = ", ".join(sorted(pending))
+            problems.append(f"{next(iter(pending.values())).source}: rules cancel each other in a ring: {ring}")
+            break
+        for rule in ready:
+            ordered.append(rule)
+            del pending[rule.name]
+    return tuple(ordered)

@@ -1,10 +1,10 @@
 """Scoring: which rules fire on a context, their points, the total and the level.
 
-Plain rules are evaluated first, then composites in dependency order over the names that
-fired; then the rules that fired cancel what they name (``cancels``): a cancelled hit stays in
-the list with no points and no escalation, so the card still shows what the keyword saw and
-who overruled it. The verdict lists every hit with what it matched, the way ``rspamc``
-explains a message, and the highest escalation a counted hit asks for.
+Plain rules are evaluated first; those that fired cancel what they name (``cancels``, unless
+cancelled themselves); then composites in dependency order over the names that fired and were
+not cancelled. A cancelled hit stays in the list with no points and no escalation, so the card
+still shows what the keyword saw and who overruled it. The verdict lists every hit with what it
+matched, the way ``rspamc`` explains a message, and the highest escalation a counted hit asks for.
 """
 
 from __future__ import annotations
@@ -53,12 +53,17 @@ def evaluate(rules: RuleSet, context: Context) -> Verdict:
         else:
             hits.append((rule, " / ".join(matched)))
     fired = {rule.name for rule, _ in hits}
+    cancelled: dict[str, str] = {}
+    for rule in rules.cancellers:
+        if rule.name in fired and rule.name not in cancelled:
+            cancelled.update((name, rule.name) for name in rule.cancels if name not in cancelled)
+    counting = fired - set(cancelled)
     for rule in rules.composites:
         assert rule.expression is not None
-        if rule.expression(frozenset(fired)):
+        if rule.expression(frozenset(counting)):
             hits.append((rule, "composite"))
-            fired.add(rule.name)
-    cancelled = {name: rule.name for rule, _ in hits for name in rule.cancels}
+            if rule.name not in cancelled:
+                counting.add(rule.name)
     counted = [rule for rule, _ in hits if rule.name not in cancelled]
     escalate: str | None = None
     for rule in counted:
