@@ -340,6 +340,23 @@ def test_a_signature_is_not_new_text(body: str) -> None:
     assert parse(mail(body.encode())).new_text == "Every send bounces."
 
 
+@pytest.mark.parametrize("footer", [
+    "URGENT MATTERS: for urgent service issues please call the IT Service Desk on 0161 496 0900.\n\n"
+    "This email and any attachments are confidential and may be privileged. If you are not the intended\n"
+    "recipient, delete it. Acme Mutual does not accept liability for any loss arising from this email.",
+    "本メールは機密情報を含みます。誤って受信された場合は削除してください。",
+], ids=["en", "ja"])
+def test_a_legal_footer_under_the_mail_is_not_new_text(footer: str) -> None:
+    assert parse(mail(f"Could you tell us the pricing?\n\nKind regards,\nJane\n\n{footer}".encode())).new_text == \
+        "Could you tell us the pricing?\n\nKind regards,\nJane"
+
+
+@pytest.mark.parametrize("body", ["This is confidential and urgent: every list in our account is gone.",
+                                  "Every list is gone.\n\nPlease keep this confidential for now."])
+def test_a_mail_that_speaks_of_confidentiality_in_its_own_words_is_kept(body: str) -> None:
+    assert parse(mail(body.encode())).new_text == body
+
+
 def test_a_log_pasted_between_drawn_lines_stays_new_text_above_the_signature() -> None:
     body = "全件エラーです。\n----------\n550 5.7.26 unauthenticated\n----------\n株式会社ABC 山田\nTEL 03-1234-5678"
     assert parse(mail(body.encode())).new_text == "全件エラーです。\n----------\n550 5.7.26 unauthenticated"

@@ -8,7 +8,10 @@ far worse than keeping a footer:
 - phone and webmail footers ("Sent from my iPhone", 「iPhoneから送信」) on the last lines;
 - everything under the RFC 3676 delimiter "-- " (or "--"), when what follows is short;
 - a short block at the end, under a line drawn of one repeated character (━━━, -----, ＝＝＝),
-  that carries a phone number or a company's name: the Japanese business signature.
+  that carries a phone number or a company's name: the Japanese business signature;
+- before those, the last paragraphs when each is a legal footer (a confidentiality notice, "does
+  not accept liability", "authorised and regulated by") or the footer's "for urgent matters,
+  call …": a mail's own last paragraph says such things in other words.
 """
 
 from __future__ import annotations
@@ -43,11 +46,23 @@ _CONTACT_LABEL = re.compile(
     r"^(?:tel|phone|fax|mobile|cell|e-?mail|mail|url|web|site|address|住所|電話|携帯|ＴＥＬ|ＦＡＸ|メール|ＵＲＬ)",
     re.IGNORECASE)
 _SENTENCE = re.compile(r"[。？！?!]|です|ます|ください|please", re.IGNORECASE)
+_FOOTER = re.compile(
+    r"""\bintended\s+recipient
+      | \b(?:is|are|be|may\s+contain|contains?)\s+(?:strictly\s+)?(?:confidential|privileged)\b
+      | \b(?:accepts?|assumes?)\s+no\s+(?:responsibility|liability)
+      | \b(?:does|do)\s+not\s+accept\s+(?:any\s+)?(?:responsibility|liability)
+      | \bauthori[sz]ed\s+and\s+regulated | \bregistered\s+in\s+england
+      | (?:^|\n)\s*urgent\s+matters\s*:
+      | \bfor\s+urgent\s+(?:matters|service\s+issues|enquiries|inquiries),?\s+please\s+call
+      | 誤って(?:受信|送信|届|配信) | 機密情報を含 | 秘密情報を含 | 第三者への(?:開示|転送)
+      | (?:このメール|本メール)は送信専用""",
+    re.IGNORECASE | re.VERBOSE)
+_FOOTER_LINES = 12  # a longer paragraph is the mail, whatever it says
 
 
 def without_signature(text: str) -> str:
     """The text above its signature; the text unchanged when no signature is certain."""
-    lines = text.rstrip().splitlines()
+    lines = _without_footer(text.rstrip().splitlines())
     while lines and _MOBILE.match(lines[-1]):
         lines = _trimmed(lines[:-1])
     # From the last line up, the first delimiter or drawn line whose block below is a signature
@@ -64,6 +79,18 @@ def without_signature(text: str) -> str:
         if below > _MAX_LINES:
             break
     return "\n".join(lines)
+
+
+def _without_footer(lines: list[str]) -> list[str]:
+    """The lines above the legal footer's paragraphs at the end; a text of one paragraph is kept."""
+    while True:
+        end = len(_trimmed(lines))
+        start = end
+        while start and lines[start - 1].strip():
+            start -= 1
+        if not start or end - start > _FOOTER_LINES or not _FOOTER.search("\n".join(lines[start:end])):
+            return lines[:end]
+        lines = lines[:start]
 
 
 def _is_signature(block: list[str]) -> bool:
