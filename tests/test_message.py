@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailpipe.message import decode_header, parse, quotes
+from mailpipe.message import decode_header, parse, quotes, reply_subject
 from mailpipe.message.charsets import decode, decode_iso2022jp
 from mailpipe.message.signatures import without_signature
 
@@ -204,6 +204,12 @@ def test_the_copy_of_our_own_mail_a_bounce_returns_is_not_read_as_forwarded() ->
     assert "every customer" in parsed.text
 
 
+@pytest.mark.parametrize("subject", ["[EXTERNAL] RE: invoice", "[URGENT][#12] Re: invoice", "【外部】RE: 請求書",
+                                     "回复: invoice"])
+def test_a_reply_whose_subject_carries_tags_before_re_is_a_reply(subject: str) -> None:
+    assert reply_subject(subject)
+
+
 @pytest.mark.parametrize("reply", [
     "Still broken!\n\nOn Mon, 5 Jan 2026 at 10:00, Support <support@example.test> wrote:\n> We fixed it. Refund?",
     "Still broken!\n\n-----Original Message-----\nFrom: Support\nSent: Monday\n\nRefund?",
@@ -351,10 +357,21 @@ def test_a_legal_footer_under_the_mail_is_not_new_text(footer: str) -> None:
         "Could you tell us the pricing?\n\nKind regards,\nJane"
 
 
-@pytest.mark.parametrize("body", ["This is confidential and urgent: every list in our account is gone.",
-                                  "Every list is gone.\n\nPlease keep this confidential for now."])
-def test_a_mail_that_speaks_of_confidentiality_in_its_own_words_is_kept(body: str) -> None:
+@pytest.mark.parametrize("body", [
+    "This is confidential and urgent: every list in our account is gone.",
+    "Every list is gone.\n\nPlease keep this confidential for now.",
+    "Hi,\n\nYour system sends our password-reset mails to the wrong customers instead of the intended recipient.",
+    "お世話になっております。\n\n顧客情報を含むメールが誤って送信されました。至急対応してください。",
+    "お世話になっております。\n\n第三者への転送設定が勝手に追加されていました。乗っ取りの可能性があります。",
+], ids=["one-paragraph", "keep-confidential", "intended-recipient", "sent-in-error-ja", "forwarding-ja"])
+def test_a_mail_that_speaks_of_confidentiality_or_misdelivery_in_its_own_words_is_kept(body: str) -> None:
     assert parse(mail(body.encode())).new_text == body
+
+
+def test_a_mail_of_many_footer_paragraphs_is_read_in_one_walk_up() -> None:
+    """Hostile input: every paragraph a footer. Cutting one at a time by copying was quadratic."""
+    body = "hi\n\n" + "本メールは送信専用です。\n\n" * 100_000
+    assert without_signature(body).startswith("hi\n\n本メールは送信専用です。")
 
 
 def test_a_log_pasted_between_drawn_lines_stays_new_text_above_the_signature() -> None:

@@ -38,8 +38,12 @@ _SEPARATORS = re.compile(
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
 _FORWARD_MARKER = re.compile(r"Forwarded\s+message|Begin\s+forwarded|転送(?:された)?メッセージ", re.IGNORECASE)
 _FORWARD_SUBJECT = re.compile(r"^\s*(?:fw|fwd|wg|転送)\s*[:：]", re.IGNORECASE)
-REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fw|fwd|aw|wg|sv|vs|antw|返信|転送|ＲＥ|Ｒｅ)\s*(?:\[\d+\])?\s*[:：]\s*)+",
-                          re.IGNORECASE)
+# "Re:", "Fwd:" and their kind, after any tags a gateway or a desk put first ("[EXTERNAL] RE:",
+# "[URGENT][#12] Re:", 【外部】RE:).
+REPLY_PREFIX = re.compile(
+    r"^\s*(?:(?:\[[^\]\n]{1,30}\]|【[^】\n]{1,20}】)\s*)*"
+    r"(?:(?:re|fw|fwd|aw|wg|sv|vs|antw|回复|返信|転送|ＲＥ|Ｒｅ)\s*(?:\[\d+\])?\s*[:：]\s*)+",
+    re.IGNORECASE)
 _SUBJECT_FIELD = re.compile(r"^\s*(?:Subject|件名)\s*[:：][^\S\n]*(.*)$", re.IGNORECASE)
 _FORWARDED_FIELD = re.compile(
     r"^\s*(?:From|Sent|Date|To|Cc|Subject|Reply-To|差出人|送信者|送信日時|日付|日時|宛先|件名)\s*[:：]", re.IGNORECASE)

@@ -46,17 +46,20 @@ _CONTACT_LABEL = re.compile(
     r"^(?:tel|phone|fax|mobile|cell|e-?mail|mail|url|web|site|address|住所|電話|携帯|ＴＥＬ|ＦＡＸ|メール|ＵＲＬ)",
     re.IGNORECASE)
 _SENTENCE = re.compile(r"[。？！?!]|です|ます|ください|please", re.IGNORECASE)
+# Only a notice's own wording: customers write "sent to the wrong recipient", "our list is
+# confidential", 「誤って送信されました」 about the very problem they report.
 _FOOTER = re.compile(
-    r"""\bintended\s+recipient
-      | \b(?:is|are|be|may\s+contain|contains?)\s+(?:strictly\s+)?(?:confidential|privileged)\b
-      | \b(?:accepts?|assumes?)\s+no\s+(?:responsibility|liability)
-      | \b(?:does|do)\s+not\s+accept\s+(?:any\s+)?(?:responsibility|liability)
-      | \bauthori[sz]ed\s+and\s+regulated | \bregistered\s+in\s+england
+    r"""\bif\s+you\s+(?:are|were)\s+not\s+the\s+(?:intended|named|addressed)\s+recipient
+      | \bif\s+you\s+(?:have\s+)?received\s+(?:this|it)\b[^.]{0,40}\bin\s+error
+      | \b(?:accepts?|assumes?)\s+no\s+(?:responsibility|liability)\s+for
+      | \b(?:does|do)\s+not\s+accept\s+(?:any\s+)?(?:responsibility|liability)\s+for
+      | \bauthori[sz]ed\s+and\s+regulated\s+by | \bregistered\s+in\s+england\b
       | (?:^|\n)\s*urgent\s+matters\s*:
       | \bfor\s+urgent\s+(?:matters|service\s+issues|enquiries|inquiries),?\s+please\s+call
-      | 誤って(?:受信|送信|届|配信) | 機密情報を含 | 秘密情報を含 | 第三者への(?:開示|転送)
-      | (?:このメール|本メール)は送信専用""",
+      | 誤って[^。\n]{0,12}受信(?:された|した|なさった)(?:場合|方) | 機密情報が含まれ(?:ている|る)可能性
+      | (?:一切の|いかなる)?責任を負(?:いません|いかねます|わない) | (?:このメール|本メール)は送信専用""",
     re.IGNORECASE | re.VERBOSE)
+_FOOTER_PARAGRAPHS = 4  # the most a footer runs to; above them is the mail, whatever it says
 _FOOTER_LINES = 12  # a longer paragraph is the mail, whatever it says
 
 
@@ -82,15 +85,20 @@ def without_signature(text: str) -> str:
 
 
 def _without_footer(lines: list[str]) -> list[str]:
-    """The lines above the legal footer's paragraphs at the end; a text of one paragraph is kept."""
-    while True:
-        end = len(_trimmed(lines))
+    """The lines above the legal footer's paragraphs at the end; a text of one paragraph is kept.
+    Walks up a few paragraphs at most, by index: a hostile mail of many cost one pass."""
+    end = len(_trimmed(lines))
+    first = next((index for index, line in enumerate(lines) if line.strip()), end)
+    for _ in range(_FOOTER_PARAGRAPHS):
         start = end
-        while start and lines[start - 1].strip():
+        while start > first and lines[start - 1].strip():
             start -= 1
-        if not start or end - start > _FOOTER_LINES or not _FOOTER.search("\n".join(lines[start:end])):
-            return lines[:end]
-        lines = lines[:start]
+        if start <= first or end - start > _FOOTER_LINES or not _FOOTER.search("\n".join(lines[start:end])):
+            break
+        end = start
+        while end and not lines[end - 1].strip():
+            end -= 1
+    return lines[:end]
 
 
 def _is_signature(block: list[str]) -> bool:
