@@ -142,8 +142,6 @@ def _parse(raw: bytes) -> ParsedMessage:
     own = "\n\n".join(bodies.plain) if bodies.plain else "\n\n".join(html.to_text(m) for m in bodies.markup)
     text = "\n\n".join([own, *bodies.attached])[:_MAX_TEXT]
     first = {name: values[0] for name, values in headers.items()}
-    in_reply_to = tuple(_MESSAGE_IDS.findall(first.get("in-reply-to", "")))
-    references = tuple(_MESSAGE_IDS.findall(" ".join(headers.get("references", []))))
     subject = first.get("subject", "")
     sender_name, sender = next(iter(mailboxes([message.get("from", "")])), ("", ""))
     recipients = tuple(address for _, address in email.utils.getaddresses(
@@ -154,8 +152,8 @@ def _parse(raw: bytes) -> ParsedMessage:
         sender_name=decode_header(sender_name),
         recipients=recipients,
         message_id=next(iter(_MESSAGE_IDS.findall(first.get("message-id", ""))), ""),
-        in_reply_to=in_reply_to,
-        references=references,
+        in_reply_to=tuple(_MESSAGE_IDS.findall(first.get("in-reply-to", ""))),
+        references=tuple(_MESSAGE_IDS.findall(" ".join(headers.get("references", [])))),
         date=_date(first.get("date", ""), defects),
         headers={name: tuple(values) for name, values in headers.items()},
         text=text,

@@ -9,9 +9,10 @@ far worse than keeping a footer:
 - everything under the RFC 3676 delimiter "-- " (or "--"), when what follows is short;
 - a short block at the end, under a line drawn of one repeated character (━━━, -----, ＝＝＝),
   that carries a phone number or a company's name: the Japanese business signature;
-- before those, the last paragraphs when each is a legal footer (a confidentiality notice, "does
-  not accept liability", "authorised and regulated by") or the footer's "for urgent matters,
-  call …": a mail's own last paragraph says such things in other words.
+- before those, up to four last paragraphs when each is a legal footer in a notice's own words
+  ("if you are not the intended recipient", "does not accept liability for", 「誤って本メールを
+  受信された場合」) or the footer's "for urgent matters, please call …": a customer who writes
+  of misdelivery or confidentiality says it in other words, and keeps them.
 """
 
 from __future__ import annotations
