@@ -21,7 +21,7 @@ from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import corpus, rules
 from mailpipe.triage.context import Context
 from mailpipe.triage.learning import Learner
-from mailpipe.triage.model import Example, ModelError, UrgencyModel, features, new_classifier, train
+from mailpipe.triage.model import MAX_CHARS, Example, ModelError, UrgencyModel, clipped, features, new_classifier, train
 from mailpipe.triage.score import evaluate
 from mailpipe.triage.vocabulary import first_counts
 
@@ -134,6 +134,14 @@ def test_first_counts_are_a_counter_of_the_known_values_in_reading_order(values:
     expected = Counter(value for value in values if value >= 0)
     distinct, counts = first_counts(np.array(values, dtype=np.int64))
     assert list(zip(distinct.tolist(), counts.tolist(), strict=True)) == list(expected.items())
+
+
+def test_the_model_reads_the_start_and_the_end_of_a_long_mail() -> None:
+    log = "".join(f"550 5.7.1 <user{n}@example.jp>: Message rejected\n" for n in range(200))
+    text = f"Bounces\nHere is the log:\n{log}None of our 30,000 subscribers got anything since 9:00."
+    assert len(text) > MAX_CHARS
+    assert {"w:bounces", "w:subscribers"} <= set(features(text))
+    assert len(clipped(text)) == MAX_CHARS and clipped(clipped(text)) == clipped(text)
 
 
 def test_the_shipped_corpus_loads_with_every_level() -> None:

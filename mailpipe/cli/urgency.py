@@ -21,7 +21,7 @@ from mailpipe.deliver.headers import received
 from mailpipe.triage import corpus, evaluation
 from mailpipe.triage import load as triage_load
 from mailpipe.triage.conditions import LEVELS
-from mailpipe.triage.model import MAX_CHARS
+from mailpipe.triage.model import clipped
 
 # Scored as if on a Tuesday afternoon in Tokyo: business hours, so that rule stays quiet.
 _EVALUATED_AT = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
@@ -104,7 +104,7 @@ def _teach(files: list[Path], level: str, directory: Path) -> int:
     for path in files:
         parsed = received(path.read_bytes())
         entries.append(f"[[mail]]\nlevel = {_toml(level)}\nsubject = {_toml(parsed.subject)}\n"
-                       f"body = {_toml(parsed.read_text[:MAX_CHARS])}\nnote = {_toml(f'learned from {path.name}')}\n")
+                       f"body = {_toml(clipped(parsed.read_text))}\nnote = {_toml(f'learned from {path.name}')}\n")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / "learned.toml"
     with target.open("a", encoding="utf-8") as out:

@@ -39,7 +39,7 @@ from mailpipe.spool import Spool
 from mailpipe.store import TriageStore
 from mailpipe.triage.assign import assign, is_fallback
 from mailpipe.triage.context import document, triage_context
-from mailpipe.triage.model import MAX_CHARS, UrgencyModel
+from mailpipe.triage.model import UrgencyModel, clipped
 from mailpipe.triage.render import header_fields, incident_lines, triage_card
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
@@ -158,7 +158,7 @@ class Triage:
             score=verdict.score, rules=verdict.summary(), case_id=work.thread_case, decide=decide,
             escalated_to=verdict.escalate or "", at=work.message.entry.received_at, language=parsed.language,
             autoreply_window=self._autoreply_window(work),
-            document=document(parsed.subject, parsed.read_text, parsed.is_reply)[:MAX_CHARS],
+            document=clipped(document(parsed.subject, parsed.read_text, parsed.is_reply)),
             automatic=automatic(work))
         roles = {a.role: self._by_id.get(a.agent) for a in record.assignments}
         handler = roles.get("handler") or roles.get("owner") or self._by_id.get(record.case.owner)
