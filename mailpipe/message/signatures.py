@@ -87,7 +87,7 @@ def without_signature(text: str) -> str:
 
 def _without_footer(lines: list[str]) -> list[str]:
     """The lines above the legal footer's paragraphs at the end; a text of one paragraph is kept.
-    Walks up a few paragraphs at most, by index: a hostile mail of many cost one pass."""
+    Looks at a few paragraphs at most: a hostile mail of many costs a few passes, not one each."""
     end = len(_trimmed(lines))
     first = next((index for index, line in enumerate(lines) if line.strip()), end)
     for _ in range(_FOOTER_PARAGRAPHS):
@@ -96,9 +96,7 @@ def _without_footer(lines: list[str]) -> list[str]:
             start -= 1
         if start <= first or end - start > _FOOTER_LINES or not _FOOTER.search("\n".join(lines[start:end])):
             break
-        end = start
-        while end and not lines[end - 1].strip():
-            end -= 1
+        end = len(_trimmed(lines[:start]))
     return lines[:end]
 
 

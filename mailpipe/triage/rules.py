@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,35 +230,28 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
 def _assemble(rules: list[Rule], levels: dict[str, float], problems: list[str]) -> RuleSet:
     by_name = {rule.name: rule for rule in rules}
     plain = tuple(rule for rule in rules if rule.expression is None)
-    pending = {rule.name: rule for rule in rules if rule.expression is not None}
-    for rule in pending.values():
+    composite = [rule for rule in rules if rule.expression is not None]
+    for rule in composite:
         for missing in sorted(rule.uses - set(by_name)):
             problems.append(f"{rule.source}: rule {rule.name}: expression uses unknown (or disabled) rule {missing}")
-    ordered: list[Rule] = []
-    done = {rule.name for rule in plain}
-    while pending:
-        ready = [rule for rule in pending.values() if rule.uses <= done | (rule.uses - set(by_name))]
-        if not ready:
-            cycle = ", ".join(sorted(pending))
-            problems.append(f"{next(iter(pending.values())).source}: composite rules form a cycle: {cycle}")
-            break
-        for rule in ready:
-            ordered.append(rule)
-            done.add(rule.name)
-            del pending[rule.name]
-    return RuleSet(plain, tuple(ordered), levels, cancellers=_cancel_order(plain, problems))
+    composites = _in_dependency_order(composite, lambda rule, other: other.name in rule.uses,
+                                      "composite rules form a cycle", problems)
+    cancellers = _in_dependency_order([rule for rule in plain if rule.cancels],
+                                      lambda rule, other: rule.name in other.cancels,
+                                      "rules cancel each other in a ring", problems)
+    return RuleSet(plain, composites, levels, cancellers=cancellers)
 
 
-def _cancel_order(plain: tuple[Rule, ...], problems: list[str]) -> tuple[Rule, ...]:
-    """The rules with ``cancels``, each after every one that cancels it; a ring is a problem."""
-    pending = {rule.name: rule for rule in plain if rule.cancels}
+def _in_dependency_order(rules: Iterable[Rule], waits_for: Callable[[Rule, Rule], bool], ring: str,
+                         problems: list[str]) -> tuple[Rule, ...]:
+    """The rules, each after every one it ``waits_for`` (composites after the rules they use,
+    cancellers after the rules that cancel them); rules that wait for each other are a problem."""
+    pending = {rule.name: rule for rule in rules}
     ordered: list[Rule] = []
     while pending:
-        ready = [rule for rule in pending.values()
-                 if not any(rule.name in other.cancels for other in pending.values())]
+        ready = [rule for rule in pending.values() if not any(waits_for(rule, other) for other in pending.values())]
         if not ready:
-            ring = ", ".join(sorted(pending))
-            problems.append(f"{next(iter(pending.values())).source}: rules cancel each other in a ring: {ring}")
+            problems.append(f"{next(iter(pending.values())).source}: {ring}: {', '.join(sorted(pending))}")
             break
         for rule in ready:
             ordered.append(rule)
