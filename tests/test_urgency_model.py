@@ -4,12 +4,10 @@ the rule condition that turns its probabilities into points."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,12 +16,11 @@ from mailpipe import config as configuration
 from mailpipe.message import parse
 from mailpipe.metrics import Metrics
 from mailpipe.store.sqlite import SQLiteStore
-from mailpipe.triage import corpus, rules
+from mailpipe.triage import corpus, model, rules
 from mailpipe.triage.context import Context
 from mailpipe.triage.learning import Learner
 from mailpipe.triage.model import MAX_CHARS, Example, ModelError, UrgencyModel, clipped, features, new_classifier, train
 from mailpipe.triage.score import evaluate
-from mailpipe.triage.vocabulary import first_counts
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 
@@ -129,11 +126,23 @@ def test_a_term_that_is_both_an_ngram_and_a_word_counts_both() -> None:
 
 
 @settings(derandomize=True, deadline=None, max_examples=300, database=None)
-@given(st.lists(st.integers(min_value=-1, max_value=12), max_size=60))
-def test_first_counts_are_a_counter_of_the_known_values_in_reading_order(values: list[int]) -> None:
-    expected = Counter(value for value in values if value >= 0)
-    distinct, counts = first_counts(np.array(values, dtype=np.int64))
-    assert list(zip(distinct.tolist(), counts.tolist(), strict=True)) == list(expected.items())
+@given(_TEXTS)
+def test_the_vocabulary_counts_a_texts_known_terms_as_counting_its_features_would(small_model: UrgencyModel,
+                                                                                  text: str) -> None:
+    vocabulary, folded = small_model._vocabulary, model._folded(text)
+    columns, counts = vocabulary.counts(folded, model._WORD.findall(folded))
+    expected, expected_counts = vocabulary.counted(features(text))
+    assert dict(zip(columns.tolist(), counts.tolist(), strict=True)) == \
+        dict(zip(expected.tolist(), expected_counts.tolist(), strict=True))
+
+
+def test_a_vocabulary_too_large_for_numbers_predicts_as_the_numeric_one_does() -> None:
+    alphabet = [chr(0x4E00 + n) for n in range(6300)]  # more characters than five fit in 63 bits
+    examples = [(level, f"{text}{''.join(alphabet[n::4])}") for n, (level, text) in enumerate(SMALL)]
+    large = train([Example(text, level) for level, text in examples], rules.LEVELS)
+    assert not large._vocabulary.numeric
+    probe = f"{SMALL[0][1]} {''.join(alphabet[:200])} all our subscribers"
+    assert large.predict(probe).probabilities == pytest.approx(_scikit_learns(examples)(probe), abs=1e-12)
 
 
 def test_the_model_reads_the_start_and_the_end_of_a_long_mail() -> None:
