@@ -93,13 +93,6 @@ def test_a_message_too_long_for_the_event_loop_is_left_to_verify(cached_then_unr
     assert auth.verify_from_cache(long, "alice@example.test", "127.0.0.1", "mx", "alice@example.test") is None
 
 
-def test_a_message_with_a_pile_of_signatures_is_left_to_verify(cached_then_unreachable) -> None:
-    signed = sign(MESSAGE)
-    signature = signed[:signed.index(b"From:")]
-    piled = signature * auth.CACHED_CHECK_MAX_SIGNATURES + signed
-    assert auth.verify_from_cache(piled, "alice@example.test", "127.0.0.1", "mx", "alice@example.test") is None
-
-
 def test_without_a_cache_every_message_is_left_to_verify(resolver) -> None:
     assert auth.verify_from_cache(MESSAGE, "bob@example.org", "127.0.0.1", "mx", "bob@example.org") is None
 
