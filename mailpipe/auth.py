@@ -7,23 +7,15 @@ domain aligns with From (relaxed or strict, as the record says). DNS goes throug
 default resolver, which the daemon points at the configured nameservers. A DNS failure or
 timeout yields ``temperror``; verification never raises and never blocks mail: the verdict is
 an input to triage (a VIP whose DMARC fails is not trusted as a VIP), not a gate.
-
-A daemon sees the same senders all day, so most messages need no answer the cache does not
-hold. ``verify_from_cache`` runs the checks on the cached answers alone and gives up at the first
-one that would need the network: the caller then runs ``verify`` in a thread. Checking a message
-costs less than a tenth of a millisecond; handing it to a thread and back cost three times that.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 
 import dkim
 import dns.exception
-import dns.rcode
-import dns.rdatatype
 import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
@@ -34,8 +26,6 @@ _PSL = PublicSuffixList()
 _DNS_TIMEOUT = 5.0
 _CACHE_ENTRIES = 10_000
 _SIGNATURE = re.compile(rb"^dkim-signature:", re.IGNORECASE | re.MULTILINE)
-# A longer message's DKIM body hash and canonicalisation take too long for the event loop.
-CACHED_CHECK_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,51 +67,8 @@ def configure_resolver(nameservers: list[tuple[str, int]], *, cache: bool = Fals
         resolver = _resolver(nameservers)
     except dns.resolver.NoResolverConfiguration:
         return  # no resolv.conf: every lookup is a temperror, as it would be without us
-    resolver.cache = _Cache(_CACHE_ENTRIES) if cache else None
+    resolver.cache = dns.resolver.LRUCache(_CACHE_ENTRIES) if cache else None
     dns.resolver.default_resolver = resolver
-
-
-class NotCached(Exception):
-    """An answer ``verify_from_cache`` needed is not in the cache."""
-
-
-_from_cache = threading.local()  # .missed: None outside verify_from_cache, else whether it missed
-
-
-class _Cache(dns.resolver.LRUCache):
-    """dnspython's LRU cache that, within ``verify_from_cache`` on this thread, refuses a miss
-    rather than let the resolver ask the network. dnspython first asks for the name and type, then,
-    on a miss, for a cached NXDOMAIN of the name: a miss with that NXDOMAIN cached is no miss."""
-
-    def get(self, key: dns.resolver.CacheKey) -> dns.resolver.Answer | None:
-        answer = super().get(key)
-        if answer is None and getattr(_from_cache, "missed", None) is not None and not self._nxdomain(key):
-            _from_cache.missed = True  # pyspf and dkimpy may swallow the exception: remembered here too
-            raise NotCached(str(key[0]))
-        return answer
-
-    def _nxdomain(self, key: dns.resolver.CacheKey) -> bool:
-        name, rdtype, rdclass = key
-        if rdtype == dns.rdatatype.ANY:
-            return False
-        answer = super().get((name, dns.rdatatype.ANY, rdclass))
-        return answer is not None and answer.response.rcode() == dns.rcode.NXDOMAIN
-
-
-def verify_from_cache(raw: bytes, mail_from: str, client_ip: str, helo: str, from_address: str) -> Verdict | None:
-    """``verify`` on cached DNS answers alone, without a query or a wait: None when an answer
-    it needs is not cached, when the resolver keeps no cache, or for a message over
-    ``CACHED_CHECK_MAX_BYTES``."""
-    if len(raw) > CACHED_CHECK_MAX_BYTES or not isinstance(dns.resolver.get_default_resolver().cache, _Cache):
-        return None
-    _from_cache.missed = False
-    try:
-        verdict = verify(raw, mail_from, client_ip, helo, from_address)
-    except NotCached:
-        return None
-    finally:
-        missed, _from_cache.missed = _from_cache.missed, None
-    return None if missed else verdict
 
 
 def fresh_resolver() -> dns.resolver.Resolver:

@@ -62,41 +62,6 @@ def test_monitors_see_a_changed_record_at_once_past_the_cache(key_rotated_after_
         auth.fresh_resolver().resolve(f"{DKIM_SELECTOR}._domainkey.example.test", "TXT")
 
 
-@pytest.fixture
-def cached_then_unreachable():
-    """A cached resolver that checked a signed aligned message and a domain without records, and
-    whose DNS server has gone since: any query it makes now times out."""
-    server = Unbound(zones_for_tests())
-    previous = dns.resolver.default_resolver
-    auth.configure_resolver([("127.0.0.1", server.port)], cache=True)
-    checked = [(raw, sender, auth.verify(raw, sender, "127.0.0.1", "mx.example.test", sender)) for raw, sender in
-               ((sign(MESSAGE), "alice@example.test"), (MESSAGE, "bob@example.org"))]
-    server.stop()
-    yield checked
-    dns.resolver.default_resolver = previous
-
-
-def test_a_message_whose_answers_are_all_cached_is_verified_without_a_query(cached_then_unreachable) -> None:
-    for raw, sender, verdict in cached_then_unreachable:
-        assert auth.verify_from_cache(raw, sender, "127.0.0.1", "mx.example.test", sender) == verdict
-
-
-def test_a_message_needing_an_answer_not_cached_is_left_to_verify(cached_then_unreachable) -> None:
-    started = time.monotonic()
-    assert auth.verify_from_cache(SPOOFED, "ceo@bank.test", "127.0.0.1", "mx", "ceo@bank.test") is None
-    assert time.monotonic() - started < 1  # it asked no server: the one configured is gone
-
-
-def test_a_message_too_long_for_the_event_loop_is_left_to_verify(cached_then_unreachable) -> None:
-    long = sign(MESSAGE.replace(b"Hello.", b"Hello.\r\n" * 20_000))
-    assert len(long) > auth.CACHED_CHECK_MAX_BYTES
-    assert auth.verify_from_cache(long, "alice@example.test", "127.0.0.1", "mx", "alice@example.test") is None
-
-
-def test_without_a_cache_every_message_is_left_to_verify(resolver) -> None:
-    assert auth.verify_from_cache(MESSAGE, "bob@example.org", "127.0.0.1", "mx", "bob@example.org") is None
-
-
 def test_aligned_spf_and_dkim_pass_dmarc(resolver) -> None:
     verdict = auth.verify(sign(MESSAGE), "alice@example.test", "127.0.0.1", "mx.example.test", "alice@example.test")
     assert (verdict.spf, verdict.dkim, verdict.dmarc) == ("pass", (("pass", "example.test"),), "pass")
