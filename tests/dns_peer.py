@@ -94,10 +94,11 @@ def without_dkim(zones: dict[str, list[str]], domain: str = "example.test") -> d
     return {**zones, domain: [r for r in zones[domain] if "._domainkey" not in r]}
 
 
-def sign(message: bytes, domain: str = "example.test") -> bytes:
+def sign(message: bytes, domain: str = "example.test",
+         canonicalize: tuple[bytes, bytes] = (b"relaxed", b"simple")) -> bytes:
     """``message`` with a DKIM signature of ``domain`` made with the key the test zone publishes."""
     return dkim.sign(message, DKIM_SELECTOR.encode(), domain.encode(), _KEY[0],
-                     include_headers=[b"from", b"to", b"subject", b"message-id"]) + message
+                     include_headers=[b"from", b"to", b"subject", b"message-id"], canonicalize=canonicalize) + message
 
 
 def txt(value: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import smtplib
 import socket
 import subprocess
@@ -12,8 +14,10 @@ from email.header import decode_header, make_header
 
 import dns.resolver
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mailpipe import auth
+from mailpipe import auth, dkim_limits
 from mailpipe import config as configuration
 from mailpipe.data import shipped
 from mailpipe.deliver.maildir import MaildirDeliverer
@@ -81,6 +85,37 @@ def test_a_tampered_body_fails_dkim(resolver) -> None:
     verdict = auth.verify(tampered, "", "127.0.0.2", "mx", "alice@example.test")
     assert verdict.dkim == (("fail", "example.test"),)
     assert verdict.dmarc == "fail"
+
+
+def test_a_relaxed_body_with_long_runs_of_blanks_verifies_in_one_pass(resolver) -> None:
+    blanks = b" \t" * 100_000  # dkimpy's own regex would backtrack over each run: minutes
+    body = b"x" + blanks + b"x\r\ntrailing" + blanks + b"\r\n" + blanks
+    signed = sign(MESSAGE.replace(b"Hello.\r\n", body), canonicalize=(b"relaxed", b"relaxed"))
+    started = time.monotonic()
+    verdict = auth.verify(signed, "alice@example.test", "127.0.0.1", "mx", "alice@example.test")
+    assert verdict.dkim == (("pass", "example.test"),)
+    assert time.monotonic() - started < 30
+
+
+@settings(derandomize=True, max_examples=500, database=None)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r", b"\n", b"\r\n", b"a", b" \r\n", b"\t\r\n"]),
+                max_size=40).map(b"".join))
+def test_linear_blank_stripping_gives_what_dkimpys_regex_gives(body: bytes) -> None:
+    assert dkim_limits.strip_trailing_whitespace(body) == re.sub(b"[\t ]+\r\n", b"\r\n", body)
+
+
+def test_only_the_first_signatures_of_a_message_are_tried(resolver) -> None:
+    signed = sign(MESSAGE)
+    signature = signed[:signed.index(b"From:")]
+    verdict = auth.verify(signature * 20 + signed, "alice@example.test", "127.0.0.1", "mx", "alice@example.test")
+    assert verdict.dkim == (("pass", "example.test"),) * auth.MAX_DKIM_SIGNATURES
+
+
+@pytest.mark.parametrize("bits", [("modulus", 8192), ("publicExponent", 4096)])
+def test_a_key_longer_than_any_signer_uses_does_not_verify(bits: tuple[str, int]) -> None:
+    key = {"modulus": (1 << 2047) + 1, "publicExponent": 65537}
+    key[bits[0]] = (1 << (bits[1] - 1)) + 1
+    assert dkim_limits.rsa_verify(hashlib.sha256(b"m"), b"\x01" * 256, key) is False
 
 
 def test_a_spoofed_from_fails_spf_and_dmarc_with_the_published_policy(resolver) -> None:

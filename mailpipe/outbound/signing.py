@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy
 
+from mailpipe import dkim_limits  # noqa: F401  (dkimpy's body canonicalisation in linear time)
 from mailpipe.keys import PrivateKey, SigningKey
 
 _SIGNED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to", b"references",
