@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,17 @@ from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import corpus, model, rules
 from mailpipe.triage.context import Context
 from mailpipe.triage.learning import Learner
-from mailpipe.triage.model import MAX_CHARS, Example, ModelError, UrgencyModel, clipped, features, new_classifier, train
+from mailpipe.triage.model import (
+    MAX_CHARS,
+    Example,
+    ModelError,
+    Prediction,
+    UrgencyModel,
+    clipped,
+    features,
+    new_classifier,
+    train,
+)
 from mailpipe.triage.score import evaluate
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
@@ -69,6 +80,13 @@ def test_the_model_names_the_ngrams_that_weighed_most_towards_a_level(small_mode
 def test_japanese_reasons_are_pieces_of_the_text_without_a_tokenizer(small_model: UrgencyModel) -> None:
     reasons = small_model.predict("リストが全て消えてしまいました").reasons(["critical"])
     assert reasons and all(reason in "リストが全て消えてしまいました" for reason in reasons)
+
+
+def test_of_ngrams_that_weigh_the_same_the_longest_explains() -> None:
+    terms = ["につい", "について", "xyz"]
+    prediction = Prediction({"critical": 1.0}, np.arange(3), np.array([1.0, 1.0, 0.5]), np.ones((3, 1)), terms,
+                            np.ones(3, dtype=bool), np.array([len(term) for term in terms]))
+    assert prediction.reasons(["critical"], 2) == ["について", "xyz"]
 
 
 def test_text_with_no_known_ngram_falls_back_to_the_prior(small_model: UrgencyModel) -> None:

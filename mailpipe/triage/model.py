@@ -104,6 +104,7 @@ class Prediction:
     _coefficients: np.ndarray  # terms × levels: each term's coefficient for each level
     _vocabulary: Sequence[str]  # the model's terms by column: a term becomes text only to explain
     _telling: np.ndarray  # by column, whether the term may explain a verdict (``_TELLING``)
+    _lengths: np.ndarray  # by column, the term's length
     # Several rules may ask for the same explanation (critical at 0.35 and at 0.5): made once.
     _reasons: dict[tuple[tuple[str, ...], int], list[str]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -123,16 +124,19 @@ class Prediction:
 
     def _explain(self, levels: Sequence[str], count: int) -> list[str]:
         rows = [i for i, level in enumerate(self.probabilities) if level in levels]
-        if not rows or not len(self._columns):
+        if not rows or not len(self._columns) or count < 1:
             return []
         weight = self._coefficients[:, rows].sum(axis=1) * self._weights
         weight[~self._telling[self._columns]] = 0.0
         candidates = np.flatnonzero(weight > 0)
-        # The strongest few dozen terms are enough to find ``count`` telling ones: no full sort.
+        # The strongest few dozen terms are enough to find ``count`` that do not overlap: no full sort.
         if len(candidates) > _CANDIDATES:
             candidates = candidates[np.argpartition(-weight[candidates], _CANDIDATES - 1)[:_CANDIDATES]]
+        # N-grams that always occur together weigh the same: the longest of them says the most.
+        columns = self._columns[candidates]
+        ranked = columns[np.lexsort((-self._lengths[columns], -weight[candidates]))]
         chosen: list[str] = []
-        for column in self._columns[candidates[np.argsort(-weight[candidates], kind="stable")]].tolist():
+        for column in ranked.tolist():
             term = self._vocabulary[column].removeprefix(_WORD_PREFIX).strip()
             if not any(term in kept or kept in term for kept in chosen):
                 chosen.append(term)
@@ -151,6 +155,7 @@ class UrgencyModel:
         self._vocabulary = Vocabulary(vocabulary, _CHAR_SIZES, _WORD_PREFIX)
         self._telling = np.fromiter((bool(_TELLING.search(term)) for term in self._vocabulary.terms), dtype=bool,
                                     count=len(vocabulary))
+        self._lengths = np.fromiter(map(len, self._vocabulary.terms), dtype=np.int64, count=len(vocabulary))
         # By column, the idf and then each level's coefficient: what a term needs is in one row.
         self._by_term = np.column_stack([idf, coef.T])
         self._intercept: list[float] = intercept.tolist()
@@ -171,7 +176,8 @@ class UrgencyModel:
         coefficients = by_term[:, 1:]
         scores = (weights @ coefficients).tolist()
         return Prediction(_softmax([b + s for b, s in zip(self._intercept, scores, strict=True)], self.levels),
-                          columns, weights, coefficients, self._vocabulary.terms, self._telling)
+                          columns, weights, coefficients, self._vocabulary.terms, self._telling,
+                          self._lengths)
 
 
 def train(examples: Sequence[Example], levels: Sequence[str], c: float = DEFAULT_C) -> UrgencyModel:
