@@ -171,6 +171,11 @@ def test_the_model_reads_the_start_and_the_end_of_a_long_mail() -> None:
     assert len(clipped(text)) == MAX_CHARS and clipped(clipped(text)) == clipped(text)
 
 
+def test_a_text_that_folding_lengthens_is_read_clipped_still() -> None:
+    ligatures = "ﷺ" * MAX_CHARS  # NFKC makes each one eighteen characters
+    assert len(model._folded(ligatures)) == MAX_CHARS
+
+
 def test_the_shipped_corpus_loads_with_every_level() -> None:
     from mailpipe.data import shipped
 

@@ -90,8 +90,9 @@ def clipped(text: str) -> str:
 
 
 def _folded(text: str) -> str:
-    """The text the features are taken from: ``clipped``, folded, whitespace runs one space."""
-    return " ".join(fold(clipped(text)).split())
+    """The text the features are taken from: ``clipped``, folded, whitespace runs one space, and
+    clipped again, since folding may lengthen it (NFKC makes "ﷺ" eighteen characters)."""
+    return clipped(" ".join(fold(clipped(text)).split()))
 
 
 @dataclass(frozen=True)
