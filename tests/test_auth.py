@@ -111,6 +111,14 @@ def test_only_the_first_signatures_of_a_message_are_tried(resolver) -> None:
     assert verdict.dkim == (("pass", "example.test"),) * auth.MAX_DKIM_SIGNATURES
 
 
+def test_a_signature_naming_thousands_of_fields_is_a_permerror_untried(resolver) -> None:
+    names = b":".join(b"x-field-%d" % n for n in range(3000))
+    head, body = sign(MESSAGE).replace(b" h=", b" h=" + names + b":", 1).split(b"\r\n\r\n", 1)
+    hostile = head + b"".join(b"\r\nX-F: %d" % n for n in range(6000)) + b"\r\n\r\n" + body
+    verdict = auth.verify(hostile, "alice@example.test", "127.0.0.1", "mx", "alice@example.test")
+    assert verdict.dkim == (("permerror", "example.test"),)
+
+
 @pytest.mark.parametrize("bits", [("modulus", 8192), ("publicExponent", 4096)])
 def test_a_key_longer_than_any_signer_uses_does_not_verify(bits: tuple[str, int]) -> None:
     key = {"modulus": (1 << 2047) + 1, "publicExponent": 65537}
