@@ -180,6 +180,7 @@ class Worker:
         self._acks: list[tuple[str, asyncio.Future[None]]] = []  # handed on, to leave the spool
         self._ack_timer: asyncio.TimerHandle | None = None  # writes ``_acks`` when no claim came
         self._waiting_for_mail = False  # not for a slot: no claim comes until mail arrives
+        self._acking: set[asyncio.Task[None]] = set()  # acknowledgements in commits of their own
         self._busy = 0  # messages in their stages or hand-off: the slots taken
         self.faults: dict[str, str] = {}  # "spool", "store", "disk": what failed last, until it works again
 
@@ -262,7 +263,7 @@ class Worker:
 
     def _commit_acks(self, acks: list[tuple[str, asyncio.Future[None]]]) -> None:
         """Writes ``acks`` in a commit of their own, again while the spool fails (``_write``),
-        in a task that ``stop`` waits for as for a message's."""
+        in a task that ``stop`` waits for to the end, never cancels."""
         if not acks:
             return
         qids = [qid for qid, _ in acks]
@@ -272,8 +273,8 @@ class Worker:
             _settle(acks)
 
         task = asyncio.create_task(commit())
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
 
     async def _write(self, operation: Callable[[], Awaitable[None]]) -> None:
         """Writes a message's outcome to the spool, again and again while the spool fails; at
@@ -308,6 +309,12 @@ class Worker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Acknowledgements still waiting (their message's task was cancelled meanwhile) are written
+        # now, not by a timer after the spool closed; each commit is tried once, as ``_write`` does
+        # at shutdown (left claimed if it fails: the next start hands the message off again).
+        self._ack_now()
+        if self._acking:
+            await asyncio.wait(set(self._acking))
 
     def _free_slot(self) -> None:
         self._busy -= 1

@@ -301,6 +301,35 @@ def test_a_delivered_message_leaves_the_spool_soon_while_every_slot_is_busy(tmp_
     assert left == []
 
 
+def test_a_stop_that_cancels_hand_offs_still_writes_the_acknowledgements_waiting_for_a_claim(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], list[spool_ops.Entry]]:
+        spool = Spool(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=2, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+
+        async def hand_off(work: Work) -> None:
+            if b"slow" in work.message.data:
+                await asyncio.Event().wait()
+
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), Metrics())
+        qids = [await spool.enqueue(ENVELOPE, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+                for subject in ("slow", "fast", "fast", "slow")]
+        runner = asyncio.create_task(worker.run())
+        for _ in range(1000):
+            if worker._acks:  # the third message waits for a claim that will not come
+                break
+            await asyncio.sleep(0.001)
+        await worker.stop(0)
+        runner.cancel()
+        operator = spool_ops.connect(spool.path)
+        left = spool_ops.entries(operator)
+        operator.close()
+        spool.close()
+        return qids, left
+
+    qids, left = asyncio.run(scenario())
+    assert sorted(entry.id for entry in left) == sorted([qids[0], qids[3]])
+
+
 def through_one_message(tmp_path: Path, route: Route[Work]) -> list[spool_ops.Entry]:
     """One message through a worker on ``route``: the spool's entries once it has left the
     queue or been deferred."""
