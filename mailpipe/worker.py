@@ -221,6 +221,8 @@ class Worker:
         waiters = [asyncio.ensure_future(self._stopping.wait())]
         waiters.append(asyncio.ensure_future(
             self._spool.arrival(self.name).wait() if have_slots else self._slot_free.wait()))
+        if have_slots:  # no claim comes until mail arrives: acknowledgements waiting for one go now
+            self._ack_now()
         self._waiting_for_mail = have_slots
         try:
             await asyncio.wait(waiters, timeout=_IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
