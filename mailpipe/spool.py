@@ -36,7 +36,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,9 +326,18 @@ class Spool:
         (a repeat after a crash) keeps the one already there."""
         await self.replace("", [(queue_id, envelope, data)])
 
-    async def claim(self, limit: int, listener: str | None = None) -> list[Message]:
+    async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+        """Up to ``limit`` messages due now; ``done`` (messages already handed on) leave the spool
+        in the same commit, so a busy worker's acknowledgements cost no commit of their own."""
         now = self._clock()
-        return await self._committer.submit(lambda conn: claim(conn, limit, now, listener))
+        done = list(done)  # as in replace: an operation may run twice
+
+        def operation(conn: sqlite3.Connection) -> list[Message]:
+            for qid in done:
+                remove(conn, qid)
+            return claim(conn, limit, now, listener)
+
+        return await self._committer.submit(operation)
 
     async def replace(self, qid: str, successors: Iterable[tuple[str, Envelope, bytes]]) -> None:
         """``qid`` leaves this queue and ``successors`` enter the next, in one commit."""
@@ -346,8 +355,9 @@ class Spool:
     async def hold(self, qid: str, reason: str) -> None:
         await self._committer.submit(lambda conn: hold_active(conn, qid, reason))
 
-    async def ack(self, qid: str) -> None:
-        await self._committer.submit(lambda conn: remove(conn, qid))
+    async def ack(self, *qids: str) -> None:
+        """Each of ``qids`` leaves the spool, all in one commit."""
+        await self._committer.submit(lambda conn: [remove(conn, qid) for qid in qids])
 
     async def defer(self, qid: str, reason: str, delay: float, *, stage_failure: bool = False) -> None:
         when = self._clock() + delay

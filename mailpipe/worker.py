@@ -23,7 +23,12 @@ goes to the route's executor as one call (the store-side work of a message is on
 not one per stage), each stage still timed on its own.
 The worker claims as many messages as it has slots whenever it has run out of claimed ones,
 and starts each as a slot frees, so a busy queue costs one claim (one spool commit) per slot
-count of messages rather than one per message.
+count of messages rather than one per message. The removal of a delivered (or consumed) message
+rides in that claim's commit, or in a commit of its own when no claim comes within
+``_ACK_DELAY``: an acknowledgement of its own per message was 0.65 spool commits (each an fsync
+and two thread wake-ups) per message in bench/drain.py. A message is removed only after its
+hand-off returned, as before; a crash before its removal is committed hands it off again, which
+the hand-off must tolerate (``Route``) as it must after a crash just before an acknowledgement.
 A shutdown leaves unfinished messages claimed (those waiting for a slot too); the next start
 puts them back in the queue.
 """
@@ -64,6 +69,11 @@ _IDLE_POLL = 1.0  # picks up `queue flush/release` from the CLI and deferred mes
 _SPOOL_RETRY_FIRST, _SPOOL_RETRY_MAX = 0.5, 10.0  # backoff while the spool cannot be written
 _STORAGE_RETRY_MAX = 60.0  # mail deferred by a storage fault goes on within a minute of its end
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+# How long a delivered message may wait for the next claim to take it out of the spool. It bounds
+# the wait where no claim comes (every slot busy with a slow hand-off) and keeps the window in
+# which a crash makes a hand-off run again to a few tens of milliseconds, as a commit queued
+# behind others already does.
+_ACK_DELAY = 0.05
 
 W = TypeVar("W")
 
@@ -138,6 +148,14 @@ async def run_stages(stages: Sequence[tuple[str, Stage[W]]], work: W, executor: 
     return work
 
 
+def _settle(acks: list[tuple[str, asyncio.Future[None]]]) -> None:
+    """The messages of ``acks`` left the spool (or, at shutdown, are left claimed for the next
+    start): their ``_process`` goes on."""
+    for _, done in acks:
+        if not done.done():
+            done.set_result(None)
+
+
 def _in_order(stages: Sequence[tuple[str, InThread[W]]], work: W, observe: Callable[[str, float], None],
               current: list[str]) -> W:
     """Consecutive ``InThread`` stages, in the executor's thread, one after another."""
@@ -159,6 +177,10 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._claimed: deque[Message] = deque()  # claimed ahead, waiting for a free slot
+        self._acks: list[tuple[str, asyncio.Future[None]]] = []  # handed on, to leave the spool
+        self._ack_timer: asyncio.TimerHandle | None = None  # writes ``_acks`` when no claim came
+        self._waiting_for_mail = False  # not for a slot: no claim comes until mail arrives
+        self._acking: set[asyncio.Task[None]] = set()  # acknowledgements in commits of their own
         self._busy = 0  # messages in their stages or hand-off: the slots taken
         self.faults: dict[str, str] = {}  # "spool", "store", "disk": what failed last, until it works again
 
@@ -171,12 +193,16 @@ class Worker:
             free = self.route.settings.workers - self._busy
             if free > 0 and not self._claimed:
                 # A whole slot count at once, not one claim (one spool commit) per freed slot.
+                acks = self._take_acks()
                 try:
-                    self._claimed.extend(await self._spool.claim(self.route.settings.workers, self.name))
+                    self._claimed.extend(await self._spool.claim(self.route.settings.workers, self.name,
+                                                                 [qid for qid, _ in acks]))
                 except sqlite3.Error as exc:
+                    self._commit_acks(acks)
                     failures += 1
                     await self._spool_failed(exc, failures)
                     continue
+                _settle(acks)
                 if failures:
                     log.warning("spool readable again", extra={"queue": self.name})
                 failures = 0
@@ -195,7 +221,13 @@ class Worker:
         waiters = [asyncio.ensure_future(self._stopping.wait())]
         waiters.append(asyncio.ensure_future(
             self._spool.arrival(self.name).wait() if have_slots else self._slot_free.wait()))
-        await asyncio.wait(waiters, timeout=_IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+        if have_slots:  # no claim comes until mail arrives: acknowledgements waiting for one go now
+            self._ack_now()
+        self._waiting_for_mail = have_slots
+        try:
+            await asyncio.wait(waiters, timeout=_IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting_for_mail = False
         for waiter in waiters:
             waiter.cancel()
 
@@ -207,6 +239,44 @@ class Worker:
         delay = min(_SPOOL_RETRY_MAX, _SPOOL_RETRY_FIRST * 2 ** min(failures - 1, 10))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _acknowledge(self, qid: str) -> asyncio.Future[None]:
+        """Done once ``qid``, handed on, has left the spool: with the next claim where one is on
+        its way (claimed messages wait for slots, or the worker waits for a slot to claim), else
+        at once; after ``_ACK_DELAY`` at the latest, in a commit of its own (with every other
+        acknowledgement waiting then)."""
+        done = asyncio.get_running_loop().create_future()
+        self._acks.append((qid, done))
+        if self._waiting_for_mail and not self._claimed:
+            self._ack_now()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(_ACK_DELAY, self._ack_now)
+        return done
+
+    def _take_acks(self) -> list[tuple[str, asyncio.Future[None]]]:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        acks, self._acks = self._acks, []
+        return acks
+
+    def _ack_now(self) -> None:
+        self._commit_acks(self._take_acks())
+
+    def _commit_acks(self, acks: list[tuple[str, asyncio.Future[None]]]) -> None:
+        """Writes ``acks`` in a commit of their own, again while the spool fails (``_write``),
+        in a task that ``stop`` waits for to the end, never cancels."""
+        if not acks:
+            return
+        qids = [qid for qid, _ in acks]
+
+        async def commit() -> None:
+            await self._write(lambda: self._spool.ack(*qids))
+            _settle(acks)
+
+        task = asyncio.create_task(commit())
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
 
     async def _write(self, operation: Callable[[], Awaitable[None]]) -> None:
         """Writes a message's outcome to the spool, again and again while the spool fails; at
@@ -234,12 +304,19 @@ class Worker:
     async def stop(self, timeout: float) -> None:
         """Claim nothing more; give hand-offs in flight ``timeout`` seconds to finish."""
         self._stopping.set()
+        self._ack_now()  # no claim will take them
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Acknowledgements still waiting (their message's task was cancelled meanwhile) are written
+        # now, not by a timer after the spool closed; each commit is tried once, as ``_write`` does
+        # at shutdown (left claimed if it fails: the next start hands the message off again).
+        self._ack_now()
+        if self._acking:
+            await asyncio.wait(set(self._acking))
 
     def _free_slot(self) -> None:
         self._busy -= 1
@@ -273,7 +350,7 @@ class Worker:
             await self._spool.ack(message.id)
             self._metrics.handoffs.labels(self.name, "refused").inc()
         except Consumed as exc:
-            await self._write(lambda: self._spool.ack(message.id))
+            await self._acknowledge(message.id)
             self._metrics.handoffs.labels(self.name, "consumed").inc()
             log.info("consumed", extra={"queue_id": message.id, "by": str(exc)})
             self._storage_works()
@@ -298,7 +375,7 @@ class Worker:
                 await self._storage_failed(message, route.settings, current[0], fault, exc)
         else:
             if not route.moves_on:
-                await self._write(lambda: self._spool.ack(message.id))
+                await self._acknowledge(message.id)
             route.delivered(work)
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,9 +175,9 @@ def test_a_hand_off_that_moves_the_message_on_is_not_followed_by_an_acknowledgem
     acknowledged: list[str] = []
 
     class Recording(Spool):
-        async def ack(self, qid: str) -> None:
-            acknowledged.append(qid)
-            await super().ack(qid)
+        async def ack(self, *qids: str) -> None:
+            acknowledged.extend(qids)
+            await super().ack(*qids)
 
     async def scenario() -> list[spool_ops.Entry]:
         spool = Recording(tmp_path / "outbound.sqlite")
@@ -229,6 +229,105 @@ def test_a_hand_off_that_moves_the_message_on_awaits_its_commit_with_the_slot_fr
 
     entries = asyncio.run(scenario())
     assert [entry.envelope.listener for entry in entries] == ["outbound", "outbound"]
+
+
+class Acks(Spool):
+    """Records how delivered messages leave the spool: with a claim or in an ack of their own."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.with_claims: list[list[str]] = []
+        self.own: list[list[str]] = []
+
+    async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+        if done:
+            self.with_claims.append(list(done))
+        return await super().claim(limit, listener, done)
+
+    async def ack(self, *qids: str) -> None:
+        self.own.append(list(qids))
+        await super().ack(*qids)
+
+
+def test_delivered_messages_leave_the_spool_in_the_commit_of_the_next_claim(tmp_path: Path) -> None:
+    async def scenario() -> tuple[Acks, list[str], list[spool_ops.Entry]]:
+        spool = Acks(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=4, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+
+        async def hand_off(work: Work) -> None:
+            await asyncio.sleep(0)
+
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), Metrics())
+        qids = [await spool.enqueue(ENVELOPE, f"Subject: {n}\r\n\r\nbody\r\n".encode()) for n in range(12)]
+        runner = asyncio.create_task(worker.run())
+        return spool, qids, await settled(worker, runner, spool, lambda entries: not entries)
+
+    spool, qids, left = asyncio.run(scenario())
+    assert left == []
+    removals = spool.with_claims + spool.own
+    assert sorted(qid for qids_ in removals for qid in qids_) == sorted(qids)
+    assert spool.with_claims and len(removals) < len(qids)
+
+
+def test_a_delivered_message_leaves_the_spool_soon_while_every_slot_is_busy(tmp_path: Path) -> None:
+    """No claim comes while both slots wait on slow hand-offs: the message delivered meanwhile
+    leaves the spool in a commit of its own, within the worker's ack delay."""
+    async def scenario() -> tuple[list[str], list[spool_ops.Entry], list[spool_ops.Entry]]:
+        spool = Spool(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=2, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+        release = asyncio.Event()
+
+        async def hand_off(work: Work) -> None:
+            if b"slow" in work.message.data:
+                await release.wait()
+
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), Metrics())
+        qids = [await spool.enqueue(ENVELOPE, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+                for subject in ("slow", "fast", "fast", "slow")]
+        runner = asyncio.create_task(worker.run())
+        operator = spool_ops.connect(spool.path)
+        for _ in range(100):
+            waiting = spool_ops.entries(operator)
+            if len(waiting) == 2:
+                break
+            await asyncio.sleep(0.01)
+        operator.close()
+        release.set()
+        return qids, waiting, await settled(worker, runner, spool, lambda entries: not entries)
+
+    qids, waiting, left = asyncio.run(scenario())
+    assert sorted(entry.id for entry in waiting) == sorted([qids[0], qids[3]])
+    assert {entry.state for entry in waiting} == {"active"}
+    assert left == []
+
+
+def test_a_stop_that_cancels_hand_offs_still_writes_the_acknowledgements_waiting_for_a_claim(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], list[spool_ops.Entry]]:
+        spool = Spool(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=2, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+
+        async def hand_off(work: Work) -> None:
+            if b"slow" in work.message.data:
+                await asyncio.Event().wait()
+
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), Metrics())
+        qids = [await spool.enqueue(ENVELOPE, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+                for subject in ("slow", "fast", "fast", "slow")]
+        runner = asyncio.create_task(worker.run())
+        for _ in range(1000):
+            if worker._acks:  # the third message waits for a claim that will not come
+                break
+            await asyncio.sleep(0.001)
+        await worker.stop(0)
+        runner.cancel()
+        operator = spool_ops.connect(spool.path)
+        left = spool_ops.entries(operator)
+        operator.close()
+        spool.close()
+        return qids, left
+
+    qids, left = asyncio.run(scenario())
+    assert sorted(entry.id for entry in left) == sorted([qids[0], qids[3]])
 
 
 def through_one_message(tmp_path: Path, route: Route[Work]) -> list[spool_ops.Entry]:
