@@ -128,7 +128,8 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
                        Fates(store, metrics), sent=store)
     sending = config.outbound.spool(config.spool.max_stage_failures)
     inbound: Route[Work] = Route(Work, triage.stages, triage.hand_off, config.spool, to_mailbox.method, triage.count,
-                                 triage.summary, executor=triage.executor)
+                                 triage.summary, executor=triage.executor,
+                                 exactly_once=isinstance(to_mailbox, MaildirDeliverer))
     submitted: Route[ReplyWork] = Route(ReplyWork, replies.stages, replies.hand_off, config.spool, OUTBOUND.name,
                                         summary=replies.summary, event="queued for sending", moves_on=True)
     outgoing: Route[Message] = Route(_itself, (), sender.hand_off, sending, "smtp", summary=sender.summary,

@@ -23,12 +23,13 @@ goes to the route's executor as one call (the store-side work of a message is on
 not one per stage), each stage still timed on its own.
 The worker claims as many messages as it has slots whenever it has run out of claimed ones,
 and starts each as a slot frees, so a busy queue costs one claim (one spool commit) per slot
-count of messages rather than one per message. The removal of a delivered (or consumed) message
-rides in that claim's commit, or in a commit of its own when no claim comes within
-``_ACK_DELAY``: an acknowledgement of its own per message was 0.65 spool commits (each an fsync
-and two thread wake-ups) per message in bench/drain.py. A message is removed only after its
-hand-off returned, as before; a crash before its removal is committed hands it off again, which
-the hand-off must tolerate (``Route``) as it must after a crash just before an acknowledgement.
+count of messages rather than one per message. Where the hand-off delivers exactly once
+(``Route.exactly_once``: Maildir), the removal of a delivered message rides in that claim's
+commit, or in a commit of its own when no claim comes within ``_ACK_DELAY``: an acknowledgement
+of its own per message was 0.65 spool commits (each an fsync and two thread wake-ups) per
+message in bench/drain.py. A message is removed only after its hand-off returned, as before; a
+crash before its removal is committed hands it off again, and the hand-off delivers nothing
+twice.
 A shutdown leaves unfinished messages claimed (those waiting for a slot too); the next start
 puts them back in the queue.
 """
@@ -123,6 +124,11 @@ class Route(Generic[W]):
     # deletes nothing. That commit is the hand-off's only work, so it is awaited with the slot
     # free, as any other queue's outcome is.
     moves_on: bool = False
+    # A hand-off done twice delivers once (Maildir's file named by queue id), so its message may
+    # wait for the next claim to leave the spool. Not for SMTP or LMTP (the agents' server, a
+    # customer's): a crash between hand-off and acknowledgement delivers again, and that window
+    # stays one commit long.
+    exactly_once: bool = False
     # Where ``InThread`` stages run: None is the event loop's default executor.
     executor: Executor | None = None
 
@@ -350,7 +356,7 @@ class Worker:
             await self._spool.ack(message.id)
             self._metrics.handoffs.labels(self.name, "refused").inc()
         except Consumed as exc:
-            await self._acknowledge(message.id)
+            await self._write(lambda: self._spool.ack(message.id))
             self._metrics.handoffs.labels(self.name, "consumed").inc()
             log.info("consumed", extra={"queue_id": message.id, "by": str(exc)})
             self._storage_works()
@@ -374,8 +380,10 @@ class Worker:
             else:
                 await self._storage_failed(message, route.settings, current[0], fault, exc)
         else:
-            if not route.moves_on:
+            if route.exactly_once:
                 await self._acknowledge(message.id)
+            elif not route.moves_on:
+                await self._write(lambda: self._spool.ack(message.id))
             route.delivered(work)
             self._metrics.handoffs.labels(self.name, "delivered").inc()
             self._metrics.handoff_seconds.labels(self.name).observe(

@@ -257,7 +257,7 @@ def test_delivered_messages_leave_the_spool_in_the_commit_of_the_next_claim(tmp_
         async def hand_off(work: Work) -> None:
             await asyncio.sleep(0)
 
-        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), Metrics())
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir", exactly_once=True), Metrics())
         qids = [await spool.enqueue(ENVELOPE, f"Subject: {n}\r\n\r\nbody\r\n".encode()) for n in range(12)]
         runner = asyncio.create_task(worker.run())
         return spool, qids, await settled(worker, runner, spool, lambda entries: not entries)
@@ -267,6 +267,25 @@ def test_delivered_messages_leave_the_spool_in_the_commit_of_the_next_claim(tmp_
     removals = spool.with_claims + spool.own
     assert sorted(qid for qids_ in removals for qid in qids_) == sorted(qids)
     assert spool.with_claims and len(removals) < len(qids)
+
+
+def test_a_hand_off_that_may_deliver_twice_is_acknowledged_at_once_in_its_own_commit(tmp_path: Path) -> None:
+    async def scenario() -> tuple[Acks, list[str], list[spool_ops.Entry]]:
+        spool = Acks(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=4, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+
+        async def hand_off(work: Work) -> None:
+            await asyncio.sleep(0)
+
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "smtp"), Metrics())
+        qids = [await spool.enqueue(ENVELOPE, f"Subject: {n}\r\n\r\nbody\r\n".encode()) for n in range(12)]
+        runner = asyncio.create_task(worker.run())
+        return spool, qids, await settled(worker, runner, spool, lambda entries: not entries)
+
+    spool, qids, left = asyncio.run(scenario())
+    assert left == []
+    assert not any(spool.with_claims)
+    assert sorted(qid for qids_ in spool.own for qid in qids_) == sorted(qids)
 
 
 def test_a_delivered_message_leaves_the_spool_soon_while_every_slot_is_busy(tmp_path: Path) -> None:
@@ -281,7 +300,7 @@ def test_a_delivered_message_leaves_the_spool_soon_while_every_slot_is_busy(tmp_
             if b"slow" in work.message.data:
                 await release.wait()
 
-        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), Metrics())
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir", exactly_once=True), Metrics())
         qids = [await spool.enqueue(ENVELOPE, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
                 for subject in ("slow", "fast", "fast", "slow")]
         runner = asyncio.create_task(worker.run())
@@ -310,7 +329,7 @@ def test_a_stop_that_cancels_hand_offs_still_writes_the_acknowledgements_waiting
             if b"slow" in work.message.data:
                 await asyncio.Event().wait()
 
-        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), Metrics())
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir", exactly_once=True), Metrics())
         qids = [await spool.enqueue(ENVELOPE, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
                 for subject in ("slow", "fast", "fast", "slow")]
         runner = asyncio.create_task(worker.run())
