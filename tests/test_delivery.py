@@ -249,20 +249,27 @@ class Acks(Spool):
         await super().ack(*qids)
 
 
-def test_delivered_messages_leave_the_spool_in_the_commit_of_the_next_claim(tmp_path: Path) -> None:
+def twelve_handed_off(path: Path, method: str, exactly_once: bool) -> tuple[Acks, list[str], list[spool_ops.Entry]]:
+    """Twelve messages through a worker of four slots whose hand-off always succeeds: the spool
+    that saw how they left, their queue ids, and what is left in it."""
     async def scenario() -> tuple[Acks, list[str], list[spool_ops.Entry]]:
-        spool = Acks(tmp_path / "inbound.sqlite")
+        spool = Acks(path)
         settings = SpoolConfig(workers=4, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
 
         async def hand_off(work: Work) -> None:
             await asyncio.sleep(0)
 
-        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir", exactly_once=True), Metrics())
+        route = Route(Work, (), hand_off, settings, method, exactly_once=exactly_once)
+        worker = Worker("inbound", spool, route, Metrics())
         qids = [await spool.enqueue(ENVELOPE, f"Subject: {n}\r\n\r\nbody\r\n".encode()) for n in range(12)]
         runner = asyncio.create_task(worker.run())
         return spool, qids, await settled(worker, runner, spool, lambda entries: not entries)
 
-    spool, qids, left = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_delivered_messages_leave_the_spool_in_the_commit_of_the_next_claim(tmp_path: Path) -> None:
+    spool, qids, left = twelve_handed_off(tmp_path / "inbound.sqlite", "maildir", exactly_once=True)
     assert left == []
     removals = spool.with_claims + spool.own
     assert sorted(qid for qids_ in removals for qid in qids_) == sorted(qids)
@@ -270,19 +277,7 @@ def test_delivered_messages_leave_the_spool_in_the_commit_of_the_next_claim(tmp_
 
 
 def test_a_hand_off_that_may_deliver_twice_is_acknowledged_at_once_in_its_own_commit(tmp_path: Path) -> None:
-    async def scenario() -> tuple[Acks, list[str], list[spool_ops.Entry]]:
-        spool = Acks(tmp_path / "inbound.sqlite")
-        settings = SpoolConfig(workers=4, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
-
-        async def hand_off(work: Work) -> None:
-            await asyncio.sleep(0)
-
-        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "smtp"), Metrics())
-        qids = [await spool.enqueue(ENVELOPE, f"Subject: {n}\r\n\r\nbody\r\n".encode()) for n in range(12)]
-        runner = asyncio.create_task(worker.run())
-        return spool, qids, await settled(worker, runner, spool, lambda entries: not entries)
-
-    spool, qids, left = asyncio.run(scenario())
+    spool, qids, left = twelve_handed_off(tmp_path / "inbound.sqlite", "smtp", exactly_once=False)
     assert left == []
     assert not any(spool.with_claims)
     assert sorted(qid for qids_ in spool.own for qid in qids_) == sorted(qids)
