@@ -201,14 +201,20 @@ class Worker:
                 # A whole slot count at once, not one claim (one spool commit) per freed slot.
                 acks = self._take_acks()
                 try:
-                    self._claimed.extend(await self._spool.claim(self.route.settings.workers, self.name,
-                                                                 [qid for qid, _ in acks]))
+                    claimed = await self._spool.claim(self.route.settings.workers, self.name,
+                                                      [qid for qid, _ in acks])
                 except sqlite3.Error as exc:
                     self._commit_acks(acks)
                     failures += 1
                     await self._spool_failed(exc, failures)
                     continue
+                except BaseException:
+                    self._commit_acks(acks)  # the messages are handed on: they still leave the spool
+                    raise
                 _settle(acks)
+                if self._stopping.is_set():
+                    break  # claimed while stopping: left claimed, the next start puts them back
+                self._claimed.extend(claimed)
                 if failures:
                     log.warning("spool readable again", extra={"queue": self.name})
                 failures = 0
@@ -249,11 +255,11 @@ class Worker:
     def _acknowledge(self, qid: str) -> asyncio.Future[None]:
         """Done once ``qid``, handed on, has left the spool: with the next claim where one is on
         its way (claimed messages wait for slots, or the worker waits for a slot to claim), else
-        at once; after ``_ACK_DELAY`` at the latest, in a commit of its own (with every other
-        acknowledgement waiting then)."""
+        at once (as while stopping: no claim comes); after ``_ACK_DELAY`` at the latest, in a
+        commit of its own (with every other acknowledgement waiting then)."""
         done = asyncio.get_running_loop().create_future()
         self._acks.append((qid, done))
-        if self._waiting_for_mail and not self._claimed:
+        if (self._waiting_for_mail and not self._claimed) or self._stopping.is_set():
             self._ack_now()
         elif self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(_ACK_DELAY, self._ack_now)

@@ -20,6 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 
 from mailpipe import spool as spool_ops
+from mailpipe import worker as worker_module
 from mailpipe.config import Agent, SpoolConfig
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.errors import TemporaryFailure
@@ -249,6 +250,16 @@ class Acks(Spool):
         await super().ack(*qids)
 
 
+def closed_entries(spool: Spool) -> list[spool_ops.Entry]:
+    """What is left in ``spool``, read as the operator's CLI reads it, once the spool is closed."""
+    spool.close()
+    operator = spool_ops.connect(spool.path)
+    try:
+        return spool_ops.entries(operator)
+    finally:
+        operator.close()
+
+
 def twelve_handed_off(path: Path, method: str, exactly_once: bool) -> tuple[Acks, list[str], list[spool_ops.Entry]]:
     """Twelve messages through a worker of four slots whose hand-off always succeeds: the spool
     that saw how they left, their queue ids, and what is left in it."""
@@ -281,6 +292,107 @@ def test_a_hand_off_that_may_deliver_twice_is_acknowledged_at_once_in_its_own_co
     assert left == []
     assert not any(spool.with_claims)
     assert sorted(qid for qids_ in spool.own for qid in qids_) == sorted(qids)
+
+
+def test_a_message_handed_on_while_the_worker_stops_leaves_the_spool_at_once_as_delivered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its one slot busy, the worker waits for no mail, and no claim and no timer will take it.
+    monkeypatch.setattr(worker_module, "_ACK_DELAY", 3600.0)
+
+    async def scenario() -> tuple[list[spool_ops.Entry], list[str], float]:
+        spool = Spool(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=1, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+        stopping, counted = asyncio.Event(), []
+
+        async def hand_off(work: Work) -> None:
+            await stopping.wait()
+
+        route = Route(Work, (), hand_off, settings, "maildir", delivered=lambda work: counted.append(work.message.id),
+                      exactly_once=True)
+        metrics = Metrics()
+        worker = Worker("inbound", spool, route, metrics)
+        await spool.enqueue(ENVELOPE, b"Subject: x\r\n\r\nbody\r\n")
+        runner = asyncio.create_task(worker.run())
+        while not worker._tasks:
+            await asyncio.sleep(0.01)
+        stop = asyncio.create_task(worker.stop(20))
+        await asyncio.sleep(0)
+        stopping.set()
+        await stop
+        runner.cancel()
+        left = closed_entries(spool)
+        return left, counted, metrics.handoffs.labels("inbound", "delivered")._value.get()
+
+    left, counted, delivered = asyncio.run(scenario())
+    assert left == []
+    assert len(counted) == 1 and delivered == 1
+
+
+def test_messages_claimed_while_the_worker_stops_are_left_claimed_for_the_next_start(tmp_path: Path) -> None:
+    class Slow(Spool):
+        """Its second claim comes back only once the worker was told to stop."""
+
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.claims, self.release = 0, asyncio.Event()
+
+        async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+            self.claims += 1
+            if self.claims == 2:
+                await self.release.wait()
+            return await super().claim(limit, listener, done)
+
+    async def scenario() -> tuple[list[str], list[spool_ops.Entry]]:
+        spool = Slow(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=1, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+        handed: list[str] = []
+
+        async def hand_off(work: Work) -> None:
+            handed.append(work.message.id)
+
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir", exactly_once=True), Metrics())
+        await spool.enqueue(ENVELOPE, b"Subject: 1\r\n\r\nbody\r\n")
+        runner = asyncio.create_task(worker.run())
+        while spool.claims < 2:
+            await asyncio.sleep(0.01)
+        await spool.enqueue(ENVELOPE, b"Subject: 2\r\n\r\nbody\r\n")
+        stop = asyncio.create_task(worker.stop(5))
+        await asyncio.sleep(0)
+        spool.release.set()
+        await stop
+        await asyncio.wait_for(runner, 5)
+        left = closed_entries(spool)
+        return handed, left
+
+    handed, left = asyncio.run(scenario())
+    assert len(handed) == 1
+    assert [entry.state for entry in left] == ["active"]
+
+
+def test_the_acknowledgements_a_failing_claim_carried_are_written_all_the_same(tmp_path: Path) -> None:
+    class Breaking(Spool):
+        async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+            if done:
+                raise RuntimeError("a bug under the claim")
+            return await super().claim(limit, listener, done)
+
+    async def scenario() -> list[spool_ops.Entry]:
+        spool = Breaking(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=1, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+
+        async def hand_off(work: Work) -> None:
+            await asyncio.sleep(0)
+
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir", exactly_once=True), Metrics())
+        await spool.enqueue(ENVELOPE, b"Subject: 1\r\n\r\nbody\r\n")
+        await spool.enqueue(ENVELOPE, b"Subject: 2\r\n\r\nbody\r\n")
+        with pytest.raises(RuntimeError):
+            await worker.run()
+        await worker.stop(5)
+        left = closed_entries(spool)
+        return left
+
+    assert [entry.state for entry in asyncio.run(scenario())] == ["incoming"]
 
 
 def test_a_delivered_message_leaves_the_spool_soon_while_every_slot_is_busy(tmp_path: Path) -> None:
@@ -334,10 +446,7 @@ def test_a_stop_that_cancels_hand_offs_still_writes_the_acknowledgements_waiting
             await asyncio.sleep(0.001)
         await worker.stop(0)
         runner.cancel()
-        operator = spool_ops.connect(spool.path)
-        left = spool_ops.entries(operator)
-        operator.close()
-        spool.close()
+        left = closed_entries(spool)
         return qids, left
 
     qids, left = asyncio.run(scenario())
