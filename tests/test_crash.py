@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 
+from mailpipe import spool as spool_ops
 from tests.conftest import Daemon
 
 SENDERS = 20
@@ -114,3 +115,18 @@ def test_every_acknowledged_message_arrives_exactly_once_across_kill_9(make_daem
     duplicated = {mid: n for mid, n in delivered.items() if n > 1}
     assert not duplicated, f"delivered more than once: {list(duplicated.items())[:3]}"
     assert set(delivered) <= load.sent
+    assert inbound_spool_drains(daemon), "delivered messages were left in the inbound spool"
+
+
+def inbound_spool_drains(daemon: Daemon, within: float = 60) -> bool:
+    """Every message handed to its mailboxes also left the spool, the kills notwithstanding."""
+    deadline = time.monotonic() + within
+    while True:
+        operator = spool_ops.connect(daemon.state / "spool" / "inbound.sqlite")
+        try:
+            left = spool_ops.entries(operator)
+        finally:
+            operator.close()
+        if not left or time.monotonic() > deadline:
+            return not left
+        time.sleep(0.2)
