@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
 import pytest
 
+from mailpipe import config as configuration
+from mailpipe import spool as spool_ops
 from mailpipe.auth import Verdict
 from mailpipe.config import Agent
+from mailpipe.data import shipped
+from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.message import parse
-from mailpipe.outbound.acknowledge import acknowledgement, suppression, within
+from mailpipe.metrics import Metrics
+from mailpipe.outbound.acknowledge import Acknowledgement, acknowledgement, suppression, within
+from mailpipe.spool import Entry, Envelope, Message, Spool
+from mailpipe.store.sqlite import SQLiteStore
+from mailpipe.triage import rules, stages
+from mailpipe.triage.work import Work
 
 OWN = ("support@example.test", "yamada@example.test")
 
@@ -80,3 +93,38 @@ def test_nothing_the_sender_wrote_is_echoed_in_the_acknowledgement() -> None:
 def test_only_a_sender_whose_from_is_authenticated_and_aligned_is_acknowledged(verdict: Verdict, reason) -> None:
     parsed = parse(message(sender="customer@customer.example"))
     assert suppression(parsed, "someone@attacker.example", OWN, verdict) == reason
+
+
+def handed_off_again_after(tmp_path: Path, *, sent: bool) -> list[str]:
+    """A message whose hand-off runs a second time (``claims`` 2), its acknowledgement already
+    queued once and, if ``sent``, sent and gone from the send queue: what the send queue holds."""
+    config = configuration.load(None)
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    outbound = Spool(tmp_path / "outbound.sqlite")
+    triage = stages.Triage(rules.load(shipped("rules")), config.agents, config.triage, store, "mx", Metrics(),
+                           MaildirDeliverer(tmp_path / "mail"), outbound=outbound)
+    envelope = Envelope("customer@example.org", ("support@localhost",), "127.0.0.1", "mx", "inbound")
+    entry = Entry("Q1", "active", envelope, time.time(), len(message()), 0, 0, 2, 0.0, "")
+    onward = Envelope("", ("customer@example.org",), "127.0.0.1", "mx", "outbound")
+    work = Work(Message(entry, message()), recipients=(config.agents[0],),
+                acknowledgement=Acknowledgement("Q1-ack", onward, b"Subject: Re: help\r\n\r\nWe have it.\r\n"))
+    if sent:
+        store.record_sent("<ack1@example.test>", "Q1-ack", time.time())
+    try:
+        asyncio.run(triage.hand_off(work))
+        operator = spool_ops.connect(outbound.path)
+        try:
+            return [queued.id for queued in spool_ops.entries(operator)]
+        finally:
+            operator.close()
+    finally:
+        outbound.close()
+        store.close()
+
+
+def test_a_hand_off_run_again_does_not_send_an_acknowledgement_sent_already(tmp_path: Path) -> None:
+    assert handed_off_again_after(tmp_path, sent=True) == []
+
+
+def test_a_hand_off_run_again_queues_an_acknowledgement_never_sent(tmp_path: Path) -> None:
+    assert handed_off_again_after(tmp_path, sent=False) == ["Q1-ack"]

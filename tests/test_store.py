@@ -386,3 +386,8 @@ def test_a_reassigned_case_and_its_customer_belong_to_the_new_owner_once_per_que
     assert [(a.agent, a.reason) for a in store.case_assignments(1)][-1] == ("smith", "reassigned by yamada")
     assert len(store.case_assignments(1)) == 2
     assert not store.reassign(99, "smith", "x", "C2", 2000.0)
+
+
+def test_the_store_knows_which_queued_messages_the_send_queue_began_sending(store) -> None:
+    store.record_sent("<ack1@example.test>", "Q1-ack", 1000.0)
+    assert store.sent_as("Q1-ack") and not store.sent_as("Q2-ack")

@@ -242,6 +242,8 @@ class TriageStore(CaseLookup, Protocol):
 
     def case_notes(self, case_id: int) -> tuple[CaseNote, ...]: ...
 
+    def sent_as(self, queue_id: str) -> bool: ...
+
     def record_inbound(self, *, queue_id: str, address: str, name: str, message_id: str, subject: str,
                        level: str, score: float, rules: str, case_id: int | None, decide: Decide,
                        escalated_to: str, at: float, language: str = "",

@@ -21,6 +21,11 @@ class DeliverabilityQueries(SQLBase):
             conn.execute("INSERT INTO sent_messages (message_id, queue_id, at) VALUES (?, ?, ?)"
                          " ON CONFLICT DO NOTHING", (message_id, queue_id, at))
 
+    def sent_as(self, queue_id: str) -> bool:
+        """Whether the send queue began sending the message it held as ``queue_id``."""
+        return self._conn().execute("SELECT 1 FROM sent_messages WHERE queue_id = ? LIMIT 1",
+                                    (queue_id,)).fetchone() is not None
+
     def sent_by_us(self, message_id: str) -> bool:
         """Whether the send queue sent mail with ``message_id`` (or, before it kept a history,
         an agent's reply did). Only a bounce of such mail is worth counting: anyone can mail us

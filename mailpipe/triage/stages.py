@@ -200,7 +200,10 @@ class Triage:
             raise NoRecipients("triage chose no mailbox")
         if work.acknowledgement is not None and self.outbound is not None:
             ack = work.acknowledgement
-            await self.outbound.enqueue_once(ack.envelope, ack.data, ack.queue_id)
+            # Queued again only if it was never sent: a hand-off run again (after a crash, or a
+            # mailbox that failed) may come after the send queue sent it and let it go.
+            if not (work.message.entry.recovered and await asyncio.to_thread(self.store.sent_as, ack.queue_id)):
+                await self.outbound.enqueue_once(ack.envelope, ack.data, ack.queue_id)
         message = work.message
         items = [(message, annotated(work))]
         if work.card:
