@@ -208,7 +208,7 @@ class Worker:
                     failures += 1
                     await self._spool_failed(exc, failures)
                     continue
-                except BaseException:
+                except Exception:
                     self._commit_acks(acks)  # the messages are handed on: they still leave the spool
                     raise
                 _settle(acks)

@@ -115,11 +115,13 @@ def test_every_acknowledged_message_arrives_exactly_once_across_kill_9(make_daem
     duplicated = {mid: n for mid, n in delivered.items() if n > 1}
     assert not duplicated, f"delivered more than once: {list(duplicated.items())[:3]}"
     assert set(delivered) <= load.sent
-    assert inbound_spool_drains(daemon), "delivered messages were left in the inbound spool"
+    left = left_in_inbound_spool(daemon)
+    assert not left, f"left in the inbound spool: {[(e.id, e.state, e.claims, e.last_error) for e in left[:3]]}"
 
 
-def inbound_spool_drains(daemon: Daemon, within: float = 60) -> bool:
-    """Every message handed to its mailboxes also left the spool, the kills notwithstanding."""
+def left_in_inbound_spool(daemon: Daemon, within: float = 60) -> list[spool_ops.Entry]:
+    """What is still in the inbound spool once it drained or ``within`` seconds passed: every
+    message handed to its mailboxes leaves it, the kills notwithstanding."""
     deadline = time.monotonic() + within
     while True:
         operator = spool_ops.connect(daemon.state / "spool" / "inbound.sqlite")
@@ -128,5 +130,5 @@ def inbound_spool_drains(daemon: Daemon, within: float = 60) -> bool:
         finally:
             operator.close()
         if not left or time.monotonic() > deadline:
-            return not left
+            return left
         time.sleep(0.2)

@@ -174,6 +174,11 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE customers SET phone_key = '+81' || substr(phone_key, 2) WHERE phone_key LIKE '0%';
     CREATE INDEX customers_phone ON customers (phone_key);
     """,
+    # Whether the send queue began sending a queued message, asked by an inbound hand-off that
+    # runs again (``sent_as``): the table keeps every message sent, so not by a scan.
+    """
+    CREATE INDEX sent_messages_queue ON sent_messages (queue_id);
+    """,
 )
 
 def migrate(conn: sqlite3.Connection) -> int:
