@@ -37,6 +37,7 @@ class Vocabulary:
 
     def __init__(self, terms: dict[str, int], char_sizes: Sequence[int], word_prefix: str):
         self._by_term = terms
+        self._word_prefix = word_prefix
         self.terms: list[str] = [""] * len(terms)
         for term, column in terms.items():
             self.terms[column] = term
@@ -82,8 +83,9 @@ class Vocabulary:
             return columns, counts
         columns = np.append(columns, np.fromiter(terms, dtype=np.int64, count=len(terms)))
         counts = np.append(counts, np.fromiter(terms.values(), dtype=np.int64, count=len(terms)))
-        # A text with "w:" in it may hold a word's own term as characters ("w:ok"): both count.
-        return _summed(columns, counts) if "w:" in text else (columns, counts)
+        # A text with the word prefix in it may hold a word's own term as characters ("w:ok"):
+        # both count.
+        return _summed(columns, counts) if self._word_prefix in text else (columns, counts)
 
     def counted(self, terms: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """What ``counts`` gives, from the terms as strings: for a vocabulary too large to number."""
