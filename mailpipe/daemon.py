@@ -12,7 +12,6 @@ newest file last. No business logic lives here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import signal
@@ -86,6 +85,7 @@ class Daemon:
         self._learner: Learner | None = None
         self._signing = Offload("dkim-sign", SIGNING_THREADS)
         self._reloading = asyncio.Lock()
+        self._exit_status = 0
 
     async def run(self) -> int:
         config = self.config
@@ -134,6 +134,8 @@ class Daemon:
                            asyncio.create_task(self._watchdog(), name="watchdog"),
                            asyncio.create_task(Digests(lambda: self.config, store,
                                                        lambda: deliverer(self.config)).run(), name="digest")]
+            for task in background:
+                task.add_done_callback(self._ended)
             self._install_signals()
             self._notifier.ready(self._status_line(config))
             log.info("ready", extra={"config": config.source, "state": str(config.state_path)})
@@ -147,8 +149,7 @@ class Daemon:
             await self._learner.stop()
             for task in background:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*background, return_exceptions=True)  # one that failed was logged by _ended
             await status.close()
         finally:
             for spool in self._spools.values():
@@ -157,7 +158,20 @@ class Daemon:
             self._signing.close()
             lock.release()
         log.info("stopped")
-        return 0
+        return self._exit_status
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A part that runs until shutdown (a queue's worker, the monitors, the stats) raised:
+        the daemon stops, exit status 1, for systemd to start it again (``Restart=``),
+        rather than run on without it, accepting mail that no worker hands on. Whatever the
+        worker had claimed goes back to its queue at the next start."""
+        if task.cancelled() or self._stop.is_set() or task.exception() is None:
+            return
+        error = task.exception()
+        log.critical("stopping: a part of the daemon failed", extra={"task": task.get_name()},
+                     exc_info=(type(error), error, error.__traceback__))
+        self._exit_status = 1
+        self._stop.set()
 
     @staticmethod
     def _status_line(config: Config) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -43,6 +44,8 @@ from typing import Any
 
 from mailpipe.committer import Committer
 from mailpipe.errors import SpoolUnreadable
+
+log = logging.getLogger("mailpipe.spool")
 
 STATES = ("incoming", "deferred", "active", "hold", "quarantine")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -182,9 +185,29 @@ def probe(conn: sqlite3.Connection, now: float) -> None:
 def _entry(row: tuple[Any, ...]) -> Entry:
     (qid, state, listener, mail_from, rcpts, peer, helo, received_at, size, attempts, stage_failures,
      claims, next_attempt, last_error, submitter, overridden, manual) = row
-    return Entry(qid, state, Envelope(mail_from, tuple(json.loads(rcpts)), peer, helo, listener, submitter),
+    return Entry(qid, state, Envelope(mail_from, _recipients(rcpts), peer, helo, listener, submitter),
                  received_at, size, attempts, stage_failures, claims, next_attempt, last_error, bool(overridden),
                  bool(manual))
+
+
+def _recipients(stored: str) -> tuple[str, ...]:
+    """The envelope's recipients as ``insert`` wrote them: ValueError for anything else (a row
+    written or damaged by something other than mailpipe)."""
+    recipients = json.loads(stored)
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+        raise ValueError(f"recipients are not a list of addresses: {stored[:100]!r}")
+    return tuple(recipients)
+
+
+def _listed(row: tuple[Any, ...]) -> Entry:
+    """An entry for listing: one whose recipients cannot be read is shown with what is wrong with
+    it, so that an operator can find it and remove or repair it."""
+    try:
+        return _entry(row)
+    except (ValueError, TypeError) as exc:
+        shown = list(row)
+        shown[4], shown[13] = json.dumps(["(unreadable)"]), f"unreadable spool entry: {exc}"
+        return _entry(tuple(shown))
 
 
 # Operations: plain functions of a connection, shared by the daemon's committer and the CLI.
@@ -214,7 +237,15 @@ def claim(conn: sqlite3.Connection, limit: int, now: float, listener: str | None
         "UPDATE messages SET state = 'active', claims = claims + 1 WHERE id IN ("
         f" SELECT id FROM messages WHERE state IN ('incoming', 'deferred') AND next_attempt <= ? {which}"
         f" ORDER BY next_attempt LIMIT ?) RETURNING {_COLUMNS}, data", (now, *args, limit)).fetchall()
-    return sorted((Message(_entry(row[:-1]), bytes(row[-1])) for row in rows), key=lambda m: m.entry.next_attempt)
+    claimed = []
+    for row in rows:
+        try:
+            claimed.append(Message(_entry(row[:-1]), bytes(row[-1])))
+        except (ValueError, TypeError) as exc:  # not written by insert: nothing could hand it on
+            reason = f"unreadable spool entry: {exc}"
+            quarantine(conn, row[0], reason)
+            log.error("quarantined", extra={"queue_id": row[0], "reason": reason})
+    return sorted(claimed, key=lambda m: m.entry.next_attempt)
 
 
 def remove(conn: sqlite3.Connection, qid: str) -> bool:
@@ -291,7 +322,7 @@ def entries(conn: sqlite3.Connection, ids: Iterable[str] = ()) -> list[Entry]:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE id IN ({marks}) ORDER BY id", wanted)
     else:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM messages ORDER BY id")
-    return [_entry(row) for row in rows]
+    return [_listed(row) for row in rows]
 
 
 def body(conn: sqlite3.Connection, qid: str) -> bytes | None:

@@ -205,3 +205,26 @@ def test_triage_metrics_count_cases_assignments_and_stage_latency(daemon: Daemon
     assert found[("mailpipe_assignments_total", (("reason", "least_loaded"), ("tier", "support")))] == 1
     assert found[("mailpipe_stage_seconds_count", (("queue", "inbound"), ("stage", "score")))] == 1
     assert ("mailpipe_case_oldest_open_age_seconds", (("level", "normal"),)) in found
+
+
+def test_a_part_of_the_daemon_that_raises_stops_it_with_status_1_for_systemd_to_restart(
+        make_daemon, monkeypatch, caplog) -> None:
+    # In process: nothing a peer can send makes a worker raise, so the fault is put in by hand.
+    import asyncio
+    import logging
+
+    from mailpipe import config as configuration
+    from mailpipe import daemon as running
+    from mailpipe.monitors.runner import Monitors
+
+    async def broken(self: Monitors) -> None:
+        raise RuntimeError("a bug in a monitor")
+
+    monkeypatch.setattr(Monitors, "run", broken)
+    stopped = make_daemon(start=False)
+    stopped.write_config()
+    with caplog.at_level(logging.CRITICAL, logger="mailpipe.daemon"):
+        status = asyncio.run(running.Daemon(configuration.load(stopped.config_path), stopped.config_path).run())
+    assert status == 1
+    (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert record.task == "monitors" and "a bug in a monitor" in str(record.exc_info[1])

@@ -381,3 +381,33 @@ def test_a_spool_file_from_before_the_submitter_column_is_upgraded_in_place(tmp_
     with closing(spool.connect(path)) as conn:
         (entry,) = spool.entries(conn)
     assert (entry.id, entry.envelope.submitter, entry.overridden) == ("OLD", "", False)
+
+
+def test_an_entry_whose_recipients_cannot_be_read_is_quarantined_and_the_rest_are_claimed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        damaged = await queue.enqueue(ENVELOPE, b"damaged")
+        await queue.enqueue(ENVELOPE, b"whole")
+        with closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE messages SET rcpt_tos = '{not json' WHERE id = ?", (damaged,))
+        return damaged, await queue.claim(10), await queue.claim(10)
+
+    damaged, claimed, again = run(with_spool(path, body))
+    assert [m.data for m in claimed] == [b"whole"] and again == []
+    state = {entry.id: (entry.state, entry.last_error) for entry in fresh_entries(path)}
+    assert state[damaged][0] == "quarantine" and state[damaged][1].startswith("unreadable spool entry")
+
+
+def test_listing_shows_an_entry_whose_recipients_cannot_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        return await queue.enqueue(ENVELOPE, b"damaged")
+
+    damaged = run(with_spool(path, body))
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE messages SET rcpt_tos = '{\"a\": 1}' WHERE id = ?", (damaged,))
+    (entry,) = fresh_entries(path)
+    assert entry.envelope.rcpt_tos == ("(unreadable)",)
+    assert "not a list of addresses" in entry.last_error
