@@ -39,7 +39,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from mailpipe.daemon import TRIAGING  # noqa: E402
 from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
+from tests.peers import listening  # noqa: E402
 
 RECIPIENT = "support@localhost"
 
@@ -50,23 +52,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 90.0) -> None:  # the daemon trains its model first
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
 @contextmanager
-def serving(command: list[str], port: int, log: Path | None = None) -> Iterator[int]:
-    """A server process listening on ``port`` for the duration of the block; output to ``log``."""
+def serving(command: list[str], port: int, log: Path | None = None,
+            ready: Callable[[], None] | None = None) -> Iterator[int]:
+    """A server process listening on ``port`` (and past ``ready``) for the duration of the block;
+    output to ``log``."""
     with (log.open("wb") if log else open(os.devnull, "wb")) as output:
         process = subprocess.Popen(command, stdout=output, stderr=output)
         try:
-            wait_for_port(port)
+            listening(port, 90, command[0])
+            if ready is not None:
+                ready()
             yield port
         finally:
             process.terminate()
@@ -120,7 +116,7 @@ maillog_file_prefixes = {work}
         log = (work / "postfix.log").read_text() if (work / "postfix.log").exists() else ""
         raise RuntimeError(f"postfix did not start: {started.stdout}{started.stderr}{log}")
     try:
-        wait_for_port(port)
+        listening(port, 90, "postfix")
         yield port
     finally:
         subprocess.run(["postfix", "-c", str(conf), "stop"], capture_output=True)
@@ -146,7 +142,25 @@ def _mailpipe(work: Path, workers: int, nameserver: str) -> AbstractContextManag
                       f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n[spool]\nworkers = {workers}\n'
                       f'[submission]\nlisten = "127.0.0.1:{free_port()}"\n'  # 2587 may be another daemon's
                       f'[auth]\nnameservers = ["{nameserver}"]\n')
-    return serving([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)], port, work / "mailpipe.log")
+    return serving_mailpipe(config, port, work / "mailpipe.log")
+
+
+@contextmanager
+def serving_mailpipe(config: Path, port: int, log: Path) -> Iterator[int]:
+    """``mailpipe serve`` on ``config``, once it triages: it listens at once and fits its urgency
+    model after, which its sd_notify status tells (as systemd hears it)."""
+    with tempfile.TemporaryDirectory() as sockets, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(f"{sockets}/notify")
+        notify.settimeout(300)  # fitting the model: seconds of CPU, more on a busy machine
+
+        def triaging() -> None:
+            while not any(state.endswith(TRIAGING) for state in notify.recv(4096).decode().split("\n")):
+                pass
+
+        command = ["env", f"NOTIFY_SOCKET={sockets}/notify", sys.executable, "-m", "mailpipe", "serve",
+                   "--config", str(config)]
+        with serving(command, port, log, triaging):
+            yield port
 
 
 @dataclass

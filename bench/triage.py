@@ -247,8 +247,7 @@ def daemon(work_dir: Path, state: Path, nameserver: str, workers: int = 8) -> Ab
                       f'[spool]\nworkers = {workers}\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
                       f'[submission]\nlisten = "127.0.0.1:{ingest.free_port()}"\n'  # 2587 may be another daemon's
                       f'[auth]\nnameservers = ["{nameserver}"]\n')
-    return ingest.serving([sys.executable, "-m", "mailpipe", "serve", "--config", str(config)], port,
-                          work_dir / "daemon.log")
+    return ingest.serving_mailpipe(config, port, work_dir / "daemon.log")
 
 
 def send(port: int, samples: list[bytes], rate: float | None) -> dict[str, float]:

@@ -1,8 +1,11 @@
 """The composition root: builds every part from one ``Config`` (with the builders of
 ``mailpipe.assembly``) and runs them on one loop.
 
-Life cycle: take the state directory's lock, recover what a crash left claimed, bind the SMTP
-and HTTP listeners, start the worker, then tell systemd READY=1. SIGHUP loads the config again
+Life cycle: take the state directory's lock, recover what a crash left claimed, read the urgency
+corpus, bind the SMTP and HTTP listeners, start the workers, then tell systemd READY=1; the
+inbound queue's worker starts once the urgency model is fitted (seconds of CPU: mail waits in
+the spool meanwhile, and the status says "triaging mail" after). A part that fails (a worker
+raises) is logged, counted and started again after a pause. SIGHUP loads the config again
 and swaps it in only if it is valid (the old one keeps running otherwise); SIGTERM and SIGINT
 stop accepting, let sessions in DATA and hand-offs in flight finish within
 ``shutdown_timeout``, and exit 0. SIGHUPs in quick succession reload one after another, the
@@ -12,6 +15,7 @@ newest file last. No business logic lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -19,6 +23,7 @@ import sqlite3
 import ssl
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mailpipe import auth, credentials, logs, lookup
@@ -54,12 +59,15 @@ from mailpipe.store import StoreUnavailable
 from mailpipe.store.backends import open_store
 from mailpipe.store.sql import SQLStore
 from mailpipe.triage.learning import Learner
+from mailpipe.triage.model import UrgencyModel
 from mailpipe.triage.rules import LEVELS
 from mailpipe.worker import Worker
 
 log = logging.getLogger("mailpipe.daemon")
 
 _STATS_INTERVAL = 2.0
+_RESTART_FIRST, _RESTART_MAX = 1.0, 300.0  # a failed part's pause before it runs again
+TRIAGING = "; triaging mail"  # the end of the status once the inbound queue's worker runs
 _SPOOL_OF = {"inbound": "inbound", "submission": "outbound", "outbound": "outbound"}  # queue -> spool file
 
 
@@ -102,7 +110,10 @@ class Daemon:
                                         window=config.monitors.incident_window, quiet=config.monitors.incident_quiet)
             keys = signing_keys(config)
             self._learner = Learner(config.triage, store, self._metrics)
-            self._learner.install(await self._learner.train(config.triage), config.triage)
+            # The corpus is checked before anything listens (a broken one stops the start, naming
+            # the file); the model is fitted while intake already spools mail (seconds of CPU).
+            training = asyncio.create_task(self._learner.fit(await self._learner.read(config.triage)),
+                                           name="training")
             built = routes(config, keys, store, self._metrics, outbound, self._traffic, self._incidents,
                            self._learner, self._signing)
             self._monitors = Monitors(monitor_settings(config, keys), self._traffic, self._metrics, store,
@@ -126,19 +137,20 @@ class Daemon:
                 await listener.start()
             await status.start()
             self._metrics.config_last_reload.set_to_current_time()
-            background = [asyncio.create_task(worker.run(), name=f"worker:{name}")
-                          for name, worker in self._workers.items()]
-            background += [asyncio.create_task(self._export_stats(), name="stats"),
-                           asyncio.create_task(self._monitors.run(), name="monitors"),
-                           asyncio.create_task(self._prober.run(), name="probes"),
-                           asyncio.create_task(self._watchdog(), name="watchdog"),
-                           asyncio.create_task(Digests(lambda: self.config, store,
-                                                       lambda: deliverer(self.config)).run(), name="digest")]
-            for task in background:
-                task.add_done_callback(self._ended)
+            parts: dict[str, Callable[[], Awaitable[None]]] = {
+                f"worker:{name}": worker.run for name, worker in self._workers.items() if name != INBOUND.name}
+            parts |= {"stats": self._export_stats, "monitors": self._monitors.run, "probes": self._prober.run,
+                      "watchdog": self._watchdog,
+                      "digest": Digests(lambda: self.config, store, lambda: deliverer(self.config)).run}
+            background = [asyncio.create_task(self._supervised(name, run), name=name) for name, run in parts.items()]
             self._install_signals()
             self._notifier.ready(self._status_line(config))
             log.info("ready", extra={"config": config.source, "state": str(config.state_path)})
+            if await self._trained(training, config):
+                name = f"worker:{INBOUND.name}"
+                background.append(asyncio.create_task(self._supervised(name, self._workers[INBOUND.name].run),
+                                                      name=name))
+                self._notifier.notify(f"STATUS={self._status_line(config)}{TRIAGING}")
             await self._stop.wait()
 
             self._notifier.stopping()
@@ -149,7 +161,7 @@ class Daemon:
             await self._learner.stop()
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)  # one that failed was logged by _ended
+            await asyncio.gather(*background, return_exceptions=True)  # _supervised logged what failed
             await status.close()
         finally:
             for spool in self._spools.values():
@@ -160,27 +172,61 @@ class Daemon:
         log.info("stopped")
         return self._exit_status
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        """A part that runs until shutdown (a queue's worker, the monitors, the stats) raised:
-        the daemon stops, exit status 1, for systemd to start it again (``Restart=``),
-        rather than run on without it, accepting mail that no worker hands on. Whatever the
-        worker had claimed goes back to its queue at the next start."""
-        if task.cancelled() or self._stop.is_set() or task.exception() is None:
-            return
-        error = task.exception()
-        log.critical("stopping: a part of the daemon failed", extra={"task": task.get_name()},
-                     exc_info=(type(error), error, error.__traceback__))
-        self._exit_status = 1
-        self._stop.set()
+    async def _trained(self, training: asyncio.Task[UrgencyModel | None], config: Config) -> bool:
+        """Installs the model fitted at start, once fitted; False if the daemon is stopped first
+        (the fitting thread runs to its end) or the fitting failed: then it stops, exit status 1,
+        as when the corpus is broken. A SIGHUP meanwhile reloads after it, not beside it."""
+        async with self._reloading:
+            stopped = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({training, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not training.done():
+                training.add_done_callback(lambda task: task.cancelled() or task.exception())
+                return False
+            error = training.exception()
+            if error is not None:
+                log.critical("urgency model not fitted: stopping", exc_info=(type(error), error, error.__traceback__))
+                self._exit_status = 1
+                self._stop.set()
+                return False
+            assert self._learner is not None
+            self._learner.install(training.result(), config.triage)
+            return True
+
+    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Runs a part that runs until shutdown (a queue's worker, the monitors, the probes, the
+        digest). One that raises anyway — a bug, a failure its own loop does not expect — is
+        logged with its traceback, counted (``mailpipe_part_restarts_total``) and started again
+        after a pause that doubles up to five minutes: one part failing over and over must not
+        stop the mail the others carry, nor take the daemon down (a restart would meet the
+        same failure)."""
+        delay = _RESTART_FIRST
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await run()
+                return
+            except Exception:
+                log.exception("part failed: starting it again", extra={"part": name, "delay": delay})
+                self._metrics.part_restarts.labels(name).inc()
+            if time.monotonic() - started > _RESTART_MAX:
+                delay = _RESTART_FIRST  # it ran a good while: this failure is a new one
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(2 * delay, _RESTART_MAX)
 
     @staticmethod
     def _status_line(config: Config) -> str:
         return f"accepting mail on {config.inbound.listen}, submission on {config.submission.listen}"
 
+    def stop(self) -> None:
+        """As SIGTERM: stop accepting, finish what is in flight, exit."""
+        self._stop.set()
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.create_task(self.reload()))
 
     async def reload(self) -> bool:

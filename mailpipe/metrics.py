@@ -178,6 +178,9 @@ class Metrics:
                                    "the spool, the store or a disk fails under it.", ["queue", "storage"], registry=r)
         self.config_reloads = Counter("mailpipe_config_reloads", "Configuration reloads by result.",
                                       ["result"], registry=r)
+        self.part_restarts = Counter(
+            "mailpipe_part_restarts", "Parts of the daemon (a queue's worker, the monitors, the probes, the "
+            "digest) that failed and were started again; the journal has the traceback.", ["part"], registry=r)
         self.config_last_reload = Gauge(
             "mailpipe_config_last_reload_success_timestamp_seconds",
             "When the running configuration was loaded.", registry=r)

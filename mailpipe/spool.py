@@ -186,8 +186,15 @@ def _entry(row: tuple[Any, ...]) -> Entry:
     (qid, state, listener, mail_from, rcpts, peer, helo, received_at, size, attempts, stage_failures,
      claims, next_attempt, last_error, submitter, overridden, manual) = row
     return Entry(qid, state, Envelope(mail_from, _recipients(rcpts), peer, helo, listener, submitter),
-                 received_at, size, attempts, stage_failures, claims, next_attempt, last_error, bool(overridden),
-                 bool(manual))
+                 _number(received_at), int(_number(size)), int(_number(attempts)), int(_number(stage_failures)),
+                 int(_number(claims)), _number(next_attempt), last_error, bool(overridden), bool(manual))
+
+
+def _number(stored: Any) -> float:
+    """A number column as ``insert`` and the updates wrote it: TypeError for anything else."""
+    if isinstance(stored, bool) or not isinstance(stored, int | float):
+        raise TypeError(f"not a number: {stored!r:.40}")
+    return stored
 
 
 def _recipients(stored: str) -> tuple[str, ...]:
@@ -204,10 +211,12 @@ def _listed(row: tuple[Any, ...]) -> Entry:
     it, so that an operator can find it and remove or repair it."""
     try:
         return _entry(row)
-    except (ValueError, TypeError) as exc:
-        shown = list(row)
-        shown[4], shown[13] = json.dumps(["(unreadable)"]), f"unreadable spool entry: {exc}"
-        return _entry(tuple(shown))
+    except Exception as exc:  # JSON nested past the recursion limit raises RecursionError
+        (qid, state, listener, mail_from, _, peer, helo, *_) = (str(field) for field in row)
+        numbers = [field if isinstance(field, int | float) and not isinstance(field, bool) else 0 for field in row]
+        return Entry(qid, state, Envelope(mail_from, ("(unreadable)",), peer, helo, listener, str(row[14])),
+                     numbers[7], int(numbers[8]), int(numbers[9]), int(numbers[10]), int(numbers[11]), numbers[12],
+                     f"unreadable spool entry: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 # Operations: plain functions of a connection, shared by the daemon's committer and the CLI.
@@ -240,9 +249,11 @@ def claim(conn: sqlite3.Connection, limit: int, now: float, listener: str | None
     claimed = []
     for row in rows:
         try:
-            claimed.append(Message(_entry(row[:-1]), bytes(row[-1])))
-        except (ValueError, TypeError) as exc:  # not written by insert: nothing could hand it on
-            reason = f"unreadable spool entry: {exc}"
+            if not isinstance(row[-1], bytes):
+                raise TypeError(f"the message is not stored as bytes but as {type(row[-1]).__name__}")
+            claimed.append(Message(_entry(row[:-1]), row[-1]))
+        except Exception as exc:  # not as insert wrote it (JSON nested too deep raises RecursionError)
+            reason = f"unreadable spool entry: {type(exc).__name__}: {str(exc)[:200]}"
             quarantine(conn, row[0], reason)
             log.error("quarantined", extra={"queue_id": row[0], "reason": reason})
     return sorted(claimed, key=lambda m: m.entry.next_attempt)

@@ -10,12 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mailpipe.daemon import TRIAGING
 
 # How long a mailpipe command or a retraining may take: each trains the urgency model on the
 # whole corpus first, which a busy two-core machine can stretch well past a minute.
@@ -142,6 +144,7 @@ class Daemon:
             stdout=log, stderr=log, env=environ, cwd=self.directory)
         if wait:
             self.wait_for("READY=1")
+            self.wait_for(lambda state: state.endswith(TRIAGING))  # the urgency model is fitted after READY
         return self
 
     def read_notifications(self) -> list[str]:
@@ -152,14 +155,17 @@ class Daemon:
             except (TimeoutError, BlockingIOError):
                 return self.notifications
 
-    def wait_for(self, state: str, timeout: float = TRAINING_SECONDS) -> None:
-        """Waits for ``state`` among the notifications not yet waited for. Generous: a daemon with
-        the urgency model trains it before READY, seconds of CPU that a busy machine stretches."""
+    def wait_for(self, state: str | Callable[[str], bool], timeout: float = TRAINING_SECONDS) -> None:
+        """Waits for ``state`` (or one that passes it) among the notifications not yet waited
+        for. Generous: a daemon with the urgency model fits it before it triages, seconds of CPU
+        that a busy machine stretches."""
+        wanted = state if callable(state) else state.__eq__
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             unseen = self.read_notifications()[self.seen:]
-            if state in unseen:
-                self.seen += unseen.index(state) + 1
+            found = [i for i, seen in enumerate(unseen) if wanted(seen)]
+            if found:
+                self.seen += found[0] + 1
                 return
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log()}")

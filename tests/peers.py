@@ -28,13 +28,7 @@ class SmtpSink:
             args += ["-f", hard]
         self.process = subprocess.Popen([*args, f"127.0.0.1:{self.port}", "64"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("smtp-sink did not start")
+        listening(self.port, 10, "smtp-sink")
 
     def messages(self, expect: int = 1, timeout: float = 10.0) -> list[bytes]:
         deadline = time.monotonic() + timeout
@@ -48,3 +42,14 @@ class SmtpSink:
         self.process.terminate()
         self.process.wait(10)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def listening(port: int, timeout: float, what: str) -> None:
+    """Returns once something accepts connections on the loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailpipe.data import shipped
 from tests.conftest import TRAINING_SECONDS, Daemon, merge, toml
+from tests.peers import listening
 
 
 def send(daemon: Daemon, rcpt: str = "support@example.test") -> None:
@@ -207,9 +208,40 @@ def test_triage_metrics_count_cases_assignments_and_stage_latency(daemon: Daemon
     assert ("mailpipe_case_oldest_open_age_seconds", (("level", "normal"),)) in found
 
 
-def test_a_part_of_the_daemon_that_raises_stops_it_with_status_1_for_systemd_to_restart(
-        make_daemon, monkeypatch, caplog) -> None:
-    # In process: nothing a peer can send makes a worker raise, so the fault is put in by hand.
+def test_mail_is_accepted_while_the_urgency_model_is_fitted_and_triaged_once_it_is(make_daemon, monkeypatch) -> None:
+    # In process, so that the test decides when fitting ends, not the machine's speed.
+    import asyncio
+
+    from mailpipe import config as configuration
+    from mailpipe import daemon as running
+    from mailpipe.triage.learning import Learner
+
+    stopped = make_daemon({"triage": {"model": True}}, start=False)
+    stopped.write_config()
+
+    async def scenario() -> None:
+        fitted = asyncio.Event()
+
+        async def fit(self: Learner, found: object) -> None:
+            await fitted.wait()
+
+        monkeypatch.setattr(Learner, "fit", fit)
+        serving = running.Daemon(configuration.load(stopped.config_path), stopped.config_path)
+        task = asyncio.create_task(serving.run())
+        await asyncio.to_thread(listening, stopped.port, TRAINING_SECONDS, "mailpipe")
+        await asyncio.to_thread(send, stopped)  # answered 250 (smtplib raises otherwise)
+        assert await asyncio.to_thread(stopped.delivered, 1) == []  # spooled, waiting for the model
+        fitted.set()
+        assert len(await asyncio.to_thread(stopped.delivered, 30)) == 1
+        serving.stop()
+        assert await task == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_part_of_the_daemon_that_raises_is_logged_counted_and_started_again(make_daemon, monkeypatch,
+                                                                              caplog) -> None:
+    # In process: nothing a peer can send makes a part raise, so the fault is put in by hand.
     import asyncio
     import logging
 
@@ -217,14 +249,31 @@ def test_a_part_of_the_daemon_that_raises_stops_it_with_status_1_for_systemd_to_
     from mailpipe import daemon as running
     from mailpipe.monitors.runner import Monitors
 
-    async def broken(self: Monitors) -> None:
-        raise RuntimeError("a bug in a monitor")
+    async def scenario() -> None:
+        runs: list[int] = []
+        again = asyncio.Event()
 
-    monkeypatch.setattr(Monitors, "run", broken)
-    stopped = make_daemon(start=False)
-    stopped.write_config()
-    with caplog.at_level(logging.CRITICAL, logger="mailpipe.daemon"):
-        status = asyncio.run(running.Daemon(configuration.load(stopped.config_path), stopped.config_path).run())
-    assert status == 1
-    (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert record.task == "monitors" and "a bug in a monitor" in str(record.exc_info[1])
+        async def failing_once(self: Monitors) -> None:
+            runs.append(1)
+            if len(runs) == 1:
+                raise RuntimeError("a bug in a monitor")
+            again.set()
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(Monitors, "run", failing_once)
+        stopped = make_daemon(start=False)
+        stopped.write_config()
+        serving = running.Daemon(configuration.load(stopped.config_path), stopped.config_path)
+        task = asyncio.create_task(serving.run())
+        await asyncio.wait_for(again.wait(), TRAINING_SECONDS)
+        await asyncio.to_thread(send, stopped)
+        assert len(await asyncio.to_thread(stopped.delivered, 30)) == 1
+        found = await asyncio.to_thread(metrics, stopped)
+        assert found[("mailpipe_part_restarts_total", (("part", "monitors"),))] == 1
+        serving.stop()
+        assert await task == 0
+
+    with caplog.at_level(logging.ERROR, logger="mailpipe.daemon"):
+        asyncio.run(scenario())
+    (record,) = [r for r in caplog.records if r.getMessage() == "part failed: starting it again"]
+    assert record.part == "monitors" and "a bug in a monitor" in str(record.exc_info[1])

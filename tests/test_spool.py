@@ -383,14 +383,30 @@ def test_a_spool_file_from_before_the_submitter_column_is_upgraded_in_place(tmp_
     assert (entry.id, entry.envelope.submitter, entry.overridden) == ("OLD", "", False)
 
 
-def test_an_entry_whose_recipients_cannot_be_read_is_quarantined_and_the_rest_are_claimed(tmp_path: Path) -> None:
+DAMAGE = {  # what a row written or damaged by something other than mailpipe may hold
+    "recipients that are no JSON": ("rcpt_tos", "{not json"),
+    "recipients that are no list of addresses": ("rcpt_tos", '{"a": 1}'),
+    "recipients nested past the recursion limit": ("rcpt_tos", "[" * 100_000),
+    "a message stored as a number": ("data", 2**62),
+    "a message stored as text": ("data", "Subject: x"),
+    "a received time in words": ("received_at", "yesterday"),
+}
+
+
+def damage(path: Path, qid: str, column: str, value: object) -> None:
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(f"UPDATE messages SET {column} = ? WHERE id = ?", (value, qid))
+
+
+@pytest.mark.parametrize("column, value", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_entry_is_quarantined_when_claimed_and_the_rest_are_claimed(tmp_path: Path, column: str,
+                                                                               value: object) -> None:
     path = tmp_path / "s.sqlite"
 
     async def body(queue: Spool):
         damaged = await queue.enqueue(ENVELOPE, b"damaged")
         await queue.enqueue(ENVELOPE, b"whole")
-        with closing(sqlite3.connect(path)) as conn, conn:
-            conn.execute("UPDATE messages SET rcpt_tos = '{not json' WHERE id = ?", (damaged,))
+        damage(path, damaged, column, value)
         return damaged, await queue.claim(10), await queue.claim(10)
 
     damaged, claimed, again = run(with_spool(path, body))
@@ -399,15 +415,16 @@ def test_an_entry_whose_recipients_cannot_be_read_is_quarantined_and_the_rest_ar
     assert state[damaged][0] == "quarantine" and state[damaged][1].startswith("unreadable spool entry")
 
 
-def test_listing_shows_an_entry_whose_recipients_cannot_be_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("column, value", DAMAGE.values(), ids=DAMAGE.keys())
+def test_listing_shows_a_damaged_entry_with_what_is_wrong(tmp_path: Path, column: str, value: object) -> None:
     path = tmp_path / "s.sqlite"
 
     async def body(queue: Spool):
-        return await queue.enqueue(ENVELOPE, b"damaged")
+        return await queue.enqueue(ENVELOPE, b"damaged"), await queue.enqueue(ENVELOPE, b"whole")
 
-    damaged = run(with_spool(path, body))
-    with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("UPDATE messages SET rcpt_tos = '{\"a\": 1}' WHERE id = ?", (damaged,))
-    (entry,) = fresh_entries(path)
-    assert entry.envelope.rcpt_tos == ("(unreadable)",)
-    assert "not a list of addresses" in entry.last_error
+    damaged, whole = run(with_spool(path, body))
+    damage(path, damaged, column, value)
+    entries = {entry.id: entry for entry in fresh_entries(path)}
+    assert entries[whole].envelope == ENVELOPE
+    if column != "data":  # listing does not read the message itself
+        assert entries[damaged].last_error.startswith("unreadable spool entry")

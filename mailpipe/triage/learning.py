@@ -3,7 +3,8 @@
 It is trained at start and on reload from the corpus the config names plus every agent's
 correction in the store, and again in the background after each new correction, so the desk's
 own word reaches the next message within seconds. Training takes seconds of one core, in a
-thread; the running model keeps triaging meanwhile, and a broken corpus or a failed training
+thread (at start, while intake already accepts mail into the spool); the running model keeps
+triaging meanwhile, and a broken corpus or a failed training
 keeps it (a reload is refused with the problems, like broken rules). Reads ``[triage] model``,
 ``corpus_directory`` and ``corpus_overrides``.
 """
@@ -40,9 +41,16 @@ def examples(settings: TriageConfig, store: Corrections | None) -> list[Example]
 
 def trained(settings: TriageConfig, store: Corrections | None) -> UrgencyModel | None:
     """A model from what the settings name, or None when the desk runs without one."""
-    if not settings.model:
-        return None
-    return train(examples(settings, store), LEVELS)
+    return fitted(wanted(settings, store))
+
+
+def wanted(settings: TriageConfig, store: Corrections | None) -> list[Example] | None:
+    """What the settings train on (a broken corpus raises ``ModelError``), or None without a model."""
+    return examples(settings, store) if settings.model else None
+
+
+def fitted(found: list[Example] | None) -> UrgencyModel | None:
+    return None if found is None else train(found, LEVELS)
 
 
 class Learner:
@@ -67,6 +75,14 @@ class Learner:
     async def train(self, settings: TriageConfig) -> UrgencyModel | None:
         """Train for ``settings`` off the event loop; raises ``ModelError`` on a broken corpus."""
         return await asyncio.to_thread(trained, settings, self._store)
+
+    async def read(self, settings: TriageConfig) -> list[Example] | None:
+        """The first half of ``train``, quick: the corpus read and checked (``ModelError``)."""
+        return await asyncio.to_thread(wanted, settings, self._store)
+
+    async def fit(self, found: list[Example] | None) -> UrgencyModel | None:
+        """The second half of ``train``: the seconds of CPU."""
+        return await asyncio.to_thread(fitted, found)
 
     def learn(self) -> None:
         """A correction arrived (in a store thread): train again soon, once for any number of
