@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import smtplib
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +58,8 @@ def operations_per_second(store: SQLStore, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def start_daemon(directory: Path, url: str, nameserver: str) -> tuple[subprocess.Popen[bytes], int]:
+def daemon_on(directory: Path, url: str, nameserver: str) -> AbstractContextManager[int]:
+    """A daemon on the store at ``url`` while the block runs, once it triages; yields its SMTP port."""
     directory.mkdir()
     port = ingest.free_port()
     agents = "".join(f'[[agents]]\nid = "{a}"\nname = "{a}"\naddress = "{a}@localhost"\ndays = ["mon", "tue", "wed",'
@@ -69,14 +69,7 @@ def start_daemon(directory: Path, url: str, nameserver: str) -> tuple[subprocess
         f'[inbound]\nlisten = "127.0.0.1:{port}"\n[submission]\nlisten = "127.0.0.1:{ingest.free_port()}"\n'
         f'[metrics]\nlisten = "127.0.0.1:{ingest.free_port()}"\n[auth]\nnameservers = ["{nameserver}"]\n'
         f'[outbound]\nautoreply = false\n[store]\nurl = "{url}"\n{agents}')
-    command = [sys.executable, "-m", "mailpipe", "serve", "--config", str(directory / "mailpipe.toml")]
-    process = subprocess.Popen(command,
-                               cwd=HERE.parent, stderr=(directory / "daemon.log").open("wb"))
-    deadline = time.monotonic() + 30
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert time.monotonic() < deadline and process.poll() is None, "daemon did not start"
-        time.sleep(0.1)
-    return process, port
+    return ingest.serving_mailpipe(directory / "mailpipe.toml", port, directory / "daemon.log")
 
 
 def triage_rate(ports: list[int], messages: int, store: SQLStore) -> float:
@@ -122,17 +115,14 @@ def main() -> None:
         rates = []
         try:
             for count in (1, 2):
-                with fresh_database() as url:
-                    daemons = [start_daemon(Path(directory) / f"d{count}-{n}", url, dns_server.address)
-                               for n in range(count)]
+                with fresh_database() as url, ExitStack() as running:
+                    ports = [running.enter_context(daemon_on(Path(directory) / f"d{count}-{n}", url,
+                                                             dns_server.address)) for n in range(count)]
                     store = PostgresStore(url)
                     try:
-                        rates.append(triage_rate([port for _, port in daemons], args.messages, store))
+                        rates.append(triage_rate(ports, args.messages, store))
                     finally:
                         store.close()
-                        for process, _ in daemons:
-                            process.terminate()
-                            process.wait(30)
         finally:
             dns_server.stop()
         print(f"{'triage over SMTP, one daemon on PostgreSQL':<52} {rates[0]:>9,.0f} msgs/s")

@@ -66,7 +66,8 @@ from mailpipe.worker import Worker
 log = logging.getLogger("mailpipe.daemon")
 
 _STATS_INTERVAL = 2.0
-_RESTART_FIRST, _RESTART_MAX = 1.0, 300.0  # a failed part's pause before it runs again
+# A failed part's pause before it runs again, doubling; back to the first after a minute's good run.
+_RESTART_FIRST, _RESTART_MAX, _RESTART_GOOD_RUN = 1.0, 300.0, 60.0
 TRIAGING = "; triaging mail"  # the end of the status once the inbound queue's worker runs
 _SPOOL_OF = {"inbound": "inbound", "submission": "outbound", "outbound": "outbound"}  # queue -> spool file
 
@@ -94,6 +95,7 @@ class Daemon:
         self._signing = Offload("dkim-sign", SIGNING_THREADS)
         self._reloading = asyncio.Lock()
         self._exit_status = 0
+        self._triaging = False  # the inbound queue's worker runs (the urgency model is in place)
 
     async def run(self) -> int:
         config = self.config
@@ -150,7 +152,8 @@ class Daemon:
                 name = f"worker:{INBOUND.name}"
                 background.append(asyncio.create_task(self._supervised(name, self._workers[INBOUND.name].run),
                                                       name=name))
-                self._notifier.notify(f"STATUS={self._status_line(config)}{TRIAGING}")
+                self._triaging = True
+                self._notifier.notify(f"STATUS={self._status_line(config)}")
             await self._stop.wait()
 
             self._notifier.stopping()
@@ -190,7 +193,8 @@ class Daemon:
                 self._stop.set()
                 return False
             assert self._learner is not None
-            self._learner.install(training.result(), config.triage)
+            if self._learner.current is None:  # else a correction by mail retrained it meanwhile, newer
+                self._learner.install(training.result(), config.triage)
             return True
 
     async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -201,23 +205,24 @@ class Daemon:
         stop the mail the others carry, nor take the daemon down (a restart would meet the
         same failure)."""
         delay = _RESTART_FIRST
+        self._metrics.part_restarts.labels(name)  # at 0 from the start, so its first failure is an increase
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 await run()
                 return
             except Exception:
+                if time.monotonic() - started > _RESTART_GOOD_RUN:
+                    delay = _RESTART_FIRST  # it ran a good while: a new failure, not the same one again
                 log.exception("part failed: starting it again", extra={"part": name, "delay": delay})
                 self._metrics.part_restarts.labels(name).inc()
-            if time.monotonic() - started > _RESTART_MAX:
-                delay = _RESTART_FIRST  # it ran a good while: this failure is a new one
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(2 * delay, _RESTART_MAX)
 
-    @staticmethod
-    def _status_line(config: Config) -> str:
-        return f"accepting mail on {config.inbound.listen}, submission on {config.submission.listen}"
+    def _status_line(self, config: Config) -> str:
+        return (f"accepting mail on {config.inbound.listen}, submission on {config.submission.listen}"
+                f"{TRIAGING if self._triaging else ''}")
 
     def stop(self) -> None:
         """As SIGTERM: stop accepting, finish what is in flight, exit."""

@@ -181,6 +181,23 @@ def test_a_broken_config_at_start_exits_1_naming_the_key(make_daemon) -> None:
     assert "inbound.max_connections" in result.stderr
 
 
+def test_a_corpus_missing_a_level_stops_the_start_before_anything_listens(make_daemon, tmp_path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "desk.toml").write_text("".join(
+        f'[[mail]]\nlevel = "{level}"\nsubject = "s{n}"\nbody = "b{n}"\n\n'
+        for n, level in enumerate(["critical", "high", "normal"] * 2)))
+    daemon = make_daemon({"triage": {"model": True, "corpus_directory": str(corpus)}}, start=False)
+    daemon.write_config()
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "serve", "--config", str(daemon.config_path)],
+                            capture_output=True, text=True, timeout=TRAINING_SECONDS)
+    assert result.returncode == 1
+    assert "fewer than two examples at level 'low'" in result.stderr
+    checked = subprocess.run([sys.executable, "-m", "mailpipe", "check-config", str(daemon.config_path)],
+                             capture_output=True, text=True, timeout=TRAINING_SECONDS)
+    assert checked.returncode != 0 and "fewer than two examples at level 'low'" in checked.stderr
+
+
 def test_sighup_with_a_broken_rule_file_keeps_the_running_rules(make_daemon, tmp_path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(shipped("rules"), rules)
@@ -270,6 +287,7 @@ def test_a_part_of_the_daemon_that_raises_is_logged_counted_and_started_again(ma
         assert len(await asyncio.to_thread(stopped.delivered, 30)) == 1
         found = await asyncio.to_thread(metrics, stopped)
         assert found[("mailpipe_part_restarts_total", (("part", "monitors"),))] == 1
+        assert found[("mailpipe_part_restarts_total", (("part", "probes"),))] == 0  # there before any failure
         serving.stop()
         assert await task == 0
 

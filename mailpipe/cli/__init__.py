@@ -67,6 +67,8 @@ from mailpipe.outbound import classify
 from mailpipe.store import StoreError, StoreUnavailable
 from mailpipe.triage import corpus
 from mailpipe.triage import load as triage_load
+from mailpipe.triage.conditions import LEVELS
+from mailpipe.triage.model import enough
 
 EXAMPLES = {
     "serve": ("mailpipe serve                                  # the quick start: ./var, loopback ports",
@@ -162,7 +164,9 @@ def _check_config(args: argparse.Namespace) -> int:
     except Problems as exc:
         problems.extend(exc.problems)
     try:
-        corpus.load(triage.corpus_paths)
+        found = corpus.load(triage.corpus_paths)
+        if triage.model:
+            enough(found, LEVELS)
     except Problems as exc:
         problems.extend(exc.problems)
     if problems or loaded is None or ruleset is None or catalog is None:

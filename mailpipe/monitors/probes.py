@@ -148,6 +148,7 @@ class Prober:
         self._pending: dict[str, Pending] = {}
         self._tokens: dict[Seed, TokenSource] = {}  # access tokens outlive one poll
         self._wake = asyncio.Event()
+        self._next_send = 0.0  # when the next round of probes goes out (monotonic clock)
 
     def reconfigure(self, settings: ProbeSettings) -> None:
         self.settings = settings
@@ -155,12 +156,12 @@ class Prober:
         self._wake.set()
 
     async def run(self) -> None:
-        next_send = 0.0
         while True:
             self._wake.clear()
-            if self.settings.seeds and time.monotonic() >= next_send:
+            if self.settings.seeds and time.monotonic() >= self._next_send:
+                # Before sending: a run started again after a failure does not send another round.
+                self._next_send = time.monotonic() + self.settings.interval
                 await self.send_all()
-                next_send = time.monotonic() + self.settings.interval
             if self._pending:
                 await self.check()
             with contextlib.suppress(TimeoutError):

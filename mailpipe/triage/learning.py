@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from typing import Protocol
 
@@ -21,7 +22,7 @@ from mailpipe.config import TriageConfig
 from mailpipe.metrics import Metrics
 from mailpipe.triage import corpus
 from mailpipe.triage.conditions import LEVELS
-from mailpipe.triage.model import Example, UrgencyModel, train
+from mailpipe.triage.model import Example, UrgencyModel, enough, train
 
 log = logging.getLogger("mailpipe.triage")
 
@@ -45,8 +46,13 @@ def trained(settings: TriageConfig, store: Corrections | None) -> UrgencyModel |
 
 
 def wanted(settings: TriageConfig, store: Corrections | None) -> list[Example] | None:
-    """What the settings train on (a broken corpus raises ``ModelError``), or None without a model."""
-    return examples(settings, store) if settings.model else None
+    """What the settings train on (a broken corpus, or one without two mails at every level,
+    raises ``ModelError``), or None without a model."""
+    if not settings.model:
+        return None
+    found = examples(settings, store)
+    enough(found, LEVELS)
+    return found
 
 
 def fitted(found: list[Example] | None) -> UrgencyModel | None:
@@ -74,15 +80,37 @@ class Learner:
 
     async def train(self, settings: TriageConfig) -> UrgencyModel | None:
         """Train for ``settings`` off the event loop; raises ``ModelError`` on a broken corpus."""
-        return await asyncio.to_thread(trained, settings, self._store)
+        return await self.fit(await self.read(settings))
 
     async def read(self, settings: TriageConfig) -> list[Example] | None:
         """The first half of ``train``, quick: the corpus read and checked (``ModelError``)."""
         return await asyncio.to_thread(wanted, settings, self._store)
 
     async def fit(self, found: list[Example] | None) -> UrgencyModel | None:
-        """The second half of ``train``: the seconds of CPU."""
-        return await asyncio.to_thread(fitted, found)
+        """The second half of ``train``, the seconds of CPU, in a daemon thread of its own: a
+        daemon told to stop meanwhile exits without waiting for a model nobody will use (the
+        default executor's threads are waited for at exit)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[UrgencyModel | None] = loop.create_future()
+
+        def settle(model: UrgencyModel | None, error: BaseException | None) -> None:
+            if done.cancelled():
+                return
+            if error is None:
+                done.set_result(model)
+            else:
+                done.set_exception(error)
+
+        def work() -> None:
+            try:
+                model, error = fitted(found), None
+            except Exception as exc:
+                model, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it
+                loop.call_soon_threadsafe(settle, model, error)
+
+        threading.Thread(target=work, name="fit", daemon=True).start()
+        return await done
 
     def learn(self) -> None:
         """A correction arrived (in a store thread): train again soon, once for any number of

@@ -181,12 +181,17 @@ class UrgencyModel:
                           self._lengths)
 
 
-def train(examples: Sequence[Example], levels: Sequence[str], c: float = DEFAULT_C) -> UrgencyModel:
-    """Fit on labelled examples. Every level must have at least two examples."""
+def enough(examples: Sequence[Example], levels: Sequence[str]) -> None:
+    """Raises ``ModelError`` unless every level has the two examples fitting needs."""
     counts = Counter(example.level for example in examples)
     missing = [level for level in levels if counts[level] < 2]
     if missing:
         raise ModelError([f"labelled mail: fewer than two examples at level {level!r}" for level in missing])
+
+
+def train(examples: Sequence[Example], levels: Sequence[str], c: float = DEFAULT_C) -> UrgencyModel:
+    """Fit on labelled examples. Every level must have at least two examples."""
+    enough(examples, levels)
     from sklearn.feature_extraction.text import TfidfVectorizer
     from threadpoolctl import threadpool_limits
 
