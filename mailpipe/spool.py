@@ -240,7 +240,10 @@ def replace(conn: sqlite3.Connection, qid: str, successors: Iterable[tuple[str, 
     remove(conn, qid)
 
 
-def claim(conn: sqlite3.Connection, limit: int, now: float, listener: str | None = None) -> list[Message]:
+def claim(conn: sqlite3.Connection, limit: int, now: float, listener: str | None = None,
+          unreadable: list[tuple[str, str]] | None = None) -> list[Message]:
+    """Up to ``limit`` messages due now, claimed; a row that cannot be read is quarantined instead,
+    and added to ``unreadable`` with the reason."""
     which, args = ("AND listener = ?", (listener,)) if listener else ("", ())
     rows = conn.execute(
         "UPDATE messages SET state = 'active', claims = claims + 1 WHERE id IN ("
@@ -255,7 +258,8 @@ def claim(conn: sqlite3.Connection, limit: int, now: float, listener: str | None
         except Exception as exc:  # not as insert wrote it (JSON nested too deep raises RecursionError)
             reason = f"unreadable spool entry: {type(exc).__name__}: {str(exc)[:200]}"
             quarantine(conn, row[0], reason)
-            log.error("quarantined", extra={"queue_id": row[0], "reason": reason})
+            if unreadable is not None:
+                unreadable.append((row[0], reason))
     return sorted(claimed, key=lambda m: m.entry.next_attempt)
 
 
@@ -374,12 +378,18 @@ class Spool:
         now = self._clock()
         done = list(done)  # as in replace: an operation may run twice
 
+        unreadable: list[tuple[str, str]] = []
+
         def operation(conn: sqlite3.Connection) -> list[Message]:
+            unreadable.clear()  # a group run again in savepoints runs this again
             for qid in done:
                 remove(conn, qid)
-            return claim(conn, limit, now, listener)
+            return claim(conn, limit, now, listener, unreadable)
 
-        return await self._committer.submit(operation)
+        claimed = await self._committer.submit(operation)
+        for qid, reason in unreadable:  # logged once committed, not at each run of the operation
+            log.error("quarantined", extra={"queue_id": qid, "reason": reason})
+        return claimed
 
     async def replace(self, qid: str, successors: Iterable[tuple[str, Envelope, bytes]]) -> None:
         """``qid`` leaves this queue and ``successors`` enter the next, in one commit."""

@@ -428,3 +428,18 @@ def test_listing_shows_a_damaged_entry_with_what_is_wrong(tmp_path: Path, column
     assert entries[whole].envelope == ENVELOPE
     if column != "data":  # listing does not read the message itself
         assert entries[damaged].last_error.startswith("unreadable spool entry")
+
+
+def test_a_damaged_entry_is_logged_once_with_its_queue_id_and_reason(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "s.sqlite"
+
+    async def body(queue: Spool):
+        damaged = await queue.enqueue(ENVELOPE, b"damaged")
+        damage(path, damaged, "rcpt_tos", "{not json")
+        await queue.claim(10)
+        return damaged
+
+    with caplog.at_level("ERROR", logger="mailpipe.spool"):
+        damaged = run(with_spool(path, body))
+    (record,) = [r for r in caplog.records if r.getMessage() == "quarantined"]
+    assert record.queue_id == damaged and record.reason.startswith("unreadable spool entry")
