@@ -427,7 +427,10 @@ def test_a_delivered_message_leaves_the_spool_soon_while_every_slot_is_busy(tmp_
     assert left == []
 
 
-def test_a_stop_that_cancels_hand_offs_still_writes_the_acknowledgements_waiting_for_a_claim(tmp_path: Path) -> None:
+def test_a_stop_that_cancels_hand_offs_still_writes_the_acknowledgements_waiting_for_a_claim(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
+    monkeypatch.setattr(worker_module, "_ACK_DELAY", 3600.0)  # no commit of its own comes: only a claim or the stop
+
     async def scenario() -> tuple[list[str], list[spool_ops.Entry]]:
         spool = Spool(tmp_path / "inbound.sqlite")
         settings = SpoolConfig(workers=2, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
@@ -440,10 +443,9 @@ def test_a_stop_that_cancels_hand_offs_still_writes_the_acknowledgements_waiting
         qids = [await spool.enqueue(ENVELOPE, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
                 for subject in ("slow", "fast", "fast", "slow")]
         runner = asyncio.create_task(worker.run())
-        for _ in range(1000):
-            if worker._acks:  # the third message waits for a claim that will not come
-                break
-            await asyncio.sleep(0.001)
+        deadline = time.monotonic() + 60  # by the event, not by how fast a busy machine gets there
+        while qids[2] not in [qid for qid, _ in worker._acks] and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)  # the third message, handed on, waits for a claim that will not come
         await worker.stop(0)
         runner.cancel()
         left = closed_entries(spool)
