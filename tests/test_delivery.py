@@ -412,10 +412,8 @@ def test_a_delivered_message_leaves_the_spool_soon_while_every_slot_is_busy(tmp_
                 for subject in ("slow", "fast", "fast", "slow")]
         runner = asyncio.create_task(worker.run())
         operator = spool_ops.connect(spool.path)
-        for _ in range(100):
-            waiting = spool_ops.entries(operator)
-            if len(waiting) == 2:
-                break
+        deadline = time.monotonic() + 60  # generous: a busy machine may take its time
+        while len(waiting := spool_ops.entries(operator)) != 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         operator.close()
         release.set()
