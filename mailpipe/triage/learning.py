@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import threading
 import time
 from typing import Protocol
 
 from mailpipe.config import TriageConfig
 from mailpipe.metrics import Metrics
+from mailpipe.offload import Offload
 from mailpipe.triage import corpus
 from mailpipe.triage.conditions import LEVELS
 from mailpipe.triage.model import Example, UrgencyModel, enough, train
@@ -59,6 +60,14 @@ def fitted(found: list[Example] | None) -> UrgencyModel | None:
     return None if found is None else train(found, LEVELS)
 
 
+@functools.cache
+def _fitting() -> Offload:
+    """One daemon thread fits every model, one after another: a daemon told to stop meanwhile
+    exits without waiting for a model nobody will use (the default executor's threads are
+    waited for at exit), and two fits never share the CPU that triage needs."""
+    return Offload("fit", 1)
+
+
 class Learner:
     """Holds the model triage reads (``current``) and trains its successors."""
 
@@ -87,30 +96,8 @@ class Learner:
         return await asyncio.to_thread(wanted, settings, self._store)
 
     async def fit(self, found: list[Example] | None) -> UrgencyModel | None:
-        """The second half of ``train``, the seconds of CPU, in a daemon thread of its own: a
-        daemon told to stop meanwhile exits without waiting for a model nobody will use (the
-        default executor's threads are waited for at exit)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[UrgencyModel | None] = loop.create_future()
-
-        def settle(model: UrgencyModel | None, error: BaseException | None) -> None:
-            if done.cancelled():
-                return
-            if error is None:
-                done.set_result(model)
-            else:
-                done.set_exception(error)
-
-        def work() -> None:
-            try:
-                model, error = fitted(found), None
-            except Exception as exc:
-                model, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it
-                loop.call_soon_threadsafe(settle, model, error)
-
-        threading.Thread(target=work, name="fit", daemon=True).start()
-        return await done
+        """The second half of ``train``: the seconds of CPU, in the fitting thread."""
+        return await _fitting().run(fitted, found)
 
     def learn(self) -> None:
         """A correction arrived (in a store thread): train again soon, once for any number of
