@@ -53,12 +53,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(command: list[str], port: int, log: Path | None = None,
-            ready: Callable[[], None] | None = None) -> Iterator[int]:
+def serving(command: list[str], port: int, log: Path | None = None, ready: Callable[[], None] | None = None,
+            environment: dict[str, str] | None = None) -> Iterator[int]:
     """A server process listening on ``port`` (and past ``ready``) for the duration of the block;
-    output to ``log``."""
+    output to ``log``; ``environment`` added to ours."""
     with (log.open("wb") if log else open(os.devnull, "wb")) as output:
-        process = subprocess.Popen(command, stdout=output, stderr=output)
+        process = subprocess.Popen(command, stdout=output, stderr=output, env={**os.environ, **(environment or {})})
         try:
             listening(port, 90, command[0])
             if ready is not None:
@@ -157,9 +157,8 @@ def serving_mailpipe(config: Path, port: int, log: Path) -> Iterator[int]:
             while not any(state.endswith(TRIAGING) for state in notify.recv(4096).decode().split("\n")):
                 pass
 
-        command = ["env", f"NOTIFY_SOCKET={sockets}/notify", sys.executable, "-m", "mailpipe", "serve",
-                   "--config", str(config)]
-        with serving(command, port, log, triaging):
+        command = [sys.executable, "-m", "mailpipe", "serve", "--config", str(config)]
+        with serving(command, port, log, triaging, {"NOTIFY_SOCKET": f"{sockets}/notify"}):
             yield port
 
 
