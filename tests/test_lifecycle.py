@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -16,7 +18,11 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailpipe import config as configuration
+from mailpipe import daemon as running
 from mailpipe.data import shipped
+from mailpipe.monitors.runner import Monitors
+from mailpipe.triage.learning import Learner
 from tests.conftest import TRAINING_SECONDS, Daemon, merge, toml
 from tests.peers import listening
 
@@ -227,12 +233,6 @@ def test_triage_metrics_count_cases_assignments_and_stage_latency(daemon: Daemon
 
 def test_mail_is_accepted_while_the_urgency_model_is_fitted_and_triaged_once_it_is(make_daemon, monkeypatch) -> None:
     # In process, so that the test decides when fitting ends, not the machine's speed.
-    import asyncio
-
-    from mailpipe import config as configuration
-    from mailpipe import daemon as running
-    from mailpipe.triage.learning import Learner
-
     stopped = make_daemon({"triage": {"model": True}}, start=False)
     stopped.write_config()
 
@@ -259,13 +259,6 @@ def test_mail_is_accepted_while_the_urgency_model_is_fitted_and_triaged_once_it_
 def test_a_part_of_the_daemon_that_raises_is_logged_counted_and_started_again(make_daemon, monkeypatch,
                                                                               caplog) -> None:
     # In process: nothing a peer can send makes a part raise, so the fault is put in by hand.
-    import asyncio
-    import logging
-
-    from mailpipe import config as configuration
-    from mailpipe import daemon as running
-    from mailpipe.monitors.runner import Monitors
-
     async def scenario() -> None:
         runs: list[int] = []
         again = asyncio.Event()
