@@ -222,6 +222,18 @@ def test_quoted_history_is_not_new_text(reply: str) -> None:
     assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text == "Still broken!"
 
 
+@pytest.mark.parametrize("reply", [
+    "On Mon, 5 Jan 2026 at 10:00, Support <support@example.test> wrote:\n> It is fixed now.\n\nStill broken!",
+    "2026年1月5日(月) 10:00 サポート <support@example.test>:\n> 直りました。\n\nStill broken!\n\n-- \nYamada",
+    "On Mon, Support <support@example.test> wrote:\n> Fixed?\n\nStill broken!\n\n> Anything else?\n\nRefund?",
+], ids=["bottom-posted", "bottom-posted-ja-with-signature", "inline"])
+def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(reply: str) -> None:
+    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    assert "Still broken!" in new_text
+    assert "fixed" not in new_text.lower() and "直りました" not in new_text and "Yamada" not in new_text
+    assert new_text.endswith("Refund?") == reply.endswith("Refund?")
+
+
 @pytest.mark.parametrize("body", [
     "Our newsletter reaches nobody. One recipient sent us this:\n\nFrom: news@shop.example.jp\n"
     "Date: Mon, 30 Nov 2026 09:00:00 +0900\nSubject: Winter sale\n\nNone of our 30,000 subscribers got it.",

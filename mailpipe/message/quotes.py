@@ -57,8 +57,15 @@ def new_text(text: str, subject: str = "", answering: bool = True) -> str:
     and what follows it is still theirs."""
     match = next((found for found in _SEPARATORS.finditer(text) if answering or not found.group("fields")), None)
     head = without_signature(_unquoted(text[: match.start()] if match else text))
-    if match is None or not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
+    if match is None:
         return head
+    if not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
+        below = text[match.end():]
+        if not _quote_follows(below):
+            return head
+        # Bottom-posted or answered inline: what the sender wrote is under and between the lines
+        # the attribution introduces, and may itself end in a signature or older history.
+        return f"{head}\n{new_text(_unquoted(below), subject, answering)}".strip()
     fields, rest = _fields_on_top(text[match.end():])
     # The forwarded message's own subject, from the block its client put on top, says whether it
     # answered another; without one, it is read as one that may.
@@ -70,6 +77,13 @@ def new_text(text: str, subject: str = "", answering: bool = True) -> str:
 def reply_subject(subject: str) -> bool:
     """A subject that says it answers something ("Re:", "返信:", "Fwd:")."""
     return bool(REPLY_PREFIX.match(subject))
+
+
+def _quote_follows(below: str) -> bool:
+    """The separator's line is followed by "> " lines: an attribution over quoted mail, not the
+    top of a pasted or Outlook-style history block, which quotes nothing and runs to the end."""
+    following = [line for line in below.splitlines()[1:] if line.strip()]
+    return bool(following) and bool(_QUOTED_LINE.match(following[0]))
 
 
 def _unquoted(text: str) -> str:
