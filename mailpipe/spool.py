@@ -372,9 +372,11 @@ class Spool:
         (a repeat after a crash) keeps the one already there."""
         await self.replace("", [(queue_id, envelope, data)])
 
-    async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+    async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = (),
+                    quarantined: Callable[[str], None] = lambda qid: None) -> list[Message]:
         """Up to ``limit`` messages due now; ``done`` (messages already handed on) leave the spool
-        in the same commit, so a busy worker's acknowledgements cost no commit of their own."""
+        in the same commit, so a busy worker's acknowledgements cost no commit of their own.
+        ``quarantined`` hears of each row quarantined because it could not be read, once committed."""
         now = self._clock()
         done = list(done)  # as in replace: an operation may run twice
 
@@ -389,6 +391,7 @@ class Spool:
         claimed = await self._committer.submit(operation)
         for qid, reason in unreadable:  # logged once committed, not at each run of the operation
             log.error("quarantined", extra={"queue_id": qid, "reason": reason})
+            quarantined(qid)
         return claimed
 
     async def replace(self, qid: str, successors: Iterable[tuple[str, Envelope, bytes]]) -> None:

@@ -202,7 +202,7 @@ class Worker:
                 acks = self._take_acks()
                 try:
                     claimed = await self._spool.claim(self.route.settings.workers, self.name,
-                                                      [qid for qid, _ in acks])
+                                                      [qid for qid, _ in acks], self._unreadable)
                 except sqlite3.Error as exc:
                     self._commit_acks(acks)
                     failures += 1
@@ -396,6 +396,10 @@ class Worker:
                 max(0.0, time.time() - message.entry.received_at))
             log.info(route.event, extra={"queue_id": message.id, **route.summary(work), "method": route.method})
             self._storage_works()
+
+    def _unreadable(self, qid: str) -> None:
+        """A row the claim quarantined because it could not be read counts as any quarantine does."""
+        self._metrics.handoffs.labels(self.name, "quarantined").inc()
 
     def _observe(self, stage: str, seconds: float) -> None:
         self._metrics.stage_seconds.labels(self.name, stage).observe(seconds)

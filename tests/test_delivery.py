@@ -240,10 +240,11 @@ class Acks(Spool):
         self.with_claims: list[list[str]] = []
         self.own: list[list[str]] = []
 
-    async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+    async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = (),
+                    quarantined: Callable[[str], None] = lambda qid: None) -> list[Message]:
         if done:
             self.with_claims.append(list(done))
-        return await super().claim(limit, listener, done)
+        return await super().claim(limit, listener, done, quarantined)
 
     async def ack(self, *qids: str) -> None:
         self.own.append(list(qids))
@@ -336,11 +337,12 @@ def test_messages_claimed_while_the_worker_stops_are_left_claimed_for_the_next_s
             super().__init__(path)
             self.claims, self.release = 0, asyncio.Event()
 
-        async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+        async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = (),
+                        quarantined: Callable[[str], None] = lambda qid: None) -> list[Message]:
             self.claims += 1
             if self.claims == 2:
                 await self.release.wait()
-            return await super().claim(limit, listener, done)
+            return await super().claim(limit, listener, done, quarantined)
 
     async def scenario() -> tuple[list[str], list[spool_ops.Entry]]:
         spool = Slow(tmp_path / "inbound.sqlite")
@@ -371,10 +373,11 @@ def test_messages_claimed_while_the_worker_stops_are_left_claimed_for_the_next_s
 
 def test_the_acknowledgements_a_failing_claim_carried_are_written_all_the_same(tmp_path: Path) -> None:
     class Breaking(Spool):
-        async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = ()) -> list[Message]:
+        async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = (),
+                        quarantined: Callable[[str], None] = lambda qid: None) -> list[Message]:
             if done:
                 raise RuntimeError("a bug under the claim")
-            return await super().claim(limit, listener, done)
+            return await super().claim(limit, listener, done, quarantined)
 
     async def scenario() -> list[spool_ops.Entry]:
         spool = Breaking(tmp_path / "inbound.sqlite")

@@ -415,6 +415,21 @@ def test_a_damaged_entry_is_quarantined_when_claimed_and_the_rest_are_claimed(tm
     assert state[damaged][0] == "quarantine" and state[damaged][1].startswith("unreadable spool entry")
 
 
+def test_the_claimer_hears_once_of_each_entry_quarantined_as_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    heard: list[str] = []
+
+    async def body(queue: Spool) -> str:
+        damaged = await queue.enqueue(ENVELOPE, b"damaged")
+        await queue.enqueue(ENVELOPE, b"whole")
+        damage(path, damaged, "rcpt_tos", "{not json")
+        await queue.claim(10, quarantined=heard.append)
+        await queue.claim(10, quarantined=heard.append)
+        return damaged
+
+    assert heard == [run(with_spool(path, body))]
+
+
 @pytest.mark.parametrize("column, value", DAMAGE.values(), ids=DAMAGE.keys())
 def test_listing_shows_a_damaged_entry_with_what_is_wrong(tmp_path: Path, column: str, value: object) -> None:
     path = tmp_path / "s.sqlite"
