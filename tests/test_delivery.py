@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import smtplib
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -119,6 +120,35 @@ def test_a_message_that_crashes_a_stage_is_quarantined_and_does_not_block_the_qu
     stats = asyncio.run(scenario())
     assert stats.depth["quarantine"] == 1
     assert len(list((tmp_path / "mail" / "yamada" / "new").iterdir())) == 5
+
+
+def test_a_spooled_message_that_cannot_be_read_is_counted_as_quarantined(tmp_path: Path) -> None:
+    async def scenario() -> tuple[float, float]:
+        spool = Spool(tmp_path / "inbound.sqlite")
+        settings = SpoolConfig(workers=2, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
+        handed: list[str] = []
+
+        async def hand_off(work: Work) -> None:
+            handed.append(work.message.id)
+
+        metrics = Metrics()
+        worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), metrics)
+        damaged = await spool.enqueue(ENVELOPE, b"Subject: damaged\r\n\r\nx\r\n")
+        await spool.enqueue(ENVELOPE, b"Subject: whole\r\n\r\nx\r\n")
+        with sqlite3.connect(spool.path) as conn:
+            conn.execute("UPDATE messages SET rcpt_tos = '{not json' WHERE id = ?", (damaged,))
+        conn.close()
+        runner = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 60
+        while not handed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await worker.stop(5)
+        runner.cancel()
+        spool.close()
+        return (metrics.handoffs.labels("inbound", "quarantined")._value.get(),
+                metrics.handoffs.labels("inbound", "delivered")._value.get())
+
+    assert asyncio.run(scenario()) == (1, 1)
 
 
 def test_a_failed_retry_asked_for_by_an_operator_keeps_the_backoff_where_it_was(tmp_path: Path) -> None:

@@ -226,12 +226,25 @@ def test_quoted_history_is_not_new_text(reply: str) -> None:
     "On Mon, 5 Jan 2026 at 10:00, Support <support@example.test> wrote:\n> It is fixed now.\n\nStill broken!",
     "2026年1月5日(月) 10:00 サポート <support@example.test>:\n> 直りました。\n\nStill broken!\n\n-- \nYamada",
     "On Mon, Support <support@example.test> wrote:\n> Fixed?\n\nStill broken!\n\n> Anything else?\n\nRefund?",
-], ids=["bottom-posted", "bottom-posted-ja-with-signature", "inline"])
+    "-----Original Message-----\nFrom: Support\nSent: Monday\nSubject: RE: x\n\n> It is fixed now.\nStill broken!\n"
+    "> Anything else?\nRefund?",
+], ids=["bottom-posted", "bottom-posted-ja-with-signature", "inline", "inline-under-outlook-headers"])
 def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(reply: str) -> None:
     new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
     assert "Still broken!" in new_text
     assert "fixed" not in new_text.lower() and "直りました" not in new_text and "Yamada" not in new_text
     assert new_text.endswith("Refund?") == reply.endswith("Refund?")
+
+
+@pytest.mark.parametrize("trailer", [
+    "-- \nJoon Park\nMarketing Manager, Lumenwave Audio",
+    "Joon Park\nMarketing Manager, Lumenwave Audio",
+    "This email is confidential. If you are not the intended recipient, notify the system manager: "
+    "unauthorised access is a breach we report to the regulator.",
+], ids=["signature", "signature-without-delimiter", "disclaimer"])
+def test_what_a_client_puts_under_the_quote_of_a_top_posted_reply_is_not_new_text(trailer: str) -> None:
+    reply = f"OK, thanks.\n\nOn Mon, Support <support@example.test> wrote:\n> We fixed it.\n\n{trailer}"
+    assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text == "OK, thanks."
 
 
 @pytest.mark.parametrize("body", [

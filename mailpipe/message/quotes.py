@@ -5,6 +5,9 @@ rules. Cuts at the first attribution or separator line that clients put above qu
 のメール/書きました), on its line or the next one a long attribution wraps onto, since
 「2026年11月29日 07:10頃から、以下のエラーが返ります:」 is what happened, not who wrote before — and
 「…さんは書きました:」), drops ">" lines, and cuts the signature (:mod:`mailpipe.message.signatures`).
+Where "> " lines follow the attribution, what the sender wrote under them (bottom-posted) or
+between them (answered inline) is new text too; under one unbroken quote below a top-posted reply
+is only the client's signature or disclaimer.
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
@@ -60,12 +63,12 @@ def new_text(text: str, subject: str = "", answering: bool = True) -> str:
     if match is None:
         return head
     if not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
-        below = text[match.end():]
-        if not _quote_follows(below):
+        below = _under_quote(text[match.end():], bool(head))
+        if below is None:
             return head
-        # Bottom-posted or answered inline: what the sender wrote is under and between the lines
-        # the attribution introduces, and may itself end in a signature or older history.
-        return f"{head}\n{new_text(_unquoted(below), subject, answering)}".strip()
+        # The text without the attribution and the lines it quotes, read again as one, so that a
+        # signature or footer under the sender's own lines is cut as it would be above the quote.
+        return new_text(f"{text[: match.start()]}\n\n{below}", subject, answering)
     fields, rest = _fields_on_top(text[match.end():])
     # The forwarded message's own subject, from the block its client put on top, says whether it
     # answered another; without one, it is read as one that may.
@@ -79,11 +82,20 @@ def reply_subject(subject: str) -> bool:
     return bool(REPLY_PREFIX.match(subject))
 
 
-def _quote_follows(below: str) -> bool:
-    """The separator's line is followed by "> " lines: an attribution over quoted mail, not the
-    top of a pasted or Outlook-style history block, which quotes nothing and runs to the end."""
-    following = [line for line in below.splitlines()[1:] if line.strip()]
-    return bool(following) and bool(_QUOTED_LINE.match(following[0]))
+def _under_quote(below: str, top_posted: bool) -> str | None:
+    """What the sender wrote under or between the "> " lines below a separator (the rest of its
+    line first), or None where the separator quotes nothing with "> " (a pasted or Outlook-style
+    history block, which runs to the end). Under one unbroken quote below a top-posted reply, what
+    follows is the client's trailer (a signature, a disclaimer, a gateway's banner), not an answer."""
+    first, _, rest = below.partition("\n")
+    lines = [first, *_fields_on_top(rest)[1].splitlines()]  # Outlook's From:/Sent: block under its separator
+    following = [line for line in lines[1:] if line.strip()]
+    if not following or not _QUOTED_LINE.match(following[0]):
+        return None
+    quoted = [i for i, line in enumerate(lines) if _QUOTED_LINE.match(line)]
+    if top_posted and not any(line.strip() and not _QUOTED_LINE.match(line) for line in lines[quoted[0]:quoted[-1]]):
+        lines = lines[:quoted[-1]]
+    return _unquoted("\n".join(lines))
 
 
 def _unquoted(text: str) -> str:
