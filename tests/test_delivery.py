@@ -6,7 +6,6 @@ import asyncio
 import json
 import shutil
 import smtplib
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from mailpipe.triage.work import Work
 from mailpipe.worker import InThread, Route, Worker
 from tests.conftest import Daemon, free_port
 from tests.peers import SmtpSink
+from tests.test_spool import damage
 
 AGENT = Agent("yamada", "山田 太郎", "yamada@example.test", "03-1234-5678")
 ENVELOPE = Envelope("customer@example.org", ("support@example.test",), "127.0.0.1", "client", "inbound")
@@ -126,25 +126,17 @@ def test_a_spooled_message_that_cannot_be_read_is_counted_as_quarantined(tmp_pat
     async def scenario() -> tuple[float, float]:
         spool = Spool(tmp_path / "inbound.sqlite")
         settings = SpoolConfig(workers=2, retry_initial=100, retry_max=100, max_lifetime=60, max_stage_failures=3)
-        handed: list[str] = []
 
         async def hand_off(work: Work) -> None:
-            handed.append(work.message.id)
+            await asyncio.sleep(0)
 
         metrics = Metrics()
         worker = Worker("inbound", spool, Route(Work, (), hand_off, settings, "maildir"), metrics)
         damaged = await spool.enqueue(ENVELOPE, b"Subject: damaged\r\n\r\nx\r\n")
         await spool.enqueue(ENVELOPE, b"Subject: whole\r\n\r\nx\r\n")
-        with sqlite3.connect(spool.path) as conn:
-            conn.execute("UPDATE messages SET rcpt_tos = '{not json' WHERE id = ?", (damaged,))
-        conn.close()
+        damage(spool.path, damaged, "rcpt_tos", "{not json")
         runner = asyncio.create_task(worker.run())
-        deadline = time.monotonic() + 60
-        while not handed and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await worker.stop(5)
-        runner.cancel()
-        spool.close()
+        await settled(worker, runner, spool, lambda entries: [entry.state for entry in entries] == ["quarantine"])
         return (metrics.handoffs.labels("inbound", "quarantined")._value.get(),
                 metrics.handoffs.labels("inbound", "delivered")._value.get())
 
