@@ -371,6 +371,24 @@ def test_a_signature_is_not_new_text(body: str) -> None:
     assert parse(mail(body.encode())).new_text == "Every send bounces."
 
 
+@pytest.mark.parametrize("closing", ["Many thanks,\nBeryl", "Thanks in advance!",
+                                     "Kind regards,\n\nJane Doe\nHead of CRM",
+                                     "Cheers\nTom\nAcme Inc.\n+44 20 0000 0000"],
+                         ids=["many-thanks", "in-advance", "regards-with-title", "cheers-with-phone"])
+def test_an_english_closing_and_the_name_under_it_are_not_new_text(closing: str) -> None:
+    """"Many thanks," under a how-to is a sign-off, not the thank-you a THANKS rule looks for."""
+    body = f"Is there a way to make the reminder repeat weekly?\n\n{closing}"
+    assert parse(mail(body.encode())).new_text == "Is there a way to make the reminder repeat weekly?"
+
+
+@pytest.mark.parametrize("body", ["Many thanks!",
+                                  "It works now.\n\nThanks,\nPlease call me back today about the invoice.",
+                                  "Hi,\n\nThanks for restoring our list so fast."],
+                         ids=["closing-alone", "sentence-under-closing", "thanks-as-the-mail"])
+def test_thanks_that_are_the_mail_itself_are_kept(body: str) -> None:
+    assert parse(mail(body.encode())).new_text == body
+
+
 @pytest.mark.parametrize("footer", [
     "URGENT MATTERS: for urgent service issues please call the IT Service Desk on 0161 496 0900.\n\n"
     "This email and any attachments are confidential and may be privileged. If you are not the intended\n"
@@ -379,7 +397,7 @@ def test_a_signature_is_not_new_text(body: str) -> None:
 ], ids=["en", "ja"])
 def test_a_legal_footer_under_the_mail_is_not_new_text(footer: str) -> None:
     assert parse(mail(f"Could you tell us the pricing?\n\nKind regards,\nJane\n\n{footer}".encode())).new_text == \
-        "Could you tell us the pricing?\n\nKind regards,\nJane"
+        "Could you tell us the pricing?"
 
 
 @pytest.mark.parametrize("body", [

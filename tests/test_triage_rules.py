@@ -22,7 +22,7 @@ from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
 from tests.conftest import TRAINING_SECONDS
-from tests.triage_corpus import APART, ASIDE, LABELLED, build, score_all
+from tests.triage_corpus import APART, ASIDE, LABELLED, NATURAL, build, score_all
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 LEVELS = "[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n"
@@ -73,6 +73,12 @@ def test_english_keywords_match_whole_words_only(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "REFUND"\ndescription = "d"\nscore = 5\nany = ["refund"]\n')
     assert fired(r, context(body="Please REFUND me.")) == ("REFUND",)
     assert fired(r, context(body="Is the plan refundable?")) == ()
+
+
+def test_an_english_keyword_inside_an_identifier_does_not_fire(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "RESOLVED"\ndescription = "d"\nscore = -6\nany = ["resolved"]\n')
+    assert fired(r, context(body="The console shows net::ERR_NAME_NOT_RESOLVED for the form's script.")) == ()
+    assert fired(r, context(body="Resolved, thanks.")) == ("RESOLVED",)
 
 
 def test_keywords_in_quoted_history_do_not_fire(tmp_path: Path) -> None:
@@ -253,10 +259,12 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
     assert scores["low_promoted"] <= 6
 
 
-def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(shipped_model) -> None:
-    """The same floor on 300 messages by writers who never saw the corpus, the rules or the code."""
-    scores = _with_the_model(APART, shipped_model)
-    assert scores["messages"] == 300
+@pytest.mark.parametrize(("labelled", "count"), [(APART, 300), (NATURAL, 120)], ids=["apart", "natural"])
+def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(shipped_model, labelled: Path,
+                                                                                  count: int) -> None:
+    """The same floor on messages by writers who never saw the corpus, the rules or the code."""
+    scores = _with_the_model(labelled, shipped_model)
+    assert scores["messages"] == count
     assert scores["critical_at_high_or_above"] >= 0.95 * scores["critical"]
     assert scores["urgent_recall"] >= 0.95 and scores["urgent_precision"] >= 0.9
     assert scores["low_promoted"] <= 2

@@ -9,6 +9,9 @@ far worse than keeping a footer:
 - everything under the RFC 3676 delimiter "-- " (or "--"), when what follows is short;
 - a short block at the end, under a line drawn of one repeated character (━━━, -----, ＝＝＝),
   that carries a phone number or a company's name: the Japanese business signature;
+- an English closing ("Many thanks,", "Kind regards,", "Cheers") on its own line with at most a
+  few short lines of name and title under it, above which the mail has something to say: THANKS
+  read "Many thanks, Beryl" under a how-to question as a thank-you and sank it to low;
 - before those, up to four last paragraphs when each is a legal footer in a notice's own words
   ("if you are not the intended recipient", "does not accept liability for", 「誤って本メールを
   受信された場合」) or the footer's "for urgent matters, please call …": a customer who writes
@@ -60,6 +63,16 @@ _FOOTER = re.compile(
       | 誤って[^。\n]{0,12}受信(?:された|した|なさった)(?:場合|方) | 機密情報が含まれ(?:ている|る)可能性
       | (?:一切の|いかなる)?責任を負(?:いません|いかねます|わない) | (?:このメール|本メール)は送信専用""",
     re.IGNORECASE | re.VERBOSE)
+# Only the closing words: "Thanks for restoring the list so fast" is the mail itself.
+_VALEDICTION = re.compile(
+    r"""^\s*(?:
+        (?:(?:many|warm(?:est)?|kind(?:est)?|best|all\s+the\s+best\s+and)\s+)?(?:thanks|regards|wishes)
+      | thank\s+you | thanks\s+(?:again|in\s+advance|a\s+lot|so\s+much) | thank\s+you\s+(?:again|in\s+advance|so\s+much)
+      | best | cheers | sincerely | yours(?:\s+(?:truly|sincerely|faithfully))? | all\s+the\s+best | take\s+care
+    )\s*[,.!]?\s*$""",
+    re.IGNORECASE | re.VERBOSE)
+_NAME_LINES = 4  # under a closing: a name, a title, a company, a phone
+_NAME_CHARS = 60
 _FOOTER_PARAGRAPHS = 4  # the most a footer runs to; above them is the mail, whatever it says
 _FOOTER_LINES = 12  # a longer paragraph is the mail, whatever it says
 
@@ -78,11 +91,25 @@ def without_signature(text: str) -> str:
     for index in range(len(lines) - 1, first, -1):
         line = lines[index]
         if _DELIMITER.match(line) or (_DRAWN.match(line) and _is_signature(lines[index + 1:])):
-            return "\n".join(_trimmed(lines[:index]))
+            return "\n".join(_without_valediction(_trimmed(lines[:index])))
         below += bool(line.strip())
         if below > _MAX_LINES:
             break
-    return "\n".join(lines)
+    return "\n".join(_without_valediction(lines))
+
+
+def _without_valediction(lines: list[str]) -> list[str]:
+    """The lines above an English closing and the name under it; all of them when the closing is
+    the whole mail ("Many thanks!" alone is a thank-you) or what is under it reads as sentences."""
+    end = len(_trimmed(lines))
+    for index in range(end - 1, max(end - 2 - _NAME_LINES, -1), -1):
+        if _VALEDICTION.match(lines[index]):
+            names = [line for line in lines[index + 1:end] if line.strip()]
+            above = _trimmed(lines[:index])
+            if above and all(len(line) <= _NAME_CHARS and not _SENTENCE.search(line) for line in names):
+                return above
+            break
+    return lines
 
 
 def _without_footer(lines: list[str]) -> list[str]:
