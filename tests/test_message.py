@@ -236,6 +236,15 @@ def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(re
     assert new_text.endswith("Refund?") == reply.endswith("Refund?")
 
 
+@pytest.mark.parametrize("greeting", ["Hi team,", "Dear Support Team,\n",
+                                      "お世話になっております。\n株式会社ABCの田中です。"], ids=["hi", "dear", "ja"])
+def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(greeting: str) -> None:
+    reply = (f"{greeting}\n\nOn Mon, Support <support@example.test> wrote:\n> It is resolved now.\n\n"
+             "It is not: every send still bounces with 550.\n\nJoon")
+    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    assert "every send still bounces" in new_text and "resolved now" not in new_text
+
+
 @pytest.mark.parametrize("trailer", [
     "-- \nJoon Park\nMarketing Manager, Lumenwave Audio",
     "Joon Park\nMarketing Manager, Lumenwave Audio",

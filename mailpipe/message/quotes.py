@@ -7,7 +7,8 @@ rules. Cuts at the first attribution or separator line that clients put above qu
 「…さんは書きました:」), drops ">" lines, and cuts the signature (:mod:`mailpipe.message.signatures`).
 Where "> " lines follow the attribution, what the sender wrote under them (bottom-posted) or
 between them (answered inline) is new text too; under one unbroken quote below a top-posted reply
-is only the client's signature or disclaimer.
+is only the client's signature or disclaimer. A greeting alone above the quote ("Hi team,",
+「お世話になっております。ABC商事の田中です。」) is not a top-posted reply: the answer is below.
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
@@ -37,6 +38,15 @@ _SEPARATORS = re.compile(
     )""",
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
+# What a sender writes above a quote before answering under it: a salutation, or 「お世話になって
+# おります」 and who is writing. Nothing else: a line that says anything makes the reply top-posted.
+_GREETING = re.compile(
+    r"""^\s*(?:
+        (?:hi|hello|hey|dear|greetings|good\s+(?:morning|afternoon|evening))\b[^.!?\n]{0,40}[,.!:]?
+      | (?:いつも|大変)?お世話になって(?:おり|い)ます[。、]?
+      | [^\n。]{1,30}の[^\n。の]{1,12}(?:です|でございます|と申します)[。]?
+    )\s*$""",
+    re.IGNORECASE | re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
 _FORWARD_MARKER = re.compile(r"Forwarded\s+message|Begin\s+forwarded|転送(?:された)?メッセージ", re.IGNORECASE)
@@ -63,7 +73,7 @@ def new_text(text: str, subject: str = "", answering: bool = True) -> str:
     if match is None:
         return head
     if not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
-        below = _under_quote(text[match.end():], bool(head))
+        below = _under_quote(text[match.end():], _top_posted(head))
         if below is None:
             return head
         # The text without the attribution and the lines it quotes, read again as one, so that a
@@ -80,6 +90,10 @@ def new_text(text: str, subject: str = "", answering: bool = True) -> str:
 def reply_subject(subject: str) -> bool:
     """A subject that says it answers something ("Re:", "返信:", "Fwd:")."""
     return bool(REPLY_PREFIX.match(subject))
+
+
+def _top_posted(head: str) -> bool:
+    return any(line.strip() and not _GREETING.match(line) for line in head.splitlines())
 
 
 def _under_quote(below: str, top_posted: bool) -> str | None:
