@@ -390,10 +390,18 @@ def test_an_english_closing_and_the_name_under_it_are_not_new_text(closing: str)
     assert parse(mail(body.encode())).new_text == "Is there a way to make the reminder repeat weekly?"
 
 
-@pytest.mark.parametrize("body", ["Many thanks!",
-                                  "It works now.\n\nThanks,\nPlease call me back today about the invoice.",
-                                  "Hi,\n\nThanks for restoring our list so fast."],
-                         ids=["closing-alone", "sentence-under-closing", "thanks-as-the-mail"])
+@pytest.mark.parametrize("body", [
+    "Many thanks!",
+    "Hi Sam,\n\nThank you so much!\nAnna",
+    "Hi,\n\nThanks for restoring our list so fast.",
+    "It works now.\n\nThanks,\nCall me back today about the invoice, we were charged twice.",
+    "Can you check our account?\n\nThanks,\nTom\nP.S. all 40k contacts gone from the main list",
+    "hi can someone look at our account\n\nthanks\nbex\nall 40k contacts gone",
+    "Hi Sam,\n\nThanks.\nStill broken on our side\nnothing delivered since 9am",
+    "Which subject line for today's send?\nA: Last chance\nB: Final hours\nBest\nneed an answer by 3pm",
+    "Please check the account.\n\nBest regards,\n田中\n全件消失",
+], ids=["closing-alone", "greeting-and-thanks", "thanks-as-the-mail", "sentence-under-closing", "postscript",
+        "facts-under-closing", "thanks-then-report", "best-as-a-word", "japanese-facts-under-closing"])
 def test_thanks_that_are_the_mail_itself_are_kept(body: str) -> None:
     assert parse(mail(body.encode())).new_text == body
 
@@ -424,6 +432,17 @@ def test_a_mail_of_many_footer_paragraphs_is_read_in_one_walk_up() -> None:
     """Hostile input: every paragraph a footer. Cutting one at a time by copying was quadratic."""
     body = "hi\n\n" + "本メールは送信専用です。\n\n" * 100_000
     assert without_signature(body).startswith("hi\n\n本メールは送信専用です。")
+
+
+def test_a_closing_padded_with_a_million_spaces_is_read_in_one_pass() -> None:
+    """Hostile input: a closing pattern that backtracked over the padding took half an hour."""
+    body = "Can you help?\n\nThanks" + " " * 1_000_000 + "!x"
+    assert without_signature(body) == body
+
+
+def test_a_mail_of_many_phone_footers_is_read_in_one_walk_up() -> None:
+    """Hostile input: dropping the footers one copy at a time was quadratic."""
+    assert without_signature("Every send bounces.\n" + "Sent from my iPhone\n" * 200_000) == "Every send bounces."
 
 
 def test_a_log_pasted_between_drawn_lines_stays_new_text_above_the_signature() -> None:

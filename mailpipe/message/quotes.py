@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 
+from mailpipe.message.salutations import is_greeting
 from mailpipe.message.signatures import without_signature
 
 _SEPARATORS = re.compile(
@@ -38,15 +39,6 @@ _SEPARATORS = re.compile(
     )""",
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
-# What a sender writes above a quote before answering under it: a salutation, or 「お世話になって
-# おります」 and who is writing. Nothing else: a line that says anything makes the reply top-posted.
-_GREETING = re.compile(
-    r"""^\s*(?:
-        (?:hi|hello|hey|dear|greetings|good\s+(?:morning|afternoon|evening))\b[^.!?\n]{0,40}[,.!:]?
-      | (?:いつも|大変)?お世話になって(?:おり|い)ます[。、]?
-      | [^\n。]{1,30}の[^\n。の]{1,12}(?:です|でございます|と申します)[。]?
-    )\s*$""",
-    re.IGNORECASE | re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
 _FORWARD_MARKER = re.compile(r"Forwarded\s+message|Begin\s+forwarded|転送(?:された)?メッセージ", re.IGNORECASE)
@@ -93,7 +85,7 @@ def reply_subject(subject: str) -> bool:
 
 
 def _top_posted(head: str) -> bool:
-    return any(line.strip() and not _GREETING.match(line) for line in head.splitlines())
+    return any(line.strip() and not is_greeting(line) for line in head.splitlines())
 
 
 def _under_quote(below: str, top_posted: bool) -> str | None:

@@ -9,9 +9,9 @@ far worse than keeping a footer:
 - everything under the RFC 3676 delimiter "-- " (or "--"), when what follows is short;
 - a short block at the end, under a line drawn of one repeated character (━━━, -----, ＝＝＝),
   that carries a phone number or a company's name: the Japanese business signature;
-- an English closing ("Many thanks,", "Kind regards,", "Cheers") on its own line with at most a
-  few short lines of name and title under it, above which the mail has something to say: THANKS
-  read "Many thanks, Beryl" under a how-to question as a thank-you and sank it to low;
+- an English closing ("Many thanks,", "Kind regards,", "Cheers") on its own line with nothing but
+  a few lines of name, title, company or contact under it, above which the mail has more than a
+  greeting (:mod:`mailpipe.message.salutations`);
 - before those, up to four last paragraphs when each is a legal footer in a notice's own words
   ("if you are not the intended recipient", "does not accept liability for", 「誤って本メールを
   受信された場合」) or the footer's "for urgent matters, please call …": a customer who writes
@@ -21,6 +21,8 @@ far worse than keeping a footer:
 from __future__ import annotations
 
 import re
+
+from mailpipe.message.salutations import is_closing, is_greeting, is_name
 
 # The most lines a signature runs to below its delimiter; a longer tail is the mail itself.
 _MAX_LINES = 10
@@ -63,16 +65,7 @@ _FOOTER = re.compile(
       | 誤って[^。\n]{0,12}受信(?:された|した|なさった)(?:場合|方) | 機密情報が含まれ(?:ている|る)可能性
       | (?:一切の|いかなる)?責任を負(?:いません|いかねます|わない) | (?:このメール|本メール)は送信専用""",
     re.IGNORECASE | re.VERBOSE)
-# Only the closing words: "Thanks for restoring the list so fast" is the mail itself.
-_VALEDICTION = re.compile(
-    r"""^\s*(?:
-        (?:(?:many|warm(?:est)?|kind(?:est)?|best|all\s+the\s+best\s+and)\s+)?(?:thanks|regards|wishes)
-      | thank\s+you | thanks\s+(?:again|in\s+advance|a\s+lot|so\s+much) | thank\s+you\s+(?:again|in\s+advance|so\s+much)
-      | best | cheers | sincerely | yours(?:\s+(?:truly|sincerely|faithfully))? | all\s+the\s+best | take\s+care
-    )\s*[,.!]?\s*$""",
-    re.IGNORECASE | re.VERBOSE)
-_NAME_LINES = 4  # under a closing: a name, a title, a company, a phone
-_NAME_CHARS = 60
+_NAME_LINES = 4  # under a closing: a name, a title, a company, a phone (blank lines apart)
 _FOOTER_PARAGRAPHS = 4  # the most a footer runs to; above them is the mail, whatever it says
 _FOOTER_LINES = 12  # a longer paragraph is the mail, whatever it says
 
@@ -80,8 +73,10 @@ _FOOTER_LINES = 12  # a longer paragraph is the mail, whatever it says
 def without_signature(text: str) -> str:
     """The text above its signature; the text unchanged when no signature is certain."""
     lines = _without_footer(text.rstrip().splitlines())
-    while lines and _MOBILE.match(lines[-1]):
-        lines = _trimmed(lines[:-1])
+    end = len(lines)
+    while end and (not lines[end - 1].strip() or _MOBILE.match(lines[end - 1])):
+        end -= 1
+    lines = lines[:end]
     # From the last line up, the first delimiter or drawn line whose block below is a signature
     # wins: a log pasted between two drawn lines stays, and a framed block (a drawn line above
     # and below it) is cut at its upper line. Once more than a signature's lines lie below, no
@@ -99,17 +94,17 @@ def without_signature(text: str) -> str:
 
 
 def _without_valediction(lines: list[str]) -> list[str]:
-    """The lines above an English closing and the name under it; all of them when the closing is
-    the whole mail ("Many thanks!" alone is a thank-you) or what is under it reads as sentences."""
-    end = len(_trimmed(lines))
-    for index in range(end - 1, max(end - 2 - _NAME_LINES, -1), -1):
-        if _VALEDICTION.match(lines[index]):
-            names = [line for line in lines[index + 1:end] if line.strip()]
-            above = _trimmed(lines[:index])
-            if above and all(len(line) <= _NAME_CHARS and not _SENTENCE.search(line) for line in names):
-                return above
-            break
-    return lines
+    """The lines above an English closing and the name under it (:mod:`salutations`); all of them
+    when anything else is under the closing, or nothing but a greeting above it ("Hi Sam,\n\nThank
+    you so much!\nAnna" is a thank-you)."""
+    block = [index for index, line in enumerate(lines) if line.strip()][-(_NAME_LINES + 1):]
+    closing = next((index for index in reversed(block) if is_closing(lines[index])), None)
+    if closing is None:
+        return lines
+    names = [lines[index] for index in block if index > closing]
+    above = _trimmed(lines[:closing])
+    signed = all(is_name(name, only=len(names) == 1) for name in names)
+    return above if signed and not all(map(is_greeting, filter(str.strip, above))) else lines
 
 
 def _without_footer(lines: list[str]) -> list[str]:

@@ -28,8 +28,7 @@ def _keywords(value: Any, where: Callable[[Context], str]) -> Condition:
     alternatives = []
     if ascii_words:
         longest_first = "|".join(sorted(ascii_words, key=len, reverse=True))
-        # A word inside an identifier is not the word: ERR_NAME_NOT_RESOLVED says nothing was solved.
-        alternatives.append(rf"(?<![a-z0-9_])(?:{longest_first})(?![a-z0-9_])")
+        alternatives.append(rf"(?<![a-z0-9])(?:{longest_first})(?![a-z0-9])")
     if other_words:
         alternatives.append("|".join(sorted(other_words, key=len, reverse=True)))
     pattern = re.compile("|".join(alternatives))
