@@ -75,6 +75,12 @@ def test_english_keywords_match_whole_words_only(tmp_path: Path) -> None:
     assert fired(r, context(body="Is the plan refundable?")) == ()
 
 
+def test_an_english_keyword_negated_inside_an_identifier_does_not_fire(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "RESOLVED"\ndescription = "d"\nscore = -6\nany = ["resolved"]\n')
+    assert fired(r, context(body="The console shows net::ERR_NAME_NOT_RESOLVED for the form's script.")) == ()
+    assert fired(r, context(body="Ticket status_resolved, thanks.")) == ("RESOLVED",)
+
+
 def test_keywords_in_quoted_history_do_not_fire(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "REFUND"\ndescription = "d"\nscore = 5\nany = ["refund"]\n')
     assert fired(r, context(body="Thanks!\n\nOn Mon, 1 Jan 2026, Support <s@x> wrote:\n> refund sent")) == ()

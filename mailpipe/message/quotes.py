@@ -7,8 +7,8 @@ rules. Cuts at the first attribution or separator line that clients put above qu
 「…さんは書きました:」), drops ">" lines, and cuts the signature (:mod:`mailpipe.message.signatures`).
 Where "> " lines follow the attribution, what the sender wrote under them (bottom-posted) or
 between them (answered inline) is new text too; under one unbroken quote below a top-posted reply
-is only the client's signature or disclaimer. A greeting alone above the quote ("Hi team,",
-「お世話になっております。ABC商事の田中です。」) is not a top-posted reply: the answer is below.
+is only the client's signature or disclaimer. A salutation alone above the quote ("Hi team,",
+「お世話になっております。」) is not a top-posted reply: the answer is below.
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 
-from mailpipe.message.salutations import is_greeting
 from mailpipe.message.signatures import without_signature
 
 _SEPARATORS = re.compile(
@@ -39,6 +38,14 @@ _SEPARATORS = re.compile(
     )""",
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
+# A salutation with nothing else on its line: "Hi, our account was hacked" is a top-posted reply.
+_GREETING = re.compile(
+    r"""\s*(?:
+        (?i:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening))
+        (?:\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam)|[A-Z][\w.'-]*)){0,3}\s*[,.!:]?
+      | (?:いつも|大変)?お世話になって(?:おり|い)ます[。、]? | お世話になります[。、]? | お疲れ様です[。、]?
+    )\s*""",
+    re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
 _FORWARD_MARKER = re.compile(r"Forwarded\s+message|Begin\s+forwarded|転送(?:された)?メッセージ", re.IGNORECASE)
@@ -85,7 +92,7 @@ def reply_subject(subject: str) -> bool:
 
 
 def _top_posted(head: str) -> bool:
-    return any(line.strip() and not is_greeting(line) for line in head.splitlines())
+    return any(line.strip() and not _GREETING.fullmatch(line) for line in head.splitlines())
 
 
 def _under_quote(below: str, top_posted: bool) -> str | None:

@@ -9,9 +9,6 @@ far worse than keeping a footer:
 - everything under the RFC 3676 delimiter "-- " (or "--"), when what follows is short;
 - a short block at the end, under a line drawn of one repeated character (━━━, -----, ＝＝＝),
   that carries a phone number or a company's name: the Japanese business signature;
-- an English closing ("Many thanks,", "Kind regards,", "Cheers") on its own line with nothing but
-  a few lines of name, title, company or contact under it, above which the mail has more than a
-  greeting (:mod:`mailpipe.message.salutations`);
 - before those, up to four last paragraphs when each is a legal footer in a notice's own words
   ("if you are not the intended recipient", "does not accept liability for", 「誤って本メールを
   受信された場合」) or the footer's "for urgent matters, please call …": a customer who writes
@@ -21,8 +18,6 @@ far worse than keeping a footer:
 from __future__ import annotations
 
 import re
-
-from mailpipe.message.salutations import is_closing, is_greeting, is_name
 
 # The most lines a signature runs to below its delimiter; a longer tail is the mail itself.
 _MAX_LINES = 10
@@ -65,7 +60,6 @@ _FOOTER = re.compile(
       | 誤って[^。\n]{0,12}受信(?:された|した|なさった)(?:場合|方) | 機密情報が含まれ(?:ている|る)可能性
       | (?:一切の|いかなる)?責任を負(?:いません|いかねます|わない) | (?:このメール|本メール)は送信専用""",
     re.IGNORECASE | re.VERBOSE)
-_NAME_LINES = 4  # under a closing: a name, a title, a company, a phone (blank lines apart)
 _FOOTER_PARAGRAPHS = 4  # the most a footer runs to; above them is the mail, whatever it says
 _FOOTER_LINES = 12  # a longer paragraph is the mail, whatever it says
 
@@ -86,25 +80,11 @@ def without_signature(text: str) -> str:
     for index in range(len(lines) - 1, first, -1):
         line = lines[index]
         if _DELIMITER.match(line) or (_DRAWN.match(line) and _is_signature(lines[index + 1:])):
-            return "\n".join(_without_valediction(_trimmed(lines[:index])))
+            return "\n".join(_trimmed(lines[:index]))
         below += bool(line.strip())
         if below > _MAX_LINES:
             break
-    return "\n".join(_without_valediction(lines))
-
-
-def _without_valediction(lines: list[str]) -> list[str]:
-    """The lines above an English closing and the name under it (:mod:`salutations`); all of them
-    when anything else is under the closing, or nothing but a greeting above it ("Hi Sam,\n\nThank
-    you so much!\nAnna" is a thank-you)."""
-    block = [index for index, line in enumerate(lines) if line.strip()][-(_NAME_LINES + 1):]
-    closing = next((index for index in reversed(block) if is_closing(lines[index])), None)
-    if closing is None:
-        return lines
-    names = [lines[index] for index in block if index > closing]
-    above = _trimmed(lines[:closing])
-    signed = all(is_name(name, only=len(names) == 1) for name in names)
-    return above if signed and not all(map(is_greeting, filter(str.strip, above))) else lines
+    return "\n".join(lines)
 
 
 def _without_footer(lines: list[str]) -> list[str]:
