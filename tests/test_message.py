@@ -245,6 +245,12 @@ def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(g
     assert "every send still bounces" in new_text and "resolved now" not in new_text
 
 
+def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> None:
+    """Hostile input: the greeting pattern's optional words backtracked over the padding."""
+    reply = "Hi Team" + " " * 500_000 + "- see below\n\nOn Mon, Support <support@example.test> wrote:\n> x\n\nJoon"
+    assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text.endswith("see below")
+
+
 def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted() -> None:
     reply = ("Hi, every send to Gmail is bouncing again\n\nOn Mon, Support <support@example.test> wrote:\n"
              "> It is resolved now.\n\nJoon Park\nOffice Manager, Lumenwave Audio")

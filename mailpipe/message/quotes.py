@@ -39,12 +39,13 @@ _SEPARATORS = re.compile(
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
 # A salutation with nothing else on its line: "Hi, our account was hacked" is a top-posted reply.
+_GREETING_CHARS = 60
 _GREETING = re.compile(
-    r"""\s*(?:
+    r"""(?:
         (?i:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening))
         (?:\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam)|[A-Z][\w.'-]*)){0,3}\s*[,.!:]?
       | (?:いつも|大変)?お世話になって(?:おり|い)ます[。、]? | お世話になります[。、]? | お疲れ様です[。、]?
-    )\s*""",
+    )""",
     re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
@@ -92,7 +93,12 @@ def reply_subject(subject: str) -> bool:
 
 
 def _top_posted(head: str) -> bool:
-    return any(line.strip() and not _GREETING.fullmatch(line) for line in head.splitlines())
+    return any(line.strip() and not _is_greeting(line.strip()) for line in head.splitlines())
+
+
+def _is_greeting(line: str) -> bool:
+    """Only a short line is tried: the pattern's optional words and spaces backtrack on a long one."""
+    return len(line) <= _GREETING_CHARS and _GREETING.fullmatch(line) is not None
 
 
 def _under_quote(below: str, top_posted: bool) -> str | None:

@@ -30,7 +30,8 @@ def _keywords(value: Any, where: Callable[[Context], str]) -> Condition:
         longest_first = "|".join(sorted(ascii_words, key=len, reverse=True))
         # An identifier that negates the word is not the word: ERR_NAME_NOT_RESOLVED solved nothing
         # (while ACCOUNT_COMPROMISED and _today_ say what they say).
-        alternatives.append(rf"(?<![a-z0-9])(?<!not_)(?<!no_)(?<!non_)(?:{longest_first})(?![a-z0-9])")
+        alternatives.append(r"(?<![a-z0-9])(?<!(?<![a-z0-9])not_)(?<!(?<![a-z0-9])no_)(?<!(?<![a-z0-9])non_)"
+                            rf"(?:{longest_first})(?![a-z0-9])")
     if other_words:
         alternatives.append("|".join(sorted(other_words, key=len, reverse=True)))
     pattern = re.compile("|".join(alternatives))
