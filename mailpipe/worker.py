@@ -202,7 +202,7 @@ class Worker:
                 acks = self._take_acks()
                 try:
                     claimed = await self._spool.claim(self.route.settings.workers, self.name,
-                                                      [qid for qid, _ in acks], self._unreadable)
+                                                      [qid for qid, _ in acks], quarantined=self._unreadable)
                 except sqlite3.Error as exc:
                     self._commit_acks(acks)
                     failures += 1

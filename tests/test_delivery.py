@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -263,10 +264,10 @@ class Acks(Spool):
         self.own: list[list[str]] = []
 
     async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = (),
-                    quarantined: Callable[[str], None] = lambda qid: None) -> list[Message]:
+                    **rest: Any) -> list[Message]:
         if done:
             self.with_claims.append(list(done))
-        return await super().claim(limit, listener, done, quarantined)
+        return await super().claim(limit, listener, done, **rest)
 
     async def ack(self, *qids: str) -> None:
         self.own.append(list(qids))
@@ -360,11 +361,11 @@ def test_messages_claimed_while_the_worker_stops_are_left_claimed_for_the_next_s
             self.claims, self.release = 0, asyncio.Event()
 
         async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = (),
-                        quarantined: Callable[[str], None] = lambda qid: None) -> list[Message]:
+                        **rest: Any) -> list[Message]:
             self.claims += 1
             if self.claims == 2:
                 await self.release.wait()
-            return await super().claim(limit, listener, done, quarantined)
+            return await super().claim(limit, listener, done, **rest)
 
     async def scenario() -> tuple[list[str], list[spool_ops.Entry]]:
         spool = Slow(tmp_path / "inbound.sqlite")
@@ -396,10 +397,10 @@ def test_messages_claimed_while_the_worker_stops_are_left_claimed_for_the_next_s
 def test_the_acknowledgements_a_failing_claim_carried_are_written_all_the_same(tmp_path: Path) -> None:
     class Breaking(Spool):
         async def claim(self, limit: int, listener: str | None = None, done: Sequence[str] = (),
-                        quarantined: Callable[[str], None] = lambda qid: None) -> list[Message]:
+                        **rest: Any) -> list[Message]:
             if done:
                 raise RuntimeError("a bug under the claim")
-            return await super().claim(limit, listener, done, quarantined)
+            return await super().claim(limit, listener, done, **rest)
 
     async def scenario() -> list[spool_ops.Entry]:
         spool = Breaking(tmp_path / "inbound.sqlite")
