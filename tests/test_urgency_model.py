@@ -17,7 +17,7 @@ from mailpipe import config as configuration
 from mailpipe.message import parse
 from mailpipe.metrics import Metrics
 from mailpipe.store.sqlite import SQLiteStore
-from mailpipe.triage import corpus, model, rules
+from mailpipe.triage import corpus, model, rules, vocabulary
 from mailpipe.triage.context import Context
 from mailpipe.triage.learning import Learner
 from mailpipe.triage.model import (
@@ -84,8 +84,8 @@ def test_japanese_reasons_are_pieces_of_the_text_without_a_tokenizer(small_model
 
 def test_of_ngrams_that_weigh_the_same_the_longest_explains() -> None:
     terms = ["につい", "について", "xyz"]
-    prediction = Prediction({"critical": 1.0}, np.arange(3), np.array([1.0, 1.0, 0.5]), np.ones((3, 1)), terms,
-                            np.ones(3, dtype=bool), np.array([len(term) for term in terms]))
+    rows = np.array([[1.0, 1.0, 1.0, len(term)] for term in terms])  # idf, coefficient, telling, length
+    prediction = Prediction({"critical": 1.0}, np.arange(3), np.array([1.0, 1.0, 0.5]), rows, terms)
     assert prediction.reasons(["critical"], 2) == ["について", "xyz"]
 
 
@@ -152,6 +152,16 @@ def test_the_vocabulary_counts_a_texts_known_terms_as_counting_its_features_woul
     expected, expected_counts = vocabulary.counted(features(text))
     assert dict(zip(columns.tolist(), counts.tolist(), strict=True)) == \
         dict(zip(expected.tolist(), expected_counts.tolist(), strict=True))
+
+
+@settings(derandomize=True, deadline=None, max_examples=200, database=None)
+@given(st.sets(st.integers(-(2**63), 2**63 - 1).filter(bool), max_size=300), st.lists(st.integers(-(2**63), 2**63 - 1)))
+def test_the_vocabularys_table_finds_every_number_it_holds_and_no_other(held: set[int], others: list[int]) -> None:
+    numbers = np.array(sorted(held), dtype=np.int64)
+    table = vocabulary._Table(numbers, np.arange(len(numbers), dtype=np.int64))  # a small table: slots are shared
+    wanted = np.array([*held, *others], dtype=np.int64)
+    expected = [sorted(held).index(n) if n in held else -1 for n in wanted.tolist()]
+    assert table.find(wanted).tolist() == expected
 
 
 def test_a_vocabulary_too_large_for_numbers_predicts_as_the_numeric_one_does() -> None:

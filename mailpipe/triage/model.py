@@ -51,6 +51,9 @@ _CANDIDATES = 40
 # 2–4-grams at C = 10, for a third more training CPU (7 s against 5 on an idle machine).
 _CHAR_SIZES = (1, 2, 3, 4, 5)
 DEFAULT_C = 20.0
+# The columns of ``UrgencyModel._by_term``: the idf, each level's coefficient from the second
+# on, then whether the term may explain a verdict (1.0) and its length, which end each row.
+_IDF, _COEFFICIENTS, _TELLS, _LENGTH = 0, 1, -2, -1
 
 
 class ModelError(Problems):
@@ -102,10 +105,8 @@ class Prediction:
     probabilities: dict[str, float]
     _columns: np.ndarray  # the vocabulary columns of the terms the message has, as read
     _weights: np.ndarray  # their TF-IDF weights
-    _coefficients: np.ndarray  # terms × levels: each term's coefficient for each level
+    _terms: np.ndarray  # their rows of ``UrgencyModel._by_term``: idf, coefficients, telling, length
     _vocabulary: Sequence[str]  # the model's terms by column: a term becomes text only to explain
-    _telling: np.ndarray  # by column, whether the term may explain a verdict (``_TELLING``)
-    _lengths: np.ndarray  # by column, the term's length
     # Several rules may ask for the same explanation (critical at 0.35 and at 0.5): made once.
     _reasons: dict[tuple[tuple[str, ...], int], list[str]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -124,18 +125,17 @@ class Prediction:
         return list(self._reasons[key])
 
     def _explain(self, levels: Sequence[str], count: int) -> list[str]:
-        rows = [i for i, level in enumerate(self.probabilities) if level in levels]
-        if not rows or not len(self._columns) or count < 1:
+        wanted = [_COEFFICIENTS + i for i, level in enumerate(self.probabilities) if level in levels]
+        if not wanted or not len(self._columns) or count < 1:
             return []
-        weight = self._coefficients[:, rows].sum(axis=1) * self._weights
-        weight[~self._telling[self._columns]] = 0.0
+        weight = self._terms[:, wanted].sum(axis=1) * self._weights
+        weight[self._terms[:, _TELLS] == 0.0] = 0.0
         candidates = np.flatnonzero(weight > 0)
         # The strongest few dozen terms are enough to find ``count`` that do not overlap: no full sort.
         if len(candidates) > _CANDIDATES:
             candidates = candidates[np.argpartition(-weight[candidates], _CANDIDATES - 1)[:_CANDIDATES]]
         # N-grams that always occur together weigh the same: the longest of them says the most.
-        columns = self._columns[candidates]
-        ranked = columns[np.lexsort((-self._lengths[columns], -weight[candidates]))]
+        ranked = self._columns[candidates[np.lexsort((-self._terms[candidates, _LENGTH], -weight[candidates]))]]
         chosen: list[str] = []
         for column in ranked.tolist():
             term = self._vocabulary[column].removeprefix(_WORD_PREFIX).strip()
@@ -154,11 +154,13 @@ class UrgencyModel:
         self.levels = levels
         self.trained_on = trained_on
         self._vocabulary = Vocabulary(vocabulary, _CHAR_SIZES, _WORD_PREFIX)
-        self._telling = np.fromiter((bool(_TELLING.search(term)) for term in self._vocabulary.terms), dtype=bool,
-                                    count=len(vocabulary))
-        self._lengths = np.fromiter(map(len, self._vocabulary.terms), dtype=np.int64, count=len(vocabulary))
-        # By column, the idf and then each level's coefficient: what a term needs is in one row.
-        self._by_term = np.column_stack([idf, coef.T])
+        telling = np.fromiter((bool(_TELLING.search(term)) for term in self._vocabulary.terms), dtype=np.float64,
+                              count=len(vocabulary))
+        lengths = np.fromiter(map(len, self._vocabulary.terms), dtype=np.float64, count=len(vocabulary))
+        # By column, the idf, each level's coefficient, whether the term may explain a verdict and
+        # its length: all a message's term needs is in one row, read from memory once (the
+        # daemon's other stages push the model out of the caches between two messages).
+        self._by_term = np.column_stack([idf, coef.T, telling, lengths])
         self._intercept: list[float] = intercept.tolist()
 
     def predict(self, text: str) -> Prediction:
@@ -170,15 +172,13 @@ class UrgencyModel:
             columns, counts = self._vocabulary.counts(folded, _WORD.findall(folded))
         else:
             columns, counts = self._vocabulary.counted(_features(folded))
-        by_term = self._by_term[columns]
-        weights = (1.0 + np.log(counts)) * by_term[:, 0]
+        terms = self._by_term[columns]
+        weights = (1.0 + np.log(counts)) * terms[:, _IDF]
         if len(weights):
             weights /= math.sqrt(float(weights @ weights))
-        coefficients = by_term[:, 1:]
-        scores = (weights @ coefficients).tolist()
+        scores = (weights @ terms[:, _COEFFICIENTS:_TELLS]).tolist()
         return Prediction(_softmax([b + s for b, s in zip(self._intercept, scores, strict=True)], self.levels),
-                          columns, weights, coefficients, self._vocabulary.terms, self._telling,
-                          self._lengths)
+                          columns, weights, terms, self._vocabulary.terms)
 
 
 def enough(examples: Sequence[Example], levels: Sequence[str]) -> None:

@@ -1,35 +1,49 @@
-"""A trained model's vocabulary compiled to one sorted integer table, so that the known terms of
+"""A trained model's vocabulary compiled to one integer hash table, so that the known terms of
 a message are found and counted by a handful of numpy calls instead of one Python string each.
 
 Why: building every character n-gram of a message as a string, counting the strings and
-looking each up in a dict of ~230,000 terms was most of what the urgency model cost per message
+looking each up in a dict of ~380,000 terms was most of what the urgency model cost per message
 (a few hundred strings for a short mail, thousands for a pasted log). Here a character is its
 rank in the vocabulary's alphabet (1 up; one more for a character no term has) and an n-gram is
 its ranks read as the digits of a number in base ``alphabet + 2``: no digit is 0, so n-grams of
 different lengths never share a number, and one with an unknown character matches no term. The
-numbers of every n-gram of a message come from its ranks by a multiply and an add per length;
-sorted, they are counted by their runs, and one ``searchsorted`` finds the distinct ones among
-the terms' (a trie searched level by level, as before, made four searches and a second sort:
-0.26 ms against 0.17 for a mail of 350 characters). Words and word pairs, a few dozen a message,
-are looked up by dict, pairs as tuples of the words.
+numbers of every n-gram of a message come from its ranks by a multiply and an add per length.
+A word or a word pair is a negative number from Python's own hash of it (words and pairs in
+halves of their own, so neither meets the other nor an n-gram).
 
+The numbers are sorted and counted by their runs, and each distinct one is looked up once in
+``_Table``. In the daemon the other stages of a message push the model out of the CPU's caches
+between two messages, so what a lookup costs is mostly memory reads from far away: a binary
+search over the sorted terms made a dozen of them per n-gram, and the words' dict lookups three
+each (0.33 ms of a 0.56 ms prediction, caches cold); the table makes one, or two for the few
+n-grams in a crowded slot.
+
+Exact: ``counts`` gives what counting ``features()`` and keeping the known terms gives, the same
+terms with the same counts, except that a word or pair the model does not know whose 62-bit hash
+equals one's it knows (one chance in 2**62 for each such pair) would count as that one.
 Five characters of an alphabet of more than 6,206 do not fit in 63 bits; a vocabulary that large
 (a desk's own corpus could bring it) counts terms as strings, exactly and more slowly.
-
-``counts`` gives what counting ``features()`` and keeping the known terms gives: the same
-terms with the same counts.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import pairwise, repeat
 
 import numpy as np
 
-# Sorts after every n-gram's number: a search never runs off the end of the table.
+# Sorts after every number: a search never runs off the end of a sorted table.
 _SENTINEL = np.iinfo(np.int64).max
+# Words and pairs: below zero, a half of the negative numbers each.
+_HALF = (1 << 62) - 1
+# Fibonacci hashing (Knuth): a number's slot is the top bits of its product with 2**64 / phi.
+_SCRAMBLE = np.uint64(0x9E3779B97F4A7C15)
+# At least this many slots per known number (a power of two): most numbers of a message find
+# their slot empty or their own, and only the rest search the few that shared a slot with another.
+# Fewer slots (1.5 a number, 12 MB less for the shipped corpus) made a prediction 5 % slower.
+_ROOM = 3
 
 
 class Vocabulary:
@@ -52,37 +66,33 @@ class Vocabulary:
         # A code point above every letter's is read as the last entry: unknown.
         self._ranks = np.full(ord(alphabet[-1]) + 2 if alphabet else 1, unknown, dtype=np.int64)
         self._ranks[[ord(char) for char in alphabet]] = np.arange(1, len(alphabet) + 1, dtype=np.int64)
-        self._table, self._columns = _table(grams, alphabet, self._base) if self.numeric else (None, None)
-        words = {term.removeprefix(word_prefix): column for term, column in terms.items()
-                 if term.startswith(word_prefix)}
-        self._words = {word: column for word, column in words.items() if " " not in word}
-        self._pairs = {tuple(word.split(" ", 1)): column for word, column in words.items() if " " in word}
+        self._table: _Table | None = None
+        if self.numeric:
+            words = {term.removeprefix(word_prefix): column for term, column in terms.items()
+                     if term.startswith(word_prefix)}
+            singles = [word for word in words if " " not in word]
+            pairs = [word for word in words if " " in word]
+            numbers = np.concatenate([_numbers(grams, alphabet, self._base), _words(singles),
+                                      _pairs(tuple(pair.split(" ", 1)) for pair in pairs)])
+            columns = [*grams.values(), *map(words.__getitem__, singles), *map(words.__getitem__, pairs)]
+            self._table = _Table(numbers, np.array(columns, dtype=np.int64))
 
     def counts(self, text: str, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The columns of the known terms among ``text``'s character n-grams and ``words``'
         words and pairs, and how often each appears. Only for a ``numeric`` vocabulary."""
-        assert self._table is not None and self._columns is not None, "a numeric vocabulary only"
+        assert self._table is not None, "a numeric vocabulary only"
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         ranks = self._ranks[np.minimum(codes, len(self._ranks) - 1)]
-        numbers, grams = [], ranks
+        numbers, grams = [_words(words), _pairs(pairwise(words))], ranks
         for size in range(1, self._char_sizes[-1] + 1):
             if size > 1:
                 grams = grams[:-1] * self._base + ranks[size - 1:]
             if size in self._char_sizes:
                 numbers.append(grams)
-        # Sorted, the n-grams are counted by their runs, and each distinct one is searched once,
-        # in ascending order, which numpy's search does best.
         distinct, counts = _runs(np.sort(np.concatenate(numbers)))
-        positions = np.searchsorted(self._table, distinct)
-        known = self._table[positions] == distinct
-        columns, counts = self._columns[positions[known]], counts[known]
-        terms = Counter(map(self._words.get, words))
-        terms.update(map(self._pairs.get, pairwise(words)))
-        terms.pop(None, None)
-        if not terms:
-            return columns, counts
-        columns = np.append(columns, np.fromiter(terms, dtype=np.int64, count=len(terms)))
-        counts = np.append(counts, np.fromiter(terms.values(), dtype=np.int64, count=len(terms)))
+        columns = self._table.find(distinct)
+        known = columns >= 0
+        columns, counts = columns[known], counts[known]
         # A text with the word prefix in it may hold a word's own term as characters ("w:ok"):
         # both count.
         return _summed(columns, counts) if self._word_prefix in text else (columns, counts)
@@ -93,6 +103,55 @@ class Vocabulary:
         found = np.fromiter(map(self._by_term.get, counted, repeat(-1)), dtype=np.int64, count=len(counted))
         known = found >= 0
         return found[known], np.fromiter(counted.values(), dtype=np.int64, count=len(counted))[known]
+
+
+class _Table:
+    """Numbers to columns: a slot of its own for the first number of each slot, the rest
+    (those that hashed to a slot taken already) in a small sorted table beside it."""
+
+    def __init__(self, numbers: np.ndarray, columns: np.ndarray):
+        self._shift = np.uint64(64 - max(4, math.ceil(math.log2(max(len(numbers), 1) * _ROOM))))
+        slots = self._slots(numbers)
+        order = np.argsort(slots, kind="stable")
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = slots[order][1:] != slots[order][:-1]
+        size = 1 << (64 - int(self._shift))
+        # 0 is no number (an n-gram's digits start at 1, words and pairs are below 0): an empty slot.
+        self._numbers = np.zeros(size, dtype=np.int64)
+        self._columns = np.full(size, -1, dtype=np.int32)
+        taken = order[first]
+        self._numbers[slots[taken]] = numbers[taken]
+        self._columns[slots[taken]] = columns[taken]
+        crowded = order[~first]
+        by_number = np.argsort(numbers[crowded])
+        self._crowded = np.append(numbers[crowded][by_number], _SENTINEL)
+        self._crowded_columns = np.append(columns[crowded][by_number], -1)
+
+    def _slots(self, numbers: np.ndarray) -> np.ndarray:
+        return ((numbers.view(np.uint64) * _SCRAMBLE) >> self._shift).astype(np.intp)
+
+    def find(self, numbers: np.ndarray) -> np.ndarray:
+        """The column of each number, -1 for one the table does not hold."""
+        slots = self._slots(numbers)
+        found = self._numbers[slots]
+        columns = np.where(found == numbers, self._columns[slots], -1)
+        elsewhere = np.flatnonzero((found != numbers) & (found != 0))
+        if len(elsewhere):
+            wanted = numbers[elsewhere]
+            positions = np.searchsorted(self._crowded, wanted)
+            hit = self._crowded[positions] == wanted
+            columns[elsewhere[hit]] = self._crowded_columns[positions[hit]]
+        return columns
+
+
+def _words(words: Iterable[str]) -> np.ndarray:
+    """Each word's number: from -1 down to -2**62."""
+    return -1 - (np.fromiter(map(hash, words), dtype=np.int64) & _HALF)
+
+
+def _pairs(pairs: Iterable[tuple[str, str]]) -> np.ndarray:
+    """Each word pair's number: below every word's."""
+    return -(1 << 62) - 1 - (np.fromiter(map(hash, pairs), dtype=np.int64) & _HALF)
 
 
 def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,9 +168,8 @@ def _summed(columns: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nda
     return distinct, np.bincount(where, weights=counts).astype(np.int64)
 
 
-def _table(grams: dict[str, int], alphabet: list[str], base: int) -> tuple[np.ndarray, np.ndarray]:
-    """The terms' numbers, sorted and ended by the sentinel, and the column of each (-1 for the
-    sentinel's place)."""
+def _numbers(grams: Iterable[str], alphabet: list[str], base: int) -> np.ndarray:
+    """Each n-gram's number: its characters' ranks as digits."""
     ranks = {char: rank for rank, char in enumerate(alphabet, start=1)}
 
     def number(term: str) -> int:
@@ -120,7 +178,4 @@ def _table(grams: dict[str, int], alphabet: list[str], base: int) -> tuple[np.nd
             value = value * base + ranks[char]
         return value
 
-    numbers = np.fromiter(map(number, grams), dtype=np.int64, count=len(grams))
-    order = np.argsort(numbers)
-    columns = np.fromiter(grams.values(), dtype=np.int64, count=len(grams))[order]
-    return np.append(numbers[order], _SENTINEL), np.append(columns, -1)
+    return np.fromiter(map(number, grams), dtype=np.int64)
