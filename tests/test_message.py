@@ -236,8 +236,11 @@ def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(re
     assert new_text.endswith("Refund?") == reply.endswith("Refund?")
 
 
-@pytest.mark.parametrize("greeting", ["Hi team,", "Dear Support Team,\n", "お世話になっております。"],
-                         ids=["hi", "dear", "ja"])
+@pytest.mark.parametrize("greeting", [
+    "Hi team,", "Dear Support Team,\n", "Hello sam,", "Hi, Sam",
+    "お世話になっております。", "山田様\nお世話になっております。",
+    "株式会社メールパイプ\nサポートご担当者様\n\nお世話になっております。サンプルの山田です。",
+], ids=["hi", "dear", "lowercase-name", "comma-name", "ja", "ja-addressee", "ja-company-addressee-self"])
 def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(greeting: str) -> None:
     reply = (f"{greeting}\n\nOn Mon, Support <support@example.test> wrote:\n> It is resolved now.\n\n"
              "It is not: every send still bounces with 550.\n\nJoon")
@@ -251,11 +254,12 @@ def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> N
     assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text.endswith("see below")
 
 
-def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted() -> None:
-    reply = ("Hi, every send to Gmail is bouncing again\n\nOn Mon, Support <support@example.test> wrote:\n"
+@pytest.mark.parametrize("line", ["Hi, every send to Gmail is bouncing again", "解約したいのですが、担当の田中さん"])
+def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted(line: str) -> None:
+    reply = (f"{line}\n\nOn Mon, Support <support@example.test> wrote:\n"
              "> It is resolved now.\n\nJoon Park\nOffice Manager, Lumenwave Audio")
     new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
-    assert new_text == "Hi, every send to Gmail is bouncing again"
+    assert new_text == line
 
 
 @pytest.mark.parametrize("trailer", [

@@ -8,7 +8,7 @@ rules. Cuts at the first attribution or separator line that clients put above qu
 Where "> " lines follow the attribution, what the sender wrote under them (bottom-posted) or
 between them (answered inline) is new text too; under one unbroken quote below a top-posted reply
 is only the client's signature or disclaimer. A salutation alone above the quote ("Hi team,",
-「お世話になっております。」) is not a top-posted reply: the answer is below.
+「山田様」「お世話になっております。」) is not a top-posted reply: the answer is below.
 
 A forward is different: "FYI, see below" is all a colleague writes, and the customer's problem
 is what they forwarded. So below a forward marker ("---------- Forwarded message ---------",
@@ -39,12 +39,20 @@ _SEPARATORS = re.compile(
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
 # A salutation with nothing else on its line: "Hi, our account was hacked" is a top-posted reply.
+# A name after it is capitalised, or one word before a comma ("Hello sam,"). Japanese mail opens
+# with whom it is for (山田様, ご担当者様, a company's name, 御中) and who writes
+# (お世話になっております。サンプルの山田です。), each on a line of its own.
 _GREETING_CHARS = 60
 _GREETING = re.compile(
     r"""(?:
-        (?i:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening))
-        (?:\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam)|[A-Z][\w.'-]*)){0,3}\s*[,.!:]?
-      | (?:いつも|大変)?お世話になって(?:おり|い)ます[。、]? | お世話になります[。、]? | お疲れ様です[。、]?
+        (?i:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening))\s*,?
+        (?:(?:\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam)|[A-Z][\w.'-]*)){0,3}\s*[,.!:]?
+           | \s+[a-z][\w.'-]*\s*[,!])
+      | (?:(?:いつも|大変)?お世話になって(?:おり|い)ます|お世話になります|お疲れ様です)[。、]?\s*
+        (?:[^\s。！？!?]{1,30}の[^\s。！？!?]{1,10}(?:です|でございます)[。、]?)?
+      | [^\s。！？!?]{1,30}の[^\s。！？!?]{1,10}(?:です|でございます)[。、]?
+      | [^。、，！？!?]{1,30}(?:様|さま|御中|殿|各位|さん)[、。,]?
+      | [^。！？!?]{0,30}(?:株式会社|有限会社|合同会社|（株）|\(株\))[^。！？!?]{0,30}
     )""",
     re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
