@@ -240,12 +240,22 @@ def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(re
     "Hi team,", "Dear Support Team,\n", "Hello sam,", "Hi, Sam",
     "お世話になっております。", "山田様\nお世話になっております。",
     "株式会社メールパイプ\nサポートご担当者様\n\nお世話になっております。サンプルの山田です。",
-], ids=["hi", "dear", "lowercase-name", "comma-name", "ja", "ja-addressee", "ja-company-addressee-self"])
+    "㈱メールパイプ\nサポートご担当者様\n\nお世話になっております。\nサンプル株式会社 山田です。",
+], ids=["hi", "dear", "lowercase-name", "comma-name", "ja", "ja-addressee", "ja-company-addressee-self",
+        "ja-cp932-company"])
 def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(greeting: str) -> None:
     reply = (f"{greeting}\n\nOn Mon, Support <support@example.test> wrote:\n> It is resolved now.\n\n"
              "It is not: every send still bounces with 550.\n\nJoon")
     new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
     assert "every send still bounces" in new_text and "resolved now" not in new_text
+
+
+def test_a_shift_jis_reply_under_a_company_addressed_with_its_cp932_sign_is_read_under_the_quote() -> None:
+    reply = ("㈱メールパイプ\nサポートご担当者様\n\n2026年11月30日(月) 10:00 サポート <support@example.test>:\n"
+             "> 解決しました。\n\n全件エラーのままです。")
+    new_text = parse(mail(reply.encode("cp932"), "text/plain; charset=shift_jis",
+                          "In-Reply-To: <m0@example.test>\r\n")).new_text
+    assert "全件エラーのままです" in new_text and "解決しました" not in new_text
 
 
 def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> None:
@@ -254,7 +264,11 @@ def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> N
     assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text.endswith("see below")
 
 
-@pytest.mark.parametrize("line", ["Hi, every send to Gmail is bouncing again", "解約したいのですが、担当の田中さん"])
+@pytest.mark.parametrize("line", [
+    "Hi, every send to Gmail is bouncing again", "Hi, thanks!", "Hey, urgent!", "解約したいのですが、担当の田中さん",
+    "今月の請求が二重です。", "お世話になっております。昨日の障害の影響で全配信が停止中です。",
+    "ログインできないお客様", "株式会社サンプル宛の配信が全て失敗しています",
+])
 def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted(line: str) -> None:
     reply = (f"{line}\n\nOn Mon, Support <support@example.test> wrote:\n"
              "> It is resolved now.\n\nJoon Park\nOffice Manager, Lumenwave Audio")

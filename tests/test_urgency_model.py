@@ -89,6 +89,14 @@ def test_of_ngrams_that_weigh_the_same_the_longest_explains() -> None:
     assert prediction.reasons(["critical"], 2) == ["について", "xyz"]
 
 
+def test_of_ngrams_that_weigh_the_same_and_are_as_long_the_first_in_the_vocabulary_explains() -> None:
+    terms = ["zebra", "koala"]
+    rows = np.array([[1.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 5.0]])  # idf, coefficient, telling, length
+    for columns in ([0, 1], [1, 0]):  # the order a message's terms are read in depends on hashes
+        prediction = Prediction({"critical": 1.0}, np.array(columns), np.array([1.0, 1.0]), rows[columns], terms)
+        assert prediction.reasons(["critical"], 1) == ["zebra"]
+
+
 def test_text_with_no_known_ngram_falls_back_to_the_prior(small_model: UrgencyModel) -> None:
     prediction = small_model.predict("§§§")
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)

@@ -39,20 +39,25 @@ _SEPARATORS = re.compile(
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
 # A salutation with nothing else on its line: "Hi, our account was hacked" is a top-posted reply.
-# A name after it is capitalised, or one word before a comma ("Hello sam,"). Japanese mail opens
-# with whom it is for (山田様, ご担当者様, a company's name, 御中) and who writes
-# (お世話になっております。サンプルの山田です。), each on a line of its own.
+# A name after it is capitalised, or one word before a comma ("Hello sam,"), and not a word a
+# customer says something with ("Hi, thanks!", "Hey, urgent!"). Japanese mail opens with whom it
+# is for (山田様, ご担当者様, a company, 御中) and who writes (お世話になっております。サンプルの山田です。),
+# on lines of their own: names are kanji, katakana and Latin letters, so a line with a particle or
+# a verb in kana (今月の請求が二重です。, ログインできないお客様) says something.
 _GREETING_CHARS = 60
+_NAME = r"[A-Za-z0-9Ａ-Ｚａ-ｚ０-９\u3005\u3231\u3400-\u4dbf\u4e00-\u9fff\u30a0-\u30ff\uff66-\uff9f・()（）&.'-]"
+_COMPANY = rf"(?:{_NAME}|\s){{0,30}}(?:株式会社|有限会社|合同会社|（株）|\(株\)|㈱)(?:{_NAME}|\s){{0,30}}"
+_SELF = rf"(?:(?:{_NAME}|\s){{1,30}}の|{_COMPANY}\s*){_NAME}{{1,10}}(?:です|でございます)[。]?"
 _GREETING = re.compile(
-    r"""(?:
+    rf"""(?:
         (?i:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening))\s*,?
-        (?:(?:\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam)|[A-Z][\w.'-]*)){0,3}\s*[,.!:]?
-           | \s+[a-z][\w.'-]*\s*[,!])
-      | (?:(?:いつも|大変)?お世話になって(?:おり|い)ます|お世話になります|お疲れ様です)[。、]?\s*
-        (?:[^\s。！？!?]{1,30}の[^\s。！？!?]{1,10}(?:です|でございます)[。、]?)?
-      | [^\s。！？!?]{1,30}の[^\s。！？!?]{1,10}(?:です|でございます)[。、]?
-      | [^。、，！？!?]{1,30}(?:様|さま|御中|殿|各位|さん)[、。,]?
-      | [^。！？!?]{0,30}(?:株式会社|有限会社|合同会社|（株）|\(株\))[^。！？!?]{0,30}
+        (?!\s*(?i:thanks|thank|help|urgent|please|sorry|again|asap|ok|okay|yes|no)\b)
+        (?:(?:\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam)|[A-Z][\w.'-]*)){{0,3}}\s*[,.!:]?
+           | \s+[a-z][\w.'-]*\s*,)
+      | (?:(?:いつも|大変)?お世話になって(?:おり|い)ます|お世話になります|お疲れ様です)[。、]?\s*(?:{_SELF})?
+      | {_SELF}
+      | (?:{_NAME}|\s){{0,30}}?(?:ご担当者?|担当者|皆|みな)?(?:様|さま|さん|御中|殿|各位)[、。,]?
+      | {_COMPANY}
     )""",
     re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).

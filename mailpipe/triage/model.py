@@ -134,8 +134,10 @@ class Prediction:
         # The strongest few dozen terms are enough to find ``count`` that do not overlap: no full sort.
         if len(candidates) > _CANDIDATES:
             candidates = candidates[np.argpartition(-weight[candidates], _CANDIDATES - 1)[:_CANDIDATES]]
-        # N-grams that always occur together weigh the same: the longest of them says the most.
-        ranked = self._columns[candidates[np.lexsort((-self._terms[candidates, _LENGTH], -weight[candidates]))]]
+        # N-grams that always occur together weigh the same: the longest of them says the most, and
+        # of as long ones the first in the vocabulary, whatever order the message's terms came in.
+        columns = self._columns[candidates]
+        ranked = columns[np.lexsort((columns, -self._terms[candidates, _LENGTH], -weight[candidates]))]
         chosen: list[str] = []
         for column in ranked.tolist():
             term = self._vocabulary[column].removeprefix(_WORD_PREFIX).strip()
