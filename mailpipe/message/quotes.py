@@ -39,25 +39,49 @@ _SEPARATORS = re.compile(
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
 # A salutation with nothing else on its line: "Hi, our account was hacked" is a top-posted reply.
-# A name after it is capitalised, or one word before a comma ("Hello sam,"), and not a word a
-# customer says something with ("Hi, thanks!", "Hey, urgent!"). Japanese mail opens with whom it
-# is for (山田様, ご担当者様, a company, 御中) and who writes (お世話になっております。サンプルの山田です。),
-# on lines of their own: names are kanji, katakana and Latin letters, so a line with a particle or
-# a verb in kana (今月の請求が二重です。, ログインできないお客様) says something.
+# Names after it are capitalised (a few, joined by "and"), or one word before a comma ("Hello
+# sam,"), and not a word a customer says something with ("Hi, thanks!", "Hey, urgent!").
+# Japanese mail opens with whom it is for (a company or an organisation, a department, 山田様,
+# ご担当者様, 御中) and who writes (お世話になっております。サンプルの山田です。), each on a line of
+# its own; a line with a verb, a particle of a sentence or 件 says something (今月の請求が二重です。,
+# ログインできないお客様, 二重請求の件です。). Missing a greeting loses the answer under the quote;
+# taking a sentence for one only lets the client's trailer in, so names are read generously.
 _GREETING_CHARS = 60
-_NAME = r"[A-Za-z0-9Ａ-Ｚａ-ｚ０-９\u3005\u3231\u3400-\u4dbf\u4e00-\u9fff\u30a0-\u30ff\uff66-\uff9f・()（）&.'-]"
-_COMPANY = rf"(?:{_NAME}|\s){{0,30}}(?:株式会社|有限会社|合同会社|（株）|\(株\)|㈱)(?:{_NAME}|\s){{0,30}}"
-_SELF = rf"(?:(?:{_NAME}|\s){{1,30}}の|{_COMPANY}\s*){_NAME}{{1,10}}(?:です|でございます)[。]?"
+_LETTER = (r"A-Za-z0-9À-ÖØ-öø-ɏＡ-Ｚａ-ｚ０-９\u3005\u3041-\u3096\u309d\u309e\u30a0-\u30ff\u3231"
+           r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002ffff")
+_NAME = rf"[{_LETTER}・()（）&.'-]"
+# A sentence, not a name: a particle, a verb ending (but 申します, ございます) or 件.
+_SAYS = r"(?!.*(?:が|を|ない|(?<!申し)(?<!ござい)ます|ません|ている|でし|まし|宛|件|お願い|くださ|下さ))"
+_ORGANISATION = (rf"(?:{_NAME}|\s){{0,30}}(?:株式会社|有限会社|合同会社|（株）|\(株\)|㈱|法人|大学|銀行|協会|病院|"
+                 rf"事務所|学園|学校)(?:{_NAME}|\s){{0,30}}")
+_DEPARTMENT = rf"(?:{_NAME}|\s){{0,30}}(?:部|課|室|係|センター|窓口|デスク|事務局|チーム|本部|支店|グループ)"
+_PERSON = r"[A-Za-z\u3005\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]{1,10}"
+_SELF = (rf"(?:(?:{_NAME}|\s){{1,30}}の|{_ORGANISATION}[\s、]*|{_NAME}{{1,20}}[\s、]+)?{_PERSON}\s*"
+         r"(?:です|と申します|でございます)[。]?")
+# A name: an ASCII capital first, or any letter beyond ASCII (Łukasz, 山田); a word in capitals
+# is shouted, not a name ("Hi Support, URGENT").
+_CAPITALISED = r"(?![A-Z]{3,}\b)(?:[A-Z]|[^\W\d_\x00-\x7f])[\w.'-]*"
+_SALUTATION = (r"hi|hello|hey|dear|greetings|good\s+(?:morning|afternoon|evening|day)|morning|afternoon|evening"
+               r"|hallo|bonjour|hola|ciao|guten\s+(?:morgen|tag)")
+_JA_OPENING = (r"(?:いつも)?(?:大変)?(?:お世話になって(?:おり|い)ます|お世話になります|お世話様です)"
+               r"|お疲れ様です|お疲れさまです|おつかれさまです|はじめまして|初めまして|初めてご連絡(?:いた|致)します"
+               r"|突然のご連絡(?:失礼|申し訳ございません)[^。]{0,6}|ご無沙汰しております|こんにちは|いつもありがとうございます")
 _GREETING = re.compile(
     rf"""(?:
-        (?i:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening))\s*,?
-        (?!\s*(?i:thanks|thank|help|urgent|please|sorry|again|asap|ok|okay|yes|no)\b)
-        (?:(?:\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam)|[A-Z][\w.'-]*)){{0,3}}\s*[,.!:]?
+        (?i:{_SALUTATION})\s*,?
+        (?!\s*(?i:thanks|thank|help|urgent|please|sorry|asap|ok|okay|yes|no)\b)
+        (?:(?:,?\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam|sir/madam|support|and|again)|&|{_CAPITALISED})){{0,5}}
+             \s*[,.!:\-–—]?
            | \s+[a-z][\w.'-]*\s*,)
-      | (?:(?:いつも|大変)?お世話になって(?:おり|い)ます|お世話になります|お疲れ様です)[。、]?\s*(?:{_SELF})?
-      | {_SELF}
-      | (?:{_NAME}|\s){{0,30}}?(?:ご担当者?|担当者|皆|みな)?(?:様|さま|さん|御中|殿|各位)[、。,]?
-      | {_COMPANY}
+      | (?i:to\s+whom\s+it\s+may\s+concern)\s*[,:]?
+      | (?:{_JA_OPENING})[。、]?\s*
+        (?:{_SAYS}{_SELF})?
+      | {_SAYS}(?:
+            {_SELF}
+          | (?:{_NAME}|\s){{0,30}}?(?:ご担当者?|担当者|皆|みな)?
+            (?:様|さま|さん|御中|殿|各位|先生|部長|課長|社長|室長|所長|院長|校長)[、。,]?
+          | {_ORGANISATION}
+          | {_DEPARTMENT})
     )""",
     re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
