@@ -130,7 +130,7 @@ def reply_subject(subject: str) -> bool:
 
 
 def _top_posted(head: str) -> bool:
-    return any(line.strip() and not _is_greeting(line.strip()) for line in head.splitlines())
+    return any((stripped := line.strip()) and not _is_greeting(stripped) for line in head.splitlines())
 
 
 def _is_greeting(line: str) -> bool:

@@ -114,8 +114,9 @@ class _Table:
         self._shift = np.uint64(64 - max(4, math.ceil(math.log2(max(len(numbers), 1) * _ROOM))))
         slots = self._slots(numbers)
         order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
         first = np.ones(len(order), dtype=bool)
-        first[1:] = slots[order][1:] != slots[order][:-1]
+        first[1:] = ordered[1:] != ordered[:-1]
         size = 1 << (64 - int(self._shift))
         # 0 is no number (an n-gram's digits start at 1, words and pairs are below 0): an empty slot.
         self._numbers = np.zeros(size, dtype=np.int64)
