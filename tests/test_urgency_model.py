@@ -19,6 +19,7 @@ from mailpipe.metrics import Metrics
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import corpus, model, rules, vocabulary
 from mailpipe.triage.context import Context
+from mailpipe.triage.context import document as context_document
 from mailpipe.triage.learning import Learner
 from mailpipe.triage.model import (
     MAX_CHARS,
@@ -142,6 +143,18 @@ def test_the_prediction_matches_scikit_learns_own(small_model: UrgencyModel,
                                                   small_reference: Callable[[str], dict[str, float]],
                                                   text: str) -> None:
     assert small_model.predict(text).probabilities == pytest.approx(small_reference(text), abs=1e-12)
+
+
+@settings(derandomize=True, deadline=None, max_examples=200, database=None)
+@given(_TEXTS, _TEXTS)
+def test_a_message_is_read_from_the_rules_folded_text_as_from_its_own(small_model: UrgencyModel, subject: str,
+                                                                      body: str) -> None:
+    raw = (f"From: a@example.org\r\nSubject: {' '.join(subject.split())}\r\n"
+           f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode("utf-8", "surrogateescape")
+    context = Context(parse(raw), NOW, model=small_model)
+    text = context_document(context.message.subject, context.message.read_text, context.message.is_reply)
+    assert context.urgency is not None
+    assert context.urgency.probabilities == small_model.predict(text).probabilities
 
 
 def test_a_term_that_is_both_an_ngram_and_a_word_counts_both() -> None:

@@ -84,7 +84,8 @@ class Context:
         """The model's reading, computed only when a rule asks for it."""
         if self.model is None:
             return None
-        return self.model.predict(document(self.message.subject, self.message.read_text, self.message.is_reply))
+        return self.model.predict(document(self.message.subject, self.message.read_text, self.message.is_reply),
+                                  self.folded_all)
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
