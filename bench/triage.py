@@ -339,6 +339,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3, help="model off and on in turn, this many times each")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     dns_server = Unbound(zones_for_tests())
     auth.configure_resolver([("127.0.0.1", dns_server.port)], cache=True)  # as the daemon does
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as tmp:
@@ -358,10 +360,11 @@ def main() -> int:
         plain = asyncio.run(throughput(messages, populated, work / "run-plain", False))
         runs: dict[str, list[Run]] = {"off": [], "on": []}
         profiles: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-        # Model off and on in turn, round after round: a shared machine's speed drifts by a fifth
-        # within a minute, and one run of each put the ratio anywhere from 0.77 to 1.10.
+        # Model off and on in turn, round after round, first one and then the other first: a shared
+        # machine's speed drifts by a fifth within a minute, and one run of each put the ratio
+        # anywhere from 0.77 to 1.10.
         for turn in range(args.rounds):
-            for name, with_model in (("off", None), ("on", model)):
+            for name, with_model in (("off", None), ("on", model))[::1 if turn % 2 == 0 else -1]:
                 (work / f"run-{name}-{turn}").mkdir()
                 runs[name].append(asyncio.run(throughput(messages, populated, work / f"run-{name}-{turn}", True,
                                                          with_model)))

@@ -243,11 +243,11 @@ def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(re
     "㈱メールパイプ\nサポートご担当者様\n\nお世話になっております。\nサンプル株式会社 山田です。",
     "さくらインターネット株式会社\nカスタマーサポート部\n山田 太郎 様\n\nいつも大変お世話になっております。\n"
     "ひまわり保育園の佐藤と申します。",
-    "Hi again,", "Hi Łukasz and team,", "To whom it may concern,", "Hi @Sam,", "Sam,", "Team,",
-    "Hi Sam,\n\nI hope this email finds you well.", "Hope you're doing well!",
+    "Hi again,", "Hi Łukasz and team,", "To whom it may concern,", "Hi @Sam,",
+    "Hi Sam,\n\nI hope this email finds you well.", "Hope you're doing well!", "Hi Sam, I hope you're well.",
 ], ids=["hi", "dear", "lowercase-name", "comma-name", "ja", "ja-addressee", "ja-company-addressee-self",
         "ja-cp932-company", "ja-department-block-hiragana-names", "again", "non-ascii-name-and-team", "whom",
-        "mention", "bare-name", "bare-team", "hope-finds-you-well", "hope-doing-well"])
+        "mention", "hope-finds-you-well", "hope-doing-well", "salutation-and-hope"])
 def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(greeting: str) -> None:
     reply = (f"{greeting}\n\nOn Mon, Support <support@example.test> wrote:\n> It is resolved now.\n\n"
              "It is not: every send still bounces with 550.\n\nJoon")
@@ -274,7 +274,7 @@ def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> N
     "今月の請求が二重です。", "お世話になっております。昨日の障害の影響で全配信が停止中です。",
     "ログインできないお客様", "株式会社サンプル宛の配信が全て失敗しています", "二重請求の件です。",
     "Hi Support, URGENT", "Hi Team URGENT!", "Thanks,", "Unfortunately,", "Still broken,",
-    "I hope you can fix this today.",
+    "I hope you can fix this today.", "Confirmed,", "Many Thanks,", "Noted,", "全件エラーのままです,",
 ])
 def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted(line: str) -> None:
     reply = (f"{line}\n\nOn Mon, Support <support@example.test> wrote:\n"

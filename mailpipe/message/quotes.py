@@ -63,13 +63,10 @@ _SELF = (rf"(?:(?:{_NAME}|\s){{1,30}}の|{_ORGANISATION}[\s、]*|{_NAME}{{1,20}}
 _CAPITALISED = r"(?![A-Z]{3,}\b)(?:[A-Z]|[^\W\d_\x00-\x7f])[\w.'-]*"
 _SALUTATION = (r"hi|hello|hey|dear|greetings|good\s+(?:morning|afternoon|evening|day)|morning|afternoon|evening"
                r"|hallo|bonjour|hola|ciao|guten\s+(?:morgen|tag)")
-# Words that open a sentence with a comma after them, not a name standing alone ("Sam,", "Team,").
-_NOT_A_NAME = (r"thanks|thank|yes|no|sorry|please|unfortunately|however|also|update|ok|okay|regards|cheers|best|"
-               r"again|still|urgent|help|fyi|note|ps|well|so|and|but|now|today|hello|hi|hey|dear|morning|ugh|wow|sure")
-# The pleasantry that opens many English letters on a line of its own.
-_HOPE = (r"(?:i\s+)?(?:hope|trust)\s+(?:this\s+(?:e-?mail|message|note)\s+finds\s+you\s+well"
-         r"|you(?:'re|’re|\s+are|\s+have\s+been)\s+(?:doing\s+|keeping\s+)?well"
-         r"|(?:all\s+is|you\s+are\s+all)\s+well)(?:\s+today)?\s*[.!]?")
+# The pleasantry that opens many English letters, on a line of its own or after the salutation.
+_HOPE = (r"(?:i\s+)?(?:hope|trust)\s+(?:that\s+)?(?:this(?:\s+(?:e-?mail|mail|message|note))?\s+finds\s+you\s+well"
+         r"|you(?:'re|’re|\s+are|\s+have\s+been)\s+(?:all\s+)?(?:doing\s+|keeping\s+)?(?:well|great|good)"
+         r"|(?:all\s+is|you\s+are\s+all)\s+well(?:\s+with\s+you)?)(?:\s+today)?\s*[.!,]?")
 _JA_OPENING = (r"(?:いつも)?(?:大変)?(?:お世話になって(?:おり|い)ます|お世話になります|お世話様です)"
                r"|お疲れ様です|お疲れさまです|おつかれさまです|はじめまして|初めまして|初めてご連絡(?:いた|致)します"
                r"|突然のご連絡(?:失礼|申し訳ございません)[^。]{0,6}|ご無沙汰しております|こんにちは|いつもありがとうございます")
@@ -80,7 +77,7 @@ _GREETING = re.compile(
         (?:(?:,?\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam|sir/madam|support|and|again)|&|@?{_CAPITALISED})){{0,5}}
              \s*[,.!:\-–—]?
            | \s+@?[a-z][\w.'-]*\s*,)
-      | (?!(?i:{_NOT_A_NAME})\b)@?{_CAPITALISED}(?:\s+@?{_CAPITALISED})?\s*,
+        (?:(?<=[,.!])\s+(?i:{_HOPE}))?
       | (?i:to\s+whom\s+it\s+may\s+concern)\s*[,:]?
       | (?i:{_HOPE})
       | (?:{_JA_OPENING})[。、]?\s*

@@ -174,8 +174,9 @@ class UrgencyModel:
 
     def predict(self, text: str, folded: str | None = None) -> Prediction:
         """``folded`` is ``fold(text)`` where the caller has it: the rules fold a message's text
-        anyway (``Context.folded_all``), and folding it again was a tenth of a prediction. Folding
-        is per character, so it serves whenever the text is short enough to be read whole."""
+        anyway (``Context.folded_all``: subject and body folded apart and joined by a line break,
+        which NFKC composes with nothing, so the same), and folding it again was a tenth of a
+        prediction. It serves whenever the text is short enough to be read whole."""
         folded = _spaced(folded if folded is not None and len(text) <= MAX_CHARS else fold(clipped(text)))
         # The terms ``features`` gives, counted: found and counted in numpy
         # (mailpipe.triage.vocabulary), because making each n-gram a string and looking it up was
