@@ -4,7 +4,8 @@ The real daemon, the 100,000-customer store of bench/triage.py and its local unb
 is filled over SMTP with hand-offs paused (``workers = 0``), then the daemon is started again to
 triage it. Wall rates swing by half on a shared two-core machine, so beside the drain rate this
 prints what contention hardly moves: the daemon's CPU (user + system, from /proc) per message
-while it accepts the messages and while it triages them, their ratio, the triage rate one core
+while it accepts the messages and while it triages them (and the CPU of the urgency model's own
+process, apart), their ratio, the triage rate one core
 could give at that cost (to set against durable intake's rate, which is bound by its fsyncs more
 than its CPU), how much of that CPU is the kernel's and how often the daemon's threads were
 switched out per message (GIL hand-offs between the event loop and its threads show there, as
@@ -54,6 +55,9 @@ class Usage:
     def __sub__(self, before: Usage) -> Usage:
         return Usage(self.user - before.user, self.system - before.system, self.switches - before.switches)
 
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.user + other.user, self.system + other.system, self.switches + other.switches)
+
 
 def usage(pid: int) -> Usage:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -66,6 +70,22 @@ def usage(pid: int) -> Usage:
             continue
         switches += sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)$", status, re.M))
     return Usage(int(fields[11]) / tick, int(fields[12]) / tick, switches)
+
+
+def children_usage(pid: int) -> Usage:
+    """What the daemon's child processes spent so far (the urgency model's own process)."""
+    total = Usage(0.0, 0.0, 0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                total = total + usage(int(child))
+            except OSError:  # it ended meanwhile
+                continue
+    return total
 
 
 @contextmanager
@@ -108,7 +128,7 @@ def measure(messages: int, workers: int) -> None:
         with daemon(work, state, dns_server.address, workers) as (_, metrics, pid):
             while not triage.delivered(state, accepted):
                 time.sleep(0.02)
-            before, started = usage(pid), time.monotonic()
+            before, model_before, started = usage(pid), children_usage(pid), time.monotonic()
             seen, count = 0, 0
             while True:
                 time.sleep(0.5)
@@ -116,7 +136,7 @@ def measure(messages: int, workers: int) -> None:
                 if count == seen:
                     break
                 seen = count
-            drain = usage(pid) - before
+            drain, model = usage(pid) - before, children_usage(pid) - model_before
             times = sorted(triage.delivered(state, accepted).values())
             time.sleep(2.5)  # the daemon adds its spool commits to its metrics every 2 s (_STATS_INTERVAL)
             commits = sum(metric_values(metrics, "mailpipe_spool_commits_total").values())
@@ -127,6 +147,7 @@ def measure(messages: int, workers: int) -> None:
         print(f"the daemon triaging its spool:          {rate:8.0f} msgs/s (wall, {time.monotonic() - started:.1f} s)")
         print(f"daemon CPU per message, durable intake: {intake_cpu * 1000:8.2f} ms (baseline)")
         print(f"daemon CPU per message, triage:         {drain_cpu * 1000:8.2f} ms")
+        print(f"CPU per message in the urgency model's own process: {model.cpu * 1000 / count:.2f} ms")
         print(f"triage CPU / intake CPU = {drain_cpu / intake_cpu:.2f}; one core's worth of triage: "
               f"{1 / drain_cpu:.0f} msgs/s")
         print(f"of which the kernel's: intake {intake.system / intake.cpu:.0%}, triage {drain.system / drain.cpu:.0%}"

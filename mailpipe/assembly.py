@@ -116,7 +116,7 @@ def routes(config: Config, keys: tuple[SigningKey, ...], store: Store, metrics: 
                         config.monitors.dmarc_report_addresses, catalog, incidents)
     triage = Triage(triage_load.ruleset(config.triage), config.agents, config.triage, store, config.inbound.hostname,
                     metrics, to_mailbox, acknowledger, outbound, returned, incidents, model=lambda: learner.current,
-                    lead=config.desk.lead)
+                    lead=config.desk.lead, reader=learner.reader)
     commands_run = Commands(store, metrics, learner.learn, config.spool_path / SUBMISSION.file, config.agents)
     desk = Desk(config.agents, config.inbound.domains, store, commands_run, to_mailbox, config.inbound.hostname)
     replies = Replies(config.agents, config.outbound, config.submission.double_reply_window, store, sign, signing,

@@ -67,6 +67,15 @@ class Metrics:
                                     "Labelled messages the running urgency model was trained on.", registry=r)
         self.model_trained = Gauge("mailpipe_urgency_model_trained_timestamp_seconds",
                                    "When the running urgency model was trained.", registry=r)
+        self.urgency_reads = Counter(
+            "mailpipe_urgency_reads", "Messages the urgency model read, in its own process or (while that "
+            "starts, loads a newer model or is started again) in the daemon's.", ["process"], registry=r)
+        self.urgency_reader_up = Gauge(
+            "mailpipe_urgency_reader_up", "1 while the urgency model's own process holds the running model and "
+            "reads the mail; 0 while it starts, loads a newer model or is started again.", registry=r)
+        self.urgency_reader_starts = Counter(
+            "mailpipe_urgency_reader_starts", "Starts of the urgency model's own process; more than one per "
+            "daemon start means it died and was started again.", registry=r)
         self.cases_open = Gauge("mailpipe_cases_open", "Open (unanswered) cases by urgency level.", ["level"],
                                 registry=r)
         self.case_oldest_open = Gauge(

@@ -87,6 +87,16 @@ def test_an_agent_corrects_a_case_by_mail_and_the_model_learns_it(desk) -> None:
     assert len(notes) == 1 and b"[URGENT][#1]" in notes[0] and b"normal \xe2\x86\x92 critical" in notes[0]
 
 
+def test_the_daemon_reads_mail_with_the_model_in_a_process_of_its_own(desk) -> None:
+    daemon = desk()
+    wait_until(lambda: metric(daemon, "mailpipe_urgency_reader_up") == 1, timeout=TRAINING_SECONDS)
+    customer_writes(daemon, "Everything is gone", "All 12,400 subscribers vanished from our list overnight.")
+    delivered_copy(daemon)
+    assert metric(daemon, 'mailpipe_urgency_reads_total{process="model"}') == 1
+    assert metric(daemon, 'mailpipe_urgency_reads_total{process="daemon"}') == 0
+    assert metric(daemon, "mailpipe_urgency_reader_starts_total") == 1
+
+
 def test_a_forward_with_the_case_token_in_its_subject_finds_the_case(desk) -> None:
     daemon = desk()
     customer_writes(daemon, "Thanks", "Thanks for yesterday, all good now. No reply needed.")

@@ -300,3 +300,27 @@ def test_a_correction_recorded_after_the_daemons_loop_closed_is_kept_for_the_nex
     learner = asyncio.run(start())
     learner.learn()  # a store thread finishing a desk command at shutdown: no error to fail it with
 
+
+
+def test_a_ruleset_lists_the_level_sets_its_model_rules_explain_from_the_least_probability(tmp_path: Path) -> None:
+    (tmp_path / "levels.toml").write_text("[levels]\ncritical = 10\nhigh = 6\nnormal = 2\n")
+    (tmp_path / "model.toml").write_text("\n".join(
+        f'[[rule]]\nname = "M{n}"\ndescription = "d"\nscore = 1\nmodel = {condition}\n'
+        for n, condition in enumerate(['{ level = "critical", at_least = 0.5 }',
+                                       '{ level = "critical", at_least = 0.35 }',
+                                       '{ levels = ["critical", "high"], at_least = 0.45 }'])))
+    (tmp_path / "words.toml").write_text('[[rule]]\nname = "W"\ndescription = "d"\nscore = 1\nany = ["x"]\n')
+    assert rules.load(tmp_path).explained == ((("critical",), 0.35), (("critical", "high"), 0.45))
+
+
+def test_a_reading_explains_only_the_level_sets_that_reach_their_probability(small_model: UrgencyModel) -> None:
+    prediction = small_model.predict("顧客リストが全て消えてしまいました。")
+    reading = prediction.reading(((("critical",), 0.5), (("low",), 0.5)))
+    assert prediction.of(["critical"]) >= 0.5 > prediction.of(["low"])
+    assert reading.explained == {("critical",): prediction.reasons(["critical"])}
+
+
+def test_a_reading_refuses_to_explain_a_level_set_it_was_not_asked_for(small_model: UrgencyModel) -> None:
+    reading = small_model.predict("help").reading(((("critical",), 0.0),))
+    with pytest.raises(KeyError, match="low"):
+        reading.reasons(["low"])

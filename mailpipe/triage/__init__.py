@@ -1,6 +1,6 @@
 """Triage: what decides where an inbound message goes and how urgent it is.
 
-The inbound stage table is ``stages`` (route → parse → authenticate → profile → score →
+The inbound stage table is ``stages`` (route → parse → authenticate → predict → profile → score →
 assign → acknowledge → annotate, over a ``work.Work``); beside it what it calls: ``rules``
 (loaded from rules/, policy as data, by ``load``) with ``conditions``, ``expression`` and
 ``examples``, ``context`` (what a rule may look at) and ``score``, the learned urgency ``model``

@@ -171,7 +171,7 @@ def _model(value: Any) -> Condition:
             or "at_least" not in value or ("level" in value) == ("levels" in value):
         raise TypeError('must be { level = "critical", at_least = 0.6 } or { levels = [...], at_least = 0.5 }'
                         ' (optionally with ahead_of = [...])')
-    levels = _levels(value["level"] if "level" in value else value["levels"])
+    levels = model_levels(value)
     rivals = _levels(value["ahead_of"]) if "ahead_of" in value else []
     if set(rivals) & set(levels):
         raise ValueError("ahead_of must name levels other than the rule's own")
@@ -191,6 +191,13 @@ def _model(value: Any) -> Condition:
         return f"p({shown})={probability:.2f}" + (f": {reasons}" if reasons else "")
 
     return condition
+
+
+def model_levels(value: dict[str, Any]) -> tuple[str, ...]:
+    """The levels a ``model`` condition weighs together, and explains when they reach its
+    ``at_least``: what ``RuleSet.explained`` gathers, so that the model's own process explains a
+    reading for exactly the level sets a rule may show."""
+    return tuple(_levels(value["level"] if "level" in value else value["levels"]))
 
 
 def _levels(value: Any) -> list[str]:

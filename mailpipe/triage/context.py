@@ -21,7 +21,7 @@ from mailpipe.store import CustomerRecord, Profile
 from mailpipe.triage.hours import within_business_hours
 
 if TYPE_CHECKING:
-    from mailpipe.triage.model import Prediction, UrgencyModel
+    from mailpipe.triage.model import Prediction, Reading, UrgencyModel
 
 
 def document(subject: str, new_text: str, is_reply: bool) -> str:
@@ -60,6 +60,7 @@ class Context:
     business_hours: bool = True
     incidents: frozenset[str] = frozenset()  # providers refusing our mail right now (reply catalog names)
     model: UrgencyModel | None = None  # the learned urgency model, when the desk runs one
+    reading: Reading | None = None  # its reading of this message, where it was made beforehand
 
     @property
     def trusted_vip(self) -> bool:
@@ -80,17 +81,18 @@ class Context:
         return document(self.folded_subject, self.folded_body, self.message.is_reply)
 
     @cached_property
-    def urgency(self) -> Prediction | None:
-        """The model's reading, computed only when a rule asks for it."""
-        if self.model is None:
-            return None
+    def urgency(self) -> Prediction | Reading | None:
+        """The model's reading: the one made beforehand, or one made only when a rule asks for it."""
+        if self.reading is not None or self.model is None:
+            return self.reading
         return self.model.predict(document(self.message.subject, self.message.read_text, self.message.is_reply),
                                   self.folded_all)
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,
                    authserv_id: str, verified: auth.Verdict | None = None,
-                   incidents: frozenset[str] = frozenset(), model: UrgencyModel | None = None) -> Context:
+                   incidents: frozenset[str] = frozenset(), model: UrgencyModel | None = None,
+                   reading: Reading | None = None) -> Context:
     """What the rules see: the message, the customer and their history from the store, DMARC
     (verified now, or as our own earlier Authentication-Results recorded it) and the clock.
     Shared by the daemon and ``mailpipe score``."""
@@ -102,7 +104,8 @@ def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime
                           datetime.fromtimestamp(open_since, UTC) if open_since else None)
     dmarc = verified.dmarc if verified is not None else dmarc_verdict(parsed, authserv_id)
     return Context(parsed, now, customer=customer, history=history, dmarc=dmarc,
-                   business_hours=within_business_hours(now, desk), incidents=incidents, model=model)
+                   business_hours=within_business_hours(now, desk), incidents=incidents, model=model,
+                   reading=reading)
 
 
 def dmarc_verdict(parsed: ParsedMessage, authserv_id: str) -> str:

@@ -5,7 +5,8 @@ correction in the store, and again in the background after each new correction, 
 own word reaches the next message within seconds. Training takes seconds of one core, in a
 thread (at start, while intake already accepts mail into the spool); the running model keeps
 triaging meanwhile, and a broken corpus or a failed training
-keeps it (a reload is refused with the problems, like broken rules). Reads ``[triage] model``,
+keeps it (a reload is refused with the problems, like broken rules). Triage reads with it in a
+process of its own (``triage.reader``), which gets each model as it is installed. Reads ``[triage] model``,
 ``corpus_directory`` and ``corpus_overrides``.
 """
 
@@ -24,6 +25,7 @@ from mailpipe.offload import Offload
 from mailpipe.triage import corpus
 from mailpipe.triage.conditions import LEVELS
 from mailpipe.triage.model import Example, UrgencyModel, enough, train
+from mailpipe.triage.reader import Reader
 
 log = logging.getLogger("mailpipe.triage")
 
@@ -74,6 +76,7 @@ class Learner:
     def __init__(self, settings: TriageConfig, store: Corrections, metrics: Metrics):
         self.settings = settings
         self.current: UrgencyModel | None = None
+        self.reader = Reader(metrics)  # reads with ``current`` in a process of its own
         self._store = store
         self._metrics = metrics
         self._again = asyncio.Event()
@@ -82,6 +85,7 @@ class Learner:
 
     def install(self, model: UrgencyModel | None, settings: TriageConfig) -> None:
         self.current, self.settings = model, settings
+        self.reader.serve(model)
         if model is not None:
             self._metrics.model_examples.set(model.trained_on)
             self._metrics.model_trained.set(time.time())
@@ -127,3 +131,4 @@ class Learner:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.reader.close()

@@ -103,8 +103,42 @@ def _spaced(folded: str) -> str:
     return clipped(" ".join(folded.split()))
 
 
+# How many n-grams a model rule shows as what it matched.
+REASONS = 3
+# Level sets to explain, each from the probability at which a rule shows it (``RuleSet.explained``).
+Explained = tuple[tuple[tuple[str, ...], float], ...]
+
+
+class _Levels:
+    """The probabilities of a reading, asked for as rules ask: one level or several together."""
+
+    probabilities: dict[str, float]
+
+    def of(self, levels: Sequence[str]) -> float:
+        return sum(self.probabilities.get(level, 0.0) for level in levels)
+
+    @property
+    def level(self) -> str:
+        return max(self.probabilities, key=lambda level: self.probabilities[level])
+
+
 @dataclass(frozen=True)
-class Prediction:
+class Reading(_Levels):
+    """A prediction with its explanations made beforehand, for the level sets the rules show
+    (``RuleSet.explained``): what the model's own process (``triage.reader``) sends back."""
+
+    probabilities: dict[str, float]
+    explained: dict[tuple[str, ...], list[str]]
+
+    def reasons(self, levels: Sequence[str], count: int = REASONS) -> list[str]:
+        try:
+            return self.explained[tuple(levels)][:count]
+        except KeyError:
+            raise KeyError(f"the reading explains {sorted(self.explained)}, not {tuple(levels)}") from None
+
+
+@dataclass(frozen=True)
+class Prediction(_Levels):
     """The model's probability for each level, and what it read, to explain itself on demand."""
 
     probabilities: dict[str, float]
@@ -115,14 +149,13 @@ class Prediction:
     # Several rules may ask for the same explanation (critical at 0.35 and at 0.5): made once.
     _reasons: dict[tuple[tuple[str, ...], int], list[str]] = field(default_factory=dict, compare=False, repr=False)
 
-    def of(self, levels: Sequence[str]) -> float:
-        return sum(self.probabilities.get(level, 0.0) for level in levels)
+    def reading(self, explained: Explained) -> Reading:
+        """This prediction with the explanations a rule may show made now: of each level set of
+        ``explained`` that reaches its probability (explaining is half of a prediction's cost)."""
+        return Reading(self.probabilities, {levels: self.reasons(levels) for levels, at_least in explained
+                                            if self.of(levels) >= at_least})
 
-    @property
-    def level(self) -> str:
-        return max(self.probabilities, key=lambda level: self.probabilities[level])
-
-    def reasons(self, levels: Sequence[str], count: int = 3) -> list[str]:
+    def reasons(self, levels: Sequence[str], count: int = REASONS) -> list[str]:
         """The n-grams that pushed most towards ``levels``, one of each overlapping run."""
         key = (tuple(levels), count)
         if key not in self._reasons:

@@ -40,12 +40,16 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailpipe.errors import Problems
-from mailpipe.triage.conditions import CONDITIONS, LEVELS, Condition
+from mailpipe.triage.conditions import CONDITIONS, LEVELS, Condition, model_levels
 from mailpipe.triage.expression import ExpressionError, Predicate, compile_expression
+
+if TYPE_CHECKING:  # the model's module imports numpy, which the rules need not
+    from mailpipe.triage.model import Explained
 
 __all__ = ["LEVELS", "Rule", "RuleSet", "RulesError", "load"]
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -74,6 +78,8 @@ class Rule:
     examples: tuple[dict[str, Any], ...] = ()
     source: str = ""
     cancels: frozenset[str] = frozenset()
+    # The levels of its ``model`` condition and their ``at_least``: it shows their n-grams from there.
+    explains: tuple[tuple[str, ...], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,18 @@ class RuleSet:
     # The plain rules that cancel others, each after every rule that may cancel it: going down the
     # list, a rule that fired and is not cancelled yet is one whose cancels count.
     cancellers: tuple[Rule, ...] = ()
+
+    @cached_property
+    def explained(self) -> Explained:
+        """The level sets whose n-grams ``model`` conditions show, each with the least probability
+        at which one does: what a reading of the model made in another process
+        (``triage.reader``) must explain beforehand."""
+        least: dict[tuple[str, ...], float] = {}
+        for rule in self.plain:
+            if rule.explains is not None:
+                levels, at_least = rule.explains
+                least[levels] = min(at_least, least.get(levels, at_least))
+        return tuple(least.items())
 
     def level(self, score: float) -> str:
         for name in ("critical", "high", "normal"):
@@ -224,7 +242,8 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
     if len(problems) > before:
         return None
     return Rule(name, description, float(score), tuple(conditions), expression, uses, escalate, tuple(examples),
-                source, frozenset(cancels))
+                source, frozenset(cancels),
+                (model_levels(spec["model"]), float(spec["model"]["at_least"])) if "model" in spec else None)
 
 
 def _assemble(rules: list[Rule], levels: dict[str, float], problems: list[str]) -> RuleSet:

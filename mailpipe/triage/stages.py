@@ -1,7 +1,7 @@
 """What happens to an inbound message between the spool and the owners' mailboxes, in order.
 
-The order lives in one table, ``Triage.stages``: route → parse → authenticate → profile → score
-→ assign → acknowledge → annotate; ``hand_off`` then files the original and its triage card in
+The order lives in one table, ``Triage.stages``: route → parse → authenticate → predict → profile
+→ score → assign → acknowledge → annotate; ``hand_off`` then files the original and its triage card in
 each recipient's mailbox. ``route`` takes DMARC reports and bounces of our own mail off the
 queue (``monitors.returned``); the outbound twin of this table is ``outbound.replies``. Pure
 stages are plain functions of ``Work`` (``triage.work``); profile and assign, which read and
@@ -40,6 +40,7 @@ from mailpipe.store import TriageStore
 from mailpipe.triage.assign import assign, is_fallback
 from mailpipe.triage.context import document, triage_context
 from mailpipe.triage.model import UrgencyModel, clipped
+from mailpipe.triage.reader import Reader
 from mailpipe.triage.render import header_fields, incident_lines, triage_card
 from mailpipe.triage.rules import RuleSet
 from mailpipe.triage.score import evaluate
@@ -69,9 +70,11 @@ class Triage:
                  metrics: Metrics, deliverer: Deliverer, acknowledger: Acknowledger | None = None,
                  outbound: Spool | None = None, returned: Returned | None = None,
                  incidents: Incidents | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 model: Callable[[], UrgencyModel | None] = lambda: None, lead: str = ""):
+                 model: Callable[[], UrgencyModel | None] = lambda: None, lead: str = "",
+                 reader: Reader | None = None):
         self.metrics = metrics
         self.model = model  # the urgency model running now (a correction may have retrained it)
+        self.reader = reader  # reads with it in its own process; without one, ``score`` reads in process
         self.lead = lead
         self.returned = returned
         self.incidents = incidents
@@ -96,6 +99,7 @@ class Triage:
             ("route", self.route),
             ("parse", self.parse),
             ("authenticate", self.authenticate),
+            ("predict", self.predict),
             ("profile", InThread(self.profile)),
             ("score", InThread(self.score)),
             ("assign", InThread(self.assign)),
@@ -126,6 +130,17 @@ class Triage:
                                    from_domain)
         return dataclasses.replace(work, auth=verdict)
 
+    async def predict(self, work: Work) -> Work:
+        """The urgency model's reading, made in its own process (``triage.reader``) while this
+        process goes on with other messages; ``score`` hands it to the rules."""
+        model = self.model()
+        if model is None or self.reader is None:
+            return work
+        parsed = parsed_of(work)
+        reading = await self.reader.read(model, document(parsed.subject, parsed.read_text, parsed.is_reply),
+                                         self.rules.explained)
+        return dataclasses.replace(work, urgency=reading)
+
     def profile(self, work: Work) -> Work:
         parsed = parsed_of(work)
         sender = customer_address(work)
@@ -140,7 +155,7 @@ class Triage:
         now = datetime.fromtimestamp(work.message.entry.received_at, UTC)
         active = self.incidents.active() if self.incidents else frozenset()
         context = triage_context(parsed_of(work), work.profile, now, self.desk, self.hostname, work.auth, active,
-                                 self.model())
+                                 self.model(), work.urgency)
         return dataclasses.replace(work, verdict=evaluate(self.rules, context))
 
     def assign(self, work: Work) -> Work:

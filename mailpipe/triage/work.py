@@ -15,6 +15,7 @@ from mailpipe.message import ParsedMessage
 from mailpipe.outbound.acknowledge import Acknowledgement
 from mailpipe.spool import Message
 from mailpipe.store import CaseNote, InboundRecord, Profile, ReplyFate
+from mailpipe.triage.model import Reading
 from mailpipe.triage.score import Verdict
 
 
@@ -26,6 +27,7 @@ class Work:
     profile: Profile | None = None
     away: frozenset[str] = frozenset()
     thread_case: int | None = None
+    urgency: Reading | None = None  # the urgency model's reading, made in its own process
     verdict: Verdict | None = None
     record: InboundRecord | None = None
     recipients: tuple[Agent, ...] = ()
