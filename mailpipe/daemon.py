@@ -177,13 +177,14 @@ class Daemon:
 
     async def _trained(self, training: asyncio.Task[UrgencyModel | None], config: Config) -> bool:
         """Installs the model fitted at start, once fitted; False if the daemon is stopped first
-        (the fitting thread runs to its end) or the fitting failed: then it stops, exit status 1,
-        as when the corpus is broken. A SIGHUP meanwhile reloads after it, not beside it."""
+        (the fit is cancelled, its process killed) or the fitting failed: then it stops, exit
+        status 1, as when the corpus is broken. A SIGHUP meanwhile reloads after it, not beside it."""
         async with self._reloading:
             stopped = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({training, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            if not training.done():
+            if self._stop.is_set():
+                training.cancel()
                 training.add_done_callback(lambda task: task.cancelled() or task.exception())
                 return False
             error = training.exception()

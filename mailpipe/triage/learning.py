@@ -3,28 +3,27 @@
 It is trained at start and on reload from the corpus the config names plus every agent's
 correction in the store, and again in the background after each new correction, so the desk's
 own word reaches the next message within seconds. Training takes seconds of one core, in a
-thread (at start, while intake already accepts mail into the spool); the running model keeps
-triaging meanwhile, and a broken corpus or a failed training
-keeps it (a reload is refused with the problems, like broken rules). Triage reads with it in a
-process of its own (``triage.reader``), which gets each model as it is installed. Reads ``[triage] model``,
-``corpus_directory`` and ``corpus_overrides``.
+process of its own (``triage.fitting``; at start, while intake already accepts mail into the
+spool); the running model keeps triaging meanwhile, and a broken corpus or a failed training
+keeps it (a reload is refused with the problems, like broken rules). Triage reads with it in
+another process of its own (``triage.reader``), which gets each model as it is installed. Reads
+``[triage] model``, ``corpus_directory`` and ``corpus_overrides``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from typing import Protocol
 
 from mailpipe.config import TriageConfig
 from mailpipe.metrics import Metrics
-from mailpipe.offload import Offload
 from mailpipe.triage import corpus
 from mailpipe.triage.conditions import LEVELS
-from mailpipe.triage.model import Example, UrgencyModel, enough, train
+from mailpipe.triage.fitting import fitted, fitted_apart
+from mailpipe.triage.model import Example, UrgencyModel, enough
 from mailpipe.triage.reader import Reader
 
 log = logging.getLogger("mailpipe.triage")
@@ -58,17 +57,6 @@ def wanted(settings: TriageConfig, store: Corrections | None) -> list[Example] |
     return found
 
 
-def fitted(found: list[Example] | None) -> UrgencyModel | None:
-    return None if found is None else train(found, LEVELS)
-
-
-@functools.cache
-def _fitting() -> Offload:
-    """One daemon thread fits every model, one after another: a daemon told to stop meanwhile
-    exits without waiting for a model nobody will use (the default executor's threads are
-    waited for at exit), and two fits never share the CPU that triage needs."""
-    return Offload("fit", 1)
-
 
 class Learner:
     """Holds the model triage reads (``current``) and trains its successors."""
@@ -82,6 +70,7 @@ class Learner:
         self._again = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._fitting = asyncio.Lock()  # one fit at a time: two never share the CPU that triage needs
 
     def install(self, model: UrgencyModel | None, settings: TriageConfig) -> None:
         self.current, self.settings = model, settings
@@ -100,8 +89,9 @@ class Learner:
         return await asyncio.to_thread(wanted, settings, self._store)
 
     async def fit(self, found: list[Example] | None) -> UrgencyModel | None:
-        """The second half of ``train``: the seconds of CPU, in the fitting thread."""
-        return await _fitting().run(fitted, found)
+        """The second half of ``train``: the seconds of CPU, in a process of its own (``fitting``)."""
+        async with self._fitting:
+            return await fitted_apart(found)
 
     def learn(self) -> None:
         """A correction arrived (in a store thread): train again soon, once for any number of

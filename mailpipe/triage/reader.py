@@ -3,17 +3,20 @@
 Why: a prediction costs 0.1-0.3 ms of CPU, an eighth of what triage costs a message, and in the
 daemon's process it holds the GIL that every other stage waits for. In a process of its own
 the daemon only writes the text into a pipe and reads back the probabilities and the n-grams
-each model rule shows (``Reading``): tens of microseconds.
+each model rule may show (``Reading``): tens of microseconds.
 
-The process gets every model the learner installs (pickled: our own object, sent by the
-process that started it, never read from a file), says when it holds it, and reads texts in
-the order sent. Until it holds the model triage asks for (starting, loading a newer one, or
-started again after it died) a text is read in the daemon's process, as ``mailpipe score`` reads
-it: verdicts are the same either way, only where the CPU is spent differs. A process that dies
-is started again after a pause that doubles up to a minute, and the texts it had not answered
-are read in the daemon's process. ``mailpipe_urgency_reader_up`` says whether it serves now,
-``mailpipe_urgency_reader_starts_total`` counts its starts and
-``mailpipe_urgency_reads_total{process="model"|"daemon"}`` where texts were read.
+The process gets every model the learner installs (pickled: our own object, sent by the process
+that started it, never read from a file), says when it holds it, and reads texts in the order
+sent; it answers in JSON on a channel of its own (``mailpipe.children``), so the daemon never
+unpickles what a process that reads customers' mail wrote. Whenever it cannot answer, ``read``
+says so (None) and the ``score`` stage reads the text in the daemon, in its store thread, as
+``mailpipe score`` does: verdicts are the same either way, only where the CPU is spent differs.
+That is while it starts or loads a newer model, after it died (it is started again after a
+pause that doubles while it keeps dying soon after a start), and when it does not answer within
+``_READ_TIMEOUT`` (it is killed: a stopped or stuck process must delay mail, never hold it).
+``mailpipe_urgency_reader_up`` says whether it serves now, ``mailpipe_urgency_reader_starts_total``
+counts its starts and ``mailpipe_urgency_reads_total{process="model"|"daemon"}`` where texts were
+read.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -30,19 +34,26 @@ import sys
 import time
 from typing import IO, Any
 
+from mailpipe import children
 from mailpipe.metrics import Metrics
 from mailpipe.triage.model import Explained, Reading, UrgencyModel
 
 log = logging.getLogger("mailpipe.triage")
 
-_LENGTH = struct.Struct(">I")  # each message on the pipes: its length, then its pickle
+# Each message on the pipes: its length, then (to the process) a kind byte and a pickle, or
+# (back) JSON. A model is sent as M, its key, then the model; anything else as P and a pickle.
+_LENGTH = struct.Struct(">I")
+_KEY = struct.Struct(">Q")
+_MAX_ANSWER = 1 << 20  # an answer is a few hundred bytes: a longer one is a broken process
+_READ_TIMEOUT = 5.0  # a prediction takes a millisecond; a process this late is stopped or stuck
+_LOAD_TIMEOUT = 120.0  # unpickling a model and building its tables takes a second or two
 _RESTART_FIRST, _RESTART_MAX = 1.0, 60.0
 _RESTART_GOOD_RUN = 60.0  # a process that ran this long and died is a new failure, not the same again
 _EXIT_WAIT = 5.0  # at shutdown: how long the process may take to see its input end
 
 
 class ReaderGone(Exception):
-    """The model's process ended before it answered."""
+    """The model's process ended (or was ended) before it answered."""
 
 
 class Reader:
@@ -56,6 +67,7 @@ class Reader:
         self._pipe: _Pipe | None = None
         self._wanted: UrgencyModel | None = None  # the model the process should hold
         self._serving: UrgencyModel | None = None  # the model it holds and answers with
+        self._pickled: tuple[UrgencyModel, bytes] | None = None  # the last model sent, framed
         self._pending: dict[int, asyncio.Future[Reading]] = {}
         self._loaded: dict[int, asyncio.Future[None]] = {}
         self._ids = itertools.count()
@@ -69,34 +81,48 @@ class Reader:
         return self._pipe.pid if self._pipe is not None else None
 
     def holds(self, model: UrgencyModel) -> bool:
-        """Whether the process runs and reads with ``model`` (else ``read`` reads in the daemon)."""
-        return model is self._serving and self._pipe is not None
+        """Whether the process runs and reads with ``model`` (else ``read`` answers None)."""
+        return model is self._serving and self._pipe is not None and not self._pipe.exited
 
     def serve(self, model: UrgencyModel | None) -> None:
-        """Read with ``model`` from now on: sent to the process in the background."""
+        """Read with ``model`` from now on: sent to the process in the background. None (the
+        desk switched the model off) ends the process."""
         self._wanted = model
-        self._metrics.urgency_reader_up.set(self.holds(model) if model is not None else 0)
-        if not self._closed and model is not None and (self._task is None or self._task.done()):
+        self._show()
+        if model is None:
+            if self._pipe is not None:
+                self._pipe.end_input()  # it exits once it has answered what it read
+                self._pipe, self._serving = None, None
+            return
+        if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._keep_serving(0.0), name="urgency-reader")
 
-    async def read(self, model: UrgencyModel, text: str, explained: Explained) -> Reading:
-        """``model``'s reading of ``text``, explained as ``explained`` asks (``Prediction.reading``):
-        from the process if it holds that model, else (or if it dies first) read here."""
-        if self.holds(model):
-            assert self._pipe is not None
-            key = next(self._ids)
-            answer = self._pending[key] = asyncio.get_running_loop().create_future()
-            try:
-                self._pipe.send(("read", key, text, explained))
-                reading = await answer
-                self._read_there.inc()
-                return reading
-            except ReaderGone:
-                pass
-            finally:
-                self._pending.pop(key, None)
-        self._read_here.inc()
-        return model.predict(text).reading(explained)
+    async def read(self, model: UrgencyModel, text: str, explained: Explained) -> Reading | None:
+        """``model``'s reading of ``text``, explained as ``explained`` asks (``Prediction.reading``),
+        from the process; None if it does not hold that model or does not answer: then the text is
+        the daemon's to read."""
+        pipe = self._pipe
+        if not self.holds(model) or pipe is None:
+            self._read_here.inc()
+            return None
+        key = next(self._ids)
+        answer = self._pending[key] = asyncio.get_running_loop().create_future()
+        try:
+            pipe.send((key, text, explained))
+            reading = await asyncio.wait_for(answer, _READ_TIMEOUT)
+        except ReaderGone:
+            self._read_here.inc()
+            return None
+        except TimeoutError:
+            log.warning("urgency model process did not answer: killing it", extra={"pid": pipe.pid,
+                                                                                   "waited": _READ_TIMEOUT})
+            pipe.kill()
+            self._read_here.inc()
+            return None
+        finally:
+            self._pending.pop(key, None)
+        self._read_there.inc()
+        return reading
 
     async def close(self) -> None:
         """Ends the process: its input closed, it exits once it has answered what it read."""
@@ -107,69 +133,84 @@ class Reader:
         if self._pipe is not None:
             await self._pipe.close()
 
+    def _show(self) -> None:
+        self._metrics.urgency_reader_up.set(self._wanted is not None and self.holds(self._wanted))
+
     async def _keep_serving(self, delay: float) -> None:
         """Until the process holds the wanted model: start it if it is not running, send the
         model, wait for it to say it holds it; after a failure, again after ``delay``."""
-        while not self._closed and self._wanted is not None and self._wanted is not self._serving:
+        while not self._closed and self._wanted is not None and not self.holds(self._wanted):
             if delay:
                 await asyncio.sleep(delay)
             model = self._wanted
+            if model is None:
+                return
             try:
-                if self._pipe is None:
+                if self._pipe is None or self._pipe.exited:
                     self._pipe = await self._start()
-                await self._load(self._pipe, model)
-                self._serving = model
-                self._metrics.urgency_reader_up.set(model is self._wanted)
-                delay = 0.0
-            except Exception as exc:  # reading goes on in the daemon; the process is tried again
+                pipe = self._pipe
+                await self._load(pipe, model)
+                if pipe is self._pipe and not pipe.exited:  # else it died after saying so: again
+                    self._serving = model
+                    delay = 0.0
+            except Exception as exc:  # the daemon reads meanwhile; the process is tried again
                 delay = min(max(2 * delay, _RESTART_FIRST), _RESTART_MAX)
+                if self._pipe is not None and not self._pipe.exited:
+                    self._pipe.kill()  # it could not take the model: a new one will
                 log.warning("urgency model process failed; reading in the daemon meanwhile",
                             extra={"error": f"{type(exc).__name__}: {exc}", "retry_in": delay})
+            finally:
+                self._show()
 
     async def _start(self) -> _Pipe:
         loop = asyncio.get_running_loop()
-        _, pipe = await loop.subprocess_exec(lambda: _Pipe(self), sys.executable, "-P", "-m", __name__,
+        _, pipe = await loop.subprocess_exec(lambda: _Pipe(self), *children.command(f"{__name__}:serve_on"),
                                              stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                              stderr=None)
         self._metrics.urgency_reader_starts.inc()
+        if pipe.exited:
+            raise ReaderGone(f"process {pipe.pid} exited at once, with {pipe.returncode}")
         log.info("urgency model process started", extra={"pid": pipe.pid})
         return pipe
 
     async def _load(self, pipe: _Pipe, model: UrgencyModel) -> None:
+        if self._pickled is None or self._pickled[0] is not model:
+            # Tens of megabytes: pickled off the event loop, once for all the processes that need it.
+            self._pickled = model, await asyncio.to_thread(pickle.dumps, model, pickle.HIGHEST_PROTOCOL)
         key = next(self._ids)
         loaded = self._loaded[key] = asyncio.get_running_loop().create_future()
         try:
-            # Tens of megabytes: pickled off the event loop.
-            pipe.send_bytes(await asyncio.to_thread(_framed, ("model", key, model)))
-            await loaded
+            pipe.send_bytes(_LENGTH.pack(1 + _KEY.size + len(self._pickled[1])) + b"M" + _KEY.pack(key),
+                            self._pickled[1])
+            await asyncio.wait_for(loaded, _LOAD_TIMEOUT)
         finally:
             self._loaded.pop(key, None)
 
-    def _answered(self, message: tuple[Any, ...]) -> None:
+    def _answered(self, pipe: _Pipe, message: list[Any]) -> None:
         kind, key = message[0], message[1]
         if kind == "model":
-            loaded = self._loaded.get(key)
-            if loaded is not None and not loaded.done():
-                loaded.set_result(None)
+            waiting_load = self._loaded.get(key) if pipe is self._pipe else None
+            if waiting_load is not None and not waiting_load.done():
+                waiting_load.set_result(None)
             return
         waiting = self._pending.get(key)
         if waiting is None or waiting.done():
             return
         if kind == "read":
-            waiting.set_result(Reading(message[2], message[3]))
-        else:  # "failed": the text is read here, where the same failure is the stage's to report
+            waiting.set_result(Reading(message[2], {tuple(levels): reasons for levels, reasons in message[3]}))
+        else:  # "failed": the text is the daemon's to read, where the same failure is the stage's to report
             waiting.set_exception(ReaderGone(message[2]))
 
     def _gone(self, pipe: _Pipe) -> None:
-        """The process ended: what it had not answered is read here, and it starts again."""
-        if pipe is not self._pipe:
-            return
-        self._pipe, self._serving = None, None
-        self._metrics.urgency_reader_up.set(0)
+        """A process ended: what it had not answered is the daemon's to read, and it starts again."""
         for waiting in [*self._pending.values(), *self._loaded.values()]:
             if not waiting.done():
                 waiting.set_exception(ReaderGone(f"process {pipe.pid} exited with {pipe.returncode}"))
-        if self._closed:
+        if pipe is not self._pipe:
+            return
+        self._pipe, self._serving = None, None
+        self._show()
+        if self._closed or self._wanted is None:
             return
         # One that dies soon after its start again and again (a text it cannot read) waits longer each time.
         lived = time.monotonic() - pipe.started
@@ -181,7 +222,7 @@ class Reader:
 
 
 class _Pipe(asyncio.SubprocessProtocol):
-    """The process's pipes: messages out on its stdin, answers in from its stdout."""
+    """The process's pipes: messages out on its stdin, answers in from its answer channel."""
 
     def __init__(self, reader: Reader):
         self._reader = reader
@@ -200,53 +241,76 @@ class _Pipe(asyncio.SubprocessProtocol):
         assert self._transport is not None
         return self._transport.get_returncode()
 
+    @property
+    def exited(self) -> bool:
+        return self._exited.done()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.SubprocessTransport)
         self._transport = transport
 
     def send(self, message: tuple[Any, ...]) -> None:
-        self.send_bytes(_framed(message))
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self.send_bytes(_LENGTH.pack(len(data) + 1) + b"P", data)
 
-    def send_bytes(self, framed: bytes) -> None:
-        if self._exited.done():
+    def send_bytes(self, *parts: bytes) -> None:
+        if self.exited:
             raise ReaderGone("the process has exited")
         assert self._transport is not None
         stdin = self._transport.get_pipe_transport(0)
         assert isinstance(stdin, asyncio.WriteTransport)
-        stdin.write(framed)
+        stdin.writelines(parts)
+
+    def kill(self) -> None:
+        """Ends it now; its end comes back as ``process_exited``."""
+        assert self._transport is not None
+        with contextlib.suppress(ProcessLookupError):
+            self._transport.kill()
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self._received += data
         while len(self._received) >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(self._received)
+            if length > _MAX_ANSWER:
+                return self._broken(f"an answer of {length} bytes")
             end = _LENGTH.size + length
             if len(self._received) < end:
-                return
-            message = pickle.loads(self._received[_LENGTH.size:end])  # a copy: answers are small
+                return None
+            try:
+                message = json.loads(self._received[_LENGTH.size:end])
+            except ValueError as exc:
+                return self._broken(f"an answer that is not JSON: {exc}")
             del self._received[:end]
-            self._reader._answered(message)
+            self._reader._answered(self, message)
+        return None
+
+    def _broken(self, what: str) -> None:
+        log.error("urgency model process sent %s: killing it", what, extra={"pid": self.pid})
+        self._received.clear()
+        self.kill()
 
     def process_exited(self) -> None:
         if not self._exited.done():
             self._exited.set_result(None)
         self._reader._gone(self)
 
-    async def close(self) -> None:
+    def end_input(self) -> None:
         assert self._transport is not None
         stdin = self._transport.get_pipe_transport(0)
         if stdin is not None:
             stdin.close()
+
+    async def close(self) -> None:
+        assert self._transport is not None
+        self.end_input()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._exited), _EXIT_WAIT)
         self._transport.close()  # kills it if it has not exited
 
 
-def _framed(message: tuple[Any, ...]) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
-
-
-def _received(stream: IO[bytes]) -> tuple[Any, ...] | None:
+def _received(stream: IO[bytes]) -> tuple[int, UrgencyModel] | tuple[int, str, Explained] | None:
+    """The next message from the daemon (a model with its key, or a text's key, text and level
+    sets to explain), or None at the end of its input."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
         return None
@@ -254,40 +318,40 @@ def _received(stream: IO[bytes]) -> tuple[Any, ...] | None:
     data = stream.read(length)
     if len(data) < length:
         return None
-    message: tuple[Any, ...] = pickle.loads(data)
-    return message
+    if data[:1] == b"M":
+        (key,) = _KEY.unpack_from(data, 1)
+        model: UrgencyModel = pickle.loads(memoryview(data)[1 + _KEY.size:])
+        return key, model
+    read: tuple[int, str, Explained] = pickle.loads(memoryview(data)[1:])
+    return read
 
 
 def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
     """The process's side: messages from ``inbox`` until it ends, answers to ``outbox``."""
     model: UrgencyModel | None = None
     while (message := _received(inbox)) is not None:
-        kind, key = message[0], message[1]
-        if kind == "model":
-            model = message[2]
-            answer: tuple[Any, ...] = ("model", key)
+        answer: list[Any]
+        if len(message) == 2:
+            key, model = message
+            answer = ["model", key]
         else:
-            text, explained = message[2], message[3]
+            key, text, explained = message
             try:
                 assert model is not None, "a text before any model"
                 reading = model.predict(text).reading(explained)
-                answer = ("read", key, reading.probabilities, reading.explained)
+                answer = ["read", key, reading.probabilities,
+                          [[list(levels), reasons] for levels, reasons in reading.explained.items()]]
             except Exception as exc:  # the daemon reads it itself, and meets the failure there
-                answer = ("failed", key, f"{type(exc).__name__}: {exc}")
-        outbox.write(_framed(answer))
+                answer = ["failed", key, f"{type(exc).__name__}: {exc}"]
+        data = json.dumps(answer, ensure_ascii=False).encode()
+        outbox.write(_LENGTH.pack(len(data)) + data)
         outbox.flush()
 
 
-def main() -> None:
+def serve_on(answers: int) -> None:
+    """The process's entry (``mailpipe.children``): reads stdin, answers on ``answers``."""
     # The daemon ends it by closing its input, after it has drained its own work: a SIGTERM or
     # Ctrl-C sent to the whole group must not end it first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Answers go out on a copy of stdout; anything printed goes to stderr, the daemon's log.
-    outbox = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    serve(sys.stdin.buffer, outbox)
-
-
-if __name__ == "__main__":
-    main()
+    serve(sys.stdin.buffer, os.fdopen(answers, "wb"))

@@ -132,14 +132,15 @@ class Triage:
 
     async def predict(self, work: Work) -> Work:
         """The urgency model's reading, made in its own process (``triage.reader``) while this
-        process goes on with other messages; ``score`` hands it to the rules."""
+        process goes on with other messages; ``score`` hands it to the rules, or reads the text
+        itself when that process could not (starting, loading a newer model, or gone)."""
         model = self.model()
         if model is None or self.reader is None:
             return work
         parsed = parsed_of(work)
-        reading = await self.reader.read(model, document(parsed.subject, parsed.read_text, parsed.is_reply),
-                                         self.rules.explained)
-        return dataclasses.replace(work, urgency=reading)
+        text = clipped(document(parsed.subject, parsed.read_text, parsed.is_reply))  # all the model reads
+        reading = await self.reader.read(model, text, self.rules.explained)
+        return work if reading is None else dataclasses.replace(work, urgency=reading)
 
     def profile(self, work: Work) -> Work:
         parsed = parsed_of(work)

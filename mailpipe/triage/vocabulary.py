@@ -102,7 +102,13 @@ class Vocabulary:
         columns, counts = columns[known], counts[known]
         # A text with the word prefix in it may hold a word's own term as characters ("w:ok"):
         # both count.
-        return _summed(columns, counts) if self._word_prefix in text else (columns, counts)
+        if self._word_prefix in text:
+            return _summed(columns, counts)
+        # By column: the order of words' numbers is their hashes', which differ from process to
+        # process, and the sums of a prediction must not (the model's own process reads as the
+        # daemon does, to the last bit).
+        order = np.argsort(columns)
+        return columns[order], counts[order]
 
     def counted(self, terms: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """What ``counts`` gives, from the terms as strings: for a vocabulary too large to number."""
