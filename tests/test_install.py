@@ -112,3 +112,19 @@ def test_the_installed_program_runs_as_an_unprivileged_user(staged: Path) -> Non
     interpreter = (staged / "opt/mailpipe/bin/python").resolve()
     for part in [interpreter, *interpreter.parents]:
         assert part.stat().st_mode & stat.S_IXOTH, f"{part} is not searchable by other users"
+
+
+def test_the_installed_program_starts_its_model_processes_with_its_own_code(staged: Path) -> None:
+    """The urgency model's processes run isolated (-I -S) on the path the daemon hands them: the
+    reader with no input ends at once, a fit of no examples answers None."""
+    script = ("import pickle, subprocess; from mailpipe import children\n"
+              "for entry, given in (('mailpipe.triage.reader:serve_on', b''),"
+              " ('mailpipe.triage.fitting:fit_on', pickle.dumps(None))):\n"
+              "    done = subprocess.run(children.command(entry), input=given, capture_output=True)\n"
+              "    answer = pickle.loads(done.stdout) if done.stdout else ''\n"
+              "    print(entry, done.returncode, answer, done.stderr[-300:])\n")
+    result = subprocess.run([str(staged / "opt/mailpipe/bin/python"), "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["mailpipe.triage.reader:serve_on 0  b''",
+                                          "mailpipe.triage.fitting:fit_on 0 None b''"]
