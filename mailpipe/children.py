@@ -2,34 +2,58 @@
 the daemon's own code, answering on a channel of their own.
 
 Why not ``python -m``: that finds mailpipe through the child's own ``sys.path``, which need not be
-the daemon's (a checkout beside an installed copy, an editable install's import hook, an upgrade
-in place while the daemon runs), and whatever an import prints on stdout would be read as an
-answer. Here the child runs isolated (``-I``: no PYTHON* variables, no user site, not the
-current directory) and without ``site`` (``-S``: no ``.pth`` file runs), takes the directory the
-daemon's own mailpipe came from and the daemon's ``sys.path`` as its own, and moves its stdout
-aside to answer on before it imports anything: a stray print goes to stderr, the daemon's log.
+the daemon's (a checkout beside an installed copy, an editable install's import hook), and
+whatever an import prints on stdout would be read as an answer. Here the child runs isolated
+(``-I``: no PYTHON* variables, no user site, not the current directory) and without ``site``
+(``-S``: no ``.pth`` file runs), takes the daemon's ``sys.path`` (and the directory the daemon's
+own mailpipe came from) as its own, and moves its stdout aside to answer on before it imports
+anything: a stray print goes to stderr, the daemon's log.
+The same path is not the same code once mailpipe is upgraded in place (``make install``) before
+the daemon is restarted: a model pickled by the new code would be read by the old classes. So
+the child first compares a digest of the package's source files with the one the daemon took at
+its start, and refuses to run new code for an old daemon (exit status ``UPGRADED``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 import mailpipe
 
+UPGRADED = 75  # EX_TEMPFAIL: the daemon must be restarted to use the code on disk
+
 _BOOTSTRAP = """\
 import json, os, sys
 answers = os.dup(1)
 os.dup2(2, 1)
 sys.path[:] = json.loads(sys.argv[1])
-module, _, function = sys.argv[2].partition(":")
+from mailpipe import children
+if children.SOURCE != sys.argv[2]:
+    print("mailpipe: the code on disk is not the running daemon's (upgraded in place?): restart it", file=sys.stderr)
+    sys.exit(children.UPGRADED)
+module, _, function = sys.argv[3].partition(":")
 getattr(__import__(module, fromlist=[function]), function)(answers)
 """
+
+
+def _source_digest() -> str:
+    """A digest of the package's source files as they are on disk now."""
+    root = Path(mailpipe.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+SOURCE = _source_digest()  # taken when the daemon (or a child) starts
 
 
 def command(entry: str) -> list[str]:
     """The command that runs ``entry`` ("package.module:function", called with the file
     descriptor to answer on, the child's original stdout) in a new Python process."""
     own = str(Path(mailpipe.__file__).resolve().parent.parent)
-    return [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, json.dumps([own, *sys.path]), entry]
+    path = sys.path if own in sys.path else [*sys.path, own]
+    return [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(path), SOURCE, entry]

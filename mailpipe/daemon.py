@@ -156,6 +156,7 @@ class Daemon:
                 self._notifier.notify(f"STATUS={self._status_line(config)}")
             await self._stop.wait()
 
+            self._learner.stop_fitting()
             self._notifier.stopping()
             log.info("stopping", extra={"timeout": config.shutdown_timeout})
             await asyncio.gather(*(listener.drain(self.config.shutdown_timeout)
@@ -243,6 +244,8 @@ class Daemon:
             return await self._reload()
 
     async def _reload(self) -> bool:
+        if self._stop.is_set():  # a SIGHUP that waited behind the start's fit, or another reload
+            return False
         self._notifier.reloading()
         try:
             assert self._store is not None
@@ -260,6 +263,8 @@ class Daemon:
             return self._refuse(exc.problems)
         except (SigningKeyError, OSError, ssl.SSLError) as exc:
             return self._refuse([str(exc)])
+        if self._stop.is_set():  # stopped while the new config was read: nothing to swap in any more
+            return False
         for key in ("state_directory", "metrics"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("setting needs a restart", extra={"key": key})

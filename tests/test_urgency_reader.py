@@ -6,23 +6,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
+from mailpipe import children
 from mailpipe import config as configuration
 from mailpipe.data import shipped
 from mailpipe.message import parse
 from mailpipe.metrics import Metrics
-from mailpipe.triage import corpus, rules
+from mailpipe.store.sqlite import SQLiteStore
+from mailpipe.triage import corpus, fitting, rules
 from mailpipe.triage import load as triage_load
 from mailpipe.triage import reader as reader_module
 from mailpipe.triage.context import Context, document
 from mailpipe.triage.fitting import fitted_apart
+from mailpipe.triage.learning import Learner
 from mailpipe.triage.model import Example, ModelError, Reading, UrgencyModel, train
 from mailpipe.triage.reader import Reader
 from mailpipe.triage.score import evaluate
@@ -162,13 +166,15 @@ def test_a_process_that_dies_is_started_again_and_texts_are_left_to_the_daemon_m
     assert run(test) == (None, in_process(small_model, TEXTS[0]), 2)
 
 
-def test_a_text_waiting_when_the_process_dies_is_left_to_the_daemon(small_model: UrgencyModel) -> None:
+def test_a_text_waiting_when_the_process_dies_is_left_to_the_daemon(small_model: UrgencyModel,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader_module, "_READ_TIMEOUT", 3600.0)  # it is the death that answers, not the clock
+
     async def test(reader: Reader, metrics: Metrics) -> tuple[Reading | None, float]:
         pid = await serving(reader, small_model)
         os.kill(pid, signal.SIGSTOP)  # it reads nothing more, and then dies with the text unanswered
         waiting = asyncio.ensure_future(reader.read(small_model, TEXTS[0], EXPLAINED))
-        await asyncio.sleep(0.1)
-        assert not waiting.done()
+        await asyncio.sleep(0)
         os.kill(pid, signal.SIGKILL)
         return await waiting, reads(metrics, "daemon")
 
@@ -191,8 +197,10 @@ def test_a_process_that_does_not_answer_is_killed_and_the_text_left_to_the_daemo
 
 @pytest.mark.parametrize("child", [
     "pass",  # exits at once
-    "import sys; sys.stdout.write('hello'); sys.stdout.flush(); sys.stdin.read()",  # junk for answers
-], ids=["exits-at-once", "junk-answers"])
+    "import sys; sys.stdout.write('hello'); sys.stdout.flush(); sys.stdin.read()",  # junk for a length
+    "import sys; sys.stdout.buffer.write(bytes([0, 0, 0, 5]) + b'hello'); sys.stdout.flush(); sys.stdin.read()",
+    "import sys; sys.stdout.buffer.write(bytes([0, 0, 0, 2]) + b'{}'); sys.stdout.flush(); sys.stdin.read()",
+], ids=["exits-at-once", "junk-length", "not-json", "wrong-shape"])
 def test_a_process_that_cannot_serve_is_started_again_and_texts_are_left_to_the_daemon(
         small_model: UrgencyModel, monkeypatch: pytest.MonkeyPatch, child: str) -> None:
     monkeypatch.setattr(reader_module, "_RESTART_FIRST", 0.05)
@@ -260,20 +268,71 @@ def test_a_fit_that_fails_in_its_process_raises_a_model_error() -> None:
         asyncio.run(fitted_apart([Example("only one level", "low")] * 3))
 
 
-def test_a_cancelled_fit_kills_its_process() -> None:
-    async def test() -> set[int]:
-        before = children()
+def test_a_cancelled_fit_kills_its_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    started = fits_started(monkeypatch)
+
+    async def test() -> int | None:
         fit = asyncio.create_task(fitted_apart([Example(text, level) for level, text in SMALL * 2000]))
-        await until(lambda: bool(children() - before))
-        started = children() - before
+        await until(lambda: bool(started))
         fit.cancel()
         with pytest.raises(asyncio.CancelledError):
             await fit
-        return started & children()
+        return started[0].returncode
 
-    assert asyncio.run(test()) == set()
+    assert asyncio.run(test()) == -signal.SIGKILL
 
 
-def children() -> set[int]:
-    return {int(pid) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
-            for pid in (task / "children").read_text().split()}
+def fits_started(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.subprocess.Process]:
+    """The fits' processes, as ``fitted_apart`` starts them."""
+    started: list[asyncio.subprocess.Process] = []
+    start = asyncio.create_subprocess_exec
+
+    async def recorded(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        process = await start(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(fitting.asyncio, "create_subprocess_exec", recorded)
+    return started
+
+
+def test_a_fit_that_takes_too_long_is_killed_and_raises_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fitting, "_FIT_TIMEOUT", 0.01)
+    with pytest.raises(ModelError, match="killed"):
+        asyncio.run(fitted_apart([Example(text, level) for level, text in SMALL]))
+
+
+def test_a_fit_refuses_to_run_code_upgraded_on_disk_since_the_daemon_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(children, "SOURCE", "the code the daemon started with")
+    with pytest.raises(ModelError, match="restart the daemon"):
+        asyncio.run(fitted_apart([Example(text, level) for level, text in SMALL]))
+
+
+def test_a_fit_whose_daemon_is_gone_ends() -> None:
+    """Nobody reads its answer channel any more: it ends rather than fit for nobody (and hold a restart)."""
+    fit = subprocess.Popen(children.command("mailpipe.triage.fitting:fit_on"), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE)
+    assert fit.stdout is not None and fit.stdin is not None
+    fit.stdout.close()
+    try:
+        assert fit.wait(timeout=60) == 1
+    finally:
+        fit.kill()
+        fit.stdin.close()
+
+
+def test_a_daemon_stopping_cancels_its_fits_and_kills_their_processes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    started = fits_started(monkeypatch)
+
+    async def test() -> int | None:
+        learner = Learner(configuration.load(None).triage, SQLiteStore(tmp_path / "store.sqlite"), Metrics())
+        fit = asyncio.create_task(learner.fit([Example(text, level) for level, text in SMALL * 2000]))
+        await until(lambda: bool(started))
+        learner.stop_fitting()
+        with pytest.raises(asyncio.CancelledError):
+            await fit
+        await learner.stop()
+        return started[0].returncode
+
+    assert asyncio.run(test()) == -signal.SIGKILL

@@ -71,6 +71,8 @@ class Learner:
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._fitting = asyncio.Lock()  # one fit at a time: two never share the CPU that triage needs
+        self._fits: set[asyncio.Future[UrgencyModel | None]] = set()
+        self._stopping = False
 
     def install(self, model: UrgencyModel | None, settings: TriageConfig) -> None:
         self.current, self.settings = model, settings
@@ -89,9 +91,17 @@ class Learner:
         return await asyncio.to_thread(wanted, settings, self._store)
 
     async def fit(self, found: list[Example] | None) -> UrgencyModel | None:
-        """The second half of ``train``: the seconds of CPU, in a process of its own (``fitting``)."""
+        """The second half of ``train``: the seconds of CPU, in a process of its own (``fitting``).
+        Cancelled (its process killed) once the daemon stops: ``stop_fitting``."""
         async with self._fitting:
-            return await fitted_apart(found)
+            fit = asyncio.ensure_future(fitted_apart(found))
+            self._fits.add(fit)
+            if self._stopping:
+                fit.cancel()
+            try:
+                return await fit
+            finally:
+                self._fits.discard(fit)
 
     def learn(self) -> None:
         """A correction arrived (in a store thread): train again soon, once for any number of
@@ -117,8 +127,18 @@ class Learner:
             if settings is self.settings:
                 self.install(model, settings)
 
-    async def stop(self) -> None:
+    def stop_fitting(self) -> None:
+        """The daemon is stopping: no model fitted from now on would be used. The fits running
+        or waiting (at start, for a reload, after a correction) are cancelled, their processes killed."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
+        for fit in self._fits:
+            fit.cancel()
+
+    async def stop(self) -> None:
+        """After the last message is triaged: no more fits, and the model's process ended."""
+        self.stop_fitting()
+        if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.reader.close()

@@ -68,8 +68,10 @@ class Reader:
         self._wanted: UrgencyModel | None = None  # the model the process should hold
         self._serving: UrgencyModel | None = None  # the model it holds and answers with
         self._pickled: tuple[UrgencyModel, bytes] | None = None  # the last model sent, framed
-        self._pending: dict[int, asyncio.Future[Reading]] = {}
-        self._loaded: dict[int, asyncio.Future[None]] = {}
+        # What each process was asked and has not answered yet, by key: a read, or taking a model.
+        self._pending: dict[int, tuple[_Pipe, asyncio.Future[Reading]]] = {}
+        self._loaded: dict[int, tuple[_Pipe, asyncio.Future[None]]] = {}
+        self._retired: set[_Pipe] = set()  # told to end (the model switched off), not ended yet
         self._ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._restart = _RESTART_FIRST  # the pause before starting again a process that died
@@ -90,8 +92,10 @@ class Reader:
         self._wanted = model
         self._show()
         if model is None:
+            self._pickled = None
             if self._pipe is not None:
                 self._pipe.end_input()  # it exits once it has answered what it read
+                self._retired.add(self._pipe)
                 self._pipe, self._serving = None, None
             return
         if not self._closed and (self._task is None or self._task.done()):
@@ -106,7 +110,8 @@ class Reader:
             self._read_here.inc()
             return None
         key = next(self._ids)
-        answer = self._pending[key] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Reading] = asyncio.get_running_loop().create_future()
+        self._pending[key] = pipe, answer
         try:
             pipe.send((key, text, explained))
             reading = await asyncio.wait_for(answer, _READ_TIMEOUT)
@@ -130,8 +135,8 @@ class Reader:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._pipe is not None:
-            await self._pipe.close()
+        for pipe in [*self._retired, *([self._pipe] if self._pipe is not None else [])]:
+            await pipe.close()
 
     def _show(self) -> None:
         self._metrics.urgency_reader_up.set(self._wanted is not None and self.holds(self._wanted))
@@ -178,7 +183,8 @@ class Reader:
             # Tens of megabytes: pickled off the event loop, once for all the processes that need it.
             self._pickled = model, await asyncio.to_thread(pickle.dumps, model, pickle.HIGHEST_PROTOCOL)
         key = next(self._ids)
-        loaded = self._loaded[key] = asyncio.get_running_loop().create_future()
+        loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loaded[key] = pipe, loaded
         try:
             pipe.send_bytes(_LENGTH.pack(1 + _KEY.size + len(self._pickled[1])) + b"M" + _KEY.pack(key),
                             self._pickled[1])
@@ -187,24 +193,29 @@ class Reader:
             self._loaded.pop(key, None)
 
     def _answered(self, pipe: _Pipe, message: list[Any]) -> None:
+        """Raises on an answer of the wrong shape (``_Pipe`` then ends the process)."""
         kind, key = message[0], message[1]
         if kind == "model":
-            waiting_load = self._loaded.get(key) if pipe is self._pipe else None
-            if waiting_load is not None and not waiting_load.done():
-                waiting_load.set_result(None)
+            load = self._loaded.get(key)
+            if load is not None and load[0] is pipe and not load[1].done():
+                load[1].set_result(None)
             return
-        waiting = self._pending.get(key)
-        if waiting is None or waiting.done():
+        read = self._pending.get(key)
+        if read is None or read[0] is not pipe or read[1].done():
             return
         if kind == "read":
-            waiting.set_result(Reading(message[2], {tuple(levels): reasons for levels, reasons in message[3]}))
-        else:  # "failed": the text is the daemon's to read, where the same failure is the stage's to report
-            waiting.set_exception(ReaderGone(message[2]))
+            read[1].set_result(Reading(dict(message[2]), {tuple(levels): list(reasons)
+                                                          for levels, reasons in message[3]}))
+        elif kind == "failed":  # the text is the daemon's to read, where the same failure is the stage's to report
+            read[1].set_exception(ReaderGone(str(message[2])))
+        else:
+            raise ValueError(f"an answer of an unknown kind: {kind!r}")
 
     def _gone(self, pipe: _Pipe) -> None:
         """A process ended: what it had not answered is the daemon's to read, and it starts again."""
-        for waiting in [*self._pending.values(), *self._loaded.values()]:
-            if not waiting.done():
+        self._retired.discard(pipe)
+        for asked, waiting in [*self._pending.values(), *self._loaded.values()]:
+            if asked is pipe and not waiting.done():
                 waiting.set_exception(ReaderGone(f"process {pipe.pid} exited with {pipe.returncode}"))
         if pipe is not self._pipe:
             return
@@ -213,12 +224,13 @@ class Reader:
         if self._closed or self._wanted is None:
             return
         # One that dies soon after its start again and again (a text it cannot read) waits longer each time.
-        lived = time.monotonic() - pipe.started
-        self._restart = _RESTART_FIRST if lived > _RESTART_GOOD_RUN else min(2 * self._restart, _RESTART_MAX)
+        if time.monotonic() - pipe.started > _RESTART_GOOD_RUN:
+            self._restart = _RESTART_FIRST
+        delay, self._restart = self._restart, min(2 * self._restart, _RESTART_MAX)
         log.warning("urgency model process exited; starting it again",
-                    extra={"pid": pipe.pid, "status": pipe.returncode, "delay": self._restart})
+                    extra={"pid": pipe.pid, "status": pipe.returncode, "delay": delay})
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._keep_serving(self._restart), name="urgency-reader")
+            self._task = asyncio.create_task(self._keep_serving(delay), name="urgency-reader")
 
 
 class _Pipe(asyncio.SubprocessProtocol):
@@ -277,11 +289,10 @@ class _Pipe(asyncio.SubprocessProtocol):
             if len(self._received) < end:
                 return None
             try:
-                message = json.loads(self._received[_LENGTH.size:end])
-            except ValueError as exc:
-                return self._broken(f"an answer that is not JSON: {exc}")
+                self._reader._answered(self, json.loads(self._received[_LENGTH.size:end]))
+            except (ValueError, TypeError, LookupError) as exc:
+                return self._broken(f"an answer that cannot be read ({type(exc).__name__}: {exc})")
             del self._received[:end]
-            self._reader._answered(self, message)
         return None
 
     def _broken(self, what: str) -> None:
@@ -293,6 +304,8 @@ class _Pipe(asyncio.SubprocessProtocol):
         if not self._exited.done():
             self._exited.set_result(None)
         self._reader._gone(self)
+        assert self._transport is not None
+        self._transport.close()  # its pipes: nothing it says now is waited for
 
     def end_input(self) -> None:
         assert self._transport is not None

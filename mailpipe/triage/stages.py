@@ -135,7 +135,7 @@ class Triage:
         process goes on with other messages; ``score`` hands it to the rules, or reads the text
         itself when that process could not (starting, loading a newer model, or gone)."""
         model = self.model()
-        if model is None or self.reader is None:
+        if model is None or self.reader is None or not self.rules.explained:  # no rule asks the model
             return work
         parsed = parsed_of(work)
         text = clipped(document(parsed.subject, parsed.read_text, parsed.is_reply))  # all the model reads
