@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -336,3 +337,35 @@ def test_a_daemon_stopping_cancels_its_fits_and_kills_their_processes(tmp_path: 
         return started[0].returncode
 
     assert asyncio.run(test()) == -signal.SIGKILL
+
+
+def test_a_correction_learnt_while_a_reload_installs_its_model_is_learnt_again_for_the_new_settings(
+        tmp_path: Path, small_model: UrgencyModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload's model may have been fitted before the correction reached the store."""
+    trained_for: list[object] = []
+    fitting_done = asyncio.Event()
+
+    async def train(self: Learner, settings: object) -> UrgencyModel:
+        trained_for.append(settings)
+        await fitting_done.wait()
+        fitting_done.clear()
+        return small_model
+
+    monkeypatch.setattr(Learner, "train", train)
+
+    async def test() -> tuple[list[object], object]:
+        before = configuration.load(None).triage
+        learner = Learner(before, SQLiteStore(tmp_path / "store.sqlite"), Metrics())
+        learner.install(small_model, before)
+        learner.learn()
+        await until(lambda: len(trained_for) == 1)
+        reloaded = dataclasses.replace(before)
+        learner.install(small_model, reloaded)
+        fitting_done.set()
+        await until(lambda: len(trained_for) == 2)
+        fitting_done.set()
+        await until(lambda: learner._task is not None and learner._task.done())
+        await learner.stop()
+        return [settings is reloaded for settings in trained_for], learner.settings is reloaded
+
+    assert asyncio.run(test()) == ([False, True], True)

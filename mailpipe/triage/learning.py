@@ -126,6 +126,8 @@ class Learner:
                 return
             if settings is self.settings:
                 self.install(model, settings)
+            else:  # a reload came meanwhile, with a model fitted before this correction perhaps: again
+                self._again.set()
 
     def stop_fitting(self) -> None:
         """The daemon is stopping: no model fitted from now on would be used. The fits running
