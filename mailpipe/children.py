@@ -17,7 +17,9 @@ its start, and refuses to run new code for an old daemon (exit status ``UPGRADED
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -31,11 +33,7 @@ answers = os.dup(1)
 os.dup2(2, 1)
 sys.path[:] = json.loads(sys.argv[1])
 from mailpipe import children
-if children.SOURCE != sys.argv[2]:
-    print("mailpipe: the code on disk is not the running daemon's (upgraded in place?): restart it", file=sys.stderr)
-    sys.exit(children.UPGRADED)
-module, _, function = sys.argv[3].partition(":")
-getattr(__import__(module, fromlist=[function]), function)(answers)
+children.run(sys.argv[2], sys.argv[3], answers)
 """
 
 
@@ -49,6 +47,20 @@ def _source_digest() -> str:
 
 
 SOURCE = _source_digest()  # taken when the daemon (or a child) starts
+
+
+def run(source: str, entry: str, answers: int) -> None:
+    """The child's side, once its path is the daemon's: ``entry`` called with ``answers``, unless
+    the code on disk is not the daemon's. A SIGTERM or Ctrl-C sent to the service's whole group
+    is the daemon's to act on: it ends its children itself, after it has drained its own work."""
+    if source != SOURCE:
+        print("mailpipe: the code on disk is not the running daemon's (upgraded in place?): restart it",
+              file=sys.stderr)
+        sys.exit(UPGRADED)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    module, _, function = entry.partition(":")
+    getattr(importlib.import_module(module), function)(answers)
 
 
 def command(entry: str) -> list[str]:

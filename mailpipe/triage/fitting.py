@@ -21,7 +21,6 @@ import asyncio
 import os
 import pickle
 import select
-import signal
 import sys
 import threading
 
@@ -70,11 +69,9 @@ async def fitted_apart(found: list[Example] | None) -> UrgencyModel | None:
 
 
 def fit_on(answers: int) -> None:
-    """The process's entry (``mailpipe.children``): examples from stdin, the model to ``answers``."""
-    # A SIGTERM or Ctrl-C sent to the whole group stops the daemon, which kills this if it must;
-    # a daemon that is gone leaves nobody to read the model: this ends then (``_orphaned``).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The process's entry (``mailpipe.children``): examples from stdin, the model to ``answers``.
+    The daemon kills it if it must; a daemon that is gone leaves nobody to read the model: it
+    ends then (``_orphaned``)."""
     threading.Thread(target=_orphaned, args=(answers,), daemon=True).start()
     found = pickle.load(sys.stdin.buffer)
     with os.fdopen(answers, "wb") as out:

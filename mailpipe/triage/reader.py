@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import pickle
-import signal
 import struct
 import sys
 import time
@@ -362,9 +361,6 @@ def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
 
 
 def serve_on(answers: int) -> None:
-    """The process's entry (``mailpipe.children``): reads stdin, answers on ``answers``."""
-    # The daemon ends it by closing its input, after it has drained its own work: a SIGTERM or
-    # Ctrl-C sent to the whole group must not end it first.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The process's entry (``mailpipe.children``): reads stdin, answers on ``answers``. The
+    daemon ends it by closing its input."""
     serve(sys.stdin.buffer, os.fdopen(answers, "wb"))
