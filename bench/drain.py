@@ -60,8 +60,6 @@ class Usage:
 
 
 def usage(pid: int) -> Usage:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
     switches = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -69,7 +67,7 @@ def usage(pid: int) -> Usage:
         except OSError:  # the thread ended meanwhile
             continue
         switches += sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)$", status, re.M))
-    return Usage(int(fields[11]) / tick, int(fields[12]) / tick, switches)
+    return Usage(*triage.cpu_seconds(pid), switches)
 
 
 def children_usage(pid: int) -> Usage:

@@ -157,12 +157,16 @@ async def model_process(model: UrgencyModel | None) -> AsyncIterator[Reader | No
         await reader.close()
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds a process has used so far, in user space and in the kernel (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def process_cpu(reader: Reader | None) -> float:
-    """CPU seconds the model's process has used so far (0 without one): its utime and stime."""
-    if reader is None or reader.pid is None:
-        return 0.0
-    fields = Path(f"/proc/{reader.pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the model's process has used so far (0 without one)."""
+    return sum(cpu_seconds(reader.pid)) if reader is not None and reader.pid is not None else 0.0
 
 
 async def through(triage: Triage, raw: bytes) -> None:

@@ -69,10 +69,12 @@ class Metrics:
                                    "When the running urgency model was trained.", registry=r)
         self.urgency_reads = Counter(
             "mailpipe_urgency_reads", "Messages the urgency model read, in its own process or (while that "
-            "starts, loads a newer model or is started again) in the daemon's.", ["process"], registry=r)
+            "starts, loads a newer model or is started again, or when it did not answer) in the daemon's.",
+            ["process"], registry=r)
         self.urgency_reader_up = Gauge(
             "mailpipe_urgency_reader_up", "1 while the urgency model's own process holds the running model and "
-            "reads the mail; 0 while it starts, loads a newer model or is started again.", registry=r)
+            "reads the mail; 0 while it starts, loads a newer model or is started again, or with the model off.",
+            registry=r)
         self.urgency_reader_starts = Counter(
             "mailpipe_urgency_reader_starts", "Starts of the urgency model's own process; more than one per "
             "daemon start means it died and was started again.", registry=r)

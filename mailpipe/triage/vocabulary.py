@@ -52,7 +52,6 @@ class Vocabulary:
 
     def __init__(self, terms: dict[str, int], char_sizes: Sequence[int], word_prefix: str):
         self._by_term = terms
-        self._made_of = (terms, tuple(char_sizes), word_prefix)
         self._word_prefix = word_prefix
         self.terms: list[str] = [""] * len(terms)
         for term, column in terms.items():
@@ -82,7 +81,7 @@ class Vocabulary:
     def __reduce__(self) -> tuple[type[Vocabulary], tuple[dict[str, int], tuple[int, ...], str]]:
         """Pickled as what it is made of, and made again where it is unpickled: a word's number
         is Python's hash of it, which differs from process to process (PYTHONHASHSEED)."""
-        return Vocabulary, self._made_of
+        return Vocabulary, (self._by_term, self._char_sizes, self._word_prefix)
 
     def counts(self, text: str, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The columns of the known terms among ``text``'s character n-grams and ``words``'
