@@ -245,9 +245,12 @@ def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(re
     "ひまわり保育園の佐藤と申します。",
     "Hi again,", "Hi Łukasz and team,", "To whom it may concern,", "Hi @Sam,",
     "Hi Sam,\n\nI hope this email finds you well.", "Hope you're doing well!", "Hi Sam, I hope you're well.",
+    "Sam,", "Ms Park,", "Tanaka-san,", "Hi Sam :)", "平素より大変お世話になっております。",
+    "株式会社メールパイプ 御中\n\n平素は格別のお引き立てを賜り、厚く御礼申し上げます。",
 ], ids=["hi", "dear", "lowercase-name", "comma-name", "ja", "ja-addressee", "ja-company-addressee-self",
         "ja-cp932-company", "ja-department-block-hiragana-names", "again", "non-ascii-name-and-team", "whom",
-        "mention", "hope-finds-you-well", "hope-doing-well", "salutation-and-hope"])
+        "mention", "hope-finds-you-well", "hope-doing-well", "salutation-and-hope", "name-alone", "title-and-name",
+        "name-san", "smiley", "ja-heiso", "ja-formal-thanks-for-patronage"])
 def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(greeting: str) -> None:
     reply = (f"{greeting}\n\nOn Mon, Support <support@example.test> wrote:\n> It is resolved now.\n\n"
              "It is not: every send still bounces with 550.\n\nJoon")
@@ -275,12 +278,35 @@ def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> N
     "ログインできないお客様", "株式会社サンプル宛の配信が全て失敗しています", "二重請求の件です。",
     "Hi Support, URGENT", "Hi Team URGENT!", "Thanks,", "Unfortunately,", "Still broken,",
     "I hope you can fix this today.", "Confirmed,", "Many Thanks,", "Noted,", "全件エラーのままです,",
+    "Sadly,", "Honestly,", "Update,", "Sorry Sam,", "Still Broken,",
 ])
 def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted(line: str) -> None:
     reply = (f"{line}\n\nOn Mon, Support <support@example.test> wrote:\n"
              "> It is resolved now.\n\nJoon Park\nOffice Manager, Lumenwave Audio")
     new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
     assert new_text == line
+
+
+@pytest.mark.parametrize("reply", [
+    "Thanks, all good now, no reply needed!\n\nOn Mon, Support <support@example.test> wrote:\n"
+    "> We had a report that your whole list of 12,000 contacts disappeared and we\n"
+    "restored it from the backup.\n> Please check that everything is back.\n\nJoon",
+    "解決しました。ありがとうございました。\n\n2026年1月5日(月) 10:00 サポート <support@example.test>:\n"
+    "> 本日午前、全てのリストの登録者が消失していた件につきまして、バックアップから復元い\n"
+    "たしました。\n> ご確認ください。",
+], ids=["en", "ja"])
+def test_the_tail_of_a_quoted_line_wrapped_again_without_its_marker_is_still_quoted(reply: str) -> None:
+    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    assert new_text == reply.partition("\n")[0]
+
+
+def test_an_answer_between_quoted_questions_is_not_taken_for_a_wrapped_tail() -> None:
+    reply = ("On Mon, Support <support@example.test> wrote:\n"
+             "> Which of your sending domains are affected, and since when did it start?\n"
+             "all of them, since 9am\n> Anything else we should know about the bounce codes you are getting?\n"
+             "every one is 550 5.7.26")
+    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    assert new_text == "all of them, since 9am\nevery one is 550 5.7.26"
 
 
 @pytest.mark.parametrize("trailer", [

@@ -4,7 +4,8 @@ rules. Cuts at the first attribution or separator line that clients put above qu
 「2024年1月5日(金) 10:00 山田 <x@example.jp>:」 — ending with the colon and naming an address (or
 のメール/書きました), on its line or the next one a long attribution wraps onto, since
 「2026年11月29日 07:10頃から、以下のエラーが返ります:」 is what happened, not who wrote before — and
-「…さんは書きました:」), drops ">" lines, and cuts the signature (:mod:`mailpipe.message.signatures`).
+「…さんは書きました:」), drops ">" lines (and the tails a client wrapped off them), and cuts the
+signature (:mod:`mailpipe.message.signatures`).
 Where "> " lines follow the attribution, what the sender wrote under them (bottom-posted) or
 between them (answered inline) is new text too; under one unbroken quote below a top-posted reply
 is only the client's signature or disclaimer. A salutation alone above the quote ("Hi team,",
@@ -61,13 +62,29 @@ _SELF = (rf"(?:(?:{_NAME}|\s){{1,30}}の|{_ORGANISATION}[\s、]*|{_NAME}{{1,20}}
 # A name: an ASCII capital first, or any letter beyond ASCII (Łukasz, 山田); a word in capitals
 # is shouted, not a name ("Hi Support, URGENT").
 _CAPITALISED = r"(?![A-Z]{3,}\b)(?:[A-Z]|[^\W\d_\x00-\x7f])[\w.'-]*"
+# A name alone on its line ("Sam,", "Ms Park,", "Tanaka-san,") opens a letter; the few words
+# a reply says that way ("Thanks,", "Noted,", "Unfortunately,", "Many Thanks,") do not.
+_SAID_WITH_A_COMMA = (r"thanks?|thx|many|noted|confirmed|(?:un)?fortunately|still|sorry|apologies|ok|okay|yes|yeah"
+                      r"|yep|no|nope|sure|great|perfect|fine|done|correct|right|agreed|understood|update|also|so"
+                      r"|well|again|sadly|hmm+|ugh|oh|ah|wow|oops|cheers|regards|best|actually|however|honestly"
+                      r"|seriously|basically|anyway|finally|clearly|btw|fyi|ps|urgent|please|help|asap|important"
+                      r"|attention|reminder|status|question|problem|issue|now|today|here|meanwhile|additionally"
+                      r"|then|next|first|firstly|lastly|indeed|exactly|absolutely|definitely|good|bad|nice"
+                      r"|awesome|excellent|wait|look|listen|edit|correction|instead|otherwise|regardless")
+_ADDRESSEE = (rf"(?!.*\b(?i:{_SAID_WITH_A_COMMA})\b)(?:(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+)?"
+              r"[A-ZÀ-ÖØ-Þ\u0100-\u024f][A-Za-zÀ-ÖØ-öø-ɏ'-]*(?:\s+[A-ZÀ-ÖØ-Þ\u0100-\u024f][A-Za-zÀ-ÖØ-öø-ɏ'-]*)?"
+              r"(?:-(?:san|sama|sensei))?\s*,")
+# A smiley after the salutation ("Hi Sam :)") is still only a greeting.
+_SMILEY = r"(?:\s*(?::-?[)D]|\^\^|[\u263a\U0001f600-\U0001f64f]))?"
 _SALUTATION = (r"hi|hello|hey|dear|greetings|good\s+(?:morning|afternoon|evening|day)|morning|afternoon|evening"
                r"|hallo|bonjour|hola|ciao|guten\s+(?:morgen|tag)")
 # The pleasantry that opens many English letters, on a line of its own or after the salutation.
 _HOPE = (r"(?:i\s+)?(?:hope|trust)\s+(?:that\s+)?(?:this(?:\s+(?:e-?mail|mail|message|note))?\s+finds\s+you\s+well"
          r"|you(?:'re|’re|\s+are|\s+have\s+been)\s+(?:all\s+)?(?:doing\s+|keeping\s+)?(?:well|great|good)"
          r"|(?:all\s+is|you\s+are\s+all)\s+well(?:\s+with\s+you)?)(?:\s+today)?\s*[.!,]?")
-_JA_OPENING = (r"(?:いつも)?(?:大変)?(?:お世話になって(?:おり|い)ます|お世話になります|お世話様です)"
+_JA_OPENING = (r"(?:いつも|平素より|平素は)?(?:大変|格別に)?"
+               r"(?:お世話になって(?:おり|い)ます|お世話になります|お世話様です)"
+               r"|平素は(?:格別の|大変)?(?:お引き?立て|ご高配|ご愛顧|ご厚情)を(?:賜り|いただき)[^。\n]{0,20}(?:御礼|お礼)申し上げます"
                r"|お疲れ様です|お疲れさまです|おつかれさまです|はじめまして|初めまして|初めてご連絡(?:いた|致)します"
                r"|突然のご連絡(?:失礼|申し訳ございません)[^。]{0,6}|ご無沙汰しております|こんにちは|いつもありがとうございます")
 _GREETING = re.compile(
@@ -77,7 +94,9 @@ _GREETING = re.compile(
         (?:(?:,?\s+(?:(?i:all|team|there|everyone|folks|sir\s+or\s+madam|sir/madam|support|and|again)|&|@?{_CAPITALISED})){{0,5}}
              \s*[,.!:\-–—]?
            | \s+@?[a-z][\w.'-]*\s*,)
+        {_SMILEY}
         (?:(?<=[,.!])\s+(?i:{_HOPE}))?
+      | {_ADDRESSEE}
       | (?i:to\s+whom\s+it\s+may\s+concern)\s*[,:]?
       | (?i:{_HOPE})
       | (?:{_JA_OPENING})[。、]?\s*
@@ -154,14 +173,48 @@ def _under_quote(below: str, top_posted: bool) -> str | None:
     following = [line for line in lines[1:] if line.strip()]
     if not following or not _QUOTED_LINE.match(following[0]):
         return None
-    quoted = [i for i, line in enumerate(lines) if _QUOTED_LINE.match(line)]
-    if top_posted and not any(line.strip() and not _QUOTED_LINE.match(line) for line in lines[quoted[0]:quoted[-1]]):
-        lines = lines[:quoted[-1]]
+    marks = _quoted(lines)
+    quoted = [i for i, mark in enumerate(marks) if mark]
+    if top_posted and not any(lines[i].strip() and not marks[i] for i in range(quoted[0], quoted[-1])):
+        lines = lines[:quoted[-1] + 1]
     return _unquoted("\n".join(lines))
 
 
 def _unquoted(text: str) -> str:
-    return "\n".join(line for line in text.splitlines() if not _QUOTED_LINE.match(line)).strip()
+    lines = text.splitlines()
+    return "\n".join(line for line, mark in zip(lines, _quoted(lines), strict=True) if not mark).strip()
+
+
+def _quoted(lines: list[str]) -> list[bool]:
+    """Which lines are quoted history: the "> " lines, and the tail of a long quoted line that a
+    client wrapped again without its "> " ("> …we need it" / "back urgently." / "> …"), which
+    would otherwise read as an answer between the quoted lines, the old emergency's words in it."""
+    marks = [bool(_QUOTED_LINE.match(line)) for line in lines]
+    for i in range(1, len(lines) - 1):
+        if not marks[i] and marks[i - 1] and marks[i + 1] and _continues(lines[i - 1], lines[i]):
+            marks[i] = True
+    return marks
+
+
+def _continues(quoted: str, line: str) -> bool:
+    """``line`` reads as the rest of ``quoted``: that one was long enough to have been wrapped and
+    stops mid-sentence, and this one is shorter and starts mid-sentence (in lower case, or in
+    Japanese, where no case tells)."""
+    before, after = quoted.rstrip(), line.strip()
+    if not after or before.endswith(_SENTENCE_ENDS) or not _width(after) < _WRAPPED_WIDTH <= _width(before):
+        return False
+    return after[0].islower() or _WIDE.match(before[-1]) is not None
+
+
+# Clients wrap at 72 to 78 columns; a quoted line this wide (a Japanese character is two) may
+# have lost its tail to the next line.
+_WRAPPED_WIDTH = 66
+_SENTENCE_ENDS = (".", "?", "!", ":", "。", "？", "！", "：", "」")
+_WIDE = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
+
+
+def _width(text: str) -> int:
+    return len(text) + len(_WIDE.findall(text))
 
 
 def _fields_on_top(forwarded: str) -> tuple[list[str], str]:
