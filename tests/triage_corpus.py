@@ -22,6 +22,7 @@ HOLDOUT = Path(__file__).parent.parent / "rules" / "corpus" / "seed-holdout.toml
 ASIDE = Path(__file__).parent / "fixtures" / "triage" / "aside.toml"
 APART = Path(__file__).parent / "fixtures" / "triage" / "apart.toml"
 NATURAL = Path(__file__).parent / "fixtures" / "triage" / "natural.toml"
+BLIND = Path(__file__).parent / "fixtures" / "triage" / "blind.toml"
 # A Tuesday afternoon in Tokyo: inside business hours, so that rule stays quiet.
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 
