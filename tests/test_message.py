@@ -245,14 +245,22 @@ def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(re
     "ひまわり保育園の佐藤と申します。",
     "Hi again,", "Hi Łukasz and team,", "To whom it may concern,", "Hi @Sam,",
     "Hi Sam,\n\nI hope this email finds you well.", "Hope you're doing well!", "Hi Sam, I hope you're well.",
-    "Sam,", "Ms Park,", "Tanaka-san,", "Hi Sam :)", "平素より大変お世話になっております。",
+    "Ms Park,", "Tanaka-san,", "Hi Sam :)", "平素より大変お世話になっております。",
     "株式会社メールパイプ 御中\n\n平素は格別のお引き立てを賜り、厚く御礼申し上げます。",
 ], ids=["hi", "dear", "lowercase-name", "comma-name", "ja", "ja-addressee", "ja-company-addressee-self",
         "ja-cp932-company", "ja-department-block-hiragana-names", "again", "non-ascii-name-and-team", "whom",
-        "mention", "hope-finds-you-well", "hope-doing-well", "salutation-and-hope", "name-alone", "title-and-name",
+        "mention", "hope-finds-you-well", "hope-doing-well", "salutation-and-hope", "title-and-name",
         "name-san", "smiley", "ja-heiso", "ja-formal-thanks-for-patronage"])
 def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(greeting: str) -> None:
     reply = (f"{greeting}\n\nOn Mon, Support <support@example.test> wrote:\n> It is resolved now.\n\n"
+             "It is not: every send still bounces with 550.\n\nJoon")
+    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    assert "every send still bounces" in new_text and "resolved now" not in new_text
+
+
+@pytest.mark.parametrize("greeting", ["Sam,", "Sam Lee,"])
+def test_a_bare_name_above_the_quote_is_a_greeting_when_it_names_whom_the_reply_quotes(greeting: str) -> None:
+    reply = (f"{greeting}\n\nOn Mon, Sam Lee <sam@example.test> wrote:\n> It is resolved now.\n\n"
              "It is not: every send still bounces with 550.\n\nJoon")
     new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
     assert "every send still bounces" in new_text and "resolved now" not in new_text
@@ -278,7 +286,7 @@ def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> N
     "ログインできないお客様", "株式会社サンプル宛の配信が全て失敗しています", "二重請求の件です。",
     "Hi Support, URGENT", "Hi Team URGENT!", "Thanks,", "Unfortunately,", "Still broken,",
     "I hope you can fix this today.", "Confirmed,", "Many Thanks,", "Noted,", "全件エラーのままです,",
-    "Sadly,", "Honestly,", "Update,", "Sorry Sam,", "Still Broken,",
+    "Sadly,", "Honestly,", "Update,", "Sorry Sam,", "Still Broken,", "Kind Regards,", "Resolved,", "Sam,",
 ])
 def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted(line: str) -> None:
     reply = (f"{line}\n\nOn Mon, Support <support@example.test> wrote:\n"

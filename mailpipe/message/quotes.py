@@ -62,18 +62,14 @@ _SELF = (rf"(?:(?:{_NAME}|\s){{1,30}}の|{_ORGANISATION}[\s、]*|{_NAME}{{1,20}}
 # A name: an ASCII capital first, or any letter beyond ASCII (Łukasz, 山田); a word in capitals
 # is shouted, not a name ("Hi Support, URGENT").
 _CAPITALISED = r"(?![A-Z]{3,}\b)(?:[A-Z]|[^\W\d_\x00-\x7f])[\w.'-]*"
-# A name alone on its line ("Sam,", "Ms Park,", "Tanaka-san,") opens a letter; the few words
-# a reply says that way ("Thanks,", "Noted,", "Unfortunately,", "Many Thanks,") do not.
-_SAID_WITH_A_COMMA = (r"thanks?|thx|many|noted|confirmed|(?:un)?fortunately|still|sorry|apologies|ok|okay|yes|yeah"
-                      r"|yep|no|nope|sure|great|perfect|fine|done|correct|right|agreed|understood|update|also|so"
-                      r"|well|again|sadly|hmm+|ugh|oh|ah|wow|oops|cheers|regards|best|actually|however|honestly"
-                      r"|seriously|basically|anyway|finally|clearly|btw|fyi|ps|urgent|please|help|asap|important"
-                      r"|attention|reminder|status|question|problem|issue|now|today|here|meanwhile|additionally"
-                      r"|then|next|first|firstly|lastly|indeed|exactly|absolutely|definitely|good|bad|nice"
-                      r"|awesome|excellent|wait|look|listen|edit|correction|instead|otherwise|regardless")
-_ADDRESSEE = (rf"(?!.*\b(?i:{_SAID_WITH_A_COMMA})\b)(?:(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+)?"
-              r"[A-ZÀ-ÖØ-Þ\u0100-\u024f][A-Za-zÀ-ÖØ-öø-ɏ'-]*(?:\s+[A-ZÀ-ÖØ-Þ\u0100-\u024f][A-Za-zÀ-ÖØ-öø-ɏ'-]*)?"
-              r"(?:-(?:san|sama|sensei))?\s*,")
+# A name with a title or an honorific on its line ("Ms Park,", "Tanaka-san,") opens a letter.
+_NAME_WORD = r"[A-ZÀ-ÖØ-Þ\u0100-\u024f][A-Za-zÀ-ÖØ-öø-ɏ'-]*"
+_ADDRESSEE = (rf"(?:(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+{_NAME_WORD}(?:\s+{_NAME_WORD})?"
+              rf"|{_NAME_WORD}(?:\s+{_NAME_WORD})?-(?:san|sama|sensei))\s*,")
+# A bare name ("Sam,") is one only when it names whom the reply quotes ("On Mon, Sam Lee <…>
+# wrote:"): "Confirmed,", "Kind Regards," and "Resolved," say something, and no list of such
+# words is ever whole.
+_BARE_NAME = re.compile(rf"({_NAME_WORD}(?:\s+{_NAME_WORD})?)\s*,")
 # A smiley after the salutation ("Hi Sam :)") is still only a greeting.
 _SMILEY = r"(?:\s*(?::-?[)D]|\^\^|[\u263a\U0001f600-\U0001f64f]))?"
 _SALUTATION = (r"hi|hello|hey|dear|greetings|good\s+(?:morning|afternoon|evening|day)|morning|afternoon|evening"
@@ -135,7 +131,7 @@ def new_text(text: str, subject: str = "", answering: bool = True) -> str:
     if match is None:
         return head
     if not (_FORWARD_MARKER.search(match.group(0)) or _FORWARD_SUBJECT.match(subject)):
-        below = _under_quote(text[match.end():], _top_posted(head))
+        below = _under_quote(text[match.end():], _top_posted(head, match.group(0)))
         if below is None:
             return head
         # The text without the attribution and the lines it quotes, read again as one, so that a
@@ -154,13 +150,20 @@ def reply_subject(subject: str) -> bool:
     return bool(REPLY_PREFIX.match(subject))
 
 
-def _top_posted(head: str) -> bool:
-    return any((stripped := line.strip()) and not _is_greeting(stripped) for line in head.splitlines())
+def _top_posted(head: str, attribution: str) -> bool:
+    """Whether anything above the quote says more than a greeting; ``attribution`` is the line
+    that introduces the quote, naming whom the reply answers."""
+    quoted = set(re.findall(r"\w+", attribution.casefold()))
+    return any((stripped := line.strip()) and not _is_greeting(stripped, quoted) for line in head.splitlines())
 
 
-def _is_greeting(line: str) -> bool:
-    """Only a short line is tried: the pattern's optional words and spaces backtrack on a long one."""
-    return len(line) <= _GREETING_CHARS and _GREETING.fullmatch(line) is not None
+def _is_greeting(line: str, quoted: set[str]) -> bool:
+    """Only a short line is tried: the pattern's optional words and spaces backtrack on a long one.
+    ``quoted``: the words of the attribution, where a bare name must appear."""
+    if len(line) > _GREETING_CHARS:
+        return False
+    bare = _BARE_NAME.fullmatch(line)
+    return _GREETING.fullmatch(line) is not None or (bare is not None and set(bare[1].casefold().split()) <= quoted)
 
 
 def _under_quote(below: str, top_posted: bool) -> str | None:
