@@ -69,9 +69,10 @@ _ADDRESSEE = (rf"(?:(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+{_NAME_WORD}(?:\s+{_NAME_WOR
 # A bare name ("Sam,") is one only when it names whom the reply quotes ("On Mon, Sam Lee <…>
 # wrote:"): "Confirmed,", "Kind Regards," and "Resolved," say something, and no list of such
 # words is ever whole.
-_BARE_NAME = re.compile(rf"({_NAME_WORD}(?:\s+{_NAME_WORD})?)\s*,")
+_ANY_NAME_WORD = r"[A-Za-zÀ-ÖØ-öø-ɏ][A-Za-zÀ-ÖØ-öø-ɏ'-]*"
+_BARE_NAME = re.compile(rf"({_ANY_NAME_WORD}(?:\s+{_ANY_NAME_WORD})?)\s*,")
 # A smiley after the salutation ("Hi Sam :)") is still only a greeting.
-_SMILEY = r"(?:\s*(?::-?[)D]|\^\^|[\u263a\U0001f600-\U0001f64f]))?"
+_SMILEY = r"(?:\s*(?::-?[)D]|\^\^|[\u2600-\u27bf\U0001f300-\U0001faff]))?"
 _SALUTATION = (r"hi|hello|hey|dear|greetings|good\s+(?:morning|afternoon|evening|day)|morning|afternoon|evening"
                r"|hallo|bonjour|hola|ciao|guten\s+(?:morgen|tag)")
 # The pleasantry that opens many English letters, on a line of its own or after the salutation.
@@ -153,7 +154,7 @@ def reply_subject(subject: str) -> bool:
 def _top_posted(head: str, attribution: str) -> bool:
     """Whether anything above the quote says more than a greeting; ``attribution`` is the line
     that introduces the quote, naming whom the reply answers."""
-    quoted = set(re.findall(r"\w+", attribution.casefold()))
+    quoted = set(_words(attribution))
     return any((stripped := line.strip()) and not _is_greeting(stripped, quoted) for line in head.splitlines())
 
 
@@ -163,7 +164,11 @@ def _is_greeting(line: str, quoted: set[str]) -> bool:
     if len(line) > _GREETING_CHARS:
         return False
     bare = _BARE_NAME.fullmatch(line)
-    return _GREETING.fullmatch(line) is not None or (bare is not None and set(bare[1].casefold().split()) <= quoted)
+    return _GREETING.fullmatch(line) is not None or (bare is not None and set(_words(bare[1])) <= quoted)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.casefold())
 
 
 def _under_quote(below: str, top_posted: bool) -> str | None:
@@ -190,29 +195,34 @@ def _unquoted(text: str) -> str:
 
 def _quoted(lines: list[str]) -> list[bool]:
     """Which lines are quoted history: the "> " lines, and the tail of a long quoted line that a
-    client wrapped again without its "> " ("> …we need it" / "back urgently." / "> …"), which
-    would otherwise read as an answer between the quoted lines, the old emergency's words in it."""
+    client wrapped again without its "> " ("> …we need it" / "urgently." / "> …"), which would
+    otherwise read as an answer between the quoted lines, the old emergency's words in it. A tail
+    is followed by more quote, or ends the quote (a blank line or the end under it)."""
     marks = [bool(_QUOTED_LINE.match(line)) for line in lines]
-    for i in range(1, len(lines) - 1):
-        if not marks[i] and marks[i - 1] and marks[i + 1] and _continues(lines[i - 1], lines[i]):
+    for i in range(1, len(lines)):
+        ends_quote = i + 1 == len(lines) or marks[i + 1] or not lines[i + 1].strip()
+        if not marks[i] and marks[i - 1] and ends_quote and _continues(lines[i - 1], lines[i]):
             marks[i] = True
     return marks
 
 
 def _continues(quoted: str, line: str) -> bool:
     """``line`` reads as the rest of ``quoted``: that one was long enough to have been wrapped and
-    stops mid-sentence, and this one is shorter and starts mid-sentence (in lower case, or in
-    Japanese, where no case tells)."""
+    stops mid-sentence; the two together (without the "> ") fit one line as clients write them;
+    this one starts mid-sentence (in lower case, or in Japanese, where no case tells). An answer
+    between quoted lines is seldom short enough to fit."""
     before, after = quoted.rstrip(), line.strip()
-    if not after or before.endswith(_SENTENCE_ENDS) or not _width(after) < _WRAPPED_WIDTH <= _width(before):
+    if not after or before.endswith(_SENTENCE_ENDS) or _width(before) < _WRAPPED_WIDTH \
+            or _width(before) + _width(after) - 1 > _LINE_WIDTH:
         return False
     return after[0].islower() or _WIDE.match(before[-1]) is not None
 
 
-# Clients wrap at 72 to 78 columns; a quoted line this wide (a Japanese character is two) may
-# have lost its tail to the next line.
+# Clients wrap at 72 to 78 columns: a quoted line this wide (a Japanese character is two) may
+# have lost its last words to the next line, and what it lost, put back, fits within 80.
 _WRAPPED_WIDTH = 66
-_SENTENCE_ENDS = (".", "?", "!", ":", "。", "？", "！", "：", "」")
+_LINE_WIDTH = 80
+_SENTENCE_ENDS = (".", "?", "!", ":", "。", "？", "！", "：")
 _WIDE = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 
 
