@@ -12,10 +12,14 @@ an input to triage (a VIP whose DMARC fails is not trusted as a VIP), not a gate
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import dkim
 import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
@@ -26,6 +30,7 @@ from mailpipe.dmarc_record import Record, is_dmarc, parse_record
 _PSL = PublicSuffixList()
 _DNS_TIMEOUT = 5.0
 _CACHE_ENTRIES = 10_000
+_MISSING_SECONDS = 60.0
 _SIGNATURE = re.compile(rb"^dkim-signature:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*", re.IGNORECASE | re.MULTILINE)
 _SIGNING_DOMAIN = re.compile(rb"(?:^|;)\s*d\s*=\s*([^;\s]+)")
 # A signature of 30 signed fields with a 4,096-bit key is about 1,100 bytes. dkimpy looks up each
@@ -73,11 +78,47 @@ def configure_resolver(nameservers: list[tuple[str, int]], *, cache: bool = Fals
     TTL, as a daemon that looks up the same senders' domains all day should: the lookups, more
     than the checks, were most of a message's authentication time (bench/triage.py)."""
     try:
-        resolver = _resolver(nameservers)
+        resolver = _resolver(nameservers, _Remembering if cache else dns.resolver.Resolver)
     except dns.resolver.NoResolverConfiguration:
         return  # no resolv.conf: every lookup is a temperror, as it would be without us
-    resolver.cache = dns.resolver.LRUCache(_CACHE_ENTRIES) if cache else None
     dns.resolver.default_resolver = resolver
+
+
+class _Remembering(dns.resolver.Resolver):
+    """A resolver that answers a question it was asked before straight from its memory, for the
+    answer's TTL (a name or record that did not exist: for a minute). dnspython's own cache
+    (kept too, for the questions it asks on its way) is reached only after a name is parsed, the
+    search list walked and, for a missing record, an exception built with its message: twice per
+    message that was most of authentication's CPU (bench/triage.py). Lookups stop counting
+    against the memory's size when it is full; it then starts again."""
+
+    def __init__(self, configure: bool = True):
+        super().__init__(configure=configure)
+        self.cache = dns.resolver.LRUCache(_CACHE_ENTRIES)
+        self._answers: dict[tuple[object, ...], tuple[float, dns.resolver.Answer | dns.exception.DNSException]] = {}
+
+    def resolve(self, qname: dns.name.Name | str, rdtype: dns.rdatatype.RdataType | str = dns.rdatatype.A,
+                rdclass: dns.rdataclass.RdataClass | str = dns.rdataclass.IN, tcp: bool = False,
+                source: str | None = None, raise_on_no_answer: bool = True, source_port: int = 0,
+                lifetime: float | None = None, search: bool | None = None) -> dns.resolver.Answer:
+        key = (str(qname).lower(), dns.rdatatype.RdataType.make(rdtype), dns.rdataclass.RdataClass.make(rdclass), tcp,
+               raise_on_no_answer, search)
+        now = time.time()
+        remembered = self._answers.get(key)
+        if remembered is not None and remembered[0] > now:
+            if isinstance(remembered[1], dns.exception.DNSException):
+                raise remembered[1].with_traceback(None)
+            return remembered[1]
+        if len(self._answers) >= _CACHE_ENTRIES:
+            self._answers.clear()
+        try:
+            answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port, lifetime,
+                                     search)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as missing:
+            self._answers[key] = (now + _MISSING_SECONDS, missing)
+            raise
+        self._answers[key] = (answer.expiration, answer)
+        return answer
 
 
 def fresh_resolver() -> dns.resolver.Resolver:
@@ -89,10 +130,10 @@ def fresh_resolver() -> dns.resolver.Resolver:
     return resolver
 
 
-def _resolver(nameservers: list[tuple[str, int]]) -> dns.resolver.Resolver:
+def _resolver(nameservers: list[tuple[str, int]], kind: type[dns.resolver.Resolver]) -> dns.resolver.Resolver:
     if not nameservers:
-        return dns.resolver.get_default_resolver()
-    resolver = dns.resolver.Resolver(configure=False)
+        return kind()  # the system's, from resolv.conf
+    resolver = kind(configure=False)
     resolver.nameservers = [host for host, _ in nameservers]
     resolver.port = nameservers[0][1]
     resolver.lifetime = _DNS_TIMEOUT

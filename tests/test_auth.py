@@ -61,6 +61,16 @@ def test_a_cached_answer_serves_until_its_ttl_ends(key_rotated_after_a_cached_lo
     assert verdict.dkim == (("pass", "example.test"),)
 
 
+def test_a_cached_resolver_remembers_a_name_that_does_not_exist(key_rotated_after_a_cached_lookup) -> None:
+    """Asked twice, the second time from memory: the servers now publish no key either, but a
+    fresh resolver must ask them, and the cached one must not (it still has the old key)."""
+    missing = f"nothing.{DKIM_SELECTOR}._domainkey.example.test"
+    for _ in range(2):
+        with pytest.raises(dns.resolver.NXDOMAIN):
+            dns.resolver.resolve(missing, "TXT")
+    assert dns.resolver.resolve(f"{DKIM_SELECTOR}._domainkey.example.test", dns.rdatatype.TXT).rrset is not None
+
+
 def test_monitors_see_a_changed_record_at_once_past_the_cache(key_rotated_after_a_cached_lookup) -> None:
     with pytest.raises(dns.resolver.NXDOMAIN):
         auth.fresh_resolver().resolve(f"{DKIM_SELECTOR}._domainkey.example.test", "TXT")
