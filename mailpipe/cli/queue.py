@@ -149,7 +149,7 @@ def _queue_change(args: argparse.Namespace) -> int:
     changed: set[str] = set()
     for path in _spool_files(args):
         with closing(spool.connect(path)) as conn:
-            ids = [e.id for e in spool.entries(conn)] if "ALL" in wanted else sorted(wanted)
+            ids = spool.ids(conn) if "ALL" in wanted else sorted(wanted)
             conn.execute("BEGIN IMMEDIATE")
             changed.update(qid for qid in ids if action(conn, qid))
             conn.execute("COMMIT")
