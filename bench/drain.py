@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import triage  # noqa: E402  (bench/triage.py: the store, the corpus, the SMTP senders)
 
-from tests.dns_peer import Unbound, zones_for_tests  # noqa: E402
+from tests.dns_peer import Unbound  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def stage_means(port: int) -> dict[str, float]:
 
 
 def measure(messages: int, workers: int) -> None:
-    dns_server = Unbound(zones_for_tests())
+    dns_server = Unbound(triage.senders_zones())
     work = Path(tempfile.mkdtemp(prefix="bench-drain-"))
     try:
         state = work / "state"

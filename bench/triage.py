@@ -112,6 +112,18 @@ def corpus(count: int) -> list[bytes]:
     return out
 
 
+def senders_zones() -> dict[str, list[str]]:
+    """The test zones and the bench's senders' own: as in production, their domains exist (so a
+    record they lack is answered with the zone's SOA, which a resolver may remember) and publish
+    SPF, and every other one DMARC."""
+    zones = zones_for_tests()
+    zones["example.org"] = ['@ IN TXT "v=spf1 ip4:127.0.0.1 -all"', '_dmarc IN TXT "v=DMARC1; p=none"']
+    for n in range(97):
+        zones[f"example{n}.jp"] = ['@ IN TXT "v=spf1 ip4:192.0.2.1 -all"', *(['_dmarc IN TXT "v=DMARC1; p=none"']
+                                                                             if n % 2 else [])]
+    return zones
+
+
 def message(raw: bytes) -> Message:
     qid = new_queue_id()
     envelope = Envelope("bench@example.org", ("support@localhost",), "127.0.0.1", "bench", "inbound")
@@ -382,7 +394,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    dns_server = Unbound(zones_for_tests())
+    dns_server = Unbound(senders_zones())
     auth.configure_resolver([("127.0.0.1", dns_server.port)], cache=True)  # as the daemon does
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as tmp:
         work = Path(tmp)

@@ -11,9 +11,11 @@ an input to triage (a VIP whose DMARC fails is not trusted as a VIP), not a gate
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import dkim
 import dns.exception
@@ -86,16 +88,18 @@ def configure_resolver(nameservers: list[tuple[str, int]], *, cache: bool = Fals
 
 class _Remembering(dns.resolver.Resolver):
     """A resolver that answers a question it was asked before straight from its memory, for the
-    answer's TTL (a name or record that did not exist: for a minute). dnspython's own cache
-    (kept too, for the questions it asks on its way) is reached only after a name is parsed, the
-    search list walked and, for a missing record, an exception built with its message: twice per
-    message that was most of authentication's CPU (bench/triage.py). Lookups stop counting
-    against the memory's size when it is full; it then starts again."""
+    answer's TTL (a name or record that does not exist: for its negative TTL, at most a minute).
+    dnspython's own cache (kept too, for the questions it asks on its way) is reached only after a
+    name is parsed, the search list walked and, for a missing record, the resolution run again to
+    its exception: twice per message that was most of authentication's CPU (bench/triage.py).
+    A missing name is remembered as its exception's class and arguments, never the exception
+    raised, whose traceback would keep the message being checked alive. When the memory is full,
+    what expired goes, then the older half."""
 
     def __init__(self, configure: bool = True):
         super().__init__(configure=configure)
         self.cache = dns.resolver.LRUCache(_CACHE_ENTRIES)
-        self._answers: dict[tuple[object, ...], tuple[float, dns.resolver.Answer | dns.exception.DNSException]] = {}
+        self._answers: dict[tuple[object, ...], tuple[float, dns.resolver.Answer | _Missing]] = {}
 
     def resolve(self, qname: dns.name.Name | str, rdtype: dns.rdatatype.RdataType | str = dns.rdatatype.A,
                 rdclass: dns.rdataclass.RdataClass | str = dns.rdataclass.IN, tcp: bool = False,
@@ -106,19 +110,49 @@ class _Remembering(dns.resolver.Resolver):
         now = time.time()
         remembered = self._answers.get(key)
         if remembered is not None and remembered[0] > now:
-            if isinstance(remembered[1], dns.exception.DNSException):
-                raise remembered[1].with_traceback(None)
+            if isinstance(remembered[1], _Missing):
+                raise remembered[1].kind(**remembered[1].arguments)
             return remembered[1]
-        if len(self._answers) >= _CACHE_ENTRIES:
-            self._answers.clear()
         try:
             answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port, lifetime,
                                      search)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as missing:
-            self._answers[key] = (now + _MISSING_SECONDS, missing)
+            self._remember(key, now + _remembered_for(missing),
+                           _Missing(type(missing), dict(missing.kwargs)))
             raise
-        self._answers[key] = (answer.expiration, answer)
+        until = answer.expiration if answer.rrset is not None else min(answer.expiration, now + _MISSING_SECONDS)
+        self._remember(key, until, answer)
         return answer
+
+    def _remember(self, key: tuple[object, ...], until: float, what: dns.resolver.Answer | _Missing) -> None:
+        if until <= time.time():
+            return
+        if len(self._answers) >= _CACHE_ENTRIES:
+            now = time.time()
+            for stale in [k for k, (expires, _) in self._answers.items() if expires <= now]:
+                self._answers.pop(stale, None)
+            for old in list(itertools.islice(self._answers, len(self._answers) // 2)):
+                self._answers.pop(old, None)
+        self._answers[key] = (until, what)
+
+
+@dataclass(frozen=True)
+class _Missing:
+    """A name or record that does not exist, as dnspython reported it: raised anew each time."""
+
+    kind: type[dns.exception.DNSException]
+    arguments: dict[str, Any]
+
+
+def _remembered_for(missing: dns.exception.DNSException) -> float:
+    """How long a missing name or record may be remembered: the zone's negative TTL (RFC 2308:
+    the SOA's TTL or its minimum, whichever is less), at most a minute, and a minute where the
+    answer carries no SOA (dnspython's own cache keeps those for five)."""
+    responses = (missing.kwargs.get("responses") or {}).values() if isinstance(missing, dns.resolver.NXDOMAIN) \
+        else [missing.kwargs.get("response")]
+    return min([_MISSING_SECONDS, *(float(min(rrset.ttl, rrset[0].minimum)) for response in responses
+                                    if response is not None for rrset in response.authority
+                                    if rrset.rdtype == dns.rdatatype.SOA and len(rrset))])
 
 
 def fresh_resolver() -> dns.resolver.Resolver:
@@ -210,11 +244,13 @@ def organisational_domain(domain: str) -> str:
     return _PSL.privatesuffix(domain) or domain
 
 
-def dmarc_lookup(domain: str) -> Record | None:
+def dmarc_lookup(domain: str, resolver: dns.resolver.Resolver | None = None) -> Record | None:
     """The DMARC record published at ``_dmarc.<domain>``, read by the RFC 7489 grammar; None
-    when there is none. Several records are an error (6.6.3: receivers then ignore them all)."""
+    when there is none. Several records are an error (6.6.3: receivers then ignore them all).
+    ``resolver``: the monitors' own (``fresh_resolver``), past the daemon's memory."""
     try:
-        answer = dns.resolver.resolve(f"_dmarc.{domain}", "TXT", lifetime=_DNS_TIMEOUT)
+        answer = (resolver or dns.resolver.get_default_resolver()).resolve(f"_dmarc.{domain}", "TXT",
+                                                                            lifetime=_DNS_TIMEOUT)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return None
     texts = [b"".join(rdata.strings).decode("ascii", "replace") for rdata in answer]

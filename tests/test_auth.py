@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import re
 import smtplib
@@ -10,8 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from email.header import decode_header, make_header
 
+import dns.exception
 import dns.resolver
 import pytest
 from hypothesis import given, settings
@@ -22,6 +26,7 @@ from mailpipe import config as configuration
 from mailpipe.data import shipped
 from mailpipe.deliver.maildir import MaildirDeliverer
 from mailpipe.metrics import Metrics
+from mailpipe.monitors import dns_checks
 from mailpipe.spool import Entry, Envelope, Message
 from mailpipe.store.sqlite import SQLiteStore
 from mailpipe.triage import rules, stages
@@ -61,14 +66,58 @@ def test_a_cached_answer_serves_until_its_ttl_ends(key_rotated_after_a_cached_lo
     assert verdict.dkim == (("pass", "example.test"),)
 
 
-def test_a_cached_resolver_remembers_a_name_that_does_not_exist(key_rotated_after_a_cached_lookup) -> None:
-    """Asked twice, the second time from memory: the servers now publish no key either, but a
-    fresh resolver must ask them, and the cached one must not (it still has the old key)."""
-    missing = f"nothing.{DKIM_SELECTOR}._domainkey.example.test"
+@pytest.fixture
+def cached_resolver():
+    """A cached resolver, as the daemon's, and its server (tests may stop or restart it)."""
+    server = Unbound(zones_for_tests())
+    previous = dns.resolver.default_resolver
+    auth.configure_resolver([("127.0.0.1", server.port)], cache=True)
+    yield server
+    dns.resolver.default_resolver = previous
+    server.stop()
+
+
+def test_a_cached_resolver_remembers_a_missing_name_for_its_negative_ttl_after_the_servers_stop(
+        cached_resolver) -> None:
+    missing = "nothing.example.test"  # NXDOMAIN with example.test's SOA: a resolver may remember it
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        dns.resolver.resolve(missing, "TXT")
+    cached_resolver.stop()
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        dns.resolver.resolve(missing, "TXT", lifetime=2)
+
+
+def test_a_remembered_missing_name_does_not_keep_the_message_checked_alive(cached_resolver) -> None:
+    """Each answer from memory is a new exception: the one raised first carried a traceback
+    through the frames of the check that asked, and with it the message being checked."""
+    class Checked:
+        pass
+
+    def check(message: Checked) -> None:
+        with contextlib.suppress(dns.resolver.NXDOMAIN):
+            dns.resolver.resolve("_dmarc.nothing.example.test", "TXT")
+
     for _ in range(2):
-        with pytest.raises(dns.resolver.NXDOMAIN):
-            dns.resolver.resolve(missing, "TXT")
-    assert dns.resolver.resolve(f"{DKIM_SELECTOR}._domainkey.example.test", dns.rdatatype.TXT).rrset is not None
+        message = Checked()
+        alive = weakref.ref(message)
+        check(message)
+        del message
+        gc.collect()
+        assert alive() is None
+
+
+def test_monitors_read_dmarc_past_the_daemons_memory(cached_resolver) -> None:
+    assert auth.dmarc_lookup("example.test") is not None
+    cached_resolver.stop()
+    without_dmarc = {**zones_for_tests(), "example.test": [r for r in zones_for_tests()["example.test"]
+                                                           if not r.startswith("_dmarc")]}
+    server = Unbound(without_dmarc, port=cached_resolver.port)
+    try:
+        assert auth.dmarc_lookup("example.test") is not None  # the daemon's, for the record's TTL
+        checks = dns_checks.dmarc_checks("example.test", (), (), auth.fresh_resolver())
+        assert [(c.name, c.ok, c.detail) for c in checks] == [("dmarc.record", False, "no DMARC record")]
+    finally:
+        server.stop()
 
 
 def test_monitors_see_a_changed_record_at_once_past_the_cache(key_rotated_after_a_cached_lookup) -> None:

@@ -205,8 +205,8 @@ def dmarc_checks(domain: str, keys: Sequence[SigningKey], sending_ips: Sequence[
     organisational = auth.organisational_domain(domain)
     suggestion = f'_dmarc.{domain}. IN TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@{organisational}"'
     try:
-        record = auth.dmarc_lookup(domain) or (auth.dmarc_lookup(organisational) if organisational != domain
-                                               else None)
+        record = auth.dmarc_lookup(domain, resolver) or (auth.dmarc_lookup(organisational, resolver)
+                                                         if organisational != domain else None)
     except dns.exception.DNSException as exc:
         return [Check("dmarc.record", False, f"no answer from DNS: {exc}", "check the domain's name servers")]
     if record is None:
