@@ -108,6 +108,12 @@ _GREETING = re.compile(
     re.VERBOSE)
 # "|" quotes too, but a line that also ends with one is a row of a table (pasted logs, Markdown).
 _QUOTED_LINE = re.compile(r"^\s*(?:>|＞|\|(?!.*\|\s*$))")
+# Clients wrap at 72 to 78 columns: a quoted line this wide (a Japanese character is two) may
+# have lost its last words to the next line, and what it lost, put back, fits within 80.
+_WRAPPED_WIDTH = 66
+_LINE_WIDTH = 80
+_SENTENCE_ENDS = (".", "?", "!", ":", "。", "？", "！", "：")
+_WIDE = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 _FORWARD_MARKER = re.compile(r"Forwarded\s+message|Begin\s+forwarded|転送(?:された)?メッセージ", re.IGNORECASE)
 _FORWARD_SUBJECT = re.compile(r"^\s*(?:fw|fwd|wg|転送)\s*[:：]", re.IGNORECASE)
 # "Re:", "Fwd:" and their kind, after any tags a gateway or a desk put first ("[EXTERNAL] RE:",
@@ -216,14 +222,6 @@ def _continues(quoted: str, line: str) -> bool:
             or _width(before) + _width(after) - 1 > _LINE_WIDTH:
         return False
     return after[0].islower() or _WIDE.match(before[-1]) is not None
-
-
-# Clients wrap at 72 to 78 columns: a quoted line this wide (a Japanese character is two) may
-# have lost its last words to the next line, and what it lost, put back, fits within 80.
-_WRAPPED_WIDTH = 66
-_LINE_WIDTH = 80
-_SENTENCE_ENDS = (".", "?", "!", ":", "。", "？", "！", "：")
-_WIDE = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 
 
 def _width(text: str) -> int:
