@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,7 @@ class _Remembering(dns.resolver.Resolver):
         super().__init__(configure=configure)
         self.cache = dns.resolver.LRUCache(_CACHE_ENTRIES)
         self._answers: dict[tuple[object, ...], tuple[float, dns.resolver.Answer | _Missing]] = {}
+        self._forgetting = threading.Lock()
 
     def resolve(self, qname: dns.name.Name | str, rdtype: dns.rdatatype.RdataType | str = dns.rdatatype.A,
                 rdclass: dns.rdataclass.RdataClass | str = dns.rdataclass.IN, tcp: bool = False,
@@ -125,15 +127,18 @@ class _Remembering(dns.resolver.Resolver):
         return answer
 
     def _remember(self, key: tuple[object, ...], until: float, what: dns.resolver.Answer | _Missing) -> None:
-        if until <= time.time():
+        """Under a lock: the authentication threads remember at once, and a dict must not change
+        while one of them walks it to forget."""
+        now = time.time()
+        if until <= now:
             return
-        if len(self._answers) >= _CACHE_ENTRIES:
-            now = time.time()
-            for stale in [k for k, (expires, _) in self._answers.items() if expires <= now]:
-                self._answers.pop(stale, None)
-            for old in list(itertools.islice(self._answers, len(self._answers) // 2)):
-                self._answers.pop(old, None)
-        self._answers[key] = (until, what)
+        with self._forgetting:
+            if len(self._answers) >= _CACHE_ENTRIES:
+                for stale in [k for k, (expires, _) in self._answers.items() if expires <= now]:
+                    del self._answers[stale]
+                for old in list(itertools.islice(self._answers, len(self._answers) // 2)):
+                    del self._answers[old]
+            self._answers[key] = (until, what)
 
 
 @dataclass(frozen=True)
