@@ -1,7 +1,8 @@
 """Triage speed: is triage ever the bottleneck, and how soon is mail in the owner's mailbox?
 
-DNS for the SPF/DKIM/DMARC stage is a local unbound serving the test zones (tests/dns_peer.py),
-as a production host would have a local caching resolver.
+DNS for the SPF/DKIM/DMARC stage is a local unbound serving the test zones (tests/dns_peer.py)
+and the senders' own domains (``senders_zones``), as a production host would have a local
+caching resolver.
 
 1. Throughput, in process: the labelled ja/en fixtures (tests/fixtures/triage) run through the
    real stage table (route → parse → authenticate → profile → score → assign → acknowledge →
