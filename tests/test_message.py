@@ -204,6 +204,11 @@ def test_the_copy_of_our_own_mail_a_bounce_returns_is_not_read_as_forwarded() ->
     assert "every customer" in parsed.text
 
 
+def reply_text(reply: str) -> str:
+    """The new text of ``reply`` sent as an answer (with In-Reply-To)."""
+    return parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+
+
 @pytest.mark.parametrize("subject", ["[EXTERNAL] RE: invoice", "[URGENT][#12] Re: invoice", "【外部】RE: 請求書",
                                      "回复: invoice"])
 def test_a_reply_whose_subject_carries_tags_before_re_is_a_reply(subject: str) -> None:
@@ -219,7 +224,7 @@ def test_a_reply_whose_subject_carries_tags_before_re_is_a_reply(subject: str) -
     "Still broken!\n> Refund?\n> 返金",
 ], ids=["gmail-en", "outlook-original", "outlook-headers", "gmail-ja", "thunderbird-ja", "bare-quotes"])
 def test_quoted_history_is_not_new_text(reply: str) -> None:
-    assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text == "Still broken!"
+    assert reply_text(reply) == "Still broken!"
 
 
 @pytest.mark.parametrize("reply", [
@@ -230,7 +235,7 @@ def test_quoted_history_is_not_new_text(reply: str) -> None:
     "> Anything else?\nRefund?",
 ], ids=["bottom-posted", "bottom-posted-ja-with-signature", "inline", "inline-under-outlook-headers"])
 def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(reply: str) -> None:
-    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    new_text = reply_text(reply)
     assert "Still broken!" in new_text
     assert "fixed" not in new_text.lower() and "直りました" not in new_text and "Yamada" not in new_text
     assert new_text.endswith("Refund?") == reply.endswith("Refund?")
@@ -254,7 +259,7 @@ def test_what_a_reply_writes_under_or_between_the_lines_it_quotes_is_new_text(re
 def test_an_answer_under_the_quote_counts_when_only_a_greeting_stands_above_it(greeting: str) -> None:
     reply = (f"{greeting}\n\nOn Mon, Support <support@example.test> wrote:\n> It is resolved now.\n\n"
              "It is not: every send still bounces with 550.\n\nJoon")
-    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    new_text = reply_text(reply)
     assert "every send still bounces" in new_text and "resolved now" not in new_text
 
 
@@ -263,7 +268,7 @@ def test_a_bare_name_above_the_quote_is_a_greeting_when_it_names_whom_the_reply_
     reply = (f"{greeting}\n\nOn Mon, Sam Lee, Anne-Marie Dupont and Sean O'Brien <desk@example.test> wrote:\n"
              "> It is resolved now.\n\n"
              "It is not: every send still bounces with 550.\n\nJoon")
-    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    new_text = reply_text(reply)
     assert "every send still bounces" in new_text and "resolved now" not in new_text
 
 
@@ -278,7 +283,7 @@ def test_a_shift_jis_reply_under_a_company_addressed_with_its_cp932_sign_is_read
 def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> None:
     """Hostile input: the greeting pattern's optional words backtracked over the padding."""
     reply = "Hi Team" + " " * 500_000 + "- see below\n\nOn Mon, Support <support@example.test> wrote:\n> x\n\nJoon"
-    assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text.endswith("see below")
+    assert reply_text(reply).endswith("see below")
 
 
 @pytest.mark.parametrize("line", [
@@ -292,7 +297,7 @@ def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> N
 def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted(line: str) -> None:
     reply = (f"{line}\n\nOn Mon, Support <support@example.test> wrote:\n"
              "> It is resolved now.\n\nJoon Park\nOffice Manager, Lumenwave Audio")
-    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    new_text = reply_text(reply)
     assert new_text == line
 
 
@@ -304,7 +309,7 @@ def test_a_reply_that_says_something_on_its_greetings_line_is_top_posted(line: s
     "> 本日午前、全てのリストの登録者が消失していた件につきまして、復元しま\nした。\n> ご確認ください。",
 ], ids=["en", "ja"])
 def test_the_tail_of_a_quoted_line_wrapped_again_without_its_marker_is_still_quoted(reply: str) -> None:
-    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    new_text = reply_text(reply)
     assert new_text == reply.partition("\n")[0]
 
 
@@ -324,7 +329,7 @@ def test_the_tail_of_a_quoted_line_wrapped_again_without_its_marker_is_still_quo
      ["全ドメインで今朝9時から全件送信できません", "550 5.7.26 です"]),
 ], ids=["checklist", "questions", "ja-checklist"])
 def test_answers_between_quoted_lines_are_not_taken_for_wrapped_tails(reply: str, answers: list[str]) -> None:
-    new_text = parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text
+    new_text = reply_text(reply)
     assert all(answer in new_text for answer in answers)
 
 
@@ -336,7 +341,7 @@ def test_answers_between_quoted_lines_are_not_taken_for_wrapped_tails(reply: str
 ], ids=["signature", "signature-without-delimiter", "disclaimer"])
 def test_what_a_client_puts_under_the_quote_of_a_top_posted_reply_is_not_new_text(trailer: str) -> None:
     reply = f"OK, thanks.\n\nOn Mon, Support <support@example.test> wrote:\n> We fixed it.\n\n{trailer}"
-    assert parse(mail(reply.encode(), headers="In-Reply-To: <m0@example.test>\r\n")).new_text == "OK, thanks."
+    assert reply_text(reply) == "OK, thanks."
 
 
 @pytest.mark.parametrize("body", [
