@@ -255,6 +255,26 @@ def test_the_labelled_set_has_120_messages_in_every_level_language_and_encoding(
     assert built.language == "ja"
 
 
+@pytest.mark.parametrize("header", ["auto-replied", 'Auto-Replied; owner-email="kim@example.org"', "auto-generated"])
+def test_an_out_of_office_quoting_an_outage_stays_low(shipped_model, header: str) -> None:
+    """Gmail writes auto-replied, Exchange auto-generated with "Automatic reply:": either way the
+    emergency in the subject is the thread the machine answers."""
+    raw = build({"encoding": "us-ascii", "sender": "akiko@agency.example.com", "headers": {"Auto-Submitted": header},
+                 "subject": "Automatic reply: Re: All five of our client accounts failing since 9am (421 4.7.0)",
+                 "body": "I am on leave until September. For anything urgent concerning our clients, call Sven."})
+    verdict = evaluate(rules.load(shipped("rules")), Context(parse(raw), NOW, model=shipped_model))
+    assert verdict.level == "low", verdict.summary()
+
+
+def test_a_voicemail_bridge_is_judged_by_what_it_reports(shipped_model) -> None:
+    raw = build({"encoding": "utf-8", "sender": "voicemail@pbx.example.jp",
+                 "headers": {"Auto-Submitted": "auto-generated"}, "subject": "留守番電話のメッセージ 03-0000-4417",
+                 "body": "お客様からの留守電です。全会員へのメールが今朝から一通も届いていない、"
+                         "至急折り返しを、とのことです。"})
+    verdict = evaluate(rules.load(shipped("rules")), Context(parse(raw), NOW, model=shipped_model))
+    assert verdict.level in ("critical", "high"), verdict.summary()
+
+
 def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) -> None:
     """A floor against regressions, not the benchmark (``mailpipe rules eval`` prints that): the
     held-aside fifth was never trained or tuned on."""
