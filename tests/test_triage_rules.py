@@ -22,7 +22,7 @@ from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
 from tests.conftest import TRAINING_SECONDS
-from tests.triage_corpus import APART, ASIDE, BLIND, BLIND2, LABELLED, NATURAL, build, score_all
+from tests.triage_corpus import APART, ASIDE, BLIND, BLIND2, BLIND3, LABELLED, NATURAL, build, score_all
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 LEVELS = "[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n"
@@ -285,8 +285,9 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
     assert scores["low_promoted"] <= 6
 
 
-@pytest.mark.parametrize(("labelled", "count"), [(APART, 300), (NATURAL, 120), (BLIND, 200), (BLIND2, 160)],
-                         ids=["apart", "natural", "blind", "blind2"])
+@pytest.mark.parametrize(("labelled", "count"), [(APART, 300), (NATURAL, 120), (BLIND, 200), (BLIND2, 160),
+                                                 (BLIND3, 200)],
+                         ids=["apart", "natural", "blind", "blind2", "blind3"])
 def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(shipped_model, labelled: Path,
                                                                                   count: int) -> None:
     """The same floor on messages by writers who never saw the corpus, the rules or the code."""
