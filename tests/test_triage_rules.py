@@ -165,6 +165,17 @@ def test_to_a_composite_a_cancelled_rule_has_not_fired(tmp_path: Path) -> None:
     assert verdict.score == 2
 
 
+def test_a_rule_with_at_most_caps_the_level_and_keeps_the_points_and_escalation(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "DOWN"\ndescription = "d"\nscore = 8\nescalate = "tech"\nany = ["down"]\n'
+                          '[[rule]]\nname = "EVERYONE"\ndescription = "d"\nscore = 6\nany = ["everyone"]\n'
+                          '[[rule]]\nname = "ONE_SHOP"\ndescription = "d"\nscore = 0\nany = ["our shop"]\n'
+                          'at_most = "high"\n')
+    assert evaluate(r, context(body="down for everyone")).level == "critical"
+    verdict = evaluate(r, context(body="our shop's checkout is down for everyone"))
+    assert (verdict.score, verdict.level, verdict.escalate) == (14, "high", "tech")
+    assert evaluate(r, context(body="our shop has a question")).level == "normal"
+
+
 def test_a_cancelled_rule_cancels_nothing(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "BREACH"\ndescription = "d"\nscore = 6\nany = ["hacked"]\n'
                           '[[rule]]\nname = "HOW_TO"\ndescription = "d"\nscore = 0\nany = ["could we"]\n'
@@ -208,6 +219,8 @@ def test_cancelling_a_rule_the_operator_switched_off_is_accepted(tmp_path: Path)
     ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\n'
      '[[rule]]\nname = "B"\ndescription = "d"\nscore = 0\nexpression = "A"\ncancels = ["A"]\n',
      "rule B: a composite cannot cancel"),
+    ('[[rule]]\nname = "A"\ndescription = "d"\nscore = 0\nany = ["x"]\nat_most = "medium"\n',
+     "rule A: at_most 'medium' must be one of critical, high, normal, low"),
 ])
 def test_a_broken_rule_file_is_refused_naming_file_rule_and_reason(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(RulesError) as error:

@@ -27,6 +27,10 @@ symbol's weight; a rule that knows better than a keyword ("the model reads a how
 takes the keyword's points back instead of guessing a negative score that fits every sum. Only
 plain rules cancel, and before composites are evaluated: to a composite, a cancelled rule has not
 fired. A cancelled rule cancels nothing, and rules cancelling each other in a ring are refused.
+``at_most = "high"``: when the rule fires (and is not cancelled), the level is at most that, whatever
+the total, as Rspamd's force actions cap an action: for a rule that knows the mail is not an
+emergency however many keyword points it collects, without taking back points (or an escalation)
+that the mail's own level still needs.
 Keywords are matched on NFKC-folded, case-folded text: Japanese ones anywhere (no word
 boundaries in Japanese), ASCII ones as whole words. ``levels.toml`` maps the total to critical,
 high, normal and low. Files in the override directory replace rules (and levels) by name, key by
@@ -57,7 +61,7 @@ _TEXT_KEYS = ("any", "subject", "body")
 _CONDITION_KEYS = (*_TEXT_KEYS, "regex", "headers", "sender", "customer", "repeat", "open_case_hours", "dmarc",
                    "outside_business_hours", "incident", "model", "expression")
 _KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled",
-                         "cancels"})
+                         "cancels", "at_most"})
 _EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc", "incident"})
 
 
@@ -78,6 +82,7 @@ class Rule:
     examples: tuple[dict[str, Any], ...] = ()
     source: str = ""
     cancels: frozenset[str] = frozenset()
+    at_most: str | None = None  # the highest level the verdict may have when this rule counts
     # The levels of its ``model`` condition and their ``at_least``: it shows their n-grams from there.
     explains: tuple[tuple[str, ...], float] | None = None
 
@@ -205,6 +210,9 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
     escalate = spec.get("escalate")
     if escalate not in (None, "tech", "dev"):
         bad(f"escalate {escalate!r} must be \"tech\" or \"dev\"")
+    at_most = spec.get("at_most")
+    if at_most not in (None, *LEVELS):
+        bad(f"at_most {at_most!r} must be one of {', '.join(LEVELS)}")
     present = [key for key in _CONDITION_KEYS if key in spec]
     if not present:
         bad("has no condition")
@@ -242,7 +250,7 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
     if len(problems) > before:
         return None
     return Rule(name, description, float(score), tuple(conditions), expression, uses, escalate, tuple(examples),
-                source, frozenset(cancels),
+                source, frozenset(cancels), at_most,
                 (model_levels(spec["model"]), float(spec["model"]["at_least"])) if "model" in spec else None)
 
 

@@ -3,7 +3,8 @@
 Plain rules are evaluated first; those that fired cancel what they name (``cancels``, unless
 cancelled themselves); then composites in dependency order over the names that fired and were
 not cancelled. A cancelled hit stays in the list with no points and no escalation, so the card
-still shows what the keyword saw and who overruled it. The verdict lists every hit with what it
+still shows what the keyword saw and who overruled it. A counted rule with ``at_most`` caps the
+level the total reaches. The verdict lists every hit with what it
 matched, the way ``rspamc`` explains a message, and the highest escalation a counted hit asks for.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailpipe.triage.conditions import LEVELS
 from mailpipe.triage.context import Context
 from mailpipe.triage.rules import Rule, RuleSet
 
@@ -69,8 +71,9 @@ def evaluate(rules: RuleSet, context: Context) -> Verdict:
     for rule in counted:
         escalate = _higher(escalate, rule.escalate)
     total = round(sum(rule.score for rule in counted), 2)
-    return Verdict(total, rules.level(total), tuple(_hit(rule, matched, cancelled.get(rule.name))
-                                                    for rule, matched in hits), escalate)
+    level = max((rules.level(total), *(rule.at_most for rule in counted if rule.at_most)), key=LEVELS.index)
+    return Verdict(total, level, tuple(_hit(rule, matched, cancelled.get(rule.name)) for rule, matched in hits),
+                   escalate)
 
 
 def _hit(rule: Rule, matched: str, cancelled_by: str | None) -> Hit:
