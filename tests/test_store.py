@@ -147,6 +147,18 @@ def test_open_cases_by_level_and_away_agents(store: SQLiteStore) -> None:
     assert store.away() == frozenset()
 
 
+@pytest.mark.parametrize(("first", "then", "expected"), [
+    (("high", 20.0), ("critical", 17.0), ("critical", 20.0)),  # a capped high with more points, then a critical
+    (("critical", 17.0), ("high", 20.0), ("critical", 20.0)),
+    (("high", 9.0), ("normal", 2.0), ("high", 9.0)),
+])
+def test_a_case_is_as_urgent_as_its_most_urgent_message_not_its_highest_score(store: SQLiteStore, first, then,
+                                                                               expected) -> None:
+    case = record(store, "Q1", level=first[0], score=first[1]).case
+    updated = record(store, "Q2", case_id=case.id, level=then[0], score=then[1]).case
+    assert (updated.level, updated.score) == expected
+
+
 def test_a_closed_case_no_longer_counts_as_load_or_open(store: SQLiteStore) -> None:
     record(store, "Q1")
     assert store.set_status(1, "closed", 2000.0)

@@ -50,6 +50,12 @@ def _case(row: tuple) -> CaseRecord:
 
 
 
+# A case is as urgent as its most urgent message: levels by rank, most urgent first. Not by
+# score: a rule may cap the level (``at_most``), so the message with more points is not always
+# the more urgent one.
+_URGENCY = ("critical", "high", "normal", "low")
+_CASE_URGENCY = "CASE level WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
+
 # Open cases by who carries them, a few rows however many cases are open: one pass over the
 # ``cases_open`` index, in its order, where one pass per role and a grouping by agent took four
 # times as long (bench/triage.py: it is read for every new customer and every escalation).
@@ -253,12 +259,12 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
                 row = conn.execute(
                     "UPDATE cases SET status = CASE WHEN ? THEN status ELSE 'open' END, updated_at = ?,"
                     " score = CASE WHEN score > ? THEN score ELSE ? END,"
-                    " level = CASE WHEN ? > score THEN ? ELSE level END, handler = ?,"
+                    f" level = CASE WHEN ? < {_CASE_URGENCY} THEN ? ELSE level END, handler = ?,"
                     " escalated_to = CASE WHEN ? != '' THEN ? ELSE escalated_to END,"
                     " escalated_agent = CASE WHEN ? != '' THEN ? ELSE escalated_agent END WHERE id = ?"
                     f" RETURNING {CASE_COLUMNS}",
-                    (automatic, at, score, score, score, level, handler, escalated_to, escalated_to, escalated,
-                     escalated, case_id)).fetchone()
+                    (automatic, at, score, score, _URGENCY.index(level), level, handler, escalated_to, escalated_to,
+                     escalated, escalated, case_id)).fetchone()
             case = _case(row)
             case_id = case.id
             if owner:
