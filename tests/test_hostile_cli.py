@@ -167,3 +167,22 @@ def test_dmarc_import_of_a_hostile_report_names_the_file_and_the_value(config: P
     path = tmp_path / "report.xml"
     path.write_text(REPORT.format(**{"encoding": "UTF-8", "end": "1700086400", "count": "1", **values}))
     refused_cleanly(mailpipe(config, "dmarc", "import", str(path)), str(path), *words)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10"], ids=["empty", "png"])
+def test_learn_refuses_a_file_that_is_no_message_and_teaches_nothing(config: Path, content: bytes) -> None:
+    saved = config.parent / "picture.eml"
+    saved.write_bytes(content)
+    refused_cleanly(mailpipe(config, "learn", "--level", "low", str(saved)), str(saved), "nothing added")
+    assert not list(config.parent.glob("state/**/learned.toml"))
+
+
+@pytest.mark.parametrize("case", ["99999999999999999999", "1234567890"])
+def test_learn_says_there_is_no_such_case_for_a_number_no_case_has(config: Path, case: str) -> None:
+    (config.parent / "state").mkdir()
+    SQLiteStore(config.parent / "state" / "store.sqlite").close()
+    refused_cleanly(mailpipe(config, "learn", "--level", "high", case), f"no case #{case}")
+
+
+def test_learn_takes_a_superscript_digit_for_a_file_name_not_a_case(config: Path) -> None:
+    refused_cleanly(mailpipe(config, "learn", "--level", "low", "²"), "²")

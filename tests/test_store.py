@@ -369,6 +369,37 @@ def test_a_correction_mailed_again_after_a_crash_is_recorded_once(store: SQLiteS
     first = store.correct_level(1, "critical", "yamada", 3000.0, queue_id="C1")
     again = store.correct_level(1, "critical", "yamada", 3500.0, queue_id="C1")
     assert again == first and len(store.case_corrections(1)) == 1
+    assert first.recorded and not again.recorded
+
+
+def test_a_correction_learns_from_the_message_its_triage_card_names_by_queue_id(store: SQLiteStore) -> None:
+    record(store, "Q1", document="first words")
+    record(store, "Q2", case_id=1, at=2000.0, document="latest words")
+    store.correct_level(1, "critical", "yamada", 3000.0, message_queue_id="Q1")
+    assert store.corrected() == (("first words", "critical", "yamada"),)
+
+
+def test_a_correction_naming_a_message_the_case_lacks_learns_nothing(store: SQLiteStore) -> None:
+    record(store, "Q1", document="first words")
+    correction = store.correct_level(1, "high", "yamada", 3000.0, message_id="elsewhere@x")
+    assert correction.recorded and store.case(1).level == "high"
+    assert store.corrected() == ()
+
+
+def test_the_same_word_again_on_the_same_message_is_not_recorded_again(store: SQLiteStore) -> None:
+    record(store, "Q1", level="normal", document="words")
+    first = store.correct_level(1, "critical", "yamada", 3000.0, queue_id="C1", message_id="Q1@x")
+    again = store.correct_level(1, "critical", "yamada", 3100.0, queue_id="C2", message_id="Q1@x")
+    assert not again.recorded and again == first
+    assert store.case_corrections(1) == (first,)
+
+
+def test_a_word_taken_back_and_given_again_is_recorded_each_time(store: SQLiteStore) -> None:
+    record(store, "Q1", level="normal", document="words")
+    levels = ["critical", "high", "critical"]
+    made = [store.correct_level(1, level, "yamada", 3000.0 + i, queue_id=f"C{i}") for i, level in enumerate(levels)]
+    assert all(correction.recorded for correction in made)
+    assert [c.to_level for c in store.case_corrections(1)] == levels
 
 
 def test_an_automatic_message_files_its_new_case_closed_outside_anyones_load(store: SQLiteStore) -> None:

@@ -11,6 +11,7 @@ desk's corpus directory, and says how to make the daemon retrain (a reload).
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +19,14 @@ from pathlib import Path
 from mailpipe import config as configuration
 from mailpipe.cli.common import Commands, complain, json_line, opened_store
 from mailpipe.deliver.headers import received
+from mailpipe.desk.cases import CASE_NUMBER
 from mailpipe.triage import corpus, evaluation
 from mailpipe.triage import load as triage_load
 from mailpipe.triage.conditions import LEVELS
 from mailpipe.triage.model import clipped
 
+# What the command line takes for a case number rather than a file (one too long is no case).
+_DIGITS = re.compile(r"[0-9]+")
 # Scored as if on a Tuesday afternoon in Tokyo: business hours, so that rule stays quiet.
 _EVALUATED_AT = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 
@@ -68,9 +72,10 @@ def _eval(args: argparse.Namespace) -> int:
 def learn(commands: Commands, common: argparse.ArgumentParser) -> None:
     command = commands.add_parser(
         "learn", parents=[common], help="correct the urgency of cases, or teach saved messages",
-        description="CASE: the case's level becomes LEVEL (kept in its history, counted, learned from at the "
-                    "daemon's next training). FILE: the message (saved from a mailbox) is added to the desk's "
-                    "corpus directory with LEVEL. Agents do the same by mail: forward to urgency+LEVEL@.",
+        description="CASE: the case's level becomes LEVEL (kept in its history, learned from at the "
+                    "daemon's next training; mailpipe_triage_corrections_total counts only those agents mail). "
+                    "FILE: the message (saved from a mailbox) is added to the desk's corpus directory with "
+                    "LEVEL. Agents do the same by mail: forward to urgency+LEVEL@.",
         epilog="examples: mailpipe learn --level critical 42     mailpipe learn --level low saved/*.eml")
     command.add_argument("--level", required=True, choices=LEVELS)
     command.add_argument("items", nargs="+", metavar="CASE-ID|FILE")
@@ -80,18 +85,20 @@ def learn(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _learn(args: argparse.Namespace) -> int:
     loaded = configuration.load(args.config)
-    cases = [item for item in args.items if item.isdigit()]
-    files = [Path(item) for item in args.items if not item.isdigit()]
+    cases = [item for item in args.items if _DIGITS.fullmatch(item)]
+    files = [Path(item) for item in args.items if not _DIGITS.fullmatch(item)]
     failed = 0
     if cases:
         with opened_store(loaded) as store:
             for case in cases:
-                correction = store.correct_level(int(case), args.level, args.author, time.time())
+                correction = store.correct_level(int(case), args.level, args.author, time.time()) \
+                    if CASE_NUMBER.fullmatch(case) else None
                 if correction is None:
                     complain(f"no case #{case}")
                     failed += 1
                     continue
-                print(f"case #{case}: {correction.from_level} -> {correction.to_level} (by {args.author})")
+                print(f"case #{case}: {correction.from_level} -> {correction.to_level} (by {correction.author}"
+                      f"{'' if correction.recorded else ', already recorded'})")
     if files:
         failed += _teach(files, args.level, Path(loaded.triage.corpus_overrides))
     print("the daemon learns from this at its next training: systemctl reload mailpipe")
@@ -99,10 +106,16 @@ def _learn(args: argparse.Namespace) -> int:
 
 
 def _teach(files: list[Path], level: str, directory: Path) -> int:
-    """Saved messages become entries of ``learned.toml`` in the desk's corpus directory."""
+    """Saved messages become entries of ``learned.toml`` in the desk's corpus directory; a file
+    that is no message (empty, binary, no text) is refused by name, and none is added."""
     entries = []
     for path in files:
-        parsed = received(path.read_bytes())
+        data = path.read_bytes()
+        parsed = received(data)
+        if b"\0" in data or not (parsed.subject.strip() or parsed.read_text.strip()):
+            complain(f"{path}: not a mail message with text to learn from (saved as .eml from a mail client?);"
+                     " nothing added")
+            return 1
         entries.append(f"[[mail]]\nlevel = {_toml(level)}\nsubject = {_toml(parsed.subject)}\n"
                        f"body = {_toml(clipped(parsed.read_text))}\nnote = {_toml(f'learned from {path.name}')}\n")
     directory.mkdir(parents=True, exist_ok=True)

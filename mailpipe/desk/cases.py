@@ -15,6 +15,7 @@ is safe to run twice for one queue id: the note is keyed by it, and a status is 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,9 +35,14 @@ class CaseStore(Protocol):
     def open_load(self) -> dict[str, int]: ...
 
 
+# A case number as a person writes it, in an address, a subject's [#N] or on the command line:
+# ASCII digits (not "²", which str.isdigit takes), few enough for any store's integer.
+CASE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
 def case_number(arguments: tuple[str, ...]) -> int | None:
     """The case a command's address names (``note+123@``, ``assign+123+smith@`` → 123), if any."""
-    return int(arguments[0]) if arguments and arguments[0].isdigit() else None
+    return int(arguments[0]) if arguments and CASE_NUMBER.fullmatch(arguments[0]) else None
 
 
 def _check(name: str):

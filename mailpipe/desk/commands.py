@@ -32,7 +32,8 @@ from mailpipe.triage.conditions import LEVELS
 
 class CorrectionStore(Protocol):
     def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
-                      message_id: str = "", document: str | None = None) -> Correction | None: ...
+                      message_id: str = "", message_queue_id: str = "",
+                      document: str | None = None) -> Correction | None: ...
 
 
 class Store(CorrectionStore, CaseStore, HeldReplies, Protocol):
@@ -59,9 +60,15 @@ class Commands:
     def urgency(self, request: Request) -> Outcome:
         level = request.command.arguments[0]
         correction = self.store.correct_level(request.case.id, level, request.author.id, request.at,
-                                              queue_id=request.queue_id, message_id=request.message_id)
+                                              queue_id=request.queue_id, message_id=request.message_id,
+                                              message_queue_id=request.message_queue_id)
         if correction is None:
             return Outcome(f"案件 #{request.case.id} が見つかりません / No case #{request.case.id}.")
+        if not correction.recorded:  # this command again, or the same word on the same message
+            return Outcome(f"案件 #{request.case.id} の緊急度: {correction.from_level} → {correction.to_level}"
+                           f"（{correction.author}、記録済み）\nCase #{request.case.id} urgency:"
+                           f" {correction.from_level} → {correction.to_level}, by {correction.author}: already"
+                           " recorded, nothing more to learn.", correction.to_level)
         self.metrics.corrections.labels(correction.from_level, correction.to_level).inc()
         self.learn()
         return Outcome(f"案件 #{request.case.id} の緊急度: {correction.from_level} → {correction.to_level}"

@@ -4,21 +4,31 @@ Agents' clients pass a message on in three ways, and each keeps a different trac
 (bounce, "resend") keeps the original headers, our ``X-Mailpipe-Case`` among them; a forward as
 attachment carries the original as a ``message/rfc822`` part; an inline forward keeps only the
 subject, with its ``[#N]`` tag. A reply to the triage card or the message keeps In-Reply-To. They
-are tried in that order; an agent's own message is trusted (they logged in).
+are tried in that order; an agent's own message is trusted (they logged in), and what the
+agent's message itself says (its headers, then its subject) comes before what an attachment says.
+Only the agent's own attachments count, not what those carry inside them: an inline forward keeps
+the customer's attachments, and a customer's ``.eml`` with an ``X-Mailpipe-Case`` of their
+choosing must not move the command to another case.
+A triage card passed on stands for the customer message it is about: its Message-ID is that
+message's queue id (``<QID.triage@host>``, ``triage.render``), which finds the message even when
+it had no Message-ID of its own.
 """
 
 from __future__ import annotations
 
 import email
 import email.message
+import email.parser
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mailpipe.message import ParsedMessage
+from mailpipe.message import ParsedMessage, decode_header
 
 _CASE_HEADER = re.compile(r"^\s*(\d{1,9})\b")
 _TOKEN = re.compile(r"\[#(\d{1,9})\]")
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+_CARD_ID = re.compile(r"([^<>\s@]+)\.triage@[^<>\s]+")
 
 
 @dataclass(frozen=True)
@@ -26,27 +36,53 @@ class About:
     case_id: int | None
     message_id: str  # the customer message passed on, when it can be told
     thread_ids: tuple[str, ...]  # what the command's own message answers
+    queue_id: str = ""  # the customer message's queue id, when a triage card was passed on
 
 
 def about(raw: bytes, parsed: ParsedMessage) -> About:
-    outer = email.message_from_bytes(raw)
-    inner = next((part.get_payload(0) for part in outer.walk()
-                  if part.get_content_type() == "message/rfc822" and part.is_multipart()), None)
-    for message in (outer, inner):
-        if not isinstance(message, email.message.Message):
-            continue
-        match = _CASE_HEADER.match(str(message.get("X-Mailpipe-Case", "")))
-        if match:
-            return About(int(match[1]), _message_id(message), parsed.thread_ids)
-    subjects = [parsed.subject] + ([str(inner.get("Subject", ""))] if isinstance(inner, email.message.Message) else [])
-    for subject in subjects:
-        token = _TOKEN.search(subject)
-        if token:
-            return About(int(token[1]), _message_id(inner) if isinstance(inner, email.message.Message) else "",
-                         parsed.thread_ids)
-    return About(None, "", parsed.thread_ids)
+    try:
+        outer = email.message_from_bytes(raw)
+    except RecursionError:  # nested deeper than the parser goes: the agent's own headers still tell
+        outer = email.parser.BytesHeaderParser().parsebytes(raw)
+    inner = next(_attached(outer), None)
+    match = _CASE_HEADER.match(str(outer.get("X-Mailpipe-Case", "")))
+    if match:
+        return _about(int(match[1]), outer, parsed)
+    token = _TOKEN.search(parsed.subject or decode_header(outer.get("Subject", "")))
+    if token:
+        return _about(int(token[1]), inner, parsed)
+    if inner is None:
+        return About(None, "", parsed.thread_ids)
+    match = _CASE_HEADER.match(str(inner.get("X-Mailpipe-Case", "")))
+    token = _TOKEN.search(str(inner.get("Subject", "")))
+    case_id = int(match[1]) if match else int(token[1]) if token else None
+    return _about(case_id, inner, parsed) if case_id is not None else About(None, "", parsed.thread_ids)
 
 
-def _message_id(message: email.message.Message) -> str:
+def _about(case_id: int, message: email.message.Message | None, parsed: ParsedMessage) -> About:
+    """``message``: the one passed on (the agent's redirect itself, or their attachment)."""
+    if message is None:
+        return About(case_id, "", parsed.thread_ids)
     found = _MESSAGE_ID.search(str(message.get("Message-ID", "")))
-    return found[1] if found else ""
+    message_id = found[1] if found else ""
+    card = _CARD_ID.fullmatch(message_id)
+    if card:
+        return About(case_id, "", parsed.thread_ids, queue_id=card[1])
+    return About(case_id, message_id, parsed.thread_ids)
+
+
+def _attached(message: email.message.Message) -> Iterator[email.message.Message]:
+    """The messages attached to ``message`` itself (in any of its multiparts), in order; not what
+    those carry. A loop, not ``walk``: a customer's mail nests as deep as it likes."""
+    stack = [message]
+    while stack:
+        part = stack.pop()
+        if part.get_content_type() == "message/rfc822":
+            if part is not message and part.is_multipart():
+                attached = part.get_payload(0)
+                if isinstance(attached, email.message.Message):
+                    yield attached
+            continue
+        if part.is_multipart():
+            payload = part.get_payload()
+            stack.extend(reversed([p for p in payload if isinstance(p, email.message.Message)]))

@@ -19,6 +19,7 @@ class Request:
     queue_id: str
     at: float
     text: str = ""  # the agent's own words in the command's mail (a note's text)
+    message_queue_id: str = ""  # the customer message's queue id, when its triage card was passed on
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class Desk:
                 " (or the address: note+N@)."))
         return dataclasses.replace(work, requests=tuple(
             Request(command, work.author, case, about.message_id, f"{work.message.id}.{index}", entry.received_at,
-                    parsed.new_text) for index, command in enumerate(commands)))
+                    parsed.new_text, about.queue_id) for index, command in enumerate(commands)))
 
     async def run(self, work: DeskWork) -> DeskWork:
         return dataclasses.replace(work, outcomes=tuple(

@@ -159,6 +159,10 @@ class Correction:
     to_level: str
     author: str
     at: float
+    # False when ``correct_level`` found this correction already made rather than making it: the
+    # same command mailed again (a retry after a crash), or the same word again on the same message
+    # (a client's resend, a second redirect of the card): nothing more to count or learn.
+    recorded: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,8 @@ class IncidentStore(Protocol):
     """Provider incidents (``monitors.incidents``)."""
 
     def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
-                      message_id: str = "", document: str | None = None) -> Correction | None: ...
+                      message_id: str = "", message_queue_id: str = "",
+                      document: str | None = None) -> Correction | None: ...
 
     def case_corrections(self, case_id: int) -> tuple[Correction, ...]: ...
 

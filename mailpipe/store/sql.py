@@ -63,6 +63,21 @@ _OPEN_CARRIERS = ("SELECT owner, handler, escalated_agent, count(*) FROM cases W
                   " GROUP BY owner, handler, escalated_agent")
 
 
+_CORRECTION = "case_id, from_level, to_level, author, at"
+
+
+def _document(conn: Connection, case_id: int, message_id: str, message_queue_id: str) -> str:
+    """What the model read of the customer message a correction is about (``correct_level``)."""
+    if message_queue_id or message_id:
+        column, value = ("queue_id", message_queue_id) if message_queue_id else ("message_id", message_id)
+        found = conn.execute(f"SELECT document FROM messages WHERE case_id = ? AND direction = 'in' AND {column} = ?"
+                             " ORDER BY at DESC, id DESC LIMIT 1", (case_id, value)).fetchone()
+    else:
+        found = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
+                             " ORDER BY at DESC, id DESC LIMIT 1", (case_id,)).fetchone()
+    return found[0] if found else ""
+
+
 def _open_load(conn: Connection) -> dict[str, int]:
     """Open cases per agent: a case counts once for each distinct agent among its owner,
     handler and escalation agent."""
@@ -371,22 +386,26 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
             " ORDER BY at, id", (case_id,)))
 
     def correct_level(self, case_id: int, level: str, author: str, at: float, *, queue_id: str | None = None,
-                      message_id: str = "", document: str | None = None) -> Correction | None:
+                      message_id: str = "", message_queue_id: str = "",
+                      document: str | None = None) -> Correction | None:
         """Sets a case's level on an agent's word and keeps the correction with what to learn
-        from: ``document``, else what the model read of the customer message ``message_id`` of
-        the case, else of its latest one. Once per ``queue_id`` (a command mailed again after a
-        crash finds the first answer). None when there is no such case."""
+        from: ``document``, else what the model read of the customer message of the case with
+        queue id ``message_queue_id`` or Message-ID ``message_id`` (nothing, when the case has no
+        such message: not another message's words), else of its latest one. Once per ``queue_id``,
+        and not again while the case's latest correction is the same word on the same text (see
+        ``Correction.recorded``). None when there is no such case."""
         with self._transaction() as conn:
-            done = conn.execute("SELECT case_id, from_level, to_level, author, at FROM corrections"
-                                " WHERE queue_id = ?", (queue_id,)).fetchone() if queue_id else None
+            done = conn.execute(f"SELECT {_CORRECTION} FROM corrections WHERE queue_id = ?",
+                                (queue_id,)).fetchone() if queue_id else None
             row = conn.execute(f"SELECT level FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
             if done is not None or row is None:
-                return Correction(*done) if done else None
+                return Correction(*done, recorded=False) if done else None
             if document is None:
-                found = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
-                                     " ORDER BY CASE WHEN message_id = ? THEN 0 ELSE 1 END, at DESC, id DESC"
-                                     " LIMIT 1", (case_id, message_id)).fetchone()
-                document = found[0] if found else ""
+                document = _document(conn, case_id, message_id, message_queue_id)
+            latest = conn.execute(f"SELECT {_CORRECTION}, document FROM corrections WHERE case_id = ?"
+                                  " ORDER BY id DESC LIMIT 1", (case_id,)).fetchone()
+            if row[0] == level and latest is not None and latest[2] == level and latest[5] == document:
+                return Correction(*latest[:5], recorded=False)
             conn.execute("UPDATE cases SET level = ?, updated_at = ? WHERE id = ?", (level, at, case_id))
             conn.execute("INSERT INTO corrections (case_id, queue_id, from_level, to_level, author, document, at)"
                          " VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, queue_id, row[0], level, author, document, at))
@@ -401,8 +420,8 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         """(text, level, author) of every correction with text to learn from, the latest word on
         each text only, oldest first."""
         return tuple(self._conn().execute(
-            "SELECT document, to_level, author FROM corrections c WHERE document != ''"
-            " AND id = (SELECT max(id) FROM corrections WHERE document = c.document) ORDER BY id"))
+            "SELECT document, to_level, author FROM corrections WHERE id IN"
+            " (SELECT max(id) FROM corrections WHERE document != '' GROUP BY document) ORDER BY id"))
 
     def case_assignments(self, case_id: int) -> tuple[Assignment, ...]:
         return tuple(Assignment(*row) for row in self._conn().execute(
