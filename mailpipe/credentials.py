@@ -93,6 +93,12 @@ class Lockout:
         self._clock = clock
         self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
         self._locked_until: dict[str, float] = {}
+        self._next_sweep = 0.0
+
+    @property
+    def remembered(self) -> int:
+        """Logins it keeps anything of: failures within the window, lockouts not yet over."""
+        return len(self._failures.keys() | self._locked_until.keys())
 
     def locked(self, *keys: str) -> bool:
         now = self._clock()
@@ -108,6 +114,18 @@ class Lockout:
             if len(recent) >= self.max_failures:
                 self._locked_until[key] = now + self.lockout
                 recent.clear()
+        self._forget_stale(now)
+
+    def _forget_stale(self, now: float) -> None:
+        """Once a window at most: a guesser trying a new login name every time would otherwise
+        leave a key behind for each, for as long as the daemon runs."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.window
+        for key in [key for key, recent in self._failures.items() if not recent or recent[-1] <= now - self.window]:
+            del self._failures[key]
+        for key in [key for key, until in self._locked_until.items() if until <= now]:
+            del self._locked_until[key]
 
     def succeeded(self, *keys: str) -> None:
         for key in keys:

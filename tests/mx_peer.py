@@ -55,6 +55,11 @@ class RecordingMX:
     def refuse_always(self, command: str, reply: str) -> None:
         self.always[command] = reply
 
+    def offer_smtputf8(self, offered: bool) -> None:
+        """Whether EHLO offers SMTPUTF8 (RFC 6531) from the next connection on; aiosmtpd's
+        controller offers it unless told otherwise, as Postfix 3 and Gmail do."""
+        self._controller.SMTP_kwargs["enable_SMTPUTF8"] = offered
+
     def _scripted(self, command: str) -> str | None:
         with self._lock:
             if self.scripted[command]:

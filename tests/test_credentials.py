@@ -39,6 +39,18 @@ def test_failures_spread_beyond_the_window_do_not_lock() -> None:
     assert not lockout.locked("login:y")
 
 
+def test_logins_guessed_once_each_are_forgotten_once_their_window_and_lockout_are_over() -> None:
+    now = [0.0]
+    lockout = Lockout(max_failures=3, window=60, lockout=300, clock=lambda: now[0])
+    for guess in range(1000):
+        lockout.failed(f"login:guess{guess}")
+    for _ in range(3):
+        lockout.failed("ip:1")
+    now[0] = 301
+    lockout.failed("login:new")
+    assert lockout.remembered == 1 and not lockout.locked("ip:1")
+
+
 def test_a_success_forgets_earlier_failures() -> None:
     lockout = Lockout(max_failures=2, window=60, lockout=300)
     lockout.failed("login:y")

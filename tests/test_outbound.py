@@ -616,3 +616,43 @@ def test_the_senders_resolver_keeps_an_mx_answer_for_its_ttl() -> None:
     first = asyncio.run(mx())
     server.stop()
     assert asyncio.run(mx()) == first == ["10 mx.customer.test."]
+
+
+def reply_to_non_ascii_address(daemon: Daemon) -> None:
+    message_id, case = start_case(daemon)
+    raw = owner_reply(message_id, case, to="山田@customer.test")
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port) as client:
+        client.login("yamada", PASSWORD)
+        client.sendmail("support@example.test", ["山田@customer.test"], raw, mail_options=["SMTPUTF8"])
+
+
+def test_a_reply_to_a_non_ascii_address_goes_out_with_smtputf8(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    reply_to_non_ascii_address(daemon)
+    (delivery,) = replies_at_mx(mx)
+    assert delivery.rcpt_tos == ("山田@customer.test",)
+
+
+def test_a_reply_to_a_non_ascii_address_the_mx_cannot_take_gives_the_agent_a_notification(desk, mx) -> None:
+    mx.offer_smtputf8(False)
+    daemon = desk({"outbound": {"autoreply": False}})
+    reply_to_non_ascii_address(daemon)
+    wait_until(lambda: notices(daemon.mailbox("yamada"), "D0"))
+    (path,) = notices(daemon.mailbox("yamada"), "D0")
+    status = email.message_from_bytes(path.read_bytes()).get_payload()[1].as_string()
+    assert "Status: 5.6.7" in status
+    assert queue_list(daemon) == []
+
+
+def test_a_reply_that_attaches_the_triage_card_is_held_and_its_author_told(desk, mx) -> None:
+    daemon = desk({"outbound": {"autoreply": False}})
+    message_id, case = start_case(daemon)
+    (card,) = [p.read_bytes() for p in (daemon.mailbox("yamada") / "new").glob("*") if b".triage@" in p.read_bytes()]
+    reply = email.message_from_bytes(owner_reply(message_id, case), policy=policy.SMTP)
+    reply.add_attachment(email.message_from_bytes(card, policy=policy.SMTP))
+    submit(daemon, reply.as_bytes())
+    wait_until(lambda: any(e["state"] == "hold" for e in queue_list(daemon)))
+    (held,) = queue_list(daemon)
+    assert "attaches the triage card" in held["reason"]
+    wait_until(lambda: notices(daemon.mailbox("yamada"), "H"))
+    assert [d for d in mx.received if b"Auto-Submitted: auto-replied" not in d.data] == []

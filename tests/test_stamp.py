@@ -173,6 +173,20 @@ def test_a_forwarded_message_is_not_stamped() -> None:
     assert text_of(inner) == "the customer's own words\r\n"
 
 
+def test_a_customer_message_forwarded_as_an_attachment_leaves_without_what_triage_wrote_on_it() -> None:
+    delivered = (b"X-Mailpipe-Customer: c@example.org; company=Acme; plan=enterprise; VIP\r\n"
+                 b"X-Mailpipe-Owner: yamada 03-1234-5678\r\nFrom: customer@example.org\r\n"
+                 b"Subject: [URGENT][#42] the error\r\nx-mailpipe-urgency: critical 31\r\n\r\nthe customer's words\r\n")
+    raw = (b"From: yamada@example.test\r\nSubject: Fwd: the error\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee below\r\n'
+           b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + delivered + b"--b--\r\n")
+    stamped = stamp(raw, EN_FOOTER, "mx", NOW)
+    assert b"x-mailpipe" not in stamped.data.lower() and b"enterprise" not in stamped.data
+    _, inner = parts(stamped.data)
+    assert inner["Subject"] == "[#42] the error"
+    assert text_of(inner) == "the customer's words"  # the line end before "--b--" is the delimiter's
+
+
 def test_a_footer_with_a_wave_dash_is_added_once_however_often_the_reply_is_stamped() -> None:
     hours = "受付 9:00〜18:00（担当 山田）"  # WAVE DASH: ISO-2022-JP 0x2141, which CP50220 reads as ～
     once = stamp(message(JIS_BODY), hours, "mx", NOW)

@@ -95,6 +95,14 @@ def test_a_message_threads_into_a_case_by_message_id_or_token_of_the_same_custom
     assert store.find_case(("Q1@x",), None, "other@example.org").id == 1
     assert store.find_case((), 1, "C@Example.org").id == 1
     assert store.find_case((), 1, "other@example.org") is None
+
+
+def test_a_reply_threads_into_a_case_only_when_it_goes_to_the_cases_customer(store: SQLiteStore) -> None:
+    record(store, "Q1")
+    assert store.find_case(("Q1@x",), None, "C@example.org", customers_thread_only=True).id == 1
+    assert store.find_case(("Q1@x",), None, "colleague@example.org", customers_thread_only=True).id == 1
+    assert store.find_case(("Q1@x",), None, "vendor@example.net", customers_thread_only=True) is None
+    assert store.find_case(("Q1@x",), None, "x@example_org", customers_thread_only=True) is None
     continued = record(store, "Q2", case_id=1, level="high", score=6)
     assert not continued.new_case
     assert (continued.case.level, continued.case.score) == ("high", 6)
@@ -423,12 +431,13 @@ def test_an_automatic_message_does_not_reopen_its_case(store: SQLiteStore) -> No
 
 def test_a_reassigned_case_and_its_customer_belong_to_the_new_owner_once_per_queue_id(store: SQLiteStore) -> None:
     record(store, "Q1", owner="yamada")
-    assert store.reassign(1, "smith", "reassigned by yamada", "C1", 2000.0)
-    assert store.reassign(1, "smith", "reassigned by yamada", "C1", 2100.0)  # the same command again
+    assert store.reassign(1, "smith", "reassigned by yamada", "C1", 2000.0) == "smith"
+    # The same command again, its tier's least-loaded agent now another: the first run's owner stands.
+    assert store.reassign(1, "sato", "reassigned by yamada", "C1", 2100.0) == "smith"
     assert store.case(1).owner == "smith" and store.customer("c@example.org").owner == "smith"
     assert [(a.agent, a.reason) for a in store.case_assignments(1)][-1] == ("smith", "reassigned by yamada")
     assert len(store.case_assignments(1)) == 2
-    assert not store.reassign(99, "smith", "x", "C2", 2000.0)
+    assert store.reassign(99, "smith", "x", "C2", 2000.0) is None
 
 
 def test_the_store_knows_which_queued_messages_the_send_queue_began_sending(store) -> None:

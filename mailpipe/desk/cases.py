@@ -30,7 +30,7 @@ class CaseStore(Protocol):
 
     def set_status(self, case_id: int, status: str, at: float) -> bool: ...
 
-    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> bool: ...
+    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> str | None: ...
 
     def open_load(self) -> dict[str, int]: ...
 
@@ -79,21 +79,30 @@ class CaseCommands:
         return {"note": self.note, "close": self.close, "reopen": self.reopen, "assign": self.assign}
 
     def assign(self, request: Request) -> Outcome:
+        """To an agent by id, or to a tier: its least-loaded agent, unless the case's owner is
+        already of that tier (a resent ``assign+N+tech@`` does not move the case again)."""
         wanted = request.command.arguments[1].lower()
-        agent = next((a for a in self.agents if a.id == wanted), None)
+        by_id = {a.id: a for a in self.agents}
+        agent = by_id.get(wanted)
         if agent is None:
             tier = [a for a in self.agents if a.tier == wanted]
+            owner = by_id.get(request.case.owner)
+            if owner is not None and owner in tier:
+                return Outcome(f"案件 #{request.case.id} は既に {owner.name}（{owner.id}, {wanted}）の担当です。\n"
+                               f"Case #{request.case.id} already belongs to {owner.id} ({owner.name}), of tier"
+                               f" {wanted}: unchanged.")
             load = self.store.open_load() if tier else {}
             agent = min(tier, key=lambda a: (load.get(a.id, 0), a.id)) if tier else None
         if agent is None:
             return Outcome(f"「{wanted}」という担当者・ティアはいません。\nNo agent or tier {wanted!r}: "
                            f"agents {', '.join(a.id for a in self.agents)}; tiers "
                            f"{', '.join(sorted({a.tier for a in self.agents}))}.")
-        self.store.reassign(request.case.id, agent.id, f"reassigned by {request.author.id}", request.queue_id,
-                            request.at)
-        return Outcome(f"案件 #{request.case.id} の担当を {agent.name}（{agent.id}, {agent.phone}）にしました"
-                       f"（{request.author.id}）。\nCase #{request.case.id} now belongs to {agent.id} "
-                       f"({agent.name}, {agent.phone}), reassigned by {request.author.id}.")
+        recorded = self.store.reassign(request.case.id, agent.id, f"reassigned by {request.author.id}",
+                                       request.queue_id, request.at)
+        owner = by_id.get(recorded or "", agent)
+        return Outcome(f"案件 #{request.case.id} の担当を {owner.name}（{owner.id}, {owner.phone}）にしました"
+                       f"（{request.author.id}）。\nCase #{request.case.id} now belongs to {owner.id} "
+                       f"({owner.name}, {owner.phone}), reassigned by {request.author.id}.")
 
     def note(self, request: Request) -> Outcome:
         text = " ".join(request.text.split())

@@ -6,9 +6,9 @@ attachment carries the original as a ``message/rfc822`` part; an inline forward 
 subject, with its ``[#N]`` tag. A reply to the triage card or the message keeps In-Reply-To. They
 are tried in that order; an agent's own message is trusted (they logged in), and what the
 agent's message itself says (its headers, then its subject) comes before what an attachment says.
-Only the agent's own attachments count, not what those carry inside them: an inline forward keeps
-the customer's attachments, and a customer's ``.eml`` with an ``X-Mailpipe-Case`` of their
-choosing must not move the command to another case.
+Only the agent's own attachments count (``message.attached``), not what those carry inside them:
+a customer's ``.eml`` with an ``X-Mailpipe-Case`` of their choosing must not move the command to
+another case.
 A triage card passed on stands for the customer message it is about: its Message-ID is that
 message's queue id (``<QID.triage@host>``, ``triage.render``), which finds the message even when
 it had no Message-ID of its own.
@@ -16,14 +16,11 @@ it had no Message-ID of its own.
 
 from __future__ import annotations
 
-import email
 import email.message
-import email.parser
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mailpipe.message import ParsedMessage, decode_header
+from mailpipe.message import ParsedMessage, attached, decode_header
 
 _CASE_HEADER = re.compile(r"^\s*(\d{1,9})\b")
 _TOKEN = re.compile(r"\[#(\d{1,9})\]")
@@ -40,11 +37,8 @@ class About:
 
 
 def about(raw: bytes, parsed: ParsedMessage) -> About:
-    try:
-        outer = email.message_from_bytes(raw)
-    except RecursionError:  # nested deeper than the parser goes: the agent's own headers still tell
-        outer = email.parser.BytesHeaderParser().parsebytes(raw)
-    inner = next(_attached(outer), None)
+    outer = attached.read(raw)
+    inner = next(attached.attached(outer), None)
     match = _CASE_HEADER.match(str(outer.get("X-Mailpipe-Case", "")))
     if match:
         return _about(int(match[1]), outer, parsed)
@@ -70,19 +64,3 @@ def _about(case_id: int, message: email.message.Message | None, parsed: ParsedMe
         return About(case_id, "", parsed.thread_ids, queue_id=card[1])
     return About(case_id, message_id, parsed.thread_ids)
 
-
-def _attached(message: email.message.Message) -> Iterator[email.message.Message]:
-    """The messages attached to ``message`` itself (in any of its multiparts), in order; not what
-    those carry. A loop, not ``walk``: a customer's mail nests as deep as it likes."""
-    stack = [message]
-    while stack:
-        part = stack.pop()
-        if part.get_content_type() == "message/rfc822":
-            if part is not message and part.is_multipart():
-                attached = part.get_payload(0)
-                if isinstance(attached, email.message.Message):
-                    yield attached
-            continue
-        if part.is_multipart():
-            payload = part.get_payload()
-            stack.extend(reversed([p for p in payload if isinstance(p, email.message.Message)]))

@@ -72,19 +72,26 @@ class Desk:
             return dataclasses.replace(work, problem="the sender is not an agent on the roster")
         commands = [c for c in (command_of(r, self._domains, USAGES) for r in entry.envelope.rcpt_tos) if c]
         about = forwarded.about(work.message.data, parsed)
-        named = next((number for c in commands if (number := cases.case_number(c.arguments)) is not None
-                      and c.name != "urgency"), None)
-        case_id = named if named is not None else about.case_id
-        case = self._store.case(case_id) if case_id is not None else \
-            self._store.find_case(about.thread_ids, None, "")
-        if case is None:
-            return dataclasses.replace(work, problem=(
-                "どの案件か分かりません。顧客のメールかトリアージカードを転送してください。\n"
-                "Which case? Forward the customer's message or its triage card, or put [#N] in the subject"
-                " (or the address: note+N@)."))
-        return dataclasses.replace(work, requests=tuple(
-            Request(command, work.author, case, about.message_id, f"{work.message.id}.{index}", entry.received_at,
-                    parsed.new_text, about.queue_id) for index, command in enumerate(commands)))
+        requests = []
+        for index, command in enumerate(commands):
+            # Each command acts on the case its own address names (close+1@ and close+2@ in one
+            # mail close both), else on the case of what the mail passes on.
+            named = cases.case_number(command.arguments) if command.name != "urgency" else None
+            if named is not None:
+                case = self._store.case(named)
+                if case is None:
+                    return dataclasses.replace(work, problem=f"案件 #{named} はありません。\nNo case #{named}.")
+            else:
+                case = self._store.case(about.case_id) if about.case_id is not None else \
+                    self._store.find_case(about.thread_ids, None, "")
+                if case is None:
+                    return dataclasses.replace(work, problem=(
+                        "どの案件か分かりません。顧客のメールかトリアージカードを転送してください。\n"
+                        "Which case? Forward the customer's message or its triage card, or put [#N] in the"
+                        " subject (or the address: note+N@)."))
+            requests.append(Request(command, work.author, case, about.message_id, f"{work.message.id}.{index}",
+                                    entry.received_at, parsed.new_text, about.queue_id))
+        return dataclasses.replace(work, requests=tuple(requests))
 
     async def run(self, work: DeskWork) -> DeskWork:
         return dataclasses.replace(work, outcomes=tuple(
@@ -104,8 +111,8 @@ class Desk:
                               message_id=f"{work.message.id}.desk@{self._hostname}",
                               about=(*reversed(parsed.thread_ids), parsed.message_id), at=self._clock())
         item = (notice.derived(work.message, "K", note), note)
-        owner = self._agents.get(case.owner) if case else None
-        for agent in dict.fromkeys(a for a in (work.author, owner) if a is not None):
+        owners = [self._agents.get(request.case.owner) for request in work.requests]
+        for agent in dict.fromkeys(a for a in (work.author, *owners) if a is not None):
             await self._mailboxes.deliver(agent, [item])
 
     @staticmethod

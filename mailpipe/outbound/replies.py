@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from mailpipe.addresses import domain_of
 from mailpipe.config import Agent, OutboundConfig
 from mailpipe.deliver import Deliverer, headers, notice
 from mailpipe.errors import Held
-from mailpipe.message import ParsedMessage, parse
+from mailpipe.message import ParsedMessage, attached, parse
 from mailpipe.metrics import Metrics
 from mailpipe.offload import Offload
 from mailpipe.outbound.footer import render
@@ -39,6 +40,7 @@ from mailpipe.store import CaseRecord, ReplyStore
 from mailpipe.triage.hours import desk_time
 
 log = logging.getLogger("mailpipe.outbound")
+_CARD_ID = re.compile(r"<[^<>@\s]+\.triage@[^<>\s]+>")  # a triage card's (``triage.render``)
 
 
 @dataclass(frozen=True)
@@ -83,34 +85,51 @@ class Replies:
     def _thread(self, work: ReplyWork) -> ReplyWork:
         parsed = _parsed(work)
         for customer in work.message.entry.envelope.rcpt_tos:
-            case = self.store.find_case(parsed.thread_ids, parsed.case_token, customer)
+            case = self.store.find_case(parsed.thread_ids, parsed.case_token, customer, customers_thread_only=True)
             if case is not None:
                 return dataclasses.replace(work, case=case,
                                            answers=self.store.answered_message(case.id, parsed.in_reply_to))
         return work
 
     async def guard(self, work: ReplyWork) -> ReplyWork:
+        """Holds a reply that attaches a triage card (its notes, the customer's plan and VIP mark
+        and the owner's phone are the desk's, not the customer's), or that answers what another
+        agent answered within the window; unless released."""
         entry = work.message.entry
-        if work.case is None or not self.window or entry.overridden:
+        if entry.overridden:
             return work
-        earlier = await asyncio.to_thread(self.store.earlier_reply, work.case.id, work.answers,
-                                          entry.envelope.submitter, self.clock() - self.window, work.message.id)
-        if earlier is None:
+        reason = self._card_attached(work)
+        if reason is None and work.case is not None and self.window:
+            earlier = await asyncio.to_thread(self.store.earlier_reply, work.case.id, work.answers,
+                                              entry.envelope.submitter, self.clock() - self.window, work.message.id)
+            if earlier is not None:
+                when = desk_time(earlier.at, self.timezone)
+                reason = (f"double reply: {earlier.agent} already answered this message of case #{work.case.id}"
+                          f" at {when}")
+        if reason is None:
             return work
-        when = desk_time(earlier.at, self.timezone)
-        reason = f"double reply: {earlier.agent} already answered this message of case #{work.case.id} at {when}"
         parsed = _parsed(work)
-        recorded = await asyncio.to_thread(
+        held = work.case is None or not (await asyncio.to_thread(
             self.store.record_reply, queue_id=work.message.id, case_id=work.case.id, agent=entry.envelope.submitter,
             message_id=parsed.message_id, answers=work.answers, subject=parsed.base_subject, at=entry.received_at,
-            fate="held", detail=reason)
+            fate="held", detail=reason)).already_recorded
         author = self._agents.get(entry.envelope.submitter)
         if author is not None:
             await self._tell(author, work, reason)
-        if not recorded.already_recorded:
+        if held:
             self.metrics.replies_held.inc()
             self.metrics.reply_fates.labels("held").inc()
         raise Held(reason)
+
+    @staticmethod
+    def _card_attached(work: ReplyWork) -> str | None:
+        if b".triage@" not in work.message.data:  # nearly every reply: no parsing
+            return None
+        for message in attached.attached(attached.read(work.message.data)):
+            if _CARD_ID.fullmatch(str(message.get("Message-ID", "")).strip()) and message.get("X-Mailpipe-Case"):
+                return ("it attaches the triage card, which is for the desk (notes, the customer's plan, the"
+                        " owner's phone): forward the customer's own message instead")
+        return None
 
     def stamp(self, work: ReplyWork) -> ReplyWork:
         entry = work.message.entry

@@ -187,16 +187,30 @@ class Transport:
         options = ["BODY=8BITMIME"] if not data.isascii() and client.supports_extension("8bitmime") else []
         if client.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
-        replies: dict[str, Reply] = {}
+        # A non-ASCII address (山田@example.jp) goes only where SMTPUTF8 is offered (RFC 6531);
+        # elsewhere it is refused for good, and the agent gets a delivery status notification.
+        utf8 = client.supports_extension("smtputf8")
+        unsendable = self._ours(553, f"5.6.7 {hop.name} does not accept non-ASCII addresses (no SMTPUTF8)",
+                                hop.name)
+        if not utf8 and not mail_from.isascii():
+            return Attempt(provider, dict.fromkeys(recipients, unsendable), connected=True)
+        replies: dict[str, Reply] = {r: unsendable for r in recipients if not (utf8 or r.isascii())}
+        sendable = [r for r in recipients if r not in replies]
+        if not sendable:
+            return Attempt(provider, replies, connected=True)
+        encoding = "ascii"
+        if not (mail_from.isascii() and all(r.isascii() for r in sendable)):
+            options.append("SMTPUTF8")
+            encoding = "utf-8"
         try:
-            await client.mail(mail_from, options=options)
+            await client.mail(mail_from, options=options, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
             reply = self._reply(provider, exc.code, exc.message, hop.name)
-            return Attempt(provider, dict.fromkeys(recipients, reply), connected=True)
+            return Attempt(provider, {**replies, **dict.fromkeys(sendable, reply)}, connected=True)
         accepted = []
-        for recipient in recipients:
+        for recipient in sendable:
             try:
-                answer = await client.rcpt(recipient)
+                answer = await client.rcpt(recipient, encoding=encoding)
                 accepted.append(recipient)
                 replies[recipient] = self._reply(provider, answer.code, answer.message, hop.name)
             except aiosmtplib.SMTPResponseException as exc:

@@ -67,6 +67,8 @@ _SHIFT_OUT = b"\x0e"
 # The transfer encodings get_payload(decode=True) undoes; any other part's payload is its bytes.
 _DECODED = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"})
 _CACHED_HEADER = 1024  # longer part header blocks are read each time, not kept
+_TRANSFER, _SUBJECT = frozenset({"content-transfer-encoding"}), frozenset({"subject"})
+_IDENTITY = frozenset({"", "7bit", "8bit", "binary"})  # the transfer encodings a message/rfc822 part may have
 HTML_CLASS = "mailpipe-footer"
 
 
@@ -148,6 +150,8 @@ def _stamp_entity(head: bytes, body: bytes, entity: _Entity, footer: str,
     if entity.kind in _OPAQUE:
         skipped.append(f"{entity.kind} left untouched")
         return head, body, 0
+    if entity.kind == "message/rfc822":
+        return head, _attached_for_customer(head, body), 0
     if entity.kind.startswith("multipart/"):
         if entity.boundary is None:
             return head, body, 0
@@ -217,11 +221,29 @@ def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: st
     for start, end in _part_spans(body, boundary):
         head, blank, part_body = _split(body[start:end])
         read = _read_recurring_part if len(head) <= _CACHED_HEADER else _read_part
+        original = part_body
         head, part_body, count = _stamp_entity(head, part_body, read(head, default_type), footer, skipped)
-        if count:
+        if count or part_body is not original:
             pieces += [body[done:start], head, blank or b"\r\n", part_body]
             done, stamped = end, stamped + count
     return b"".join([*pieces, body[done:]]), stamped
+
+
+def _attached_for_customer(head: bytes, message: bytes) -> bytes:
+    """A message attached to a reply (the customer's own, forwarded as an attachment from the
+    agent's mailbox) without what triage wrote on it: our X-Mailpipe-* fields (the customer's
+    plan, VIP, owner and phone, the verdict) and the urgency tags of its subject. The same object
+    when there is nothing to take, or when it travels encoded (a client's base64 of a message,
+    which RFC 2046 forbids) and is left as it is."""
+    encoding = str(_fields(head, _TRANSFER).get("content-transfer-encoding", "")).strip().lower()
+    if encoding not in _IDENTITY:
+        return message
+    inner, blank, body = _split(message)
+    cleaned = headers.strip_internal(inner)
+    subject = decode_header(_fields(cleaned, _SUBJECT).get("Subject", ""))
+    if _URGENCY_TAG.search(subject):
+        cleaned = headers.field("Subject", customer_subject(subject)) + headers.drop(cleaned, "subject")
+    return message if cleaned is inner else cleaned + blank + body
 
 
 def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:

@@ -226,7 +226,11 @@ class CaseLookup(Protocol):
     """The case a message belongs to, by thread, token or customer."""
 
     def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
-                  customer_address: str) -> CaseRecord | None:
+                  customer_address: str, *, customers_thread_only: bool = False) -> CaseRecord | None:
+        """By thread (the latest case with one of ``message_ids``), else by ``[#N]`` token when
+        ``customer_address`` is the case's customer. ``customers_thread_only``: the thread too only
+        then, or when it is at the customer's domain (a colleague they copied in): an agent's mail
+        to a colleague or a vendor answers no customer, whatever it quotes."""
         ...
 
 
@@ -346,7 +350,7 @@ class Store(TriageStore, CaseNotes, ReplyStore, IncidentStore, DmarcStore, SentS
 
     def set_status(self, case_id: int, status: str, at: float) -> bool: ...
 
-    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> bool: ...
+    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> str | None: ...
 
     def set_away(self, agent: str, away: bool, at: float) -> None: ...
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from mailpipe import phones
-from mailpipe.addresses import canonical
+from mailpipe.addresses import canonical, domain_of
 from mailpipe.store import (
     CASE_COLUMNS,
     CONTACTS_DAYS,
@@ -178,13 +178,18 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         return tuple(_case(row) for row in rows)
 
     def find_case(self, message_ids: tuple[str, ...], case_token: int | None,
-                  customer_address: str) -> CaseRecord | None:
+                  customer_address: str, *, customers_thread_only: bool = False) -> CaseRecord | None:
         conn = self._conn()
         case_columns = columns(CaseRecord, "c")
         if message_ids:
             marks = ",".join("?" * len(message_ids))
+            # The case's customer, or someone at their domain (a colleague they copied in).
+            domain = domain_of(customer_address).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            whose, customer = (" AND (u.address = ? OR u.address LIKE ? ESCAPE '\\')",
+                               (canonical(customer_address), f"%@{domain}")) if customers_thread_only else ("", ())
             row = conn.execute(f"SELECT {case_columns} FROM messages m JOIN cases c ON c.id = m.case_id"
-                               f" WHERE m.message_id IN ({marks}) ORDER BY m.at DESC LIMIT 1", message_ids).fetchone()
+                               f" JOIN customers u ON u.id = c.customer_id WHERE m.message_id IN ({marks}){whose}"
+                               " ORDER BY m.at DESC LIMIT 1", (*message_ids, *customer)).fetchone()
             if row:
                 return _case(row)
         if case_token is not None:
@@ -316,20 +321,23 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
             return self._conn().execute("UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
                                         (status, at, case_id)).rowcount > 0
 
-    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> bool:
+    def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> str | None:
         """Makes ``agent`` the owner of the case and of its customer (one owner per customer),
-        recorded as an assignment with its reason; once per ``queue_id``. False: no such case."""
+        recorded as an assignment with its reason; once per ``queue_id``. The owner this
+        ``queue_id`` made (run again, the first run's: the load it was chosen by has changed
+        since), or None when there is no such case."""
         with self._transaction() as conn:
             row = conn.execute(f"SELECT customer_id FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
-            done = conn.execute("SELECT 1 FROM assignments WHERE queue_id = ? AND case_id = ?",
+            done = conn.execute("SELECT agent FROM assignments WHERE queue_id = ? AND case_id = ?",
                                 (queue_id, case_id)).fetchone()
-            if row is not None and done is None:
-                conn.execute("UPDATE cases SET owner = ?, handler = '', updated_at = ? WHERE id = ?",
-                             (agent, at, case_id))
-                conn.execute("UPDATE customers SET owner = ? WHERE id = ?", (agent, row[0]))
-                conn.execute("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
-                             " VALUES (?, ?, ?, 'owner', ?, ?)", (case_id, queue_id, agent, reason, at))
-        return row is not None
+            if row is None or done is not None:
+                return done[0] if row is not None and done is not None else None
+            conn.execute("UPDATE cases SET owner = ?, handler = '', updated_at = ? WHERE id = ?",
+                         (agent, at, case_id))
+            conn.execute("UPDATE customers SET owner = ? WHERE id = ?", (agent, row[0]))
+            conn.execute("INSERT INTO assignments (case_id, queue_id, agent, role, reason, at)"
+                         " VALUES (?, ?, ?, 'owner', ?, ?)", (case_id, queue_id, agent, reason, at))
+        return agent
 
     def open_cases(self) -> dict[str, tuple[int, float]]:
         """Per urgency level: how many cases are open, and when the oldest was opened."""
