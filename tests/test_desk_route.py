@@ -91,10 +91,15 @@ def test_assigning_to_a_tier_its_owner_belongs_to_leaves_the_case_where_it_is(de
     assert "already belongs to" in work.outcomes[0].note
 
 
-def test_an_assignment_run_again_names_the_owner_it_recorded(desk) -> None:
+def test_an_assignment_run_again_after_a_later_one_names_the_owner_now(desk) -> None:
     route, store, _ = desk
-    first = run(route, command_mail("C1", "assign+1+tech@example.test"))
-    record(store, "Q3", owner=store.case(1).owner, address="three@example.org", at=1200.0)  # the load moves
+    run(route, command_mail("C1", "assign+1+tech@example.test"))
+    run(route, command_mail("C2", "assign+1+smith@example.test"))
     again = run(route, command_mail("C1", "assign+1+tech@example.test"))
-    owner = store.case(1).owner
-    assert f"now belongs to {owner}" in first.outcomes[0].note and f"belongs to {owner}" in again.outcomes[0].note
+    assert store.case(1).owner == "smith" and "now belongs to smith" in again.outcomes[0].note
+
+
+def test_a_command_without_a_number_acts_on_the_one_case_the_others_name(desk) -> None:
+    route, store, _ = desk
+    work = run(route, command_mail("C1", "note+1@example.test", "urgency+high@example.test"))
+    assert [request.case.id for request in work.requests] == [1, 1] and store.case(1).level == "high"

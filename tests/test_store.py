@@ -95,6 +95,9 @@ def test_a_message_threads_into_a_case_by_message_id_or_token_of_the_same_custom
     assert store.find_case(("Q1@x",), None, "other@example.org").id == 1
     assert store.find_case((), 1, "C@Example.org").id == 1
     assert store.find_case((), 1, "other@example.org") is None
+    continued = record(store, "Q2", case_id=1, level="high", score=6)
+    assert not continued.new_case
+    assert (continued.case.level, continued.case.score) == ("high", 6)
 
 
 def test_a_reply_threads_into_a_case_only_when_it_goes_to_the_cases_customer(store: SQLiteStore) -> None:
@@ -103,9 +106,13 @@ def test_a_reply_threads_into_a_case_only_when_it_goes_to_the_cases_customer(sto
     assert store.find_case(("Q1@x",), None, "colleague@example.org", customers_thread_only=True).id == 1
     assert store.find_case(("Q1@x",), None, "vendor@example.net", customers_thread_only=True) is None
     assert store.find_case(("Q1@x",), None, "x@example_org", customers_thread_only=True) is None
-    continued = record(store, "Q2", case_id=1, level="high", score=6)
-    assert not continued.new_case
-    assert (continued.case.level, continued.case.score) == ("high", 6)
+
+
+def test_a_reply_to_a_customers_second_address_threads_into_the_case(store: SQLiteStore) -> None:
+    record(store, "Q1")
+    record(store, "Q2", case_id=1, address="taro.personal@gmail.example", at=2000.0)
+    found = store.find_case(("Q2@x", "Q1@x"), 1, "taro.personal@gmail.example", customers_thread_only=True)
+    assert found is not None and found.id == 1
 
 
 def test_the_profile_carries_recent_contacts_the_open_case_and_history(store: SQLiteStore) -> None:
@@ -432,7 +439,7 @@ def test_an_automatic_message_does_not_reopen_its_case(store: SQLiteStore) -> No
 def test_a_reassigned_case_and_its_customer_belong_to_the_new_owner_once_per_queue_id(store: SQLiteStore) -> None:
     record(store, "Q1", owner="yamada")
     assert store.reassign(1, "smith", "reassigned by yamada", "C1", 2000.0) == "smith"
-    # The same command again, its tier's least-loaded agent now another: the first run's owner stands.
+    # The same command again, its tier's least-loaded agent now another: the owner stands.
     assert store.reassign(1, "sato", "reassigned by yamada", "C1", 2100.0) == "smith"
     assert store.case(1).owner == "smith" and store.customer("c@example.org").owner == "smith"
     assert [(a.agent, a.reason) for a in store.case_assignments(1)][-1] == ("smith", "reassigned by yamada")

@@ -72,18 +72,22 @@ class Desk:
             return dataclasses.replace(work, problem="the sender is not an agent on the roster")
         commands = [c for c in (command_of(r, self._domains, USAGES) for r in entry.envelope.rcpt_tos) if c]
         about = forwarded.about(work.message.data, parsed)
+        named = [cases.case_number(c.arguments) if c.name != "urgency" else None for c in commands]
+        # Each command acts on the case its own address names (close+1@ and close+2@ in one mail
+        # close both), else on the case of what the mail passes on, else on the one case the
+        # mail's other commands name (note+1@ beside urgency+high@).
+        unnamed_case = self._store.case(about.case_id) if about.case_id is not None else \
+            self._store.find_case(about.thread_ids, None, "")
+        if unnamed_case is None and len(set(named) - {None}) == 1:
+            unnamed_case = self._store.case(next(n for n in named if n is not None))
         requests = []
-        for index, command in enumerate(commands):
-            # Each command acts on the case its own address names (close+1@ and close+2@ in one
-            # mail close both), else on the case of what the mail passes on.
-            named = cases.case_number(command.arguments) if command.name != "urgency" else None
-            if named is not None:
-                case = self._store.case(named)
+        for index, (command, number) in enumerate(zip(commands, named, strict=True)):
+            if number is not None:
+                case = self._store.case(number)
                 if case is None:
-                    return dataclasses.replace(work, problem=f"案件 #{named} はありません。\nNo case #{named}.")
+                    return dataclasses.replace(work, problem=f"案件 #{number} はありません。\nNo case #{number}.")
             else:
-                case = self._store.case(about.case_id) if about.case_id is not None else \
-                    self._store.find_case(about.thread_ids, None, "")
+                case = unnamed_case
                 if case is None:
                     return dataclasses.replace(work, problem=(
                         "どの案件か分かりません。顧客のメールかトリアージカードを転送してください。\n"

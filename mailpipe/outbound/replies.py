@@ -186,7 +186,8 @@ class Replies:
                    f"To send it anyway, mail {release} (forwarding this note will do).\n" if release else "")
                 + f"取りやめる場合は、キューID {work.message.id} を運用担当に伝えてください。\n"
                 f"To drop it, ask the desk's operator to delete queue id {work.message.id}.\n")
-        note = notice.compose(hostname=self.hostname, to=author.address, subject=f"[#{case_id}] held: {parsed.subject}",
+        token = f"[#{case_id}] " if case_id else ""
+        note = notice.compose(hostname=self.hostname, to=author.address, subject=f"{token}held: {parsed.subject}",
                               body=body, message_id=f"{work.message.id}.held@{self.hostname}",
                               about=(work.answers, parsed.message_id), at=self.clock())
         held = notice.derived(work.message, "H", note)

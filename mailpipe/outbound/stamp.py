@@ -6,8 +6,10 @@ encoding. The original bytes of a part are kept and the footer's bytes spliced i
 stateful ISO-2022-JP encoding is back in ASCII, so CP50220 characters such as ① survive; a
 part moves to UTF-8 only when the footer cannot be written in its charset. A part that already
 ends with the footer is left alone, so stamping twice changes nothing. Parts under
-multipart/signed or multipart/encrypted, attachments and forwarded messages are never touched
-(altering them would break a signature or someone else's mail); they are reported back.
+multipart/signed or multipart/encrypted, attachments and forwarded messages are never stamped
+(altering them would break a signature or someone else's mail); signed and encrypted parts are
+reported back. A forwarded message that is a copy triage delivered to an agent loses our fields
+and tags from its header block (its body stays as it was); any other is left byte for byte.
 
 The header block loses mailpipe's internal ``X-Mailpipe-*`` fields and the urgency tags triage
 put in the subject (the ``[#N]`` case token stays: the customer's answer threads by it), and
@@ -232,18 +234,22 @@ def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: st
 def _attached_for_customer(head: bytes, message: bytes) -> bytes:
     """A message attached to a reply (the customer's own, forwarded as an attachment from the
     agent's mailbox) without what triage wrote on it: our X-Mailpipe-* fields (the customer's
-    plan, VIP, owner and phone, the verdict) and the urgency tags of its subject. The same object
-    when there is nothing to take, or when it travels encoded (a client's base64 of a message,
-    which RFC 2046 forbids) and is left as it is."""
+    plan, VIP, owner and phone, the verdict) and then the urgency tags of its subject. The same
+    object when it carries none of our fields (a vendor's signed notice keeps its signature), or
+    when it travels encoded (a client's base64 of a message, which RFC 2046 forbids), and is left
+    as it is. Only the attachment's own header block: a copy attached inside an attached
+    forward, or inside a ``message/global``, is not reached."""
     encoding = str(_fields(head, _TRANSFER).get("content-transfer-encoding", "")).strip().lower()
     if encoding not in _IDENTITY:
         return message
     inner, blank, body = _split(message)
     cleaned = headers.strip_internal(inner)
+    if cleaned is inner:  # not a copy triage delivered: anyone else's message leaves byte for byte
+        return message
     subject = decode_header(_fields(cleaned, _SUBJECT).get("Subject", ""))
     if _URGENCY_TAG.search(subject):
         cleaned = headers.field("Subject", customer_subject(subject)) + headers.drop(cleaned, "subject")
-    return message if cleaned is inner else cleaned + blank + body
+    return cleaned + blank + body
 
 
 def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:

@@ -229,8 +229,9 @@ class CaseLookup(Protocol):
                   customer_address: str, *, customers_thread_only: bool = False) -> CaseRecord | None:
         """By thread (the latest case with one of ``message_ids``), else by ``[#N]`` token when
         ``customer_address`` is the case's customer. ``customers_thread_only``: the thread too only
-        then, or when it is at the customer's domain (a colleague they copied in): an agent's mail
-        to a colleague or a vendor answers no customer, whatever it quotes."""
+        then, or when it is at the customer's domain (a colleague they copied in) or has written
+        to the desk itself (their second address): an agent's mail to a colleague, a vendor or
+        the triage card answers no customer, whatever it quotes."""
         ...
 
 

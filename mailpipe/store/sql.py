@@ -183,10 +183,13 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
         case_columns = columns(CaseRecord, "c")
         if message_ids:
             marks = ",".join("?" * len(message_ids))
-            # The case's customer, or someone at their domain (a colleague they copied in).
-            domain = domain_of(customer_address).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            whose, customer = (" AND (u.address = ? OR u.address LIKE ? ESCAPE '\\')",
-                               (canonical(customer_address), f"%@{domain}")) if customers_thread_only else ("", ())
+            # The case's customer, someone at their domain (a colleague they copied in), or anyone who
+            # has written to the desk (the customer's second address, which threaded into the case).
+            address = canonical(customer_address)
+            domain = domain_of(address).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            whose, customer = (" AND (u.address = ? OR u.address LIKE ? ESCAPE '\\'"
+                               " OR EXISTS (SELECT 1 FROM customers k WHERE k.address = ?))",
+                               (address, f"%@{domain}", address)) if customers_thread_only else ("", ())
             row = conn.execute(f"SELECT {case_columns} FROM messages m JOIN cases c ON c.id = m.case_id"
                                f" JOIN customers u ON u.id = c.customer_id WHERE m.message_id IN ({marks}){whose}"
                                " ORDER BY m.at DESC LIMIT 1", (*message_ids, *customer)).fetchone()
@@ -323,15 +326,15 @@ class SQLStore(DeliverabilityQueries, DeskQueries, TransferQueries):
 
     def reassign(self, case_id: int, agent: str, reason: str, queue_id: str, at: float) -> str | None:
         """Makes ``agent`` the owner of the case and of its customer (one owner per customer),
-        recorded as an assignment with its reason; once per ``queue_id``. The owner this
-        ``queue_id`` made (run again, the first run's: the load it was chosen by has changed
-        since), or None when there is no such case."""
+        recorded as an assignment with its reason; once per ``queue_id``. The case's owner
+        afterwards (run again: whoever owns it now, not ``agent``, chosen by a load that has
+        changed since), or None when there is no such case."""
         with self._transaction() as conn:
-            row = conn.execute(f"SELECT customer_id FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
-            done = conn.execute("SELECT agent FROM assignments WHERE queue_id = ? AND case_id = ?",
+            row = conn.execute(f"SELECT customer_id, owner FROM cases WHERE id = ?{self._LOCK}", (case_id,)).fetchone()
+            done = conn.execute("SELECT 1 FROM assignments WHERE queue_id = ? AND case_id = ?",
                                 (queue_id, case_id)).fetchone()
             if row is None or done is not None:
-                return done[0] if row is not None and done is not None else None
+                return row[1] if row is not None else None
             conn.execute("UPDATE cases SET owner = ?, handler = '', updated_at = ? WHERE id = ?",
                          (agent, at, case_id))
             conn.execute("UPDATE customers SET owner = ? WHERE id = ?", (agent, row[0]))
