@@ -372,10 +372,12 @@ def test_correcting_a_case_that_does_not_exist_changes_nothing(store: SQLiteStor
     assert store.corrected() == ()
 
 
-def test_a_correction_learns_from_the_message_it_names(store: SQLiteStore) -> None:
+@pytest.mark.parametrize("named", [{"message_id": "Q1@x"}, {"message_queue_id": "Q1"}],
+                         ids=["by-message-id", "by-its-triage-cards-queue-id"])
+def test_a_correction_learns_from_the_message_it_names(store: SQLiteStore, named: dict[str, str]) -> None:
     record(store, "Q1", document="first words")
     record(store, "Q2", case_id=1, at=2000.0, document="latest words")
-    store.correct_level(1, "high", "yamada", 3000.0, message_id="Q1@x")
+    store.correct_level(1, "high", "yamada", 3000.0, **named)
     assert store.corrected() == (("first words", "high", "yamada"),)
 
 
@@ -385,13 +387,6 @@ def test_a_correction_mailed_again_after_a_crash_is_recorded_once(store: SQLiteS
     again = store.correct_level(1, "critical", "yamada", 3500.0, queue_id="C1")
     assert again == first and len(store.case_corrections(1)) == 1
     assert first.recorded and not again.recorded
-
-
-def test_a_correction_learns_from_the_message_its_triage_card_names_by_queue_id(store: SQLiteStore) -> None:
-    record(store, "Q1", document="first words")
-    record(store, "Q2", case_id=1, at=2000.0, document="latest words")
-    store.correct_level(1, "critical", "yamada", 3000.0, message_queue_id="Q1")
-    assert store.corrected() == (("first words", "critical", "yamada"),)
 
 
 def test_a_correction_naming_a_message_the_case_lacks_learns_nothing(store: SQLiteStore) -> None:

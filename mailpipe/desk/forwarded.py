@@ -21,11 +21,11 @@ import re
 from dataclasses import dataclass
 
 from mailpipe.message import ParsedMessage, attached, decode_header
+from mailpipe.triage.render import CARD_ID
 
 _CASE_HEADER = re.compile(r"^\s*(\d{1,9})\b")
 _TOKEN = re.compile(r"\[#(\d{1,9})\]")
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
-_CARD_ID = re.compile(r"([^<>\s@]+)\.triage@[^<>\s]+")
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,10 @@ def _about(case_id: int, message: email.message.Message | None, parsed: ParsedMe
     """``message``: the one passed on (the agent's redirect itself, or their attachment)."""
     if message is None:
         return About(case_id, "", parsed.thread_ids)
-    found = _MESSAGE_ID.search(str(message.get("Message-ID", "")))
-    message_id = found[1] if found else ""
-    card = _CARD_ID.fullmatch(message_id)
+    field = str(message.get("Message-ID", "")).strip()
+    card = CARD_ID.fullmatch(field)
     if card:
         return About(case_id, "", parsed.thread_ids, queue_id=card[1])
-    return About(case_id, message_id, parsed.thread_ids)
+    found = _MESSAGE_ID.search(field)
+    return About(case_id, found[1] if found else "", parsed.thread_ids)
 

@@ -72,30 +72,29 @@ class Desk:
             return dataclasses.replace(work, problem="the sender is not an agent on the roster")
         commands = [c for c in (command_of(r, self._domains, USAGES) for r in entry.envelope.rcpt_tos) if c]
         about = forwarded.about(work.message.data, parsed)
-        named = [cases.case_number(c.arguments) if c.name != "urgency" else None for c in commands]
+        numbers = [cases.case_number(c.arguments) if c.name != "urgency" else None for c in commands]
         # Each command acts on the case its own address names (close+1@ and close+2@ in one mail
         # close both), else on the case of what the mail passes on, else on the one case the
         # mail's other commands name (note+1@ beside urgency+high@).
-        unnamed_case = self._store.case(about.case_id) if about.case_id is not None else \
-            self._store.find_case(about.thread_ids, None, "")
-        if unnamed_case is None and len(set(named) - {None}) == 1:
-            unnamed_case = self._store.case(next(n for n in named if n is not None))
-        requests = []
-        for index, (command, number) in enumerate(zip(commands, named, strict=True)):
-            if number is not None:
-                case = self._store.case(number)
-                if case is None:
-                    return dataclasses.replace(work, problem=f"案件 #{number} はありません。\nNo case #{number}.")
-            else:
-                case = unnamed_case
-                if case is None:
-                    return dataclasses.replace(work, problem=(
-                        "どの案件か分かりません。顧客のメールかトリアージカードを転送してください。\n"
-                        "Which case? Forward the customer's message or its triage card, or put [#N] in the"
-                        " subject (or the address: note+N@)."))
-            requests.append(Request(command, work.author, case, about.message_id, f"{work.message.id}.{index}",
-                                    entry.received_at, parsed.new_text, about.queue_id))
-        return dataclasses.replace(work, requests=tuple(requests))
+        named = {number: self._store.case(number) for number in dict.fromkeys(numbers) if number is not None}
+        missing = next((number for number, case in named.items() if case is None), None)
+        if missing is not None:
+            return dataclasses.replace(work, problem=f"案件 #{missing} はありません。\nNo case #{missing}.")
+        unnamed = None
+        if None in numbers:
+            unnamed = self._store.case(about.case_id) if about.case_id is not None else \
+                self._store.find_case(about.thread_ids, None, "")
+            if unnamed is None and len(named) == 1:
+                unnamed = next(iter(named.values()))
+            if unnamed is None:
+                return dataclasses.replace(work, problem=(
+                    "どの案件か分かりません。顧客のメールかトリアージカードを転送してください。\n"
+                    "Which case? Forward the customer's message or its triage card, or put [#N] in the"
+                    " subject (or the address: note+N@)."))
+        return dataclasses.replace(work, requests=tuple(
+            Request(command, work.author, named[number] if number is not None else unnamed, about.message_id,
+                    f"{work.message.id}.{index}", entry.received_at, parsed.new_text, about.queue_id)
+            for index, (command, number) in enumerate(zip(commands, numbers, strict=True))))
 
     async def run(self, work: DeskWork) -> DeskWork:
         return dataclasses.replace(work, outcomes=tuple(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -38,9 +37,9 @@ from mailpipe.queues import OUTBOUND
 from mailpipe.spool import Message, Spool
 from mailpipe.store import CaseRecord, ReplyStore
 from mailpipe.triage.hours import desk_time
+from mailpipe.triage.render import CARD_ID
 
 log = logging.getLogger("mailpipe.outbound")
-_CARD_ID = re.compile(r"<[^<>@\s]+\.triage@[^<>\s]+>")  # a triage card's (``triage.render``)
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ class Replies:
         if b".triage@" not in work.message.data:  # nearly every reply: no parsing
             return None
         for message in attached.attached(attached.read(work.message.data)):
-            if _CARD_ID.fullmatch(str(message.get("Message-ID", "")).strip()) and message.get("X-Mailpipe-Case"):
+            if CARD_ID.fullmatch(str(message.get("Message-ID", "")).strip()) and message.get("X-Mailpipe-Case"):
                 return ("it attaches the triage card, which is for the desk (notes, the customer's plan, the"
                         " owner's phone): forward the customer's own message instead")
         return None

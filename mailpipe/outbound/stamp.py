@@ -132,17 +132,22 @@ def _fields(head: bytes, names: frozenset[str] | None = None) -> email.message.M
 def _customer_header(head: bytes, fields: email.message.Message, hostname: str,
                      now_timestamp: float) -> tuple[bytes, str]:
     extra = b""
-    subject = decode_header(fields.get("Subject", ""))
-    if _URGENCY_TAG.search(subject):
-        head = headers.drop(head, "subject")
-        extra += headers.field("Subject", customer_subject(subject))
     message_id = str(fields.get("Message-ID", "")).strip()
     if not message_id:
         message_id = make_msgid(domain=hostname)
         extra += headers.field("Message-ID", message_id)
     if not fields.get("Date"):
         extra += headers.field("Date", format_datetime(datetime.fromtimestamp(now_timestamp, UTC)))
-    return extra + head, message_id.strip("<>")
+    return _untagged(extra + head, fields.get("Subject", "")), message_id.strip("<>")
+
+
+def _untagged(head: bytes, subject_field: object) -> bytes:
+    """``head`` with its Subject (``subject_field`` as filed) without triage's urgency tags, first
+    in the block; the same object when it has none."""
+    subject = decode_header(subject_field)
+    if not _URGENCY_TAG.search(subject):
+        return head
+    return headers.field("Subject", customer_subject(subject)) + headers.drop(head, "subject")
 
 
 def _stamp_entity(head: bytes, body: bytes, entity: _Entity, footer: str,
@@ -246,10 +251,7 @@ def _attached_for_customer(head: bytes, message: bytes) -> bytes:
     cleaned = headers.strip_internal(inner)
     if cleaned is inner:  # not a copy triage delivered: anyone else's message leaves byte for byte
         return message
-    subject = decode_header(_fields(cleaned, _SUBJECT).get("Subject", ""))
-    if _URGENCY_TAG.search(subject):
-        cleaned = headers.field("Subject", customer_subject(subject)) + headers.drop(cleaned, "subject")
-    return cleaned + blank + body
+    return _untagged(cleaned, _fields(cleaned, _SUBJECT).get("Subject", "")) + blank + body
 
 
 def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:

@@ -68,13 +68,10 @@ _CORRECTION = "case_id, from_level, to_level, author, at"
 
 def _document(conn: Connection, case_id: int, message_id: str, message_queue_id: str) -> str:
     """What the model read of the customer message a correction is about (``correct_level``)."""
-    if message_queue_id or message_id:
-        column, value = ("queue_id", message_queue_id) if message_queue_id else ("message_id", message_id)
-        found = conn.execute(f"SELECT document FROM messages WHERE case_id = ? AND direction = 'in' AND {column} = ?"
-                             " ORDER BY at DESC, id DESC LIMIT 1", (case_id, value)).fetchone()
-    else:
-        found = conn.execute("SELECT document FROM messages WHERE case_id = ? AND direction = 'in'"
-                             " ORDER BY at DESC, id DESC LIMIT 1", (case_id,)).fetchone()
+    which, named = (" AND queue_id = ?", (message_queue_id,)) if message_queue_id else \
+        (" AND message_id = ?", (message_id,)) if message_id else ("", ())
+    found = conn.execute(f"SELECT document FROM messages WHERE case_id = ? AND direction = 'in'{which}"
+                         " ORDER BY at DESC, id DESC LIMIT 1", (case_id, *named)).fetchone()
     return found[0] if found else ""
 
 

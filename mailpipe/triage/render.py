@@ -11,6 +11,7 @@ header, the card and ``mailpipe cases show``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -26,6 +27,15 @@ from mailpipe.store import CustomerRecord, ReplyFate
 from mailpipe.triage.assign import is_fallback
 from mailpipe.triage.hours import desk_time
 from mailpipe.triage.work import Work, parsed_of, verdict_of
+
+# A triage card's Message-ID carries the queue id of the message it is about: a card an agent
+# passes on to the desk stands for that message (``desk.forwarded``), and one attached to a reply
+# is held (``outbound.replies``).
+CARD_ID = re.compile(r"<([^<>\s@]+)\.triage@[^<>\s]+>")
+
+
+def card_id(queue_id: str, hostname: str) -> str:
+    return f"<{queue_id}.triage@{hostname}>"
 
 
 def header_fields(work: Work, hostname: str, agents: dict[str, Agent],
@@ -144,7 +154,7 @@ def triage_card(work: Work, hostname: str, agents: dict[str, Agent], incidents: 
         ("From", f"mailpipe <mailpipe@{hostname}>"),
         ("Subject", f"[#{case.id}] triage: {parsed.base_subject or parsed.subject}"),
         ("Date", format_datetime(datetime.fromtimestamp(work.message.entry.received_at, UTC))),
-        ("Message-ID", f"<{work.message.id}.triage@{hostname}>"),
+        ("Message-ID", card_id(work.message.id, hostname)),
         ("Auto-Submitted", "auto-generated"),
         ("X-Mailpipe-Case", str(case.id)),
         ("MIME-Version", "1.0"),
