@@ -173,18 +173,57 @@ def test_a_forwarded_message_is_not_stamped() -> None:
     assert text_of(inner) == "the customer's own words\r\n"
 
 
+# A customer's message as triage delivered it to the owner's mailbox: our fields and tags on it.
+DELIVERED = (b"X-Mailpipe-Customer: c@example.org; company=Acme; plan=enterprise; VIP\r\n"
+             b"X-Mailpipe-Owner: yamada 03-1234-5678\r\nFrom: customer@example.org\r\n"
+             b"Subject: [URGENT][#42] the error\r\nx-mailpipe-urgency: critical 31\r\n\r\nthe customer's words\r\n")
+
+
+def forward(attached: bytes, boundary: str = "b", cte: str = "") -> bytes:
+    """An agent's mail forwarding ``attached`` as a message/rfc822 attachment."""
+    encoding = f"Content-Transfer-Encoding: {cte}\r\n" if cte else ""
+    return (f"From: yamada@example.test\r\nSubject: Fwd: the error\r\nMIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n--{boundary}\r\n'
+            f"Content-Type: text/plain\r\n\r\nsee below\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n"
+            f"{encoding}\r\n").encode() + attached + f"\r\n--{boundary}--\r\n".encode()
+
+
 def test_a_customer_message_forwarded_as_an_attachment_leaves_without_what_triage_wrote_on_it() -> None:
-    delivered = (b"X-Mailpipe-Customer: c@example.org; company=Acme; plan=enterprise; VIP\r\n"
-                 b"X-Mailpipe-Owner: yamada 03-1234-5678\r\nFrom: customer@example.org\r\n"
-                 b"Subject: [URGENT][#42] the error\r\nx-mailpipe-urgency: critical 31\r\n\r\nthe customer's words\r\n")
-    raw = (b"From: yamada@example.test\r\nSubject: Fwd: the error\r\nMIME-Version: 1.0\r\n"
-           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee below\r\n'
-           b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + delivered + b"--b--\r\n")
-    stamped = stamp(raw, EN_FOOTER, "mx", NOW)
+    stamped = stamp(forward(DELIVERED), EN_FOOTER, "mx", NOW)
     assert b"x-mailpipe" not in stamped.data.lower() and b"enterprise" not in stamped.data
     _, inner = parts(stamped.data)
     assert inner["Subject"] == "[#42] the error"
-    assert text_of(inner) == "the customer's words"  # the line end before "--b--" is the delimiter's
+    assert text_of(inner) == "the customer's words\r\n"
+
+
+def test_a_copy_attached_inside_an_attached_forward_leaves_without_what_triage_wrote_on_it() -> None:
+    colleagues_forward = forward(DELIVERED, boundary="inner")
+    stamped = stamp(forward(colleagues_forward, boundary="outer"), EN_FOOTER, "mx", NOW)
+    assert b"x-mailpipe" not in stamped.data.lower() and b"enterprise" not in stamped.data
+    innermost = parts(stamped.data)[-1]
+    assert innermost["Subject"] == "[#42] the error"
+    assert text_of(innermost) == "the customer's words\r\n"
+
+
+def test_a_copy_attached_base64_leaves_without_what_triage_wrote_on_it_and_stays_base64() -> None:
+    stamped = stamp(forward(base64.encodebytes(DELIVERED), cte="base64"), EN_FOOTER, "mx", NOW)
+    attachment = stamped.data[stamped.data.rindex(b"message/rfc822"):]
+    assert b"Content-Transfer-Encoding: base64" in attachment
+    copy = base64.b64decode(attachment.split(b"\r\n\r\n", 1)[1].split(b"--b--")[0])
+    assert copy == b"Subject: [#42] the error\r\nFrom: customer@example.org\r\n\r\nthe customer's words\r\n"
+
+
+def test_a_reply_nesting_attached_messages_deeper_than_can_be_cleaned_is_refused_with_a_reason() -> None:
+    nested = DELIVERED
+    for depth in range(400):
+        nested = forward(nested, boundary=f"b{depth}")
+    with pytest.raises(ValueError, match="nest too deep"):
+        stamp(nested, EN_FOOTER, "mx", NOW)
+
+
+def test_a_message_attached_base64_that_triage_never_delivered_keeps_every_byte() -> None:
+    notice = base64.encodebytes(b"DKIM-Signature: v=1; d=vendor.example\r\nSubject: [URGENT] tonight\r\n\r\nbody\r\n")
+    assert notice in stamp(forward(notice, cte="base64"), EN_FOOTER, "mx", NOW).data
 
 
 def test_a_forwarded_message_triage_never_delivered_keeps_every_byte_of_its_header() -> None:

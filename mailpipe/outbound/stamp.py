@@ -9,7 +9,9 @@ ends with the footer is left alone, so stamping twice changes nothing. Parts und
 multipart/signed or multipart/encrypted, attachments and forwarded messages are never stamped
 (altering them would break a signature or someone else's mail); signed and encrypted parts are
 reported back. A forwarded message that is a copy triage delivered to an agent loses our fields
-and tags from its header block (its body stays as it was); any other is left byte for byte.
+and tags from its header block, and so does each such copy attached inside it, at any depth and
+whether it travels as it is or base64 (its bodies' text stays as it was); any other is left
+byte for byte.
 
 The header block loses mailpipe's internal ``X-Mailpipe-*`` fields and the urgency tags triage
 put in the subject (the ``[#N]`` case token stays: the customer's answer threads by it), and
@@ -29,6 +31,7 @@ base64 or uuencoded.
 from __future__ import annotations
 
 import base64
+import binascii
 import email.message
 import html
 import quopri
@@ -89,7 +92,11 @@ def stamp(raw: bytes, footer: str, hostname: str, now_timestamp: float) -> Stamp
     fields = _fields(head, _READ_FIELDS)
     head, message_id = _customer_header(head, fields, hostname, now_timestamp)
     skipped: list[str] = []
-    head, body, stamped = _stamp_entity(head, body, _read(fields), footer, skipped)
+    try:
+        head, body, stamped = _stamp_entity(head, body, _read(fields), footer, skipped)
+    except RecursionError:  # a stage failure, so quarantined with this reason: never sent unstamped or uncleaned
+        raise ValueError("its body parts or attached messages nest too deep to stamp it and take our fields"
+                         " out of them") from None
     return Stamped(head + (blank or (b"\r\n" if stamped else b"")) + body, stamped, message_id, tuple(skipped))
 
 
@@ -150,10 +157,11 @@ def _untagged(head: bytes, subject_field: object) -> bytes:
     return headers.field("Subject", customer_subject(subject)) + headers.drop(head, "subject")
 
 
-def _stamp_entity(head: bytes, body: bytes, entity: _Entity, footer: str,
+def _stamp_entity(head: bytes, body: bytes, entity: _Entity, footer: str | None,
                   skipped: list[str]) -> tuple[bytes, bytes, int]:
     """(header block, body, parts stamped) of a message or body part with the footer in each of
-    its own text parts: not in attachments, forwarded messages or anything signed or encrypted."""
+    its own text parts: not in attachments, forwarded messages or anything signed or encrypted.
+    Without a footer, only the forwarded messages within are cleaned (``_attached_for_customer``)."""
     if entity.kind in _OPAQUE:
         skipped.append(f"{entity.kind} left untouched")
         return head, body, 0
@@ -166,7 +174,7 @@ def _stamp_entity(head: bytes, body: bytes, entity: _Entity, footer: str,
                                          "message/rfc822" if entity.kind == "multipart/digest" else "text/plain",
                                          footer, skipped)
         return head, body, stamped
-    if not entity.text:
+    if not entity.text or footer is None:
         return head, body, 0
     return _stamp_part(head, body, entity, footer)
 
@@ -221,7 +229,7 @@ def _named(fields: email.message.Message) -> bool:
     return False
 
 
-def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: str,
+def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: str | None,
                      skipped: list[str]) -> tuple[bytes, int]:
     pieces: list[bytes] = []
     done = stamped = 0
@@ -239,19 +247,36 @@ def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: st
 def _attached_for_customer(head: bytes, message: bytes) -> bytes:
     """A message attached to a reply (the customer's own, forwarded as an attachment from the
     agent's mailbox) without what triage wrote on it: our X-Mailpipe-* fields (the customer's
-    plan, VIP, owner and phone, the verdict) and then the urgency tags of its subject. The same
-    object when it carries none of our fields (a vendor's signed notice keeps its signature), or
-    when it travels encoded (a client's base64 of a message, which RFC 2046 forbids), and is left
-    as it is. Only the attachment's own header block: a copy attached inside an attached
-    forward, or inside a ``message/global``, is not reached."""
+    plan, VIP, owner and phone, the verdict) and then the urgency tags of its subject, in its own
+    header block and in those of the messages attached within it (an agent forwarding a
+    colleague's forward). Sent base64 (as some clients do, although RFC 2046 forbids it), it is
+    read decoded and, when cleaned, written base64 again. The same object when it carries none of
+    our fields anywhere (a vendor's signed notice keeps its signature), or when its encoding
+    cannot be read: anyone else's message leaves byte for byte."""
     encoding = str(_fields(head, _TRANSFER).get("content-transfer-encoding", "")).strip().lower()
-    if encoding not in _IDENTITY:
+    if encoding in _IDENTITY:
+        return _message_for_customer(message)
+    if encoding != "base64":
         return message
+    try:
+        decoded = base64.b64decode(message)
+    except binascii.Error:
+        return message
+    cleaned = _message_for_customer(decoded)
+    return message if cleaned is decoded else _transfer_encoded(cleaned, "base64")
+
+
+def _message_for_customer(message: bytes) -> bytes:
+    """An attached message with our fields and tags gone from its header block, and from those of
+    the messages attached within its body; the same object when there were none."""
     inner, blank, body = _split(message)
     cleaned = headers.strip_internal(inner)
-    if cleaned is inner:  # not a copy triage delivered: anyone else's message leaves byte for byte
+    if cleaned is not inner:
+        cleaned = _untagged(cleaned, _fields(cleaned, _SUBJECT).get("Subject", ""))
+    _, within, _ = _stamp_entity(inner, body, _read_part(inner, "text/plain"), None, [])
+    if cleaned is inner and within is body:
         return message
-    return _untagged(cleaned, _fields(cleaned, _SUBJECT).get("Subject", "")) + blank + body
+    return cleaned + blank + within
 
 
 def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
