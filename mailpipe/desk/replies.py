@@ -6,7 +6,8 @@
 
 The submission queue's spool file is changed the way the queue commands change it (its own
 connection, one short transaction); the submission worker picks the released reply up at its
-next look. Safe to run twice: a reply no longer held is not released again.
+next look. Safe to run twice: a reply no longer held is not released again, and the second
+answer says it is on its way.
 """
 
 from __future__ import annotations
@@ -48,12 +49,20 @@ class ReplyCommands:
 
     def release(self, request: Request) -> Outcome:
         held = [f.queue_id for f in self.store.reply_fates(request.case.id) if f.fate == "held"]
-        released = []
+        released: list[str] = []
+        on_its_way: list[str] = []
         if held:
             with closing(spool.connect(self.spool_file)) as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 released = [qid for qid in held if spool.release(conn, qid, time.time())]
                 conn.execute("COMMIT")
+                # Released before and not sent yet: the same command again (the agent's resend, or
+                # this mail run again after a crash) before the submission worker took the reply up.
+                on_its_way = [entry.id for entry in spool.entries(conn, held)
+                              if entry.overridden and entry.state != "hold" and entry.id not in released]
+        if not released and on_its_way:
+            return Outcome(f"案件 #{request.case.id} の保留中の返信は解除済みで、送信待ちです。\n"
+                           f"Case #{request.case.id}: its held reply was released already and is on its way.")
         if not released:
             return Outcome(f"案件 #{request.case.id} に保留中の返信はありません。\n"
                            f"Case #{request.case.id} has no held reply.")
