@@ -48,13 +48,39 @@ class Bounce:
     standard: bool  # an RFC 3464 report, not a guess from plain text
 
 
+# For ``_plainly_no_bounce``, on the raw header block lower-cased: the words ``_DAEMON`` looks for,
+# with any folding between them (a decoded field has it unfolded to one space), and each From
+# field with its continuation lines, as the email parser splits lines (CRLF, CR or LF). Without
+# IGNORECASE or a lookbehind in front, the regex engine skips ahead to where a match can start.
+_DAEMON_RAW = re.compile(rb"mailer-daemon|postmaster|mail\s+delivery\s+(?:sub)?system")
+_FROM_FIELD = re.compile(rb"[\r\n]from:[^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*")
+
+
 def is_bounce(raw: bytes, mail_from: str) -> bool:
-    head = email.message_from_bytes(raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    block = raw.split(b"\r\n\r\n", 1)[0]
+    if _plainly_no_bounce(block, mail_from):
+        return False
+    head = email.message_from_bytes(block + b"\r\n\r\n")
     kind = head.get_content_type()
     if kind == "multipart/report" and str(head.get_param("report-type", "")).lower() == "delivery-status":
         return True
     automatic = not mail_from or bool(_DAEMON.search(decode_header(head.get("From", ""))))
     return automatic and bool(_SUBJECT.search(decode_header(head.get("Subject", ""))))
+
+
+def _plainly_no_bounce(block: bytes, mail_from: str) -> bool:
+    """Whether the raw header block alone shows that ``is_bounce`` would say no, without the
+    email parser (which every inbound message would otherwise pay for in ``route``): a message
+    with an envelope sender is a bounce only if its Content-Type says multipart/report, which
+    would be in the block as written, or its From names a mailer daemon. A From with nothing to
+    decode (ASCII, no encoded word, no ISO-2022 escape) decodes to itself unfolded, so it names
+    one only if the block holds the words; any other From is left to the parser. False means
+    "ask the parser", never "a bounce"."""
+    lowered = b"\n" + block.lower()  # a line end in front: the first line starts a field too
+    if not mail_from or b"multipart/report" in lowered or _DAEMON_RAW.search(lowered):
+        return False
+    return all(field.isascii() and b"=?" not in field and b"\x1b" not in field
+               for field in _FROM_FIELD.findall(lowered))
 
 
 def parse_bounce(raw: bytes, mail_from: str) -> Bounce | None:
