@@ -29,6 +29,7 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mailpipe.config import Agent
@@ -38,12 +39,23 @@ from mailpipe.spool import Message
 _SUBDIRS = ("tmp", "new", "cur")
 
 
+@dataclass(frozen=True)
+class _Mailbox:
+    """A mailbox made ready (its directories created), with the paths every delivery to it uses,
+    built once: joining paths was a third of a delivery's CPU."""
+
+    tmp: Path
+    new: Path
+    cur: Path
+    synced: DirectorySync  # new/'s shared fsync (``_DIRECTORIES``)
+
+
 class MaildirDeliverer:
     method = "maildir"
 
     def __init__(self, root: Path):
         self.root = root
-        self._ready: set[Path] = set()
+        self._ready: dict[str, _Mailbox] = {}  # by agent id
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
     def mailbox(self, owner: Agent) -> Path:
@@ -62,36 +74,38 @@ class MaildirDeliverer:
             self._write(owner, items)
         except FileNotFoundError:
             # Someone removed the mailbox since we created it: create it again, once.
-            self._ready.discard(self.mailbox(owner))
+            self._ready.pop(owner.id, None)
             self._write(owner, items)
 
     def _write(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
         """Every file written and fsync'ed in tmp/, then renamed into new/, then new/ fsync'ed
         (together with every other delivery's waiting at that moment)."""
-        box = self.mailbox(owner)
-        if box not in self._ready:
+        box = self._ready.get(owner.id)
+        if box is None:
+            path = self.mailbox(owner)
             for sub in _SUBDIRS:
-                (box / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._ready.add(box)
+                (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            box = _Mailbox(path / "tmp", path / "new", path / "cur", _DIRECTORIES[path / "new"])
+            self._ready[owner.id] = box
         names = []
         for message, content in items:
             name = f"{int(message.entry.received_at)}.M{message.id}.{self._host}"
             if not self._already_delivered(box, name, message.entry.recovered):
-                _write_synced(box / "tmp" / name, message, content)
+                _write_synced(box.tmp / name, message, content)
                 names.append(name)
         for name in names:
-            os.rename(box / "tmp" / name, box / "new" / name)
-        _DIRECTORIES[box / "new"].sync()
+            os.rename(box.tmp / name, box.new / name)
+        box.synced.sync()
 
     @staticmethod
-    def _already_delivered(box: Path, name: str, recovered: bool) -> bool:
-        if (box / "new" / name).exists():
+    def _already_delivered(box: _Mailbox, name: str, recovered: bool) -> bool:
+        if (box.new / name).exists():
             return True
         if not recovered:
             return False
         # Only after a crash: a full listing of cur/ is too slow for every message.
         prefix = name + ":"
-        with os.scandir(box / "cur") as found:
+        with os.scandir(box.cur) as found:
             return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
 
 
