@@ -157,7 +157,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         date=_date(first.get("date", ""), defects),
         headers={name: tuple(values) for name, values in headers.items()},
         text=text,
-        new_text=quotes.new_text(own[:_MAX_TEXT], subject, _answering(message)),
+        new_text=quotes.new_text(own[:_MAX_TEXT], subject, _answering(message, subject)),
         attachments=tuple(bodies.attachments),
         defects=tuple(defects),
         forwarded="\n\n".join(filter(None, (quotes.new_text(text[:_MAX_TEXT], answering=answering)
@@ -216,11 +216,14 @@ def _bodies(message: email.message.Message, defects: list[str]) -> _Bodies:
     return found
 
 
-def _answering(message: email.message.Message) -> bool:
+def _answering(message: email.message.Message, subject: str | None = None) -> bool:
     """Whether a message replies to or forwards another (its subject or In-Reply-To/References
-    says so): only then does a bare From:/Date: block in it start quoted history."""
-    return reply_subject(decode_header(message.get("Subject", ""))) or bool(
-        message.get("In-Reply-To") or message.get("References"))
+    says so): only then does a bare From:/Date: block in it start quoted history. ``subject`` is
+    its Subject decoded, where the caller has decoded it already: decoding a Japanese subject
+    again cost as much as the rest of this."""
+    if subject is None:
+        subject = decode_header(message.get("Subject", ""))
+    return reply_subject(subject) or bool(message.get("In-Reply-To") or message.get("References"))
 
 
 def _text_of(part: email.message.Message, defects: list[str]) -> str:
