@@ -118,7 +118,8 @@ def with_headers(raw: bytes, fields: bytes, subject: str | None = None, authserv
     it alters a header the sender may have DKIM-signed, never the body)."""
     head, rest = split(raw)
     head = strip_internal(head)
-    if authserv_id:
+    # Only a block that names the field can hold one to drop (most hold none: no split into fields).
+    if authserv_id and b"authentication-results" in head.lower():
         ours = authserv_id.encode("ascii", "replace").lower()
         head = _drop_fields(head, lambda name, whole: name == b"authentication-results"
                             and claimed_authserv_id(whole) == ours)
