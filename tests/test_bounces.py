@@ -89,6 +89,10 @@ def test_an_au_notice_that_quotes_no_smtp_reply_is_read_as_its_own_words() -> No
     (b"From: Mail Delivery System <MAILER-DAEMON@x>\r\nSubject: Undelivered Mail Returned to Sender\r\n", "", True),
     (b"From: postmaster@isp.example.jp\r\nSubject: =?UTF-8?B?6YWN5L+h5LiN6IO9?=\r\n", "", True),
     (b"From: a@x\r\nSubject: hello\r\n", "", False),
+    # With an envelope sender: what the raw header block alone cannot rule out goes to the parser.
+    (b"From: =?us-ascii?q?MAILER-DAEMON?= <a@x>\r\nSubject: Undeliverable: hi\r\n", "relay@x", True),
+    (b"From: Mail Delivery\r\n System <a@x>\r\nSubject: failure notice\r\n", "relay@x", True),
+    (b"From: a@x\r\nContent-Type: multipart/report; report-type=delivery-status\r\n", "relay@x", True),
 ])
 def test_only_automatic_mail_that_reads_like_a_bounce_is_one(headers, mail_from, expected) -> None:
     assert is_bounce(headers + b"\r\nbody\r\n", mail_from) is expected

@@ -81,6 +81,12 @@ def test_an_english_keyword_negated_inside_an_identifier_does_not_fire(tmp_path:
     assert fired(r, context(body="Ticket status_resolved, thanks.")) == ("RESOLVED",)
 
 
+def test_an_english_keyword_fires_as_a_word_after_appearing_inside_words(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "REFUND"\ndescription = "d"\nscore = 5\nany = ["refund"]\n')
+    verdict = evaluate(r, context(body="Is it refundable? ERR_NOT_REFUND says no. Please refund me."))
+    assert [(hit.name, hit.matched) for hit in verdict.hits] == [("REFUND", "refund")]
+
+
 def test_a_closing_padded_with_half_a_million_spaces_is_scored_in_one_pass() -> None:
     """Hostile input: THANKS's test for a closing line backtracked over the padding (an hour a mail)."""
     verdict = evaluate(rules.load(shipped("rules")), context(body="Many thanks" + " " * 500_000 + "Beryl"))
