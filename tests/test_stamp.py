@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email
 import email.message
+import quopri
 from email import policy
 
 import pytest
@@ -213,12 +214,41 @@ def test_a_copy_attached_base64_leaves_without_what_triage_wrote_on_it_and_stays
     assert copy == b"Subject: [#42] the error\r\nFrom: customer@example.org\r\n\r\nthe customer's words\r\n"
 
 
-def test_a_reply_nesting_attached_messages_deeper_than_can_be_cleaned_is_refused_with_a_reason() -> None:
+def test_a_copy_attached_base64_without_its_padding_is_read_as_mail_clients_read_it() -> None:
+    unpadded = base64.b64encode(DELIVERED).rstrip(b"=")
+    stamped = stamp(forward(unpadded, cte="base64"), EN_FOOTER, "mx", NOW)
+    attachment = stamped.data[stamped.data.rindex(b"message/rfc822"):]
+    copy = base64.b64decode(attachment.split(b"\r\n\r\n", 1)[1].split(b"--b--")[0])
+    assert b"x-mailpipe" not in copy.lower() and b"enterprise" not in copy
+
+
+def test_a_copy_attached_quoted_printable_leaves_without_what_triage_wrote_on_it() -> None:
+    stamped = stamp(forward(quopri.encodestring(DELIVERED), cte="quoted-printable"), EN_FOOTER, "mx", NOW)
+    assert b"x-mailpipe" not in stamped.data.lower() and b"enterprise" not in stamped.data
+    assert b"[#42] the error" in stamped.data and b"[URGENT]" not in stamped.data
+
+
+def test_a_copy_attached_as_message_global_leaves_without_what_triage_wrote_on_it() -> None:
+    raw = forward(DELIVERED).replace(b"Content-Type: message/rfc822", b"Content-Type: message/global")
+    stamped = stamp(raw, EN_FOOTER, "mx", NOW)
+    assert b"x-mailpipe" not in stamped.data.lower() and b"enterprise" not in stamped.data
+
+
+def test_a_reply_nesting_attached_messages_deeper_than_any_forward_is_refused_with_a_reason() -> None:
     nested = DELIVERED
-    for depth in range(400):
+    for depth in range(25):
         nested = forward(nested, boundary=f"b{depth}")
-    with pytest.raises(ValueError, match="nest too deep"):
+    with pytest.raises(ValueError, match="nested more than 20 deep"):
         stamp(nested, EN_FOOTER, "mx", NOW)
+
+
+def test_a_reply_nesting_body_parts_deeper_than_can_be_read_is_refused_with_a_reason() -> None:
+    body = b"Content-Type: text/plain\r\n\r\nhello\r\n"
+    for depth in range(1000):
+        body = (f'Content-Type: multipart/mixed; boundary="m{depth}"\r\n\r\n--m{depth}\r\n'.encode() + body
+                + f"\r\n--m{depth}--\r\n".encode())
+    with pytest.raises(ValueError, match="nest too deep"):
+        stamp(b"From: yamada@example.test\r\nMIME-Version: 1.0\r\n" + body, EN_FOOTER, "mx", NOW)
 
 
 def test_a_message_attached_base64_that_triage_never_delivered_keeps_every_byte() -> None:

@@ -50,6 +50,13 @@ def fired(rules_: rules.RuleSet, ctx: Context) -> tuple[str, ...]:
     return evaluate(rules_, ctx).rule_names
 
 
+def test_a_subject_regex_reads_the_folded_subject_and_not_the_body(tmp_path: Path) -> None:
+    r = ruleset(tmp_path, '[[rule]]\nname = "AWAY"\ndescription = "d"\nscore = -8\n'
+                          'subject_regex = ["^out of office:"]\n')
+    assert fired(r, context(subject="Ｏｕｔ ｏｆ Ｏｆｆｉｃｅ： back Monday")) == ("AWAY",)
+    assert fired(r, context(subject="Help", body="Out of office: our replies loop")) == ()
+
+
 def test_japanese_keywords_match_without_word_boundaries(tmp_path: Path) -> None:
     r = ruleset(tmp_path, '[[rule]]\nname = "NOT_DELIVERED"\ndescription = "d"\nscore = 5\nany = ["届かない"]\n')
     assert fired(r, context(body="昨日からGmail宛てのメールが届かないのです")) == ("NOT_DELIVERED",)

@@ -31,7 +31,6 @@ base64 or uuencoded.
 from __future__ import annotations
 
 import base64
-import binascii
 import email.message
 import html
 import quopri
@@ -74,6 +73,13 @@ _DECODED = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "u
 _CACHED_HEADER = 1024  # longer part header blocks are read each time, not kept
 _TRANSFER, _SUBJECT = frozenset({"content-transfer-encoding"}), frozenset({"subject"})
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})  # the transfer encodings a message/rfc822 part may have
+_ATTACHED_MESSAGES = ("message/rfc822", "message/global")
+_MAX_ATTACHED_DEPTH = 20
+# What makes an attached message worth reading for our fields: one of them, or an encoded part or
+# attached message that could hide one.
+_OURS = re.compile(rb"x-mailpipe-", re.IGNORECASE)
+_ENCODED = re.compile(rb"content-transfer-encoding:[ \t]*(?:base64|quoted-printable)", re.IGNORECASE)
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 HTML_CLASS = "mailpipe-footer"
 
 
@@ -158,21 +164,22 @@ def _untagged(head: bytes, subject_field: object) -> bytes:
 
 
 def _stamp_entity(head: bytes, body: bytes, entity: _Entity, footer: str | None,
-                  skipped: list[str]) -> tuple[bytes, bytes, int]:
+                  skipped: list[str], depth: int = 0) -> tuple[bytes, bytes, int]:
     """(header block, body, parts stamped) of a message or body part with the footer in each of
     its own text parts: not in attachments, forwarded messages or anything signed or encrypted.
-    Without a footer, only the forwarded messages within are cleaned (``_attached_for_customer``)."""
+    Without a footer, only the forwarded messages within are cleaned (``_attached_for_customer``);
+    ``depth`` is how many attached messages this one is inside."""
     if entity.kind in _OPAQUE:
         skipped.append(f"{entity.kind} left untouched")
         return head, body, 0
-    if entity.kind == "message/rfc822":
-        return head, _attached_for_customer(head, body), 0
+    if entity.kind in _ATTACHED_MESSAGES:
+        return head, _attached_for_customer(head, body, depth + 1), 0
     if entity.kind.startswith("multipart/"):
         if entity.boundary is None:
             return head, body, 0
         body, stamped = _stamp_multipart(body, entity.boundary.encode("ascii", "surrogateescape"),
                                          "message/rfc822" if entity.kind == "multipart/digest" else "text/plain",
-                                         footer, skipped)
+                                         footer, skipped, depth)
         return head, body, stamped
     if not entity.text or footer is None:
         return head, body, 0
@@ -230,53 +237,70 @@ def _named(fields: email.message.Message) -> bool:
 
 
 def _stamp_multipart(body: bytes, boundary: bytes, default_type: str, footer: str | None,
-                     skipped: list[str]) -> tuple[bytes, int]:
+                     skipped: list[str], depth: int) -> tuple[bytes, int]:
     pieces: list[bytes] = []
     done = stamped = 0
     for start, end in _part_spans(body, boundary):
         head, blank, part_body = _split(body[start:end])
         read = _read_recurring_part if len(head) <= _CACHED_HEADER else _read_part
         original = part_body
-        head, part_body, count = _stamp_entity(head, part_body, read(head, default_type), footer, skipped)
+        head, part_body, count = _stamp_entity(head, part_body, read(head, default_type), footer, skipped, depth)
         if count or part_body is not original:
             pieces += [body[done:start], head, blank or b"\r\n", part_body]
             done, stamped = end, stamped + count
     return b"".join([*pieces, body[done:]]), stamped
 
 
-def _attached_for_customer(head: bytes, message: bytes) -> bytes:
+def _attached_for_customer(head: bytes, message: bytes, depth: int) -> bytes:
     """A message attached to a reply (the customer's own, forwarded as an attachment from the
     agent's mailbox) without what triage wrote on it: our X-Mailpipe-* fields (the customer's
     plan, VIP, owner and phone, the verdict) and then the urgency tags of its subject, in its own
     header block and in those of the messages attached within it (an agent forwarding a
-    colleague's forward). Sent base64 (as some clients do, although RFC 2046 forbids it), it is
-    read decoded and, when cleaned, written base64 again. The same object when it carries none of
-    our fields anywhere (a vendor's signed notice keeps its signature), or when its encoding
-    cannot be read: anyone else's message leaves byte for byte."""
+    colleague's forward). Sent base64 or quoted-printable (as some clients do, although RFC 2046
+    forbids it), it is read decoded, as leniently as mail clients read it, and when cleaned
+    written in the same encoding again. The same object when it carries none of our fields
+    anywhere (a vendor's signed notice keeps its signature): anyone else's message leaves byte
+    for byte. Deeper than ``_MAX_ATTACHED_DEPTH``, a ``ValueError``: such a reply is no agent's
+    answer, and reading each level again made it quadratic."""
+    if depth > _MAX_ATTACHED_DEPTH:
+        raise ValueError(f"it attaches messages nested more than {_MAX_ATTACHED_DEPTH} deep")
     encoding = str(_fields(head, _TRANSFER).get("content-transfer-encoding", "")).strip().lower()
     if encoding in _IDENTITY:
-        return _message_for_customer(message)
-    if encoding != "base64":
+        return _message_for_customer(message, depth)
+    decoded = _decoded_leniently(message, encoding)
+    if decoded is None:
         return message
-    try:
-        decoded = base64.b64decode(message)
-    except binascii.Error:
-        return message
-    cleaned = _message_for_customer(decoded)
-    return message if cleaned is decoded else _transfer_encoded(cleaned, "base64")
+    cleaned = _message_for_customer(decoded, depth)
+    return message if cleaned is decoded else _transfer_encoded(cleaned, encoding)
 
 
-def _message_for_customer(message: bytes) -> bytes:
+def _message_for_customer(message: bytes, depth: int) -> bytes:
     """An attached message with our fields and tags gone from its header block, and from those of
-    the messages attached within its body; the same object when there were none."""
+    the messages attached within its body; the same object when there were none. A message
+    naming none of our fields and holding nothing encoded that could hide them is not read."""
+    if not _OURS.search(message) and not _ENCODED.search(message):
+        return message
     inner, blank, body = _split(message)
     cleaned = headers.strip_internal(inner)
     if cleaned is not inner:
         cleaned = _untagged(cleaned, _fields(cleaned, _SUBJECT).get("Subject", ""))
-    _, within, _ = _stamp_entity(inner, body, _read_part(inner, "text/plain"), None, [])
+    _, within, _ = _stamp_entity(inner, body, _read_part(inner, "text/plain"), None, [], depth)
     if cleaned is inner and within is body:
         return message
     return cleaned + blank + within
+
+
+def _decoded_leniently(data: bytes, encoding: str) -> bytes | None:
+    """``data`` decoded from base64 or quoted-printable as mail clients read it (base64 without
+    its padding, or with line breaks and stray characters in it); None for another encoding."""
+    if encoding == "quoted-printable":
+        return quopri.decodestring(data)
+    if encoding != "base64":
+        return None
+    letters = _NOT_BASE64.sub(b"", data)
+    if len(letters) % 4 == 1:  # a last letter alone holds no whole byte
+        letters = letters[:-1]
+    return base64.b64decode(letters + b"=" * (-len(letters) % 4))
 
 
 def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:

@@ -54,12 +54,12 @@ def _keywords(value: Any, where: Callable[[Context], str]) -> Condition:
     return condition
 
 
-def _regex(value: Any) -> Condition:
+def _regex(value: Any, where: Callable[[Context], str]) -> Condition:
     patterns = [re.compile(p, re.IGNORECASE) for p in _strings(value)]
 
     def condition(context: Context) -> str | None:
         for pattern in patterns:
-            match = pattern.search(context.folded_all)
+            match = pattern.search(where(context))
             if match:
                 return match[0]
         return None
@@ -230,7 +230,8 @@ CONDITIONS: dict[str, Callable[[Any], Condition]] = {
     "any": lambda v: _keywords(v, lambda c: c.folded_all),
     "subject": lambda v: _keywords(v, lambda c: c.folded_subject),
     "body": lambda v: _keywords(v, lambda c: c.folded_body),
-    "regex": _regex,
+    "regex": lambda v: _regex(v, lambda c: c.folded_all),
+    "subject_regex": lambda v: _regex(v, lambda c: c.folded_subject),
     "headers": _headers,
     "sender": _sender,
     "customer": _customer,

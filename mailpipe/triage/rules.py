@@ -7,6 +7,8 @@ conditions that must all hold:
     any / subject / body = ["keyword", ...]   a keyword in subject+new text (a reply: new text only)
                                               / the subject / the new text
     regex = ["pattern", ...]                  a regular expression on subject + new text
+    subject_regex = ["pattern", ...]          a regular expression on the subject alone
+                                              (both as keywords see the text: NFKC, case folded)
     headers = { Auto-Submitted = "^auto-" }   every listed header matches (regex, decoded)
     sender = ["@bank\\.example$"]             the sender address matches one pattern
     customer = { vip = true, plan = ["enterprise"] }
@@ -58,8 +60,8 @@ if TYPE_CHECKING:  # the model's module imports numpy, which the rules need not
 __all__ = ["LEVELS", "Rule", "RuleSet", "RulesError", "load"]
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _TEXT_KEYS = ("any", "subject", "body")
-_CONDITION_KEYS = (*_TEXT_KEYS, "regex", "headers", "sender", "customer", "repeat", "open_case_hours", "dmarc",
-                   "outside_business_hours", "incident", "model", "expression")
+_CONDITION_KEYS = (*_TEXT_KEYS, "regex", "subject_regex", "headers", "sender", "customer", "repeat", "open_case_hours",
+                   "dmarc", "outside_business_hours", "incident", "model", "expression")
 _KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled",
                          "cancels", "at_most"})
 _EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc", "incident"})
