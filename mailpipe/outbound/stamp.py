@@ -9,9 +9,9 @@ ends with the footer is left alone, so stamping twice changes nothing. Parts und
 multipart/signed or multipart/encrypted, attachments and forwarded messages are never stamped
 (altering them would break a signature or someone else's mail); signed and encrypted parts are
 reported back. A forwarded message that is a copy triage delivered to an agent loses our fields
-and tags from its header block, and so does each such copy attached inside it, at any depth and
-whether it travels as it is or base64 (its bodies' text stays as it was); any other is left
-byte for byte.
+and tags from its header block, and so does each such copy attached inside it, up to 20 deep
+and whether it travels as it is, base64 or quoted-printable (its bodies' text stays as it was);
+any other is left byte for byte.
 
 The header block loses mailpipe's internal ``X-Mailpipe-*`` fields and the urgency tags triage
 put in the subject (the ``[#N]`` case token stays: the customer's answer threads by it), and
