@@ -78,7 +78,7 @@ _MAX_ATTACHED_DEPTH = 20
 # What makes an attached message worth reading for our fields: one of them, or an encoded part or
 # attached message that could hide one.
 _OURS = re.compile(rb"x-mailpipe-", re.IGNORECASE)
-_ENCODED = re.compile(rb"content-transfer-encoding:[ \t]*(?:base64|quoted-printable)", re.IGNORECASE)
+_ENCODED = re.compile(rb"content-transfer-encoding:[ \t\r\n]*(?:base64|quoted-printable)", re.IGNORECASE)
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 HTML_CLASS = "mailpipe-footer"
 
