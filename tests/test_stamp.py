@@ -258,10 +258,7 @@ def test_a_message_attached_base64_that_triage_never_delivered_keeps_every_byte(
 
 def test_a_forwarded_message_triage_never_delivered_keeps_every_byte_of_its_header() -> None:
     notice = b"DKIM-Signature: v=1; d=vendor.example\r\nSubject: [URGENT]  maintenance  tonight\r\n\r\nbody\r\n"
-    raw = (b"From: yamada@example.test\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n"
-           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nFYI\r\n'
-           b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + notice + b"--b--\r\n")
-    assert notice in stamp(raw, EN_FOOTER, "mx", NOW).data
+    assert notice in stamp(forward(notice), EN_FOOTER, "mx", NOW).data
 
 
 def test_a_footer_with_a_wave_dash_is_added_once_however_often_the_reply_is_stamped() -> None:

@@ -56,10 +56,11 @@ class ReplyCommands:
                 conn.execute("BEGIN IMMEDIATE")
                 released = [qid for qid in held if spool.release(conn, qid, time.time())]
                 conn.execute("COMMIT")
-                # Released before and not sent yet: the same command again (the agent's resend, or
-                # this mail run again after a crash) before the submission worker took the reply up.
-                on_its_way = [entry.id for entry in spool.entries(conn, held)
-                              if entry.overridden and entry.state != "hold" and entry.id not in released]
+                if not released:
+                    # Released before and not sent yet: the same command again (the agent's resend, or
+                    # this mail run again after a crash) before the submission worker took the reply up.
+                    on_its_way = [entry.id for entry in spool.entries(conn, held)
+                                  if entry.overridden and entry.state != "hold"]
         if not released and on_its_way:
             return Outcome(f"案件 #{request.case.id} の保留中の返信は解除済みで、送信待ちです。\n"
                            f"Case #{request.case.id}: its held reply was released already and is on its way.")
