@@ -22,7 +22,7 @@ from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
 from tests.conftest import TRAINING_SECONDS
-from tests.triage_corpus import APART, ASIDE, BLIND, BLIND2, BLIND3, BLIND4, LABELLED, NATURAL, build, score_all
+from tests.triage_corpus import APART, ASIDE, BLIND, BLIND2, BLIND3, BLIND4, BLIND5, LABELLED, NATURAL, build, score_all
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 LEVELS = "[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n"
@@ -311,19 +311,16 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
     assert scores["low_promoted"] <= 6
 
 
-# blind4's 25 critical mails are short, a third of them legal threats in a few words, and two of
-# those still read low and normal: its floor is where it stands, 23 of 25.
-@pytest.mark.parametrize(("labelled", "count", "critical_floor"),
-                         [(APART, 300, 0.95), (NATURAL, 120, 0.95), (BLIND, 200, 0.95), (BLIND2, 160, 0.95),
-                          (BLIND3, 200, 0.95), (BLIND4, 100, 0.92)],
-                         ids=["apart", "natural", "blind", "blind2", "blind3", "blind4"])
+@pytest.mark.parametrize(("labelled", "count"),
+                         [(APART, 300), (NATURAL, 120), (BLIND, 200), (BLIND2, 160), (BLIND3, 200), (BLIND4, 100),
+                          (BLIND5, 80)],
+                         ids=["apart", "natural", "blind", "blind2", "blind3", "blind4", "blind5"])
 def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(shipped_model, labelled: Path,
-                                                                                  count: int,
-                                                                                  critical_floor: float) -> None:
+                                                                                  count: int) -> None:
     """The same floor on messages by writers who never saw the corpus, the rules or the code."""
     scores = _with_the_model(labelled, shipped_model)
     assert scores["messages"] == count
-    assert scores["critical_at_high_or_above"] >= critical_floor * scores["critical"]
+    assert scores["critical_at_high_or_above"] >= 0.95 * scores["critical"]
     assert scores["urgent_recall"] >= 0.95 and scores["urgent_precision"] >= 0.9
     assert scores["low_promoted"] <= 2
 

@@ -26,6 +26,7 @@ BLIND = Path(__file__).parent / "fixtures" / "triage" / "blind.toml"
 BLIND2 = Path(__file__).parent / "fixtures" / "triage" / "blind2.toml"
 BLIND3 = Path(__file__).parent / "fixtures" / "triage" / "blind3.toml"
 BLIND4 = Path(__file__).parent / "fixtures" / "triage" / "blind4.toml"
+BLIND5 = Path(__file__).parent / "fixtures" / "triage" / "blind5.toml"
 # A Tuesday afternoon in Tokyo: inside business hours, so that rule stays quiet.
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 
