@@ -22,7 +22,7 @@ from mailpipe.triage.hours import within_business_hours
 from mailpipe.triage.rules import RulesError
 from mailpipe.triage.score import evaluate
 from tests.conftest import TRAINING_SECONDS
-from tests.triage_corpus import ASIDE, LABELLED, WRITTEN_APART, build, score_all
+from tests.triage_corpus import ASIDE, FIXTURES, LABELLED, build, score_all
 
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 LEVELS = "[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n"
@@ -323,8 +323,9 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
 def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(shipped_model, name: str,
                                                                                   count: int, critical_floor: float,
                                                                                   recall_floor: float) -> None:
-    """The same floor on messages by writers who never saw the corpus, the rules or the code."""
-    scores = _with_the_model(WRITTEN_APART[name], shipped_model)
+    """The same floor on messages by writers who never saw the corpus, the rules or the code (each
+    file's header says by whom and how)."""
+    scores = _with_the_model(FIXTURES / f"{name}.toml", shipped_model)
     assert scores["messages"] == count
     assert scores["critical_at_high_or_above"] >= critical_floor * scores["critical"]
     assert scores["urgent_recall"] >= recall_floor and scores["urgent_precision"] >= 0.9

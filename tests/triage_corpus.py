@@ -21,10 +21,6 @@ LABELLED = Path(__file__).parent.parent / "rules" / "corpus" / "seed-labelled.to
 HOLDOUT = Path(__file__).parent.parent / "rules" / "corpus" / "seed-holdout.toml"
 FIXTURES = Path(__file__).parent / "fixtures" / "triage"
 ASIDE = FIXTURES / "aside.toml"  # the corpus's held-aside fifth
-# Written apart from the corpus, the rules and the code (each file's header says by whom and how).
-WRITTEN_APART = {name: FIXTURES / f"{name}.toml" for name in (
-    "apart", "natural", "blind", "blind2", "blind3", "blind4", "blind5", "blind6", "blind7", "blind8", "blind9",
-    "blind10")}
 # A Tuesday afternoon in Tokyo: inside business hours, so that rule stays quiet.
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 
