@@ -286,6 +286,28 @@ def test_a_greeting_padded_with_half_a_million_spaces_is_read_in_one_pass() -> N
     assert reply_text(reply).endswith("see below")
 
 
+@pytest.mark.parametrize("padding", ["\n", " \n", "\r\n", "\u3000\n"])
+def test_a_reply_padded_with_a_hundred_thousand_blank_lines_is_read_in_one_pass(padding: str) -> None:
+    """Hostile input: the quote separators' leading blanks backtracked over every run of blank
+    lines from each line in it (8,000 lines took 5.6 s; this many, a quarter of an hour)."""
+    reply = "All sends are failing" + padding * 100_000 + "since Monday."
+    assert " ".join(reply_text(reply).split()) == "All sends are failing since Monday."
+
+
+@pytest.mark.parametrize("markup", ["<a ", "<a b='", "<!--", "<x", "</", "<?"])
+def test_html_with_a_hundred_thousand_unclosed_tags_is_read_in_one_pass(markup: str) -> None:
+    """Hostile input: the standard library's html.parser (of Python 3.11.7) rescanned an unclosed
+    construct from each one after it (40 KB of "<a " took 22 s)."""
+    parsed = parse(mail(("<p>Refund please</p>" + markup * 100_000).encode(), "text/html; charset=utf-8"))
+    assert parsed.text.startswith("Refund please")
+
+
+def test_html_nested_deeper_than_libxml2s_default_limit_keeps_the_text_after_it() -> None:
+    body = "<div>" * 1_000 + "Refund please" + "</div>" * 1_000 + "<p>Our whole list is gone</p>"
+    text = parse(mail(body.encode(), "text/html; charset=utf-8")).text
+    assert " ".join(text.split()) == "Refund please Our whole list is gone"
+
+
 @pytest.mark.parametrize("line", [
     "Hi, every send to Gmail is bouncing again", "Hi, thanks!", "Hey, urgent!", "解約したいのですが、担当の田中さん",
     "今月の請求が二重です。", "お世話になっております。昨日の障害の影響で全配信が停止中です。",
@@ -550,6 +572,16 @@ def test_sender_name_and_address_are_decoded() -> None:
 def test_a_malformed_encoded_word_does_not_break_the_rest_of_the_header() -> None:
     assert decode_header("=?utf-8?B?@@@?= tail") == "tail"
     assert decode_header("=?x-unknown?Q?caf=E9?= ok") == "café ok"
+
+
+def test_blanks_between_encoded_words_are_dropped_and_blanks_beside_plain_words_kept() -> None:
+    assert decode_header("=?utf-8?b?5oCl?= =?utf-8?Q?_x?=\r\n =?utf-8?b?5oCl?=  tail") == "急 x急  tail"
+
+
+def test_a_subject_of_a_quarter_million_encoded_words_is_read_in_one_pass() -> None:
+    """Hostile input: the standard library reads a line's encoded words with list.pop(0), so a
+    header of many on one line took time in the square of their number (hours at the size limit)."""
+    assert decode_header("=?utf-8?b?5oCl?= " * 250_000) == "急" * 250_000
 
 
 def test_a_message_without_headers_or_body_separator_still_yields_text() -> None:

@@ -27,6 +27,11 @@ _MESSAGE_IDS = re.compile(r"<([^<>\s]+)>")
 _CASE_TOKEN = re.compile(r"\[#(\d{1,9})\]")
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\uff66-\uff9f]")
 _FOLDING = re.compile(r"\s*[\r\n]+\s*")
+# The blanks between two encoded words, which RFC 2047 drops: a line break there instead gives
+# email.header.decode_header one word a line, as it reads each line's words with list.pop(0) (a
+# subject of 64,000 words, 1 MB, took 5.4 s; 0.25 s so; 25 MB, the size limit, would take hours)
+# and drops the blanks alike.
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t]*(?==\?)")
 _MAX_TEXT = 1_000_000
 
 
@@ -110,7 +115,7 @@ def decode_header(value: object) -> str:
     if raw is not None and any(b > 0x7F for b in raw) and b"=?" not in raw:
         return _unfold(charsets.decode(raw))
     try:
-        return _join(email.header.decode_header(text))
+        return _join(email.header.decode_header(_BETWEEN_WORDS.sub("\n", text)))
     except Exception:
         return _unfold(text if raw is None else charsets.decode(raw))
 

@@ -26,7 +26,7 @@ import re
 from mailpipe.message.signatures import without_signature
 
 _SEPARATORS = re.compile(
-    r"""^\s*(?:
+    r"""^[^\S\n]*(?:
         -{2,}\s*(?:Original\s+Message|Forwarded\s+message|元のメッセージ|転送(?:された)?メッセージ|Original)\s*-{2,}
       | (?:Begin\s+forwarded\s+message|転送されたメッセージ)\s*[:：]
       | _{10,}

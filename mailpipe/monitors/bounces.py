@@ -27,7 +27,7 @@ _REPLY = re.compile(r"\b([45]\d\d)[ -]((?:[45]\.\d{1,3}\.\d{1,3}\b)?[^\r\n]*)")
 _ADDRESS = re.compile(r"<?([A-Za-z0-9._%+'=-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 # Where a plain-text notice's own words end and the returned message begins.
-_RETURNED_COPY = re.compile(r"^\s*(?:-{3,}|Received:|Return-Path:|Message-ID:|Original message|元のメッセージ)",
+_RETURNED_COPY = re.compile(r"^[^\S\n]*(?:-{3,}|Received:|Return-Path:|Message-ID:|Original message|元のメッセージ)",
                             re.IGNORECASE | re.MULTILINE)
 
 
