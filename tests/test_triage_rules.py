@@ -311,15 +311,15 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
     assert scores["low_promoted"] <= 6
 
 
-# The sixth, seventh and ninth rounds keep a miss or three each: a critical fact asked about as a
-# question ("our subscriber list shows up on Google", an admin none of us created, "is there a way
-# to restore contacts?" after 300,000 were replaced), a leak reported under a thank-you; their
-# floors are where they stand.
+# The seventh and ninth rounds keep a miss or two each: a critical fact asked about as a question
+# (an admin none of us created), a leak reported under a thank-you; their floors are where they
+# stand.
 @pytest.mark.parametrize(("name", "count", "critical_floor", "recall_floor"),
                          [("apart", 300, 0.95, 0.95), ("natural", 120, 0.95, 0.95), ("blind", 200, 0.95, 0.95),
                           ("blind2", 160, 0.95, 0.95), ("blind3", 200, 0.95, 0.95), ("blind4", 100, 0.95, 0.95),
-                          ("blind5", 80, 0.95, 0.95), ("blind6", 100, 0.95, 0.93), ("blind7", 100, 0.93, 0.95),
-                          ("blind8", 100, 0.95, 0.95), ("blind9", 100, 0.88, 0.92), ("blind10", 80, 0.95, 0.95)])
+                          ("blind5", 80, 0.95, 0.95), ("blind6", 100, 0.95, 0.95), ("blind7", 100, 0.93, 0.95),
+                          ("blind8", 100, 0.95, 0.95), ("blind9", 100, 0.92, 0.93), ("blind10", 80, 0.95, 0.95),
+                          ("blind11", 80, 0.95, 0.95), ("blind12", 80, 0.95, 0.95)])
 def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(shipped_model, name: str,
                                                                                   count: int, critical_floor: float,
                                                                                   recall_floor: float) -> None:
