@@ -6,6 +6,7 @@ constructs, so 40 KB of ``<a `` took 22 s."""
 from __future__ import annotations
 
 import re
+import threading
 
 from lxml import etree
 
@@ -17,14 +18,24 @@ _HIDDEN = frozenset({"script", "style", "head", "title", "template"})
 _EMPTY = frozenset({"br", "hr"})  # one break, not one at each end: libxml2 closes them at once
 _SPACES = re.compile(r"[ \t]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
-# The text is given as UTF-8 whatever a <meta> says: the MIME part's charset already decoded it.
-# huge_tree lifts libxml2's nesting limit of 256 (the text after it was dropped) to 2,048.
-_PARSER = etree.HTMLParser(encoding="utf-8", recover=True, no_network=True, remove_comments=True,
-                           remove_pis=True, huge_tree=True, default_doctype=False)
+# One parser a thread: lxml lets one parser parse in one thread at a time, and mail is parsed on the
+# event loop, in the store's threads and by training alike.
+_PARSERS = threading.local()
+
+
+def _parser() -> etree.HTMLParser:
+    """The text is given as UTF-8 whatever a <meta> says: the MIME part's charset already decoded
+    it. huge_tree lifts libxml2's nesting limit of 256 (the text after it was dropped) to 2,048."""
+    parser = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = etree.HTMLParser(encoding="utf-8", recover=True, no_network=True,
+                                                    remove_comments=True, remove_pis=True, huge_tree=True,
+                                                    default_doctype=False)
+    return parser
 
 
 def to_text(markup: str) -> str:
-    root = etree.fromstring(markup.encode("utf-8", "replace"), _PARSER) if markup.strip() else None
+    root = etree.fromstring(markup.encode("utf-8", "replace"), _parser()) if markup.strip() else None
     if root is None:
         return ""
     parts: list[str] = []
