@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lxml import etree
 
-from mailpipe.message import decode_header, parse, quotes, reply_subject
+from mailpipe.message import decode_header, html, parse, quotes, reply_subject
 from mailpipe.message.charsets import decode, decode_iso2022jp
 from mailpipe.message.signatures import without_signature
 
@@ -300,6 +301,14 @@ def test_html_with_a_hundred_thousand_unclosed_tags_is_read_in_one_pass(markup: 
     construct from each one after it (40 KB of "<a " took 22 s)."""
     parsed = parse(mail(("<p>Refund please</p>" + markup * 100_000).encode(), "text/html; charset=utf-8"))
     assert parsed.text.startswith("Refund please")
+
+
+def test_html_the_parser_refuses_is_read_with_its_tags_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libxml2 recovers from all markup tried; should it ever refuse some, the stage still reads it."""
+    def refuse(*args: object) -> None:
+        raise etree.ParserError("refused")
+    monkeypatch.setattr(etree, "fromstring", refuse)
+    assert " ".join(html.to_text("<p>Refund please</p><b>now").split()) == "Refund please now"
 
 
 def test_html_nested_deeper_than_libxml2s_default_limit_keeps_the_text_after_it() -> None:

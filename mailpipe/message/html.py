@@ -16,6 +16,7 @@ _BLOCKS = frozenset({"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5",
 _CELLS = frozenset({"td", "th"})
 _HIDDEN = frozenset({"script", "style", "head", "title", "template"})
 _EMPTY = frozenset({"br", "hr"})  # one break, not one at each end: libxml2 closes them at once
+_TAG = re.compile(r"<[^<>]*>")  # the fallback's: a "<" without its ">" is not scanned to the end again
 _SPACES = re.compile(r"[ \t]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 # One parser a thread: lxml lets one parser parse in one thread at a time, and mail is parsed on the
@@ -35,7 +36,10 @@ def _parser() -> etree.HTMLParser:
 
 
 def to_text(markup: str) -> str:
-    root = etree.fromstring(markup.encode("utf-8", "replace"), _parser()) if markup.strip() else None
+    try:
+        root = etree.fromstring(markup.encode("utf-8", "replace"), _parser()) if markup.strip() else None
+    except (etree.LxmlError, ValueError):  # libxml2 recovers from nearly anything; a stage must never fail on markup
+        return _TAG.sub(" ", markup).strip()
     if root is None:
         return ""
     parts: list[str] = []
