@@ -164,6 +164,32 @@ def test_a_claimed_message_is_not_claimed_again(tmp_path: Path) -> None:
     assert second == []
 
 
+def claim_steps(path: Path, queued: int) -> int:
+    """SQLite's virtual machine steps (in hundreds) that claiming 8 of ``queued`` due messages takes."""
+    conn = spool.connect(path)
+    with conn:
+        for n in range(queued):
+            spool.insert(conn, spool.new_queue_id(), ENVELOPE, b"x" * 5000, 1_700_000_000 + n)
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(count, 100)
+    with conn:
+        assert len(spool.claim(conn, 8, time.time())) == 8
+    conn.close()
+    return steps[0]
+
+
+def test_a_claim_reads_the_messages_it_takes_not_the_whole_queue(tmp_path: Path) -> None:
+    # A backlog is when claims must stay cheap: a claim that read every queued row made draining
+    # a queue of n messages cost n*n/8 row reads.
+    shallow, deep = claim_steps(tmp_path / "shallow.sqlite", 16), claim_steps(tmp_path / "deep.sqlite", 4000)
+    assert deep < 2 * shallow + 10
+
+
 def test_ack_removes_the_message(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
 
