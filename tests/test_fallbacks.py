@@ -34,6 +34,21 @@ def test_an_escalation_to_a_tier_without_agents_goes_to_the_lead_and_says_so_eve
     assert "assignment fallback" in daemon.log() and "no agent is in tier tech" in daemon.log()
 
 
+def test_a_fallback_repeated_on_every_message_is_warned_once_and_logged_each_time(make_daemon) -> None:
+    # A desk whose escalation tier is empty (or off duty all night) falls back on every message:
+    # one warning for the operator, an information line for each message.
+    daemon = make_daemon(SUPPORT_ONLY)
+    for n in range(3):
+        send(daemon, f"Our account was hacked ({n})", "Someone logged into our account and sent spam.",
+             sender=f"customer{n}@example.org")
+    wait_until(lambda: metrics(daemon).get(("mailpipe_assignment_fallbacks_total", (("kind", "escalation"),))) == 3,
+               timeout=60)
+    lines = [line for line in daemon.log().splitlines() if 'event="assignment fallback"' in line]
+    assert len(lines) == 3
+    assert ["level=warning" in line for line in lines] == [True, False, False]
+    assert all("no agent is in tier tech" in line for line in lines)
+
+
 def test_an_away_owners_mail_goes_to_the_lead_when_no_teammate_is_on_duty(make_daemon) -> None:
     daemon = make_daemon(SUPPORT_ONLY)
     send(daemon, "Question", "How do I add a user?")

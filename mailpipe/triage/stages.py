@@ -23,7 +23,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from mailpipe import auth
 from mailpipe.addresses import canonical
@@ -50,6 +50,7 @@ from mailpipe.worker import InThread, Stage
 log = logging.getLogger("mailpipe.triage")
 
 AUTH_TIMEOUT = 15.0
+FALLBACK_WARNING_INTERVAL = timedelta(hours=1)  # the same fallback warned again at most this often
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
 # must not starve the store and Maildir work of the default pool. Threads start on first use.
 _AUTH_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="auth")
@@ -88,6 +89,7 @@ class Triage:
         self.store = store
         self.hostname = hostname
         self.clock = clock
+        self._warned: dict[str, tuple[datetime, int]] = {}  # fallback reason -> last warned, repeats since
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -245,11 +247,24 @@ class Triage:
             agent = self._by_id.get(assignment.agent)
             if is_fallback(assignment.reason):
                 self.metrics.assignment_fallbacks.labels(kind).inc()
-                log.warning("assignment fallback", extra={"queue_id": work.message.id, "case": work.record.case.id,
-                                                          "agent": assignment.agent, "reason": assignment.reason})
+                self._log_fallback(work.message.id, work.record.case.id, assignment.agent, assignment.reason)
                 if assignment.role == "fallback":
                     continue
             self.metrics.assignments.labels(agent.tier if agent else "unknown", kind).inc()
+
+    def _log_fallback(self, queue_id: str, case: int, agent: str, reason: str) -> None:
+        """Every fallback has its line, a warning the first time its reason is seen in an hour and
+        information the other times: a desk whose only agent is off duty at night falls back on
+        every message, and a warning each time buries the warnings an operator must see."""
+        now = self.clock()
+        last, repeats = self._warned.get(reason, (None, 0))
+        fields = {"queue_id": queue_id, "case": case, "agent": agent, "reason": reason}
+        if last is not None and now - last < FALLBACK_WARNING_INTERVAL:
+            self._warned[reason] = (last, repeats + 1)
+            log.info("assignment fallback", extra=fields)
+            return
+        self._warned[reason] = (now, 0)
+        log.warning("assignment fallback", extra={**fields, "repeated_since_warned": repeats})
 
 
 def annotated(work: Work) -> bytes:
