@@ -17,6 +17,9 @@ from tests.conftest import TRAINING_SECONDS, Daemon
 from tests.test_delivery import wait_until
 
 PASSWORD = "correct horse battery staple"
+# A test that waits for the daemon's training at start and for another after it (a correction)
+# may take up to a training's bound for each: on a loaded two-core machine each took over 100 s.
+TWO_TRAININGS = pytest.mark.timeout(3 * TRAINING_SECONDS)
 WITH_MODEL = {"triage": {"model": True, "corpus_overrides": ""}, "outbound": {"autoreply": False}}
 
 
@@ -71,6 +74,7 @@ def cases(daemon: Daemon) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+@TWO_TRAININGS
 def test_an_agent_corrects_a_case_by_mail_and_the_model_learns_it(desk) -> None:
     daemon = desk()
     examples_at_start = metric(daemon, "mailpipe_urgency_model_examples")
@@ -155,6 +159,7 @@ def test_a_reload_with_a_broken_corpus_keeps_the_running_model(desk, tmp_path: P
     assert daemon.delivered()[0]["X-Mailpipe-Urgency"].startswith("critical")
 
 
+@TWO_TRAININGS
 def test_the_lead_corrects_a_case_from_the_shell(desk) -> None:
     daemon = desk()
     customer_writes(daemon, "Question about exports", "How do I export my subscriber list as CSV?")
