@@ -24,7 +24,6 @@ ROSTER = {"agents": [
     {"id": "yamada", "name": "山田 太郎", "address": "yamada@example.test", "phone": "03-1234-5678", **ALWAYS},
     {"id": "smith", "name": "Alex Smith", "address": "smith@example.test", "phone": "03-1234-5679", **ALWAYS},
     TECH]}
-WITH_MODEL = {"triage": {"model": True}}
 
 
 def send(daemon: Daemon, subject: str, body: str, sender: str = "customer@example.org", extra: str = "",
@@ -59,8 +58,8 @@ def _files(daemon: Daemon, agent: str, cards: bool) -> list[email.message.Messag
     return [m for m in messages if ("triage@" in (m["Message-ID"] or "")) == cards]
 
 
-def test_a_critical_mail_arrives_tagged_with_case_urgency_rules_owner_and_customer(make_daemon) -> None:
-    daemon = make_daemon(merge(ROSTER, WITH_MODEL))
+def test_a_critical_mail_arrives_tagged_with_case_urgency_rules_owner_and_customer(make_daemon, with_model) -> None:
+    daemon = make_daemon(merge(ROSTER, with_model))
     send(daemon, "【緊急】全ユーザーのメールが届きません",
          "本日から全ユーザーのメールがGmailに届いていません。550-5.7.26 です。")
     owner_copy, escalated_copy = daemon.delivered(expect=2)  # the owner's, and the tech tier's
@@ -97,8 +96,8 @@ def test_the_triage_card_is_threaded_under_the_original_and_shows_the_history(ma
     assert cards[1]["Auto-Submitted"] == "auto-generated"
 
 
-def test_a_reply_with_the_case_token_joins_the_case_and_its_owner(make_daemon) -> None:
-    daemon = make_daemon(merge(ROSTER, WITH_MODEL))
+def test_a_reply_with_the_case_token_joins_the_case_and_its_owner(make_daemon, with_model) -> None:
+    daemon = make_daemon(merge(ROSTER, with_model))
     send(daemon, "ログインできません", "ログインできません。")
     (first,) = daemon.delivered()
     send(daemon, "Re: [#1] ログインできません", "まだログインできません。何度も連絡しています。")

@@ -13,22 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TRAINING_SECONDS, Daemon
+from mailpipe.triage import corpus
+from tests.conftest import TRAINING_SECONDS, Daemon, merge
 from tests.test_delivery import wait_until
 
 PASSWORD = "correct horse battery staple"
-# A test that waits for the daemon's training at start and for another after it (a correction)
-# may take up to a training's bound for each: on a loaded two-core machine each took over 100 s.
-TWO_TRAININGS = pytest.mark.timeout(3 * TRAINING_SECONDS)
-WITH_MODEL = {"triage": {"model": True, "corpus_overrides": ""}, "outbound": {"autoreply": False}}
 
 
 @pytest.fixture
-def desk(make_daemon, tmp_path: Path):
+def desk(make_daemon, with_model: dict):
     """A daemon running the urgency model, whose agents have submission passwords."""
 
     def start(overrides: dict | None = None) -> Daemon:
-        settings = {**WITH_MODEL, **(overrides or {})}
+        settings = merge(merge(with_model, {"outbound": {"autoreply": False}}), overrides or {})
         daemon = make_daemon(settings, start=False)
         daemon.give_passwords(PASSWORD)
         return daemon.start()
@@ -74,11 +71,10 @@ def cases(daemon: Daemon) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-@TWO_TRAININGS
-def test_an_agent_corrects_a_case_by_mail_and_the_model_learns_it(desk) -> None:
+def test_an_agent_corrects_a_case_by_mail_and_the_model_learns_it(desk, training_corpus: Path) -> None:
     daemon = desk()
     examples_at_start = metric(daemon, "mailpipe_urgency_model_examples")
-    assert examples_at_start >= 900
+    assert examples_at_start == len(corpus.load([training_corpus]))
     customer_writes(daemon, "Question about exports", "How do I export my subscriber list as CSV?")
     owner, copy = delivered_copy(daemon)
     redirect(daemon, copy, "urgency+critical@example.test", user=owner)
@@ -159,7 +155,6 @@ def test_a_reload_with_a_broken_corpus_keeps_the_running_model(desk, tmp_path: P
     assert daemon.delivered()[0]["X-Mailpipe-Urgency"].startswith("critical")
 
 
-@TWO_TRAININGS
 def test_the_lead_corrects_a_case_from_the_shell(desk) -> None:
     daemon = desk()
     customer_writes(daemon, "Question about exports", "How do I export my subscriber list as CSV?")
@@ -185,13 +180,15 @@ def test_saved_messages_are_taught_into_the_desks_corpus(tmp_path: Path) -> None
     assert 'subject = "配信停止"' in taught and 'level = "critical"' in taught
 
 
-def test_rules_eval_reports_rules_model_and_both_on_labelled_mail(tmp_path: Path) -> None:
+def test_rules_eval_reports_rules_model_and_both_on_labelled_mail(tmp_path: Path, training_corpus: Path) -> None:
     labelled = tmp_path / "mine.toml"
     labelled.write_text('[[mail]]\nlevel = "critical"\nsubject = "全件エラー"\n'
                         'body = "全ユーザーのメールが届きません"\n[[mail]]\nlevel = "low"\nsubject = "お礼"\n'
                         'body = "ありがとうございました。返信は不要です。"\n')
-    result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "eval", str(labelled), "--json"],
-                            capture_output=True, text=True, timeout=TRAINING_SECONDS)
+    config = tmp_path / "mailpipe.toml"
+    config.write_text(f'[triage]\ncorpus_directory = "{training_corpus}"\ncorpus_overrides = ""\n')
+    result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "eval", str(labelled), "--json",
+                             "--config", str(config)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"rules", "model", "both"}

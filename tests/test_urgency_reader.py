@@ -245,17 +245,18 @@ def test_a_sigterm_to_the_group_leaves_the_process_to_the_daemon(small_model: Ur
     assert run(test) == (in_process(small_model, TEXTS[0]), 1, 1)
 
 
-def test_the_shipped_rules_judge_a_reading_made_beforehand_as_they_judge_the_model_asked_then(shipped_model) -> None:
+def test_the_shipped_rules_judge_a_reading_made_beforehand_as_they_judge_the_model_asked_then(
+        training_corpus: Path) -> None:
+    model = train(corpus.load([training_corpus]), rules.LEVELS)
     ruleset = triage_load.ruleset(configuration.load(None).triage)
     mails = corpus.load([shipped("rules") / "corpus"])[::40]
     for mail in mails:
         subject, _, body = mail.document.partition("\n")
         raw = f"Subject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n".encode()
         parsed = parse(raw)
-        reading = shipped_model.predict(document(parsed.subject, parsed.read_text, parsed.is_reply)).reading(
-            ruleset.explained)
-        asked_then = evaluate(ruleset, Context(parsed, NOW, model=shipped_model))
-        assert evaluate(ruleset, Context(parsed, NOW, model=shipped_model, reading=reading)) == asked_then
+        reading = model.predict(document(parsed.subject, parsed.read_text, parsed.is_reply)).reading(ruleset.explained)
+        asked_then = evaluate(ruleset, Context(parsed, NOW, model=model))
+        assert evaluate(ruleset, Context(parsed, NOW, model=model, reading=reading)) == asked_then
 
 
 def test_a_model_fitted_in_a_process_of_its_own_reads_as_one_fitted_here(small_model: UrgencyModel) -> None:
