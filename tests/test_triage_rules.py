@@ -317,8 +317,8 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
 # (low and critical both 0.40, low a hair ahead); the thirteenth and fourteenth
 # promote a press release, a recipient's メール止めて and a vendor's "payment failed, we will retry"
 # notice and read an invoice reissue high; the sixteenth (an English desk's ordinary day) promotes
-# a forwarded outage alert under "FYI, not us" (high), and the seventeenth reads four routine
-# billing and settings mails high. Their floors are where they stand.
+# a forwarded outage alert under "FYI, not us" (high), and the seventeenth and eighteenth read
+# routine billing, settings and worried campaign-day mail high. Their floors are where they stand.
 @pytest.mark.parametrize(("name", "count", "critical_floor", "recall_floor", "precision_floor", "low_ceiling"),
                          [("apart", 300, 0.95, 0.95, 0.9, 2), ("natural", 120, 0.95, 0.95, 0.9, 2),
                           ("blind", 200, 0.95, 0.95, 0.9, 2), ("blind2", 160, 0.95, 0.95, 0.9, 2),
@@ -329,7 +329,7 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
                           ("blind11", 80, 0.95, 0.92, 0.9, 2), ("blind12", 80, 0.95, 0.95, 0.9, 2),
                           ("blind13", 80, 0.95, 0.95, 0.85, 2), ("blind14", 64, 0.95, 0.95, 0.75, 1),
                           ("blind15", 60, 0.95, 0.93, 0.9, 2), ("blind16", 60, 0.95, 0.95, 0.85, 1),
-                          ("blind17", 72, 0.95, 0.95, 0.8, 2)])
+                          ("blind17", 72, 0.95, 0.95, 0.8, 2), ("blind18", 72, 0.95, 0.93, 0.75, 2)])
 def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(
         shipped_model, name: str, count: int, critical_floor: float, recall_floor: float,
         precision_floor: float, low_ceiling: int) -> None:
