@@ -309,3 +309,10 @@ def training_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def with_model(training_corpus: Path) -> dict[str, Any]:
     """Settings that switch the urgency model on, trained on ``training_corpus`` alone."""
     return {"triage": {"model": True, "corpus_directory": str(training_corpus), "corpus_overrides": ""}}
+
+
+@pytest.fixture
+def training_corpus_keys(training_corpus: Path) -> str:
+    """``with_model``'s corpus keys as the lines of a config file's ``[triage]`` table, for the
+    tests that run a ``mailpipe`` command with ``--config``."""
+    return f'corpus_directory = "{training_corpus}"\ncorpus_overrides = ""\n'

@@ -350,12 +350,12 @@ def _with_the_model(labelled: Path, model) -> dict:
                             NOW)["both"].summary()
 
 
-def test_score_cli_prints_one_json_object_per_message(tmp_path: Path, training_corpus: Path) -> None:
+def test_score_cli_prints_one_json_object_per_message(tmp_path: Path, training_corpus_keys: str) -> None:
     first, second = tmp_path / "a.eml", tmp_path / "b.eml"
     first.write_bytes("Subject: 至急: 全員ログインできません\r\n\r\n全ユーザーがログインできません。".encode())
     second.write_bytes(b"Subject: thanks\r\n\r\nThanks for your help, it works now.")
     config = tmp_path / "mailpipe.toml"
-    config.write_text(f'[triage]\ncorpus_directory = "{training_corpus}"\ncorpus_overrides = ""\n')
+    config.write_text("[triage]\n" + training_corpus_keys)
     result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "--json", "--config", str(config),
                              str(first), str(second)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
@@ -374,28 +374,26 @@ def test_score_cli_explains_like_rspamc_and_reads_stdin() -> None:
     assert 'Symbol: MODEL_URGENT (9.00)[p(critical+high)=' in out
 
 
-def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path, training_corpus: Path) -> None:
+def test_rules_test_cli_exits_1_naming_the_failing_example(tmp_path: Path, training_corpus_keys: str) -> None:
     directory = tmp_path / "rules"
     directory.mkdir()
     (directory / "r.toml").write_text(LEVELS + '[[rule]]\nname = "A"\ndescription = "d"\nscore = 1\nany = ["x"]\n'
                                       'examples = [{ body = "y", expect = true }]\n')
     config = tmp_path / "mailpipe.toml"
-    config.write_text(f'[triage]\nrules_directory = "{directory}"\nrules_overrides = ""\n'
-                      f'corpus_directory = "{training_corpus}"\ncorpus_overrides = ""\n')
+    config.write_text(f'[triage]\nrules_directory = "{directory}"\nrules_overrides = ""\n' + training_corpus_keys)
     result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "test", "--config", str(config)],
                             capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 1
     assert "rule A: examples[0] should fire" in result.stderr
 
 
-def test_score_cli_uses_the_stores_customer_context_when_present(tmp_path: Path, training_corpus: Path) -> None:
+def test_score_cli_uses_the_stores_customer_context_when_present(tmp_path: Path, training_corpus_keys: str) -> None:
     state = tmp_path / "state"
     store = SQLiteStore(state / "store.sqlite")
     store.upsert_customer("vip@example.co.jp", vip=True, plan="enterprise")
     store.close()
     config = tmp_path / "mailpipe.toml"
-    config.write_text(f'state_directory = "{state}"\n'
-                      f'[triage]\ncorpus_directory = "{training_corpus}"\ncorpus_overrides = ""\n')
+    config.write_text(f'state_directory = "{state}"\n[triage]\n' + training_corpus_keys)
     message = tmp_path / "m.eml"
     message.write_bytes(b"From: <vip@example.co.jp>\r\nSubject: question\r\n\r\nHow do I add a user?")
     result = subprocess.run([sys.executable, "-m", "mailpipe", "score", "--json", "--config", str(config),

@@ -180,13 +180,13 @@ def test_saved_messages_are_taught_into_the_desks_corpus(tmp_path: Path) -> None
     assert 'subject = "配信停止"' in taught and 'level = "critical"' in taught
 
 
-def test_rules_eval_reports_rules_model_and_both_on_labelled_mail(tmp_path: Path, training_corpus: Path) -> None:
+def test_rules_eval_reports_rules_model_and_both_on_labelled_mail(tmp_path: Path, training_corpus_keys: str) -> None:
     labelled = tmp_path / "mine.toml"
     labelled.write_text('[[mail]]\nlevel = "critical"\nsubject = "全件エラー"\n'
                         'body = "全ユーザーのメールが届きません"\n[[mail]]\nlevel = "low"\nsubject = "お礼"\n'
                         'body = "ありがとうございました。返信は不要です。"\n')
     config = tmp_path / "mailpipe.toml"
-    config.write_text(f'[triage]\ncorpus_directory = "{training_corpus}"\ncorpus_overrides = ""\n')
+    config.write_text("[triage]\n" + training_corpus_keys)
     result = subprocess.run([sys.executable, "-m", "mailpipe", "rules", "eval", str(labelled), "--json",
                              "--config", str(config)], capture_output=True, text=True, timeout=TRAINING_SECONDS)
     assert result.returncode == 0, result.stderr
