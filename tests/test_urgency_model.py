@@ -30,6 +30,7 @@ from mailpipe.triage.model import (
     clipped,
     features,
     new_classifier,
+    paragraphs,
     train,
 )
 from mailpipe.triage.score import evaluate
@@ -236,10 +237,10 @@ def test_a_broken_corpus_file_is_refused_naming_file_entry_and_reason(tmp_path: 
     assert any("desk.toml: mail #2: unknown keys colour" in p for p in refused.value.problems)
 
 
-def _ruleset(tmp_path: Path, condition: str) -> rules.RuleSet:
+def _ruleset(tmp_path: Path, condition: str, key: str = "model") -> rules.RuleSet:
     (tmp_path / "levels.toml").write_text("[levels]\ncritical = 12\nhigh = 5\nnormal = 0\n")
     (tmp_path / "model.toml").write_text(f'[[rule]]\nname = "MODEL_CRITICAL"\ndescription = "model"\nscore = 12\n'
-                                         f"model = {condition}\n")
+                                         f"{key} = {condition}\n")
     return rules.load(tmp_path)
 
 
@@ -293,6 +294,60 @@ def test_a_malformed_model_condition_is_refused_naming_the_rule(tmp_path: Path, 
     assert "rule MODEL_CRITICAL: model:" in str(refused.value) and reason in str(refused.value)
 
 
+BURIED = "How do I export my list as CSV?\n\n顧客リストが全て消えてしまいました。\n\nHow do I set up DKIM?"
+
+
+def test_each_paragraph_is_read_after_the_first_line() -> None:
+    assert paragraphs("Subject\nfirst\nstill first\n\n  \n second \n\u3000\nthird") == [
+        "Subject\nfirst\nstill first", "Subject\nsecond", "Subject\nthird"]
+    assert paragraphs("Subject only") == []
+
+
+def test_a_passage_is_the_paragraph_read_likeliest_at_the_level(small_model: UrgencyModel) -> None:
+    passage = small_model.passages(f"help\n{BURIED}", [("critical",)])[("critical",)]
+    assert passage.text == "help\n顧客リストが全て消えてしまいました。"
+    assert passage.probability == small_model.predict(passage.text).probabilities["critical"]
+    assert passage.probability > small_model.predict(f"help\n{BURIED}").probabilities["critical"]
+    assert passage.excerpt == "顧客リストが全て消えてしまいました。"
+
+
+def test_a_passage_rule_fires_on_an_emergency_told_in_passing_and_shows_its_paragraph(
+        tmp_path: Path, small_model: UrgencyModel) -> None:
+    ruleset = _ruleset(tmp_path, '{ level = "critical", at_least = 0.5 }', key="passage")
+    verdict = evaluate(ruleset, _context(BURIED.replace("\n", "\r\n"), small_model))
+    assert verdict.rule_names == ("MODEL_CRITICAL",)
+    assert verdict.hits[0].matched.startswith("p(critical)=")
+    assert verdict.hits[0].matched.endswith(' in "顧客リストが全て消えてしまいました。"')
+    assert evaluate(ruleset, _context("How do I export my list as CSV?\r\n\r\nThanks", small_model)).hits == ()
+
+
+def test_a_passage_rule_never_fires_when_the_model_is_off(tmp_path: Path) -> None:
+    ruleset = _ruleset(tmp_path, '{ level = "critical", at_least = 0.01 }', key="passage")
+    assert evaluate(ruleset, _context(BURIED.replace("\n", "\r\n"), None)).hits == ()
+
+
+def test_a_passage_condition_takes_no_rival_levels(tmp_path: Path) -> None:
+    with pytest.raises(rules.RulesError, match=r"rule MODEL_CRITICAL: passage: must be \{"):
+        _ruleset(tmp_path, '{ level = "critical", at_least = 0.5, ahead_of = ["low"] }', key="passage")
+
+
+def test_a_ruleset_lists_the_level_sets_its_passage_rules_read_once_each(tmp_path: Path) -> None:
+    ruleset = _rules_each_with(tmp_path, "passage", ['{ level = "critical", at_least = 0.8 }',
+                                                     '{ level = "critical", at_least = 0.9 }',
+                                                     '{ levels = ["critical", "high"], at_least = 0.7 }'])
+    assert ruleset.passages == (("critical",), ("critical", "high"))
+
+
+def _rules_each_with(tmp_path: Path, key: str, conditions: list[str]) -> rules.RuleSet:
+    """A rule M0, M1, … for each condition, under ``key``, and a keyword rule beside them."""
+    (tmp_path / "levels.toml").write_text("[levels]\ncritical = 10\nhigh = 6\nnormal = 2\n")
+    (tmp_path / "model.toml").write_text("\n".join(
+        f'[[rule]]\nname = "M{n}"\ndescription = "d"\nscore = 1\n{key} = {condition}\n'
+        for n, condition in enumerate(conditions)))
+    (tmp_path / "words.toml").write_text('[[rule]]\nname = "W"\ndescription = "d"\nscore = 1\nany = ["x"]\n')
+    return rules.load(tmp_path)
+
+
 def test_a_correction_recorded_after_the_daemons_loop_closed_is_kept_for_the_next_start(tmp_path: Path) -> None:
     async def start() -> Learner:
         return Learner(configuration.load(None).triage, SQLiteStore(tmp_path / "store.sqlite"), Metrics())
@@ -303,14 +358,10 @@ def test_a_correction_recorded_after_the_daemons_loop_closed_is_kept_for_the_nex
 
 
 def test_a_ruleset_lists_the_level_sets_its_model_rules_explain_from_the_least_probability(tmp_path: Path) -> None:
-    (tmp_path / "levels.toml").write_text("[levels]\ncritical = 10\nhigh = 6\nnormal = 2\n")
-    (tmp_path / "model.toml").write_text("\n".join(
-        f'[[rule]]\nname = "M{n}"\ndescription = "d"\nscore = 1\nmodel = {condition}\n'
-        for n, condition in enumerate(['{ level = "critical", at_least = 0.5 }',
-                                       '{ level = "critical", at_least = 0.35 }',
-                                       '{ levels = ["critical", "high"], at_least = 0.45 }'])))
-    (tmp_path / "words.toml").write_text('[[rule]]\nname = "W"\ndescription = "d"\nscore = 1\nany = ["x"]\n')
-    assert rules.load(tmp_path).explained == ((("critical",), 0.35), (("critical", "high"), 0.45))
+    ruleset = _rules_each_with(tmp_path, "model", ['{ level = "critical", at_least = 0.5 }',
+                                                   '{ level = "critical", at_least = 0.35 }',
+                                                   '{ levels = ["critical", "high"], at_least = 0.45 }'])
+    assert ruleset.explained == ((("critical",), 0.35), (("critical", "high"), 0.45))
 
 
 def test_a_reading_explains_only_the_level_sets_that_reach_their_probability(small_model: UrgencyModel) -> None:

@@ -37,7 +37,9 @@ from .test_urgency_model import SMALL
 T = TypeVar("T")
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 EXPLAINED = ((("critical",), 0.0), (("critical", "high"), 0.0), (("low",), 0.0))
-TEXTS = ["顧客リストが全て消えてしまいました。", "How do I set up DKIM?", "Thanks, no reply needed.", ""]
+PASSAGES = (("critical",), ("critical", "high"))
+TEXTS = ["顧客リストが全て消えてしまいました。", "How do I set up DKIM?", "Thanks, no reply needed.", "",
+         "help\nHow do I export my list as CSV?\n\n顧客リストが全て消えてしまいました。"]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,8 @@ def other_model() -> UrgencyModel:
     return train([Example(text, turned[level]) for level, text in SMALL], rules.LEVELS)
 
 
-def in_process(model: UrgencyModel, text: str) -> Reading:
-    return model.predict(text).reading(EXPLAINED)
+def in_process(model: UrgencyModel, text: str, passages: tuple[tuple[str, ...], ...] = ()) -> Reading:
+    return model.predict(text).reading(EXPLAINED, model.passages(text, passages))
 
 
 def run(test: Callable[[Reader, Metrics], Awaitable[T]]) -> T:
@@ -93,9 +95,19 @@ def test_a_reading_from_the_models_process_is_the_reading_made_in_the_daemon_to_
 
     async def test(reader: Reader, metrics: Metrics) -> list[Reading | None]:
         await serving(reader, small_model)
-        return [await reader.read(small_model, text, EXPLAINED) for text in texts]
+        return [await reader.read(small_model, text, EXPLAINED, PASSAGES) for text in texts]
 
-    assert run(test) == [in_process(small_model, text) for text in texts]
+    assert run(test) == [in_process(small_model, text, PASSAGES) for text in texts]
+
+
+def test_the_reading_reads_the_paragraphs_for_the_level_sets_asked_for(small_model: UrgencyModel) -> None:
+    async def test(reader: Reader, metrics: Metrics) -> Reading | None:
+        await serving(reader, small_model)
+        return await reader.read(small_model, TEXTS[-1], EXPLAINED, PASSAGES)
+
+    reading = run(test)
+    assert reading is not None and set(reading.passages) == set(PASSAGES)
+    assert reading.passages[("critical",)].text == "help\n顧客リストが全て消えてしまいました。"
 
 
 def test_the_reading_explains_the_level_sets_asked_for(small_model: UrgencyModel) -> None:
@@ -254,7 +266,8 @@ def test_the_shipped_rules_judge_a_reading_made_beforehand_as_they_judge_the_mod
         subject, _, body = mail.document.partition("\n")
         raw = f"Subject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n".encode()
         parsed = parse(raw)
-        reading = model.predict(document(parsed.subject, parsed.read_text, parsed.is_reply)).reading(ruleset.explained)
+        text = document(parsed.subject, parsed.read_text, parsed.is_reply)
+        reading = model.predict(text).reading(ruleset.explained, model.passages(text, ruleset.passages))
         asked_then = evaluate(ruleset, Context(parsed, NOW, model=model))
         assert evaluate(ruleset, Context(parsed, NOW, model=model, reading=reading)) == asked_then
 

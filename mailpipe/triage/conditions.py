@@ -178,17 +178,10 @@ def _model(value: Any) -> Condition:
     probability, and, with ``ahead_of``, more than it gives those other levels: a fair chance of
     low is a calm tone, and no reason to lower a mail the model thinks likelier critical still.
     Shows the probability and the n-grams that weighed most towards it."""
-    if not isinstance(value, dict) or set(value) - {"level", "levels", "at_least", "ahead_of"} \
-            or "at_least" not in value or ("level" in value) == ("levels" in value):
-        raise TypeError('must be { level = "critical", at_least = 0.6 } or { levels = [...], at_least = 0.5 }'
-                        ' (optionally with ahead_of = [...])')
-    levels = model_levels(value)
+    levels, at_least = _probability(value, {"ahead_of"}, " (optionally with ahead_of = [...])")
     rivals = _levels(value["ahead_of"]) if "ahead_of" in value else []
     if set(rivals) & set(levels):
         raise ValueError("ahead_of must name levels other than the rule's own")
-    at_least = value["at_least"]
-    if isinstance(at_least, bool) or not isinstance(at_least, (int, float)) or not 0 < at_least <= 1:
-        raise ValueError("at_least must be a probability above 0 and at most 1")
     shown = "+".join(levels)
 
     def condition(context: Context) -> str | None:
@@ -202,6 +195,34 @@ def _model(value: Any) -> Condition:
         return f"p({shown})={probability:.2f}" + (f": {reasons}" if reasons else "")
 
     return condition
+
+
+def _passage(value: Any) -> Condition:
+    """Fires when one paragraph of the mail, read by the learned model on its own after the
+    subject, gives the level (or the levels together) at least this probability: an emergency
+    told in passing inside a routine question, which the calm around it dilutes in the whole
+    mail's reading. Shows the probability and the paragraph's opening."""
+    levels, at_least = _probability(value, set(), "")
+    shown = "+".join(levels)
+
+    def condition(context: Context) -> str | None:
+        passage = context.passage(levels)
+        if passage is None or passage.probability < at_least:
+            return None
+        return f'p({shown})={passage.probability:.2f} in "{passage.excerpt}"'
+
+    return condition
+
+
+def _probability(value: Any, optional: set[str], also: str) -> tuple[tuple[str, ...], float]:
+    """The levels and ``at_least`` of a ``model`` or ``passage`` condition, checked."""
+    if not isinstance(value, dict) or set(value) - {"level", "levels", "at_least", *optional} \
+            or "at_least" not in value or ("level" in value) == ("levels" in value):
+        raise TypeError('must be { level = "critical", at_least = 0.6 } or { levels = [...], at_least = 0.5 }' + also)
+    at_least = value["at_least"]
+    if isinstance(at_least, bool) or not isinstance(at_least, (int, float)) or not 0 < at_least <= 1:
+        raise ValueError("at_least must be a probability above 0 and at most 1")
+    return model_levels(value), float(at_least)
 
 
 def model_levels(value: dict[str, Any]) -> tuple[str, ...]:
@@ -241,4 +262,5 @@ CONDITIONS: dict[str, Callable[[Any], Condition]] = {
     "outside_business_hours": _outside_business_hours,
     "incident": _incident,
     "model": _model,
+    "passage": _passage,
 }

@@ -21,7 +21,7 @@ from mailpipe.store import CustomerRecord, Profile
 from mailpipe.triage.hours import within_business_hours
 
 if TYPE_CHECKING:
-    from mailpipe.triage.model import Prediction, Reading, UrgencyModel
+    from mailpipe.triage.model import Passage, Prediction, Reading, UrgencyModel
 
 
 def document(subject: str, new_text: str, is_reply: bool) -> str:
@@ -85,8 +85,26 @@ class Context:
         """The model's reading: the one made beforehand, or one made only when a rule asks for it."""
         if self.reading is not None or self.model is None:
             return self.reading
-        return self.model.predict(document(self.message.subject, self.message.read_text, self.message.is_reply),
-                                  self.folded_all)
+        return self.model.predict(self.document, self.folded_all)
+
+    @cached_property
+    def document(self) -> str:
+        return document(self.message.subject, self.message.read_text, self.message.is_reply)
+
+    def passage(self, levels: tuple[str, ...]) -> Passage | None:
+        """The paragraph the model reads likeliest at ``levels``: from the reading made beforehand,
+        or read now (once per level set) when a rule asks for it."""
+        if self.reading is not None:
+            return self.reading.passages.get(levels)
+        if self.model is None:
+            return None
+        if levels not in self._passages:
+            self._passages.update(self.model.passages(self.document, [levels]))
+        return self._passages.get(levels)
+
+    @cached_property
+    def _passages(self) -> dict[tuple[str, ...], Passage]:
+        return {}
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,

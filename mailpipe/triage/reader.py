@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from mailpipe import children
 from mailpipe.metrics import Metrics
-from mailpipe.triage.model import Explained, Reading, UrgencyModel
+from mailpipe.triage.model import Explained, Passage, Reading, UrgencyModel
 
 log = logging.getLogger("mailpipe.triage")
 
@@ -100,10 +100,11 @@ class Reader:
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._keep_serving(0.0), name="urgency-reader")
 
-    async def read(self, model: UrgencyModel, text: str, explained: Explained) -> Reading | None:
+    async def read(self, model: UrgencyModel, text: str, explained: Explained,
+                   passages: tuple[tuple[str, ...], ...] = ()) -> Reading | None:
         """``model``'s reading of ``text``, explained as ``explained`` asks (``Prediction.reading``),
-        from the process; None if it does not hold that model or does not answer: then the text is
-        the daemon's to read."""
+        with its paragraphs read for the level sets ``passages`` names, from the process; None if it
+        does not hold that model or does not answer: then the text is the daemon's to read."""
         pipe = self._pipe
         if not self.holds(model) or pipe is None:
             self._read_here.inc()
@@ -112,7 +113,7 @@ class Reader:
         answer: asyncio.Future[Reading] = asyncio.get_running_loop().create_future()
         self._pending[key] = pipe, answer
         try:
-            pipe.send((key, text, explained))
+            pipe.send((key, text, explained, passages))
             reading = await asyncio.wait_for(answer, _READ_TIMEOUT)
         except ReaderGone:
             self._read_here.inc()
@@ -204,7 +205,9 @@ class Reader:
             return
         if kind == "read":
             read[1].set_result(Reading(dict(message[2]), {tuple(levels): list(reasons)
-                                                          for levels, reasons in message[3]}))
+                                                          for levels, reasons in message[3]},
+                                       {tuple(levels): Passage(float(probability), str(text))
+                                        for levels, probability, text in message[4]}))
         elif kind == "failed":  # the text is the daemon's to read, where the same failure is the stage's to report
             read[1].set_exception(ReaderGone(str(message[2])))
         else:
@@ -320,9 +323,12 @@ class _Pipe(asyncio.SubprocessProtocol):
         self._transport.close()  # kills it if it has not exited
 
 
-def _received(stream: IO[bytes]) -> tuple[int, UrgencyModel] | tuple[int, str, Explained] | None:
-    """The next message from the daemon (a model with its key, or a text's key, text and level
-    sets to explain), or None at the end of its input."""
+_Read = tuple[int, str, Explained, tuple[tuple[str, ...], ...]]
+
+
+def _received(stream: IO[bytes]) -> tuple[int, UrgencyModel] | _Read | None:
+    """The next message from the daemon (a model with its key, or a text's key, text, level sets
+    to explain and level sets to read its paragraphs for), or None at the end of its input."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
         return None
@@ -334,7 +340,7 @@ def _received(stream: IO[bytes]) -> tuple[int, UrgencyModel] | tuple[int, str, E
         (key,) = _KEY.unpack_from(data, 1)
         model: UrgencyModel = pickle.loads(memoryview(data)[1 + _KEY.size:])
         return key, model
-    read: tuple[int, str, Explained] = pickle.loads(memoryview(data)[1:])
+    read: _Read = pickle.loads(memoryview(data)[1:])
     return read
 
 
@@ -347,12 +353,14 @@ def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
             key, model = message
             answer = ["model", key]
         else:
-            key, text, explained = message
+            key, text, explained, passages = message
             try:
                 assert model is not None, "a text before any model"
-                reading = model.predict(text).reading(explained)
+                reading = model.predict(text).reading(explained, model.passages(text, passages))
                 answer = ["read", key, reading.probabilities,
-                          [[list(levels), reasons] for levels, reasons in reading.explained.items()]]
+                          [[list(levels), reasons] for levels, reasons in reading.explained.items()],
+                          [[list(levels), passage.probability, passage.text]
+                           for levels, passage in reading.passages.items()]]
             except Exception as exc:  # the daemon reads it itself, and meets the failure there
                 answer = ["failed", key, f"{type(exc).__name__}: {exc}"]
         data = json.dumps(answer, ensure_ascii=False).encode()

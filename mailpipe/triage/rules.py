@@ -20,6 +20,8 @@ conditions that must all hold:
     model = { level = "critical", at_least = 0.6 }   the learned model's probability of a level
                                               (or levels = [...] together; ahead_of = [...]: and more
                                               than those levels); never when it is off
+    passage = { level = "critical", at_least = 0.8 } the same of the one paragraph (read after the
+                                              subject) the model reads likeliest at that level
     expression = "NOT_DELIVERED & VIP & !AUTO_REPLY"  a composite: only this condition
 
 and optionally ``escalate = "tech"`` or ``"dev"``, ``examples`` that ``mailpipe rules test``
@@ -61,7 +63,7 @@ __all__ = ["LEVELS", "Rule", "RuleSet", "RulesError", "load"]
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _TEXT_KEYS = ("any", "subject", "body")
 _CONDITION_KEYS = (*_TEXT_KEYS, "regex", "subject_regex", "headers", "sender", "customer", "repeat", "open_case_hours",
-                   "dmarc", "outside_business_hours", "incident", "model", "expression")
+                   "dmarc", "outside_business_hours", "incident", "model", "passage", "expression")
 _KNOWN_KEYS = frozenset({*_CONDITION_KEYS, "name", "description", "score", "escalate", "examples", "enabled",
                          "cancels", "at_most"})
 _EXAMPLE_KEYS = frozenset({"subject", "body", "headers", "sender", "expect", "customer", "dmarc", "incident"})
@@ -87,6 +89,7 @@ class Rule:
     at_most: str | None = None  # the highest level the verdict may have when this rule counts
     # The levels of its ``model`` condition and their ``at_least``: it shows their n-grams from there.
     explains: tuple[tuple[str, ...], float] | None = None
+    passage: tuple[str, ...] | None = None  # the levels of its ``passage`` condition
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,12 @@ class RuleSet:
                 levels, at_least = rule.explains
                 least[levels] = min(at_least, least.get(levels, at_least))
         return tuple(least.items())
+
+    @cached_property
+    def passages(self) -> tuple[tuple[str, ...], ...]:
+        """The level sets ``passage`` conditions ask of a message's paragraphs: what the model's own
+        process reads beforehand, beside ``explained``."""
+        return tuple(dict.fromkeys(rule.passage for rule in self.plain if rule.passage is not None))
 
     def level(self, score: float) -> str:
         for name in ("critical", "high", "normal"):
@@ -253,7 +262,8 @@ def _compile(spec: dict[str, Any], problems: list[str]) -> Rule | None:
         return None
     return Rule(name, description, float(score), tuple(conditions), expression, uses, escalate, tuple(examples),
                 source, frozenset(cancels), at_most,
-                (model_levels(spec["model"]), float(spec["model"]["at_least"])) if "model" in spec else None)
+                (model_levels(spec["model"]), float(spec["model"]["at_least"])) if "model" in spec else None,
+                model_levels(spec["passage"]) if "passage" in spec else None)
 
 
 def _assemble(rules: list[Rule], levels: dict[str, float], problems: list[str]) -> RuleSet:

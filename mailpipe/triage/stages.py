@@ -137,11 +137,11 @@ class Triage:
         process goes on with other messages; ``score`` hands it to the rules, or reads the text
         itself when that process could not (starting, loading a newer model, or gone)."""
         model = self.model()
-        if model is None or self.reader is None or not self.rules.explained:  # no rule asks the model
+        if model is None or self.reader is None or not (self.rules.explained or self.rules.passages):  # none asks
             return work
         parsed = parsed_of(work)
         text = clipped(document(parsed.subject, parsed.read_text, parsed.is_reply))  # all the model reads
-        reading = await self.reader.read(model, text, self.rules.explained)
+        reading = await self.reader.read(model, text, self.rules.explained, self.rules.passages)
         return work if reading is None else dataclasses.replace(work, urgency=reading)
 
     def profile(self, work: Work) -> Work:
