@@ -335,7 +335,19 @@ def test_a_ruleset_lists_the_level_sets_its_passage_rules_read_once_each(tmp_pat
     ruleset = _rules_each_with(tmp_path, "passage", ['{ level = "critical", at_least = 0.8 }',
                                                      '{ level = "critical", at_least = 0.9 }',
                                                      '{ levels = ["critical", "high"], at_least = 0.7 }'])
-    assert ruleset.passages == (("critical",), ("critical", "high"))
+    assert ruleset.passages == ((("critical",), (), 0.0), (("critical",), (), 0.0), (("critical", "high"), (), 0.0))
+
+
+def test_a_passage_rules_model_condition_gates_the_reading_of_paragraphs(tmp_path: Path,
+                                                                         small_model: UrgencyModel) -> None:
+    (tmp_path / "levels.toml").write_text("[levels]\ncritical = 10\nhigh = 6\nnormal = 2\n")
+    (tmp_path / "model.toml").write_text('[[rule]]\nname = "M"\ndescription = "d"\nscore = 1\n'
+                                         'model = { level = "critical", at_least = 0.3 }\n'
+                                         'passage = { level = "critical", at_least = 0.8 }\n')
+    asked = rules.load(tmp_path).passages
+    assert asked == ((("critical",), ("critical",), 0.3),)
+    assert small_model.predict("顧客リストが全て消えてしまいました。").passing(asked) == [("critical",)]
+    assert small_model.predict("Thanks, no reply needed.").passing(asked) == []
 
 
 def _rules_each_with(tmp_path: Path, key: str, conditions: list[str]) -> rules.RuleSet:

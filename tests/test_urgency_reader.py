@@ -28,7 +28,7 @@ from mailpipe.triage import reader as reader_module
 from mailpipe.triage.context import Context, document
 from mailpipe.triage.fitting import fitted_apart
 from mailpipe.triage.learning import Learner
-from mailpipe.triage.model import Example, ModelError, Reading, UrgencyModel, train
+from mailpipe.triage.model import Example, Gated, ModelError, Reading, UrgencyModel, train
 from mailpipe.triage.reader import Reader
 from mailpipe.triage.score import evaluate
 
@@ -37,7 +37,7 @@ from .test_urgency_model import SMALL
 T = TypeVar("T")
 NOW = datetime(2026, 11, 24, 5, 0, tzinfo=UTC)
 EXPLAINED = ((("critical",), 0.0), (("critical", "high"), 0.0), (("low",), 0.0))
-PASSAGES = (("critical",), ("critical", "high"))
+PASSAGES = ((("critical",), (), 0.0), (("critical", "high"), (), 0.0))
 TEXTS = ["顧客リストが全て消えてしまいました。", "How do I set up DKIM?", "Thanks, no reply needed.", "",
          "help\nHow do I export my list as CSV?\n\n顧客リストが全て消えてしまいました。"]
 
@@ -54,8 +54,9 @@ def other_model() -> UrgencyModel:
     return train([Example(text, turned[level]) for level, text in SMALL], rules.LEVELS)
 
 
-def in_process(model: UrgencyModel, text: str, passages: tuple[tuple[str, ...], ...] = ()) -> Reading:
-    return model.predict(text).reading(EXPLAINED, model.passages(text, passages))
+def in_process(model: UrgencyModel, text: str, passages: Gated = ()) -> Reading:
+    prediction = model.predict(text)
+    return prediction.reading(EXPLAINED, model.passages(text, prediction.passing(passages)))
 
 
 def run(test: Callable[[Reader, Metrics], Awaitable[T]]) -> T:
@@ -106,7 +107,7 @@ def test_the_reading_reads_the_paragraphs_for_the_level_sets_asked_for(small_mod
         return await reader.read(small_model, TEXTS[-1], EXPLAINED, PASSAGES)
 
     reading = run(test)
-    assert reading is not None and set(reading.passages) == set(PASSAGES)
+    assert reading is not None and set(reading.passages) == {levels for levels, _, _ in PASSAGES}
     assert reading.passages[("critical",)].text == "help\n顧客リストが全て消えてしまいました。"
 
 
@@ -267,7 +268,8 @@ def test_the_shipped_rules_judge_a_reading_made_beforehand_as_they_judge_the_mod
         raw = f"Subject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n".encode()
         parsed = parse(raw)
         text = document(parsed.subject, parsed.read_text, parsed.is_reply)
-        reading = model.predict(text).reading(ruleset.explained, model.passages(text, ruleset.passages))
+        prediction = model.predict(text)
+        reading = prediction.reading(ruleset.explained, model.passages(text, prediction.passing(ruleset.passages)))
         asked_then = evaluate(ruleset, Context(parsed, NOW, model=model))
         assert evaluate(ruleset, Context(parsed, NOW, model=model, reading=reading)) == asked_then
 

@@ -136,6 +136,9 @@ class Passage:
 REASONS = 3
 # Level sets to explain, each from the probability at which a rule shows it (``RuleSet.explained``).
 Explained = tuple[tuple[tuple[str, ...], float], ...]
+# Level sets to read paragraphs for, each with the whole mail's probability of other levels a
+# rule asks first (``RuleSet.passages``; no levels and 0.0 when it asks none).
+Gated = tuple[tuple[tuple[str, ...], tuple[str, ...], float], ...]
 
 
 class _Levels:
@@ -149,6 +152,12 @@ class _Levels:
     @property
     def level(self) -> str:
         return max(self.probabilities, key=lambda level: self.probabilities[level])
+
+    def passing(self, asked: Gated) -> list[tuple[str, ...]]:
+        """The level sets of ``asked`` whose paragraphs a rule may read after this whole-mail
+        reading: any whose gate it passes. Reading paragraphs costs as much again as the whole
+        mail, and the shipped rule reads them only for mail with some chance of critical."""
+        return list(dict.fromkeys(levels for levels, gate, at_least in asked if self.of(gate) >= at_least))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from mailpipe import children
 from mailpipe.metrics import Metrics
-from mailpipe.triage.model import Explained, Passage, Reading, UrgencyModel
+from mailpipe.triage.model import Explained, Gated, Passage, Reading, UrgencyModel
 
 log = logging.getLogger("mailpipe.triage")
 
@@ -100,11 +100,11 @@ class Reader:
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._keep_serving(0.0), name="urgency-reader")
 
-    async def read(self, model: UrgencyModel, text: str, explained: Explained,
-                   passages: tuple[tuple[str, ...], ...] = ()) -> Reading | None:
+    async def read(self, model: UrgencyModel, text: str, explained: Explained, passages: Gated = ()) -> Reading | None:
         """``model``'s reading of ``text``, explained as ``explained`` asks (``Prediction.reading``),
-        with its paragraphs read for the level sets ``passages`` names, from the process; None if it
-        does not hold that model or does not answer: then the text is the daemon's to read."""
+        with its paragraphs read for the level sets of ``passages`` whose gate it passes, from the
+        process; None if it does not hold that model or does not answer: then the text is the
+        daemon's to read."""
         pipe = self._pipe
         if not self.holds(model) or pipe is None:
             self._read_here.inc()
@@ -323,7 +323,7 @@ class _Pipe(asyncio.SubprocessProtocol):
         self._transport.close()  # kills it if it has not exited
 
 
-_Read = tuple[int, str, Explained, tuple[tuple[str, ...], ...]]
+_Read = tuple[int, str, Explained, Gated]
 
 
 def _received(stream: IO[bytes]) -> tuple[int, UrgencyModel] | _Read | None:
@@ -356,7 +356,8 @@ def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
             key, text, explained, passages = message
             try:
                 assert model is not None, "a text before any model"
-                reading = model.predict(text).reading(explained, model.passages(text, passages))
+                prediction = model.predict(text)
+                reading = prediction.reading(explained, model.passages(text, prediction.passing(passages)))
                 answer = ["read", key, reading.probabilities,
                           [[list(levels), reasons] for levels, reasons in reading.explained.items()],
                           [[list(levels), passage.probability, passage.text]

@@ -57,7 +57,7 @@ from mailpipe.triage.conditions import CONDITIONS, LEVELS, Condition, model_leve
 from mailpipe.triage.expression import ExpressionError, Predicate, compile_expression
 
 if TYPE_CHECKING:  # the model's module imports numpy, which the rules need not
-    from mailpipe.triage.model import Explained
+    from mailpipe.triage.model import Explained, Gated
 
 __all__ = ["LEVELS", "Rule", "RuleSet", "RulesError", "load"]
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -115,10 +115,11 @@ class RuleSet:
         return tuple(least.items())
 
     @cached_property
-    def passages(self) -> tuple[tuple[str, ...], ...]:
-        """The level sets ``passage`` conditions ask of a message's paragraphs: what the model's own
-        process reads beforehand, beside ``explained``."""
-        return tuple(dict.fromkeys(rule.passage for rule in self.plain if rule.passage is not None))
+    def passages(self) -> Gated:
+        """The level sets ``passage`` conditions ask of a message's paragraphs, each with its rule's
+        ``model`` condition, which is checked first: what the model's own process reads beforehand,
+        beside ``explained``, for mail that passes one of them."""
+        return tuple((rule.passage, *(rule.explains or ((), 0.0))) for rule in self.plain if rule.passage is not None)
 
     def level(self, score: float) -> str:
         for name in ("critical", "high", "normal"):
