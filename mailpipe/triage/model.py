@@ -12,7 +12,8 @@ bigrams of its ASCII words, TF-IDF weighted; the classifier is scikit-learn's mu
 logistic regression with balanced class weights. scikit-learn is imported only to train (it
 costs about two seconds); a trained model predicts with numpy alone, in well under a
 millisecond, and names the n-grams that weighed most, which ``mailpipe score`` and the triage
-card show. No model is ever loaded from a file: the daemon trains at start and on reload from
+card show. It also reads a mail's paragraphs one by one (``passages``), for rules that look for an
+emergency told in passing. No model is ever loaded from a file: the daemon trains at start and on reload from
 the labelled corpus (:mod:`mailpipe.triage.corpus`) and the desk's corrections (its own
 processes hand models to each other pickled: ``triage.fitting``, ``triage.reader``).
 """

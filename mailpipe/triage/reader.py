@@ -2,8 +2,9 @@
 
 Why: a prediction costs 0.1-0.3 ms of CPU, an eighth of what triage costs a message, and in the
 daemon's process it holds the GIL that every other stage waits for. In a process of its own
-the daemon only writes the text into a pipe and reads back the probabilities and the n-grams
-each model rule may show (``Reading``): tens of microseconds.
+the daemon only writes the text into a pipe and reads back the probabilities, the n-grams
+each model rule may show and the paragraph each passage rule reads (``Reading``): tens of
+microseconds.
 
 The process gets every model the learner installs (pickled: our own object, sent by the process
 that started it, never read from a file), says when it holds it, and reads texts in the order
