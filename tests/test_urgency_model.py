@@ -331,11 +331,12 @@ def test_a_passage_condition_takes_no_rival_levels(tmp_path: Path) -> None:
         _ruleset(tmp_path, '{ level = "critical", at_least = 0.5, ahead_of = ["low"] }', key="passage")
 
 
-def test_a_ruleset_lists_the_level_sets_its_passage_rules_read_once_each(tmp_path: Path) -> None:
+def test_each_level_set_passage_rules_ask_for_is_read_once(tmp_path: Path, small_model: UrgencyModel) -> None:
     ruleset = _rules_each_with(tmp_path, "passage", ['{ level = "critical", at_least = 0.8 }',
                                                      '{ level = "critical", at_least = 0.9 }',
                                                      '{ levels = ["critical", "high"], at_least = 0.7 }'])
     assert ruleset.passages == ((("critical",), (), 0.0), (("critical",), (), 0.0), (("critical", "high"), (), 0.0))
+    assert small_model.predict("help").passing(ruleset.passages) == [("critical",), ("critical", "high")]
 
 
 def test_a_passage_rules_model_condition_gates_the_reading_of_paragraphs(tmp_path: Path,
