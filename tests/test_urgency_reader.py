@@ -55,8 +55,7 @@ def other_model() -> UrgencyModel:
 
 
 def in_process(model: UrgencyModel, text: str, passages: Gated = ()) -> Reading:
-    prediction = model.predict(text)
-    return prediction.reading(EXPLAINED, model.passages(text, prediction.passing(passages)))
+    return model.reading(text, EXPLAINED, passages)
 
 
 def run(test: Callable[[Reader, Metrics], Awaitable[T]]) -> T:
@@ -267,9 +266,8 @@ def test_the_shipped_rules_judge_a_reading_made_beforehand_as_they_judge_the_mod
         subject, _, body = mail.document.partition("\n")
         raw = f"Subject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n".encode()
         parsed = parse(raw)
-        text = document(parsed.subject, parsed.read_text, parsed.is_reply)
-        prediction = model.predict(text)
-        reading = prediction.reading(ruleset.explained, model.passages(text, prediction.passing(ruleset.passages)))
+        reading = model.reading(document(parsed.subject, parsed.read_text, parsed.is_reply), ruleset.explained,
+                                ruleset.passages)
         asked_then = evaluate(ruleset, Context(parsed, NOW, model=model))
         assert evaluate(ruleset, Context(parsed, NOW, model=model, reading=reading)) == asked_then
 

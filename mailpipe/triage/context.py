@@ -21,7 +21,7 @@ from mailpipe.store import CustomerRecord, Profile
 from mailpipe.triage.hours import within_business_hours
 
 if TYPE_CHECKING:
-    from mailpipe.triage.model import Passage, Prediction, Reading, UrgencyModel
+    from mailpipe.triage.model import ParagraphsRead, Passage, Prediction, Reading, UrgencyModel
 
 
 def document(subject: str, new_text: str, is_reply: bool) -> str:
@@ -93,18 +93,14 @@ class Context:
 
     def passage(self, levels: tuple[str, ...]) -> Passage | None:
         """The paragraph the model reads likeliest at ``levels``: from the reading made beforehand,
-        or read now (once per level set) when a rule asks for it."""
+        or from the paragraphs read now, once, when a rule first asks."""
         if self.reading is not None:
             return self.reading.passages.get(levels)
-        if self.model is None:
-            return None
-        if levels not in self._passages:
-            self._passages.update(self.model.passages(self.document, [levels]))
-        return self._passages.get(levels)
+        return self._paragraphs_read.strongest(levels) if self._paragraphs_read is not None else None
 
     @cached_property
-    def _passages(self) -> dict[tuple[str, ...], Passage]:
-        return {}
+    def _paragraphs_read(self) -> ParagraphsRead | None:
+        return self.model.paragraphs_read(self.document) if self.model is not None else None
 
 
 def triage_context(parsed: ParsedMessage, profile: Profile | None, now: datetime, desk: TriageConfig,

@@ -12,10 +12,10 @@ bigrams of its ASCII words, TF-IDF weighted; the classifier is scikit-learn's mu
 logistic regression with balanced class weights. scikit-learn is imported only to train (it
 costs about two seconds); a trained model predicts with numpy alone, in well under a
 millisecond, and names the n-grams that weighed most, which ``mailpipe score`` and the triage
-card show. It also reads a mail's paragraphs one by one (``passages``), for rules that look for an
-emergency told in passing. No model is ever loaded from a file: the daemon trains at start and on reload from
-the labelled corpus (:mod:`mailpipe.triage.corpus`) and the desk's corrections (its own
-processes hand models to each other pickled: ``triage.fitting``, ``triage.reader``).
+card show. It also reads a mail's paragraphs one by one (``passages``), for rules that look for
+an emergency told in passing. No model is ever loaded from a file: the daemon trains at start and
+on reload from the labelled corpus (:mod:`mailpipe.triage.corpus`) and the desk's corrections
+(its own processes hand models to each other pickled: ``triage.fitting``, ``triage.reader``).
 """
 
 from __future__ import annotations
@@ -267,20 +267,41 @@ class UrgencyModel:
         return Prediction(_softmax([b + s for b, s in zip(self._intercept, scores, strict=True)], self.levels),
                           columns, weights, terms, self._vocabulary.terms)
 
+    def reading(self, text: str, explained: Explained, passages: Gated) -> Reading:
+        """What rules ask of ``text``, read beforehand (``triage.reader``): the whole mail's reading
+        explained as ``explained`` asks, and its paragraphs for the level sets of ``passages``
+        whose gate that reading passes."""
+        prediction = self.predict(text)
+        return prediction.reading(explained, self.passages(text, prediction.passing(passages)))
+
     def passages(self, text: str, asked: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], Passage]:
-        """For each level set ``asked``, the paragraph of ``text`` read likeliest at those levels.
+        """For each level set ``asked``, the paragraph of ``text`` read likeliest at those levels."""
+        if not asked:
+            return {}
+        read = self.paragraphs_read(text)
+        return {levels: passage for levels in asked if (passage := read.strongest(levels)) is not None}
+
+    def paragraphs_read(self, text: str) -> ParagraphsRead:
+        """Each paragraph of ``text`` (``paragraphs``) with the model's reading of it alone.
         Why: the whole mail's reading weighs an emergency told in passing ("Apologies if this is
         a silly question. All 8,200 patients we imported now show Deleted") against every calm
         sentence around it; a paragraph read on its own does not. Each paragraph costs a
         prediction of its own length, so the text costs about twice its whole reading."""
-        if not asked:
-            return {}
-        read = [(paragraph, self.predict(paragraph)) for paragraph in paragraphs(clipped(text))]
-        if not read:
-            return {}
-        return {levels: max((Passage(prediction.of(levels), paragraph) for paragraph, prediction in read),
-                            key=lambda passage: passage.probability)
-                for levels in asked}
+        return ParagraphsRead(tuple((paragraph, self.predict(paragraph)) for paragraph in paragraphs(clipped(text))))
+
+
+@dataclass(frozen=True)
+class ParagraphsRead:
+    """A text's paragraphs, each with the model's reading of it alone (``UrgencyModel.paragraphs_read``)."""
+
+    read: tuple[tuple[str, Prediction], ...]
+
+    def strongest(self, levels: Sequence[str]) -> Passage | None:
+        """The paragraph read likeliest at ``levels``; None for a text with no paragraph."""
+        if not self.read:
+            return None
+        return max((Passage(prediction.of(levels), paragraph) for paragraph, prediction in self.read),
+                   key=lambda passage: passage.probability)
 
 
 def enough(examples: Sequence[Example], levels: Sequence[str]) -> None:

@@ -357,8 +357,7 @@ def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
             key, text, explained, passages = message
             try:
                 assert model is not None, "a text before any model"
-                prediction = model.predict(text)
-                reading = prediction.reading(explained, model.passages(text, prediction.passing(passages)))
+                reading = model.reading(text, explained, passages)
                 answer = ["read", key, reading.probabilities,
                           [[list(levels), reasons] for levels, reasons in reading.explained.items()],
                           [[list(levels), passage.probability, passage.text]
