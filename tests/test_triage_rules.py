@@ -335,7 +335,8 @@ def test_rules_with_the_model_put_held_aside_mail_at_its_level(shipped_model) ->
                           ("blind13", 80, 0.95, 0.95, 0.85, 2), ("blind14", 64, 0.95, 0.95, 0.75, 1),
                           ("blind15", 60, 0.95, 0.93, 0.9, 2), ("blind16", 60, 0.95, 0.95, 0.8, 1),
                           ("blind17", 72, 0.95, 0.95, 0.8, 2), ("blind18", 72, 0.95, 0.93, 0.75, 2),
-                          ("blind19", 80, 0.95, 0.95, 0.85, 1), ("blind20", 72, 0.95, 0.95, 0.85, 1)])
+                          ("blind19", 80, 0.95, 0.95, 0.85, 1), ("blind20", 72, 0.95, 0.95, 0.85, 1),
+                          ("blind21", 80, 0.95, 0.95, 0.9, 1), ("blind22", 68, 0.95, 0.95, 0.9, 1)])
 def test_rules_with_the_model_put_mail_written_apart_from_the_corpus_at_its_level(
         shipped_model, name: str, count: int, critical_floor: float, recall_floor: float,
         precision_floor: float, low_ceiling: int) -> None:
