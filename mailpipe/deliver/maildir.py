@@ -6,13 +6,20 @@ delivered again after a crash (delivered, but the spool never heard) finds its e
 twice. Write to ``tmp/``, fsync, rename into ``new/``, fsync the directory: the order the
 Maildir specification and a crash both require.
 
-The directory fsync is shared, the way the spool's committer shares a commit: each delivery
-writes, fsyncs and renames its files in a thread of its own (concurrent fsyncs of files share
-the file system's journal commits), then asks for ``new/`` to be fsync'ed (``DirectorySync``): the
-first to ask fsyncs it for every delivery that renamed into it before the fsync began, and those
-that arrive meanwhile share the next one. A delivery returns only after an fsync that covers its
-rename, so the spool acknowledges a message only once its files are durable; one that finds its
-files already in ``new/`` (a retry) waits for an fsync too, in case the one before failed.
+Deliveries are written in groups, the way the spool's committer commits (``_GroupWriter``): one
+thread takes every delivery waiting at that moment, writes all their files into ``tmp/``, fsyncs
+each, renames each into ``new/``, and fsyncs each ``new/`` the group renamed into once. On ext4
+the first fsync's journal commit carries the files written before it, so the rest of the group's
+fsyncs find little left to do. A delivery returns only after the fsync of its ``new/``, so the
+spool acknowledges a message only once its files are durable; one that finds its files already in
+``new/`` (a retry) waits for that fsync too, in case the one before failed. A delivery whose file
+cannot be written, fsync'ed or renamed fails alone; a failed directory fsync fails every delivery
+of the group that renamed into that directory.
+Why one thread: a thread per delivery (eight slots in flight, on the default executor) spent more
+CPU in the kernel than in Python: creating and renaming files in one directory from several
+threads at once spins on its lock, and every thread coming back from its fsync fought the event
+loop for the GIL (``bench/drain.py``: 46 % of the daemon's triage CPU was the kernel's, 80 thread
+switches a message).
 
 A Maildir file holds a message in the local text convention, lines ending in LF, as Postfix's
 ``local`` and Dovecot's LDA write it: mail clients reading the file (mutt, Thunderbird's Maildir
@@ -24,19 +31,25 @@ servers put the CRLF back, RFC 5322 section 2.3).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import queue
 import socket
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailpipe.config import Agent
 from mailpipe.deliver import TemporaryFailure
+from mailpipe.offload import Outcome, settle
 from mailpipe.spool import Message
 
 _SUBDIRS = ("tmp", "new", "cur")
+# Deliveries in one group. Each holds its files open from their write to their fsync: two each as
+# triage files them (the original and its card), well inside the default limit of 1,024 descriptors.
+_MAX_GROUP = 64
 
 
 @dataclass(frozen=True)
@@ -47,7 +60,6 @@ class _Mailbox:
     tmp: Path
     new: Path
     cur: Path
-    synced: DirectorySync  # new/'s shared fsync (``_DIRECTORIES``)
 
 
 class MaildirDeliverer:
@@ -55,116 +67,180 @@ class MaildirDeliverer:
 
     def __init__(self, root: Path):
         self.root = root
-        self._ready: dict[str, _Mailbox] = {}  # by agent id
+        self._ready: dict[str, _Mailbox] = {}  # by agent id; used by the group writer's thread alone
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
     def mailbox(self, owner: Agent) -> Path:
         return self.root / owner.id
 
     async def deliver(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _WRITER.submit(_Delivery(self, owner, items, done))
         try:
-            await asyncio.to_thread(self._write_creating_mailbox, owner, items)
+            await done
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES):
                 raise TemporaryFailure(f"maildir {self.mailbox(owner)}: {exc.strerror}") from exc
             raise
 
-    def _write_creating_mailbox(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
-        try:
-            self._write(owner, items)
-        except FileNotFoundError:
-            # Someone removed the mailbox since we created it: create it again, once.
-            self._ready.pop(owner.id, None)
-            self._write(owner, items)
-
-    def _write(self, owner: Agent, items: Sequence[tuple[Message, bytes]]) -> None:
-        """Every file written and fsync'ed in tmp/, then renamed into new/, then new/ fsync'ed
-        (together with every other delivery's waiting at that moment)."""
+    def ready(self, owner: Agent) -> _Mailbox:
+        """The owner's mailbox, its directories created the first time."""
         box = self._ready.get(owner.id)
         if box is None:
             path = self.mailbox(owner)
             for sub in _SUBDIRS:
                 (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-            box = _Mailbox(path / "tmp", path / "new", path / "cur", _DIRECTORIES[path / "new"])
+            box = _Mailbox(path / "tmp", path / "new", path / "cur")
             self._ready[owner.id] = box
-        names = []
-        for message, content in items:
-            name = f"{int(message.entry.received_at)}.M{message.id}.{self._host}"
-            if not self._already_delivered(box, name, message.entry.recovered):
-                _write_synced(box.tmp / name, message, content)
-                names.append(name)
-        for name in names:
-            os.rename(box.tmp / name, box.new / name)
-        box.synced.sync()
+        return box
 
-    @staticmethod
-    def _already_delivered(box: _Mailbox, name: str, recovered: bool) -> bool:
-        if (box.new / name).exists():
-            return True
-        if not recovered:
-            return False
-        # Only after a crash: a full listing of cur/ is too slow for every message.
-        prefix = name + ":"
-        with os.scandir(box.cur) as found:
-            return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
+    def forget(self, owner: Agent) -> None:
+        """Someone removed the mailbox since we created it: the next delivery creates it again."""
+        self._ready.pop(owner.id, None)
+
+    def name(self, message: Message) -> str:
+        return f"{int(message.entry.received_at)}.M{message.id}.{self._host}"
 
 
-class DirectorySync:
-    """Group commit of one directory's fsync: whoever finds none running fsyncs for every delivery
-    that renamed into the directory before it began; those arriving meanwhile wait for the next."""
+@dataclass
+class _Delivery:
+    """One ``deliver`` call on its way through a group: its files written in ``tmp/`` and still
+    open, and the first error that fails it."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._changed = threading.Condition()
-        self._renamed = 0  # tickets handed out: one per delivery that renamed files in
-        self._durable = 0  # every ticket up to this one is covered by a finished fsync
-        self._syncing = False
-        self._failed: tuple[int, OSError] | None = None  # tickets above _durable up to this one: failed
-        self.fsyncs = 0
+    deliverer: MaildirDeliverer
+    owner: Agent
+    items: Sequence[tuple[Message, bytes]]
+    done: asyncio.Future[None]
+    box: _Mailbox | None = None
+    written: list[tuple[str, int]] = field(default_factory=list)  # file name in tmp/, its descriptor
+    error: BaseException | None = None
+
+    def write(self) -> None:
+        """Writes the files not delivered before into ``tmp/``, creating the mailbox once more if
+        it was removed since it was created."""
+        try:
+            self._write()
+        except FileNotFoundError:
+            self.discard()
+            self.deliverer.forget(self.owner)
+            self._write()
+
+    def _write(self) -> None:
+        box = self.box = self.deliverer.ready(self.owner)
+        for message, content in self.items:
+            name = self.deliverer.name(message)
+            if not _already_delivered(box, name, message.entry.recovered):
+                self.written.append((name, _write_unsynced(box.tmp / name, message, content)))
 
     def sync(self) -> None:
-        """Returns once an fsync begun after this call has finished; raises what it raised."""
-        with self._changed:
-            self._renamed += 1
-            ticket = self._renamed
-            while self._durable < ticket:
-                if self._failed is not None and ticket <= self._failed[0]:
-                    raise self._failed[1]
-                if self._syncing:
-                    self._changed.wait()
-                    continue
-                self._syncing, covers = True, self._renamed
-                self._changed.release()
+        for _, fd in self.written:
+            os.fsync(fd)
+        self._close()
+
+    def rename(self) -> None:
+        assert self.box is not None
+        for name, _ in self.written:
+            os.rename(self.box.tmp / name, self.box.new / name)
+
+    def discard(self) -> None:
+        """Closes and removes what this delivery left in ``tmp/`` (a file renamed already is gone
+        from there; one in ``new/`` is a delivery, which a retry finds)."""
+        with contextlib.suppress(OSError):  # the delivery failed already: its first error is the one to tell
+            self._close()
+        if self.box is not None:
+            for name, _ in self.written:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.box.tmp / name)
+        self.written = []
+
+    def _close(self) -> None:
+        """Closes the files still open; the first error is raised once all are closed."""
+        error: OSError | None = None
+        for index, (name, fd) in enumerate(self.written):
+            if fd >= 0:
+                self.written[index] = (name, -1)
                 try:
-                    _fsync_dir(self.path)
-                    error = None
+                    os.close(fd)
                 except OSError as exc:
-                    error = exc
-                finally:
-                    self._changed.acquire()
-                    self._syncing = False
-                    self.fsyncs += 1
-                    self._changed.notify_all()
-                if error is None:
-                    self._durable, self._failed = covers, None
-                else:
-                    self._failed = (covers, error)
+                    error = error or exc
+        if error is not None:
+            raise error
 
 
-class _Directories:
-    """Each mailbox's ``new/`` as a ``DirectorySync``, shared by every ``MaildirDeliverer`` (a reload
-    builds new ones)."""
+class _GroupWriter:
+    """One thread writing every delivery waiting at that moment as one group (the module's
+    docstring says in which order); started on first use, shared by every ``MaildirDeliverer`` (a
+    reload builds new ones)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._known: dict[Path, DirectorySync] = {}
+    def __init__(self, name: str):
+        self._name = name
+        self._deliveries: queue.SimpleQueue[_Delivery] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self.groups = 0
+        self.directory_fsyncs = 0
 
-    def __getitem__(self, path: Path) -> DirectorySync:
-        with self._lock:
-            return self._known.setdefault(path, DirectorySync(path))
+    def submit(self, delivery: _Delivery) -> None:
+        with self._starting:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._deliveries.put(delivery)
+
+    def _run(self) -> None:
+        while True:
+            group = [self._deliveries.get()]
+            while len(group) < _MAX_GROUP:
+                try:
+                    group.append(self._deliveries.get_nowait())
+                except queue.Empty:
+                    break
+            self.write(group)
+
+    def write(self, group: list[_Delivery]) -> None:
+        """Writes ``group`` and tells each delivery's caller how it went."""
+        for step in (_Delivery.write, _Delivery.sync, _Delivery.rename):
+            for delivery in group:
+                if delivery.error is None:
+                    try:
+                        step(delivery)
+                    except BaseException as exc:  # the caller's to handle, as in the offload: the thread goes on
+                        delivery.error = exc
+        renamed: dict[Path, list[_Delivery]] = {}
+        for delivery in group:
+            if delivery.error is None and delivery.box is not None:
+                renamed.setdefault(delivery.box.new, []).append(delivery)
+        for directory, deliveries in renamed.items():
+            try:
+                _fsync_dir(directory)
+            except BaseException as exc:
+                for delivery in deliveries:
+                    delivery.error = exc
+            self.directory_fsyncs += 1
+        for delivery in group:
+            if delivery.error is not None:
+                delivery.discard()
+        self.groups += 1
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for delivery in group:
+            by_loop.setdefault(delivery.done.get_loop(), []).append((delivery.done, None, delivery.error))
+        for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per delivery
+            with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nobody waits for these
+                loop.call_soon_threadsafe(settle, settled)
 
 
-_DIRECTORIES = _Directories()
+_WRITER = _GroupWriter("maildir")
+
+
+def _already_delivered(box: _Mailbox, name: str, recovered: bool) -> bool:
+    if (box.new / name).exists():
+        return True
+    if not recovered:
+        return False
+    # Only after a crash: a full listing of cur/ is too slow for every message.
+    prefix = name + ":"
+    with os.scandir(box.cur) as found:
+        return any(entry.name == name or entry.name.startswith(prefix) for entry in found)
 
 
 def unix_lines(content: bytes) -> bytes:
@@ -172,7 +248,8 @@ def unix_lines(content: bytes) -> bytes:
     return content.replace(b"\r\n", b"\n")
 
 
-def _write_synced(path: Path, message: Message, content: bytes) -> None:
+def _write_unsynced(path: Path, message: Message, content: bytes) -> int:
+    """The file written, left open for the group's fsync: its descriptor."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         # One buffer, one write: each system call in this thread hands the GIL back and forth.
@@ -180,9 +257,10 @@ def _write_synced(path: Path, message: Message, content: bytes) -> None:
         view = memoryview(return_path + unix_lines(content))
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def _fsync_dir(path: Path) -> None:

@@ -52,15 +52,15 @@ log = logging.getLogger("mailpipe.triage")
 AUTH_TIMEOUT = 15.0
 FALLBACK_WARNING_INTERVAL = timedelta(hours=1)  # the same fallback warned again at most this often
 # DNS waits get threads of their own, shared by every Triage a reload builds: a slow resolver
-# must not starve the store and Maildir work of the default pool. Threads start on first use.
+# must not starve the store work and the rest of the default pool. Threads start on first use.
 _AUTH_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="auth")
 
 
 @functools.cache
 def store_threads(writers: int) -> ThreadPoolExecutor:
-    """The threads for the store-side stages of every message, apart from the default pool's
-    Maildir fsyncs, as many as the store has writers (``TriageStore.writers``); shared by every
-    Triage a reload builds. Threads start on first use."""
+    """The threads for the store-side stages of every message, apart from the default pool and
+    the Maildir writer's thread (``deliver.maildir``), as many as the store has writers
+    (``TriageStore.writers``); shared by every Triage a reload builds. Threads start on first use."""
     return ThreadPoolExecutor(max_workers=writers, thread_name_prefix="store")
 
 
