@@ -62,6 +62,22 @@ def test_a_delivery_whose_file_cannot_be_synced_fails_alone_and_leaves_nothing_i
     assert list((tmp_path / "yamada" / "tmp").iterdir()) == []
 
 
+def test_a_file_that_cannot_be_written_in_full_is_removed_from_tmp(tmp_path: Path, monkeypatch) -> None:
+    deliverer, writer = MaildirDeliverer(tmp_path), maildir._GroupWriter("test")
+    real_write = os.write
+
+    def disk_full_for_q2(fd: int, data) -> int:
+        if ".MQ2." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(maildir.os, "write", disk_full_for_q2)
+    outcomes = asyncio.run(_in_one_group([(deliverer, YAMADA, "Q1"), (deliverer, YAMADA, "Q2")], writer))
+    monkeypatch.setattr(maildir.os, "write", real_write)
+    assert outcomes[0] is None and isinstance(outcomes[1], OSError)
+    assert list((tmp_path / "yamada" / "tmp").iterdir()) == []
+
+
 def test_a_failed_directory_fsync_fails_its_deliveries_and_a_retry_lands_once(tmp_path: Path, monkeypatch) -> None:
     deliverer, writer = MaildirDeliverer(tmp_path), maildir._GroupWriter("test")
     real_fsync = maildir._fsync_dir

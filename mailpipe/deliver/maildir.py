@@ -9,17 +9,17 @@ Maildir specification and a crash both require.
 Deliveries are written in groups, the way the spool's committer commits (``_GroupWriter``): one
 thread takes every delivery waiting at that moment, writes all their files into ``tmp/``, fsyncs
 each, renames each into ``new/``, and fsyncs each ``new/`` the group renamed into once. On ext4
-the first fsync's journal commit carries the files written before it, so the rest of the group's
-fsyncs find little left to do. A delivery returns only after the fsync of its ``new/``, so the
-spool acknowledges a message only once its files are durable; one that finds its files already in
-``new/`` (a retry) waits for that fsync too, in case the one before failed. A delivery whose file
-cannot be written, fsync'ed or renamed fails alone; a failed directory fsync fails every delivery
-of the group that renamed into that directory.
-Why one thread: a thread per delivery (eight slots in flight, on the default executor) spent more
-CPU in the kernel than in Python: creating and renaming files in one directory from several
-threads at once spins on its lock, and every thread coming back from its fsync fought the event
-loop for the GIL (``bench/drain.py``: 46 % of the daemon's triage CPU was the kernel's, 80 thread
-switches a message).
+(``data=ordered``, its default) the first fsync's journal commit carries the data of the files
+written before it, so the rest of the group's fsyncs find little left to do. A delivery returns
+only after the fsync of its ``new/``, so the spool acknowledges a message only once its files are
+durable; one that finds its files already in ``new/`` (a retry) waits for that fsync too, in case
+the one before failed. A delivery whose file cannot be written, fsync'ed or renamed fails alone;
+a failed directory fsync fails every delivery of the group that renamed into that directory.
+Why one thread: with a thread per delivery (eight slots in flight, on the default executor) the
+daemon spent nearly half of its triage CPU in the kernel: creating and renaming files in one
+directory from several threads at once spins on its lock, and every thread coming back from its
+fsync fought the event loop for the GIL (``bench/drain.py``: 80 thread switches a message, 42
+with the group writer, and a third less kernel CPU).
 
 A Maildir file holds a message in the local text convention, lines ending in LF, as Postfix's
 ``local`` and Dovecot's LDA write it: mail clients reading the file (mutt, Thunderbird's Maildir
@@ -177,7 +177,6 @@ class _GroupWriter:
         self._deliveries: queue.SimpleQueue[_Delivery] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
-        self.groups = 0
         self.directory_fsyncs = 0
 
     def submit(self, delivery: _Delivery) -> None:
@@ -220,7 +219,6 @@ class _GroupWriter:
         for delivery in group:
             if delivery.error is not None:
                 delivery.discard()
-        self.groups += 1
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for delivery in group:
             by_loop.setdefault(delivery.done.get_loop(), []).append((delivery.done, None, delivery.error))
@@ -259,6 +257,8 @@ def _write_unsynced(path: Path, message: Message, content: bytes) -> int:
             view = view[os.write(fd, view):]
     except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         raise
     return fd
 
