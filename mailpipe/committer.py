@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mailpipe.offload import Outcome, settle
+from mailpipe.offload import Outcome, settle_from_thread
 
 T = TypeVar("T")
 _Operation = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
@@ -100,12 +100,7 @@ class Committer:
             outcomes = [(future, None, exc) for _, future in group]
         self.groups += 1
         self.operations += len(group)
-        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
-        for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per operation
-            with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nobody waits for these
-                loop.call_soon_threadsafe(settle, settled)
+        settle_from_thread(outcomes)
 
     def _isolated(self, group: list[_Operation]) -> list[Outcome]:
         """The group again after one of its operations raised, each operation in its own

@@ -13,9 +13,10 @@ network): those belong to the default executor, whose threads grow with the wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -88,3 +89,15 @@ def settle(outcomes: list[Outcome]) -> None:
             future.set_exception(error)
         else:
             future.set_result(result)
+
+
+def settle_from_thread(outcomes: Iterable[Outcome]) -> None:
+    """``settle`` for outcomes a thread of ours finished as a group (a commit, a Maildir group):
+    one wake-up of each waiting loop for all of its outcomes, not one per outcome. A loop closed
+    meanwhile has nobody waiting: its outcomes are dropped."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, settled)

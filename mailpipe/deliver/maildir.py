@@ -43,7 +43,7 @@ from pathlib import Path
 
 from mailpipe.config import Agent
 from mailpipe.deliver import TemporaryFailure
-from mailpipe.offload import Outcome, settle
+from mailpipe.offload import settle_from_thread
 from mailpipe.spool import Message
 
 _SUBDIRS = ("tmp", "new", "cur")
@@ -219,12 +219,7 @@ class _GroupWriter:
         for delivery in group:
             if delivery.error is not None:
                 delivery.discard()
-        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for delivery in group:
-            by_loop.setdefault(delivery.done.get_loop(), []).append((delivery.done, None, delivery.error))
-        for loop, settled in by_loop.items():  # one wake-up of each loop per group, not one per delivery
-            with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nobody waits for these
-                loop.call_soon_threadsafe(settle, settled)
+        settle_from_thread((delivery.done, None, delivery.error) for delivery in group)
 
 
 _WRITER = _GroupWriter("maildir")
