@@ -20,6 +20,7 @@ here (2026-12-02, 2.0 against 0.95 ms), seen in ``perf`` as ``recently_deleted``
 (``TMPDIR=/bench-1``), which ext4 places in a block group of its own.
 
 Prints figures and ratios; asserts nothing. Run: python bench/drain.py [--messages N] [--workers W]
+[--no-model]
 """
 
 from __future__ import annotations
@@ -94,10 +95,11 @@ def children_usage(pid: int) -> Usage:
 
 
 @contextmanager
-def daemon(work: Path, state: Path, nameserver: str, workers: int) -> Iterator[tuple[int, int, int]]:
+def daemon(work: Path, state: Path, nameserver: str, workers: int,
+           model: bool = True) -> Iterator[tuple[int, int, int]]:
     """bench/triage.py's daemon, with its metrics port (from the config it wrote) and its pid
     (from the spool's lock file)."""
-    with triage.daemon(work, state, nameserver, workers) as port:
+    with triage.daemon(work, state, nameserver, workers, model) as port:
         listen = tomllib.loads((work / "mailpipe.toml").read_text())["metrics"]["listen"]
         metrics = int(listen.rpartition(":")[2])
         yield port, metrics, int((state / "spool" / "lock").read_text())
@@ -124,7 +126,7 @@ def stage_means(port: int) -> dict[str, float]:
     return means
 
 
-def measure(messages: int, workers: int) -> None:
+def measure(messages: int, workers: int, model: bool) -> None:
     dns_server = Unbound(triage.senders_zones())
     work = Path(tempfile.mkdtemp(prefix="bench-drain-"))
     try:
@@ -132,18 +134,18 @@ def measure(messages: int, workers: int) -> None:
         state.mkdir()
         triage.populate(state / "store.sqlite")
         samples = triage.corpus(messages)
-        with daemon(work, state, dns_server.address, workers=0) as (port, _, pid):
+        with daemon(work, state, dns_server.address, 0, model) as (port, _, pid):
             time.sleep(1)  # the model's training at start is not intake
             before = usage(pid)
             accepted = triage.send(port, samples, None)
             intake = usage(pid) - before
-        with daemon(work, state, dns_server.address, workers) as (_, metrics, pid):
+        with daemon(work, state, dns_server.address, workers, model) as (_, metrics, pid):
             while not triage.delivered(state, accepted):
                 time.sleep(0.02)
             before, started = usage(pid), time.monotonic()
             # The model's process takes the model (a second of CPU) as triage starts: its CPU per
             # message is counted from when it holds it, over the messages delivered since.
-            while not metric_value(metrics, "mailpipe_urgency_reader_up"):
+            while model and not metric_value(metrics, "mailpipe_urgency_reader_up"):
                 time.sleep(0.02)
             model_before, model_from = children_usage(pid), len(triage.delivered(state, accepted))
             seen, count = 0, 0
@@ -153,7 +155,7 @@ def measure(messages: int, workers: int) -> None:
                 if count == seen:
                     break
                 seen = count
-            drain, model = usage(pid) - before, children_usage(pid) - model_before
+            drain, reading = usage(pid) - before, children_usage(pid) - model_before
             times = sorted(triage.delivered(state, accepted).values())
             time.sleep(2.5)  # the daemon adds its spool commits to its metrics every 2 s (_STATS_INTERVAL)
             commits = sum(metric_values(metrics, "mailpipe_spool_commits_total").values())
@@ -164,8 +166,9 @@ def measure(messages: int, workers: int) -> None:
         print(f"the daemon triaging its spool:          {rate:8.0f} msgs/s (wall, {time.monotonic() - started:.1f} s)")
         print(f"daemon CPU per message, durable intake: {intake_cpu * 1000:8.2f} ms (baseline)")
         print(f"daemon CPU per message, triage:         {drain_cpu * 1000:8.2f} ms")
-        print(f"CPU per message in the urgency model's own process: {model.cpu * 1000 / (count - model_from):.2f} ms"
-              f" (over the {count - model_from} messages after it held the model)")
+        if model:
+            print(f"CPU per message in the urgency model's own process: {reading.cpu * 1000 / (count - model_from):.2f}"
+                  f" ms (over the {count - model_from} messages after it held the model)")
         print(f"triage CPU / intake CPU = {drain_cpu / intake_cpu:.2f}; one core's worth of triage: "
               f"{1 / drain_cpu:.0f} msgs/s")
         print(f"of which the kernel's: intake {intake.system / intake.cpu:.0%}, triage {drain.system / drain.cpu:.0%}"
@@ -183,8 +186,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--no-model", action="store_true", help="triage.model = false: the keyword rules alone")
     args = parser.parse_args()
-    measure(args.messages, args.workers)
+    measure(args.messages, args.workers, not args.no_model)
     return 0
 
 

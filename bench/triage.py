@@ -293,15 +293,16 @@ def prediction_cpu(model: UrgencyModel, documents: list[str], passes: int = 5) -
     return statistics.median(per_document), statistics.quantiles(per_document, n=10)[8]
 
 
-def daemon(work_dir: Path, state: Path, nameserver: str, workers: int = 8) -> AbstractContextManager[int]:
+def daemon(work_dir: Path, state: Path, nameserver: str, workers: int = 8,
+           model: bool = True) -> AbstractContextManager[int]:
     """The real daemon on ``state``, its warnings in daemon.log, while the block runs; yields its
-    SMTP port."""
+    SMTP port. ``model=False`` runs it with ``triage.model = false``: the keyword rules alone."""
     port, metrics_port = ingest.free_port(), ingest.free_port()
     config = work_dir / "mailpipe.toml"
     config.write_text(f'state_directory = "{state}"\nlog_level = "warning"\n[inbound]\nlisten = "127.0.0.1:{port}"\n'
                       f'[spool]\nworkers = {workers}\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
                       f'[submission]\nlisten = "127.0.0.1:{ingest.free_port()}"\n'  # 2587 may be another daemon's
-                      f'[auth]\nnameservers = ["{nameserver}"]\n')
+                      f'[auth]\nnameservers = ["{nameserver}"]\n' + ("" if model else "[triage]\nmodel = false\n"))
     return ingest.serving_mailpipe(config, port, work_dir / "daemon.log")
 
 
