@@ -9,8 +9,9 @@ process, apart), their ratio, the triage rate one core
 could give at that cost (to set against durable intake's rate, which is bound by its fsyncs more
 than its CPU), how much of that CPU is the kernel's and how often the daemon's threads were
 switched out per message (GIL hand-offs between the event loop and its threads show there, as
-futex waits), spool commits per message, and each stage's mean wall time from the daemon's own
-metrics.
+futex waits), spool commits per message, each stage's mean wall time and the CPU of each of its
+thread pools per message (the event loop, the store's threads, the Maildir writer...), from the
+daemon's own metrics.
 
 Its work directory is the system's temporary directory. Where thousands of files were deleted
 there minutes before (the mailboxes of an earlier run), ext4 looks past each recently deleted
@@ -117,6 +118,15 @@ def metric_value(port: int, name: str) -> float:
     return float(found[1]) if found else 0.0
 
 
+def thread_cpu(port: int) -> dict[str, float]:
+    """CPU seconds so far by thread pool, user and system together (``mailpipe.thread_cpu``)."""
+    by_pool: dict[str, float] = {}
+    for labels, seconds in metric_values(port, "mailpipe_thread_cpu_seconds_total").items():
+        pool = re.search(r'thread="([^"]+)"', labels)[1]  # type: ignore[index]
+        by_pool[pool] = by_pool.get(pool, 0.0) + seconds
+    return by_pool
+
+
 def stage_means(port: int) -> dict[str, float]:
     sums, counts = (metric_values(port, f"mailpipe_stage_seconds_{kind}") for kind in ("sum", "count"))
     means = {}
@@ -142,7 +152,7 @@ def measure(messages: int, workers: int, model: bool) -> None:
         with daemon(work, state, dns_server.address, workers, model) as (_, metrics, pid):
             while not triage.delivered(state, accepted):
                 time.sleep(0.02)
-            before, started = usage(pid), time.monotonic()
+            before, started, pools_before = usage(pid), time.monotonic(), thread_cpu(metrics)
             # The model's process takes the model (a second of CPU) as triage starts: its CPU per
             # message is counted from when it holds it, over the messages delivered since.
             while model and not metric_value(metrics, "mailpipe_urgency_reader_up"):
@@ -156,6 +166,7 @@ def measure(messages: int, workers: int, model: bool) -> None:
                     break
                 seen = count
             drain, reading = usage(pid) - before, children_usage(pid) - model_before
+            pools = {pool: seconds - pools_before.get(pool, 0.0) for pool, seconds in thread_cpu(metrics).items()}
             times = sorted(triage.delivered(state, accepted).values())
             time.sleep(2.5)  # the daemon adds its spool commits to its metrics every 2 s (_STATS_INTERVAL)
             commits = sum(metric_values(metrics, "mailpipe_spool_commits_total").values())
@@ -177,6 +188,9 @@ def measure(messages: int, workers: int, model: bool) -> None:
               f" (intake: {intake.switches / len(accepted):.1f})")
         print(f"spool commits per triaged message:      {commits / count:8.2f}")
         print("stage wall time, mean ms: " + ", ".join(f"{name} {ms:.1f}" for name, ms in means.items()))
+        print("CPU ms per message by thread (main: the event loop): " + ", ".join(
+            f"{pool} {seconds * 1000 / count:.2f}" for pool, seconds in sorted(pools.items(), key=lambda kv: -kv[1])
+            if seconds * 1000 / count >= 0.01))
     finally:
         dns_server.stop()
         shutil.rmtree(work, ignore_errors=True)

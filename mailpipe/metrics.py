@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from mailpipe import __version__
+from mailpipe.thread_cpu import ThreadCPU
 
 disable_created_metrics()
 
@@ -26,6 +27,7 @@ class Metrics:
         self.build_info = Gauge("mailpipe_build_info", "Always 1; labelled with the running version.",
                                 ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
+        r.register(ThreadCPU())
         self.connections = Counter(
             "mailpipe_smtp_connections", "SMTP connections by listener and outcome "
             "(accepted, or refused because a connection limit was reached).", ["listener", "result"], registry=r)

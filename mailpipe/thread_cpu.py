@@ -1,0 +1,96 @@
+"""CPU time by thread pool, as a Prometheus counter: which part of the daemon the CPU goes to.
+
+Why: ``process_cpu_seconds_total`` says how busy the daemon is, not which part of it. Its parts
+are threads sharing one GIL: the event loop (``main``: SMTP, the spool worker, the stages that
+await), the store's threads (``store``: profile, score, assign), the Maildir writer
+(``maildir``), the DNS threads of authentication (``auth``), each spool's committer
+(``spool:inbound.sqlite``...). When triage falls behind intake, the pool that grows says what to
+cut or to move to a process of its own. Measured on 2026-12-02 (``bench/drain.py``), the event
+loop and the store's threads each took about as much as the other: 1.1-1.6 ms a message,
+by how fast the machine was that minute.
+
+Read from ``/proc/self/task`` at each scrape (Linux only; elsewhere the metric is absent). A
+thread's pool is its Python name without the number a pool gives each thread (``store_0``,
+``dkim-sign:1``, ``asyncio-waitpid-4242``). A thread that ended keeps counting towards its pool
+with its CPU as last read, so the counter never goes down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+_TASKS = Path("/proc/self/task")
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_NUMBERED = re.compile(r"[-_:]\d+$")
+_UNNAMED = re.compile(r"^Thread-\d+")
+# A thread Python did not start (a library's own): no name to go by.
+NATIVE = "native"
+
+
+def pool_of(name: str) -> str:
+    """The pool a thread belongs to, from its Python name."""
+    if name == "MainThread":
+        return "main"
+    return _UNNAMED.sub("Thread", _NUMBERED.sub("", name))
+
+
+def _cpu(task: Path) -> tuple[float, float] | None:
+    """A thread's user and system CPU seconds; None once it has ended."""
+    try:
+        fields = (task / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+class ThreadCPU(Collector):
+    """``mailpipe_thread_cpu_seconds_total{thread, mode}``, summed over each pool's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # scrapes may overlap
+        self._last: dict[int, tuple[str, float, float]] = {}  # native id -> pool, user, system as last read
+        self._ended: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if not _TASKS.is_dir():
+            return
+        family = CounterMetricFamily("mailpipe_thread_cpu_seconds",
+                                     "CPU time of the daemon's threads by pool (main is the event loop) and mode "
+                                     "(user, system); threads that ended count on.", labels=["thread", "mode"])
+        for pool, (user, system) in sorted(self.read().items()):
+            family.add_metric([pool, "user"], user)
+            family.add_metric([pool, "system"], system)
+        yield family
+
+    def read(self) -> dict[str, tuple[float, float]]:
+        """User and system CPU seconds by pool, ended threads included."""
+        names = {thread.native_id: pool_of(thread.name) for thread in threading.enumerate()}
+        with self._lock:
+            now: dict[int, tuple[str, float, float]] = {}
+            for task in _TASKS.iterdir():
+                tid = int(task.name)
+                cpu = _cpu(task)
+                if cpu is not None:
+                    # Python forgets a thread as it ends, before the kernel does: it keeps its pool.
+                    known = self._last[tid][0] if tid in self._last else NATIVE
+                    now[tid] = (names.get(tid, known), *cpu)
+            for tid, (pool, user, system) in self._last.items():
+                current = now.get(tid)
+                # Ended, or its id taken by a new thread since: what it used stays counted.
+                if current is None or current[0] != pool or current[1] < user or current[2] < system:
+                    self._ended[pool][0] += user
+                    self._ended[pool][1] += system
+            self._last = now
+            totals = {pool: (user, system) for pool, (user, system) in self._ended.items()}
+            for pool, user, system in now.values():
+                before = totals.get(pool, (0.0, 0.0))
+                totals[pool] = (before[0] + user, before[1] + system)
+            return totals
