@@ -60,18 +60,21 @@ class ThreadCPU(Collector):
         self._ended: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        if not _TASKS.is_dir():
+        reading = self.read()
+        if not reading:  # no /proc/self/task
             return
         family = CounterMetricFamily("mailpipe_thread_cpu_seconds",
                                      "CPU time of the daemon's threads by pool (main is the event loop) and mode "
                                      "(user, system); threads that ended count on.", labels=["thread", "mode"])
-        for pool, (user, system) in sorted(self.read().items()):
+        for pool, (user, system) in sorted(reading.items()):
             family.add_metric([pool, "user"], user)
             family.add_metric([pool, "system"], system)
         yield family
 
     def read(self) -> dict[str, tuple[float, float]]:
-        """User and system CPU seconds by pool, ended threads included."""
+        """User and system CPU seconds by pool, ended threads included; nothing without /proc."""
+        if not _TASKS.is_dir():
+            return {}
         names = {thread.native_id: pool_of(thread.name) for thread in threading.enumerate()}
         with self._lock:
             now: dict[int, tuple[str, float, float]] = {}
