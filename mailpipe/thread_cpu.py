@@ -12,7 +12,10 @@ by how fast the machine was that minute.
 Read from ``/proc/self/task`` at each scrape (Linux only; elsewhere the metric is absent). A
 thread's pool is its Python name without the number a pool gives each thread (``store_0``,
 ``dkim-sign:1``, ``asyncio-waitpid-4242``). A thread that ended keeps counting towards its pool
-with its CPU as last read, so the counter never goes down.
+with its CPU as last read, so the counter never goes down; what it used after that read is lost,
+and the kernel counts in clock ticks (10 ms): threads living for milliseconds hardly show, the
+daemon's pools are long-lived. A thread Python does not know yet (it is starting) is counted from
+the next scrape, under its pool's name, and one it still does not know then as ``native``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from prometheus_client.registry import Collector
 
 _TASKS = Path("/proc/self/task")
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_NUMBERED = re.compile(r"[-_:]\d+$")
+_NUMBERED = re.compile(r"[-_:]\d+(?=[-_:]|$)")  # store_0, dkim-sign:1, psycopg_pool's pool-1-worker-0
 _UNNAMED = re.compile(r"^Thread-\d+")
 # A thread Python did not start (a library's own): no name to go by.
 NATIVE = "native"
@@ -57,6 +60,7 @@ class ThreadCPU(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()  # scrapes may overlap
         self._last: dict[int, tuple[str, float, float]] = {}  # native id -> pool, user, system as last read
+        self._unnamed: set[int] = set()  # threads not known to Python at the last scrape
         self._ended: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -75,16 +79,24 @@ class ThreadCPU(Collector):
         """User and system CPU seconds by pool, ended threads included; nothing without /proc."""
         if not _TASKS.is_dir():
             return {}
-        names = {thread.native_id: pool_of(thread.name) for thread in threading.enumerate()}
         with self._lock:
+            tasks = [int(task.name) for task in _TASKS.iterdir()]
+            # Named after the listing: a Python thread in it has registered by now, unless it is
+            # in its first instants (then it waits for the next scrape).
+            names = {thread.native_id: pool_of(thread.name) for thread in threading.enumerate()}
             now: dict[int, tuple[str, float, float]] = {}
-            for task in _TASKS.iterdir():
-                tid = int(task.name)
-                cpu = _cpu(task)
-                if cpu is not None:
-                    # Python forgets a thread as it ends, before the kernel does: it keeps its pool.
-                    known = self._last[tid][0] if tid in self._last else NATIVE
-                    now[tid] = (names.get(tid, known), *cpu)
+            unnamed: set[int] = set()
+            for tid in tasks:
+                cpu = _cpu(_TASKS / str(tid))
+                if cpu is None:
+                    continue
+                # Python forgets a thread as it ends, before the kernel does: it keeps its pool.
+                pool = names.get(tid) or (self._last[tid][0] if tid in self._last else None)
+                if pool is None and tid not in self._unnamed:
+                    unnamed.add(tid)  # starting, perhaps: named by the next scrape
+                    continue
+                now[tid] = (pool or NATIVE, *cpu)
+            self._unnamed = unnamed
             for tid, (pool, user, system) in self._last.items():
                 current = now.get(tid)
                 # Ended, or its id taken by a new thread since: what it used stays counted.

@@ -39,6 +39,7 @@ def total(reading: dict[str, tuple[float, float]], pool: str) -> float:
     ("spool:inbound.sqlite", "spool:inbound.sqlite"),
     ("Thread-7 (serve)", "Thread (serve)"),
     ("maildir", "maildir"),
+    ("pool-1-worker-0", "pool-worker"),
 ])
 def test_a_thread_counts_towards_its_pool_without_its_number(name: str, pool: str) -> None:
     assert pool_of(name) == pool
