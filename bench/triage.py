@@ -63,7 +63,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import ingest  # noqa: E402  (bench/ingest.py, beside this file)
 
-from mailpipe import auth  # noqa: E402
+from mailpipe import auth, thread_cpu  # noqa: E402
 from mailpipe import config as configuration  # noqa: E402
 from mailpipe.deliver.maildir import MaildirDeliverer  # noqa: E402
 from mailpipe.errors import Consumed  # noqa: E402
@@ -172,9 +172,10 @@ async def model_process(model: UrgencyModel | None) -> AsyncIterator[Reader | No
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU seconds a process has used so far, in user space and in the kernel (/proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    used = thread_cpu.cpu_seconds(Path(f"/proc/{pid}/stat"))
+    if used is None:
+        raise ProcessLookupError(pid)
+    return used
 
 
 def process_cpu(reader: Reader | None) -> float:

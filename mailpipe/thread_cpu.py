@@ -45,13 +45,20 @@ def pool_of(name: str) -> str:
     return _UNNAMED.sub("Thread", _NUMBERED.sub("", name))
 
 
-def _cpu(task: Path) -> tuple[float, float] | None:
-    """A thread's user and system CPU seconds; None once it has ended."""
+def cpu_seconds(stat: Path) -> tuple[float, float] | None:
+    """User and system CPU seconds from a ``/proc`` stat file (a process's or a thread's); None
+    once it has ended."""
     try:
-        fields = (task / "stat").read_text().rpartition(")")[2].split()
+        fields = stat.read_text().rpartition(")")[2].split()
     except OSError:
         return None
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def _family() -> CounterMetricFamily:
+    return CounterMetricFamily("mailpipe_thread_cpu_seconds",
+                               "CPU time of the daemon's threads by pool (main is the event loop) and mode "
+                               "(user, system); threads that ended count on.", labels=["thread", "mode"])
 
 
 class ThreadCPU(Collector):
@@ -63,13 +70,16 @@ class ThreadCPU(Collector):
         self._unnamed: set[int] = set()  # threads not known to Python at the last scrape
         self._ended: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
 
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        """The metric's name for the registry, without reading ``/proc`` (registering would else
+        collect once, for every ``Metrics`` made)."""
+        yield _family()
+
     def collect(self) -> Iterator[CounterMetricFamily]:
         reading = self.read()
         if not reading:  # no /proc/self/task
             return
-        family = CounterMetricFamily("mailpipe_thread_cpu_seconds",
-                                     "CPU time of the daemon's threads by pool (main is the event loop) and mode "
-                                     "(user, system); threads that ended count on.", labels=["thread", "mode"])
+        family = _family()
         for pool, (user, system) in sorted(reading.items()):
             family.add_metric([pool, "user"], user)
             family.add_metric([pool, "system"], system)
@@ -87,7 +97,7 @@ class ThreadCPU(Collector):
             now: dict[int, tuple[str, float, float]] = {}
             unnamed: set[int] = set()
             for tid in tasks:
-                cpu = _cpu(_TASKS / str(tid))
+                cpu = cpu_seconds(_TASKS / str(tid) / "stat")
                 if cpu is None:
                     continue
                 # Python forgets a thread as it ends, before the kernel does: it keeps its pool.
